@@ -1,0 +1,103 @@
+// activation.cpp — elementwise activations and row softmax, forward and backward.
+// Memory-bound loops: the compiler vectorizes them; OpenMP only for large arrays.
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include "kilnet/activation.h"
+#include "kilnet/detail/elementwise.h"
+#include "parallel.h"
+
+namespace kilnet::cpu {
+using detail::act_backward;
+using detail::act_forward;
+
+void activation_forward(Act act, index_t n, const float* x, float* y) {
+  if (act == Act::Softmax) throw std::invalid_argument("activation_forward: use softmax_forward");
+  switch (act) {   // one loop per activation so each one vectorizes on its own
+    case Act::Relu:
+#pragma omp parallel for simd num_threads(threads_for(n)) schedule(static)
+      for (index_t i = 0; i < n; ++i) y[i] = x[i] > 0.f ? x[i] : 0.f;
+      break;
+    case Act::Linear:
+      if (x != y) std::copy(x, x + n, y);
+      break;
+    default:
+#pragma omp parallel for num_threads(threads_for(n, 4096)) schedule(static)
+      for (index_t i = 0; i < n; ++i) y[i] = act_forward(act, x[i]);
+  }
+}
+
+void activation_backward(Act act, index_t n, const float* y, const float* dy, float* dx) {
+  if (act == Act::Softmax) throw std::invalid_argument("activation_backward: use softmax_backward");
+  switch (act) {
+    case Act::Relu:
+#pragma omp parallel for simd num_threads(threads_for(n)) schedule(static)
+      for (index_t i = 0; i < n; ++i) dx[i] = y[i] > 0.f ? dy[i] : 0.f;
+      break;
+    case Act::Sigmoid:
+#pragma omp parallel for simd num_threads(threads_for(n)) schedule(static)
+      for (index_t i = 0; i < n; ++i) dx[i] = dy[i] * y[i] * (1.f - y[i]);
+      break;
+    case Act::Tanh:
+#pragma omp parallel for simd num_threads(threads_for(n)) schedule(static)
+      for (index_t i = 0; i < n; ++i) dx[i] = dy[i] * (1.f - y[i] * y[i]);
+      break;
+    default:
+      if (dx != dy) std::copy(dy, dy + n, dx);
+  }
+}
+
+void activation_forward_ref(Act act, index_t n, const float* x, float* y) {
+  if (act == Act::Softmax) throw std::invalid_argument("activation_forward_ref: use softmax_forward_ref");
+  for (index_t i = 0; i < n; ++i) y[i] = act_forward(act, x[i]);
+}
+
+void activation_backward_ref(Act act, index_t n, const float* y, const float* dy, float* dx) {
+  if (act == Act::Softmax) throw std::invalid_argument("activation_backward_ref: use softmax_backward_ref");
+  for (index_t i = 0; i < n; ++i) dx[i] = act_backward(act, y[i], dy[i]);
+}
+
+// One row: subtract the max so exp never overflows, then normalize.
+static inline void softmax_row(index_t cols, const float* x, float* y) {
+  float mx = x[0];
+  for (index_t j = 1; j < cols; ++j) mx = std::max(mx, x[j]);
+  float sum = 0.f;
+  for (index_t j = 0; j < cols; ++j) { y[j] = std::exp(x[j] - mx); sum += y[j]; }
+  const float inv = 1.f / sum;
+  for (index_t j = 0; j < cols; ++j) y[j] *= inv;
+}
+
+void softmax_forward(index_t rows, index_t cols, const float* x, float* y) {
+#pragma omp parallel for num_threads(threads_for(rows * cols, 8192)) schedule(static)
+  for (index_t i = 0; i < rows; ++i) softmax_row(cols, x + i * cols, y + i * cols);
+}
+
+// dx = y ⊙ (dy − <dy, y>) per row
+void softmax_backward(index_t rows, index_t cols, const float* y, const float* dy, float* dx) {
+#pragma omp parallel for num_threads(threads_for(rows * cols, 8192)) schedule(static)
+  for (index_t i = 0; i < rows; ++i) {
+    const float* yr = y + i * cols; const float* dyr = dy + i * cols; float* dxr = dx + i * cols;
+    float dot = 0.f;
+    for (index_t j = 0; j < cols; ++j) dot += dyr[j] * yr[j];
+    for (index_t j = 0; j < cols; ++j) dxr[j] = yr[j] * (dyr[j] - dot);
+  }
+}
+
+void softmax_forward_ref(index_t rows, index_t cols, const float* x, float* y) {
+  for (index_t i = 0; i < rows; ++i) {
+    double mx = x[i * cols], sum = 0;
+    for (index_t j = 1; j < cols; ++j) mx = std::max<double>(mx, x[i * cols + j]);
+    for (index_t j = 0; j < cols; ++j) sum += std::exp(double(x[i * cols + j]) - mx);
+    for (index_t j = 0; j < cols; ++j) y[i * cols + j] = float(std::exp(double(x[i * cols + j]) - mx) / sum);
+  }
+}
+
+void softmax_backward_ref(index_t rows, index_t cols, const float* y, const float* dy, float* dx) {
+  for (index_t i = 0; i < rows; ++i) {
+    double dot = 0;
+    for (index_t j = 0; j < cols; ++j) dot += double(dy[i * cols + j]) * y[i * cols + j];
+    for (index_t j = 0; j < cols; ++j) dx[i * cols + j] = float(y[i * cols + j] * (dy[i * cols + j] - dot));
+  }
+}
+
+}  // namespace kilnet::cpu

@@ -1,0 +1,34 @@
+// conv2d.h — 2-D convolution (cross-correlation, as Keras and PyTorch compute it).
+//   N batch, H W input size, C in channels, K out channels, R S kernel size,
+//   P Q output size. Activations NHWC, weights RSCK (Keras: kh, kw, in, out).
+//   y[n,p,q,k] = b[k] + sum_{r,s,c} x[n, p*sh - ph + r*dh, q*sw - pw + s*dw, c] * w[r,s,c,k]
+//   Out-of-range input positions read as zero. pad_h/pad_w are the top/left padding; the
+//   bottom/right padding is whatever P and Q imply (Keras 'same' puts the odd pixel there).
+#pragma once
+#include "kilnet/common.h"
+
+namespace kilnet {
+struct Conv2dShape {
+  index_t N, H, W, C;     // input  x: N x H x W x C
+  index_t K, R, S;        // weight w: R x S x C x K
+  index_t P, Q;           // output y: N x P x Q x K
+  index_t stride_h = 1, stride_w = 1;
+  index_t pad_h = 0, pad_w = 0;        // top, left
+  index_t dilation_h = 1, dilation_w = 1;
+};
+}  // namespace kilnet
+
+namespace kilnet::cpu {
+
+// y = conv(x, w) + b; b may be nullptr.
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
+void conv2d_forward_ref(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
+
+// dx = grad wrt x (overwritten; nullptr to skip, e.g. for the first layer),
+// dw += grad wrt w, db += grad wrt b (db may be nullptr).
+void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, const float* w,
+                     float* dx, float* dw, float* db);
+void conv2d_backward_ref(const Conv2dShape& s, const float* dy, const float* x, const float* w,
+                         float* dx, float* dw, float* db);
+
+}  // namespace kilnet::cpu

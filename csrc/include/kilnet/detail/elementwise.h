@@ -1,0 +1,60 @@
+// elementwise.h — per-element math written once, shared by the CPU and CUDA kernels.
+// Not part of the public API (no stability promise), but free of CUDA types: KILNET_HD expands
+// to __host__ __device__ only under nvcc.
+#pragma once
+#include <cmath>
+#include "kilnet/common.h"
+
+#if defined(__CUDACC__)
+#define KILNET_HD __host__ __device__ __forceinline__
+#else
+#define KILNET_HD inline
+#endif
+
+namespace kilnet::detail {
+
+KILNET_HD float sigmoidf(float x) {
+  // Two branches so that exp never overflows: exact for |x| of any size.
+  if (x >= 0.f) { float e = expf(-x); return 1.f / (1.f + e); }
+  float e = expf(x);
+  return e / (1.f + e);
+}
+
+KILNET_HD float act_forward(Act a, float x) {
+  switch (a) {
+    case Act::Relu: return x > 0.f ? x : 0.f;
+    case Act::Sigmoid: return sigmoidf(x);
+    case Act::Tanh: return tanhf(x);
+    default: return x;
+  }
+}
+
+// Derivative expressed with the forward output y.
+KILNET_HD float act_backward(Act a, float y, float dy) {
+  switch (a) {
+    case Act::Relu: return y > 0.f ? dy : 0.f;
+    case Act::Sigmoid: return dy * y * (1.f - y);
+    case Act::Tanh: return dy * (1.f - y * y);
+    default: return dy;
+  }
+}
+
+// log(1 + exp(x)) without overflow or loss of precision for large |x|.
+KILNET_HD float softplusf(float x) { return fmaxf(x, 0.f) + log1pf(expf(-fabsf(x))); }
+
+// One Adam element, Keras form; alpha = lr*sqrt(1-b2^t)/(1-b1^t) precomputed once per step.
+KILNET_HD void adam_element(float& p, float g, float& m, float& v, float alpha, float b1,
+                            float b2, float eps) {
+  m += (g - m) * (1.f - b1);
+  v += (g * g - v) * (1.f - b2);
+  p -= alpha * m / (sqrtf(v) + eps);
+}
+
+KILNET_HD void sgd_element(float& p, float g, float* vel, float lr, float momentum, bool nesterov) {
+  if (!vel) { p -= lr * g; return; }
+  float v = momentum * *vel - lr * g;
+  *vel = v;
+  p += nesterov ? momentum * v - lr * g : v;
+}
+
+}  // namespace kilnet::detail

@@ -1,0 +1,23 @@
+// gemm.h — general matrix multiply, row-major.
+//   C[M,N] = alpha * op(A)[M,K] · op(B)[K,N] + beta * C[M,N] (+ bias[N] broadcast over rows)
+//   op(A) = A (lda >= K) or A^T when trans_a (A stored K x M, lda >= M); likewise B.
+//   beta == 0 means C is written without being read (it may hold NaN).
+// Backward of Y = X·W + b is two GEMMs and a column sum:
+//   dX = dY·W^T,  dW += X^T·dY,  db += colsum(dY)   (bias_backward)
+#pragma once
+#include "kilnet/common.h"
+
+namespace kilnet::cpu {
+
+void gemm(bool trans_a, bool trans_b, index_t M, index_t N, index_t K, float alpha,
+          const float* A, index_t lda, const float* B, index_t ldb, float beta,
+          float* C, index_t ldc, const float* bias);
+void gemm_ref(bool trans_a, bool trans_b, index_t M, index_t N, index_t K, float alpha,
+              const float* A, index_t lda, const float* B, index_t ldb, float beta,
+              float* C, index_t ldc, const float* bias);
+
+// db[N] += sum over the M rows of dY[M,N]
+void bias_backward(index_t M, index_t N, const float* dy, float* db);
+void bias_backward_ref(index_t M, index_t N, const float* dy, float* db);
+
+}  // namespace kilnet::cpu

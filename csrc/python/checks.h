@@ -1,0 +1,98 @@
+// checks.h — argument validation shared by the binding modules.
+// Bindings check, kernels trust: every array that reaches a kernel has passed through here, so
+// a wrong dtype, rank, shape, layout or an output that overlaps an input raises a Python
+// exception naming the argument and the expected vs actual value.
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+#include "kilnet/common.h"
+
+namespace kilnet::bind {
+namespace py = pybind11;
+using kilnet::index_t;
+
+struct Arr {
+  py::array arr;
+  void* data = nullptr;
+  std::vector<index_t> shape;
+  index_t size = 1;
+  int ndim() const { return int(shape.size()); }
+  index_t dim(int i) const { return shape[size_t(i < 0 ? i + ndim() : i)]; }
+  float* f() const { return static_cast<float*>(data); }
+  std::int64_t* i64() const { return static_cast<std::int64_t*>(data); }
+  index_t nbytes() const { return index_t(arr.nbytes()); }
+};
+
+inline std::string shape_str(const std::vector<index_t>& s) {
+  std::ostringstream o;
+  o << "(";
+  for (size_t i = 0; i < s.size(); ++i) o << s[i] << (s.size() == 1 ? "," : (i + 1 < s.size() ? ", " : ""));
+  o << ")";
+  return o.str();
+}
+
+[[noreturn]] inline void fail_type(const std::string& msg) { throw py::type_error(msg); }
+[[noreturn]] inline void fail_value(const std::string& msg) { throw py::value_error(msg); }
+
+// kind: 'f' float32, 'l' int64. ndim < 0: any rank.
+inline Arr array_arg(const char* fn, const char* name, py::handle h, char kind, int ndim,
+                     bool writable) {
+  if (!py::isinstance<py::array>(h))
+    fail_type(std::string(fn) + ": argument '" + name + "' must be a numpy array, got " +
+              std::string(py::str(py::type::of(h).attr("__name__"))));
+  Arr a;
+  a.arr = py::reinterpret_borrow<py::array>(h);
+  const bool ok_dtype = kind == 'f' ? a.arr.dtype().is(py::dtype::of<float>())
+                                    : a.arr.dtype().is(py::dtype::of<std::int64_t>());
+  if (!ok_dtype)
+    fail_type(std::string(fn) + ": argument '" + name + "' must have dtype " +
+              (kind == 'f' ? "float32" : "int64") + ", got " + std::string(py::str(a.arr.dtype())));
+  if (ndim >= 0 && a.arr.ndim() != ndim)
+    fail_value(std::string(fn) + ": argument '" + name + "' must be " + std::to_string(ndim) +
+               "-D, got " + std::to_string(a.arr.ndim()) + "-D");
+  if (!(a.arr.flags() & py::array::c_style))
+    fail_value(std::string(fn) + ": argument '" + name +
+               "' must be C-contiguous (use numpy.ascontiguousarray)");
+  if (writable && !a.arr.writeable())
+    fail_value(std::string(fn) + ": output '" + name + "' is read-only");
+  for (py::ssize_t i = 0; i < a.arr.ndim(); ++i) {
+    a.shape.push_back(index_t(a.arr.shape(i)));
+    a.size *= index_t(a.arr.shape(i));
+  }
+  a.data = writable ? a.arr.mutable_data() : const_cast<void*>(a.arr.data());
+  return a;
+}
+
+inline Arr in_f32(const char* fn, const char* name, py::handle h, int ndim = -1) {
+  return array_arg(fn, name, h, 'f', ndim, false);
+}
+inline Arr out_f32(const char* fn, const char* name, py::handle h, int ndim = -1) {
+  return array_arg(fn, name, h, 'f', ndim, true);
+}
+
+inline void expect_shape(const char* fn, const char* name, const Arr& a,
+                         const std::vector<index_t>& want) {
+  if (a.shape != want)
+    fail_value(std::string(fn) + ": argument '" + name + "' must have shape " + shape_str(want) +
+               ", got " + shape_str(a.shape));
+}
+
+inline bool overlaps(const Arr& a, const Arr& b) {
+  if (a.size == 0 || b.size == 0) return false;
+  auto a0 = static_cast<const char*>(a.data), b0 = static_cast<const char*>(b.data);
+  return a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
+}
+
+// An output must not share memory with an input (the kernels read inputs while writing).
+inline void no_alias(const char* fn, const char* out_name, const Arr& out, const char* in_name,
+                     const Arr& in) {
+  if (overlaps(out, in))
+    fail_value(std::string(fn) + ": output '" + out_name + "' overlaps input '" + in_name +
+               "'; pass a separate array");
+}
+
+}  // namespace kilnet::bind
