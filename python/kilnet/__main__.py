@@ -1,0 +1,3 @@
+import sys
+from kilnet.cli import main
+sys.exit(main())

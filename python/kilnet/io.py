@@ -1,0 +1,319 @@
+"""Save and load models as HDF5 in the layout Keras writes (see shared/KERAS_H5.md).
+
+  attrs: model_config (JSON), training_config (JSON, compiled models), keras_version, kilnet_version
+  model_weights/<layer>/<model>/<layer>/<weight>           the weights (Keras 3 names)
+  optimizer_weights/...                                     iteration and per-weight state
+
+Nothing in a file is ever executed: the architecture is JSON naming registered layer classes,
+whose arguments are validated by the constructors. Datasets are read only when they are plain
+contiguous/chunked data in the file itself (no external storage, no virtual datasets, no soft or
+external links) and their shapes agree with the architecture. Saving writes a temporary file
+in the same folder, fsyncs it and renames it over the target, so a crash never leaves half a
+file behind. h5py is imported here only, when a model is saved or loaded.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+
+import numpy as np
+
+__all__ = ["save_model", "load_model", "model_from_config", "load_weights_into", "layer_entry"]
+
+LAYOUT_KERAS_VERSION = "3.15.1"    # the Keras .h5 layout we follow
+MAX_WEIGHT_ELEMENTS = 1 << 31      # a single weight larger than this is refused as absurd
+
+
+class ModelFileError(ValueError):
+    """A model file that is missing parts, corrupt, or asks for something kilnet refuses."""
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError as e:  # pragma: no cover - h5py is a dependency
+        raise ImportError("saving and loading models needs h5py: pip install h5py") from e
+    return h5py
+
+
+def layer_entry(layer) -> dict:
+    entry = {"module": "keras.layers", "class_name": type(layer).__name__, "config": layer.get_config(),
+             "registered_name": None}
+    if layer.built:
+        entry["build_config"] = {"input_shape": list(layer.input_shape)}
+    return entry
+
+
+# ---------------------------------------------------------------------------------- save
+def save_model(model, filepath, overwrite=True, include_optimizer=True) -> None:
+    h5py = _h5py()
+    from kilnet import __version__, losses, optimizers
+    path = os.fspath(filepath)
+    if not model.built:
+        raise ValueError("save: the model is not built yet (give input_shape= or call fit/build first)")
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"save: {path} exists and overwrite=False")
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": model.get_config()})
+            f.attrs["keras_version"] = LAYOUT_KERAS_VERSION
+            f.attrs["kilnet_version"] = __version__
+            f.attrs["backend"] = "kilnet"
+            if include_optimizer and model.optimizer is not None and model.loss is not None:
+                f.attrs["training_config"] = json.dumps({
+                    "loss": losses.serialize(model.loss),
+                    "metrics": [m if isinstance(m, str) else m.name for m in model._metric_ids],
+                    "optimizer_config": optimizers.serialize(model.optimizer)})
+            _write_weights(f.create_group("model_weights"), model)
+            if include_optimizer and model.optimizer is not None and model.optimizer.state:
+                _write_optimizer(f.create_group("optimizer_weights"), model)
+        with open(tmp, "rb+") as fh:   # the bytes are on disk before the rename makes them visible
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_weights(g, model):
+    g.attrs["layer_names"] = np.array([l.name.encode() for l in model.layers])
+    g.attrs["backend"] = "kilnet"
+    g.attrs["keras_version"] = LAYOUT_KERAS_VERSION
+    for layer in model.layers:
+        lg = g.create_group(layer.name)
+        names = [f"{model.name}/{layer.name}/{s.attr}" for s in layer._specs]
+        lg.attrs["weight_names"] = np.array([n.encode() for n in names], dtype="S")
+        for n, s in zip(names, layer._specs):
+            lg.create_dataset(n, data=np.asarray(getattr(layer, s.attr), np.float32))
+    top = g.create_group("top_level_model_weights")
+    top.attrs["weight_names"] = np.array([], dtype="S")
+
+
+def _write_optimizer(g, model):
+    opt = model.optimizer
+    names = ["iteration"]
+    g.create_dataset("iteration", data=np.int64(opt.iterations))
+    for slot, flat in opt.state.items():
+        for layer, attr, off, size in model._slices:
+            name = f"{opt.name}/{slot}/{layer.name}/{attr}"
+            g.create_dataset(name, data=flat[off:off + size].reshape(getattr(layer, attr).shape))
+            names.append(name)
+    g.attrs["weight_names"] = np.array([n.encode() for n in names], dtype="S")
+
+
+# ---------------------------------------------------------------------------------- load
+def load_model(filepath, compile=True, allow_nonfinite=False):
+    h5py = _h5py()
+    path = os.fspath(filepath)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"load_model: no such file: {path}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise ModelFileError(f"load_model: {path} is not a readable HDF5 file (truncated or corrupt?): {e}") from None
+    with f:
+        try:
+            cfg = _json_attr(f, "model_config", path)
+            if cfg is None:
+                raise ModelFileError(f"load_model: {path} has no 'model_config' attribute: it holds no "
+                                     "architecture (weights only?); build the model and call load_weights")
+            model = model_from_config(cfg)
+            _read_weights(f, model, path, allow_nonfinite)
+            tcfg = _json_attr(f, "training_config", path) if compile else None
+            if tcfg is not None:
+                _compile_from(model, tcfg, path)
+                if "optimizer_weights" in f:
+                    _read_optimizer(_hard_group(f, "optimizer_weights", path), model, path, allow_nonfinite)
+        except (KeyError, OSError, RuntimeError) as e:   # h5py's errors on damaged structures
+            raise ModelFileError(f"load_model: {path} is damaged or incomplete: {e}") from None
+    return model
+
+
+def load_weights_into(model, filepath, allow_nonfinite=False):
+    h5py = _h5py()
+    path = os.fspath(filepath)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"load_weights: no such file: {path}")
+    if not model.built:
+        model.build()
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise ModelFileError(f"load_weights: {path} is not a readable HDF5 file: {e}") from None
+    with f:
+        _read_weights(f, model, path, allow_nonfinite)
+
+
+def _json_attr(f, key, path):
+    if key not in f.attrs:
+        return None
+    raw = f.attrs[key]
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    if not isinstance(raw, str) or len(raw) > 16 << 20:
+        raise ModelFileError(f"load_model: {path}: attribute {key!r} is not a JSON string")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ModelFileError(f"load_model: {path}: attribute {key!r} is not valid JSON ({e})") from None
+
+
+def model_from_config(cfg):
+    """Rebuild a Sequential from its JSON config, accepting only registered layer types."""
+    from kilnet import layers as layers_mod
+    from kilnet.models import Sequential
+    if not isinstance(cfg, dict) or cfg.get("class_name") != "Sequential":
+        name = cfg.get("class_name") if isinstance(cfg, dict) else type(cfg).__name__
+        raise ModelFileError(f"load_model: only Sequential models are supported, the file holds {name!r}")
+    config = cfg.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+        raise ModelFileError("load_model: model_config has no layer list")
+    name = config.get("name")
+    model = Sequential(name=name if isinstance(name, str) and name and "/" not in name else None)
+    model._auto_build = False   # built below without initializers
+    input_shape = config.get("build_input_shape")
+    for entry in config["layers"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+            raise ModelFileError(f"load_model: malformed layer entry {str(entry)[:100]!r}")
+        cls_name = entry.get("class_name")
+        try:
+            cls = layers_mod.get(cls_name)
+        except ValueError as e:
+            raise ModelFileError(f"load_model: {e}") from None
+        lcfg = dict(entry["config"])
+        try:
+            layer = cls.from_config(lcfg)
+        except (TypeError, ValueError) as e:
+            raise ModelFileError(f"load_model: layer {lcfg.get('name', '?')!r} ({cls_name}) has an invalid "
+                                 f"or unsupported config: {e}") from None
+        model.add(layer)
+    model._auto_build = True
+    if not model.layers:
+        raise ModelFileError("load_model: the model has no layers")
+    if input_shape is None:
+        input_shape = (None, *model._declared_input) if model._declared_input else None
+    if input_shape is None:
+        raise ModelFileError("load_model: the file does not say the model's input shape")
+    try:
+        shape = (None, *[int(s) for s in list(input_shape)[1:]])
+    except (TypeError, ValueError):
+        raise ModelFileError(f"load_model: bad input shape {input_shape!r}") from None
+    if any(s < 1 for s in shape[1:]) or math.prod(shape[1:]) > MAX_WEIGHT_ELEMENTS:
+        raise ModelFileError(f"load_model: absurd input shape {input_shape!r}")
+    # Weights are read from the file next: build without drawing from the random generator, so
+    # loading leaves the global random state (and a resumed fit's shuffling) untouched.
+    model.build(shape, initialize=False)
+    return model
+
+
+def _hard_group(parent, name, path):
+    h5py = _h5py()
+    link = parent.get(name, getlink=True)
+    if link is None:
+        raise ModelFileError(f"load_model: {path}: missing group {name!r}")
+    if not isinstance(link, h5py.HardLink):
+        raise ModelFileError(f"load_model: {path}: {name!r} is a {type(link).__name__}; links are refused")
+    g = parent[name]
+    if not isinstance(g, h5py.Group):
+        raise ModelFileError(f"load_model: {path}: {name!r} is not a group")
+    return g
+
+
+def _read_dataset(group, name, shape, path, allow_nonfinite):
+    """Read one weight, refusing links, external or virtual storage and shape mismatches."""
+    h5py = _h5py()
+    parts = name.split("/")
+    g = group
+    for p in parts[:-1]:
+        g = _hard_group(g, p, path)
+    link = g.get(parts[-1], getlink=True)
+    if link is None:
+        raise ModelFileError(f"load_model: {path}: weight {name!r} is missing")
+    if not isinstance(link, h5py.HardLink):
+        raise ModelFileError(f"load_model: {path}: weight {name!r} is a {type(link).__name__}; links are refused")
+    ds = g[parts[-1]]
+    if not isinstance(ds, h5py.Dataset):
+        raise ModelFileError(f"load_model: {path}: {name!r} is not a dataset")
+    if ds.external or ds.is_virtual:
+        raise ModelFileError(f"load_model: {path}: weight {name!r} uses external or virtual storage; refused")
+    if math.prod(ds.shape or ()) > MAX_WEIGHT_ELEMENTS:
+        raise ModelFileError(f"load_model: {path}: weight {name!r} claims {math.prod(ds.shape)} elements; refused")
+    if tuple(ds.shape) != tuple(shape):
+        raise ModelFileError(f"load_model: {path}: weight {name!r} has shape {tuple(ds.shape)}, "
+                             f"the architecture needs {tuple(shape)}")
+    if ds.dtype.kind not in "fiu":
+        raise ModelFileError(f"load_model: {path}: weight {name!r} has non-numeric dtype {ds.dtype}")
+    value = np.asarray(ds[()], dtype=np.float32)
+    if not allow_nonfinite and not np.isfinite(value).all():
+        raise ModelFileError(f"load_model: {path}: weight {name!r} contains NaN or Inf "
+                             "(pass allow_nonfinite=True to load it anyway)")
+    return value
+
+
+def _names_attr(g, path):
+    raw = g.attrs.get("weight_names", g.attrs.get("layer_names"))
+    if raw is None:
+        return []
+    out = []
+    for n in np.asarray(raw).reshape(-1):
+        n = n.decode("utf-8") if isinstance(n, bytes) else str(n)
+        out.append(n)
+    return out
+
+
+def _read_weights(f, model, path, allow_nonfinite):
+    g = _hard_group(f, "model_weights", path) if "model_weights" in f else f
+    layer_names = [n.decode() if isinstance(n, bytes) else str(n)
+                   for n in np.asarray(g.attrs.get("layer_names", [])).reshape(-1)]
+    with_weights = [l for l in model.layers if l._specs]
+    file_layers = [n for n in layer_names if n in g and _names_attr(g[n], path)]
+    if len(file_layers) != len(with_weights):
+        raise ModelFileError(f"load_model: {path} holds weights for {len(file_layers)} layers, the "
+                             f"architecture has {len(with_weights)} layers with weights")
+    for layer, lname in zip(with_weights, file_layers):
+        lg = _hard_group(g, lname, path)
+        names = _names_attr(lg, path)
+        if len(names) != len(layer._specs):
+            raise ModelFileError(f"load_model: {path}: layer {lname!r} has {len(names)} weights, "
+                                 f"{layer.name!r} needs {len(layer._specs)}")
+        values = [_read_dataset(lg, n, s.shape, path, allow_nonfinite) for n, s in zip(names, layer._specs)]
+        layer.set_weights(values)
+
+
+def _compile_from(model, tcfg, path):
+    if not isinstance(tcfg, dict):
+        raise ModelFileError(f"load_model: {path}: training_config is not a JSON object")
+    loss = tcfg.get("loss")
+    opt = tcfg.get("optimizer_config")
+    metrics = tcfg.get("metrics") or []
+    if isinstance(metrics, list) and metrics and isinstance(metrics[0], list):   # Keras 2 nests them
+        metrics = metrics[0]
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        raise ModelFileError(f"load_model: {path}: training_config metrics must be names")
+    try:
+        model.compile(optimizer=opt, loss=loss, metrics=metrics)
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(f"load_model: {path}: cannot restore the training configuration: {e}") from None
+
+
+def _read_optimizer(g, model, path, allow_nonfinite):
+    opt = model.optimizer
+    if "iteration" not in g:
+        return
+    it = _read_dataset(g, "iteration", (), path, allow_nonfinite)
+    if it < 0 or it != int(it):
+        raise ModelFileError(f"load_model: {path}: bad optimizer iteration {it}")
+    model._consolidate()
+    opt.build(model._params.size)
+    for slot, flat in opt.state.items():
+        for layer, attr, off, size in model._slices:
+            name = f"{opt.name}/{slot}/{layer.name}/{attr}"
+            flat[off:off + size] = _read_dataset(g, name, getattr(layer, attr).shape, path,
+                                                 allow_nonfinite).reshape(-1)
+    opt.iterations = int(it)

@@ -1,0 +1,16 @@
+"""Layers with Keras names, arguments, defaults and weight layouts."""
+from kilnet.layers.activation import Activation
+from kilnet.layers.base import Layer
+from kilnet.layers.conv import Conv2D
+from kilnet.layers.core import Dense, Flatten, Input, InputLayer
+
+__all__ = ["Layer", "Dense", "Conv2D", "Flatten", "Activation", "InputLayer", "Input", "get", "REGISTRY"]
+
+# Every layer type a model file may name. Loading refuses any other class name.
+REGISTRY = {cls.__name__: cls for cls in (Dense, Conv2D, Flatten, Activation, InputLayer)}
+
+
+def get(class_name: str):
+    if class_name not in REGISTRY:
+        raise ValueError(f"unsupported layer type {class_name!r}; kilnet supports: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[class_name]

@@ -1,0 +1,88 @@
+"""Activations: the `activation=` argument of Dense/Conv2D and the Activation layer.
+
+ActivatedLayer splits a layer into its linear part (forward_linear/backward_linear) and the
+activation applied in place on top of it. The split lets a model fuse the last softmax (or
+sigmoid) with the cross-entropy loss: it calls forward_linear to get logits and hands the
+loss's gradient straight to backward_linear.
+"""
+from __future__ import annotations
+
+from kilnet import _cpu
+from kilnet.layers.base import Layer
+
+__all__ = ["Activation", "ActivatedLayer", "ACTIVATIONS", "get_activation"]
+
+ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
+
+
+def get_activation(activation) -> str:
+    """Validate an activation identifier; None means linear (Keras's default)."""
+    if activation is None:
+        return "linear"
+    if callable(activation) and getattr(activation, "__name__", None) in ACTIVATIONS:
+        return activation.__name__
+    if not isinstance(activation, str):
+        raise TypeError(f"activation must be one of {', '.join(ACTIVATIONS)} (a string), got {activation!r}")
+    name = activation.lower()
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; valid names: {', '.join(ACTIVATIONS)}")
+    return name
+
+
+def act_forward_inplace(name, z):
+    """Apply the activation to z in place and return it."""
+    if name == "softmax":
+        _cpu.softmax_forward(z, z)
+    elif name != "linear":
+        _cpu.activation_forward(name, z, z)
+    return z
+
+
+def act_backward_inplace(name, y, dy):
+    """Turn dy (gradient wrt the activation's output y) into the gradient wrt its input, in place."""
+    if name == "softmax":
+        _cpu.softmax_backward(y, dy, dy)
+    elif name != "linear":
+        _cpu.activation_backward(name, y, dy, dy)
+    return dy
+
+
+class ActivatedLayer(Layer):
+    """A layer whose output is activation(linear part)."""
+
+    def __init__(self, activation=None, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = get_activation(activation)
+
+    def forward_linear(self, x, training=False):
+        raise NotImplementedError
+
+    def backward_linear(self, dz, need_dx=True):
+        raise NotImplementedError
+
+    def forward(self, x, training=False):
+        y = act_forward_inplace(self.activation, self.forward_linear(x, training))
+        self._state()["y"] = y
+        return y
+
+    def backward(self, dy, need_dx=True):
+        return self.backward_linear(act_backward_inplace(self.activation, self._state()["y"], dy), need_dx)
+
+    def get_config(self):
+        return {**super().get_config(), "activation": self.activation}
+
+
+class Activation(ActivatedLayer):
+    """Applies an activation to its input: `Activation('relu')`."""
+
+    def __init__(self, activation, **kwargs):
+        super().__init__(activation=activation, **kwargs)
+
+    def forward_linear(self, x, training=False):
+        # The activation runs in place, so copy into our own buffer (x belongs to the layer below).
+        z = self._buffer("z", x.shape)
+        z[...] = x
+        return z
+
+    def backward_linear(self, dz, need_dx=True):
+        return dz if need_dx else None

@@ -1,0 +1,139 @@
+"""Dense, Flatten and InputLayer."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from kilnet import _cpu, initializers
+from kilnet.layers.activation import ActivatedLayer
+from kilnet.layers.base import Layer
+
+__all__ = ["Dense", "Flatten", "InputLayer"]
+
+
+class Dense(ActivatedLayer):
+    """y = activation(x · kernel + bias) over the last axis of x.
+
+    Args (Keras's): units, activation=None, use_bias=True, kernel_initializer='glorot_uniform',
+    bias_initializer='zeros'. kernel has shape (in, units), bias (units,).
+    """
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
+                 activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
+                 input_dim=None, lora_rank=None, **kwargs):
+        if input_dim is not None and "input_shape" not in kwargs:
+            kwargs["input_shape"] = (input_dim,)
+        super().__init__(activation=activation, **kwargs)
+        if not isinstance(units, (int, np.integer)) or isinstance(units, bool) or units < 1:
+            raise ValueError(f"Dense: units must be a positive int, got {units!r}")
+        _refuse_unsupported(self, kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer,
+                            activity_regularizer=activity_regularizer, kernel_constraint=kernel_constraint,
+                            bias_constraint=bias_constraint, lora_rank=lora_rank)
+        self.units = int(units)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+
+    def build(self, input_shape):
+        if len(input_shape) < 2 or input_shape[-1] is None:
+            raise ValueError(f"Dense {self.name!r}: needs inputs with a known last axis, got shape {input_shape}")
+        init = self._initialize
+        self.add_weight("kernel", (input_shape[-1], self.units), self.kernel_initializer, initialize=init)
+        if self.use_bias:
+            self.add_weight("bias", (self.units,), self.bias_initializer, initialize=init)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def forward_linear(self, x, training=False):
+        n_in = self.kernel.shape[0]
+        x2 = x.reshape(-1, n_in)
+        z = self._buffer("z", (x2.shape[0], self.units))
+        _cpu.gemm(x2, self.kernel, z, bias=self.bias if self.use_bias else None)
+        self._state()["x"] = x2
+        return z.reshape(x.shape[:-1] + (self.units,))
+
+    def backward_linear(self, dz, need_dx=True):
+        x2 = self._state()["x"]
+        dz2 = dz.reshape(-1, self.units)
+        if self.trainable:
+            _cpu.gemm(x2, dz2, self.dkernel, trans_a=True, beta=1.0)   # dW += x^T dz
+            if self.use_bias:
+                _cpu.bias_backward(dz2, self.dbias)                      # db += colsum(dz)
+        if not need_dx:
+            return None
+        dx = self._buffer("dx", x2.shape)
+        _cpu.gemm(dz2, self.kernel, dx, trans_b=True)                    # dx = dz W^T
+        return dx.reshape(dz.shape[:-1] + (x2.shape[1],))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "use_bias": self.use_bias,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": None, "bias_regularizer": None, "kernel_constraint": None,
+                "bias_constraint": None}
+
+
+class Flatten(Layer):
+    """Flattens each sample to one axis (a view: no copy)."""
+
+    def __init__(self, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"Flatten: only data_format='channels_last' is supported, got {data_format!r}")
+
+    def compute_output_shape(self, input_shape):
+        rest = input_shape[1:]
+        return (input_shape[0], None if None in rest else math.prod(rest))
+
+    def forward(self, x, training=False):
+        self._state()["shape"] = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy, need_dx=True):
+        return dy.reshape(self._state()["shape"]) if need_dx else None
+
+    def get_config(self):
+        return {**super().get_config(), "data_format": "channels_last"}
+
+
+class InputLayer(Layer):
+    """Declares the model's input shape (Keras's InputLayer / keras.Input)."""
+
+    def __init__(self, shape=None, batch_size=None, batch_shape=None, input_shape=None,
+                 batch_input_shape=None, sparse=None, ragged=None, optional=None, **kwargs):
+        if batch_shape is None and batch_input_shape is not None:
+            batch_shape = batch_input_shape
+        if shape is None and input_shape is not None:
+            shape = input_shape
+        if shape is None and batch_shape is not None:
+            shape = tuple(batch_shape)[1:]
+        if shape is None:
+            raise ValueError("InputLayer needs shape= (or batch_shape=)")
+        if sparse or ragged:
+            raise ValueError("InputLayer: sparse and ragged inputs are not supported")
+        super().__init__(input_shape=shape, **kwargs)
+
+    def forward(self, x, training=False):
+        return x
+
+    def backward(self, dy, need_dx=True):
+        return dy if need_dx else None
+
+    def get_config(self):
+        cfg = super().get_config()
+        return {"batch_shape": [None, *self._input_shape], "dtype": "float32", "sparse": False,
+                "name": cfg["name"]}
+
+
+def Input(shape, batch_size=None, name=None):
+    """keras.Input for Sequential models: returns an InputLayer."""
+    return InputLayer(shape=shape, batch_size=batch_size, name=name)
+
+
+def _refuse_unsupported(layer, **kwargs):
+    for k, v in kwargs.items():
+        if v is not None:
+            raise ValueError(f"{type(layer).__name__} {layer.name!r}: {k}={v!r} is not supported yet")

@@ -1,0 +1,187 @@
+"""Losses with Keras names and semantics, computed by the C++ loss kernels.
+
+A loss prepares its targets once per fit (`prepare_targets`), then per batch returns the mean loss
+and writes d(loss)/d(prediction) into a buffer. Cross-entropies after a softmax (or sigmoid)
+output are fused: the model hands over the logits and gets the gradient with respect to them,
+p − y, which is exact and stable for logits of any size.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from kilnet import _cpu
+from kilnet.utils import lookup
+
+__all__ = ["Loss", "MeanSquaredError", "MeanAbsoluteError", "BinaryCrossentropy",
+           "CategoricalCrossentropy", "SparseCategoricalCrossentropy", "get", "serialize"]
+
+
+class Loss:
+    name = "loss"
+    sparse = False          # targets are integer class indices
+    fuses_with = None       # output activation whose logits this loss can take directly
+
+    def __init__(self, name=None, reduction="sum_over_batch_size", from_logits=False, **kwargs):
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}: unexpected argument(s) {', '.join(sorted(kwargs))}")
+        if reduction not in ("sum_over_batch_size", "auto", None):
+            raise ValueError(f"{type(self).__name__}: only reduction='sum_over_batch_size' is supported")
+        self.from_logits = bool(from_logits)
+        if name is not None:
+            self.name = name
+
+    # -- targets ----------------------------------------------------------------------------
+    def prepare_targets(self, y, output_shape) -> np.ndarray:
+        """Convert y once for the whole fit and check it against the model's output shape."""
+        y = np.asarray(y)
+        if y.dtype.kind not in "fiub":
+            raise TypeError(f"{self.name}: targets must be numeric, got dtype {y.dtype}")
+        y = np.ascontiguousarray(y, dtype=np.float32)
+        want = tuple(output_shape[1:])
+        if y.shape[1:] != want:
+            if y.ndim == 1 and want == (1,):
+                y = y.reshape(-1, 1)
+            else:
+                raise ValueError(f"{self.name}: targets of shape {y.shape} do not match the model "
+                                 f"output (batch, {', '.join(map(str, want))})")
+        if not np.isfinite(y).all():
+            raise ValueError(f"{self.name}: targets contain NaN or Inf")
+        return y
+
+    # -- per batch --------------------------------------------------------------------------
+    def compute(self, y_pred, y_true, grad=None) -> float:
+        """Mean loss of the batch; grad (optional) receives d(loss)/d(y_pred)."""
+        raise NotImplementedError
+
+    def compute_from_logits(self, logits, y_true, probs, grad) -> float:
+        """Fused form (only where fuses_with is set): loss of activation(logits), probs receive
+        activation(logits), grad the gradient with respect to the logits."""
+        raise NotImplementedError
+
+    def __call__(self, y_true, y_pred) -> float:
+        """Keras's call order: loss(y_true, y_pred) -> float."""
+        y_pred = np.ascontiguousarray(y_pred, dtype=np.float32)
+        return float(self.compute(y_pred, self.prepare_targets(y_true, (None,) + y_pred.shape[1:])))
+
+    def get_config(self):
+        return {"name": self.name, "reduction": "sum_over_batch_size"}
+
+
+class MeanSquaredError(Loss):
+    name = "mean_squared_error"
+
+    def compute(self, y_pred, y_true, grad=None):
+        return _cpu.mse(y_pred, y_true, grad)
+
+
+class MeanAbsoluteError(Loss):
+    name = "mean_absolute_error"
+
+    def compute(self, y_pred, y_true, grad=None):
+        return _cpu.mae(y_pred, y_true, grad)
+
+
+class BinaryCrossentropy(Loss):
+    name = "binary_crossentropy"
+    fuses_with = "sigmoid"
+
+    def prepare_targets(self, y, output_shape):
+        y = super().prepare_targets(y, output_shape)
+        if y.size and (y.min() < 0 or y.max() > 1):
+            raise ValueError(f"{self.name}: targets must lie in [0, 1], got values in [{y.min()}, {y.max()}]")
+        return y
+
+    def compute(self, y_pred, y_true, grad=None):
+        return _cpu.binary_crossentropy(y_pred, y_true, self.from_logits, grad)
+
+    def compute_from_logits(self, logits, y_true, probs, grad):
+        loss = _cpu.binary_crossentropy(logits, y_true, True, grad)
+        _cpu.activation_forward("sigmoid", logits, probs)
+        return loss
+
+    def get_config(self):
+        return {**super().get_config(), "from_logits": self.from_logits}
+
+
+class CategoricalCrossentropy(Loss):
+    name = "categorical_crossentropy"
+    fuses_with = "softmax"
+
+    def compute(self, y_pred, y_true, grad=None):
+        if self.from_logits:
+            return _cpu.softmax_crossentropy(y_pred, target=y_true, grad=grad)
+        return _cpu.categorical_crossentropy(y_pred, y_true, grad)
+
+    def compute_from_logits(self, logits, y_true, probs, grad):
+        return _cpu.softmax_crossentropy(logits, target=y_true, probs=probs, grad=grad)
+
+    def get_config(self):
+        return {**super().get_config(), "from_logits": self.from_logits}
+
+
+class SparseCategoricalCrossentropy(Loss):
+    name = "sparse_categorical_crossentropy"
+    sparse = True
+    fuses_with = "softmax"
+
+    def prepare_targets(self, y, output_shape):
+        y = np.asarray(y)
+        if y.dtype.kind not in "fiub":
+            raise TypeError(f"{self.name}: labels must be integers, got dtype {y.dtype}")
+        lead = tuple(output_shape[1:-1])
+        if y.ndim == len(lead) + 2 and y.shape[-1] == 1:   # (N, 1) labels, as Keras accepts
+            y = y.reshape(y.shape[:-1])
+        if y.shape[1:] != lead:
+            raise ValueError(f"{self.name}: labels of shape {y.shape} do not match the model output "
+                             f"{tuple(output_shape)}; expected (batch{''.join(', ' + str(d) for d in lead)})")
+        if y.dtype.kind == "f":
+            if not np.isfinite(y).all() or (y != np.round(y)).any():
+                raise ValueError(f"{self.name}: labels must be whole numbers (class indices)")
+        labels = np.ascontiguousarray(y, dtype=np.int64)
+        n_classes = output_shape[-1]
+        if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+            bad = labels[(labels < 0) | (labels >= n_classes)][0]
+            raise ValueError(f"{self.name}: label {bad} is out of range for a model with "
+                             f"{n_classes} output classes (valid: 0..{n_classes - 1})")
+        return labels
+
+    def compute(self, y_pred, y_true, grad=None):
+        if self.from_logits:
+            return _cpu.softmax_crossentropy(y_pred, labels=y_true, grad=grad)
+        return _cpu.sparse_categorical_crossentropy(y_pred, y_true, grad)
+
+    def compute_from_logits(self, logits, y_true, probs, grad):
+        return _cpu.softmax_crossentropy(logits, labels=y_true, probs=probs, grad=grad)
+
+    def get_config(self):
+        return {**super().get_config(), "from_logits": self.from_logits}
+
+
+_ALIASES = {
+    "mse": MeanSquaredError, "mean_squared_error": MeanSquaredError,
+    "mae": MeanAbsoluteError, "mean_absolute_error": MeanAbsoluteError,
+    "binary_crossentropy": BinaryCrossentropy,
+    "categorical_crossentropy": CategoricalCrossentropy,
+    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+}
+_CLASSES = {c.__name__: c for c in (MeanSquaredError, MeanAbsoluteError, BinaryCrossentropy,
+                                    CategoricalCrossentropy, SparseCategoricalCrossentropy)}
+
+
+def get(identifier) -> Loss:
+    """A loss from an instance, a Keras string name ('mse', 'sparse_categorical_crossentropy',
+    ...) or a serialized dict."""
+    if isinstance(identifier, Loss):
+        return identifier
+    if isinstance(identifier, str):
+        return lookup("loss", _ALIASES, identifier)()
+    if isinstance(identifier, dict):
+        cls = lookup("loss class", _CLASSES, identifier.get("class_name"))
+        cfg = {k: v for k, v in (identifier.get("config") or {}).items() if k in ("name", "reduction", "from_logits")}
+        return cls(**cfg)
+    raise TypeError(f"cannot interpret {identifier!r} as a loss; pass a kilnet.losses.Loss or a name")
+
+
+def serialize(loss: Loss):
+    return {"module": "keras.losses", "class_name": type(loss).__name__, "config": loss.get_config(),
+            "registered_name": None}

@@ -1,0 +1,545 @@
+"""Sequential: a stack of layers with Keras's compile / fit / evaluate / predict / save.
+
+The training step runs the layers' forward in order, the loss gives the first gradient, the
+layers' backward runs in reverse, and the optimizer updates every trainable parameter in one
+call on the model's flat parameter buffer. Batches are gathered into reused buffers, so the
+step allocates no array memory once the first batch has run.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+
+import numpy as np
+
+from kilnet import losses as losses_mod
+from kilnet import metrics as metrics_mod
+from kilnet import optimizers as optimizers_mod
+from kilnet.callbacks import CallbackList, History
+from kilnet.layers.activation import ActivatedLayer
+from kilnet.layers.base import Layer, unique_name
+from kilnet.layers.core import InputLayer
+from kilnet.utils import get_rng, to_float32
+
+__all__ = ["Sequential", "load_model"]
+
+
+class Sequential:
+    """A linear stack of layers: `Sequential([Conv2D(...), Flatten(), Dense(10)])`."""
+
+    def __init__(self, layers=None, name=None, trainable=True):
+        self.name = name or unique_name("sequential")
+        self.layers: list[Layer] = []
+        self.trainable = bool(trainable)
+        self.built = False
+        self.input_shape = None
+        self.optimizer = None
+        self.loss = None
+        self.compiled_metrics: list = []
+        self.history = None
+        self.stop_training = False
+        self._busy = threading.Lock()       # held while fit runs: predict/evaluate refuse then
+        self._layout_key = None
+        self._params = np.zeros(0, np.float32)
+        self._grads = np.zeros(0, np.float32)
+        self._slices: list = []
+        self._declared_input = None
+        self._auto_build = True   # build as soon as the input shape is known, as Keras does
+        if layers is not None:
+            if isinstance(layers, Layer):
+                layers = [layers]
+            for layer in layers:
+                self.add(layer)
+
+    # ------------------------------------------------------------------ structure
+    def add(self, layer: Layer) -> None:
+        """Append a layer (an InputLayer only declares the input shape)."""
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential.add expects a kilnet layer, got {type(layer).__name__}")
+        if isinstance(layer, InputLayer):
+            if self.layers:
+                raise ValueError("an InputLayer can only come first in a Sequential model")
+            self._declared_input = layer._input_shape
+            if self._auto_build and self.layers:
+                self.build()
+            return
+        if any(l.name == layer.name for l in self.layers):
+            raise ValueError(f"a layer named {layer.name!r} is already in the model; layer names must be unique")
+        if not self.layers and layer._input_shape is not None:
+            self._declared_input = layer._input_shape
+        self.layers.append(layer)
+        self.built = False
+        if self._auto_build and self._declared_input is not None:
+            self.build()
+
+    def pop(self) -> Layer:
+        if not self.layers:
+            raise ValueError("pop: the model has no layers")
+        self.built = False
+        return self.layers.pop()
+
+    def build(self, input_shape=None, initialize=True) -> None:
+        """Create every layer's weights for inputs of shape (batch, *input_shape[1:])."""
+        if not self.layers:
+            raise ValueError("the model has no layers; add some before building it")
+        if input_shape is None:
+            if self._declared_input is None:
+                raise ValueError("the model does not know its input shape: pass input_shape= to the "
+                                 "first layer, or call fit/predict (which build from the data)")
+            input_shape = (None, *self._declared_input)
+        shape = (None, *tuple(input_shape)[1:])
+        for layer in self.layers:
+            if layer.built and layer.input_shape is not None and tuple(layer.input_shape[1:]) != tuple(shape[1:]):
+                raise ValueError(f"layer {layer.name!r} was built for input {layer.input_shape} but now gets {shape}")
+            shape = layer.output_shape if layer.built else layer._build(shape, initialize=initialize)
+        self.input_shape = (None, *tuple(input_shape)[1:])
+        self.built = True
+        self._layout_key = None
+        self._consolidate()
+
+    @property
+    def output_shape(self):
+        return self.layers[-1].output_shape if self.built else None
+
+    def _consolidate(self) -> None:
+        """Move every trainable weight into one flat buffer (the layers keep views into it) and
+        every gradient into another, so the optimizer makes one call per step."""
+        key = tuple((id(l), l.trainable and self.trainable) for l in self.layers)
+        if key == self._layout_key:
+            return
+        specs = [(l, s) for l in self.layers for s in l._specs
+                 if s.trainable and l.trainable and self.trainable]
+        n = sum(math.prod(s.shape) for _, s in specs)
+        params = np.empty(n, np.float32)
+        grads = np.zeros(n, np.float32)
+        slices, off = [], 0
+        for layer, s in specs:
+            size = math.prod(s.shape)
+            view = params[off:off + size].reshape(s.shape)
+            view[...] = getattr(layer, s.attr)
+            setattr(layer, s.attr, view)
+            setattr(layer, "d" + s.attr, grads[off:off + size].reshape(s.shape))
+            slices.append((layer, s.attr, off, size))
+            off += size
+        # Frozen weights leave the flat buffer and get private storage again.
+        in_flat = {(id(l), s.attr) for l, s in specs}
+        for layer in self.layers:
+            for s in layer._specs:
+                if (id(layer), s.attr) not in in_flat:
+                    setattr(layer, s.attr, np.array(getattr(layer, s.attr)))
+        self._params, self._grads, self._slices = params, grads, slices
+        self._layout_key = key
+        if self.optimizer is not None and any(v.size != n for v in self.optimizer.state.values()):
+            self.optimizer.state = {}
+
+    # ------------------------------------------------------------------ compile
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None,
+                weighted_metrics=None, run_eagerly=False, steps_per_execution=1, jit_compile="auto",
+                auto_scale_loss=True):
+        """Configure training: optimizer, loss and metrics by object or Keras name."""
+        if loss is None:
+            raise ValueError("compile: a loss is required (e.g. loss='sparse_categorical_crossentropy')")
+        if loss_weights is not None or weighted_metrics is not None:
+            raise ValueError("compile: loss_weights and weighted_metrics are not supported")
+        self.optimizer = optimizers_mod.get(optimizer)
+        self.loss = losses_mod.get(loss)
+        if metrics is None:
+            metrics = []
+        if isinstance(metrics, (str, metrics_mod.Metric)):
+            metrics = [metrics]
+        if isinstance(metrics, dict):
+            raise ValueError("compile: metrics as a dict (multi-output) is not supported")
+        self._metric_ids = list(metrics)
+        self.compiled_metrics = self._make_metrics()
+
+    def _make_metrics(self):
+        units = self.layers[-1].output_shape[-1] if self.built and self.layers else None
+        return [metrics_mod.get(m, loss=self.loss, output_units=units) for m in self._metric_ids]
+
+    def _require_compiled(self, what):
+        if self.loss is None or self.optimizer is None:
+            raise RuntimeError(f"{what}: the model must be compiled first: model.compile(optimizer=..., loss=...)")
+
+    def _fused(self) -> bool:
+        """True when the last layer's activation and the loss fuse (softmax/sigmoid + CE)."""
+        last = self.layers[-1]
+        return (isinstance(last, ActivatedLayer) and not self.loss.from_logits
+                and self.loss.fuses_with == last.activation)
+
+    # ------------------------------------------------------------------ input checks
+    def _prepare_x(self, x, what):
+        x = to_float32(x, "x")
+        if not self.built:
+            if self._declared_input is not None and tuple(x.shape[1:]) != tuple(self._declared_input):
+                raise ValueError(f"{what}: the model expects inputs of shape (batch, "
+                                 f"{', '.join(map(str, self._declared_input))}), got {x.shape}")
+            self.build((None, *x.shape[1:]))
+        elif tuple(x.shape[1:]) != tuple(self.input_shape[1:]):
+            raise ValueError(f"{what}: the model expects inputs of shape (batch, "
+                             f"{', '.join(map(str, self.input_shape[1:]))}), got {x.shape}")
+        if not np.isfinite(x).all():
+            raise ValueError(f"{what}: x contains NaN or Inf")
+        return x
+
+    def _prepare_xy(self, x, y, what):
+        x = self._prepare_x(x, what)
+        if y is None:
+            raise ValueError(f"{what}: y (the targets) is required")
+        y_len = len(y) if hasattr(y, "__len__") else None
+        if y_len != len(x):
+            raise ValueError(f"{what}: x and y have different numbers of samples ({len(x)} and {y_len})")
+        return x, self.loss.prepare_targets(y, self.layers[-1].output_shape)
+
+    # ------------------------------------------------------------------ the steps
+    def _forward(self, xb, training):
+        """Forward through all layers; with a fused loss the last layer stops at its logits."""
+        h = xb
+        for layer in self.layers[:-1]:
+            h = layer.forward(h, training)
+        last = self.layers[-1]
+        return last.forward_linear(h, training) if self._fused() else last.forward(h, training)
+
+    def _loss_and_grad(self, out, yb, probs, grad):
+        if self._fused():
+            return self.loss.compute_from_logits(out, yb, probs, grad), probs
+        return self.loss.compute(out, yb, grad), out
+
+    def _backward(self, grad):
+        last = self.layers[-1]
+        first = self._first_trainable
+        g = last.backward_linear(grad, len(self.layers) - 1 > first) if self._fused() else \
+            last.backward(grad, len(self.layers) - 1 > first)
+        for i in range(len(self.layers) - 2, first - 1, -1):
+            g = self.layers[i].backward(g, need_dx=i > first)
+
+    def train_on_batch_arrays(self, xb, yb, bufs):
+        """One optimizer step on a prepared batch; returns (loss, predictions for metrics)."""
+        n = xb.shape[0]
+        self._grads.fill(0.0)   # gradients accumulate in the layers' backward: zero explicitly
+        out = self._forward(xb, True)
+        loss, pred = self._loss_and_grad(out, yb, bufs.get("probs", out.shape, n), bufs.get("grad", out.shape, n))
+        self._backward(bufs.last("grad"))
+        self.optimizer.apply(self._params, self._grads)
+        return loss, pred
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
+            sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
+            validation_batch_size=None, validation_freq=1):
+        """Train for `epochs` epochs; returns a History whose .history holds the per-epoch logs."""
+        self._require_compiled("fit")
+        if class_weight is not None or sample_weight is not None:
+            raise ValueError("fit: class_weight and sample_weight are not supported yet")
+        if steps_per_epoch is not None or validation_steps is not None:
+            raise ValueError("fit: steps_per_epoch/validation_steps are not supported (pass arrays)")
+        batch_size = _check_batch_size(batch_size, "fit")
+        if not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}")
+        if not 0.0 <= float(validation_split) < 1.0:
+            raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("fit: this model is already training or predicting in another thread")
+        try:
+            return self._fit(x, y, batch_size, int(epochs), verbose, callbacks, float(validation_split),
+                             validation_data, shuffle, int(initial_epoch), validation_batch_size or batch_size,
+                             validation_freq)
+        finally:
+            self._busy.release()
+
+    def _fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data,
+             shuffle, initial_epoch, val_batch_size, validation_freq):
+        x, y = self._prepare_xy(x, y, "fit")
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("fit: validation_data must be a tuple (x_val, y_val)")
+            val = self._prepare_xy(validation_data[0], validation_data[1], "fit (validation_data)")
+        elif validation_split > 0:
+            n_val = int(len(x) * validation_split)
+            if n_val == 0 or n_val == len(x):
+                raise ValueError(f"fit: validation_split={validation_split} leaves no training or validation samples")
+            val = (x[len(x) - n_val:], y[len(x) - n_val:])     # Keras takes the last samples, before shuffling
+            x, y = x[:len(x) - n_val], y[:len(y) - n_val]
+        else:
+            val = None
+        self._consolidate()
+        self._first_trainable = next((i for i, l in enumerate(self.layers) if l.trainable_weights and self.trainable),
+                                     len(self.layers))
+        self.optimizer.build(self._params.size)
+        self.compiled_metrics = self._make_metrics()
+
+        n = len(x)
+        steps = -(-n // batch_size)
+        verbose = _verbosity(verbose)
+        history = History()
+        params = {"epochs": epochs, "steps": steps, "verbose": verbose, "batch_size": batch_size, "samples": n}
+        cbs = CallbackList(list(callbacks or []) + [history], self, params)
+        self.history = history
+        self.stop_training = False
+        bufs = _Buffers()
+        xb_all = np.empty((min(batch_size, n),) + x.shape[1:], np.float32)
+        yb_all = np.empty((min(batch_size, n),) + y.shape[1:], y.dtype)
+        names = ["loss"] + [m.name for m in self.compiled_metrics]
+        rng = get_rng()
+        cbs.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            cbs.on_epoch_begin(epoch)
+            for m in self.compiled_metrics:
+                m.reset_state()
+            order = rng.permutation(n) if shuffle else np.arange(n)
+            loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
+            bar = _Progress(epoch, epochs, steps, verbose)
+            for step in range(steps):
+                idx = order[step * batch_size:(step + 1) * batch_size]
+                xb, yb = xb_all[:len(idx)], yb_all[:len(idx)]
+                np.take(x, idx, axis=0, out=xb)
+                np.take(y, idx, axis=0, out=yb)
+                cbs.on_train_batch_begin(step)
+                loss, pred = self.train_on_batch_arrays(xb, yb, bufs)
+                loss_sum += loss * len(idx)
+                seen += len(idx)
+                for m in self.compiled_metrics:
+                    m.update(pred, yb)
+                logs = {"loss": loss_sum / seen, **{m.name: m.result() for m in self.compiled_metrics}}
+                cbs.on_train_batch_end(step, logs)
+                bar.update(step + 1, logs)
+                if self.stop_training:
+                    break
+            logs = {"loss": loss_sum / max(seen, 1), **{m.name: m.result() for m in self.compiled_metrics}}
+            if val is not None and (epoch + 1) % validation_freq == 0:
+                vals = self._evaluate_arrays(val[0], val[1], val_batch_size)
+                logs.update({"val_" + k: v for k, v in zip(names, vals)})
+            bar.finish(logs, time.perf_counter() - t0)
+            cbs.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        cbs.on_train_end(logs if epochs > initial_epoch else None)
+        return history
+
+    # ------------------------------------------------------------------ evaluate / predict
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
+                 steps=None, callbacks=None, return_dict=False):
+        """Loss and metrics on (x, y): a scalar when there are no metrics, else [loss, *metrics]."""
+        self._require_compiled("evaluate")
+        if sample_weight is not None:
+            raise ValueError("evaluate: sample_weight is not supported yet")
+        batch_size = _check_batch_size(batch_size, "evaluate")
+        with self._guard("evaluate"):
+            x, y = self._prepare_xy(x, y, "evaluate")
+            values = self._evaluate_arrays(x, y, batch_size)
+        names = ["loss"] + [m.name for m in self.compiled_metrics]
+        if _verbosity(verbose):
+            print(" - ".join(f"{k}: {v:.4f}" for k, v in zip(names, values)), flush=True)
+        if return_dict:
+            return dict(zip(names, values))
+        return values[0] if len(values) == 1 else values
+
+    def _evaluate_arrays(self, x, y, batch_size):
+        metrics = self._make_metrics()
+        bufs = _Buffers()
+        total = 0.0
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            out = self._forward(xb, False)
+            loss, pred = self._loss_and_grad(out, yb, bufs.get("probs", out.shape, len(xb)), None)
+            total += loss * len(xb)
+            for m in metrics:
+                m.update(pred, yb)
+        return [total / len(x)] + [m.result() for m in metrics]
+
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        """Outputs for x, computed in batches; a new float32 numpy array."""
+        batch_size = _check_batch_size(batch_size, "predict")
+        with self._guard("predict"):
+            x = self._prepare_x(x, "predict")
+            out = None
+            for i in range(0, len(x), batch_size):
+                h = x[i:i + batch_size]
+                for layer in self.layers:
+                    h = layer.forward(h, False)
+                if out is None:
+                    out = np.empty((len(x),) + h.shape[1:], np.float32)
+                out[i:i + len(h)] = h
+        return out
+
+    def __call__(self, x, training=False):
+        return self.predict(x, batch_size=max(1, len(x)))
+
+    def predict_on_batch(self, x):
+        return self.predict(x, batch_size=max(1, len(x)))
+
+    def _guard(self, what):
+        model = self
+
+        class _G:   # predict/evaluate may run from many threads, but never during fit
+            def __enter__(self):
+                if model._busy.locked():
+                    raise RuntimeError(f"{what}: this model is training in another thread; wait for fit to finish")
+
+            def __exit__(self, *a):
+                return False
+        return _G()
+
+    # ------------------------------------------------------------------ weights, config, io
+    def count_params(self) -> int:
+        return sum(l.count_params() for l in self.layers)
+
+    @property
+    def weights(self):
+        return [w for l in self.layers for w in l.weights]
+
+    @property
+    def trainable_weights(self):
+        return [w for l in self.layers for w in l.trainable_weights] if self.trainable else []
+
+    def get_weights(self) -> list:
+        return [w for l in self.layers for w in l.get_weights()]
+
+    def set_weights(self, weights) -> None:
+        weights = list(weights)
+        need = sum(len(l._specs) for l in self.layers)
+        if not self.built:
+            raise ValueError("set_weights: build the model first (model.build(input_shape) or give input_shape=)")
+        if len(weights) != need:
+            raise ValueError(f"set_weights: the model has {need} weight arrays, got {len(weights)}")
+        i = 0
+        for layer in self.layers:
+            k = len(layer._specs)
+            layer.set_weights(weights[i:i + k])
+            i += k
+
+    def get_layer(self, name=None, index=None) -> Layer:
+        if index is not None:
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"no layer named {name!r}; layers: {', '.join(l.name for l in self.layers)}")
+
+    def get_config(self) -> dict:
+        from kilnet.io import layer_entry
+        entries = []
+        if self.built or self._declared_input is not None:
+            shape = self.input_shape if self.built else (None, *self._declared_input)
+            entries.append({"module": "keras.layers", "class_name": "InputLayer",
+                            "config": {"batch_shape": list(shape), "dtype": "float32", "sparse": False,
+                                       "name": "input_layer"}, "registered_name": None})
+        entries += [layer_entry(l) for l in self.layers]
+        cfg = {"name": self.name, "trainable": self.trainable,
+               "dtype": {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"},
+                         "registered_name": None}, "layers": entries}
+        if self.built:
+            cfg["build_input_shape"] = list(self.input_shape)
+        return cfg
+
+    def save(self, filepath, overwrite=True, include_optimizer=True) -> None:
+        """Write the model (architecture, weights, optimizer state) to an .h5 file, atomically."""
+        from kilnet.io import save_model
+        save_model(self, filepath, overwrite=overwrite, include_optimizer=include_optimizer)
+
+    def save_weights(self, filepath, overwrite=True) -> None:
+        from kilnet.io import save_model
+        save_model(self, filepath, overwrite=overwrite, include_optimizer=False)
+
+    def load_weights(self, filepath) -> None:
+        from kilnet.io import load_weights_into
+        load_weights_into(self, filepath)
+
+    def summary(self, print_fn=None) -> None:
+        """Print the layers, their output shapes and parameter counts, as Keras does."""
+        print_fn = print_fn or print
+        rows = [(f"{l.name} ({type(l).__name__})", str(l.output_shape) if l.built else "?", f"{l.count_params():,}")
+                for l in self.layers]
+        w0 = max([len("Layer (type)")] + [len(r[0]) for r in rows]) + 2
+        w1 = max([len("Output Shape")] + [len(r[1]) for r in rows]) + 2
+        line = "─" * (w0 + w1 + 12)
+        print_fn(f'Model: "{self.name}"')
+        print_fn(line)
+        print_fn(f"{'Layer (type)':<{w0}}{'Output Shape':<{w1}}{'Param #':>10}")
+        print_fn(line)
+        for r in rows:
+            print_fn(f"{r[0]:<{w0}}{r[1]:<{w1}}{r[2]:>10}")
+        print_fn(line)
+        total = self.count_params()
+        trainable = sum(w.size for w in self.trainable_weights)
+        print_fn(f" Total params: {total:,}")
+        print_fn(f" Trainable params: {trainable:,}")
+        print_fn(f" Non-trainable params: {total - trainable:,}")
+
+
+def load_model(filepath, compile=True):
+    """Load a model saved by `model.save` (kilnet or Keras .h5 layout)."""
+    from kilnet.io import load_model as _load
+    return _load(filepath, compile=compile)
+
+
+# ---------------------------------------------------------------------- helpers
+class _Buffers:
+    """Reusable model-level buffers (loss gradient, probabilities), views for partial batches."""
+
+    def __init__(self):
+        self._bufs = {}
+        self._last = {}
+
+    def get(self, key, shape, n):
+        buf = self._bufs.get(key)
+        if buf is None or buf.shape[1:] != tuple(shape[1:]) or buf.shape[0] < n:
+            buf = self._bufs[key] = np.empty((n,) + tuple(shape[1:]), np.float32)
+        view = buf if buf.shape[0] == n else buf[:n]
+        self._last[key] = view
+        return view
+
+    def last(self, key):
+        return self._last[key]
+
+
+def _check_batch_size(batch_size, what):
+    if batch_size is None:
+        return 32
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"{what}: batch_size must be a positive int, got {batch_size!r}")
+    return int(batch_size)
+
+
+def _verbosity(verbose):
+    if verbose == "auto":
+        return 1
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
+    return verbose
+
+
+class _Progress:
+    """Keras-like progress: a live line per epoch (verbose=1, refreshed on a terminal), one
+    summary line per epoch (verbose=1 off a terminal, and verbose=2), nothing for verbose=0."""
+
+    def __init__(self, epoch, epochs, steps, verbose):
+        self.verbose, self.steps = verbose, steps
+        self.live = verbose == 1 and sys.stdout.isatty()
+        self.t0 = self.last = time.perf_counter()
+        if verbose:
+            print(f"Epoch {epoch + 1}/{epochs}", flush=True)
+
+    def update(self, step, logs):
+        if not self.live:
+            return
+        now = time.perf_counter()
+        if now - self.last < 0.1 and step < self.steps:
+            return
+        self.last = now
+        eta = (now - self.t0) / step * (self.steps - step)
+        sys.stdout.write(f"\r{step}/{self.steps} - ETA: {eta:.0f}s - " + _fmt(logs))
+        sys.stdout.flush()
+
+    def finish(self, logs, seconds):
+        if not self.verbose:
+            return
+        per_step = seconds / max(self.steps, 1) * 1e3
+        msg = f"{self.steps}/{self.steps} - {seconds:.1f}s {per_step:.0f}ms/step - " + _fmt(logs)
+        print(("\r" if self.live else "") + msg, flush=True)
+
+
+def _fmt(logs):
+    return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())

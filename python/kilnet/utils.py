@@ -1,0 +1,71 @@
+"""Small helpers: the global random generator, input conversion, Keras-style name lookup."""
+from __future__ import annotations
+
+import random as _pyrandom
+
+import numpy as np
+
+__all__ = ["set_random_seed", "get_rng", "to_float32", "lookup", "snake_case"]
+
+_rng = np.random.default_rng()
+
+
+def set_random_seed(seed: int) -> None:
+    """Seed everything kilnet draws from (initializers, shuffling, dropout) and Python's and
+    numpy's global generators, so that a run is repeatable (as keras.utils.set_random_seed)."""
+    global _rng
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise TypeError(f"set_random_seed: seed must be an int, got {type(seed).__name__}")
+    _rng = np.random.default_rng(int(seed))
+    _pyrandom.seed(int(seed))
+    np.random.seed(int(seed) % 2**32)
+
+
+def get_rng() -> np.random.Generator:
+    """The generator behind every random draw kilnet makes."""
+    return _rng
+
+
+def to_float32(x, name: str = "x") -> np.ndarray:
+    """Convert model input the way Keras does: numbers become a C-contiguous float32 array.
+
+    Raises TypeError for strings, objects and other non-numeric data, ValueError for empty input.
+    """
+    if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous:
+        arr = x
+    else:
+        if hasattr(x, "__array__") or hasattr(x, "__len__"):
+            arr = np.asarray(x)
+        else:
+            raise TypeError(f"{name} must be array-like, got {type(x).__name__}")
+        if arr.dtype.kind not in "fiub":
+            raise TypeError(f"{name} must be numeric, got an array of dtype {arr.dtype}"
+                            + (" (strings)" if arr.dtype.kind in "US" else ""))
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.ndim == 0 or arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape}); need at least one sample")
+    return arr
+
+
+def snake_case(name: str) -> str:
+    """'Conv2D' -> 'conv2d', 'MaxPooling2D' -> 'max_pooling2d' (Keras's naming)."""
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i > 0 and (name[i - 1].islower() or
+                                       (i + 1 < len(name) and name[i + 1].islower())):
+            if not name[i - 1].isdigit():
+                out.append("_")
+        out.append(ch.lower())
+    return "".join(out)
+
+
+def lookup(kind: str, registry: dict, identifier):
+    """Resolve a Keras-style string identifier through a registry, or raise ValueError listing
+    the valid names."""
+    key = identifier
+    if isinstance(identifier, str) and identifier not in registry:
+        key = identifier.lower()
+    if key not in registry:
+        valid = ", ".join(sorted(k for k in registry if isinstance(k, str)))
+        raise ValueError(f"unknown {kind} {identifier!r}; valid names: {valid}")
+    return registry[key]
