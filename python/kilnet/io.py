@@ -249,6 +249,11 @@ def _read_dataset(group, name, shape, path, allow_nonfinite):
                              f"the architecture needs {tuple(shape)}")
     if ds.dtype.kind not in "fiu":
         raise ModelFileError(f"load_model: {path}: weight {name!r} has non-numeric dtype {ds.dtype}")
+    if shape == ():   # a counter (the optimizer's iteration): keep it an exact integer
+        value = ds[()]
+        if ds.dtype.kind == "f" and not np.isfinite(value):
+            raise ModelFileError(f"load_model: {path}: {name!r} is not finite")
+        return value
     value = np.asarray(ds[()], dtype=np.float32)
     if not allow_nonfinite and not np.isfinite(value).all():
         raise ModelFileError(f"load_model: {path}: weight {name!r} contains NaN or Inf "
@@ -307,7 +312,7 @@ def _read_optimizer(g, model, path, allow_nonfinite):
     if "iteration" not in g:
         return
     it = _read_dataset(g, "iteration", (), path, allow_nonfinite)
-    if it < 0 or it != int(it):
+    if it < 0 or it != int(it) or it > 2**62:
         raise ModelFileError(f"load_model: {path}: bad optimizer iteration {it}")
     model._consolidate()
     opt.build(model._params.size)

@@ -7,6 +7,7 @@ step allocates no array memory once the first batch has run.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import threading
@@ -370,17 +371,12 @@ class Sequential:
     def predict_on_batch(self, x):
         return self.predict(x, batch_size=max(1, len(x)))
 
+    @contextlib.contextmanager
     def _guard(self, what):
-        model = self
-
-        class _G:   # predict/evaluate may run from many threads, but never during fit
-            def __enter__(self):
-                if model._busy.locked():
-                    raise RuntimeError(f"{what}: this model is training in another thread; wait for fit to finish")
-
-            def __exit__(self, *a):
-                return False
-        return _G()
+        """predict/evaluate may run from many threads at once, but never while fit runs."""
+        if self._busy.locked():
+            raise RuntimeError(f"{what}: this model is training in another thread; wait for fit to finish")
+        yield
 
     # ------------------------------------------------------------------ weights, config, io
     def count_params(self) -> int:

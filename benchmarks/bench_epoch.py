@@ -1,0 +1,144 @@
+"""One epoch of the canonical model (Conv2D(32,3x3,relu) → Flatten → Dense(10,softmax), Adam,
+batch 32) on Fashion-MNIST, in kilnet and in PyTorch (CPU) in the same run, at 1 and 2 threads.
+
+    python benchmarks/bench_epoch.py [--epochs 3] [--threads 1 2] [--limit N]
+    pytest benchmarks/bench_epoch.py --benchmark-only      (one epoch each, 2 threads)
+
+Reports seconds per epoch (median of the epochs after the first, which warms up), the
+kilnet/PyTorch ratio, and the achieved GFLOP/s against the machine's FMA peak. The arithmetic:
+per sample, conv forward 2·26·26·32·9, dense forward 2·21632·10, backward about twice each
+(no input gradient for the first layer: conv backward = weight gradient only).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+FLOP_PER_SAMPLE = (2 * 26 * 26 * 32 * 9) * 2 + (2 * 21632 * 10) * 3   # conv fwd+dW, dense fwd+dW+dX
+PEAK_PER_CORE = 2 * 8 * 2 * 3.1e9      # 2 FMA pipes x 8 lanes x 2 flop x ~3.1 GHz (Zen 3 here)
+
+
+def load(limit=0):
+    from kilnet.datasets import fashion_mnist
+    (xt, yt), (xe, ye) = fashion_mnist.load_data()
+    xt = (xt / 255.0).reshape(-1, 28, 28, 1).astype(np.float32)
+    xe = (xe / 255.0).reshape(-1, 28, 28, 1).astype(np.float32)
+    if limit:
+        xt, yt = xt[:limit], yt[:limit]
+    return xt, yt.astype(np.int64), xe, ye.astype(np.int64)
+
+
+def kilnet_epochs(data, threads, epochs, seed=0):
+    import kilnet
+    from kilnet.cli import canonical_model
+    from kilnet.utils import set_random_seed
+    kilnet.set_num_threads(threads)
+    set_random_seed(seed)
+    xt, yt, xe, ye = data
+    model = canonical_model()
+    times = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        model.fit(xt, yt, batch_size=32, epochs=1, verbose=0)
+        times.append(time.perf_counter() - t0)
+    acc = model.evaluate(xe, ye, batch_size=256, verbose=0)[1]
+    return times, acc
+
+
+def torch_epochs(data, threads, epochs, seed=0):
+    import torch
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    xt, yt, xe, ye = data
+    X = torch.from_numpy(xt.transpose(0, 3, 1, 2).copy())
+    Y = torch.from_numpy(yt)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(32 * 26 * 26, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+    lossf = torch.nn.CrossEntropyLoss()
+    times = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        perm = torch.randperm(len(X))
+        for i in range(0, len(X), 32):
+            idx = perm[i:i + 32]
+            opt.zero_grad(set_to_none=True)
+            loss = lossf(model(X[idx]), Y[idx])
+            loss.backward()
+            opt.step()
+        times.append(time.perf_counter() - t0)
+    with torch.no_grad():
+        pred = model(torch.from_numpy(xe.transpose(0, 3, 1, 2).copy())).argmax(1).numpy()
+    return times, float((pred == ye).mean())
+
+
+def steady(times):
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def machine():
+    model = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per framework and thread count (first is warm-up)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N training images")
+    ap.add_argument("--no-torch", action="store_true")
+    args = ap.parse_args(argv)
+    data = load(args.limit)
+    n = len(data[0])
+    print(f"machine: {machine()}")
+    import kilnet
+    print(f"kilnet {kilnet.__version__} ({kilnet.simd_level()}); {n} images/epoch, batch 32, {args.epochs} epochs each")
+    rows = []
+    for t in args.threads:
+        kt, kacc = kilnet_epochs(data, t, args.epochs)
+        row = {"threads": t, "kilnet_s": steady(kt), "kilnet_all": kt, "kilnet_acc": kacc}
+        if not args.no_torch:
+            try:
+                tt, tacc = torch_epochs(data, t, args.epochs)
+                row.update(torch_s=steady(tt), torch_all=tt, torch_acc=tacc)
+            except ImportError:
+                pass
+        rows.append(row)
+        gflops = FLOP_PER_SAMPLE * n / row["kilnet_s"] / 1e9
+        line = (f"threads={t}: kilnet {row['kilnet_s']:.2f} s/epoch ({gflops:.1f} GFLOP/s, "
+                f"{100 * gflops * 1e9 / (PEAK_PER_CORE * t):.0f}% of {t}-core peak), test acc {kacc:.4f}")
+        if "torch_s" in row:
+            line += (f" | torch {row['torch_s']:.2f} s/epoch, test acc {row['torch_acc']:.4f}"
+                     f" | torch/kilnet = {row['torch_s'] / row['kilnet_s']:.2f}x")
+        print(line, flush=True)
+        print(f"   all epochs: kilnet {[round(v, 2) for v in kt]}" +
+              (f", torch {[round(v, 2) for v in row['torch_all']]}" if "torch_all" in row else ""))
+    return rows
+
+
+def test_epoch_kilnet(benchmark):
+    data = load()
+    benchmark.pedantic(lambda: kilnet_epochs(data, os.cpu_count() or 1, 1), rounds=1, iterations=1)
+
+
+def test_epoch_torch(benchmark):
+    import pytest
+    pytest.importorskip("torch")
+    data = load()
+    benchmark.pedantic(lambda: torch_epochs(data, os.cpu_count() or 1, 1), rounds=1, iterations=1)
+
+
+if __name__ == "__main__":
+    main()
