@@ -153,7 +153,9 @@ double softmax_crossentropy(index_t rows, index_t cols, const float* x, const st
 
 // ---------------------------------------------------------------- reference versions (double)
 namespace {
-inline double clipd(double p) { return std::min(std::max(p, double(kEps)), 1.0 - double(kEps)); }
+// The same bounds as clipf: 1 - 1e-7 is not a float, and float32 Keras (and the fast kernels)
+// clip to float(1 - 1e-7) = 1 - 2^-23, so -log(1 - p) tops out at 15.94, not 16.12.
+inline double clipd(double p) { return std::min(std::max(p, double(kEps)), double(1.f - kEps)); }
 inline double dsigmoid(double x) { return x >= 0 ? 1.0 / (1.0 + std::exp(-x)) : std::exp(x) / (1.0 + std::exp(x)); }
 
 double cce_ref(index_t rows, index_t cols, const float* p, const std::vector<double>& t, float* grad) {
