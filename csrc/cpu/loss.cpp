@@ -128,15 +128,20 @@ double softmax_crossentropy(index_t rows, index_t cols, const float* x, const st
     for (index_t j = 1; j < cols; ++j) mx = std::max(mx, xr[j]);
     double sum = 0.0;   // double: a float running sum drifts ~1e-4 relative over 1e5 classes
     for (index_t j = 0; j < cols; ++j) sum += std::exp(xr[j] - mx);
-    const float lse = float(double(mx) + std::log(sum));   // log-sum-exp: exact for any logit size
+    // -log softmax_j = (mx - x_j) + log(sum): never form mx + log(sum) in float, whose rounding
+    // (ulp(1e4) = 1e-3) would swamp a small loss. Exact for any logit size.
+    const double logsum = std::log(sum);
     const float inv = float(1.0 / sum);
     double loss = 0.0;
     double tsum = 1.0;
     if (labels) {
-      loss = lse - xr[labels[i]];
+      loss = double(mx - xr[labels[i]]) + logsum;
     } else {
       tsum = 0.0;
-      for (index_t j = 0; j < cols; ++j) { loss += double(t[i * cols + j]) * (lse - xr[j]); tsum += t[i * cols + j]; }
+      for (index_t j = 0; j < cols; ++j) {
+        loss += double(t[i * cols + j]) * (double(mx - xr[j]) + logsum);
+        tsum += t[i * cols + j];
+      }
     }
     const float tsumf = float(tsum);
     for (index_t j = 0; j < cols; ++j) {
