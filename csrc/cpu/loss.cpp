@@ -84,7 +84,7 @@ double binary_crossentropy(index_t rows, index_t cols, const float* p, const flo
     double acc = 0.0;
     for (index_t j = i * cols; j < (i + 1) * cols; ++j) {
       if (from_logits) {   // softplus(x) - t x, gradient sigmoid(x) - t
-        acc += detail::softplusf(p[j]) - t[j] * p[j];
+        acc += detail::bce_logits(p[j], t[j]);
         if (grad) grad[j] = (detail::sigmoidf(p[j]) - t[j]) * gs;
       } else {
         const float pc = clipf(p[j]);
