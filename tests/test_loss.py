@@ -273,7 +273,7 @@ def test_loss_gradient_finite_differences(rng, K, case):
 # ------------------------------------------------------------------------- 3. PyTorch parity
 @pytest.fixture
 def torch():
-    return pytest.importorskip("torch")
+    return pytest.importorskip("torch", exc_type=ImportError)
 
 
 def tgrad(torch, fn, *arrays):
