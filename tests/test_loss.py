@@ -400,7 +400,8 @@ def test_softmax_crossentropy_huge_logits_per_row(K):
     """Each row alone, so a small loss is not hidden by a 2e4 one in the mean: the loss of a
     row whose label sits at the max is log(sum exp(x - max)) (e.g. log 2 for [-1e4, 1e4, 1e4]),
     which must not be computed as float(max + log(sum)) - x (ulp(1e4) = 1e-3)."""
-    for row in BIG_LOGITS:
+    rows = np.concatenate([BIG_LOGITS, np.array([[3e38, -3e38, 0.0]], np.float32)])
+    for row in rows:   # the last: loss 6e38 for label 1, beyond float32 but fine as a double
         x = row[None, :].copy()
         for label in range(3):
             lab = np.array([label], np.int64)

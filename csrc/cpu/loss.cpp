@@ -135,11 +135,11 @@ double softmax_crossentropy(index_t rows, index_t cols, const float* x, const st
     double loss = 0.0;
     double tsum = 1.0;
     if (labels) {
-      loss = double(mx - xr[labels[i]]) + logsum;
+      loss = (double(mx) - xr[labels[i]]) + logsum;
     } else {
       tsum = 0.0;
       for (index_t j = 0; j < cols; ++j) {
-        loss += double(t[i * cols + j]) * (double(mx - xr[j]) + logsum);
+        loss += double(t[i * cols + j]) * ((double(mx) - xr[j]) + logsum);
         tsum += t[i * cols + j];
       }
     }
