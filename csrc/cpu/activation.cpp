@@ -57,13 +57,14 @@ void activation_backward_ref(Act act, index_t n, const float* y, const float* dy
   for (index_t i = 0; i < n; ++i) dx[i] = act_backward(act, y[i], dy[i]);
 }
 
-// One row: subtract the max so exp never overflows, then normalize.
+// One row: subtract the max so exp never overflows, then normalize. The sum is accumulated in
+// double: a float running sum over a long row (a 1e5-word vocabulary) drifts by ~1e-4 relative.
 static inline void softmax_row(index_t cols, const float* x, float* y) {
   float mx = x[0];
   for (index_t j = 1; j < cols; ++j) mx = std::max(mx, x[j]);
-  float sum = 0.f;
+  double sum = 0.0;
   for (index_t j = 0; j < cols; ++j) { y[j] = std::exp(x[j] - mx); sum += y[j]; }
-  const float inv = 1.f / sum;
+  const float inv = float(1.0 / sum);
   for (index_t j = 0; j < cols; ++j) y[j] *= inv;
 }
 
@@ -77,9 +78,10 @@ void softmax_backward(index_t rows, index_t cols, const float* y, const float* d
 #pragma omp parallel for num_threads(threads_for(rows * cols, 8192)) schedule(static)
   for (index_t i = 0; i < rows; ++i) {
     const float* yr = y + i * cols; const float* dyr = dy + i * cols; float* dxr = dx + i * cols;
-    float dot = 0.f;
+    double dot = 0.0;   // double for the same reason as softmax_row's sum
     for (index_t j = 0; j < cols; ++j) dot += dyr[j] * yr[j];
-    for (index_t j = 0; j < cols; ++j) dxr[j] = yr[j] * (dyr[j] - dot);
+    const float dotf = float(dot);
+    for (index_t j = 0; j < cols; ++j) dxr[j] = yr[j] * (dyr[j] - dotf);
   }
 }
 

@@ -84,7 +84,7 @@ double binary_crossentropy(index_t rows, index_t cols, const float* p, const flo
     double acc = 0.0;
     for (index_t j = i * cols; j < (i + 1) * cols; ++j) {
       if (from_logits) {   // softplus(x) - t x, gradient sigmoid(x) - t
-        acc += detail::softplusf(p[j]) - t[j] * p[j];
+        acc += detail::bce_logits(p[j], t[j]);
         if (grad) grad[j] = (detail::sigmoidf(p[j]) - t[j]) * gs;
       } else {
         const float pc = clipf(p[j]);
@@ -126,24 +126,30 @@ double softmax_crossentropy(index_t rows, index_t cols, const float* x, const st
     const float* xr = x + i * cols;
     float mx = xr[0];
     for (index_t j = 1; j < cols; ++j) mx = std::max(mx, xr[j]);
-    float sum = 0.f;
+    double sum = 0.0;   // double: a float running sum drifts ~1e-4 relative over 1e5 classes
     for (index_t j = 0; j < cols; ++j) sum += std::exp(xr[j] - mx);
-    const float lse = mx + std::log(sum);          // log-sum-exp: exact for any logit size
-    const float inv = 1.f / sum;
+    // -log softmax_j = (mx - x_j) + log(sum): never form mx + log(sum) in float, whose rounding
+    // (ulp(1e4) = 1e-3) would swamp a small loss. Exact for any logit size.
+    const double logsum = std::log(sum);
+    const float inv = float(1.0 / sum);
     double loss = 0.0;
-    float tsum = 1.f;
+    double tsum = 1.0;
     if (labels) {
-      loss = lse - xr[labels[i]];
+      loss = (double(mx) - xr[labels[i]]) + logsum;
     } else {
-      tsum = 0.f;
-      for (index_t j = 0; j < cols; ++j) { loss += double(t[i * cols + j]) * (lse - xr[j]); tsum += t[i * cols + j]; }
+      tsum = 0.0;
+      for (index_t j = 0; j < cols; ++j) {
+        loss += double(t[i * cols + j]) * ((double(mx) - xr[j]) + logsum);
+        tsum += t[i * cols + j];
+      }
     }
+    const float tsumf = float(tsum);
     for (index_t j = 0; j < cols; ++j) {
       const float pj = std::exp(xr[j] - mx) * inv;
       if (probs) probs[i * cols + j] = pj;
       if (grad) {
         const float tj = labels ? (j == labels[i] ? 1.f : 0.f) : t[i * cols + j];
-        grad[i * cols + j] = (pj * tsum - tj) * scale;
+        grad[i * cols + j] = (pj * tsumf - tj) * scale;
       }
     }
     return loss;
@@ -153,7 +159,9 @@ double softmax_crossentropy(index_t rows, index_t cols, const float* x, const st
 
 // ---------------------------------------------------------------- reference versions (double)
 namespace {
-inline double clipd(double p) { return std::min(std::max(p, double(kEps)), 1.0 - double(kEps)); }
+// The same bounds as clipf: 1 - 1e-7 is not a float, and float32 Keras (and the fast kernels)
+// clip to float(1 - 1e-7) = 1 - 2^-23, so -log(1 - p) tops out at 15.94, not 16.12.
+inline double clipd(double p) { return std::min(std::max(p, double(kEps)), double(1.f - kEps)); }
 inline double dsigmoid(double x) { return x >= 0 ? 1.0 / (1.0 + std::exp(-x)) : std::exp(x) / (1.0 + std::exp(x)); }
 
 double cce_ref(index_t rows, index_t cols, const float* p, const std::vector<double>& t, float* grad) {

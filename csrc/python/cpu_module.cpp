@@ -255,7 +255,11 @@ void bind_kernels(py::module_& m, const Kernels K) {
         fail_value(std::string(fn) + ": label " + std::to_string(l.i64()[i]) + " at index " + std::to_string(i) + " is out of range [0, " + std::to_string(cols) + ")");
     float* g = nullptr;
     Arr ga;
-    if (!g_.is_none()) { ga = out_f32(fn, "grad", g_); expect_shape(fn, "grad", ga, p.shape); no_alias(fn, "grad", ga, "pred", p); g = ga.f(); }
+    if (!g_.is_none()) {
+      ga = out_f32(fn, "grad", g_); expect_shape(fn, "grad", ga, p.shape);
+      no_alias(fn, "grad", ga, "pred", p); no_alias(fn, "grad", ga, "labels", l);
+      g = ga.f();
+    }
     py::gil_scoped_release nogil;
     return K.scce(rows, cols, p.f(), l.i64(), g);
   }, arg("pred"), arg("labels"), arg("grad") = py::none());
@@ -277,9 +281,16 @@ void bind_kernels(py::module_& m, const Kernels K) {
     } else {
       t = in_f32(fn, "target", t_); expect_shape(fn, "target", t, x.shape); tp = t.f();
     }
-    if (!pr_.is_none()) { pr = out_f32(fn, "probs", pr_); expect_shape(fn, "probs", pr, x.shape); no_alias(fn, "probs", pr, "logits", x); prp = pr.f(); }
+    // Outputs overlap no input: the labels/target are read while probs and grad are written.
+    if (!pr_.is_none()) {
+      pr = out_f32(fn, "probs", pr_); expect_shape(fn, "probs", pr, x.shape);
+      no_alias(fn, "probs", pr, "logits", x);
+      if (lp) no_alias(fn, "probs", pr, "labels", l); else no_alias(fn, "probs", pr, "target", t);
+      prp = pr.f();
+    }
     if (!g_.is_none()) {
       g = out_f32(fn, "grad", g_); expect_shape(fn, "grad", g, x.shape); no_alias(fn, "grad", g, "logits", x);
+      if (lp) no_alias(fn, "grad", g, "labels", l); else no_alias(fn, "grad", g, "target", t);
       if (prp) no_alias(fn, "grad", g, "probs", pr);
       gp = g.f();
     }
