@@ -46,8 +46,11 @@ inline Arr array_arg(const char* fn, const char* name, py::handle h, char kind, 
               std::string(py::str(py::type::of(h).attr("__name__"))));
   Arr a;
   a.arr = py::reinterpret_borrow<py::array>(h);
-  const bool ok_dtype = kind == 'f' ? a.arr.dtype().is(py::dtype::of<float>())
-                                    : a.arr.dtype().is(py::dtype::of<std::int64_t>());
+  // Compare type numbers, not dtype objects: an unpickled float32 dtype is a different object.
+  // A byte-swapped (non-native) array has the same number and is refused by the isnative test.
+  const py::dtype dt = a.arr.dtype();
+  const py::dtype want = kind == 'f' ? py::dtype::of<float>() : py::dtype::of<std::int64_t>();
+  const bool ok_dtype = dt.num() == want.num() && dt.attr("isnative").cast<bool>();
   if (!ok_dtype)
     fail_type(std::string(fn) + ": argument '" + name + "' must have dtype " +
               (kind == 'f' ? "float32" : "int64") + ", got " + std::string(py::str(a.arr.dtype())));
