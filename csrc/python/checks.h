@@ -8,6 +8,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 #include "kilnet/common.h"
 
@@ -97,5 +98,20 @@ inline void no_alias(const char* fn, const char* out_name, const Arr& out, const
     fail_value(std::string(fn) + ": output '" + out_name + "' overlaps input '" + in_name +
                "'; pass a separate array");
 }
+
+// Leading axes flattened into rows, the last axis is cols.
+inline std::pair<index_t, index_t> rows_cols(const char* fn, const Arr& a) {
+  if (a.ndim() < 1) fail_value(std::string(fn) + ": expected an array of rank >= 1");
+  const index_t cols = a.dim(-1);
+  if (a.size == 0 || cols == 0) fail_value(std::string(fn) + ": empty input");
+  return {a.size / cols, cols};
+}
+
+// One function per kernel family binds it into a module; ref selects the reference kernels.
+void bind_gemm(py::module_& m, bool ref);
+void bind_conv2d(py::module_& m, bool ref);
+void bind_activation(py::module_& m, bool ref);
+void bind_loss(py::module_& m, bool ref);
+void bind_optim(py::module_& m, bool ref);
 
 }  // namespace kilnet::bind
