@@ -57,7 +57,7 @@ class ActivatedLayer(Layer):
     def forward_linear(self, x, training=False):
         raise NotImplementedError
 
-    def backward_linear(self, dz, need_dx=True):
+    def backward_linear(self, dz, need_dx=True, need_dw=True):
         raise NotImplementedError
 
     def forward(self, x, training=False):
@@ -65,8 +65,8 @@ class ActivatedLayer(Layer):
         self._state()["y"] = y
         return y
 
-    def backward(self, dy, need_dx=True):
-        return self.backward_linear(act_backward_inplace(self.activation, self._state()["y"], dy), need_dx)
+    def backward(self, dy, need_dx=True, need_dw=True):
+        return self.backward_linear(act_backward_inplace(self.activation, self._state()["y"], dy), need_dx, need_dw)
 
     def get_config(self):
         return {**super().get_config(), "activation": self.activation}
@@ -84,5 +84,5 @@ class Activation(ActivatedLayer):
         z[...] = x
         return z
 
-    def backward_linear(self, dz, need_dx=True):
+    def backward_linear(self, dz, need_dx=True, need_dw=True):
         return dz if need_dx else None

@@ -3,7 +3,11 @@
 A layer owns its forward and backward (there is no autograd tape):
   build(input_shape)           creates the weights (add_weight)
   forward(x, training)         computes y and keeps what backward needs
-  backward(dy, need_dx=True)   returns dx and ACCUMULATES the weight gradients d<name>
+  backward(dy, need_dx=True, need_dw=True)
+                               returns dx (None when not need_dx) and, when need_dw and the
+                               layer is trainable, ACCUMULATES the weight gradients d<name>;
+                               need_dw=False (input gradients for explanations) leaves every
+                               d<name> untouched
 
 Weights are plain float32 arrays held as attributes (self.kernel, self.bias); their gradients are
 attributes named with a leading d (self.dkernel). A Sequential model moves every trainable weight
@@ -104,7 +108,7 @@ class Layer:
     def forward(self, x, training=False):
         raise NotImplementedError
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_dx=True, need_dw=True):
         raise NotImplementedError
 
     def __call__(self, x, training=False):

@@ -92,15 +92,16 @@ class Conv2D(ActivatedLayer):
         self._state()["x"] = x
         return z
 
-    def backward_linear(self, dz, need_dx=True):
+    def backward_linear(self, dz, need_dx=True, need_dw=True):
         x = self._state()["x"]
         dx = self._buffer("dx", x.shape) if need_dx else None
-        if self.trainable:
+        if need_dw and self.trainable:
             _cpu.conv2d_backward(dz, x, self.kernel, dx, self.dkernel,
                                  self.dbias if self.use_bias else None,
                                  self.strides, self._pad, self.dilation_rate)
-        elif need_dx:   # frozen layer: input gradient only, weight gradient into scratch
+        elif need_dx:   # input gradient only: the kernel's weight gradient goes to scratch
             scratch = self._buffer("dw_scratch", self.kernel.shape)
+            scratch.fill(0.0)
             _cpu.conv2d_backward(dz, x, self.kernel, dx, scratch, None, self.strides, self._pad,
                                  self.dilation_rate)
         return dx

@@ -55,10 +55,10 @@ class Dense(ActivatedLayer):
         self._state()["x"] = x2
         return z.reshape(x.shape[:-1] + (self.units,))
 
-    def backward_linear(self, dz, need_dx=True):
+    def backward_linear(self, dz, need_dx=True, need_dw=True):
         x2 = self._state()["x"]
         dz2 = dz.reshape(-1, self.units)
-        if self.trainable:
+        if need_dw and self.trainable:
             _cpu.gemm(x2, dz2, self.dkernel, trans_a=True, beta=1.0)   # dW += x^T dz
             if self.use_bias:
                 _cpu.bias_backward(dz2, self.dbias)                      # db += colsum(dz)
@@ -92,7 +92,7 @@ class Flatten(Layer):
         self._state()["shape"] = x.shape
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_dx=True, need_dw=True):
         return dy.reshape(self._state()["shape"]) if need_dx else None
 
     def get_config(self):
@@ -119,7 +119,7 @@ class InputLayer(Layer):
     def forward(self, x, training=False):
         return x
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_dx=True, need_dw=True):
         return dy if need_dx else None
 
     def get_config(self):
