@@ -112,9 +112,9 @@ int threads_of(const Conv2dShape& s, index_t items) {
 
 // ------------------------------------------------------------------------- micro-kernel: A·B tile
 // QB pixels x NV vectors of 8 columns. A row i is read from a[i] + seg_off[g] + j (j < seg_len);
-// B (packed) is seg_count*seg_len rows of 8*NV floats. The result goes to out[i] + out_off:
-// stored (+ bias) in the forward pass, added in the dx pass. Lanes past `valid` columns are not
-// written.
+// B (packed) is seg_count*seg_len rows of 8*NV floats, zero past `valid` columns. The result
+// goes to out[i] + out_off: stored (+ bias) in the forward pass, where lanes past `valid` are
+// not written; added in the dx pass, where they add zeros.
 struct Tile {
   const float* const* a;
   const index_t* seg_off;
@@ -127,7 +127,7 @@ struct Tile {
 };
 
 template <int QB, int NV, bool ADD>
-void tile_kernel(const Tile& t) {
+inline __attribute__((always_inline)) void tile_kernel(const Tile& t) {
   __m256 acc[QB][NV];
   #pragma GCC unroll 16
   for (int v = 0; v < NV; ++v) {
@@ -159,14 +159,12 @@ void tile_kernel(const Tile& t) {
     float* o = t.out[i] + t.out_off;
     #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) {
-      if (v < NV - 1 || full) {
-        __m256 r = acc[i][v];
-        if (ADD) r = _mm256_add_ps(r, _mm256_loadu_ps(o + 8 * v));
-        _mm256_storeu_ps(o + 8 * v, r);
-      } else {
-        __m256 r = acc[i][v];
-        if (ADD) r = _mm256_add_ps(r, _mm256_maskload_ps(o + 8 * v, m));
-        _mm256_maskstore_ps(o + 8 * v, m, r);
+      if (ADD) {   // into a private dx buffer with slack: lanes past `valid` add exact zeros
+        _mm256_storeu_ps(o + 8 * v, _mm256_add_ps(acc[i][v], _mm256_loadu_ps(o + 8 * v)));
+      } else if (v < NV - 1 || full) {
+        _mm256_storeu_ps(o + 8 * v, acc[i][v]);
+      } else {     // into y: the lanes past K belong to the next pixel
+        _mm256_maskstore_ps(o + 8 * v, m, acc[i][v]);
       }
     }
   }
@@ -196,18 +194,27 @@ TileFn tile_fn(int nv, index_t qb) {
   }
 }
 
+// Full tiles in one loop, with the micro-kernel inlined into it.
+template <int NV, bool ADD>
+void full_tiles(Tile t, index_t ntiles) {
+  constexpr int QB = max_qb(NV);
+  for (index_t n = 0; n < ntiles; ++n, t.a += QB, t.out += QB) tile_kernel<QB, NV, ADD>(t);
+}
+
 // Runs tiles over npix pixels for one packed panel (nv vectors, `valid` columns).
 template <bool ADD>
 void tile_sweep(Tile t, index_t npix, int nv) {
-  const index_t qmax = max_qb(nv);
-  const TileFn full = tile_fn<ADD>(nv, qmax);
-  const float* const* a = t.a;
-  float* const* out = t.out;
-  for (index_t i = 0; i < npix; i += qmax) {
-    t.a = a + i;
-    t.out = out + i;
-    const index_t qb = std::min(qmax, npix - i);
-    (qb == qmax ? full : tile_fn<ADD>(nv, qb))(t);
+  const index_t qmax = max_qb(nv), ntiles = npix / qmax, rest = npix % qmax;
+  switch (nv) {
+    case 1: full_tiles<1, ADD>(t, ntiles); break;
+    case 2: full_tiles<2, ADD>(t, ntiles); break;
+    case 3: full_tiles<3, ADD>(t, ntiles); break;
+    default: full_tiles<4, ADD>(t, ntiles); break;
+  }
+  if (rest) {
+    t.a += ntiles * qmax;
+    t.out += ntiles * qmax;
+    tile_fn<ADD>(nv, rest)(t);
   }
 }
 
@@ -316,19 +323,33 @@ DwFn dw_fn(index_t mr, int nv) {
   return t[nv - 1][mr - 1];
 }
 
-// db[k0..] += the sum of rows x cols of dy (row stride ld), cols <= Kp rounded to 8.
-void add_rows(const float* dy, index_t rows, index_t cols, float* db) {
-  const __m256i tail = lane_mask(cols % 8 == 0 ? 8 : cols % 8);
-  for (index_t k = 0; k < cols; k += 8) {
-    __m256 a0 = _mm256_loadu_ps(db + k), a1 = _mm256_setzero_ps();
-    const bool full = k + 8 <= cols;
-    index_t i = 0;
-    for (; i + 1 < rows; i += 2) {   // two chains to hide the add latency
-      a0 = _mm256_add_ps(a0, full ? _mm256_loadu_ps(dy + i * cols + k) : _mm256_maskload_ps(dy + i * cols + k, tail));
-      a1 = _mm256_add_ps(a1, full ? _mm256_loadu_ps(dy + (i + 1) * cols + k) : _mm256_maskload_ps(dy + (i + 1) * cols + k, tail));
-    }
-    if (i < rows) a0 = _mm256_add_ps(a0, full ? _mm256_loadu_ps(dy + i * cols + k) : _mm256_maskload_ps(dy + i * cols + k, tail));
-    _mm256_storeu_ps(db + k, _mm256_add_ps(a0, a1));
+// db[0 .. 8*NV) += the column sums of a block of dy (row stride ld), with the columns past
+// `valid` masked; rows are the outer loop so dy streams through once.
+template <int NV>
+void col_sums(const float* dy, index_t rows, index_t ld, index_t valid, float* db) {
+  __m256 acc[NV];
+  const __m256i tail = lane_mask(valid - 8 * (NV - 1));
+  const bool full = valid == 8 * NV;
+  #pragma GCC unroll 16
+  for (int v = 0; v < NV; ++v) acc[v] = _mm256_loadu_ps(db + 8 * v);
+  for (index_t i = 0; i < rows; ++i, dy += ld) {
+    #pragma GCC unroll 16
+    for (int v = 0; v < NV - 1; ++v) acc[v] = _mm256_add_ps(acc[v], _mm256_loadu_ps(dy + 8 * v));
+    acc[NV - 1] = _mm256_add_ps(acc[NV - 1], full ? _mm256_loadu_ps(dy + 8 * (NV - 1))
+                                                  : _mm256_maskload_ps(dy + 8 * (NV - 1), tail));
+  }
+  #pragma GCC unroll 16
+  for (int v = 0; v < NV; ++v) _mm256_storeu_ps(db + 8 * v, acc[v]);
+}
+
+// db[0..K) (padded to a multiple of 8) += the sum of `rows` rows of dy (row stride ld).
+void add_rows(const float* dy, index_t rows, index_t ld, index_t K, float* db) {
+  using Fn = void (*)(const float*, index_t, index_t, index_t, float*);
+  static constexpr Fn fns[8] = {&col_sums<1>, &col_sums<2>, &col_sums<3>, &col_sums<4>,
+                                &col_sums<5>, &col_sums<6>, &col_sums<7>, &col_sums<8>};
+  for (index_t k0 = 0; k0 < K; k0 += 64) {
+    const index_t valid = std::min<index_t>(64, K - k0);
+    fns[(valid + 7) / 8 - 1](dy + k0, rows, ld, valid, db + k0);
   }
 }
 
@@ -346,10 +367,26 @@ struct Scratch {
   std::vector<const float*> a;
   std::vector<float*> out;
   std::vector<index_t> off;
+  std::vector<float> dy;
 };
 Scratch& scratch() {
   thread_local Scratch s;
   return s;
+}
+
+// dst[0..Kp) = src[0..K), zero-padded to a multiple of 8; dst is 32-byte aligned.
+inline void copy_row(const float* src, index_t K, float* dst) {
+  index_t k = 0;
+  for (; k + 8 <= K; k += 8) _mm256_store_ps(dst + k, _mm256_loadu_ps(src + k));
+  if (k < K) _mm256_store_ps(dst + k, _mm256_maskload_ps(src + k, lane_mask(K - k)));
+}
+
+// The calling thread's 64-byte aligned buffer for n floats of dy.
+float* dy_chunk(index_t n) {
+  std::vector<float>& v = scratch().dy;
+  if (v.size() < size_t(n + 16)) v.resize(size_t(n + 16));
+  const auto addr = reinterpret_cast<std::uintptr_t>(v.data());
+  return v.data() + ((64 - addr % 64) % 64) / sizeof(float);
 }
 
 }  // namespace
@@ -417,6 +454,7 @@ static void backward_weights(const Conv2dShape& s, const float* dy, const float*
       for (index_t c = 0; c < s.C; ++c, ++i) moff[size_t(i)] = r * s.dilation_h * L.row_ld + t * s.dilation_w * s.C + c;
   const DwShape ds = dw_shape(s);
   const index_t chunk = 64;   // pixels per pass over the tiles (measured: 32..128 all close)
+  const bool copy_dy = RSC >= 32;
   const std::vector<Panel> panels = panels_of(s.K, ds.nv);
 
   const Items it = items_of(s, omp_get_max_threads());
@@ -443,22 +481,35 @@ static void backward_weights(const Conv2dShape& s, const float* dy, const float*
       }
       const float* dyb = dy + (n * s.P + p0) * s.Q * s.K;
       const index_t npix = (p1 - p0) * s.Q;
-      if (db) add_rows(dyb, npix, s.K, mine + RSC * Kp);
       std::vector<index_t>& off = scratch().off;
       off.resize(size_t(npix));
       for (index_t p = p0, i = 0; p < p1; ++p)
         for (index_t q = 0; q < s.Q; ++q, ++i) off[size_t(i)] = (p - p0) * s.stride_h * L.row_ld + q * s.stride_w * s.C;
-      // Pixels in chunks so that a chunk's dy and x stay in L1 across all the tiles.
-      for (index_t i0 = 0; i0 < npix; i0 += chunk)
+      // Pixels in chunks so that a chunk's dy and x stay in L1 across all the tiles. With many
+      // rsc rows the chunk of dy is first copied to an aligned buffer, rows zero-padded to Kp,
+      // so no vector load splits a cache line (numpy arrays are only 16-byte aligned): ~6% on
+      // C=32, but a loss when there are only a few rsc rows to reuse each dy vector (C=1).
+      float* g = copy_dy ? dy_chunk(chunk * Kp) : nullptr;
+      for (index_t i0 = 0; i0 < npix; i0 += chunk) {
+        const index_t nc = std::min(chunk, npix - i0);
+        const float* gc = dyb + i0 * s.K;
+        index_t ld = s.K;
+        if (copy_dy) {
+          for (index_t i = 0; i < nc; ++i) copy_row(gc + i * s.K, s.K, g + i * Kp);
+          gc = g;
+          ld = Kp;
+        }
+        if (db) add_rows(gc, nc, ld, s.K, mine + RSC * Kp);
         for (const Panel& p : panels)
           for (index_t m0 = 0; m0 < RSC; m0 += ds.mr) {
             const index_t mr = std::min<index_t>(ds.mr, RSC - m0);
-            DwTile t{base, off.data() + i0, dyb + i0 * s.K + p.col0, std::min(chunk, npix - i0), s.K,
-                     moff.data() + m0, mine + m0 * Kp + p.col0, Kp, p.valid};
-            (p.valid == 8 * p.nv ? dw_fn<true>(mr, p.nv) : dw_fn<false>(mr, p.nv))(t);
+            const index_t valid = copy_dy ? 8 * p.nv : p.valid;
+            DwTile t{base, off.data() + i0, gc + p.col0, nc, ld, moff.data() + m0, mine + m0 * Kp + p.col0, Kp, valid};
+            (valid == 8 * p.nv ? dw_fn<true>(mr, p.nv) : dw_fn<false>(mr, p.nv))(t);
           }
+      }
     }
-    // Reduce: every thread sums a slice of the columns over all partials.
+    // Reduce: each thread sums some rows of dw (and db) over all the partials.
 #pragma omp for schedule(static)
     for (index_t i = 0; i < RSC + 1; ++i) {
       if (i == RSC && !db) continue;
@@ -498,7 +549,9 @@ static void backward_input(const Conv2dShape& s, const float* dy, const float* w
       pack_panel(s.K, gw, p, [&](index_t k, index_t col) { return w[(g * gw + col) * s.K + k]; },
                  wt + g * gstride + s.K * p.col0);
   const index_t zero = 0;
-  const index_t img = L.Hp * L.row_ld;   // floats of one padded dx image
+  // Floats of one padded dx image, plus 8 of slack: the dx tiles add whole vectors (the lanes
+  // past a panel's valid columns hold exact zeros), so they may run up to 7 floats past the end.
+  const index_t img = L.Hp * L.row_ld + 8;
 
   const int T = omp_get_max_threads();
   const bool whole_images = s.N >= T;
