@@ -125,6 +125,17 @@ def test_first_layer_shape_without_dx(rng):
     assert_matches_ref(x, w, b, yshape, kw, rng, with_dx=False)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("C", [8, 16])
+def test_valid_exact_fit(stride, C, threads, rng):
+    # 'valid' windows that end exactly at the border: x is read in place and dx is accumulated
+    # in place (S*C a multiple of 8), with both whole-image and row-block work items
+    for nthreads in (1, 2):
+        _cpu.set_num_threads(nthreads)
+        assert_matches_ref(*make_case(rng, 3, 9, 9, C, 24, 3, 3, stride, 1, "valid"), rng)
+        assert_matches_ref(*make_case(rng, 1, 9, 9, C, 8, 1, 1, stride, 1, "valid"), rng)
+
+
 def test_no_bias_and_no_db(rng):
     x, w, _, yshape, kw = make_case(rng, 2, 7, 9, 3, 5, 3, 3, 1, 1, "same")
     y, y_ref = np.empty(yshape, np.float32), np.empty(yshape, np.float32)

@@ -92,14 +92,18 @@ Segments segments_of(const Conv2dShape& s, index_t row_ld) {
 
 // Work items: (image, block of output rows). Whole images when the batch alone feeds every
 // thread; otherwise images are cut into row blocks so that small batches still use all cores.
+// Large images are cut too, to bound the per-thread stage and pixel lists.
 struct Items {
   index_t per_image, rows, count;
 };
 
+constexpr index_t kItemPixels = 4096;   // most output pixels in one item
+constexpr index_t kChunk = 384;         // pixels per sweep of the panels (a multiple of 12)
+
 Items items_of(const Conv2dShape& s, int threads) {
   Items it;
   it.per_image = s.N >= 4 * threads ? 1 : std::min(s.P, (4 * threads + s.N - 1) / s.N);
-  it.rows = (s.P + it.per_image - 1) / it.per_image;
+  it.rows = std::min((s.P + it.per_image - 1) / it.per_image, std::max<index_t>(1, kItemPixels / s.Q));
   it.per_image = (s.P + it.rows - 1) / it.rows;
   it.count = s.N * it.per_image;
   return it;
@@ -430,11 +434,12 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
         sc.a[size_t(i)] = base + (p - p0) * s.stride_h * L.row_ld + q * s.stride_w * s.C;
         sc.out[size_t(i)] = y + ((n * s.P + p) * s.Q + q) * s.K;
       }
-    for (const Panel& p : panels) {
-      Tile t{sc.a.data(), seg.off.data(), index_t(seg.off.size()), seg.len, wp + RSC * p.col0,
-             sc.out.data(), p.col0, bp + p.col0, p.valid};
-      tile_sweep<false>(t, npix, p.nv);
-    }
+    for (index_t i0 = 0; i0 < npix; i0 += kChunk)   // the chunk's windows stay in cache
+      for (const Panel& p : panels) {
+        Tile t{sc.a.data() + i0, seg.off.data(), index_t(seg.off.size()), seg.len, wp + RSC * p.col0,
+               sc.out.data() + i0, p.col0, bp + p.col0, p.valid};
+        tile_sweep<false>(t, std::min(kChunk, npix - i0), p.nv);
+      }
   }
 }
 
@@ -453,7 +458,7 @@ static void backward_weights(const Conv2dShape& s, const float* dy, const float*
     for (index_t t = 0; t < s.S; ++t)
       for (index_t c = 0; c < s.C; ++c, ++i) moff[size_t(i)] = r * s.dilation_h * L.row_ld + t * s.dilation_w * s.C + c;
   const DwShape ds = dw_shape(s);
-  const index_t chunk = 64;   // pixels per pass over the tiles (measured: 32..128 all close)
+  const index_t chunk = 64;   // pixels per pass over the tiles (measured: 32..256 all close)
   const bool copy_dy = RSC >= 32;
   const std::vector<Panel> panels = panels_of(s.K, ds.nv);
 
@@ -559,6 +564,9 @@ static void backward_input(const Conv2dShape& s, const float* dy, const float* w
   const int nt = threads_of(s, it.count);
   std::vector<float> priv;   // private padded dx per thread (small batches only)
   if (!whole_images && nt > 1) priv.assign(size_t(nt * s.N * img), 0.f);
+  // Without padding, and when every panel is whole vectors (so no tile writes past a row of
+  // dx), the tiles add into dx itself: no stage to zero and copy out (~10% for large C).
+  const bool direct = priv.empty() && L.in_place && gw % 8 == 0;
 
   auto copy_out = [&](const float* src, index_t n) {   // interior of a padded image -> dx[n]
     for (index_t h = 0; h < s.H; ++h) {
@@ -575,10 +583,11 @@ static void backward_input(const Conv2dShape& s, const float* dy, const float* w
       const index_t n = item / it.per_image, p0 = (item % it.per_image) * it.rows;
       const index_t p1 = std::min(s.P, p0 + it.rows), npix = (p1 - p0) * s.Q;
       float* acc;
-      if (priv.empty()) {
-        if (p0 == 0) {
-          sc.stage.assign(size_t(img), 0.f);
-        }
+      if (direct) {   // no padding and no ragged panels: add straight into dx
+        acc = dx + n * s.H * s.W * s.C;
+        if (p0 == 0) std::fill(acc, acc + s.H * s.W * s.C, 0.f);
+      } else if (priv.empty()) {
+        if (p0 == 0) sc.stage.assign(size_t(img), 0.f);   // rows of one image, in order
         acc = sc.stage.data();
       } else {
         acc = priv.data() + (omp_get_thread_num() * s.N + n) * img;
@@ -590,13 +599,14 @@ static void backward_input(const Conv2dShape& s, const float* dy, const float* w
           sc.a[size_t(i)] = dy + ((n * s.P + p) * s.Q + q) * s.K;
           sc.out[size_t(i)] = acc + p * s.stride_h * L.row_ld + q * s.stride_w * s.C;
         }
-      for (index_t g = 0; g < ngroups; ++g)
-        for (const Panel& p : panels) {
-          Tile t{sc.a.data(), &zero, 1, s.K, wt + g * gstride + s.K * p.col0, sc.out.data(),
-                 goff[size_t(g)] + p.col0, nullptr, p.valid};
-          tile_sweep<true>(t, npix, p.nv);
-        }
-      if (priv.empty() && p1 == s.P) copy_out(acc, n);
+      for (index_t i0 = 0; i0 < npix; i0 += kChunk)   // the chunk's rows of dx stay in cache
+        for (index_t g = 0; g < ngroups; ++g)
+          for (const Panel& p : panels) {
+            Tile t{sc.a.data() + i0, &zero, 1, s.K, wt + g * gstride + s.K * p.col0, sc.out.data() + i0,
+                   goff[size_t(g)] + p.col0, nullptr, p.valid};
+            tile_sweep<true>(t, std::min(kChunk, npix - i0), p.nv);
+          }
+      if (!direct && priv.empty() && p1 == s.P) copy_out(acc, n);
     }
     if (!priv.empty()) {   // sum the private copies (implicit barrier above)
 #pragma omp for schedule(static)
