@@ -180,6 +180,7 @@ void general_backward(const Conv2dShape& s, const float* dy, const float* x, con
   });
 }
 
+#if defined(KILNET_HAVE_AVX2_BUILD)
 // KILNET_CONV_PATH=gemm forces the general path on AVX2 machines too (for benchmarking it
 // against the direct kernels); read once.
 bool force_general() {
@@ -189,16 +190,20 @@ bool force_general() {
   }();
   return yes;
 }
+#endif
 
 }  // namespace
 
 // ------------------------------------------------------------------------- dispatch
-// With AVX2 every shape goes to the direct kernels of conv2d_avx2.cpp; they pick their blocking
-// from the shape: 32 output channels x 3 pixels per micro-tile while the packed weights stay in
-// L1 (small C, e.g. the first layer: C=1, R*S*C=9), else 16 channels x 6 pixels. Measured on
-// this machine they beat im2col + gemm at every shape we benchmark (see
-// benchmarks/RESULTS.md): they skip the patch copy and read each window straight from x.
-// Without AVX2 (or KILNET_SIMD=scalar) the general im2col + gemm path runs.
+// With AVX2 every shape goes to the direct kernels of conv2d_avx2.cpp, which pick their register
+// blocking from the shape:
+//   small C (R*S*C <= 128, e.g. the first layer: C=1, R*S*C=9): 3 pixels x 32 output channels
+//     per micro-tile; all of w fits in L1;
+//   larger C: 6 pixels x 16 channels, so each packed 16-channel panel of w stays in L1.
+// For larger C we measured the alternative, im2col of pixel blocks + gemm(): 19 GFLOP/s with
+// the current gemm against ~105 for the direct kernel (benchmarks/RESULTS.md), and the direct
+// kernel never copies the patches. Re-measure with KILNET_CONV_PATH=gemm when gemm() changes.
+// Without AVX2 (or with KILNET_SIMD=scalar) the general im2col + gemm path runs.
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
 #if defined(KILNET_HAVE_AVX2_BUILD)
   if (use_avx2() && !force_general()) return avx2::conv2d_forward(s, x, w, b, y);
