@@ -118,13 +118,16 @@ std::vector<float>& col_buffer(index_t size) {   // per thread, reused across ca
   return buf;
 }
 
-// Runs body(item) for item in [0, items): in parallel when there is an item for every thread
-// (gemm inside then runs on one thread, as OpenMP nesting is off), else one item after another
-// so that gemm itself can use the threads.
-template <class F>
-void for_items(index_t items, index_t flops, F body) {
+// Threads for a loop over items: all of them when there is an item for every thread (gemm inside
+// then runs on one thread, as OpenMP nesting is off), else 1, so that gemm itself uses them.
+int item_threads(index_t items, index_t flops) {
   const int nt = int(std::min<index_t>(threads_for(flops, index_t(1) << 18), items));
-  if (nt > 1 && items >= omp_get_max_threads()) {
+  return nt > 1 && items >= omp_get_max_threads() ? nt : 1;
+}
+
+template <class F>
+void for_items(index_t items, int nt, F body) {
+  if (nt > 1) {
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (index_t i = 0; i < items; ++i) body(i);
   } else {
@@ -136,7 +139,8 @@ index_t conv_flops(const Conv2dShape& s) { return 2 * s.N * s.P * s.Q * s.K * s.
 
 void general_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
   const index_t PQ = s.P * s.Q, RSC = s.R * s.S * s.C, M0 = chunk_pixels(s), chunks = (PQ + M0 - 1) / M0;
-  for_items(s.N * chunks, conv_flops(s), [&](index_t item) {
+  const index_t items = s.N * chunks;
+  for_items(items, item_threads(items, conv_flops(s)), [&](index_t item) {
     const index_t n = item / chunks, pix0 = (item % chunks) * M0, npix = std::min(M0, PQ - pix0);
     float* col = col_buffer(M0 * RSC).data();
     im2col_rows(s, x + n * s.H * s.W * s.C, pix0, npix, col);
@@ -144,31 +148,33 @@ void general_forward(const Conv2dShape& s, const float* x, const float* w, const
   });
 }
 
-// dw += cols^T · dy per chunk, into per-thread partial sums (race-free) added to dw at the end;
-// dx = col2im(dy · w^T), parallel over images so each image of dx has one writer.
+// dw += cols^T · dy per chunk; when the chunks run in parallel, into per-thread partial sums
+// (race-free) added to dw at the end. dx = col2im(dy · w^T), parallel over images so each image
+// of dx has one writer.
 void general_backward(const Conv2dShape& s, const float* dy, const float* x, const float* w,
                       float* dx, float* dw, float* db) {
   const index_t PQ = s.P * s.Q, RSC = s.R * s.S * s.C, HWC = s.H * s.W * s.C;
   const index_t M0 = chunk_pixels(s), chunks = (PQ + M0 - 1) / M0, items = s.N * chunks;
   if (db) bias_backward(s.N * PQ, s.K, dy, db);
 
-  const int T = omp_get_max_threads();
-  std::vector<float> part(size_t(T * RSC * s.K), 0.f);
-  for_items(items, conv_flops(s), [&](index_t item) {
+  const int nt = item_threads(items, conv_flops(s));
+  std::vector<float> part(nt > 1 ? size_t(nt * RSC * s.K) : 0, 0.f);
+  for_items(items, nt, [&](index_t item) {
     const index_t n = item / chunks, pix0 = (item % chunks) * M0, npix = std::min(M0, PQ - pix0);
     float* col = col_buffer(M0 * RSC).data();
     im2col_rows(s, x + n * HWC, pix0, npix, col);
-    float* mine = part.data() + omp_get_thread_num() * RSC * s.K;
-    gemm(true, false, RSC, s.K, npix, 1.f, col, RSC, dy + (n * PQ + pix0) * s.K, s.K, 1.f, mine, s.K, nullptr);
+    float* acc = nt > 1 ? part.data() + omp_get_thread_num() * RSC * s.K : dw;
+    gemm(true, false, RSC, s.K, npix, 1.f, col, RSC, dy + (n * PQ + pix0) * s.K, s.K, 1.f, acc, s.K, nullptr);
   });
-  for (int t = 0; t < T; ++t)
-    for (index_t i = 0; i < RSC * s.K; ++i) dw[i] += part[size_t(t * RSC * s.K + i)];
+  if (nt > 1)
+    for (int t = 0; t < nt; ++t)
+      for (index_t i = 0; i < RSC * s.K; ++i) dw[i] += part[size_t(t * RSC * s.K + i)];
 
   if (!dx) return;
   std::vector<float> wt(size_t(s.K * RSC));   // w^T (K x RSC), so gemm needs no transpose
   for (index_t i = 0; i < RSC; ++i)
     for (index_t k = 0; k < s.K; ++k) wt[size_t(k * RSC + i)] = w[i * s.K + k];
-  for_items(s.N, conv_flops(s), [&](index_t n) {
+  for_items(s.N, item_threads(s.N, conv_flops(s)), [&](index_t n) {
     float* dxn = dx + n * HWC;
     std::fill(dxn, dxn + HWC, 0.f);
     float* col = col_buffer(M0 * RSC).data();
