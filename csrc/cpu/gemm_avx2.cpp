@@ -12,21 +12,42 @@ namespace kilnet::cpu::gemm_detail {
 
 namespace {
 
-// One row of the tile: v = alpha*acc + beta*c + bias, full 8-wide vectors.
-inline __m256 epilogue8(__m256 acc, const float* c, const float* bias, __m256 alpha, __m256 beta,
-                        bool read_c) {
-  __m256 v = _mm256_mul_ps(acc, alpha);
-  if (read_c) v = _mm256_fmadd_ps(beta, _mm256_loadu_ps(c), v);
-  if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias));
-  return v;
+// 8 columns of one tile row: alpha*acc + bias + beta*c (the same rounding at edges and inside).
+inline __m256 epilogue8(__m256 acc, __m256 alpha, __m256 bias, __m256 beta, bool read_c,
+                        const float* c) {
+  const __m256 v = _mm256_fmadd_ps(acc, alpha, bias);
+  return read_c ? _mm256_fmadd_ps(beta, _mm256_loadu_ps(c), v) : v;
+}
+
+// Store lanes 0..w-1 of v (0 < w < 8) at p, nothing past them. Piecewise 4/2/1-float stores:
+// vmaskmovps stores are much slower on AMD Zen, and an edge tile is every tile when N < 16.
+inline void store_first(float* p, __m256 v, int w) {
+  __m128 x = _mm256_castps256_ps128(v);
+  if (w >= 4) {
+    _mm_storeu_ps(p, x);
+    x = _mm256_extractf128_ps(v, 1);
+    p += 4;
+    w -= 4;
+  }
+  if (w >= 2) {
+    _mm_storel_pi(reinterpret_cast<__m64*>(p), x);
+    x = _mm_movehl_ps(x, x);
+    p += 2;
+    w -= 2;
+  }
+  if (w) _mm_store_ss(p, x);
 }
 
 }  // namespace
 
-void ukernel_6x16_avx2(index_t kc, const float* a, const float* b, float* c, index_t ldc, int m,
-                       int n, const Epilogue& ep) {
+void ukernel_6x16_avx2(index_t kc, const float* a, index_t rs_a, index_t cs_a, const float* b,
+                       float* c, index_t ldc, int m, int n, const Epilogue& ep) {
   // Warm the C tile's cache lines while the FMAs run (the tile is written only at the end).
   for (int i = 0; i < m; ++i) _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+
+  // Offsets of the MR rows of A; rows past m repeat row m-1 so nothing outside A is read.
+  index_t o[MR];
+  for (int r = 0; r < MR; ++r) o[r] = (r < m ? r : m - 1) * rs_a;
 
   __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
   __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
@@ -40,48 +61,53 @@ void ukernel_6x16_avx2(index_t kc, const float* a, const float* b, float* c, ind
   for (index_t k = 0; k < kc; ++k) {
     const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
     __m256 ai;
-    ai = _mm256_broadcast_ss(a + 0); c00 = _mm256_fmadd_ps(ai, b0, c00); c01 = _mm256_fmadd_ps(ai, b1, c01);
-    ai = _mm256_broadcast_ss(a + 1); c10 = _mm256_fmadd_ps(ai, b0, c10); c11 = _mm256_fmadd_ps(ai, b1, c11);
-    ai = _mm256_broadcast_ss(a + 2); c20 = _mm256_fmadd_ps(ai, b0, c20); c21 = _mm256_fmadd_ps(ai, b1, c21);
-    ai = _mm256_broadcast_ss(a + 3); c30 = _mm256_fmadd_ps(ai, b0, c30); c31 = _mm256_fmadd_ps(ai, b1, c31);
-    ai = _mm256_broadcast_ss(a + 4); c40 = _mm256_fmadd_ps(ai, b0, c40); c41 = _mm256_fmadd_ps(ai, b1, c41);
-    ai = _mm256_broadcast_ss(a + 5); c50 = _mm256_fmadd_ps(ai, b0, c50); c51 = _mm256_fmadd_ps(ai, b1, c51);
-    a += MR;
+    ai = _mm256_broadcast_ss(a + o[0]); c00 = _mm256_fmadd_ps(ai, b0, c00); c01 = _mm256_fmadd_ps(ai, b1, c01);
+    ai = _mm256_broadcast_ss(a + o[1]); c10 = _mm256_fmadd_ps(ai, b0, c10); c11 = _mm256_fmadd_ps(ai, b1, c11);
+    ai = _mm256_broadcast_ss(a + o[2]); c20 = _mm256_fmadd_ps(ai, b0, c20); c21 = _mm256_fmadd_ps(ai, b1, c21);
+    ai = _mm256_broadcast_ss(a + o[3]); c30 = _mm256_fmadd_ps(ai, b0, c30); c31 = _mm256_fmadd_ps(ai, b1, c31);
+    ai = _mm256_broadcast_ss(a + o[4]); c40 = _mm256_fmadd_ps(ai, b0, c40); c41 = _mm256_fmadd_ps(ai, b1, c41);
+    ai = _mm256_broadcast_ss(a + o[5]); c50 = _mm256_fmadd_ps(ai, b0, c50); c51 = _mm256_fmadd_ps(ai, b1, c51);
+    a += cs_a;
     b += NR;
   }
 
+  // Epilogue, one tile row at a time (a lambda, not an array of accumulators, so that they stay
+  // in registers): C = alpha*acc + bias + beta*C, on the m x n valid corner only.
   const __m256 alpha = _mm256_set1_ps(ep.alpha), beta = _mm256_set1_ps(ep.beta);
   const bool read_c = ep.beta != 0.f;
-  const __m256 acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21},
-                             {c30, c31}, {c40, c41}, {c50, c51}};
-
-  if (m == MR && n == NR) {   // interior tile: straight vector stores
-    for (int i = 0; i < MR; ++i) {
-      float* ci = c + i * ldc;
-      _mm256_storeu_ps(ci, epilogue8(acc[i][0], ci, ep.bias, alpha, beta, read_c));
-      _mm256_storeu_ps(ci + 8, epilogue8(acc[i][1], ci + 8, ep.bias ? ep.bias + 8 : nullptr,
-                                         alpha, beta, read_c));
-    }
-    return;
-  }
-
-  // Edge tile (m < MR or n < NR): spill the accumulators to a small buffer and write only the
-  // m x n corner with scalar code. The padded rows/columns were computed from zeros and are
-  // dropped; nothing outside C (or bias) is touched.
-  alignas(32) float tile[MR][NR];
-  for (int i = 0; i < MR; ++i) {
-    _mm256_store_ps(tile[i], acc[i][0]);
-    _mm256_store_ps(tile[i] + 8, acc[i][1]);
-  }
-  for (int i = 0; i < m; ++i) {
+  const int w1 = n - 8;   // valid columns in the right half (<= 0: none, >= 8: all)
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i mask0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);
+  const __m256i mask1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w1), lane);
+  const __m256 bias0 = !ep.bias ? _mm256_setzero_ps()
+                       : n >= 8 ? _mm256_loadu_ps(ep.bias) : _mm256_maskload_ps(ep.bias, mask0);
+  const __m256 bias1 = !ep.bias || w1 <= 0 ? _mm256_setzero_ps()
+                       : w1 >= 8 ? _mm256_loadu_ps(ep.bias + 8) : _mm256_maskload_ps(ep.bias + 8, mask1);
+  auto row = [&](int i, __m256 lo, __m256 hi) {
     float* ci = c + i * ldc;
-    for (int j = 0; j < n; ++j) {
-      float v = ep.alpha * tile[i][j];
-      if (read_c) v += ep.beta * ci[j];
-      if (ep.bias) v += ep.bias[j];
-      ci[j] = v;
+    lo = _mm256_fmadd_ps(lo, alpha, bias0);
+    hi = _mm256_fmadd_ps(hi, alpha, bias1);
+    if (n == NR) {   // interior: plain vector loads and stores
+      if (read_c) lo = _mm256_fmadd_ps(beta, _mm256_loadu_ps(ci), lo);
+      if (read_c) hi = _mm256_fmadd_ps(beta, _mm256_loadu_ps(ci + 8), hi);
+      _mm256_storeu_ps(ci, lo);
+      _mm256_storeu_ps(ci + 8, hi);
+      return;
     }
-  }
+    // Narrow edge (n < NR): masked loads, piecewise stores; padded columns are dropped.
+    if (read_c) lo = _mm256_fmadd_ps(beta, _mm256_maskload_ps(ci, mask0), lo);
+    if (n >= 8) _mm256_storeu_ps(ci, lo);
+    else store_first(ci, lo, n);
+    if (w1 <= 0) return;
+    if (read_c) hi = _mm256_fmadd_ps(beta, _mm256_maskload_ps(ci + 8, mask1), hi);
+    store_first(ci + 8, hi, w1);
+  };
+  row(0, c00, c01);
+  if (m > 1) row(1, c10, c11);
+  if (m > 2) row(2, c20, c21);
+  if (m > 3) row(3, c30, c31);
+  if (m > 4) row(4, c40, c41);
+  if (m > 5) row(5, c50, c51);
 }
 
 }  // namespace kilnet::cpu::gemm_detail

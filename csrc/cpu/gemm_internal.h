@@ -22,16 +22,19 @@ struct Epilogue {
 };
 
 // Micro-kernel contract (both implementations):
-//   a: packed A sliver, kc x MR (MR values per k, rows past m are zero)
-//   b: packed B sliver, kc x NR (NR values per k, columns past n are zero)
+//   a: MR rows of op(A), element (r, k) at a[r*rs_a + k*cs_a], r < m. A packed sliver has
+//      rs_a = 1, cs_a = MR; op(A) read in place has (lda, 1), or (1, lda) when transposed.
+//      Rows r >= m are never read (they alias row m-1, their results are dropped).
+//   b: packed B sliver, kc x NR (NR values per k, 32-byte aligned, columns past n are zero)
 //   c: the tile's top-left element in row-major C with row stride ldc; only the m x n corner
 //      (m <= MR, n <= NR) is read or written. kc may be 0 (then the tile is just the epilogue).
-using MicroKernel = void (*)(index_t kc, const float* a, const float* b, float* c, index_t ldc,
-                             int m, int n, const Epilogue& ep);
+using MicroKernel = void (*)(index_t kc, const float* a, index_t rs_a, index_t cs_a,
+                             const float* b, float* c, index_t ldc, int m, int n,
+                             const Epilogue& ep);
 
 #if defined(KILNET_HAVE_AVX2_BUILD)
-void ukernel_6x16_avx2(index_t kc, const float* a, const float* b, float* c, index_t ldc, int m,
-                       int n, const Epilogue& ep);
+void ukernel_6x16_avx2(index_t kc, const float* a, index_t rs_a, index_t cs_a, const float* b,
+                       float* c, index_t ldc, int m, int n, const Epilogue& ep);
 #endif
 
 }  // namespace kilnet::cpu::gemm_detail
