@@ -71,43 +71,51 @@ void ukernel_6x16_avx2(index_t kc, const float* a, index_t rs_a, index_t cs_a, c
     b += NR;
   }
 
-  // Epilogue, one tile row at a time (a lambda, not an array of accumulators, so that they stay
-  // in registers): C = alpha*acc + bias + beta*C, on the m x n valid corner only.
+  // Epilogue: C = alpha*acc + bias + beta*C on the m x n valid corner, one tile row at a time
+  // (rows() hands the accumulators to a lambda by name so they stay in registers).
+  auto rows = [&](auto&& row) {
+    row(c, c00, c01);
+    if (m > 1) row(c + ldc, c10, c11);
+    if (m > 2) row(c + 2 * ldc, c20, c21);
+    if (m > 3) row(c + 3 * ldc, c30, c31);
+    if (m > 4) row(c + 4 * ldc, c40, c41);
+    if (m > 5) row(c + 5 * ldc, c50, c51);
+  };
   const __m256 alpha = _mm256_set1_ps(ep.alpha), beta = _mm256_set1_ps(ep.beta);
   const bool read_c = ep.beta != 0.f;
-  const int w1 = n - 8;   // valid columns in the right half (<= 0: none, >= 8: all)
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i mask0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);
-  const __m256i mask1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w1), lane);
-  const __m256 bias0 = !ep.bias ? _mm256_setzero_ps()
-                       : n >= 8 ? _mm256_loadu_ps(ep.bias) : _mm256_maskload_ps(ep.bias, mask0);
-  const __m256 bias1 = !ep.bias || w1 <= 0 ? _mm256_setzero_ps()
-                       : w1 >= 8 ? _mm256_loadu_ps(ep.bias + 8) : _mm256_maskload_ps(ep.bias + 8, mask1);
-  auto row = [&](int i, __m256 lo, __m256 hi) {
-    float* ci = c + i * ldc;
-    lo = _mm256_fmadd_ps(lo, alpha, bias0);
-    hi = _mm256_fmadd_ps(hi, alpha, bias1);
-    if (n == NR) {   // interior: plain vector loads and stores
+
+  if (n == NR) {   // full-width tile: plain vector loads and stores
+    const __m256 bias0 = ep.bias ? _mm256_loadu_ps(ep.bias) : _mm256_setzero_ps();
+    const __m256 bias1 = ep.bias ? _mm256_loadu_ps(ep.bias + 8) : _mm256_setzero_ps();
+    rows([&](float* ci, __m256 lo, __m256 hi) {
+      lo = _mm256_fmadd_ps(lo, alpha, bias0);
+      hi = _mm256_fmadd_ps(hi, alpha, bias1);
       if (read_c) lo = _mm256_fmadd_ps(beta, _mm256_loadu_ps(ci), lo);
       if (read_c) hi = _mm256_fmadd_ps(beta, _mm256_loadu_ps(ci + 8), hi);
       _mm256_storeu_ps(ci, lo);
       _mm256_storeu_ps(ci + 8, hi);
-      return;
-    }
-    // Narrow edge (n < NR): masked loads, piecewise stores; padded columns are dropped.
+    });
+    return;
+  }
+
+  // Narrow tile (n < NR): masked loads and piecewise stores touch only the n valid columns of C
+  // and bias; the padded columns were computed from zeros and are dropped.
+  const int w1 = n - 8;   // valid columns in the right half (<= 0: none)
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i mask0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);
+  const __m256i mask1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w1), lane);
+  const __m256 bias0 = ep.bias ? _mm256_maskload_ps(ep.bias, mask0) : _mm256_setzero_ps();
+  const __m256 bias1 = ep.bias ? _mm256_maskload_ps(ep.bias + 8, mask1) : _mm256_setzero_ps();
+  rows([&](float* ci, __m256 lo, __m256 hi) {
+    lo = _mm256_fmadd_ps(lo, alpha, bias0);
     if (read_c) lo = _mm256_fmadd_ps(beta, _mm256_maskload_ps(ci, mask0), lo);
     if (n >= 8) _mm256_storeu_ps(ci, lo);
     else store_first(ci, lo, n);
     if (w1 <= 0) return;
+    hi = _mm256_fmadd_ps(hi, alpha, bias1);
     if (read_c) hi = _mm256_fmadd_ps(beta, _mm256_maskload_ps(ci + 8, mask1), hi);
     store_first(ci + 8, hi, w1);
-  };
-  row(0, c00, c01);
-  if (m > 1) row(1, c10, c11);
-  if (m > 2) row(2, c20, c21);
-  if (m > 3) row(3, c30, c31);
-  if (m > 4) row(4, c40, c41);
-  if (m > 5) row(5, c50, c51);
+  });
 }
 
 }  // namespace kilnet::cpu::gemm_detail
