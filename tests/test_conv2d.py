@@ -156,10 +156,8 @@ def test_explicit_padding_larger_than_the_window(rng):
     assert_matches_ref(x, w, b, (2, 9, 4, 8), kw, rng)
 
 
-# The binding's shape check assumes symmetric padding, so Keras 'same' with the odd pixel at the
-# bottom/right (even kernels, or stride 2 on even sizes) is refused before the kernel runs.
-@pytest.mark.xfail(raises=ValueError, strict=False,
-                   reason="cpu_module.cpp conv_shape() bounds P by (H + 2*pad_h - eff)/stride + 1")
+# Keras 'same' with the odd pixel at the bottom/right (even kernels, or stride 2 on even sizes):
+# the bottom/right padding is implied by P and Q.
 @pytest.mark.parametrize("H,R,stride", [(6, 2, 1), (28, 3, 2)])
 def test_same_asymmetric_padding(H, R, stride, rng):
     P, top, _ = geometry(H, R, stride, 1, "same")
@@ -263,8 +261,9 @@ def test_rejects_wrong_channel_count(rng):
 
 def test_rejects_wrong_output_shape(rng):
     x, w, b, _ = _good(rng)
+    # P = 8 would need 3 rows of bottom padding: more than the top padding (0) or R - 1 (2)
     with pytest.raises(ValueError, match="output"):
-        _cpu.conv2d_forward(x, w, b, np.empty((2, 6, 5, 4), np.float32))
+        _cpu.conv2d_forward(x, w, b, np.empty((2, 8, 5, 4), np.float32))
     with pytest.raises(ValueError):
         _cpu.conv2d_forward(x, w, b, np.empty((2, 5, 5, 3), np.float32))
     with pytest.raises(ValueError, match="'dx'"):
