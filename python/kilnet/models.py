@@ -146,6 +146,7 @@ class Sequential:
             raise ValueError("compile: loss_weights and weighted_metrics are not supported")
         self.optimizer = optimizers_mod.get(optimizer)
         self.loss = losses_mod.get(loss)
+        self._loss_id = loss if isinstance(loss, str) else None
         if metrics is None:
             metrics = []
         if isinstance(metrics, (str, metrics_mod.Metric)):
