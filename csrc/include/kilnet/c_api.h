@@ -5,7 +5,8 @@
  *     that overlap inputs, out-of-range labels and enum values) before a kernel runs;
  *   - nothing throws: each function returns an int status, KILNET_OK (0) or a KILNET_ERR_*
  *     category, and kilnet_last_error() gives the message of this thread's last failed call.
- * On error no output has been written.
+ * When a check fails (NULL_POINTER, INVALID_VALUE, SHAPE, OVERLAP) no output has been written;
+ * after OUT_OF_MEMORY or INTERNAL, raised inside a kernel, outputs may be partly written.
  *
  * Conventions (the C++ API's): float32 arrays, row-major (C order), contiguous unless a leading
  * dimension says otherwise; sizes are int64_t; activations are channels-last (NHWC); weights
