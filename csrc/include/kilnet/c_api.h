@@ -50,8 +50,9 @@ enum kilnet_status {
 };
 
 /* The message of the last call on this thread that failed, naming the function and the
- * argument, e.g. "kilnet_gemm: lda must be >= 5 (K, A not transposed), got 3". "" when the last
- * call succeeded. The pointer stays valid until this thread's next kilnet call. */
+ * argument, e.g. "kilnet_gemm: lda must be >= 3 (K: A is M x K), got 2". "" when this thread's
+ * last call of a status-returning function succeeded (the getters below neither set nor clear
+ * it). The pointer stays valid until this thread's next status-returning kilnet call. */
 KILNET_API const char* kilnet_last_error(void);
 
 /* A constant name for a status code: "KILNET_ERR_SHAPE"; "unknown status" for others. */
