@@ -462,6 +462,11 @@ class Sequential:
         from kilnet.io import load_weights_into
         load_weights_into(self, filepath)
 
+    def export_weights(self, filepath) -> None:
+        """Write layers and weights in the binary format C++ programs read (kilnet/export.py)."""
+        from kilnet.export import export_weights
+        export_weights(self, filepath)
+
     def summary(self, print_fn=None) -> None:
         """Print the layers, their output shapes and parameter counts, as Keras does."""
         print_fn = print_fn or print
