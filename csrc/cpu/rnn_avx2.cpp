@@ -104,17 +104,24 @@ inline void for_vectors(index_t n, F&& body) {
 }
 
 // ---------------------------------------------------------------- the recurrent GEMM
-template <int M>
+// One M x NR tile: C = Cinit + A · panel. A partial tile (n < NR columns) goes through a stack
+// copy, so that no mask register stays live across the k loop (12 accumulators, 2 B vectors and
+// the broadcast already use 15 of the 16 ymm registers).
+template <int M, bool Partial>
 inline void tile(index_t k, const float* A, index_t lda, const float* bp, const float* ci, index_t ldci,
                  float* C, index_t ldc, index_t n) {
+  alignas(32) float edge[Partial ? M * NR : 1];
   __m256 c0[M], c1[M];
-  const bool full = n == NR;
-  const __m256i m0 = tail_mask(n < 8 ? n : 8), m1 = tail_mask(n > 8 ? n - 8 : 0);
 #pragma GCC unroll 6
   for (int r = 0; r < M; ++r) {
-    if (!ci) { c0[r] = _mm256_setzero_ps(); c1[r] = _mm256_setzero_ps(); }
-    else if (full) { c0[r] = _mm256_loadu_ps(ci + r * ldci); c1[r] = _mm256_loadu_ps(ci + r * ldci + 8); }
-    else { c0[r] = _mm256_maskload_ps(ci + r * ldci, m0); c1[r] = _mm256_maskload_ps(ci + r * ldci + 8, m1); }
+    if (!ci) { c0[r] = _mm256_setzero_ps(); c1[r] = _mm256_setzero_ps(); continue; }
+    const float* src = ci + r * ldci;
+    if (Partial) {
+      for (index_t j = 0; j < NR; ++j) edge[r * NR + j] = j < n ? src[j] : 0.f;
+      src = edge + r * NR;
+    }
+    c0[r] = _mm256_loadu_ps(src);
+    c1[r] = _mm256_loadu_ps(src + 8);
   }
 #pragma GCC unroll 2
   for (index_t q = 0; q < k; ++q) {
@@ -128,16 +135,22 @@ inline void tile(index_t k, const float* A, index_t lda, const float* bp, const 
   }
 #pragma GCC unroll 6
   for (int r = 0; r < M; ++r) {
-    if (full) { _mm256_storeu_ps(C + r * ldc, c0[r]); _mm256_storeu_ps(C + r * ldc + 8, c1[r]); }
-    else { _mm256_maskstore_ps(C + r * ldc, m0, c0[r]); _mm256_maskstore_ps(C + r * ldc + 8, m1, c1[r]); }
+    float* dst = Partial ? edge + r * NR : C + r * ldc;
+    _mm256_storeu_ps(dst, c0[r]);
+    _mm256_storeu_ps(dst + 8, c1[r]);
+    if (Partial)
+      for (index_t j = 0; j < n; ++j) C[r * ldc + j] = edge[r * NR + j];
   }
 }
 
 template <int M>
 void panels(index_t n, index_t k, const float* A, index_t lda, const float* Bp, const float* ci,
             index_t ldci, float* C, index_t ldc) {
-  for (index_t j0 = 0; j0 < n; j0 += NR)
-    tile<M>(k, A, lda, Bp + j0 * k, ci ? ci + j0 : nullptr, ldci, C + j0, ldc, n - j0 < NR ? n - j0 : NR);
+  index_t j0 = 0;
+  for (; j0 + NR <= n; j0 += NR)
+    tile<M, false>(k, A, lda, Bp + j0 * k, ci ? ci + j0 : nullptr, ldci, C + j0, ldc, NR);
+  if (j0 < n)
+    tile<M, true>(k, A, lda, Bp + j0 * k, ci ? ci + j0 : nullptr, ldci, C + j0, ldc, n - j0);
 }
 
 void gemm_rows(index_t m, index_t n, index_t k, const float* A, index_t lda, const float* Bp,
