@@ -105,6 +105,19 @@ def test_saturated_gates_stay_finite_and_accurate(cell):
         np.testing.assert_allclose(gf[k], gr[k], rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(gr[k]).max())))
 
 
+@pytest.mark.parametrize("act", ["sigmoid", "tanh"])
+def test_vector_activations_at_extremes(act):
+    """The AVX2 exp/tanh against float64 over the whole float range: one unit, W = 1, U = 0."""
+    v = np.array([-1e30, -1e4, -100, -88.5, -88.3762626, -88, -20, -9, -7.9, -1, -4e-4, -1e-5, -1e-30, 0,
+                  1e-30, 1e-5, 3e-4, 0.3, 1, 5, 7.9, 9, 20, 88, 88.3762626, 88.5, 100, 1e4, 1e30], np.float32)
+    p = {"x": v.reshape(-1, 1, 1), "w": np.ones((1, 1), np.float32), "u": np.zeros((1, 1), np.float32),
+         "b": None, "h0": None, "c0": None}
+    y = k_forward(_cpu, "simple_rnn", p, False, act=act)[0][:, 0]
+    vd = v.astype(np.float64)
+    want = np.tanh(vd) if act == "tanh" else 0.5 * (1 + np.tanh(vd / 2))
+    np.testing.assert_allclose(y, want, rtol=4e-7, atol=3e-7)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("T", [1, 3, 17])
 @pytest.mark.parametrize("seq", [False, True])

@@ -35,7 +35,7 @@ index_t up16(index_t n) { return (n + 15) / 16 * 16; }
 
 // Offsets (in floats) of the blocks of ws and scratch; -1 for blocks a cell does not have.
 struct Layout {
-  index_t xs = 0, hs = 0, gates = -1, cs = -1, huh = -1, ws_total = 0;
+  index_t xs = 0, hs = 0, gates = -1, cs = -1, tcs = -1, huh = -1, ws_total = 0;
   index_t dz = 0, dhu = -1, dxs = 0, carry = 0, scratch_total = 0;
 };
 
@@ -45,7 +45,9 @@ Layout layout(const RnnShape& s) {
   index_t o = 0;
   L.xs = o; o += up16(TB * s.I);
   L.hs = o; o += up16(state);
-  if (s.cell == Cell::LSTM) { L.gates = o; o += up16(TB * GH); L.cs = o; o += up16(state); }
+  if (s.cell == Cell::LSTM) {
+    L.gates = o; o += up16(TB * GH); L.cs = o; o += up16(state); L.tcs = o; o += up16(TB * s.H);
+  }
   if (s.cell == Cell::GRU) { L.gates = o; o += up16(TB * GH); L.huh = o; o += up16(TB * s.H); }
   L.ws_total = o;
   o = 0;
@@ -135,9 +137,10 @@ void rnn_forward_ref(const RnnShape& s, const float* x, const float* W, const fl
         const float* cp = ws + L.cs + (t * B + n) * H;
         float* c = ws + L.cs + ((t + 1) * B + n) * H;
         for (index_t j = 0; j < GH; ++j) g[j] = float(xw[size_t(j)] + hu[size_t(j)]);
+        float* tc = ws + L.tcs + (t * B + n) * H;
         for (index_t j = 0; j < H; ++j)
           detail::lstm_unit_forward(s.act, s.rec_act, g[j], g[H + j], g[2 * H + j], g[3 * H + j],
-                                    cp[j], c[j], h[j]);
+                                    cp[j], c[j], tc[j], h[j]);
       } else {
         float* g = ws + L.gates + (t * B + n) * GH;
         float* huh = ws + L.huh + (t * B + n) * H;
@@ -179,10 +182,10 @@ void rnn_backward_ref(const RnnShape& s, const float* dy, const float* W, const 
       } else if (s.cell == Cell::LSTM) {
         const float* g = ws + L.gates + (t * B + n) * GH;
         const float* cp = ws + L.cs + (t * B + n) * H;
-        const float* c = ws + L.cs + ((t + 1) * B + n) * H;
+        const float* tc = ws + L.tcs + (t * B + n) * H;
         for (index_t j = 0; j < H; ++j)
           detail::lstm_unit_backward(s.act, s.rec_act, g[j], g[H + j], g[2 * H + j], g[3 * H + j], cp[j],
-                                     c[j], d[j], carry[size_t(n * H + j)], z[j], z[H + j], z[2 * H + j],
+                                     tc[j], d[j], carry[size_t(n * H + j)], z[j], z[H + j], z[2 * H + j],
                                      z[3 * H + j]);
       } else {
         const float* g = ws + L.gates + (t * B + n) * GH;
@@ -255,10 +258,11 @@ void rnn_fwd_portable(index_t m, index_t H, Act a, float* h) {
   for (index_t i = 0; i < m * H; ++i) h[i] = act_forward(a, h[i]);
 }
 
-void lstm_fwd_portable(index_t m, index_t H, Act a, Act s, float* g, const float* cp, float* c, float* h) {
-  for (index_t r = 0; r < m; ++r, g += 4 * H, cp += H, c += H, h += H)
+void lstm_fwd_portable(index_t m, index_t H, Act a, Act s, float* g, const float* cp, float* c, float* tc,
+                       float* h) {
+  for (index_t r = 0; r < m; ++r, g += 4 * H, cp += H, c += H, tc += H, h += H)
     for (index_t j = 0; j < H; ++j)
-      detail::lstm_unit_forward(a, s, g[j], g[H + j], g[2 * H + j], g[3 * H + j], cp[j], c[j], h[j]);
+      detail::lstm_unit_forward(a, s, g[j], g[H + j], g[2 * H + j], g[3 * H + j], cp[j], c[j], tc[j], h[j]);
 }
 
 void gru_fwd_portable(index_t m, index_t H, Act a, Act s, float* g, const float* hu, const float* hp,
@@ -286,10 +290,10 @@ void rnn_bwd_portable(index_t m, index_t H, Act a, const float* dh, const float*
 }
 
 void lstm_bwd_portable(index_t m, index_t H, Act a, Act s, const float* dh, const float* dy, index_t ldy,
-                       const float* g, const float* cp, const float* c, float* dc, float* dz) {
-  for (index_t r = 0; r < m; ++r, g += 4 * H, cp += H, c += H, dc += H, dz += 4 * H) {
+                       const float* g, const float* cp, const float* tc, float* dc, float* dz) {
+  for (index_t r = 0; r < m; ++r, g += 4 * H, cp += H, tc += H, dc += H, dz += 4 * H) {
     for (index_t j = 0; j < H; ++j)
-      detail::lstm_unit_backward(a, s, g[j], g[H + j], g[2 * H + j], g[3 * H + j], cp[j], c[j],
+      detail::lstm_unit_backward(a, s, g[j], g[H + j], g[2 * H + j], g[3 * H + j], cp[j], tc[j],
                                  grad_in(dh, dy, j), dc[j], dz[j], dz[H + j], dz[2 * H + j], dz[3 * H + j]);
     if (dh) dh += H;
     if (dy) dy += ldy;
@@ -392,7 +396,8 @@ void rnn_forward(const RnnShape& s, const float* x, const float* W, const float*
         } else if (s.cell == Cell::LSTM) {
           float* g = gates + (t * B + r) * GH;
           if (rec) K.gemm_rows(m, GH, H, hp, H, Up, g, GH, g, GH);
-          K.lstm_fwd(m, H, s.act, s.rec_act, g, ws + L.cs + (t * B + r) * H, ws + L.cs + ((t + 1) * B + r) * H, h);
+          K.lstm_fwd(m, H, s.act, s.rec_act, g, ws + L.cs + (t * B + r) * H, ws + L.cs + ((t + 1) * B + r) * H,
+                     ws + L.tcs + (t * B + r) * H, h);
         } else {
           float* g = gates + (t * B + r) * GH;
           float* hu = tmp.data();
@@ -452,7 +457,7 @@ void rnn_backward(const RnnShape& s, const float* dy, const float* W, const floa
           K.rnn_bwd(m, H, s.act, dh, dyr, ldy, hs + (row + B) * H, dz + row * GH);
         else if (s.cell == Cell::LSTM)
           K.lstm_bwd(m, H, s.act, s.rec_act, dh, dyr, ldy, ws + L.gates + row * GH, ws + L.cs + row * H,
-                     ws + L.cs + (row + B) * H, carry + r * H, dz + row * GH);
+                     ws + L.tcs + row * H, carry + r * H, dz + row * GH);
         else
           K.gru_bwd(m, H, s.act, s.rec_act, dh, dyr, ldy, ws + L.gates + row * GH, ws + L.huh + row * H,
                     hs + row * H, carry + r * H, dz + row * GH, dr + row * GH);

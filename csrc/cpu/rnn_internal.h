@@ -21,9 +21,9 @@ struct StepKernels {
   // Forward gate math of one step. h, c, c_prev, h_prev, huh: ld H; gates, hu: ld G*H.
   // SimpleRNN: h holds x W + b + h_prev U on entry (m*H contiguous), h_t on return.
   void (*rnn_fwd)(index_t m, index_t H, Act a, float* h);
-  // LSTM: gates hold the pre-activations on entry, the activated i f g o on return.
+  // LSTM: gates hold the pre-activations on entry, the activated i f g o on return; tc = a(c).
   void (*lstm_fwd)(index_t m, index_t H, Act a, Act s, float* gates, const float* c_prev, float* c,
-                   float* h);
+                   float* tc, float* h);
   // GRU: gates hold x W + b_in on entry, the activated z r hh on return; hu = h_prev U + b_rec.
   void (*gru_fwd)(index_t m, index_t H, Act a, Act s, float* gates, const float* hu,
                   const float* h_prev, float* huh, float* h);
@@ -35,7 +35,7 @@ struct StepKernels {
                   const float* h, float* dz);
   // LSTM: dc (ld H) enters as the gradient wrt c_t from step t+1, leaves as the one for c_{t-1}.
   void (*lstm_bwd)(index_t m, index_t H, Act a, Act s, const float* dh, const float* dy,
-                   index_t ldy, const float* gates, const float* c_prev, const float* c, float* dc,
+                   index_t ldy, const float* gates, const float* c_prev, const float* tc, float* dc,
                    float* dz);
   // GRU: carry (ld H) enters as dh_{t+1} z_{t+1} (part of dh_t), leaves as dh_t z_t; dhu (ld 3H)
   // is the gradient wrt h_{t-1} U + b_rec.

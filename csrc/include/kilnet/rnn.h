@@ -21,7 +21,7 @@
 // single GEMMs (each block starts on a 16-float boundary):
 //   xs    (T, B, I)     the input, time-major (time-reversed for go_backwards)
 //   hs    (T+1, B, H)   hs[0] = h0, hs[t+1] = h_t
-//   LSTM: gates (T, B, 4H) activated i f g o;   cs (T+1, B, H), cs[0] = c0
+//   LSTM: gates (T, B, 4H) activated i f g o;   cs (T+1, B, H), cs[0] = c0;  tcs (T, B, H) = a(c_t)
 //   GRU:  gates (T, B, 3H) activated z r hh;    hu_h (T, B, H) = h_{t-1} U_h + b_rec_h
 // Backward uses `scratch` of rnn_scratch_floats(s) floats:
 //   dz (T, B, GH) gradient wrt x_t W + b (GRU: also dhu (T, B, GH), wrt h_{t-1} U + b_rec),

@@ -66,20 +66,20 @@ KILNET_HD void sgd_element(float& p, float g, float* vel, float lr, float moment
 
 // Recurrent cells, one unit of one step (kilnet/rnn.h has the equations). a = activation,
 // s = recurrent_activation; derivatives are taken from the activations' outputs.
-// LSTM forward: i f g o hold the pre-activations on entry and the gates on return.
+// LSTM forward: i f g o hold the pre-activations on entry and the gates on return; tc = a(c).
 KILNET_HD void lstm_unit_forward(Act a, Act s, float& i, float& f, float& g, float& o, float c_prev,
-                                 float& c, float& h) {
+                                 float& c, float& tc, float& h) {
   i = act_forward(s, i); f = act_forward(s, f); g = act_forward(a, g); o = act_forward(s, o);
   c = f * c_prev + i * g;
-  h = o * act_forward(a, c);
+  tc = act_forward(a, c);
+  h = o * tc;
 }
 
 // LSTM backward: dh is the gradient wrt h_t, dc enters as the gradient wrt c_t that flows back
 // from step t+1 and leaves as the one for c_{t-1}; d* are the pre-activation gradients.
 KILNET_HD void lstm_unit_backward(Act a, Act s, float i, float f, float g, float o, float c_prev,
-                                  float c, float dh, float& dc, float& di, float& df, float& dg,
+                                  float tc, float dh, float& dc, float& di, float& df, float& dg,
                                   float& d_o) {
-  const float tc = act_forward(a, c);
   d_o = act_backward(s, o, dh * tc);
   const float dct = dc + act_backward(a, tc, dh * o);
   di = act_backward(s, i, dct * g);
