@@ -148,7 +148,7 @@ def test_weight_gradients_accumulate_and_outputs_are_optional():
 
 
 def test_results_do_not_depend_on_thread_count():
-    p = problem("gru", 33, 7, 10, 40, seed=9, states=True)
+    p = problem("gru", 33, 12, 10, 64, seed=9, states=True)   # big enough for 2 recurrence threads
     out = []
     old = kilnet.get_num_threads()
     try:

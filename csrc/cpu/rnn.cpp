@@ -338,10 +338,11 @@ void pack_panels(index_t K, index_t N, const float* M, index_t ld, bool trans, f
 
 index_t packed_floats(index_t K, index_t N) { return (N + NR - 1) / NR * K * NR; }
 
-// Threads for the recurrence: each owns >= 4 batch rows; small problems stay on one thread.
+// Threads for the recurrence: each owns >= 4 batch rows and >= 2^20 multiply-adds (~20 us), so
+// that waking the team pays off; small problems stay on one thread.
 int recurrence_threads(const RnnShape& s) {
   const index_t GH = rnn_gates(s.cell) * s.H;
-  int nt = threads_for(s.T * s.B * s.H * GH, index_t(1) << 17);
+  int nt = threads_for(s.T * s.B * s.H * GH, index_t(1) << 20);
   return int(std::max<index_t>(1, std::min<index_t>(nt, s.B / 4)));
 }
 

@@ -61,7 +61,7 @@ void rnn_forward_ref(const RnnShape& s, const float* x, const float* W, const fl
                      const float* b, const float* h0, const float* c0, float* y, float* ws);
 
 // dy has y's shape; ws is what rnn_forward wrote; scratch is overwritten.
-// dx (B,T,I), dh0 (B,H), dc0 (B,H) are overwritten; dW (I,GH), dU (H,GH), db (GH or 2*GH)
+// dx (B,T,I), dh0 (B,H), dc0 (B,H; LSTM only, ignored otherwise) are overwritten; dW (I,GH), dU (H,GH), db (GH or 2*GH)
 // accumulate (+=). Any of them may be nullptr to skip it (db must be nullptr when b was).
 void rnn_backward(const RnnShape& s, const float* dy, const float* W, const float* U,
                   const float* ws, float* scratch, float* dx, float* dW, float* dU, float* db,
