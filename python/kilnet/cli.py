@@ -36,11 +36,12 @@ def cmd_train(args) -> int:
     x_test = (x_test / 255.0).reshape(-1, 28, 28, 1)
     if args.limit:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-    model = canonical_model()
-    print(f"kilnet {kilnet.__version__}: canonical CNN on Fashion-MNIST ({len(x_train)} training images), "
+    model = canonical_model() if args.model == "canonical" else _named_model(args.model)
+    print(f"kilnet {kilnet.__version__}: {args.model} CNN on Fashion-MNIST ({len(x_train)} training images), "
           f"{kilnet.get_num_threads()} threads, {kilnet.simd_level()} kernels", flush=True)
     t0 = time.perf_counter()
-    model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=args.verbose)
+    history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
+                        verbose=args.verbose, validation_split=args.validation_split)
     train_s = time.perf_counter() - t0
     loss, acc = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
     print(f"trained {args.epochs} epochs in {train_s:.1f}s")
@@ -49,6 +50,104 @@ def cmd_train(args) -> int:
     if args.out:
         model.save(args.out)
         print(f"saved {args.out}")
+    if args.plot:
+        plot_history(history.history, args.plot, f"{args.model} CNN on Fashion-MNIST (test accuracy {acc:.4f})")
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _named_model(name):
+    """Other models `kilnet train --model` knows (registered by the modules that define them)."""
+    builders = dict(MODEL_BUILDERS)
+    if name not in builders:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(['canonical', *builders])}")
+    return builders[name]()
+
+
+MODEL_BUILDERS: dict = {}   # name -> function returning a compiled model with (28, 28, 1) input
+
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("plotting needs matplotlib: pip install matplotlib (or kilnet[plot])") from None
+    return plt
+
+
+def plot_history(history, out, title):
+    """Loss and accuracy curves (training, and validation when present) to a PNG."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+    metrics = [k for k in history if not k.startswith("val_") and k != "learning_rate"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
+    for ax, k in zip(axes[0], metrics):
+        epochs = range(1, len(history[k]) + 1)
+        ax.plot(epochs, history[k], "o-", label=f"train {k}")
+        if "val_" + k in history:
+            ax.plot(epochs, history["val_" + k], "s--", label=f"validation {k}")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(k)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+LABEL_SETS = {
+    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"],
+    "mnist": [str(i) for i in range(10)],
+}
+
+
+def load_image(path, shape, invert=False):
+    """An image file as model input: grey or RGB to match the channels, resized to (H, W),
+    scaled to [0, 1] (Pillow, an optional extra)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ValueError("kilnet predict needs Pillow: pip install pillow (or kilnet[image])") from None
+    import numpy as np
+    h, w, c = shape
+    try:
+        img = Image.open(path)
+        img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+    except OSError as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+    a = np.asarray(img, dtype=np.float32) / 255.0
+    if invert:
+        a = 1.0 - a
+    return a.reshape(h, w, c)
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from kilnet.models import load_model
+    model = load_model(args.model, compile=False)
+    shape = tuple(model.input_shape[1:])
+    if len(shape) != 3:
+        raise ValueError(f"kilnet predict classifies images; this model takes inputs of shape {shape}")
+    x = np.stack([load_image(p, shape, args.invert) for p in args.images])
+    probs = model.predict(x, verbose=0)
+    n = probs.shape[-1]
+    if args.labels in LABEL_SETS:
+        names = LABEL_SETS[args.labels]
+    elif args.labels:
+        names = [s.strip() for s in args.labels.split(",")]
+    else:
+        names = [str(i) for i in range(n)]
+    if len(names) != n:
+        raise ValueError(f"--labels gives {len(names)} names but the model has {n} outputs")
+    for path, p in zip(args.images, probs):
+        top = np.argsort(p)[::-1][:args.top]
+        print(f"{path}: " + ", ".join(f"{names[i]} {p[i]:.3f}" for i in top))
     return 0
 
 
@@ -79,10 +178,66 @@ def cmd_info(args) -> int:
     return 0
 
 
+def draw_attribution(image, attribution, title, out):
+    """Save the input beside its attribution heat map (matplotlib, an optional extra)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("kilnet explain needs matplotlib: pip install matplotlib") from None
+    import numpy as np
+    img = image.reshape(image.shape[0], image.shape[1], -1)
+    att = attribution.reshape(img.shape).sum(axis=-1)
+    lim = float(np.abs(att).max()) or 1.0
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.4))
+    axes[0].imshow(img.squeeze(), cmap="gray")
+    axes[0].set_title("input")
+    im = axes[1].imshow(att, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    axes[1].set_title("attribution")
+    fig.colorbar(im, ax=axes[1], fraction=0.046)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def cmd_explain(args) -> int:
+    import numpy as np
+
+    from kilnet import explain
+    from kilnet.datasets import fashion_mnist
+    from kilnet.datasets.fashion_mnist import CLASS_NAMES
+    from kilnet.models import load_model
+    model = load_model(args.model, compile=False)
+    (_, _), (x_test, y_test) = fashion_mnist.load_data()
+    if not 0 <= args.index < len(x_test):
+        raise ValueError(f"--index must be in [0, {len(x_test)}), got {args.index}")
+    x = (x_test[args.index:args.index + 1] / 255.0).reshape((1,) + tuple(model.input_shape[1:]))
+    probs = model.predict(x, verbose=0)[0]
+    pred = int(probs.argmax())
+    target = pred if args.target is None else args.target
+    if args.method == "saliency":
+        att = explain.saliency(model, x, target=target)
+    elif args.method == "smoothgrad":
+        att = explain.smoothgrad(model, x, target=target, seed=0)
+    else:
+        att = explain.integrated_gradients(model, x, target=target, steps=args.steps)
+    name = lambda c: CLASS_NAMES[c] if len(probs) == len(CLASS_NAMES) else str(c)
+    title = (f"test #{args.index}: true {name(int(y_test[args.index]))}, predicted {name(pred)} "
+             f"({probs[pred]:.2f}); {args.method} for {name(target)}")
+    draw_attribution(x[0], att[0], title, args.out)
+    print(title)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="kilnet", description="kilnet: Keras-style deep learning on hand-written kernels")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train the canonical CNN on Fashion-MNIST and print test accuracy",
+    t = sub.add_parser("train", help="train a CNN on Fashion-MNIST (the canonical one by default) and print test accuracy",
                        description="Train Conv2D(32,3x3,relu) → Flatten → Dense(10,softmax) with Adam on "
                                    "Fashion-MNIST, then print the test loss and accuracy.")
     t.add_argument("--epochs", type=int, default=10, help="number of epochs (default 10)")
@@ -92,7 +247,33 @@ def build_parser():
     t.add_argument("--seed", type=int, default=None, help="random seed for a repeatable run")
     t.add_argument("--limit", type=int, default=0, help="train on the first N images only (quick checks)")
     t.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="fit verbosity (default 1)")
+    t.add_argument("--model", default="canonical",
+                   help="which model: canonical (default) or another registered name, e.g. small-cnn")
+    t.add_argument("--validation-split", type=float, default=0.0,
+                   help="fraction of the training images held out for validation curves (default 0)")
+    t.add_argument("--plot", default="", help="write loss/accuracy curves to this PNG (needs matplotlib)")
     t.set_defaults(func=cmd_train)
+    e = sub.add_parser("explain", help="draw a Fashion-MNIST test image beside its attribution heat map",
+                       description="Explain one Fashion-MNIST test prediction of a saved model: the input "
+                                   "beside its attribution (integrated gradients by default).")
+    e.add_argument("model", help="a model saved with model.save (.h5)")
+    e.add_argument("--index", type=int, default=0, help="test image index (default 0)")
+    e.add_argument("--out", default="explain.png", help="output PNG (default explain.png)")
+    e.add_argument("--method", choices=("ig", "saliency", "smoothgrad"), default="ig",
+                   help="attribution method (default ig: integrated gradients)")
+    e.add_argument("--steps", type=int, default=50, help="integration steps for ig (default 50)")
+    e.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted one)")
+    e.set_defaults(func=cmd_explain)
+    pr = sub.add_parser("predict", help="classify image files with a saved model",
+                        description="Classify image files with a saved model and print the top classes "
+                                    "with their probabilities. Images are converted to the model's "
+                                    "channels and size and scaled to [0, 1].")
+    pr.add_argument("model", help="a model saved with model.save (.h5)")
+    pr.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    pr.add_argument("--labels", default="", help="class names: fashion-mnist, mnist, or a comma-separated list")
+    pr.add_argument("--top", type=int, default=3, help="how many classes to print (default 3)")
+    pr.add_argument("--invert", action="store_true", help="invert grey levels (dark objects on light ground)")
+    pr.set_defaults(func=cmd_predict)
     i = sub.add_parser("info", help="print version, build flags, SIMD level, threads and CUDA status")
     i.set_defaults(func=cmd_info)
     return p

@@ -12,6 +12,7 @@ import math
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 
@@ -42,6 +43,8 @@ class Sequential:
         self.history = None
         self.stop_training = False
         self._busy = threading.Lock()       # held while fit runs: predict/evaluate refuse then
+        self._state_lock = threading.Lock() # guards _readers
+        self._readers = 0                   # predict/evaluate calls running now: fit refuses then
         self._layout_key = None
         self._params = np.zeros(0, np.float32)
         self._grads = np.zeros(0, np.float32)
@@ -146,6 +149,7 @@ class Sequential:
             raise ValueError("compile: loss_weights and weighted_metrics are not supported")
         self.optimizer = optimizers_mod.get(optimizer)
         self.loss = losses_mod.get(loss)
+        self._loss_id = loss if isinstance(loss, str) else None
         if metrics is None:
             metrics = []
         if isinstance(metrics, (str, metrics_mod.Metric)):
@@ -241,8 +245,10 @@ class Sequential:
             raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}")
         if not 0.0 <= float(validation_split) < 1.0:
             raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
-        if not self._busy.acquire(blocking=False):
-            raise RuntimeError("fit: this model is already training or predicting in another thread")
+        with self._state_lock:
+            if self._readers or not self._busy.acquire(blocking=False):
+                raise RuntimeError("fit: this model is already training or predicting in another thread; "
+                                   "fit and predict/evaluate cannot run at the same time on one model")
         try:
             return self._fit(x, y, batch_size, int(epochs), verbose, callbacks, float(validation_split),
                              validation_data, shuffle, int(initial_epoch), validation_batch_size or batch_size,
@@ -284,9 +290,10 @@ class Sequential:
         yb_all = np.empty((min(batch_size, n),) + y.shape[1:], y.dtype)
         names = ["loss"] + [m.name for m in self.compiled_metrics]
         rng = get_rng()
-        cbs.on_train_begin()
+        nan_warned = False
+        cbs.on_train_begin({})
         for epoch in range(initial_epoch, epochs):
-            cbs.on_epoch_begin(epoch)
+            cbs.on_epoch_begin(epoch, {})
             for m in self.compiled_metrics:
                 m.reset_state()
             order = rng.permutation(n) if shuffle else np.arange(n)
@@ -297,8 +304,13 @@ class Sequential:
                 xb, yb = xb_all[:len(idx)], yb_all[:len(idx)]
                 np.take(x, idx, axis=0, out=xb)
                 np.take(y, idx, axis=0, out=yb)
-                cbs.on_train_batch_begin(step)
+                cbs.on_train_batch_begin(step, {})
                 loss, pred = self.train_on_batch_arrays(xb, yb, bufs)
+                if not math.isfinite(loss) and not nan_warned:
+                    nan_warned = True
+                    warnings.warn(f"fit: the loss became {loss} at epoch {epoch + 1}, batch {step}; the "
+                                  "weights are no longer finite (add callbacks.TerminateOnNaN() to stop there)",
+                                  RuntimeWarning, stacklevel=3)
                 loss_sum += loss * len(idx)
                 seen += len(idx)
                 for m in self.compiled_metrics:
@@ -373,10 +385,17 @@ class Sequential:
 
     @contextlib.contextmanager
     def _guard(self, what):
-        """predict/evaluate may run from many threads at once, but never while fit runs."""
-        if self._busy.locked():
-            raise RuntimeError(f"{what}: this model is training in another thread; wait for fit to finish")
-        yield
+        """predict/evaluate may run from many threads at once (layer buffers are per thread),
+        but never while fit runs, and fit never starts while they run."""
+        with self._state_lock:
+            if self._busy.locked():
+                raise RuntimeError(f"{what}: this model is training in another thread; wait for fit to finish")
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._state_lock:
+                self._readers -= 1
 
     # ------------------------------------------------------------------ weights, config, io
     def count_params(self) -> int:
@@ -508,15 +527,27 @@ def _verbosity(verbose):
 
 
 class _Progress:
-    """Keras-like progress: a live line per epoch (verbose=1, refreshed on a terminal), one
-    summary line per epoch (verbose=1 off a terminal, and verbose=2), nothing for verbose=0."""
+    """Training feedback per epoch. verbose=1 on a terminal: a live tqdm bar (steps, ETA, running
+    loss and metrics; a plain refreshing line when tqdm is not installed). verbose=1 off a
+    terminal (CI logs) and verbose=2: one line per epoch. verbose=0: nothing."""
 
     def __init__(self, epoch, epochs, steps, verbose):
         self.verbose, self.steps = verbose, steps
         self.live = verbose == 1 and sys.stdout.isatty()
         self.t0 = self.last = time.perf_counter()
-        if verbose:
-            print(f"Epoch {epoch + 1}/{epochs}", flush=True)
+        self.bar = None
+        if not verbose:
+            return
+        if self.live:
+            try:
+                from tqdm import tqdm   # imported only when a live bar is wanted
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=steps, desc=f"Epoch {epoch + 1}/{epochs}", unit="step",
+                                dynamic_ncols=True, leave=True, file=sys.stdout)
+                return
+        print(f"Epoch {epoch + 1}/{epochs}", flush=True)
 
     def update(self, step, logs):
         if not self.live:
@@ -525,6 +556,10 @@ class _Progress:
         if now - self.last < 0.1 and step < self.steps:
             return
         self.last = now
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix_str(_fmt(logs), refresh=True)
+            return
         eta = (now - self.t0) / step * (self.steps - step)
         sys.stdout.write(f"\r{step}/{self.steps} - ETA: {eta:.0f}s - " + _fmt(logs))
         sys.stdout.flush()
@@ -534,6 +569,11 @@ class _Progress:
             return
         per_step = seconds / max(self.steps, 1) * 1e3
         msg = f"{self.steps}/{self.steps} - {seconds:.1f}s {per_step:.0f}ms/step - " + _fmt(logs)
+        if self.bar is not None:
+            self.bar.n = self.steps
+            self.bar.set_postfix_str(_fmt(logs), refresh=True)
+            self.bar.close()
+            return
         print(("\r" if self.live else "") + msg, flush=True)
 
 
