@@ -373,7 +373,8 @@ def test_stacked_model_learns_and_round_trips(tmp_path, cls):
         assert [l["class_name"] for l in cfg] == ["InputLayer", cls.__name__, cls.__name__, "Dense"]
         lname = m.layers[0].name
         names = [n.decode() for n in f["model_weights"][lname].attrs["weight_names"]]
-        assert names == [f"{m.name}/{lname}/{w}" for w in ("kernel", "recurrent_kernel", "bias")]
+        cell = {"SimpleRNN": "simple_rnn_cell", "LSTM": "lstm_cell", "GRU": "gru_cell"}[cls.__name__]
+        assert names == [f"{m.name}/{lname}/{cell}/{w}" for w in ("kernel", "recurrent_kernel", "bias")]  # Keras's
     m2.fit(x, y, epochs=1, batch_size=32, verbose=0)      # the loaded optimizer state resumes
 
 
@@ -495,6 +496,56 @@ def test_keras_file_weights_load(tmp_path):
     logits = h @ Wd + bd
     p = np.exp(logits - logits.max(1, keepdims=True))
     np.testing.assert_allclose(m.predict(x), p / p.sum(1, keepdims=True), rtol=1e-4, atol=1e-6)
+
+
+KERAS_RNN_SCRIPT = r"""
+import os, sys, numpy as np
+os.environ["KERAS_BACKEND"] = "torch"
+import keras
+from keras import layers as L
+mode, path, xpath, ppath = sys.argv[1:5]
+x = np.load(xpath)
+if mode == "write":
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input(x.shape[1:]), L.SimpleRNN(4, return_sequences=True),
+                          L.LSTM(6, return_sequences=True, go_backwards=True), L.GRU(5, return_sequences=True),
+                          L.TimeDistributed(L.Dense(3, activation="softmax"))])
+    m.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    m.fit(x, np.arange(x.shape[0] * x.shape[1]).reshape(x.shape[:2]) % 3, epochs=2, verbose=0)
+    m.save(path)
+else:
+    m = keras.models.load_model(path)
+    print("iterations", int(m.optimizer.iterations))
+np.save(ppath, m.predict(x, verbose=0))
+"""
+
+
+def _keras(tmp_path, mode, path, x):
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    if subprocess.run([sys.executable, "-c", "import keras"], capture_output=True, env=env).returncode:
+        pytest.skip("keras (3, torch backend) not installed")
+    (tmp_path / "k.py").write_text(KERAS_RNN_SCRIPT)
+    np.save(tmp_path / "x.npy", x)
+    r = subprocess.run([sys.executable, str(tmp_path / "k.py"), mode, str(path), str(tmp_path / "x.npy"),
+                        str(tmp_path / "p.npy")], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return np.load(tmp_path / "p.npy"), r.stdout
+
+
+def test_keras_rnn_files_both_ways(tmp_path):
+    """Keras 3 writes SimpleRNN / LSTM(go_backwards) / GRU / TimeDistributed(Dense): kilnet loads it
+    (weights, optimizer state) with Keras's predictions; Keras loads kilnet's file back."""
+    x = np.random.default_rng(0).uniform(size=(8, 5, 3)).astype(np.float32)
+    expected, _ = _keras(tmp_path, "write", tmp_path / "keras.h5", x)
+    m = load_model(tmp_path / "keras.h5")
+    assert [type(l).__name__ for l in m.layers] == ["SimpleRNN", "LSTM", "GRU", "TimeDistributed"]
+    assert m.optimizer.iterations == 2
+    np.testing.assert_allclose(m.predict(x), expected, rtol=1e-5, atol=1e-6)
+    m.fit(x, np.zeros((8, 5)), epochs=1, verbose=0)            # resumes training from Keras's state
+    m.save(tmp_path / "kilnet.h5")
+    got, out = _keras(tmp_path, "read", tmp_path / "kilnet.h5", x)
+    np.testing.assert_allclose(got, m.predict(x), rtol=1e-5, atol=1e-6)
+    assert "iterations 3" in out
 
 
 # ---------------------------------------------------------------------------------- bad input

@@ -183,6 +183,11 @@ class _Recurrent(Layer):
         return dx
 
     @property
+    def keras_weight_scope(self):
+        """Keras keeps the weights in the layer's cell: <model>/<layer>/<cell>/kernel (see io)."""
+        return self._cell + "_cell"
+
+    @property
     def initial_state_grads(self):
         """After backward of a call that passed initial_state: the gradients of those states."""
         return self._state().get("initial_state_grads")
@@ -308,6 +313,11 @@ class TimeDistributed(Layer):
         else:
             object.__setattr__(self, name, value)
 
+    @property
+    def keras_weight_scope(self):
+        """Keras names the weights after the wrapped layer: <model>/<wrapper>/<layer>/kernel."""
+        return self.layer.name
+
     def build(self, input_shape):
         if len(input_shape) < 3:
             raise ValueError(f"TimeDistributed {self.name!r}: expects inputs (batch, timesteps, ...), "
@@ -340,9 +350,11 @@ class TimeDistributed(Layer):
 
 
 def _layer_from_entry(entry, who):
-    """A layer from Keras's serialized form {"class_name": ..., "config": {...}}, registered types only."""
+    """A layer from Keras's serialized form {"class_name": ..., "config": {...}}, registered types
+    only, with the inert config keys newer Keras versions add dropped as load_model does."""
     from kilnet import layers as layers_mod
+    from kilnet.io import _known_args
     if not isinstance(entry.get("config"), dict):
         raise ValueError(f"{who}: the wrapped layer's entry has no config dict")
     cls = layers_mod.get(entry.get("class_name"))
-    return cls.from_config(dict(entry["config"]))
+    return cls.from_config(_known_args(cls, dict(entry["config"])))
