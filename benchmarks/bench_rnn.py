@@ -67,19 +67,23 @@ def torch_copy_weights(layer, mod):
 
 
 # ---------------------------------------------------------------------------------- speed
+CLOCK = time.perf_counter    # --clock cpu: time.process_time (1 thread only: immune to other processes)
+
+
 def time_rounds(fns, rounds, iters):
     """Alternate the callables in `rounds` rounds of `iters` calls; per-call times per callable."""
     out = [[] for _ in fns]
     for _ in range(rounds):
         for f, times in zip(fns, out):
             for _ in range(iters):
-                t0 = time.perf_counter()
+                t0 = CLOCK()
                 f()
-                times.append(time.perf_counter() - t0)
+                times.append(CLOCK() - t0)
     return out
 
 
 def speed_case(name, shape, threads, rounds, with_torch=True):
+    """Median ms of kilnet fwd+bwd, kilnet fwd alone and torch fwd+bwd for one layer and shape."""
     import kilnet
     from kilnet import layers
     B, T, I, H = shape
@@ -95,7 +99,7 @@ def speed_case(name, shape, threads, rounds, with_torch=True):
         layer.forward(x, True)
         layer.backward(dy, need_dx=False)
 
-    fns = [k_step]
+    fns = [k_step, lambda: layer.forward(x, True)]
     if with_torch:
         import torch
         torch.set_num_threads(threads)
@@ -112,13 +116,11 @@ def speed_case(name, shape, threads, rounds, with_torch=True):
         for _ in range(3):
             f()
     iters = max(2, int(0.15 / max(1e-4, _once(k_step))))
-    times = time_rounds(fns, rounds, iters)
-    k = statistics.median(times[0])
-    row = {"layer": name, "shape": shape, "threads": threads, "kilnet_ms": k * 1e3,
-           "gflops": flops(G, *shape) / k / 1e9}
+    times = [statistics.median(t) * 1e3 for t in time_rounds(fns, rounds, iters)]
+    row = {"layer": name, "shape": shape, "threads": threads, "kilnet_ms": times[0], "fwd_ms": times[1],
+           "gflops": flops(G, *shape) / times[0] * 1e-6}
     if with_torch:
-        row["torch_ms"] = statistics.median(times[1]) * 1e3
-        row["speedup"] = row["torch_ms"] / row["kilnet_ms"]
+        row["torch_ms"] = times[2]
     return row
 
 
@@ -129,24 +131,37 @@ def _once(f):
 
 
 def run_speed(args):
+    """The table `runs` times; each cell is the median over the runs (every run's value listed)."""
     import kilnet
-    print(f"machine: {machine()}")
+    global CLOCK
+    if args.clock == "cpu":
+        if args.threads != [1]:
+            raise SystemExit("--clock cpu sums the CPU time of all threads: use it with --threads 1")
+        CLOCK = time.process_time
+    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f} at start; clock: {args.clock}")
     print(f"kilnet {kilnet.__version__} ({kilnet.simd_level()}); torch: "
           f"{'no' if args.no_torch else __import__('torch').__version__}")
-    print("fwd+bwd of the whole sequence (all outputs, weight gradients, no input gradient); medians\n")
-    hdr = f"{'layer':<10}{'B,T,I,H':<16}{'thr':>4}{'kilnet ms':>11}{'GFLOP/s':>9}{'%peak':>7}"
-    print(hdr + ("" if args.no_torch else f"{'torch ms':>10}{'torch/kilnet':>14}"))
+    print("fwd+bwd of the whole sequence (all outputs, weight gradients, no input gradient); "
+          f"medians of {args.runs} run(s) of {args.rounds} alternating rounds\n")
+    cases = [(t, name, shape) for t in args.threads for name in CELLS for shape in SHAPES]
+    runs = {c: [] for c in cases}
+    for _ in range(args.runs):
+        for c in cases:
+            runs[c].append(speed_case(c[1], c[2], c[0], args.rounds, not args.no_torch))
+    hdr = f"{'layer':<10}{'B,T,I,H':<16}{'thr':>4}{'fwd ms':>8}{'fwd+bwd ms':>12}{'GFLOP/s':>9}{'%peak':>7}"
+    print(hdr + ("" if args.no_torch else f"{'torch ms':>10}{'torch/kilnet':>14}   runs: kilnet | torch ms"))
     rows = []
-    for t in args.threads:
-        for name in CELLS:
-            for shape in SHAPES:
-                r = speed_case(name, shape, t, args.rounds, not args.no_torch)
-                rows.append(r)
-                line = (f"{name:<10}{','.join(map(str, shape)):<16}{t:>4}{r['kilnet_ms']:>11.2f}{r['gflops']:>9.1f}"
-                        f"{100 * r['gflops'] * 1e9 / (PEAK_PER_CORE * t):>6.0f}%")
-                if "torch_ms" in r:
-                    line += f"{r['torch_ms']:>10.2f}{r['speedup']:>13.2f}x"
-                print(line, flush=True)
+    for (t, name, shape), rs in runs.items():
+        med = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k.endswith("_ms") or k == "gflops"}
+        row = {"layer": name, "shape": shape, "threads": t, **med}
+        line = (f"{name:<10}{','.join(map(str, shape)):<16}{t:>4}{med['fwd_ms']:>8.2f}{med['kilnet_ms']:>12.2f}"
+                f"{med['gflops']:>9.1f}{100 * med['gflops'] * 1e9 / (PEAK_PER_CORE * t):>6.0f}%")
+        if "torch_ms" in med:
+            row["speedup"] = med["torch_ms"] / med["kilnet_ms"]
+            each = lambda key: ", ".join(f"{r[key]:.2f}" for r in rs)
+            line += f"{med['torch_ms']:>10.2f}{row['speedup']:>13.2f}x   {each('kilnet_ms')} | {each('torch_ms')}"
+        rows.append(row)
+        print(line, flush=True)
     return rows
 
 
@@ -253,6 +268,9 @@ def main(argv=None):
     sp = sub.add_parser("speed")
     sp.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     sp.add_argument("--rounds", type=int, default=6)
+    sp.add_argument("--runs", type=int, default=1, help="repeat the whole table; report medians")
+    sp.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: process CPU time, which other processes on a shared machine do not inflate")
     sp.add_argument("--no-torch", action="store_true")
     ac = sub.add_parser("accuracy")
     ac.add_argument("--layers", nargs="+", default=["SimpleRNN", "LSTM"], choices=list(CELLS))
