@@ -21,27 +21,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
 import numpy as np
 
+from bench_epoch import machine     # benchmarks/ is on sys.path when this file runs
+
 SHAPES = [(64, 28, 28, 128), (32, 100, 64, 256)]          # B, T, I, H
 CELLS = {"SimpleRNN": ("simple_rnn", "RNN", 1), "LSTM": ("lstm", "LSTM", 4), "GRU": ("gru", "GRU", 3)}
 PEAK_PER_CORE = 2 * 8 * 2 * 3.6e9    # 2 FMA pipes x 8 lanes x 2 flop x ~3.6 GHz (measured 115 GFLOP/s)
-
-
-def machine():
-    model = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
 
 
 def flops(G, B, T, I, H):

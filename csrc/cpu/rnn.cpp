@@ -96,6 +96,15 @@ void init_state(float* dst, const float* src, index_t n) {
   else std::fill(dst, dst + n, 0.f);
 }
 
+// y for batch rows [n0, n1): every h_t (B, T, H) with return_sequences, else the last (B, H).
+void copy_outputs(const RnnShape& s, const float* hs, index_t n0, index_t n1, float* y) {
+  const index_t T = s.T, H = s.H;
+  for (index_t n = n0; n < n1; ++n)
+    for (index_t t = s.return_sequences ? 0 : T - 1; t < T; ++t)
+      std::memcpy(y + (s.return_sequences ? (n * T + t) * H : n * H), hs + ((t + 1) * s.B + n) * H,
+                  size_t(H) * sizeof(float));
+}
+
 bool all_zero(const float* p, index_t n) {
   for (index_t i = 0; i < n; ++i)
     if (p[i] != 0.f) return false;
@@ -153,10 +162,7 @@ void rnn_forward_ref(const RnnShape& s, const float* x, const float* W, const fl
         }
       }
     }
-  for (index_t n = 0; n < B; ++n)
-    for (index_t t = s.return_sequences ? 0 : T - 1; t < T; ++t)
-      std::memcpy(y + (s.return_sequences ? (n * T + t) * H : n * H), hs + ((t + 1) * B + n) * H,
-                  size_t(H) * sizeof(float));
+  copy_outputs(s, hs, 0, B, y);
 }
 
 void rnn_backward_ref(const RnnShape& s, const float* dy, const float* W, const float* U,
@@ -409,10 +415,7 @@ void rnn_forward(const RnnShape& s, const float* x, const float* W, const float*
         }
       });
     }
-    for (index_t n = r0; n < r1; ++n)
-      for (index_t t = s.return_sequences ? 0 : T - 1; t < T; ++t)
-        std::memcpy(y + (s.return_sequences ? (n * T + t) * H : n * H), hs + ((t + 1) * B + n) * H,
-                    size_t(H) * sizeof(float));
+    copy_outputs(s, hs, r0, r1, y);
   }
 }
 
