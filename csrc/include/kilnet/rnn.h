@@ -26,8 +26,8 @@
 // Backward uses `scratch` of rnn_scratch_floats(s) floats:
 //   dz (T, B, GH) gradient wrt x_t W + b (GRU: also dhu (T, B, GH), wrt h_{t-1} U + b_rec),
 //   dxs (T, B, I), carry (B, H) (LSTM: dc; GRU: dh z).
-// Weight gradients: dW += xs^T dz, dU += hs[0:T]^T dz (GRU: dhu), db += colsum — one GEMM each
-// over all T*B rows; dx = dz W^T likewise. The per-step work is the recurrence only:
+// Weight gradients: dW += xs^T dz and dU += hs[0:T]^T dz (GRU: dhu) are one GEMM each over all
+// T*B rows, db += their column sums, dx = dz W^T one GEMM too. The per-step work is the recurrence:
 // forward h_{t-1} U fused with the gate math, backward dz_{t+1} U^T fused with the gate
 // derivatives, parallel over batch rows (rows are independent through time: no barriers).
 #pragma once
