@@ -124,5 +124,6 @@ void bind_conv2d(py::module_& m, bool ref);
 void bind_activation(py::module_& m, bool ref);
 void bind_loss(py::module_& m, bool ref);
 void bind_optim(py::module_& m, bool ref);
+void bind_rnn(py::module_& m, bool ref);
 
 }  // namespace kilnet::bind

@@ -24,5 +24,6 @@ PYBIND11_MODULE(_cpu, m) {
     bind::bind_activation(*mod, is_ref);
     bind::bind_loss(*mod, is_ref);
     bind::bind_optim(*mod, is_ref);
+    bind::bind_rnn(*mod, is_ref);
   }
 }
