@@ -5,11 +5,11 @@
 
 namespace kilnet::cpu {
 
-void dropout_forward(index_t n, const float* x, float rate, std::uint64_t seed, float* mask, float* y) {
-  const float scale = 1.f / (1.f - rate);
+void dropout_forward(index_t n, const float* x, double rate, std::uint64_t seed, float* mask, float* y) {
+  const float scale = float(1.0 / (1.0 - rate));
 #pragma omp parallel for num_threads(threads_for(n, 1 << 14)) schedule(static)
   for (index_t i = 0; i < n; ++i) {
-    const float m = detail::uniform_hash(seed, std::uint64_t(i)) >= rate ? scale : 0.f;
+    const float m = double(detail::uniform_hash(seed, std::uint64_t(i))) >= rate ? scale : 0.f;
     mask[i] = m;
     y[i] = x[i] * m;
   }
@@ -20,10 +20,10 @@ void dropout_backward(index_t n, const float* mask, const float* dy, float* dx) 
   for (index_t i = 0; i < n; ++i) dx[i] = dy[i] * mask[i];
 }
 
-void dropout_forward_ref(index_t n, const float* x, float rate, std::uint64_t seed, float* mask, float* y) {
+void dropout_forward_ref(index_t n, const float* x, double rate, std::uint64_t seed, float* mask, float* y) {
   for (index_t i = 0; i < n; ++i) {
-    const bool keep = detail::uniform_hash(seed, std::uint64_t(i)) >= rate;
-    mask[i] = keep ? 1.f / (1.f - rate) : 0.f;
+    const bool keep = double(detail::uniform_hash(seed, std::uint64_t(i))) >= rate;
+    mask[i] = keep ? float(1.0 / (1.0 - rate)) : 0.f;
     y[i] = x[i] * mask[i];
   }
 }

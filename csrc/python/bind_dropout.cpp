@@ -15,12 +15,12 @@ void kilnet::bind::bind_dropout(py::module_& m, bool ref) {
   const auto fwd = ref ? &cpu::dropout_forward_ref : &cpu::dropout_forward;
   const auto bwd = ref ? &cpu::dropout_backward_ref : &cpu::dropout_backward;
 
-  m.def("dropout_forward", [=](py::object x_, py::object mask_, py::object y_, float rate,
+  m.def("dropout_forward", [=](py::object x_, py::object mask_, py::object y_, double rate,
                                std::uint64_t seed) {
     const char* fn = "dropout_forward";
     Arr x = in_f32(fn, "x", x_), mask = out_f32(fn, "mask", mask_), y = out_f32(fn, "y", y_);
     expect_shape(fn, "mask", mask, x.shape); expect_shape(fn, "y", y, x.shape);
-    if (!(rate >= 0.f && rate < 1.f))
+    if (!(rate >= 0.0 && rate < 1.0))
       fail_value(std::string(fn) + ": rate must be in [0, 1), got " + std::to_string(rate));
     no_alias(fn, "mask", mask, "x", x); no_alias(fn, "mask", mask, "y", y);
     if (y.data != x.data) no_alias(fn, "y", y, "x", x);   // exactly in place is fine
