@@ -1,11 +1,22 @@
-// conv2d.cpp — NHWC convolution forward and backward, and the reference loops.
+// conv2d.cpp — NHWC convolution forward and backward: the dispatch, the general (im2col +
+// gemm) path, and the reference loops. The AVX2 direct kernels are in conv2d_avx2.cpp.
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 #include "kilnet/conv2d.h"
 #include "kilnet/gemm.h"
 #include "parallel.h"
 
 namespace kilnet::cpu {
+
+#if defined(KILNET_HAVE_AVX2_BUILD)
+namespace avx2 {   // conv2d_avx2.cpp
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
+void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, const float* w,
+                     float* dx, float* dw, float* db);
+}  // namespace avx2
+#endif
 
 // ------------------------------------------------------------------------- reference (plain loops)
 void conv2d_forward_ref(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
@@ -57,66 +68,161 @@ void conv2d_backward_ref(const Conv2dShape& s, const float* dy, const float* x, 
   if (db) for (index_t k = 0; k < s.K; ++k) db[k] += float(dbd[k]);
 }
 
-// ------------------------------------------------------------------------- fast path
-// im2col of one image into a (P*Q) x (R*S*C) matrix, then one GEMM against w viewed as
-// (R*S*C) x K. Backward: dw += cols^T · dy, dcols = dy · w^T scattered back (col2im).
-static void im2col(const Conv2dShape& s, const float* x, float* col) {
-  const index_t RSC = s.R * s.S * s.C;
-  for (index_t p = 0; p < s.P; ++p)
-    for (index_t q = 0; q < s.Q; ++q) {
-      float* dst = col + (p * s.Q + q) * RSC;
-      for (index_t r = 0; r < s.R; ++r) {
-        const index_t h = p * s.stride_h - s.pad_h + r * s.dilation_h;
-        for (index_t t = 0; t < s.S; ++t, dst += s.C) {
-          const index_t ww = q * s.stride_w - s.pad_w + t * s.dilation_w;
-          if (h < 0 || h >= s.H || ww < 0 || ww >= s.W) std::fill(dst, dst + s.C, 0.f);
-          else std::copy(x + (h * s.W + ww) * s.C, x + (h * s.W + ww + 1) * s.C, dst);
-        }
+// ------------------------------------------------------------------------- general path
+// Chunked im2col: the patches of a block of output pixels of one image are copied into a
+// per-thread buffer (a few hundred KB at most) and multiplied by w with gemm. This is the path
+// without AVX2; it needs nothing but gemm and handles every stride, padding and dilation.
+namespace {
+
+// Rows [pix0, pix0 + npix) of image xn's im2col matrix (pixel = p*Q + q; row = its R*S*C window).
+void im2col_rows(const Conv2dShape& s, const float* xn, index_t pix0, index_t npix, float* col) {
+  for (index_t i = 0; i < npix; ++i) {
+    const index_t p = (pix0 + i) / s.Q, q = (pix0 + i) % s.Q;
+    float* dst = col + i * s.R * s.S * s.C;
+    for (index_t r = 0; r < s.R; ++r) {
+      const index_t h = p * s.stride_h - s.pad_h + r * s.dilation_h;
+      for (index_t t = 0; t < s.S; ++t, dst += s.C) {
+        const index_t ww = q * s.stride_w - s.pad_w + t * s.dilation_w;
+        if (h < 0 || h >= s.H || ww < 0 || ww >= s.W) std::fill(dst, dst + s.C, 0.f);
+        else std::copy(xn + (h * s.W + ww) * s.C, xn + (h * s.W + ww + 1) * s.C, dst);
       }
     }
-}
-
-static void col2im_add(const Conv2dShape& s, const float* col, float* dx) {
-  const index_t RSC = s.R * s.S * s.C;
-  for (index_t p = 0; p < s.P; ++p)
-    for (index_t q = 0; q < s.Q; ++q) {
-      const float* src = col + (p * s.Q + q) * RSC;
-      for (index_t r = 0; r < s.R; ++r) {
-        const index_t h = p * s.stride_h - s.pad_h + r * s.dilation_h;
-        for (index_t t = 0; t < s.S; ++t, src += s.C) {
-          const index_t ww = q * s.stride_w - s.pad_w + t * s.dilation_w;
-          if (h < 0 || h >= s.H || ww < 0 || ww >= s.W) continue;
-          float* d = dx + (h * s.W + ww) * s.C;
-          for (index_t c = 0; c < s.C; ++c) d[c] += src[c];
-        }
-      }
-    }
-}
-
-void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
-  const index_t PQ = s.P * s.Q, RSC = s.R * s.S * s.C;
-  std::vector<float> col(size_t(PQ * RSC));
-  for (index_t n = 0; n < s.N; ++n) {
-    im2col(s, x + n * s.H * s.W * s.C, col.data());
-    gemm(false, false, PQ, s.K, RSC, 1.f, col.data(), RSC, w, s.K, 0.f, y + n * PQ * s.K, s.K, b);
   }
+}
+
+// The transpose of im2col_rows: adds each window row back onto image dxn.
+void col2im_rows(const Conv2dShape& s, const float* col, index_t pix0, index_t npix, float* dxn) {
+  for (index_t i = 0; i < npix; ++i) {
+    const index_t p = (pix0 + i) / s.Q, q = (pix0 + i) % s.Q;
+    const float* src = col + i * s.R * s.S * s.C;
+    for (index_t r = 0; r < s.R; ++r) {
+      const index_t h = p * s.stride_h - s.pad_h + r * s.dilation_h;
+      for (index_t t = 0; t < s.S; ++t, src += s.C) {
+        const index_t ww = q * s.stride_w - s.pad_w + t * s.dilation_w;
+        if (h < 0 || h >= s.H || ww < 0 || ww >= s.W) continue;
+        float* d = dxn + (h * s.W + ww) * s.C;
+        for (index_t c = 0; c < s.C; ++c) d[c] += src[c];
+      }
+    }
+  }
+}
+
+// Output pixels per chunk: about 64K floats of patches, so the buffer stays in L2.
+index_t chunk_pixels(const Conv2dShape& s) {
+  return std::clamp<index_t>((index_t(1) << 16) / (s.R * s.S * s.C), 16, s.P * s.Q);
+}
+
+std::vector<float>& col_buffer(index_t size) {   // per thread, reused across calls
+  thread_local std::vector<float> buf;
+  if (buf.size() < size_t(size)) buf.resize(size_t(size));
+  return buf;
+}
+
+// Threads for a loop over items: all of them when there is an item for every thread (gemm inside
+// then runs on one thread, as OpenMP nesting is off), else 1, so that gemm itself uses them.
+int item_threads(index_t items, index_t flops) {
+  const int nt = int(std::min<index_t>(threads_for(flops, index_t(1) << 18), items));
+  return nt > 1 && items >= omp_get_max_threads() ? nt : 1;
+}
+
+template <class F>
+void for_items(index_t items, int nt, F body) {
+  if (nt > 1) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (index_t i = 0; i < items; ++i) body(i);
+  } else {
+    for (index_t i = 0; i < items; ++i) body(i);
+  }
+}
+
+index_t conv_flops(const Conv2dShape& s) { return 2 * s.N * s.P * s.Q * s.K * s.R * s.S * s.C; }
+
+void general_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
+  const index_t PQ = s.P * s.Q, RSC = s.R * s.S * s.C, M0 = chunk_pixels(s), chunks = (PQ + M0 - 1) / M0;
+  const index_t items = s.N * chunks;
+  for_items(items, item_threads(items, conv_flops(s)), [&](index_t item) {
+    const index_t n = item / chunks, pix0 = (item % chunks) * M0, npix = std::min(M0, PQ - pix0);
+    float* col = col_buffer(M0 * RSC).data();
+    im2col_rows(s, x + n * s.H * s.W * s.C, pix0, npix, col);
+    gemm(false, false, npix, s.K, RSC, 1.f, col, RSC, w, s.K, 0.f, y + (n * PQ + pix0) * s.K, s.K, b);
+  });
+}
+
+// dw += cols^T · dy per chunk; when the chunks run in parallel, into per-thread partial sums
+// (race-free) added to dw at the end. dx = col2im(dy · w^T), parallel over images so each image
+// of dx has one writer.
+void general_backward(const Conv2dShape& s, const float* dy, const float* x, const float* w,
+                      float* dx, float* dw, float* db) {
+  const index_t PQ = s.P * s.Q, RSC = s.R * s.S * s.C, HWC = s.H * s.W * s.C;
+  const index_t M0 = chunk_pixels(s), chunks = (PQ + M0 - 1) / M0, items = s.N * chunks;
+  if (db) bias_backward(s.N * PQ, s.K, dy, db);
+
+  const int nt = item_threads(items, conv_flops(s));
+  std::vector<float> part(nt > 1 ? size_t(nt * RSC * s.K) : 0, 0.f);
+  for_items(items, nt, [&](index_t item) {
+    const index_t n = item / chunks, pix0 = (item % chunks) * M0, npix = std::min(M0, PQ - pix0);
+    float* col = col_buffer(M0 * RSC).data();
+    im2col_rows(s, x + n * HWC, pix0, npix, col);
+    float* acc = nt > 1 ? part.data() + omp_get_thread_num() * RSC * s.K : dw;
+    gemm(true, false, RSC, s.K, npix, 1.f, col, RSC, dy + (n * PQ + pix0) * s.K, s.K, 1.f, acc, s.K, nullptr);
+  });
+  if (nt > 1)
+    for (int t = 0; t < nt; ++t)
+      for (index_t i = 0; i < RSC * s.K; ++i) dw[i] += part[size_t(t * RSC * s.K + i)];
+
+  if (!dx) return;
+  std::vector<float> wt(size_t(s.K * RSC));   // w^T (K x RSC), so gemm needs no transpose
+  for (index_t i = 0; i < RSC; ++i)
+    for (index_t k = 0; k < s.K; ++k) wt[size_t(k * RSC + i)] = w[i * s.K + k];
+  for_items(s.N, item_threads(s.N, conv_flops(s)), [&](index_t n) {
+    float* dxn = dx + n * HWC;
+    std::fill(dxn, dxn + HWC, 0.f);
+    float* col = col_buffer(M0 * RSC).data();
+    for (index_t pix0 = 0; pix0 < PQ; pix0 += M0) {
+      const index_t npix = std::min(M0, PQ - pix0);
+      gemm(false, false, npix, RSC, s.K, 1.f, dy + (n * PQ + pix0) * s.K, s.K, wt.data(), RSC, 0.f, col, RSC, nullptr);
+      col2im_rows(s, col, pix0, npix, dxn);
+    }
+  });
+}
+
+#if defined(KILNET_HAVE_AVX2_BUILD)
+// KILNET_CONV_PATH=gemm forces the general path on AVX2 machines too (for benchmarking it
+// against the direct kernels); read once.
+bool force_general() {
+  static const bool yes = [] {
+    const char* v = std::getenv("KILNET_CONV_PATH");
+    return v && std::strcmp(v, "gemm") == 0;
+  }();
+  return yes;
+}
+#endif
+
+}  // namespace
+
+// ------------------------------------------------------------------------- dispatch
+// With AVX2 every shape goes to the direct kernels of conv2d_avx2.cpp, which pick their register
+// blocking from the shape:
+//   small C (R*S*C <= 128, e.g. the first layer: C=1, R*S*C=9): 3 pixels x 32 output channels
+//     per micro-tile; all of w fits in L1;
+//   larger C: 6 pixels x 16 channels, so each packed 16-channel panel of w stays in L1.
+// For larger C we measured the alternative, im2col of pixel blocks + gemm(): 19 GFLOP/s with
+// the current gemm against ~105 for the direct kernel (benchmarks/RESULTS.md), and the direct
+// kernel never copies the patches. Re-measure with KILNET_CONV_PATH=gemm when gemm() changes.
+// Without AVX2 (or with KILNET_SIMD=scalar) the general im2col + gemm path runs.
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
+#if defined(KILNET_HAVE_AVX2_BUILD)
+  if (use_avx2() && !force_general()) return avx2::conv2d_forward(s, x, w, b, y);
+#endif
+  general_forward(s, x, w, b, y);
 }
 
 void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, const float* w,
                      float* dx, float* dw, float* db) {
-  const index_t PQ = s.P * s.Q, RSC = s.R * s.S * s.C, HWC = s.H * s.W * s.C;
-  std::vector<float> col(size_t(PQ * RSC));
-  if (db) bias_backward(s.N * PQ, s.K, dy, db);
-  for (index_t n = 0; n < s.N; ++n) {
-    const float* dyn = dy + n * PQ * s.K;
-    im2col(s, x + n * HWC, col.data());
-    gemm(true, false, RSC, s.K, PQ, 1.f, col.data(), RSC, dyn, s.K, 1.f, dw, s.K, nullptr);
-    if (dx) {
-      gemm(false, true, PQ, RSC, s.K, 1.f, dyn, s.K, w, s.K, 0.f, col.data(), RSC, nullptr);
-      std::fill(dx + n * HWC, dx + (n + 1) * HWC, 0.f);
-      col2im_add(s, col.data(), dx + n * HWC);
-    }
-  }
+#if defined(KILNET_HAVE_AVX2_BUILD)
+  if (use_avx2() && !force_general()) return avx2::conv2d_backward(s, dy, x, w, dx, dw, db);
+#endif
+  general_backward(s, dy, x, w, dx, dw, db);
 }
 
 }  // namespace kilnet::cpu

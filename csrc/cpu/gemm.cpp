@@ -1,7 +1,12 @@
 // gemm.cpp — row-major SGEMM: the dispatch, the reference, and the bias gradient.
 #include <algorithm>
-#include <vector>
+#include <cstdlib>
+#include <new>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include "kilnet/gemm.h"
+#include "gemm_internal.h"
 #include "parallel.h"
 
 namespace kilnet::cpu {
@@ -23,30 +28,301 @@ void gemm_ref(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, co
     }
 }
 
-// Simple row-parallel kernel: op(B) rows streamed in i-k-j order so the inner loop vectorizes.
+// ---------------------------------------------------------------------------------------------
+// Fast SGEMM, BLIS style (see BLIS "Anatomy of high-performance GEMM" and salykova/matmul.c):
+//
+//   for jc in N step NC        B panel   KC x NC  packed, lives in L3
+//     for pc in K step KC
+//       pack op(B)[pc:+KC, jc:+NC]  into NR-column slivers
+//       for ic in M step MC    A block   MC x KC  packed, lives in L2
+//         pack op(A)[ic:+MC, pc:+KC] into MR-row slivers
+//         for jr in NC step NR B sliver  KC x NR  stays in L1 while...
+//           for ir in MC step MR  ...the micro-kernel sweeps the A slivers over it
+//             C[ic+ir:+MR, jc+jr:+NR] = alpha * Ap·Bp + beta * C (+ bias)   (micro-kernel)
+//
+// Packing makes every operand layout (transposed or not) look the same to the micro-kernel, and
+// zero-pads the last sliver so the micro-kernel always does full MR x NR work; it writes only
+// the valid m x n corner. beta and bias apply on the first K block only; later K blocks
+// accumulate onto C with beta = 1.
+// Threads: C is cut into a grid of rectangles on MR/NR sliver boundaries, one per thread, and
+// each thread runs the loops above on its own rectangle with its own packing buffers. No
+// barriers, no shared buffers; skinny shapes are cut along their long side. Every element is
+// computed by the same sequence of operations whatever the thread count.
+// ---------------------------------------------------------------------------------------------
+namespace {
+
+using namespace gemm_detail;
+
+// Cache blocking for Zen 3/4 (32 KB L1d, 512 KB-1 MB L2 per core, large shared L3), sensible on
+// any recent x86: KC x NR of B = 16 KB + MR x KC of A = 6 KB stay in L1; MC x KC of A = 144 KB
+// sits in half of a 512 KB L2; KC x NC of B = 4 MB per thread in L3.
+constexpr index_t MC = 144;    // multiple of MR
+constexpr index_t KC = 256;
+constexpr index_t NC = 4096;   // multiple of NR
+// Pack A only when more than this many columns of B (8 slivers) reuse each A sliver; below
+// that the copy costs more than reading op(A) in place (measured: 196x64x288 runs 20% faster
+// unpacked, 1024x128x1024 3%).
+constexpr index_t kPackAMinCols = 8 * NR;
+// Below this many flops per thread, waking a second thread costs more than it saves.
+constexpr index_t kMinFlopsPerThread = index_t(1) << 17;
+
+struct Problem {
+  bool ta, tb;
+  index_t M, N, K;
+  float alpha, beta;
+  const float *A, *B;
+  index_t lda, ldb;
+  float* C;
+  index_t ldc;
+  const float* bias;
+};
+
+inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
+
+// Packing buffer, 64-byte aligned (the micro-kernel uses aligned loads on packed B). One per
+// thread (thread_local), grown on demand and freed when the thread exits.
+struct AlignedBuf {
+  float* p = nullptr;
+  size_t n = 0;
+  ~AlignedBuf() { std::free(p); }
+  float* get(size_t want) {
+    if (want > n) {
+      std::free(p);
+      p = static_cast<float*>(std::aligned_alloc(64, (want * sizeof(float) + 63) / 64 * 64));
+      n = p ? want : 0;
+    }
+    return p;
+  }
+};
+
+// op(A)[i0:i0+mc, k0:k0+kc] -> MR-row slivers: sliver s holds, for each k, the MR values
+// op(A)[i0+s*MR+r, k0+k] (r = 0..MR-1), zero past row mc.
+void pack_a(const Problem& p, index_t i0, index_t mc, index_t k0, index_t kc, float* dst) {
+  for (index_t s = 0; s < mc; s += MR, dst += MR * kc) {
+    const index_t i = i0 + s;
+    // op(A)(i+r, k0+k) = A[(i+r)*lda + k0+k], or A[(k0+k)*lda + i+r] when transposed.
+    const index_t rs = p.ta ? 1 : p.lda, cs = p.ta ? p.lda : 1;
+    const float* src = p.A + i * rs + k0 * cs;
+    if (mc - s < MR) {   // last, partial sliver: zero-pad the missing rows
+      const int m = int(mc - s);
+      std::fill(dst, dst + MR * kc, 0.f);
+      for (int r = 0; r < m; ++r)
+        for (index_t k = 0; k < kc; ++k) dst[k * MR + r] = src[r * rs + k * cs];
+    } else if (p.ta) {   // the MR values of one k are contiguous: short copies
+      for (index_t k = 0; k < kc; ++k)
+        for (int r = 0; r < MR; ++r) dst[k * MR + r] = src[k * cs + r];
+    } else {             // MR row streams, interleaved: a transpose
+      index_t k = 0;
+#if defined(__SSE2__)
+      static_assert(MR == 6, "the SSE path below packs 6 rows");
+      for (; k + 4 <= kc; k += 4) {   // 6 rows x 4 k per step: one 4x4 transpose + 2 pairs
+        __m128 r0 = _mm_loadu_ps(src + 0 * rs + k), r1 = _mm_loadu_ps(src + 1 * rs + k);
+        __m128 r2 = _mm_loadu_ps(src + 2 * rs + k), r3 = _mm_loadu_ps(src + 3 * rs + k);
+        const __m128 r4 = _mm_loadu_ps(src + 4 * rs + k), r5 = _mm_loadu_ps(src + 5 * rs + k);
+        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);   // r_q = rows 0..3 at k+q
+        const __m128 lo = _mm_unpacklo_ps(r4, r5), hi = _mm_unpackhi_ps(r4, r5);
+        float* d = dst + k * MR;
+        _mm_storeu_ps(d + 0, r0);  _mm_storel_pi(reinterpret_cast<__m64*>(d + 4), lo);
+        _mm_storeu_ps(d + 6, r1);  _mm_storeh_pi(reinterpret_cast<__m64*>(d + 10), lo);
+        _mm_storeu_ps(d + 12, r2); _mm_storel_pi(reinterpret_cast<__m64*>(d + 16), hi);
+        _mm_storeu_ps(d + 18, r3); _mm_storeh_pi(reinterpret_cast<__m64*>(d + 22), hi);
+      }
+#endif
+      for (; k < kc; ++k)
+        for (int r = 0; r < MR; ++r) dst[k * MR + r] = src[r * rs + k];
+    }
+  }
+}
+
+// op(B)[k0:k0+kc, j0:j0+nc] -> NR-column slivers: sliver s holds, for each k, the NR values
+// op(B)[k0+k, j0+s*NR+c] (c = 0..NR-1), zero past column nc.
+void pack_b(const Problem& p, index_t k0, index_t kc, index_t j0, index_t nc, float* dst) {
+  for (index_t s = 0; s < nc; s += NR, dst += NR * kc) {
+    const index_t j = j0 + s;
+    // op(B)(k0+k, j+c) = B[(k0+k)*ldb + j+c], or B[(j+c)*ldb + k0+k] when transposed.
+    const index_t rs = p.tb ? 1 : p.ldb, cs = p.tb ? p.ldb : 1;
+    const float* src = p.B + k0 * rs + j * cs;
+    const int n = int(std::min<index_t>(NR, nc - s));
+    if (n < NR) std::fill(dst, dst + NR * kc, 0.f);   // last, partial sliver: zero-pad
+    if (p.tb) {   // a transpose: columns of op(B) are contiguous along k
+      index_t k = 0;
+#if defined(__SSE2__)
+      if (n == NR)   // 4x4 blocks through SSE registers (baseline on x86-64)
+        for (; k + 4 <= kc; k += 4)
+          for (int c = 0; c < NR; c += 4) {
+            __m128 r0 = _mm_loadu_ps(src + (c + 0) * cs + k), r1 = _mm_loadu_ps(src + (c + 1) * cs + k);
+            __m128 r2 = _mm_loadu_ps(src + (c + 2) * cs + k), r3 = _mm_loadu_ps(src + (c + 3) * cs + k);
+            _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+            _mm_store_ps(dst + (k + 0) * NR + c, r0);
+            _mm_store_ps(dst + (k + 1) * NR + c, r1);
+            _mm_store_ps(dst + (k + 2) * NR + c, r2);
+            _mm_store_ps(dst + (k + 3) * NR + c, r3);
+          }
+#endif
+      for (int c = 0; c < n; ++c)
+        for (index_t kk = k; kk < kc; ++kk) dst[kk * NR + c] = src[c * cs + kk];
+    } else if (n == NR) {   // NR contiguous values per k
+      for (index_t k = 0; k < kc; ++k)
+        for (int c = 0; c < NR; ++c) dst[k * NR + c] = src[k * rs + c];
+    } else {
+      for (index_t k = 0; k < kc; ++k)
+        for (int c = 0; c < n; ++c) dst[k * NR + c] = src[k * rs + c];
+    }
+  }
+}
+
+// Portable micro-kernel (no AVX2): same packed layout, computed as two 6x8 halves so the 12
+// accumulator vectors of 4 floats fit the 16 SSE registers of baseline x86-64. GCC/Clang vector
+// types (not intrinsics) keep it portable to any target; elsewhere it is plain scalar code.
+#if defined(__GNUC__)
+typedef float v4 __attribute__((vector_size(16)));
+#endif
+
+void ukernel_generic(index_t kc, const float* a, index_t rs_a, index_t cs_a, const float* b,
+                     float* c, index_t ldc, int m, int n, const Epilogue& ep) {
+  index_t o[MR];   // row offsets into A; rows past m repeat row m-1 (never out of bounds)
+  for (int r = 0; r < MR; ++r) o[r] = (r < m ? r : m - 1) * rs_a;
+  alignas(16) float tile[MR][NR];
+  for (int h = 0; h < NR; h += 8) {
+#if defined(__GNUC__)
+    v4 acc[MR][2] = {};
+    for (index_t k = 0; k < kc; ++k) {
+      v4 b0, b1;
+      __builtin_memcpy(&b0, b + k * NR + h, sizeof b0);
+      __builtin_memcpy(&b1, b + k * NR + h + 4, sizeof b1);
+      const float* ak = a + k * cs_a;
+#pragma GCC unroll 6
+      for (int i = 0; i < MR; ++i) {
+        acc[i][0] += ak[o[i]] * b0;
+        acc[i][1] += ak[o[i]] * b1;
+      }
+    }
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < 8; ++j) tile[i][h + j] = acc[i][j / 4][j % 4];
+#else
+    float acc[MR][8] = {};
+    for (index_t k = 0; k < kc; ++k)
+      for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < 8; ++j) acc[i][j] += a[k * cs_a + o[i]] * b[k * NR + h + j];
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < 8; ++j) tile[i][h + j] = acc[i][j];
+#endif
+  }
+  for (int i = 0; i < m; ++i) {
+    float* ci = c + i * ldc;
+    for (int j = 0; j < n; ++j) {
+      float v = ep.alpha * tile[i][j] + (ep.bias ? ep.bias[j] : 0.f);
+      if (ep.beta != 0.f) v += ep.beta * ci[j];
+      ci[j] = v;
+    }
+  }
+}
+
+// The BLIS loops over C[m0:m1, n0:n1] on the calling thread. False if a buffer allocation failed.
+bool gemm_rect(const Problem& p, MicroKernel uk, index_t m0, index_t m1, index_t n0, index_t n1) {
+  // K blocks of equal size (<= KC) so that K = 300 is 150 + 150 rather than 256 + 44.
+  const index_t kc_max = ceil_div(p.K, ceil_div(p.K, KC));
+  const index_t mc_max = std::min(MC, ceil_div(m1 - m0, MR) * MR);
+  const index_t nc_max = std::min(NC, ceil_div(n1 - n0, NR) * NR);
+  thread_local AlignedBuf abuf, bbuf;
+  float* Ap = abuf.get(size_t(mc_max * kc_max));
+  float* Bp = bbuf.get(size_t(kc_max * nc_max));
+  if (!Ap || !Bp) return false;
+
+  for (index_t jc = n0; jc < n1; jc += NC) {
+    const index_t nc = std::min(NC, n1 - jc);
+    for (index_t pc = 0; pc < p.K; pc += kc_max) {
+      const index_t kc = std::min(kc_max, p.K - pc);
+      const bool first = pc == 0;   // beta and bias belong to the first K block only
+      pack_b(p, pc, kc, jc, nc, Bp);
+      for (index_t ic = m0; ic < m1; ic += MC) {
+        const index_t mc = std::min(MC, m1 - ic);
+        // A sliver is worth packing only if several B slivers reuse it; otherwise the
+        // micro-kernel reads op(A) where it lies (BLIS "sup" style) and saves a copy of A.
+        const bool pack = nc > kPackAMinCols;
+        if (pack) pack_a(p, ic, mc, pc, kc, Ap);
+        const index_t rs = pack ? 1 : (p.ta ? 1 : p.lda), cs = pack ? MR : (p.ta ? p.lda : 1);
+        for (index_t jr = 0; jr < nc; jr += NR) {
+          const Epilogue ep{p.alpha, first ? p.beta : 1.f,
+                            first && p.bias ? p.bias + jc + jr : nullptr};
+          const int n = int(std::min<index_t>(NR, nc - jr));
+          for (index_t ir = 0; ir < mc; ir += MR) {
+            const float* a = pack ? Ap + ir * kc
+                                  : p.A + (p.ta ? pc * p.lda + ic + ir : (ic + ir) * p.lda + pc);
+            uk(kc, a, rs, cs, Bp + jr * kc, p.C + (ic + ir) * p.ldc + jc + jr, p.ldc,
+               int(std::min<index_t>(MR, mc - ir)), n, ep);
+          }
+        }
+      }
+    }
+  }
+  return true;
+}
+
+// Thread t's rectangle when C is cut into a tm x tn grid, tm * tn = nt, in whole slivers.
+// The grid minimises the busiest thread's estimated time: its micro-tiles (MR*NR FMAs per k)
+// plus the rows of A and columns of B it packs (copying one element costs about as much as 8
+// FMA lanes). So a 32 x 21632 C is cut into column strips and a 21632 x 10 C into row strips.
+struct Rect { index_t m0, m1, n0, n1; };
+
+Rect thread_rect(index_t M, index_t N, int nt, int t) {
+  const index_t sm = ceil_div(M, MR), sn = ceil_div(N, NR);   // slivers along each side
+  int best_tm = 1;
+  double best = -1;
+  for (int tm = 1; tm <= nt; ++tm) {
+    if (nt % tm) continue;
+    const int tn = nt / tm;
+    const index_t rm = ceil_div(sm, tm), rn = ceil_div(sn, tn);
+    const double cost = double(rm * rn) * MR * NR + double(rm * MR + rn * NR) * 8;
+    if (best < 0 || cost < best) best = cost, best_tm = tm;
+  }
+  const int tm = best_tm, tn = nt / tm, ti = t / tn, tj = t % tn;
+  auto cut = [](index_t slivers, int parts, int i, index_t width, index_t total) {
+    return std::min(total, slivers * i / parts * width);
+  };
+  return {cut(sm, tm, ti, MR, M), cut(sm, tm, ti + 1, MR, M),
+          cut(sn, tn, tj, NR, N), cut(sn, tn, tj + 1, NR, N)};
+}
+
+}  // namespace
+
 void gemm(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, const float* A,
           index_t lda, const float* B, index_t ldb, float beta, float* C, index_t ldc,
           const float* bias) {
-  std::vector<float> Bt;
-  if (tb) {   // materialize op(B) once: K x N
-    Bt.resize(size_t(K * N));
-    for (index_t k = 0; k < K; ++k)
-      for (index_t j = 0; j < N; ++j) Bt[k * N + j] = B[j * ldb + k];
-    B = Bt.data();
-    ldb = N;
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {   // no product: C = beta*C + bias (beta == 0: C not read)
+    for (index_t i = 0; i < M; ++i)
+      for (index_t j = 0; j < N; ++j) {
+        float* c = C + i * ldc + j;
+        *c = (beta != 0.f ? beta * *c : 0.f) + (bias ? bias[j] : 0.f);
+      }
+    return;
   }
-#pragma omp parallel for num_threads(threads_for(M * N * K, 1 << 16)) schedule(static)
-  for (index_t i = 0; i < M; ++i) {
-    float* c = C + i * ldc;
-    if (beta == 0.f) std::fill(c, c + N, 0.f);
-    else if (beta != 1.f) for (index_t j = 0; j < N; ++j) c[j] *= beta;
-    for (index_t k = 0; k < K; ++k) {
-      const float a = alpha * at(A, lda, ta, i, k);
-      const float* b = B + k * ldb;
-      for (index_t j = 0; j < N; ++j) c[j] += a * b[j];
+  const Problem p{ta, tb, M, N, K, alpha, beta, A, B, lda, ldb, C, ldc, bias};
+#if defined(KILNET_HAVE_AVX2_BUILD)
+  const MicroKernel uk = use_avx2() ? ukernel_6x16_avx2 : ukernel_generic;
+#else
+  const MicroKernel uk = ukernel_generic;
+#endif
+  const index_t flops = 2 * M * N * K;
+  const index_t tiles = ceil_div(M, MR) * ceil_div(N, NR);
+  const int nt = int(std::min<index_t>({index_t(omp_get_max_threads()),
+                                        std::max<index_t>(1, flops / kMinFlopsPerThread), tiles}));
+  if (nt <= 1) {
+    if (!gemm_rect(p, uk, 0, M, 0, N)) throw std::bad_alloc();
+    return;
+  }
+  bool failed = false;
+#pragma omp parallel num_threads(nt)
+  {
+    // The team may be smaller than asked (e.g. when called from inside a parallel region).
+    const Rect r = thread_rect(M, N, omp_get_num_threads(), omp_get_thread_num());
+    if (r.m0 < r.m1 && r.n0 < r.n1 && !gemm_rect(p, uk, r.m0, r.m1, r.n0, r.n1)) {
+#pragma omp atomic write
+      failed = true;
     }
-    if (bias) for (index_t j = 0; j < N; ++j) c[j] += bias[j];
   }
+  if (failed) throw std::bad_alloc();
 }
 
 void bias_backward(index_t M, index_t N, const float* dy, float* db) {

@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 #include <string>
 #include "checks.h"
+#include <algorithm>
 #include <array>
 #include "kilnet/conv2d.h"
 
@@ -33,14 +34,13 @@ Conv2dShape conv_shape(const char* fn, const Arr& x, const Arr& w, const Arr& y,
   s.pad_h = pad[0]; s.pad_w = pad[1];
   s.dilation_h = dil[0]; s.dilation_w = dil[1];
   s.P = y.dim(1); s.Q = y.dim(2);
-  // pad_h/pad_w are the top/left padding; P and Q imply the bottom/right padding, which may
-  // be anything from none (rows left over, as in 'valid') up to eff-1 (no window lies wholly in
-  // the padding). Reads outside the input are zeros, so every accepted P, Q is memory-safe.
+  // pad_h/pad_w are the top/left padding; P and Q imply the bottom/right padding, which may be
+  // anything from none (rows left over, as in 'valid') up to the larger of the top padding
+  // (symmetric explicit padding) and eff-1 (Keras 'same' puts the odd pixel at the bottom).
+  // Reads outside the input are zeros, so every accepted P, Q is memory-safe.
   const index_t eff_r = (s.R - 1) * s.dilation_h + 1, eff_s = (s.S - 1) * s.dilation_w + 1;
-  if (s.H + s.pad_h < 1 || s.pad_h >= eff_r + s.H || s.pad_w >= eff_s + s.W)
-    fail_value(std::string(fn) + ": padding larger than the kernel extent");
-  const index_t max_p = (s.H + s.pad_h - 1) / s.stride_h + 1;
-  const index_t max_q = (s.W + s.pad_w - 1) / s.stride_w + 1;
+  const index_t max_p = (s.H + s.pad_h + std::max(s.pad_h, eff_r - 1) - eff_r) / s.stride_h + 1;
+  const index_t max_q = (s.W + s.pad_w + std::max(s.pad_w, eff_s - 1) - eff_s) / s.stride_w + 1;
   if (y.dim(0) != s.N || y.dim(3) != s.K || s.P < 1 || s.Q < 1 || s.P > max_p || s.Q > max_q)
     fail_value(std::string(fn) + ": output must have shape (" + std::to_string(s.N) + ", P<=" +
                std::to_string(max_p) + ", Q<=" + std::to_string(max_q) + ", " + std::to_string(s.K) +

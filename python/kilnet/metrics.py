@@ -120,3 +120,91 @@ def get(identifier, loss=None, output_units=None) -> Metric:
             cls = CategoricalAccuracy
         return cls(name=identifier.lower())
     return cls(name=identifier.lower() if identifier.lower() in ("mae", "mse") else None)
+
+
+# ------------------------------------------------------------------------ evaluation reports
+def _labels(y, what):
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1:      # one-hot or probabilities
+        y = y.argmax(axis=1)
+    y = y.reshape(-1)
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all() or (y != np.round(y)).any():
+            raise ValueError(f"{what} must be class indices (or one-hot / probability rows)")
+    elif y.dtype.kind not in "iub":
+        raise TypeError(f"{what} must be class indices, got dtype {y.dtype}")
+    if y.size and y.min() < 0:
+        raise ValueError(f"{what} contains a negative class index")
+    return y.astype(np.int64)
+
+
+def confusion_matrix(y_true, y_pred, num_classes=None) -> np.ndarray:
+    """Counts[i, j] = number of samples of true class i predicted as class j. y_pred may be
+    class indices or rows of scores (the argmax is taken)."""
+    t, p = _labels(y_true, "y_true"), _labels(y_pred, "y_pred")
+    if len(t) != len(p):
+        raise ValueError(f"y_true and y_pred have different lengths ({len(t)} and {len(p)})")
+    n = int(num_classes or (max(t.max(initial=-1), p.max(initial=-1)) + 1))
+    if t.size and (t.max() >= n or p.max() >= n):
+        raise ValueError(f"a class index is >= num_classes={n}")
+    return np.bincount(t * n + p, minlength=n * n).reshape(n, n)
+
+
+def classification_report(y_true, y_pred, num_classes=None, target_names=None, output_dict=False):
+    """Per-class precision, recall, F1 and support, plus accuracy and macro averages (the
+    figures scikit-learn's classification_report gives). A text table, or a dict with
+    output_dict=True."""
+    cm = confusion_matrix(y_true, y_pred, num_classes)
+    tp = np.diag(cm).astype(np.float64)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    names = list(target_names) if target_names is not None else [str(i) for i in range(len(cm))]
+    if len(names) != len(cm):
+        raise ValueError(f"target_names has {len(names)} names for {len(cm)} classes")
+    report = {n: {"precision": float(p), "recall": float(r), "f1-score": float(f), "support": int(s)}
+              for n, p, r, f, s in zip(names, precision, recall, f1, support)}
+    total = int(support.sum())
+    report["accuracy"] = float(tp.sum() / total) if total else 0.0
+    report["macro avg"] = {"precision": float(precision.mean()), "recall": float(recall.mean()),
+                           "f1-score": float(f1.mean()), "support": total}
+    if output_dict:
+        return report
+    w = max(12, max(len(n) for n in names) + 2)
+    lines = [f"{'':<{w}}{'precision':>10}{'recall':>10}{'f1-score':>10}{'support':>10}"]
+    for n in names:
+        r = report[n]
+        lines.append(f"{n:<{w}}{r['precision']:>10.4f}{r['recall']:>10.4f}{r['f1-score']:>10.4f}{r['support']:>10}")
+    lines.append(f"{'accuracy':<{w}}{'':>20}{report['accuracy']:>10.4f}{total:>10}")
+    m = report["macro avg"]
+    lines.append(f"{'macro avg':<{w}}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1-score']:>10.4f}{total:>10}")
+    return "\n".join(lines)
+
+
+def per_group(model, x, y, groups, batch_size=256) -> dict:
+    """Accuracy of `model` within each group of samples, and the largest gap between groups.
+
+    groups: one label per sample (any hashable values: ints, strings). Returns
+    {"groups": {g: {"accuracy", "count"}}, "overall": acc, "max_gap": best - worst,
+     "best": g, "worst": g}."""
+    groups = np.asarray(groups)
+    if groups.ndim != 1:
+        groups = groups.reshape(-1)
+    if len(groups) != len(x) or len(y) != len(x):
+        raise ValueError(f"x, y and groups need one entry per sample (got {len(x)}, {len(y)}, {len(groups)})")
+    pred = model.predict(x, batch_size=batch_size, verbose=0)
+    p = (pred.reshape(len(x), -1) > 0.5).astype(np.int64).reshape(-1) if pred.shape[-1] == 1 else pred.argmax(-1).reshape(-1)
+    t = _labels(y, "y")
+    correct = p == t
+    out = {}
+    for g in np.unique(groups):
+        mask = groups == g
+        key = g.item() if hasattr(g, "item") else g
+        out[key] = {"accuracy": float(correct[mask].mean()), "count": int(mask.sum())}
+    accs = {g: v["accuracy"] for g, v in out.items()}
+    best, worst = max(accs, key=accs.get), min(accs, key=accs.get)
+    return {"groups": out, "overall": float(correct.mean()), "max_gap": accs[best] - accs[worst],
+            "best": best, "worst": worst}

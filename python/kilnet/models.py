@@ -290,9 +290,9 @@ class Sequential:
         yb_all = np.empty((min(batch_size, n),) + y.shape[1:], y.dtype)
         names = ["loss"] + [m.name for m in self.compiled_metrics]
         rng = get_rng()
-        cbs.on_train_begin()
+        cbs.on_train_begin({})
         for epoch in range(initial_epoch, epochs):
-            cbs.on_epoch_begin(epoch)
+            cbs.on_epoch_begin(epoch, {})
             for m in self.compiled_metrics:
                 m.reset_state()
             order = rng.permutation(n) if shuffle else np.arange(n)
@@ -303,7 +303,7 @@ class Sequential:
                 xb, yb = xb_all[:len(idx)], yb_all[:len(idx)]
                 np.take(x, idx, axis=0, out=xb)
                 np.take(y, idx, axis=0, out=yb)
-                cbs.on_train_batch_begin(step)
+                cbs.on_train_batch_begin(step, {})
                 loss, pred = self.train_on_batch_arrays(xb, yb, bufs)
                 loss_sum += loss * len(idx)
                 seen += len(idx)
@@ -515,15 +515,27 @@ def _verbosity(verbose):
 
 
 class _Progress:
-    """Keras-like progress: a live line per epoch (verbose=1, refreshed on a terminal), one
-    summary line per epoch (verbose=1 off a terminal, and verbose=2), nothing for verbose=0."""
+    """Training feedback per epoch. verbose=1 on a terminal: a live tqdm bar (steps, ETA, running
+    loss and metrics; a plain refreshing line when tqdm is not installed). verbose=1 off a
+    terminal (CI logs) and verbose=2: one line per epoch. verbose=0: nothing."""
 
     def __init__(self, epoch, epochs, steps, verbose):
         self.verbose, self.steps = verbose, steps
         self.live = verbose == 1 and sys.stdout.isatty()
         self.t0 = self.last = time.perf_counter()
-        if verbose:
-            print(f"Epoch {epoch + 1}/{epochs}", flush=True)
+        self.bar = None
+        if not verbose:
+            return
+        if self.live:
+            try:
+                from tqdm import tqdm   # imported only when a live bar is wanted
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=steps, desc=f"Epoch {epoch + 1}/{epochs}", unit="step",
+                                dynamic_ncols=True, leave=True, file=sys.stdout)
+                return
+        print(f"Epoch {epoch + 1}/{epochs}", flush=True)
 
     def update(self, step, logs):
         if not self.live:
@@ -532,6 +544,10 @@ class _Progress:
         if now - self.last < 0.1 and step < self.steps:
             return
         self.last = now
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix_str(_fmt(logs), refresh=True)
+            return
         eta = (now - self.t0) / step * (self.steps - step)
         sys.stdout.write(f"\r{step}/{self.steps} - ETA: {eta:.0f}s - " + _fmt(logs))
         sys.stdout.flush()
@@ -541,6 +557,11 @@ class _Progress:
             return
         per_step = seconds / max(self.steps, 1) * 1e3
         msg = f"{self.steps}/{self.steps} - {seconds:.1f}s {per_step:.0f}ms/step - " + _fmt(logs)
+        if self.bar is not None:
+            self.bar.n = self.steps
+            self.bar.set_postfix_str(_fmt(logs), refresh=True)
+            self.bar.close()
+            return
         print(("\r" if self.live else "") + msg, flush=True)
 
 

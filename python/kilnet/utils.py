@@ -41,7 +41,8 @@ def to_float32(x, name: str = "x") -> np.ndarray:
         if arr.dtype.kind not in "fiub":
             raise TypeError(f"{name} must be numeric, got an array of dtype {arr.dtype}"
                             + (" (strings)" if arr.dtype.kind in "US" else ""))
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        with np.errstate(over="ignore"):   # too large for float32 becomes inf, refused by the caller
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
     if arr.ndim == 0 or arr.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {arr.shape}); need at least one sample")
     return arr

@@ -20,6 +20,12 @@ struct Conv2dShape {
 
 namespace kilnet::cpu {
 
+// The fast versions run on omp_get_max_threads() threads. With AVX2+FMA they are direct kernels
+// (conv2d_avx2.cpp) that read the windows straight from x; otherwise (or with
+// KILNET_CONV_PATH=gemm) im2col of a block of output pixels at a time, then gemm. They allocate
+// only small per-call and per-thread buffers, and dw/db are summed in a fixed order for a given
+// thread count.
+
 // y = conv(x, w) + b; b may be nullptr.
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
 void conv2d_forward_ref(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);

@@ -1,0 +1,40 @@
+// gemm_internal.h — private to gemm.cpp (driver, packing, portable kernel) and gemm_avx2.cpp
+// (the AVX2/FMA micro-kernel). Declarations and constants only: an inline function defined here
+// would be compiled once with and once without -mavx2, and the linker may keep either copy,
+// which would put AVX2 instructions on the portable path.
+#pragma once
+#include "kilnet/common.h"
+
+namespace kilnet::cpu::gemm_detail {
+
+// Register block: a 6x16 tile of C lives in 12 ymm accumulators (6 rows x 2 vectors of 8), plus
+// 2 registers for a row of B and 1 for a broadcast element of A: 15 of the 16 ymm registers.
+constexpr int MR = 6;
+constexpr int NR = 16;
+
+// What the micro-kernel does when it writes its tile:  C = alpha*acc + beta*C + bias.
+// beta == 0 means C is not read (it may hold NaN). bias points at the tile's first column, or
+// is null; the driver passes it only for the first K block so it is added exactly once.
+struct Epilogue {
+  float alpha;
+  float beta;
+  const float* bias;
+};
+
+// Micro-kernel contract (both implementations):
+//   a: MR rows of op(A), element (r, k) at a[r*rs_a + k*cs_a], r < m. A packed sliver has
+//      rs_a = 1, cs_a = MR; op(A) read in place has (lda, 1), or (1, lda) when transposed.
+//      Rows r >= m are never read (they alias row m-1, their results are dropped).
+//   b: packed B sliver, kc x NR (NR values per k, 32-byte aligned, columns past n are zero)
+//   c: the tile's top-left element in row-major C with row stride ldc; only the m x n corner
+//      (m <= MR, n <= NR) is read or written. kc may be 0 (then the tile is just the epilogue).
+using MicroKernel = void (*)(index_t kc, const float* a, index_t rs_a, index_t cs_a,
+                             const float* b, float* c, index_t ldc, int m, int n,
+                             const Epilogue& ep);
+
+#if defined(KILNET_HAVE_AVX2_BUILD)
+void ukernel_6x16_avx2(index_t kc, const float* a, index_t rs_a, index_t cs_a, const float* b,
+                       float* c, index_t ldc, int m, int n, const Epilogue& ep);
+#endif
+
+}  // namespace kilnet::cpu::gemm_detail

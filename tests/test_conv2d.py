@@ -1,0 +1,299 @@
+"""conv2d forward/backward: the fast kernels against the reference loops (kilnet._cpu.ref), against
+PyTorch, and against finite differences; every dispatch path (AVX2 direct, general im2col+gemm,
+scalar), thread counts, and bad input."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import HAVE_TORCH, assert_grad_close, numeric_grad, rand
+from kilnet import _cpu
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def geometry(size, k, stride, dil, padding):
+    """Keras output size and (top, bottom) padding for one axis, or None when 'valid' leaves no
+    output."""
+    eff = (k - 1) * dil + 1
+    if padding == "valid":
+        if size < eff:
+            return None
+        return (size - eff) // stride + 1, 0, 0
+    out = -(-size // stride)
+    total = max((out - 1) * stride + eff - size, 0)
+    return out, total // 2, total - total // 2
+
+
+def make_case(rng, N, H, W, C, K, R, S, stride, dil, padding):
+    """Arrays and kwargs for one convolution, or None when the shape has no output or needs more
+    padding at the bottom/right than at the top/left (see test_same_asymmetric_padding)."""
+    gh, gw = geometry(H, R, stride, dil, padding), geometry(W, S, stride, dil, padding)
+    if gh is None or gw is None:
+        return None
+    (P, top, bottom), (Q, left, right) = gh, gw
+    if bottom > top or right > left:
+        return None
+    x = rand(rng, N, H, W, C)
+    w = rand(rng, R, S, C, K)
+    b = rand(rng, K)
+    kw = dict(stride=(stride, stride), padding=(top, left), dilation=(dil, dil))
+    return x, w, b, (N, P, Q, K), kw
+
+
+def run_fast_and_ref(x, w, b, yshape, kw, rng, with_dx=True):
+    y = np.full(yshape, np.nan, np.float32)       # every element must be written
+    y_ref = np.empty(yshape, np.float32)
+    _cpu.conv2d_forward(x, w, b, y, **kw)
+    _cpu.ref.conv2d_forward(x, w, b, y_ref, **kw)
+    dy = rand(rng, *yshape)
+    dw0, db0 = rand(rng, *w.shape), rand(rng, *b.shape)   # dw and db accumulate onto these
+    out = {}
+    for name, mod in (("fast", _cpu), ("ref", _cpu.ref)):
+        dx = np.full(x.shape, np.nan, np.float32) if with_dx else None   # dx is overwritten
+        dw, db = dw0.copy(), db0.copy()
+        mod.conv2d_backward(dy, x, w, dx, dw, db, **kw)
+        out[name] = (dx, dw, db)
+    return (y, y_ref), out
+
+
+def assert_matches_ref(x, w, b, yshape, kw, rng, with_dx=True):
+    (y, y_ref), out = run_fast_and_ref(x, w, b, yshape, kw, rng, with_dx)
+    R, S, C, K = w.shape
+    N, P, Q, _ = yshape
+    # float32 sums of n terms of size ~1: allow ~sqrt(n) ulps of the sum's scale
+    tol = lambda n: 2e-6 * max(1.0, np.sqrt(n)) * 4  # noqa: E731
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=tol(R * S * C), err_msg="y")
+    (dx, dw, db), (dx_r, dw_r, db_r) = out["fast"], out["ref"]
+    if with_dx:
+        np.testing.assert_allclose(dx, dx_r, rtol=1e-5, atol=tol(R * S * K), err_msg="dx")
+    np.testing.assert_allclose(dw, dw_r, rtol=1e-5, atol=tol(N * P * Q), err_msg="dw")
+    np.testing.assert_allclose(db, db_r, rtol=1e-5, atol=tol(N * P * Q), err_msg="db")
+
+
+@pytest.fixture
+def threads():
+    """Restores the thread count after a test that changes it."""
+    old = _cpu.get_num_threads()
+    yield
+    _cpu.set_num_threads(old)
+
+
+# ------------------------------------------------------------------------- against the reference
+def random_shapes(seed, count):
+    rng = np.random.default_rng(seed)
+    shapes = []
+    while len(shapes) < count:
+        s = dict(N=int(rng.choice([1, 2, 3])), H=int(rng.choice([1, 5, 7, 9, 13, 28])),
+                 W=int(rng.choice([1, 5, 7, 9, 13, 28])), C=int(rng.choice([1, 2, 3, 7, 16, 33])),
+                 K=int(rng.choice([1, 5, 8, 17, 32, 33])), R=int(rng.choice([1, 2, 3, 5])),
+                 S=int(rng.choice([1, 2, 3, 5])), stride=int(rng.choice([1, 2])),
+                 dil=int(rng.choice([1, 2])), padding=str(rng.choice(["valid", "same"])))
+        if make_case(np.random.default_rng(0), **s) is not None:
+            shapes.append(s)
+    return shapes
+
+
+@pytest.mark.parametrize("shape", random_shapes(2024, 60), ids=lambda s: "-".join(f"{k}{v}" for k, v in s.items()))
+def test_random_shapes_match_reference(shape, rng):
+    assert_matches_ref(*make_case(rng, **shape), rng)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dil", [1, 2])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("C,K", [(1, 32), (3, 17), (16, 33), (33, 8)])
+def test_stride_padding_dilation_grid(stride, dil, padding, C, K, rng):
+    # odd sizes: H=9, W=7 with 3x3 windows keep 'same' symmetric for both strides
+    assert_matches_ref(*make_case(rng, 2, 9, 7, C, K, 3, 3, stride, dil, padding), rng)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+@pytest.mark.parametrize("N", [1, 2, 5])
+def test_thread_counts_and_batch_splits(nthreads, N, threads, rng):
+    # N < threads cuts images into row blocks (and dx into private per-thread copies)
+    _cpu.set_num_threads(nthreads)
+    assert_matches_ref(*make_case(rng, N, 28, 13, 16, 32, 3, 3, 1, 1, "same"), rng)
+    assert_matches_ref(*make_case(rng, N, 13, 28, 7, 33, 5, 3, 2, 1, "valid"), rng)
+
+
+def test_first_layer_shape_without_dx(rng):
+    # the canonical model's first layer: 28x28x1 -> 26x26x32, 3x3 valid; the caller skips dx
+    x, w, b, yshape, kw = make_case(rng, 32, 28, 28, 1, 32, 3, 3, 1, 1, "valid")
+    assert_matches_ref(x, w, b, yshape, kw, rng, with_dx=False)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("C", [8, 16])
+def test_valid_exact_fit(stride, C, threads, rng):
+    # 'valid' windows that end exactly at the border: x is read in place and dx is accumulated
+    # in place (S*C a multiple of 8), with both whole-image and row-block work items
+    for nthreads in (1, 2):
+        _cpu.set_num_threads(nthreads)
+        assert_matches_ref(*make_case(rng, 3, 9, 9, C, 24, 3, 3, stride, 1, "valid"), rng)
+        assert_matches_ref(*make_case(rng, 1, 9, 9, C, 8, 1, 1, stride, 1, "valid"), rng)
+
+
+def test_no_bias_and_no_db(rng):
+    x, w, _, yshape, kw = make_case(rng, 2, 7, 9, 3, 5, 3, 3, 1, 1, "same")
+    y, y_ref = np.empty(yshape, np.float32), np.empty(yshape, np.float32)
+    _cpu.conv2d_forward(x, w, None, y, **kw)
+    _cpu.ref.conv2d_forward(x, w, None, y_ref, **kw)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    dy = rand(rng, *yshape)
+    dw, dw_ref = np.zeros_like(w), np.zeros_like(w)
+    _cpu.conv2d_backward(dy, x, w, None, dw, None, **kw)
+    _cpu.ref.conv2d_backward(dy, x, w, None, dw_ref, None, **kw)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_explicit_padding_larger_than_the_window(rng):
+    # padding beyond what 'same' needs: whole output rows/columns see only zeros (and the bias)
+    x, w, b = rand(rng, 2, 5, 6, 3), rand(rng, 1, 2, 3, 8), rand(rng, 8)
+    kw = dict(stride=(1, 2), padding=(2, 1), dilation=(1, 1))
+    assert_matches_ref(x, w, b, (2, 9, 4, 8), kw, rng)
+
+
+# Keras 'same' with the odd pixel at the bottom/right (even kernels, or stride 2 on even sizes):
+# the bottom/right padding is implied by P and Q.
+@pytest.mark.parametrize("H,R,stride", [(6, 2, 1), (28, 3, 2)])
+def test_same_asymmetric_padding(H, R, stride, rng):
+    P, top, _ = geometry(H, R, stride, 1, "same")
+    x, w, b = rand(rng, 2, H, H, 3), rand(rng, R, R, 3, 8), rand(rng, 8)
+    assert_matches_ref(x, w, b, (2, P, P, 8), dict(stride=(stride, stride), padding=(top, top)), rng)
+
+
+# ------------------------------------------------------------------------- every dispatch path
+_PATH_SCRIPT = r"""
+import sys, numpy as np
+sys.path.insert(0, {root!r} + "/tests")
+from test_conv2d import make_case, random_shapes, assert_matches_ref
+from kilnet import _cpu
+rng = np.random.default_rng(7)
+for nthreads in (1, 2):
+    _cpu.set_num_threads(nthreads)
+    for shape in random_shapes(99, 12):
+        assert_matches_ref(*make_case(rng, **shape), rng)
+    assert_matches_ref(*make_case(rng, 3, 13, 9, 16, 33, 3, 3, 2, 2, "same"), rng)
+print(_cpu.simd_level(), "ok")
+"""
+
+
+@pytest.mark.parametrize("env", [{"KILNET_SIMD": "scalar"}, {"KILNET_CONV_PATH": "gemm"}],
+                         ids=["scalar", "general-path"])
+def test_other_paths_match_reference(env):
+    # the path is chosen once per process, so each one runs in a child process
+    full_env = dict(os.environ, **env)
+    full_env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "python"), full_env.get("PYTHONPATH", "")])
+    res = subprocess.run([sys.executable, "-c", _PATH_SCRIPT.format(root=ROOT)], env=full_env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    if "KILNET_SIMD" in env:
+        assert res.stdout.startswith("scalar")
+
+
+# ------------------------------------------------------------------------- against PyTorch
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed")
+@pytest.mark.parametrize("N,H,W,C,K,R,S,stride,dil,pad", [
+    (4, 28, 28, 1, 32, 3, 3, 1, 1, 0),
+    (3, 14, 14, 32, 64, 3, 3, 1, 1, 1),
+    (2, 13, 11, 7, 17, 5, 3, 2, 1, 2),
+    (2, 9, 9, 16, 33, 3, 3, 1, 2, 2),
+    (1, 8, 10, 3, 5, 2, 2, 2, 1, 0),
+])
+def test_matches_torch(N, H, W, C, K, R, S, stride, dil, pad, rng):
+    import torch
+    x, w, b = rand(rng, N, H, W, C), rand(rng, R, S, C, K), rand(rng, K)
+    tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_(True)   # NHWC -> NCHW
+    tw = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous().requires_grad_(True)   # RSCK -> KCRS
+    tb = torch.from_numpy(b).requires_grad_(True)
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=stride, padding=pad, dilation=dil)
+    y_t = ty.detach().permute(0, 2, 3, 1).numpy()
+    dy = rand(rng, *y_t.shape)
+    ty.backward(torch.from_numpy(dy).permute(0, 3, 1, 2))
+
+    kw = dict(stride=(stride, stride), padding=(pad, pad), dilation=(dil, dil))
+    y = np.empty(y_t.shape, np.float32)
+    _cpu.conv2d_forward(x, w, b, y, **kw)
+    dx, dw, db = np.empty_like(x), np.zeros_like(w), np.zeros_like(b)
+    _cpu.conv2d_backward(dy, x, w, dx, dw, db, **kw)
+    np.testing.assert_allclose(y, y_t, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, tx.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw, tw.grad.permute(2, 3, 1, 0).numpy(), rtol=1e-4, atol=2e-4)
+    np.testing.assert_allclose(db, tb.grad.numpy(), rtol=1e-4, atol=2e-4)
+
+
+# ------------------------------------------------------------------------- finite differences
+@pytest.mark.parametrize("stride,dil,pad", [(1, 1, (1, 1)), (2, 1, (1, 0)), (1, 2, (0, 2))])
+def test_gradients_match_finite_differences(stride, dil, pad, rng):
+    N, H, W, C, K, R, S = 2, 5, 6, 2, 3, 3, 2
+    x, w, b = rand(rng, N, H, W, C), rand(rng, R, S, C, K), rand(rng, K)
+    kw = dict(stride=(stride, stride), padding=pad, dilation=(dil, dil))
+    P = (H + 2 * pad[0] - (R - 1) * dil - 1) // stride + 1
+    Q = (W + 2 * pad[1] - (S - 1) * dil - 1) // stride + 1
+    g = rand(rng, N, P, Q, K)          # loss = sum(y * g), so dL/dy = g
+    y = np.empty((N, P, Q, K), np.float32)
+
+    def loss():
+        _cpu.conv2d_forward(x, w, b, y, **kw)
+        return np.sum(y.astype(np.float64) * g)
+
+    dx, dw, db = np.empty_like(x), np.zeros_like(w), np.zeros_like(b)
+    _cpu.conv2d_backward(g, x, w, dx, dw, db, **kw)
+    assert_grad_close(dx, numeric_grad(loss, x))
+    assert_grad_close(dw, numeric_grad(loss, w))
+    assert_grad_close(db, numeric_grad(loss, b))
+
+
+# ------------------------------------------------------------------------- bad input
+def _good(rng):
+    x, w, b = rand(rng, 2, 7, 7, 3), rand(rng, 3, 3, 3, 4), rand(rng, 4)
+    return x, w, b, np.empty((2, 5, 5, 4), np.float32)
+
+
+def test_rejects_wrong_channel_count(rng):
+    x, _, b, y = _good(rng)
+    with pytest.raises(ValueError, match="input channels"):
+        _cpu.conv2d_forward(x, rand(rng, 3, 3, 2, 4), b, y)
+
+
+def test_rejects_wrong_output_shape(rng):
+    x, w, b, _ = _good(rng)
+    # P = 8 would need 3 rows of bottom padding: more than the top padding (0) or R - 1 (2)
+    with pytest.raises(ValueError, match="output"):
+        _cpu.conv2d_forward(x, w, b, np.empty((2, 8, 5, 4), np.float32))
+    with pytest.raises(ValueError):
+        _cpu.conv2d_forward(x, w, b, np.empty((2, 5, 5, 3), np.float32))
+    with pytest.raises(ValueError, match="'dx'"):
+        _cpu.conv2d_backward(np.zeros((2, 5, 5, 4), np.float32), x, w, np.empty((2, 7, 7, 2), np.float32),
+                             np.zeros_like(w), None)
+
+
+def test_rejects_float64(rng):
+    x, w, b, y = _good(rng)
+    with pytest.raises(TypeError, match="float32"):
+        _cpu.conv2d_forward(x.astype(np.float64), w, b, y)
+    with pytest.raises(TypeError, match="float32"):
+        _cpu.conv2d_backward(y.astype(np.float64), x, w, None, np.zeros_like(w), None)
+
+
+def test_rejects_non_contiguous(rng):
+    x, w, b, y = _good(rng)
+    with pytest.raises(ValueError, match="contiguous"):
+        _cpu.conv2d_forward(np.asfortranarray(x), w, b, y)
+    with pytest.raises(ValueError, match="contiguous"):
+        _cpu.conv2d_forward(x, w, b, np.empty((2, 5, 5, 8), np.float32)[..., ::2])
+
+
+def test_rejects_output_aliasing_input(rng):
+    buf = rand(rng, 2 * 7 * 7 * 4)
+    x = buf[: 2 * 7 * 7 * 3].reshape(2, 7, 7, 3)
+    y = buf[: 2 * 5 * 5 * 4].reshape(2, 5, 5, 4)      # overlaps x
+    w, b = rand(rng, 3, 3, 3, 4), rand(rng, 4)
+    with pytest.raises(ValueError, match="overlap|alias"):
+        _cpu.conv2d_forward(x, w, b, y)
+    dy = rand(rng, 2, 5, 5, 4)
+    with pytest.raises(ValueError, match="overlap|alias"):
+        _cpu.conv2d_backward(dy, x, w, x, np.zeros_like(w), None)   # dx is x

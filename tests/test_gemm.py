@@ -1,0 +1,261 @@
+"""SGEMM: the fast kernel (kilnet._cpu.gemm) against the naive reference (kilnet._cpu.ref.gemm),
+numpy in float64 and torch; both the AVX2 and the portable path, 1 and 2 threads; the binding's
+argument checks. Shapes straddle the micro-tile (MR=6, NR=16) and cache blocks (MC=144,
+KC=256, NC=4096) of csrc/cpu/gemm.cpp."""
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import HAVE_TORCH, rand
+from kilnet import _cpu
+
+TRANS = list(itertools.product([False, True], [False, True]))
+
+
+def operands(rng, M, N, K, ta, tb):
+    a = rand(rng, K, M) if ta else rand(rng, M, K)
+    b = rand(rng, N, K) if tb else rand(rng, K, N)
+    return a, b
+
+
+def expected(a, b, c0, ta, tb, alpha, beta, bias):
+    """float64 numpy; c0 is C before the call (ignored when beta == 0)."""
+    oa = a.T.astype(np.float64) if ta else a.astype(np.float64)
+    ob = b.T.astype(np.float64) if tb else b.astype(np.float64)
+    out = alpha * (oa @ ob)
+    if beta != 0:
+        out += beta * c0.astype(np.float64)
+    if bias is not None:
+        out += bias.astype(np.float64)
+    return out
+
+
+def check(got, want, K):
+    # float32 accumulation over K terms of magnitude <= 1: error grows at most ~K * eps.
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 + 2e-7 * K)
+
+
+def run_both(a, b, c0, ta, tb, alpha=1.0, beta=0.0, bias=None):
+    """Fast and reference results for the same call (c0 is copied, never modified)."""
+    c_fast, c_ref = c0.copy(), c0.copy()
+    _cpu.gemm(a, b, c_fast, ta, tb, alpha, beta, bias)
+    _cpu.ref.gemm(a, b, c_ref, ta, tb, alpha, beta, bias)
+    return c_fast, c_ref
+
+
+@pytest.fixture
+def threads():
+    """Set the kernel thread count inside a test; restored afterwards."""
+    old = _cpu.get_num_threads()
+    yield _cpu.set_num_threads
+    _cpu.set_num_threads(old)
+
+
+# Edges of the 6x16 tile (1, 3, 7, 17, 33, 65, 127), N <= 128 (op(A) read in place) and N > 128
+# (op(A) packed), several K blocks (K = 257, 600), M across MC (143/144/145).
+SHAPES = [(1, 1, 1), (3, 7, 17), (7, 17, 3), (17, 33, 65), (33, 65, 127), (65, 127, 33),
+          (127, 3, 7), (6, 16, 256), (5, 129, 257), (13, 200, 600), (143, 31, 40), (145, 140, 9)]
+
+
+@pytest.mark.parametrize("ta,tb", TRANS)
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_matches_reference_and_numpy(rng, M, N, K, ta, tb):
+    a, b = operands(rng, M, N, K, ta, tb)
+    c0 = rand(rng, M, N)
+    bias = rand(rng, N)
+    got, ref = run_both(a, b, c0, ta, tb, 0.75, 0.5, bias)
+    check(got, ref, K)
+    check(got, expected(a, b, c0, ta, tb, 0.75, 0.5, bias), K)
+
+
+@pytest.mark.parametrize("alpha,beta,with_bias", [(1.0, 0.0, False), (1.0, 0.0, True),
+                                                  (-0.5, 1.0, False), (2.0, 1.0, True),
+                                                  (1.0, -0.3, True), (0.0, 0.7, True)])
+@pytest.mark.parametrize("ta,tb", TRANS)
+def test_alpha_beta_bias(rng, alpha, beta, with_bias, ta, tb):
+    M, N, K = 37, 150, 300   # 300 = two K blocks: bias and beta must apply exactly once
+    a, b = operands(rng, M, N, K, ta, tb)
+    c0 = rand(rng, M, N)
+    bias = rand(rng, N) if with_bias else None
+    got, ref = run_both(a, b, c0, ta, tb, alpha, beta, bias)
+    check(got, ref, K)
+    check(got, expected(a, b, c0, ta, tb, alpha, beta, bias), K)
+
+
+@pytest.mark.parametrize("ta,tb", TRANS)
+@pytest.mark.parametrize("M,N,K", [(7, 9, 5), (50, 40, 600), (8, 300, 20)])
+def test_beta_zero_ignores_nan_in_c(rng, M, N, K, ta, tb):
+    a, b = operands(rng, M, N, K, ta, tb)
+    bias = rand(rng, N)
+    c = np.full((M, N), np.nan, dtype=np.float32)
+    _cpu.gemm(a, b, c, ta, tb, 1.0, 0.0, bias)
+    assert np.isfinite(c).all()
+    check(c, expected(a, b, c, ta, tb, 1.0, 0.0, bias), K)
+
+
+def test_k_zero_is_scale_and_bias(rng):
+    M, N = 5, 19
+    a, b = np.zeros((M, 0), np.float32), np.zeros((0, N), np.float32)
+    c0, bias = rand(rng, M, N), rand(rng, N)
+    got, ref = run_both(a, b, c0, False, False, 2.0, 0.5, bias)
+    np.testing.assert_allclose(got, 0.5 * c0 + bias, rtol=1e-6)
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+    c = np.full((M, N), np.nan, dtype=np.float32)
+    _cpu.gemm(a, b, c, beta=0.0)   # beta == 0: C not read, result is zeros
+    assert (c == 0).all()
+
+
+@pytest.mark.parametrize("M,N", [(0, 5), (5, 0), (0, 0)])
+def test_empty_output(rng, M, N):
+    a, b = rand(rng, M, 4), rand(rng, 4, N)
+    c = np.empty((M, N), np.float32)
+    _cpu.gemm(a, b, c)   # nothing to do, nothing to fail
+    _cpu.ref.gemm(a, b, c)
+
+
+@pytest.mark.parametrize("ta,tb", TRANS)
+@pytest.mark.parametrize("M,N,K", [(9, 4100, 7), (7, 8230, 3), (300, 70, 290)])
+def test_one_and_two_threads(rng, threads, M, N, K, ta, tb):
+    """Across NC (N = 4100 on one thread, 8230 split in two) and MC. Each element is computed
+    the same way whatever the thread count, so the results are bitwise equal."""
+    a, b = operands(rng, M, N, K, ta, tb)
+    c0, bias = rand(rng, M, N), rand(rng, N)
+    out = {}
+    for n in (1, 2):
+        threads(n)
+        for _ in range(2):
+            c = c0.copy()
+            _cpu.gemm(a, b, c, ta, tb, 1.0, 0.25, bias)
+            if n in out:   # deterministic for a given thread count
+                np.testing.assert_array_equal(c, out[n])
+            out[n] = c
+    check(out[1], expected(a, b, c0, ta, tb, 1.0, 0.25, bias), K)
+    np.testing.assert_array_equal(out[1], out[2])
+
+
+# The canonical model's Dense layer (forward, weight gradient, input gradient) and conv-as-GEMM.
+NN_SHAPES = [(32, 10, 21632, False, False), (21632, 10, 32, True, False),
+             (32, 21632, 10, False, True), (676, 32, 9, False, False),
+             (196, 64, 288, False, False), (288, 32, 676, True, False)]
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("M,N,K,ta,tb", NN_SHAPES)
+def test_nn_shapes(rng, threads, nthreads, M, N, K, ta, tb):
+    threads(nthreads)
+    a, b = operands(rng, M, N, K, ta, tb)
+    c0, bias = rand(rng, M, N), rand(rng, N)
+    c = c0.copy()
+    _cpu.gemm(a, b, c, ta, tb, 1.0, 1.0, bias)
+    check(c, expected(a, b, c0, ta, tb, 1.0, 1.0, bias), K)
+
+
+SCALAR_SCRIPT = textwrap.dedent("""
+    import itertools, numpy as np
+    from kilnet import _cpu
+    assert _cpu.simd_level() == "scalar", _cpu.simd_level()
+    rng = np.random.default_rng(7)
+    for (M, N, K), (ta, tb), nt in itertools.product(
+            [(1, 1, 1), (7, 17, 33), (65, 127, 300), (13, 200, 40), (300, 33, 9)],
+            itertools.product([False, True], [False, True]), [1, 2]):
+        _cpu.set_num_threads(nt)
+        a = rng.uniform(-1, 1, (K, M) if ta else (M, K)).astype(np.float32)
+        b = rng.uniform(-1, 1, (N, K) if tb else (K, N)).astype(np.float32)
+        bias = rng.uniform(-1, 1, N).astype(np.float32)
+        for beta in (0.0, 0.5):
+            c0 = rng.uniform(-1, 1, (M, N)).astype(np.float32)
+            c = np.full((M, N), np.nan, np.float32) if beta == 0 else c0.copy()
+            r = c0.copy()
+            _cpu.gemm(a, b, c, ta, tb, 0.5, beta, bias)
+            _cpu.ref.gemm(a, b, r, ta, tb, 0.5, beta, bias)
+            np.testing.assert_allclose(c, r, rtol=1e-5, atol=1e-5 + 2e-7 * K)
+    print("ok")
+""")
+
+
+def test_portable_path_in_subprocess():
+    """KILNET_SIMD=scalar is read once per process, so the fallback kernel runs in a child."""
+    env = dict(os.environ, KILNET_SIMD="scalar")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(_cpu.__file__))] + env.get("PYTHONPATH", "").split(os.pathsep))
+    r = subprocess.run([sys.executable, "-c", SCALAR_SCRIPT], env=env, cwd=here,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed")
+@pytest.mark.parametrize("M,N,K,ta,tb", [(65, 127, 300, False, False), (33, 70, 17, True, True)]
+                         + NN_SHAPES[:3])
+def test_torch_parity(rng, M, N, K, ta, tb):
+    import torch
+    a, b = operands(rng, M, N, K, ta, tb)
+    bias = rand(rng, N)
+    c = np.empty((M, N), np.float32)
+    _cpu.gemm(a, b, c, ta, tb, 1.0, 0.0, bias)
+    ta_, tb_ = torch.from_numpy(a), torch.from_numpy(b)
+    want = torch.addmm(torch.from_numpy(bias), ta_.T if ta else ta_, tb_.T if tb else tb_)
+    np.testing.assert_allclose(c, want.numpy(), rtol=1e-5, atol=1e-5 + 2e-7 * K)
+
+
+# ---- bias_backward ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 10), (300, 65), (4, 5, 33)])
+def test_bias_backward(rng, shape):
+    dy = rand(rng, *shape)
+    db0 = rand(rng, shape[-1])
+    db, dbr = db0.copy(), db0.copy()
+    _cpu.bias_backward(dy, db)
+    _cpu.ref.bias_backward(dy, dbr)
+    np.testing.assert_allclose(db, dbr, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(db, db0 + dy.reshape(-1, shape[-1]).sum(0, dtype=np.float64),
+                               rtol=1e-5, atol=1e-5)
+
+
+# ---- bad input: the binding checks, the kernel trusts ----------------------------------------
+
+def test_bad_input():
+    a = np.ones((4, 3), np.float32)
+    b = np.ones((3, 5), np.float32)
+    c = np.zeros((4, 5), np.float32)
+    with pytest.raises(TypeError, match="'a'.*float32"):
+        _cpu.gemm(a.astype(np.float64), b, c)
+    with pytest.raises(TypeError, match="'c'.*float32"):
+        _cpu.gemm(a, b, c.astype(np.float16))
+    with pytest.raises(TypeError, match="numpy array"):
+        _cpu.gemm(a.tolist(), b, c)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _cpu.gemm(np.ones((4, 6), np.float32)[:, ::2], b, c)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _cpu.gemm(np.ones((3, 4), np.float32).T, b, c)   # pass trans_a instead
+    with pytest.raises(ValueError, match="inner dimensions"):
+        _cpu.gemm(a, np.ones((4, 5), np.float32), c)
+    with pytest.raises(ValueError, match="inner dimensions"):
+        _cpu.gemm(a, b, c, trans_a=True)
+    with pytest.raises(ValueError, match="'c'.*shape"):
+        _cpu.gemm(a, b, np.zeros((5, 4), np.float32))
+    with pytest.raises(ValueError, match="2-D"):
+        _cpu.gemm(np.ones(3, np.float32), b, c)
+    with pytest.raises(ValueError, match="'bias'.*shape"):
+        _cpu.gemm(a, b, c, bias=np.ones(4, np.float32))
+    ro = np.zeros((4, 5), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        _cpu.gemm(a, b, ro)
+
+
+def test_aliasing_rejected():
+    sq = np.ones((4, 4), np.float32)
+    with pytest.raises(ValueError, match="overlaps input 'a'"):
+        _cpu.gemm(sq, np.ones((4, 4), np.float32), sq)
+    buf = np.ones((8, 4), np.float32)
+    with pytest.raises(ValueError, match="overlaps input 'b'"):
+        _cpu.gemm(np.ones((4, 4), np.float32), buf[:4], buf[3:7])   # partial overlap
+    c = np.zeros((4, 4), np.float32)
+    with pytest.raises(ValueError, match="overlaps input 'bias'"):
+        _cpu.gemm(np.ones((4, 4), np.float32), np.ones((4, 4), np.float32), c, bias=c[0])
