@@ -290,3 +290,17 @@ def test_new_layers_train_save_and_load(tmp_path):
     np.testing.assert_array_equal(m.predict(x), m2.predict(x))
     assert m2.evaluate(x, y, verbose=0) == m.evaluate(x, y, verbose=0)
     m2.fit(x, y, batch_size=8, epochs=1, verbose=0)   # the loaded model trains on
+
+
+def test_small_cnn_model_and_cli_option(tmp_path, monkeypatch):
+    from kilnet import cli
+    args = cli.build_parser().parse_args(["train", "--model", "small-cnn", "--limit", "64", "--epochs", "1"])
+    assert args.model == "small-cnn" and args.batch_size is None     # the model's default (64) applies
+    m = cli.small_cnn_model(epochs=1, steps_per_epoch=2)
+    assert m.count_params() == 87594 < 100_000
+    names = [type(l).__name__ for l in m.layers]
+    assert {"BatchNormalization", "MaxPooling2D", "Dropout"} <= set(names)
+    set_random_seed(0)
+    x = np.random.default_rng(0).uniform(size=(128, 28, 28, 1)).astype(np.float32)
+    h = m.fit(x, np.arange(128) % 10, batch_size=64, epochs=1, verbose=0)
+    assert np.isfinite(h.history["loss"][0]) and m.optimizer.learning_rate == 0.0   # cosine decayed to 0
