@@ -78,7 +78,7 @@ class Optimizer:
         self.name = name or who.lower()
         self.iterations = 0
         self.state: dict[str, np.ndarray] = {}
-        self._offsets = None
+        self._clip_offsets = None
 
     @property
     def learning_rate(self) -> float:
@@ -99,18 +99,19 @@ class Optimizer:
         for slot in self.slots:
             if slot not in self.state or self.state[slot].size != n_params:
                 self.state[slot] = np.full(n_params, self.slot_initial.get(slot, 0.0), np.float32)
-        self._offsets = np.asarray([0, n_params] if offsets is None else offsets, np.int64)
+        # The segments norm clipping works on: each weight (clipnorm) or all together (global_clipnorm).
+        per_weight = self.clipnorm is not None and offsets is not None
+        self._clip_offsets = np.asarray(offsets if per_weight else [0, n_params], np.int64)
 
     def apply(self, params: np.ndarray, grads: np.ndarray) -> None:
         """One step over the flat parameter buffer; clipping changes grads in place."""
         lr = self.learning_rate
-        if self.clipnorm is not None:
-            offsets = self._offsets
-            if offsets is None or offsets[-1] != grads.size:
-                offsets = np.asarray([0, grads.size], np.int64)
-            _cpu.clip_by_norm(grads, offsets, self.clipnorm)
-        elif self.global_clipnorm is not None:
-            _cpu.clip_by_norm(grads, np.asarray([0, grads.size], np.int64), self.global_clipnorm)
+        norm = self.clipnorm if self.clipnorm is not None else self.global_clipnorm
+        if norm is not None:
+            offsets = self._clip_offsets
+            if offsets is None or offsets[-1] != grads.size:   # not built for this buffer: one weight
+                offsets = np.array([0, grads.size], np.int64)
+            _cpu.clip_by_norm(grads, offsets, norm)
         elif self.clipvalue is not None:
             _cpu.clip_by_value(grads, self.clipvalue)
         self.iterations += 1
