@@ -1,6 +1,6 @@
 """The example small CNN (kilnet.cli.small_cnn_model, 87,594 parameters) trained on
-Fashion-MNIST by kilnet and by PyTorch (CPU) with the same architecture and recipe, on the same
-machine, one after the other:
+Fashion-MNIST by kilnet and by PyTorch (CPU) with the same architecture and recipe, in the same
+process, taking turns epoch by epoch (so that both see the same machine load):
 
     Conv 3x3 32 → BatchNorm → ReLU → MaxPool 2 → Conv 3x3 64 → BatchNorm → ReLU → MaxPool 2
     → Dropout 0.25 → Conv 3x3 64 → BatchNorm → ReLU → Dropout 0.25 → Flatten → Dense 10
@@ -40,26 +40,26 @@ def load(limit=0):
     return xt, yt.astype(np.int64), xe, ye.astype(np.int64)
 
 
-def _report(name, epoch, seconds, acc, log):
-    print(f"  {name} epoch {epoch}: {seconds:.1f}s, test accuracy {acc:.4f}", flush=True)
-    log.append({"epoch": epoch, "seconds": seconds, "test_accuracy": acc})
+class KilnetTrainer:
+    name = "kilnet"
 
+    def __init__(self, data, epochs, batch_size, threads, seed=0):
+        import kilnet
+        from kilnet.cli import small_cnn_model
+        from kilnet.utils import set_random_seed
+        kilnet.set_num_threads(threads)
+        set_random_seed(seed)
+        self.xt, self.yt, self.xe, self.ye = data
+        self.batch_size = batch_size
+        self.model = small_cnn_model(epochs, math.ceil(len(self.xt) / batch_size))
+        self.params = self.model.count_params()
 
-def kilnet_run(data, epochs, batch_size, threads, seed=0):
-    import kilnet
-    from kilnet.cli import small_cnn_model
-    from kilnet.utils import set_random_seed
-    kilnet.set_num_threads(threads)
-    set_random_seed(seed)
-    xt, yt, xe, ye = data
-    model = small_cnn_model(epochs, math.ceil(len(xt) / batch_size))
-    log = []
-    for epoch in range(epochs):   # one fit call per epoch (the schedule runs on), evaluated untimed
-        t0 = time.perf_counter()
-        model.fit(xt, yt, batch_size=batch_size, epochs=epoch + 1, initial_epoch=epoch, verbose=0)
-        seconds = time.perf_counter() - t0
-        _report("kilnet", epoch + 1, seconds, model.evaluate(xe, ye, batch_size=500, verbose=0)[1], log)
-    return log, model.count_params()
+    def train_epoch(self, epoch):
+        # one fit call per epoch; the optimizer (and its schedule) carries on between calls
+        self.model.fit(self.xt, self.yt, batch_size=self.batch_size, epochs=epoch + 1, initial_epoch=epoch, verbose=0)
+
+    def test_accuracy(self):
+        return self.model.evaluate(self.xe, self.ye, batch_size=500, verbose=0)[1]
 
 
 def torch_model():
@@ -83,38 +83,44 @@ def torch_model():
     return model
 
 
-def torch_run(data, epochs, batch_size, threads, seed=0):
-    import torch
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    xt, yt, xe, ye = data
-    X = torch.from_numpy(xt.transpose(0, 3, 1, 2).copy())
-    Y = torch.from_numpy(yt)
-    XE = torch.from_numpy(xe.transpose(0, 3, 1, 2).copy())
-    model = torch_model()
-    steps = epochs * math.ceil(len(X) / batch_size)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
-    # Keras's CosineDecay(1e-3, steps) evaluated at the number of steps done so far.
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, steps) / steps)))
-    lossf = torch.nn.CrossEntropyLoss()
-    log = []
-    for epoch in range(epochs):
-        model.train()
-        t0 = time.perf_counter()
-        perm = torch.randperm(len(X))
-        for i in range(0, len(X), batch_size):
-            idx = perm[i:i + batch_size]
-            opt.zero_grad(set_to_none=True)
-            lossf(model(X[idx]), Y[idx]).backward()
-            opt.step()
-            sched.step()
-        seconds = time.perf_counter() - t0
-        model.eval()
-        with torch.no_grad():
-            pred = torch.cat([model(XE[i:i + 500]).argmax(1) for i in range(0, len(XE), 500)]).numpy()
-        _report("torch", epoch + 1, seconds, float((pred == ye).mean()), log)
-    return log, sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers()
-                                                                 if b.dtype.is_floating_point)
+class TorchTrainer:
+    name = "torch"
+
+    def __init__(self, data, epochs, batch_size, threads, seed=0):
+        import torch
+        self.torch = torch
+        torch.set_num_threads(threads)
+        torch.manual_seed(seed)
+        xt, yt, xe, self.ye = data
+        self.X = torch.from_numpy(xt.transpose(0, 3, 1, 2).copy())
+        self.Y = torch.from_numpy(yt)
+        self.XE = torch.from_numpy(xe.transpose(0, 3, 1, 2).copy())
+        self.batch_size = batch_size
+        self.model = torch_model()
+        steps = epochs * math.ceil(len(self.X) / batch_size)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3, eps=1e-7)
+        # Keras's CosineDecay(1e-3, steps) evaluated at the number of steps done so far.
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, steps) / steps)))
+        self.params = sum(p.numel() for p in self.model.parameters()) + \
+            sum(b.numel() for b in self.model.buffers() if b.dtype.is_floating_point)
+
+    def train_epoch(self, epoch):
+        torch, bs = self.torch, self.batch_size
+        self.model.train()
+        perm = torch.randperm(len(self.X))
+        for i in range(0, len(self.X), bs):
+            idx = perm[i:i + bs]
+            self.opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(self.model(self.X[idx]), self.Y[idx]).backward()
+            self.opt.step()
+            self.sched.step()
+
+    def test_accuracy(self):
+        self.model.eval()
+        with self.torch.no_grad():
+            pred = self.torch.cat([self.model(self.XE[i:i + 500]).argmax(1) for i in range(0, len(self.XE), 500)])
+        return float((pred.numpy() == self.ye).mean())
 
 
 def summarize(name, log, params):
@@ -157,15 +163,25 @@ def main(argv=None):
     data = load(args.limit)
     print(f"machine: {machine()}; kilnet {kilnet.__version__} ({kilnet.simd_level()}), {args.threads} threads; "
           f"{len(data[0])} training images, batch {args.batch_size}, {args.epochs} epochs", flush=True)
-    rows = []
+    trainers = []
     for fw in args.frameworks:
-        run = kilnet_run if fw == "kilnet" else torch_run
         try:
-            log, params = run(data, args.epochs, args.batch_size, args.threads)
+            trainers.append((KilnetTrainer if fw == "kilnet" else TorchTrainer)(
+                data, args.epochs, args.batch_size, args.threads))
         except ImportError as e:
             print(f"{fw}: skipped ({e})")
-            continue
-        rows.append(summarize(fw, log, params))
+    logs = {t.name: [] for t in trainers}
+    for epoch in range(args.epochs):
+        for t in trainers:   # the frameworks take turns, epoch by epoch: both see the same machine load
+            t0 = time.perf_counter()
+            t.train_epoch(epoch)
+            seconds = time.perf_counter() - t0
+            acc = t.test_accuracy()   # not timed
+            logs[t.name].append({"epoch": epoch + 1, "seconds": seconds, "test_accuracy": acc,
+                                 "load_average": os.getloadavg()[0]})
+            print(f"  {t.name} epoch {epoch + 1}: {seconds:.1f}s, test accuracy {acc:.4f} "
+                  f"(load average {os.getloadavg()[0]:.1f})", flush=True)
+    rows = [summarize(t.name, logs[t.name], t.params) for t in trainers]
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "args": vars(args), "results": rows}, f, indent=1)

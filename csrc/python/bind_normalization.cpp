@@ -23,8 +23,7 @@ const Arr* optional_vec(const char* fn, const char* name, py::object h, index_t 
   return &store;
 }
 
-const float* ptr(const Arr* a) { return a ? a->f() : nullptr; }
-float* mptr(const Arr* a) { return a ? a->f() : nullptr; }
+float* ptr(const Arr* a) { return a ? a->f() : nullptr; }   // None -> nullptr
 
 }  // namespace
 
@@ -79,7 +78,7 @@ void kilnet::bind::bind_normalization(py::module_& m, bool ref) {
     outputs_apart(fn, {{"dx", dxp}, {"dgamma", dgp}, {"dbeta", dbp}},
                   {{"x", &x}, {"dy", &dy}, {"gamma", gp}, {"mean", &mean}, {"invstd", &invstd}});
     py::gil_scoped_release nogil;
-    bwd(M, C, x.f(), dy.f(), ptr(gp), mean.f(), invstd.f(), batch_stats, mptr(dxp), mptr(dgp), mptr(dbp));
+    bwd(M, C, x.f(), dy.f(), ptr(gp), mean.f(), invstd.f(), batch_stats, ptr(dxp), ptr(dgp), ptr(dbp));
   }, arg("x"), arg("dy"), arg("gamma"), arg("mean"), arg("invstd"), arg("dx"), arg("dgamma"),
      arg("dbeta"), arg("batch_stats") = true,
      "dx (overwritten; None to skip), dgamma += sum dy*xhat, dbeta += sum dy (None to skip); "

@@ -20,10 +20,9 @@ Arr state_arg(const char* fn, const char* name, py::handle h, const Arr& p) {
   return a;
 }
 
-void check_rate(const char* fn, const char* name, float v, bool allow_one = false) {
-  if (!(v >= 0.f && (allow_one ? v <= 1.f : v < 1.f)))
-    fail_value(std::string(fn) + ": " + name + " must be in [0, 1" + (allow_one ? "]" : ")") +
-               ", got " + std::to_string(v));
+void check_rate(const char* fn, const char* name, float v) {
+  if (!(v >= 0.f && v < 1.f))
+    fail_value(std::string(fn) + ": " + name + " must be in [0, 1), got " + std::to_string(v));
 }
 
 void check_nonneg(const char* fn, const char* name, float v) {

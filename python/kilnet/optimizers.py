@@ -90,7 +90,7 @@ class Optimizer:
     def learning_rate(self, value):
         if isinstance(self._learning_rate, schedules_mod.LearningRateSchedule):
             raise TypeError(f"{type(self).__name__}: the learning rate is a schedule and cannot be set")
-        self._learning_rate = _positive("learning_rate", value, type(self).__name__)
+        self._learning_rate = _positive("learning_rate", value, type(self).__name__, allow_zero=True)
 
     def build(self, n_params: int, offsets=None) -> None:
         """Allocate the state buffers for a model with n_params trainable values (once).
