@@ -211,6 +211,7 @@ bool force_general() {
 // kernel never copies the patches. Re-measure with KILNET_CONV_PATH=gemm when gemm() changes.
 // Without AVX2 (or with KILNET_SIMD=scalar) the general im2col + gemm path runs.
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
+  if (s.N == 0 || s.P == 0 || s.Q == 0 || s.K == 0) return;   // nothing to write; the tiled paths divide by these
 #if defined(KILNET_HAVE_AVX2_BUILD)
   if (use_avx2() && !force_general()) return avx2::conv2d_forward(s, x, w, b, y);
 #endif
@@ -219,6 +220,10 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
 
 void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, const float* w,
                      float* dx, float* dw, float* db) {
+  if (s.N == 0 || s.P == 0 || s.Q == 0 || s.K == 0) {   // no output gradient: dx = 0, dw and db unchanged
+    if (dx) std::fill(dx, dx + s.N * s.H * s.W * s.C, 0.f);
+    return;
+  }
 #if defined(KILNET_HAVE_AVX2_BUILD)
   if (use_avx2() && !force_general()) return avx2::conv2d_backward(s, dy, x, w, dx, dw, db);
 #endif

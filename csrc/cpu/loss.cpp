@@ -54,9 +54,9 @@ double mse(index_t rows, index_t cols, const float* p, const float* t, float* gr
   double total = sum_rows(rows, cols, [&](index_t i) {
     double acc = 0.0;
     for (index_t j = i * cols; j < (i + 1) * cols; ++j) {
-      const float d = p[j] - t[j];
+      const double d = double(p[j]) - t[j];   // in double: the square of a float difference can overflow
       acc += d * d;
-      if (grad) grad[j] = gs * d;
+      if (grad) grad[j] = float(gs * d);
     }
     return acc;
   });
@@ -68,9 +68,9 @@ double mae(index_t rows, index_t cols, const float* p, const float* t, float* gr
   double total = sum_rows(rows, cols, [&](index_t i) {
     double acc = 0.0;
     for (index_t j = i * cols; j < (i + 1) * cols; ++j) {
-      const float d = p[j] - t[j];
+      const double d = double(p[j]) - t[j];
       acc += std::fabs(d);
-      if (grad) grad[j] = d > 0.f ? gs : (d < 0.f ? -gs : 0.f);
+      if (grad) grad[j] = d > 0 ? gs : (d < 0 ? -gs : 0.f);
     }
     return acc;
   });

@@ -27,6 +27,8 @@ Conv2dShape conv_shape(const char* fn, const Arr& x, const Arr& w, const Arr& y,
   Conv2dShape s;
   s.N = x.dim(0); s.H = x.dim(1); s.W = x.dim(2); s.C = x.dim(3);
   s.R = w.dim(0); s.S = w.dim(1); s.K = w.dim(3);
+  if (s.R < 1 || s.S < 1)
+    fail_value(std::string(fn) + ": the kernel must be at least 1x1, got 'w' of shape " + shape_str(w.shape));
   if (w.dim(2) != s.C)
     fail_value(std::string(fn) + ": weight 'w' has " + std::to_string(w.dim(2)) +
                " input channels but 'x' has " + std::to_string(s.C));

@@ -1,6 +1,7 @@
 // bind_loss.cpp — Python bindings of the losses: each returns the mean loss, optionally writes the gradient.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <cmath>
 #include <string>
 #include "checks.h"
 #include "kilnet/loss.h"
@@ -18,10 +19,15 @@ void kilnet::bind::bind_loss(py::module_& m, bool ref) {
   const auto scce = ref ? &cpu::sparse_categorical_crossentropy_ref : &cpu::sparse_categorical_crossentropy;
   const auto smce = ref ? &cpu::softmax_crossentropy_ref : &cpu::softmax_crossentropy;
   // Losses: pred and target of one shape; grad (optional) receives d(loss)/d(pred).
-  auto pair_loss = [&m](const char* name, auto call) {
-    m.def(name, [name, call](py::object p_, py::object t_, py::object g_) {
+  // probs: pred must hold probabilities (finite, >= 0), target finite and >= 0.
+  auto pair_loss = [&m](const char* name, bool probs, auto call) {
+    m.def(name, [name, probs, call](py::object p_, py::object t_, py::object g_) {
       Arr p = in_f32(name, "pred", p_), t = in_f32(name, "target", t_);
       expect_shape(name, "target", t, p.shape);
+      if (probs) {
+        in_range(name, "pred", p, 0.f, HUGE_VALF);
+        in_range(name, "target", t, 0.f, HUGE_VALF);
+      }
       auto [rows, cols] = rows_cols(name, p);
       float* g = nullptr;
       Arr ga;
@@ -34,14 +40,16 @@ void kilnet::bind::bind_loss(py::module_& m, bool ref) {
       return call(rows, cols, p.f(), t.f(), g);
     }, arg("pred"), arg("target"), arg("grad") = py::none());
   };
-  pair_loss("mse", [=](index_t r, index_t c, const float* p, const float* t, float* g) { return mse(r, c, p, t, g); });
-  pair_loss("mae", [=](index_t r, index_t c, const float* p, const float* t, float* g) { return mae(r, c, p, t, g); });
-  pair_loss("categorical_crossentropy", [=](index_t r, index_t c, const float* p, const float* t, float* g) { return cce(r, c, p, t, g); });
+  pair_loss("mse", false, [=](index_t r, index_t c, const float* p, const float* t, float* g) { return mse(r, c, p, t, g); });
+  pair_loss("mae", false, [=](index_t r, index_t c, const float* p, const float* t, float* g) { return mae(r, c, p, t, g); });
+  pair_loss("categorical_crossentropy", true, [=](index_t r, index_t c, const float* p, const float* t, float* g) { return cce(r, c, p, t, g); });
 
   m.def("binary_crossentropy", [=](py::object p_, py::object t_, bool from_logits, py::object g_) {
     const char* fn = "binary_crossentropy";
     Arr p = in_f32(fn, "pred", p_), t = in_f32(fn, "target", t_);
     expect_shape(fn, "target", t, p.shape);
+    in_range(fn, "target", t, 0.f, 1.f);
+    if (!from_logits) in_range(fn, "pred", p, 0.f, 1.f);
     auto [rows, cols] = rows_cols(fn, p);
     float* g = nullptr;
     Arr ga;
@@ -57,6 +65,7 @@ void kilnet::bind::bind_loss(py::module_& m, bool ref) {
   m.def("sparse_categorical_crossentropy", [=](py::object p_, py::object l_, py::object g_) {
     const char* fn = "sparse_categorical_crossentropy";
     Arr p = in_f32(fn, "pred", p_);
+    in_range(fn, "pred", p, 0.f, HUGE_VALF);
     auto [rows, cols] = rows_cols(fn, p);
     Arr l = array_arg(fn, "labels", l_, 'l', -1, false);
     if (l.size != rows) fail_value(std::string(fn) + ": 'labels' must have " + std::to_string(rows) + " entries, got " + std::to_string(l.size));

@@ -8,6 +8,7 @@
 #include <initializer_list>
 #include <sstream>
 #include <stdexcept>
+#include <cmath>
 #include <string>
 #include <utility>
 #include <vector>
@@ -122,6 +123,16 @@ inline std::pair<index_t, index_t> rows_cols(const char* fn, const Arr& a) {
   const index_t cols = a.dim(-1);
   if (a.size == 0 || cols == 0) fail_value(std::string(fn) + ": empty input");
   return {a.size / cols, cols};
+}
+
+// Values a kernel's maths needs in a range (probabilities in [0, 1], ...): NaN is refused too.
+inline void in_range(const char* fn, const char* name, const Arr& a, float lo, float hi) {
+  const float* v = a.f();
+  for (index_t i = 0; i < a.size; ++i)
+    if (!(v[i] >= lo && v[i] <= hi))   // written so that NaN fails
+      fail_value(std::string(fn) + ": '" + name + "' must hold values in [" + std::to_string(lo) + ", " +
+                 (hi == HUGE_VALF ? std::string("inf)") : std::to_string(hi) + "]") + "], found " +
+                 std::to_string(v[i]) + " at flat index " + std::to_string(i));
 }
 
 // One function per kernel family binds it into a module; ref selects the reference kernels.

@@ -1,4 +1,4 @@
-"""The `kilnet` command: train the canonical or the small CNN, print build and machine facts."""
+"""The `kilnet` command: train the canonical or another registered model, print build and machine facts."""
 from __future__ import annotations
 
 import argparse
@@ -50,11 +50,6 @@ def small_cnn_model(epochs=15, steps_per_epoch=938, learning_rate=1e-3):
     return model
 
 
-# --model choices: (build function taking epochs and steps per epoch, default epochs, default batch size)
-MODELS = {"canonical": (lambda epochs, steps: canonical_model(), 10, 32),
-          "small-cnn": (lambda epochs, steps: small_cnn_model(epochs, steps), 15, 64)}
-
-
 def cmd_train(args) -> int:
     import kilnet
     from kilnet.datasets import fashion_mnist
@@ -68,14 +63,17 @@ def cmd_train(args) -> int:
     x_test = (x_test / 255.0).reshape(-1, 28, 28, 1)
     if args.limit:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-    build, default_epochs, default_batch = MODELS[args.model]
-    args.epochs = default_epochs if args.epochs is None else args.epochs
-    args.batch_size = default_batch if args.batch_size is None else args.batch_size
-    model = build(args.epochs, -(-len(x_train) // args.batch_size))
-    print(f"kilnet {kilnet.__version__}: {args.model} model on Fashion-MNIST ({len(x_train)} training images), "
+    # epochs and batch size: the flags, else the model's defaults (MODEL_DEFAULTS), else 10 and 32
+    defaults = MODEL_DEFAULTS.get(args.model, {})
+    args.epochs = args.epochs if args.epochs is not None else defaults.get("epochs", 10)
+    args.batch_size = args.batch_size if args.batch_size is not None else defaults.get("batch_size", 32)
+    model = canonical_model() if args.model == "canonical" else \
+        _named_model(args.model, epochs=args.epochs, steps_per_epoch=-(-len(x_train) // args.batch_size))
+    print(f"kilnet {kilnet.__version__}: {args.model} CNN on Fashion-MNIST ({len(x_train)} training images), "
           f"{kilnet.get_num_threads()} threads, {kilnet.simd_level()} kernels", flush=True)
     t0 = time.perf_counter()
-    model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=args.verbose)
+    history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
+                        verbose=args.verbose, validation_split=args.validation_split)
     train_s = time.perf_counter() - t0
     loss, acc = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
     print(f"trained {args.epochs} epochs in {train_s:.1f}s")
@@ -84,6 +82,109 @@ def cmd_train(args) -> int:
     if args.out:
         model.save(args.out)
         print(f"saved {args.out}")
+    if args.plot:
+        plot_history(history.history, args.plot, f"{args.model} CNN on Fashion-MNIST (test accuracy {acc:.4f})")
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _named_model(name, **run):
+    """Other models `kilnet train --model` knows (registered by the modules that define them).
+    `run` (epochs, steps_per_epoch) goes to the builder's parameters of those names, if it has
+    them (a learning-rate schedule needs the length of the run)."""
+    import inspect
+    builders = dict(MODEL_BUILDERS)
+    if name not in builders:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(['canonical', *builders])}")
+    accepted = inspect.signature(builders[name]).parameters
+    return builders[name](**{k: v for k, v in run.items() if k in accepted})
+
+
+MODEL_BUILDERS: dict = {"small-cnn": small_cnn_model}   # name -> function returning a compiled model with (28, 28, 1) input
+MODEL_DEFAULTS: dict = {"small-cnn": {"epochs": 15, "batch_size": 64}}   # per-model epochs / batch size
+
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("plotting needs matplotlib: pip install matplotlib (or kilnet[plot])") from None
+    return plt
+
+
+def plot_history(history, out, title):
+    """Loss and accuracy curves (training, and validation when present) to a PNG."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+    metrics = [k for k in history if not k.startswith("val_") and k != "learning_rate"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
+    for ax, k in zip(axes[0], metrics):
+        epochs = range(1, len(history[k]) + 1)
+        ax.plot(epochs, history[k], "o-", label=f"train {k}")
+        if "val_" + k in history:
+            ax.plot(epochs, history["val_" + k], "s--", label=f"validation {k}")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(k)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+LABEL_SETS = {
+    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"],
+    "mnist": [str(i) for i in range(10)],
+}
+
+
+def load_image(path, shape, invert=False):
+    """An image file as model input: grey or RGB to match the channels, resized to (H, W),
+    scaled to [0, 1] (Pillow, an optional extra)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ValueError("kilnet predict needs Pillow: pip install pillow (or kilnet[image])") from None
+    import numpy as np
+    h, w, c = shape
+    try:
+        img = Image.open(path)
+        img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+    except OSError as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+    a = np.asarray(img, dtype=np.float32) / 255.0
+    if invert:
+        a = 1.0 - a
+    return a.reshape(h, w, c)
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from kilnet.models import load_model
+    model = load_model(args.model, compile=False)
+    shape = tuple(model.input_shape[1:])
+    if len(shape) != 3:
+        raise ValueError(f"kilnet predict classifies images; this model takes inputs of shape {shape}")
+    x = np.stack([load_image(p, shape, args.invert) for p in args.images])
+    probs = model.predict(x, verbose=0)
+    n = probs.shape[-1]
+    if args.labels in LABEL_SETS:
+        names = LABEL_SETS[args.labels]
+    elif args.labels:
+        names = [s.strip() for s in args.labels.split(",")]
+    else:
+        names = [str(i) for i in range(n)]
+    if len(names) != n:
+        raise ValueError(f"--labels gives {len(names)} names but the model has {n} outputs")
+    for path, p in zip(args.images, probs):
+        top = np.argsort(p)[::-1][:args.top]
+        print(f"{path}: " + ", ".join(f"{names[i]} {p[i]:.3f}" for i in top))
     return 0
 
 
@@ -173,21 +274,22 @@ def cmd_explain(args) -> int:
 def build_parser():
     p = argparse.ArgumentParser(prog="kilnet", description="kilnet: Keras-style deep learning on hand-written kernels")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a CNN on Fashion-MNIST and print test accuracy",
-                       description="Train a CNN on Fashion-MNIST, then print the test loss and accuracy. "
-                                   "canonical: Conv2D(32,3x3,relu) → Flatten → Dense(10,softmax), Adam. "
-                                   "small-cnn: three conv/batch-norm blocks with pooling and dropout "
-                                   "(87,594 parameters), Adam with a cosine-decayed learning rate.")
-    t.add_argument("--model", choices=sorted(MODELS), default="canonical", help="which model (default canonical)")
-    t.add_argument("--epochs", type=int, default=None,
-                   help="number of epochs (default 10 for canonical, 15 for small-cnn)")
-    t.add_argument("--batch-size", type=int, default=None,
-                   help="batch size (default 32 for canonical, 64 for small-cnn)")
+    t = sub.add_parser("train", help="train a CNN on Fashion-MNIST (the canonical one by default) and print test accuracy",
+                       description="Train Conv2D(32,3x3,relu) → Flatten → Dense(10,softmax) with Adam on "
+                                   "Fashion-MNIST (or --model small-cnn: convolutions with batch norm, pooling "
+                                   "and dropout, 87,594 parameters), then print the test loss and accuracy.")
+    t.add_argument("--epochs", type=int, default=None, help="number of epochs (default 10; small-cnn 15)")
+    t.add_argument("--batch-size", type=int, default=None, help="batch size (default 32; small-cnn 64)")
     t.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     t.add_argument("--out", default="model.h5", help="where to save the trained model (default model.h5; '' to skip)")
     t.add_argument("--seed", type=int, default=None, help="random seed for a repeatable run")
     t.add_argument("--limit", type=int, default=0, help="train on the first N images only (quick checks)")
     t.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="fit verbosity (default 1)")
+    t.add_argument("--model", default="canonical",
+                   help="which model: canonical (default) or another registered name, e.g. small-cnn")
+    t.add_argument("--validation-split", type=float, default=0.0,
+                   help="fraction of the training images held out for validation curves (default 0)")
+    t.add_argument("--plot", default="", help="write loss/accuracy curves to this PNG (needs matplotlib)")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("explain", help="draw a Fashion-MNIST test image beside its attribution heat map",
                        description="Explain one Fashion-MNIST test prediction of a saved model: the input "
@@ -200,6 +302,16 @@ def build_parser():
     e.add_argument("--steps", type=int, default=50, help="integration steps for ig (default 50)")
     e.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted one)")
     e.set_defaults(func=cmd_explain)
+    pr = sub.add_parser("predict", help="classify image files with a saved model",
+                        description="Classify image files with a saved model and print the top classes "
+                                    "with their probabilities. Images are converted to the model's "
+                                    "channels and size and scaled to [0, 1].")
+    pr.add_argument("model", help="a model saved with model.save (.h5)")
+    pr.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    pr.add_argument("--labels", default="", help="class names: fashion-mnist, mnist, or a comma-separated list")
+    pr.add_argument("--top", type=int, default=3, help="how many classes to print (default 3)")
+    pr.add_argument("--invert", action="store_true", help="invert grey levels (dark objects on light ground)")
+    pr.set_defaults(func=cmd_predict)
     i = sub.add_parser("info", help="print version, build flags, SIMD level, threads and CUDA status")
     i.set_defaults(func=cmd_info)
     return p

@@ -227,6 +227,8 @@ def get(identifier) -> Initializer:
         config = identifier.get("config") or {}
         if not isinstance(config, dict):
             raise ValueError(f"initializer {name}: config must be a dict")
+        # Newer Keras versions add keys whose None default changes nothing (input_axes, ...).
+        config = {k: v for k, v in config.items() if v is not None or k == "seed"}
         try:
             return _CLASSES[name].from_config(config)
         except TypeError as e:

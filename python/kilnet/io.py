@@ -65,9 +65,13 @@ def save_model(model, filepath, overwrite=True, include_optimizer=True) -> None:
             f.attrs["kilnet_version"] = __version__
             f.attrs["backend"] = "kilnet"
             if include_optimizer and model.optimizer is not None and model.loss is not None:
-                f.attrs["training_config"] = json.dumps({
-                    "loss": losses.serialize(model.loss),
+                loss_id = getattr(model, "_loss_id", None)
+                f.attrs["training_config"] = json.dumps({   # the keys Keras 3 writes and reads back
+                    "loss": loss_id if isinstance(loss_id, str) else losses.serialize(model.loss),
+                    "loss_weights": None,
                     "metrics": [m if isinstance(m, str) else m.name for m in model._metric_ids],
+                    "weighted_metrics": None, "run_eagerly": False, "steps_per_execution": 1,
+                    "jit_compile": False,
                     "optimizer_config": optimizers.serialize(model.optimizer)})
             _write_weights(f.create_group("model_weights"), model)
             if include_optimizer and model.optimizer is not None and model.optimizer.state:
@@ -95,13 +99,24 @@ def _write_weights(g, model):
     top.attrs["weight_names"] = np.array([], dtype="S")
 
 
+# Optimizer state, named as Keras 3 names its variables: <opt>/iteration, <opt>/learning_rate,
+# then per weight and slot <opt>/<model>_<layer>_<weight>_<slot> (Adam: momentum, velocity).
+_KERAS_SLOT = {"m": "momentum", "v": "velocity"}
+
+
+def _slot_name(opt, model, layer, attr, slot):
+    return f"{opt.name}/{model.name}_{layer.name}_{attr}_{_KERAS_SLOT.get(slot, slot)}"
+
+
 def _write_optimizer(g, model):
     opt = model.optimizer
-    names = ["iteration"]
-    g.create_dataset("iteration", data=np.int64(opt.iterations))
-    for slot, flat in opt.state.items():
-        for layer, attr, off, size in model._slices:
-            name = f"{opt.name}/{slot}/{layer.name}/{attr}"
+    names = [f"{opt.name}/iteration", f"{opt.name}/learning_rate"]
+    g.create_dataset(names[0], data=np.int64(opt.iterations))
+    lr = opt.learning_rate(opt.iterations) if callable(opt.learning_rate) else opt.learning_rate
+    g.create_dataset(names[1], data=np.float32(lr))
+    for layer, attr, off, size in model._slices:
+        for slot, flat in opt.state.items():
+            name = _slot_name(opt, model, layer, attr, slot)
             g.create_dataset(name, data=flat[off:off + size].reshape(getattr(layer, attr).shape))
             names.append(name)
     g.attrs["weight_names"] = np.array([n.encode() for n in names], dtype="S")
@@ -186,7 +201,7 @@ def model_from_config(cfg):
             cls = layers_mod.get(cls_name)
         except ValueError as e:
             raise ModelFileError(f"load_model: {e}") from None
-        lcfg = dict(entry["config"])
+        lcfg = _known_args(cls, dict(entry["config"]))
         try:
             layer = cls.from_config(lcfg)
         except (TypeError, ValueError) as e:
@@ -210,6 +225,21 @@ def model_from_config(cfg):
     # loading leaves the global random state (and a resumed fit's shuffling) untouched.
     model.build(shape, initialize=False)
     return model
+
+
+def _known_args(cls, config):
+    """Drop config keys the layer class does not take when their value is an inert default
+    (None, False, empty), as newer Keras versions add such keys (quantization_config, ...).
+    A key with a real value that kilnet does not implement is kept, so the constructor refuses
+    it by name."""
+    import inspect
+    accepted = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            accepted |= {p.name for p in inspect.signature(init).parameters.values()
+                         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in config.items() if k in accepted or v not in (None, False, [], {})}
 
 
 def _hard_group(parent, name, path):
@@ -309,16 +339,16 @@ def _compile_from(model, tcfg, path):
 
 def _read_optimizer(g, model, path, allow_nonfinite):
     opt = model.optimizer
-    if "iteration" not in g:
+    if f"{opt.name}/iteration" not in g:   # no state for this optimizer (e.g. another kind)
         return
-    it = _read_dataset(g, "iteration", (), path, allow_nonfinite)
+    it = _read_dataset(g, f"{opt.name}/iteration", (), path, allow_nonfinite)
     if it < 0 or it != int(it) or it > 2**62:
         raise ModelFileError(f"load_model: {path}: bad optimizer iteration {it}")
     model._consolidate()
     opt.build(model._params.size)
     for slot, flat in opt.state.items():
         for layer, attr, off, size in model._slices:
-            name = f"{opt.name}/{slot}/{layer.name}/{attr}"
+            name = _slot_name(opt, model, layer, attr, slot)
             flat[off:off + size] = _read_dataset(g, name, getattr(layer, attr).shape, path,
                                                  allow_nonfinite).reshape(-1)
     opt.iterations = int(it)

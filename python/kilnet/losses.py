@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from kilnet import _cpu
-from kilnet.utils import lookup
+from kilnet.utils import as_numpy, lookup
 
 __all__ = ["Loss", "MeanSquaredError", "MeanAbsoluteError", "BinaryCrossentropy",
            "CategoricalCrossentropy", "SparseCategoricalCrossentropy", "get", "serialize"]
@@ -33,7 +33,7 @@ class Loss:
     # -- targets ----------------------------------------------------------------------------
     def prepare_targets(self, y, output_shape) -> np.ndarray:
         """Convert y once for the whole fit and check it against the model's output shape."""
-        y = np.asarray(y)
+        y = as_numpy(y, "y")
         if y.dtype.kind not in "fiub":
             raise TypeError(f"{self.name}: targets must be numeric, got dtype {y.dtype}")
         y = np.ascontiguousarray(y, dtype=np.float32)
@@ -125,7 +125,7 @@ class SparseCategoricalCrossentropy(Loss):
     fuses_with = "softmax"
 
     def prepare_targets(self, y, output_shape):
-        y = np.asarray(y)
+        y = as_numpy(y, "y")
         if y.dtype.kind not in "fiub":
             raise TypeError(f"{self.name}: labels must be integers, got dtype {y.dtype}")
         lead = tuple(output_shape[1:-1])

@@ -12,6 +12,7 @@ import math
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 
@@ -43,6 +44,8 @@ class Sequential:
         self.history = None
         self.stop_training = False
         self._busy = threading.Lock()       # held while fit runs: predict/evaluate refuse then
+        self._state_lock = threading.Lock() # guards _readers
+        self._readers = 0                   # predict/evaluate calls running now: fit refuses then
         self._layout_key = None
         self._params = np.zeros(0, np.float32)
         self._grads = np.zeros(0, np.float32)
@@ -147,6 +150,7 @@ class Sequential:
             raise ValueError("compile: loss_weights and weighted_metrics are not supported")
         self.optimizer = optimizers_mod.get(optimizer)
         self.loss = losses_mod.get(loss)
+        self._loss_id = loss if isinstance(loss, str) else None
         if metrics is None:
             metrics = []
         if isinstance(metrics, (str, metrics_mod.Metric)):
@@ -246,8 +250,10 @@ class Sequential:
             raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}")
         if not 0.0 <= float(validation_split) < 1.0:
             raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
-        if not self._busy.acquire(blocking=False):
-            raise RuntimeError("fit: this model is already training or predicting in another thread")
+        with self._state_lock:
+            if self._readers or not self._busy.acquire(blocking=False):
+                raise RuntimeError("fit: this model is already training or predicting in another thread; "
+                                   "fit and predict/evaluate cannot run at the same time on one model")
         try:
             return self._fit(x, y, batch_size, int(epochs), verbose, callbacks, float(validation_split),
                              validation_data, shuffle, int(initial_epoch), validation_batch_size or batch_size,
@@ -290,6 +296,7 @@ class Sequential:
         yb_all = np.empty((min(batch_size, n),) + y.shape[1:], y.dtype)
         names = ["loss"] + [m.name for m in self.compiled_metrics]
         rng = get_rng()
+        nan_warned = False
         cbs.on_train_begin({})
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch, {})
@@ -305,6 +312,11 @@ class Sequential:
                 np.take(y, idx, axis=0, out=yb)
                 cbs.on_train_batch_begin(step, {})
                 loss, pred = self.train_on_batch_arrays(xb, yb, bufs)
+                if not math.isfinite(loss) and not nan_warned:
+                    nan_warned = True
+                    warnings.warn(f"fit: the loss became {loss} at epoch {epoch + 1}, batch {step}; the "
+                                  "weights are no longer finite (add callbacks.TerminateOnNaN() to stop there)",
+                                  RuntimeWarning, stacklevel=3)
                 loss_sum += loss * len(idx)
                 seen += len(idx)
                 for m in self.compiled_metrics:
@@ -380,10 +392,17 @@ class Sequential:
 
     @contextlib.contextmanager
     def _guard(self, what):
-        """predict/evaluate may run from many threads at once, but never while fit runs."""
-        if self._busy.locked():
-            raise RuntimeError(f"{what}: this model is training in another thread; wait for fit to finish")
-        yield
+        """predict/evaluate may run from many threads at once (layer buffers are per thread),
+        but never while fit runs, and fit never starts while they run."""
+        with self._state_lock:
+            if self._busy.locked():
+                raise RuntimeError(f"{what}: this model is training in another thread; wait for fit to finish")
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._state_lock:
+                self._readers -= 1
 
     # ------------------------------------------------------------------ weights, config, io
     def count_params(self) -> int:

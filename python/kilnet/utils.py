@@ -34,10 +34,7 @@ def to_float32(x, name: str = "x") -> np.ndarray:
     if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous:
         arr = x
     else:
-        if hasattr(x, "__array__") or hasattr(x, "__len__"):
-            arr = np.asarray(x)
-        else:
-            raise TypeError(f"{name} must be array-like, got {type(x).__name__}")
+        arr = as_numpy(x, name)
         if arr.dtype.kind not in "fiub":
             raise TypeError(f"{name} must be numeric, got an array of dtype {arr.dtype}"
                             + (" (strings)" if arr.dtype.kind in "US" else ""))
@@ -46,6 +43,27 @@ def to_float32(x, name: str = "x") -> np.ndarray:
     if arr.ndim == 0 or arr.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {arr.shape}); need at least one sample")
     return arr
+
+
+def as_numpy(x, name="x") -> np.ndarray:
+    """Any array-like as a numpy array without copying where possible: numpy arrays, lists,
+    objects with __array__ (torch CPU tensors, pandas), DLPack producers (__dlpack__), and CuPy
+    arrays (copied to the host)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if type(x).__module__.startswith("cupy"):
+        return x.get()
+    if hasattr(x, "__array__"):
+        return np.asarray(x)
+    if hasattr(x, "__dlpack__"):
+        try:
+            return np.from_dlpack(x)
+        except (TypeError, RuntimeError, BufferError) as e:
+            raise TypeError(f"{name}: cannot read this {type(x).__name__} through DLPack on the CPU ({e})") from None
+    if isinstance(x, (list, tuple)):
+        return np.asarray(x)
+    raise TypeError(f"{name} must be array-like (numpy, a list, or anything with __array__ or "
+                    f"__dlpack__), got {type(x).__name__}")
 
 
 def snake_case(name: str) -> str:
