@@ -151,6 +151,8 @@ def main(argv=None):
     libs = [l for l in LIBS if l != "torch" or torch is not None]
     peak_core = 2 * 8 * 2 * args.ghz   # GFLOP/s per core
     print(machine_info())
+    if hasattr(os, "getloadavg"):   # the machine may be shared: say how busy it was
+        print("load average at start: %.2f %.2f %.2f" % os.getloadavg())
     print(f"peak = 2 FMA x 8 lanes x 2 flop x {args.ghz} GHz = {peak_core:.1f} GFLOP/s per core; "
           f"median of {args.rounds} interleaved rounds; ratio = other time / kilnet time\n")
     head = f"{'shape':18s} {'M x N x K':>17s} {'thr':>3s}"

@@ -40,6 +40,7 @@ void gemm_ref(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, co
 //           for ir in MC step MR  ...the micro-kernel sweeps the A slivers over it
 //             C[ic+ir:+MR, jc+jr:+NR] = alpha * Ap·Bp + beta * C (+ bias)   (micro-kernel)
 //
+// (With a thin K the whole B panel fits in L2 and the last two loops swap; see gemm_rect.)
 // Packing makes every operand layout (transposed or not) look the same to the micro-kernel, and
 // zero-pads the last sliver so the micro-kernel always does full MR x NR work; it writes only
 // the valid m x n corner. When the B panel is narrow (N <= 128, as in Dense layers) each A sliver
@@ -226,7 +227,7 @@ void ukernel_generic(index_t kc, const float* a, index_t rs_a, index_t cs_a, con
 
 // The BLIS loops over C[m0:m1, n0:n1] on the calling thread. False if a buffer allocation failed.
 bool gemm_rect(const Problem& p, MicroKernel uk, index_t m0, index_t m1, index_t n0, index_t n1) {
-  // K blocks of equal size (<= KC) so that K = 300 is 150 + 150 rather than 256 + 44.
+  // K blocks of equal size (<= KC) so that K = 400 is 200 + 200 rather than 384 + 16.
   const index_t kc_max = ceil_div(p.K, ceil_div(p.K, KC));
   const index_t mc_max = std::min(MC, ceil_div(m1 - m0, MR) * MR);
   const index_t nc_max = std::min(NC, ceil_div(n1 - n0, NR) * NR);
