@@ -11,6 +11,7 @@ process, taking turns epoch by epoch (so that both see the same machine load):
 
     python benchmarks/bench_small_cnn.py [--epochs 15] [--threads 2] [--limit N] [--json out.json]
                                          [--frameworks kilnet torch]
+    python benchmarks/bench_small_cnn.py --profile [--threads 1]    (kilnet's time per layer)
 
 After every epoch the test accuracy is measured (not counted in the training time). Reports
 per framework: seconds per epoch, total training wall time, the test accuracy after each
@@ -123,6 +124,38 @@ class TorchTrainer:
         return float((pred.numpy() == self.ye).mean())
 
 
+def profile_layers(batch_size=64, steps=20, threads=1):
+    """Where a kilnet training step goes, layer by layer: thread CPU time (other processes on a
+    shared machine do not count) of forward(training=True) and backward, median over steps."""
+    import statistics
+
+    import kilnet
+    from kilnet.cli import small_cnn_model
+    kilnet.set_num_threads(threads)
+    model = small_cnn_model()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(batch_size, 28, 28, 1)).astype(np.float32)
+    times = {l.name: ([], []) for l in model.layers}
+    for _ in range(steps + 2):
+        h = x
+        for layer in model.layers:
+            t0 = time.thread_time()
+            h = layer.forward(h, True)
+            times[layer.name][0].append(time.thread_time() - t0)
+        g = rng.standard_normal(h.shape).astype(np.float32)
+        for i in range(len(model.layers) - 1, -1, -1):
+            t0 = time.thread_time()
+            g = model.layers[i].backward(g, need_dx=i > 0)
+            times[model.layers[i].name][1].append(time.thread_time() - t0)
+    print(f"kilnet small CNN, one step of batch {batch_size}, {threads} thread(s): thread CPU ms (median of {steps})")
+    total = 0.0
+    for layer in model.layers:
+        f, b = (statistics.median(v[2:]) * 1e3 for v in times[layer.name])
+        total += f + b
+        print(f"  {layer.name:24s} {type(layer).__name__:20s} forward {f:7.3f}  backward {b:7.3f}")
+    print(f"  total {total:.1f} ms per step")
+
+
 def summarize(name, log, params):
     total = sum(e["seconds"] for e in log)
     reached = next((i for i, e in enumerate(log) if e["test_accuracy"] >= TARGET), None)
@@ -158,7 +191,10 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training images")
     ap.add_argument("--frameworks", nargs="+", default=["kilnet", "torch"], choices=["kilnet", "torch"])
     ap.add_argument("--json", default="", help="write the results to this JSON file")
+    ap.add_argument("--profile", action="store_true", help="only print kilnet's per-layer time for one step")
     args = ap.parse_args(argv)
+    if args.profile:
+        return profile_layers(args.batch_size, threads=args.threads)
     import kilnet
     data = load(args.limit)
     print(f"machine: {machine()}; kilnet {kilnet.__version__} ({kilnet.simd_level()}), {args.threads} threads; "

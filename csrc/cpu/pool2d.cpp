@@ -4,6 +4,7 @@
 // overlapping windows of neighbouring rows add into the same dx rows.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 #include "kilnet/pool2d.h"
 #include "parallel.h"
@@ -51,12 +52,17 @@ void maxpool2d_forward(const Pool2dShape& s, const float* x, float* y) {
   }
 }
 
+// Per output pixel, the winning window position of every channel is tracked as a small int
+// (its number k in scan order within the clipped window) with branch-free selects, so the
+// channel loop vectorizes; the gradient is added at the winners afterwards.
 void maxpool2d_backward(const Pool2dShape& s, const float* x, const float* dy, float* dx) {
   const index_t C = s.C, HWC = s.H * s.W * s.C;
 #pragma omp parallel num_threads(threads_for(s.N * s.P * s.Q * s.C * s.R * s.S, 1 << 16))
   {
     std::vector<float> best(static_cast<size_t>(C));
-    std::vector<index_t> arg(static_cast<size_t>(C));
+    std::vector<std::int32_t> win(static_cast<size_t>(C));
+    float* bp = best.data();
+    std::int32_t* kp = win.data();
 #pragma omp for schedule(static)
     for (index_t n = 0; n < s.N; ++n) {
       const float* xn = x + n * HWC;
@@ -66,16 +72,25 @@ void maxpool2d_backward(const Pool2dShape& s, const float* x, const float* dy, f
         const Range hr = rows(s, p);
         for (index_t q = 0; q < s.Q; ++q) {
           const Range wr = cols(s, q);
-          const index_t first = (hr.lo * s.W + wr.lo) * C;
-          for (index_t c = 0; c < C; ++c) { best[c] = xn[first + c]; arg[c] = first + c; }
+          const index_t width = wr.hi - wr.lo;
+          const float* first = xn + (hr.lo * s.W + wr.lo) * C;
+          for (index_t c = 0; c < C; ++c) { bp[c] = first[c]; kp[c] = 0; }
+          std::int32_t k = 0;
           for (index_t h = hr.lo; h < hr.hi; ++h)
-            for (index_t w = (h == hr.lo ? wr.lo + 1 : wr.lo); w < wr.hi; ++w) {
-              const index_t off = (h * s.W + w) * C;
-              for (index_t c = 0; c < C; ++c)
-                if (takes(xn[off + c], best[c])) { best[c] = xn[off + c]; arg[c] = off + c; }
+            for (index_t w = wr.lo; w < wr.hi; ++w, ++k) {
+              if (k == 0) continue;
+              const float* xi = xn + (h * s.W + w) * C;
+              for (index_t c = 0; c < C; ++c) {
+                const bool t = takes(xi[c], bp[c]);
+                bp[c] = t ? xi[c] : bp[c];
+                kp[c] = t ? k : kp[c];
+              }
             }
           const float* dyo = dy + ((n * s.P + p) * s.Q + q) * C;
-          for (index_t c = 0; c < C; ++c) dxn[arg[c]] += dyo[c];
+          for (index_t c = 0; c < C; ++c) {
+            const index_t h = hr.lo + kp[c] / width, w = wr.lo + kp[c] % width;
+            dxn[(h * s.W + w) * C + c] += dyo[c];
+          }
         }
       }
     }

@@ -125,16 +125,20 @@ KILNET_HD void adagrad_element(float& p, float g, float& acc, float lr, float ep
   p -= lr * g / sqrtf(acc + eps);
 }
 
-// Dropout's random draw: a uniform float in [0, 1) (24 random bits) for element i of the
-// stream `seed`. SplitMix64's output function on the counter seed + (i+1)*golden gamma: a
-// stateless hash, so every thread (or GPU thread) computes element i's draw on its own and the
-// mask does not depend on how the work is split.
-KILNET_HD float uniform_hash(std::uint64_t seed, std::uint64_t i) {
+// Dropout's random draw: 24 random bits for element i of the stream `seed` (hash24), read as
+// the uniform float hash24 * 2^-24 in [0, 1) (uniform_hash). SplitMix64's output function on the
+// counter seed + (i+1)*golden gamma: a stateless hash, so every thread (or GPU thread) computes
+// element i's draw on its own and the mask does not depend on how the work is split.
+KILNET_HD std::uint32_t hash24(std::uint64_t seed, std::uint64_t i) {
   std::uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   z ^= z >> 31;
-  return float(z >> 40) * (1.f / 16777216.f);
+  return std::uint32_t(z >> 40);
+}
+
+KILNET_HD float uniform_hash(std::uint64_t seed, std::uint64_t i) {
+  return float(hash24(seed, i)) * (1.f / 16777216.f);
 }
 
 }  // namespace kilnet::detail
