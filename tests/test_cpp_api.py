@@ -267,7 +267,7 @@ static int failures = 0;
 
 int main(void) {
   float a[6] = {1, 2, 3, 4, 5, 6}, b[6] = {1, 0, 0, 1, 1, 1}, c[4] = {0, 0, 0, 0};
-  float x[25], w[9], y[49];
+  float x[25], w[9], y[49], dw[9];
   kilnet_conv2d_shape s;
   int64_t labels[2] = {0, 3};
   double loss = -1;
@@ -294,6 +294,9 @@ int main(void) {
   CHECK(rc == KILNET_OK && s.P == 3 && s.Q == 3 && s.pad_h == 0);
   CHECK(kilnet_conv2d_forward(&s, x, w, NULL, y) == KILNET_OK);
   CHECK(y[0] == 0 + 1 + 2 + 5 + 6 + 7 + 10 + 11 + 12);
+  for (i = 0; i < 9; ++i) w[i] = -1.0f;   /* relu fused into the store: all outputs 0 */
+  CHECK(kilnet_conv2d_forward_act(&s, x, w, NULL, KILNET_ACT_RELU, y) == KILNET_OK && y[0] == 0);
+  CHECK(kilnet_conv2d_backward_act(&s, y, x, w, KILNET_ACT_RELU, NULL, NULL, dw, NULL) == KILNET_ERR_NULL_POINTER);
   s.P = 7;
   rc = kilnet_conv2d_forward(&s, x, w, NULL, y);
   printf("conv2d P=7: %s: %s\n", kilnet_status_name(rc), kilnet_last_error());
@@ -400,6 +403,19 @@ def test_c_api_matches_the_kernels(libkilnet):
     want = np.empty_like(y)
     _cpu.conv2d_forward(x, w, None, want, (2, 1), layer._pad, (1, 1))
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+    # the fused entry points (KILNET_ACT_RELU = 1) against the binding's act=
+    bias = rng.normal(size=4).astype(np.float32)
+    assert libkilnet.kilnet_conv2d_forward_act(ctypes.byref(s), _p(x), _p(w), _p(bias), 1, _p(y)) == 0
+    _cpu.conv2d_forward(x, w, bias, want, (2, 1), layer._pad, (1, 1), "relu")
+    np.testing.assert_array_equal(y, want)
+    dy = rng.normal(size=y.shape).astype(np.float32)
+    dx, dw, db = np.empty_like(x), np.zeros_like(w), np.zeros(4, np.float32)
+    assert libkilnet.kilnet_conv2d_backward_act(ctypes.byref(s), _p(dy), _p(x), _p(w), 1, _p(y), _p(dx), _p(dw),
+                                                _p(db)) == 0
+    dx2, dw2, db2 = np.empty_like(x), np.zeros_like(w), np.zeros(4, np.float32)
+    _cpu.conv2d_backward(dy, x, w, dx2, dw2, db2, (2, 1), layer._pad, (1, 1), "relu", y)
+    for got, exp in ((dx, dx2), (dw, dw2), (db, db2)):
+        np.testing.assert_array_equal(got, exp)
 
     logits = rng.normal(size=(6, 5)).astype(np.float32)
     labels = rng.integers(0, 5, 6).astype(np.int64)
@@ -470,7 +486,20 @@ def _bad_calls():
          ["KILNET_PADDING_SAME"]),
         ("conv2d_forward NULL shape", lambda L: L.kilnet_conv2d_forward(None, _p(big), _p(big), None, _p(big)), 1,
          ["'s' is NULL"]),
+        ("conv2d_forward_act softmax", lambda L: L.kilnet_conv2d_forward_act(
+            ctypes.byref(_conv_shape_1x3x3()), _p(f(9)), _p(f(9)), None, 4, _p(big)), 2, ["softmax is not elementwise"]),
+        ("conv2d_backward_act relu without y", lambda L: L.kilnet_conv2d_backward_act(
+            ctypes.byref(_conv_shape_1x3x3()), _p(f(1)), _p(f(9)), _p(f(9)), 1, None, None, _p(big), None), 1,
+         ["'y' is NULL"]),
+        ("conv2d_backward_act dw overlaps y", lambda L: L.kilnet_conv2d_backward_act(
+            ctypes.byref(_conv_shape_1x3x3()), _p(f(1)), _p(f(9)), _p(f(9)), 1, _p(big), None, _p(big), None), 4,
+         ["'dw' overlaps 'y'"]),
     ], big
+
+
+def _conv_shape_1x3x3():
+    """kilnet_conv2d_shape of one 3x3 image, one channel, one 3x3 filter, output 1x1."""
+    return (ctypes.c_int64 * 15)(1, 3, 3, 1, 1, 3, 3, 1, 1, 1, 1, 0, 0, 1, 1)
 
 
 @needs_toolchain

@@ -11,24 +11,11 @@ static_assert(int(Act::Linear) == KILNET_ACT_LINEAR && int(Act::Relu) == KILNET_
                   int(Act::Softmax) == KILNET_ACT_SOFTMAX,
               "enum kilnet_activation must match kilnet::Act");
 
-namespace {
-
-Act elementwise(int act) {
-  if (act == KILNET_ACT_SOFTMAX)
-    fail(KILNET_ERR_INVALID_VALUE, "softmax is not elementwise: use kilnet_softmax_forward/backward");
-  if (act < KILNET_ACT_LINEAR || act > KILNET_ACT_TANH)
-    fail(KILNET_ERR_INVALID_VALUE, "unknown activation ", act,
-         "; valid: KILNET_ACT_LINEAR (0), RELU (1), SIGMOID (2), TANH (3)");
-  return Act(act);
-}
-
-}  // namespace
-
 extern "C" {
 
 int kilnet_activation_forward(int act, int64_t n, const float* x, float* y) {
   return guarded("kilnet_activation_forward", [&] {
-    const Act a = elementwise(act);
+    const Act a = elementwise_act(act);
     positive("n", n);
     need("x", x); need("y", y);
     same_or_no_overlap(span("y", y, n), span("x", x, n));
@@ -38,7 +25,7 @@ int kilnet_activation_forward(int act, int64_t n, const float* x, float* y) {
 
 int kilnet_activation_backward(int act, int64_t n, const float* y, const float* dy, float* dx) {
   return guarded("kilnet_activation_backward", [&] {
-    const Act a = elementwise(act);
+    const Act a = elementwise_act(act);
     positive("n", n);
     need("y", y); need("dy", dy); need("dx", dx);
     const Span dxs = span("dx", dx, n);

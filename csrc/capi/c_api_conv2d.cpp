@@ -60,6 +60,39 @@ void keras_axis(const char* axis, int64_t size, int64_t kernel, int64_t stride, 
   }
 }
 
+int forward(const char* fn, const kilnet_conv2d_shape* s, const float* x, const float* w,
+            const float* b, int act, float* y) {
+  return guarded(fn, [&] {
+    const Conv2dShape c = checked(s);
+    const Act a = elementwise_act(act);
+    need("x", x); need("w", w); need("y", y);
+    const Span ys = span("y", y, c.N * c.P * c.Q * c.K);
+    no_overlap(ys, span("x", x, c.N * c.H * c.W * c.C));
+    no_overlap(ys, span("w", w, c.R * c.S * c.C * c.K));
+    if (b) no_overlap(ys, span("b", b, c.K));
+    cpu::conv2d_forward(c, x, w, b, y, a);
+  });
+}
+
+// y, the forward output, is read only when act is not linear (and must not be NULL then).
+int backward(const char* fn, const kilnet_conv2d_shape* s, const float* dy, const float* x,
+             const float* w, int act, const float* y, float* dx, float* dw, float* db) {
+  return guarded(fn, [&] {
+    const Conv2dShape c = checked(s);
+    const Act a = elementwise_act(act);
+    need("dy", dy); need("x", x); need("w", w); need("dw", dw);
+    if (a != Act::Linear) need("y", y);
+    const Span dys = span("dy", dy, c.N * c.P * c.Q * c.K), xs = span("x", x, c.N * c.H * c.W * c.C),
+               ws = span("w", w, c.R * c.S * c.C * c.K), dws = span("dw", dw, c.R * c.S * c.C * c.K),
+               dxs = span("dx", dx, c.N * c.H * c.W * c.C), dbs = span("db", db, c.K),
+               ys = span("y", y, c.N * c.P * c.Q * c.K);
+    for (const Span& out : {dxs, dws, dbs})
+      for (const Span& other : {dys, xs, ws, ys, dxs, dws, dbs})
+        if (out.name != other.name) no_overlap(out, other);   // each pair, not itself
+    cpu::conv2d_backward(c, dy, x, w, dx, dw, db, a, a == Act::Linear ? nullptr : y);
+  });
+}
+
 }  // namespace
 
 extern "C" {
@@ -86,32 +119,26 @@ int kilnet_conv2d_shape_init(kilnet_conv2d_shape* s, int64_t N, int64_t H, int64
   });
 }
 
+int kilnet_conv2d_forward_act(const kilnet_conv2d_shape* s, const float* x, const float* w,
+                              const float* b, int act, float* y) {
+  return forward("kilnet_conv2d_forward_act", s, x, w, b, act, y);
+}
+
+int kilnet_conv2d_backward_act(const kilnet_conv2d_shape* s, const float* dy, const float* x,
+                               const float* w, int act, const float* y, float* dx, float* dw,
+                               float* db) {
+  return backward("kilnet_conv2d_backward_act", s, dy, x, w, act, y, dx, dw, db);
+}
+
+// The entry points from before activations were fused, unchanged (C API version 1): linear.
 int kilnet_conv2d_forward(const kilnet_conv2d_shape* s, const float* x, const float* w,
                           const float* b, float* y) {
-  return guarded("kilnet_conv2d_forward", [&] {
-    const Conv2dShape c = checked(s);
-    need("x", x); need("w", w); need("y", y);
-    const Span ys = span("y", y, c.N * c.P * c.Q * c.K);
-    no_overlap(ys, span("x", x, c.N * c.H * c.W * c.C));
-    no_overlap(ys, span("w", w, c.R * c.S * c.C * c.K));
-    if (b) no_overlap(ys, span("b", b, c.K));
-    cpu::conv2d_forward(c, x, w, b, y);
-  });
+  return forward("kilnet_conv2d_forward", s, x, w, b, KILNET_ACT_LINEAR, y);
 }
 
 int kilnet_conv2d_backward(const kilnet_conv2d_shape* s, const float* dy, const float* x,
                            const float* w, float* dx, float* dw, float* db) {
-  return guarded("kilnet_conv2d_backward", [&] {
-    const Conv2dShape c = checked(s);
-    need("dy", dy); need("x", x); need("w", w); need("dw", dw);
-    const Span dys = span("dy", dy, c.N * c.P * c.Q * c.K), xs = span("x", x, c.N * c.H * c.W * c.C),
-               ws = span("w", w, c.R * c.S * c.C * c.K), dws = span("dw", dw, c.R * c.S * c.C * c.K),
-               dxs = span("dx", dx, c.N * c.H * c.W * c.C), dbs = span("db", db, c.K);
-    for (const Span& out : {dxs, dws, dbs})
-      for (const Span& other : {dys, xs, ws, dxs, dws, dbs})
-        if (out.name != other.name) no_overlap(out, other);   // each pair, not itself
-    cpu::conv2d_backward(c, dy, x, w, dx, dw, db);
-  });
+  return backward("kilnet_conv2d_backward", s, dy, x, w, KILNET_ACT_LINEAR, nullptr, dx, dw, db);
 }
 
 }  // extern "C"

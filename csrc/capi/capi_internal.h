@@ -123,4 +123,14 @@ inline void same_or_no_overlap(const Span& out, const Span& in) {
   if (out.p != in.p) no_overlap(out, in);
 }
 
+// A KILNET_ACT_* value that names an elementwise activation (not softmax).
+inline Act elementwise_act(int act) {
+  if (act == KILNET_ACT_SOFTMAX)
+    fail(KILNET_ERR_INVALID_VALUE, "softmax is not elementwise: use kilnet_softmax_forward/backward");
+  if (act < KILNET_ACT_LINEAR || act > KILNET_ACT_TANH)
+    fail(KILNET_ERR_INVALID_VALUE, "unknown activation ", act,
+         "; valid: KILNET_ACT_LINEAR (0), RELU (1), SIGMOID (2), TANH (3)");
+  return Act(act);
+}
+
 }  // namespace kilnet::capi

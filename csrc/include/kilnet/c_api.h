@@ -120,6 +120,18 @@ KILNET_API int kilnet_conv2d_forward(const kilnet_conv2d_shape* s, const float* 
 KILNET_API int kilnet_conv2d_backward(const kilnet_conv2d_shape* s, const float* dy, const float* x,
                                       const float* w, float* dx, float* dw, float* db);
 
+/* The same two with an elementwise activation fused in, act a KILNET_ACT_* other than SOFTMAX
+ * (enum kilnet_activation below): forward y = act(conv2d(x, w) + b), applied as y is stored;
+ * backward takes the forward OUTPUT y (N x P x Q x K; may be NULL for KILNET_ACT_LINEAR) and
+ * uses dz = act'(y) * dy on the fly, as if dy had first been passed through
+ * kilnet_activation_backward. With KILNET_ACT_LINEAR they are kilnet_conv2d_forward/backward.
+ * No output may overlap another argument, y included. */
+KILNET_API int kilnet_conv2d_forward_act(const kilnet_conv2d_shape* s, const float* x, const float* w,
+                                         const float* b, int act, float* y);
+KILNET_API int kilnet_conv2d_backward_act(const kilnet_conv2d_shape* s, const float* dy, const float* x,
+                                          const float* w, int act, const float* y, float* dx, float* dw,
+                                          float* db);
+
 /* ---------------------------------------------------------------- c_api_activation -------- */
 
 /* Values of kilnet::Act. Softmax is not elementwise: use kilnet_softmax_*. */
