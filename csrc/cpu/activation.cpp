@@ -32,7 +32,10 @@ void activation_backward(Act act, index_t n, const float* y, const float* dy, fl
   switch (act) {
     case Act::Relu:
 #pragma omp parallel for simd num_threads(threads_for(n)) schedule(static)
-      for (index_t i = 0; i < n; ++i) dx[i] = y[i] > 0.f ? dy[i] : 0.f;
+      for (index_t i = 0; i < n; ++i) {   // load dy unconditionally: a select, not a branch on the sign
+        const float g = dy[i];
+        dx[i] = y[i] > 0.f ? g : 0.f;
+      }
       break;
     case Act::Sigmoid:
 #pragma omp parallel for simd num_threads(threads_for(n)) schedule(static)

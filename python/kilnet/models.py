@@ -19,6 +19,7 @@ import numpy as np
 from kilnet import losses as losses_mod
 from kilnet import metrics as metrics_mod
 from kilnet import optimizers as optimizers_mod
+from kilnet import regularizers as regularizers_mod
 from kilnet.callbacks import CallbackList, History
 from kilnet.layers.activation import ActivatedLayer
 from kilnet.layers.base import Layer, unique_name
@@ -226,6 +227,10 @@ class Sequential:
         out = self._forward(xb, True)
         loss, pred = self._loss_and_grad(out, yb, bufs.get("probs", out.shape, n), bufs.get("grad", out.shape, n))
         self._backward(bufs.last("grad"))
+        # Weight penalties (kernel_regularizer=...): Keras adds them to the loss, so their
+        # gradients join the weights' before the optimizer clips and applies them.
+        if self.trainable:
+            loss += regularizers_mod.penalties(self.layers, grads=True)
         self.optimizer.apply(self._params, self._grads)
         return loss, pred
 
@@ -274,7 +279,8 @@ class Sequential:
         self._consolidate()
         self._first_trainable = next((i for i, l in enumerate(self.layers) if l.trainable_weights and self.trainable),
                                      len(self.layers))
-        self.optimizer.build(self._params.size)
+        # Where each weight starts in the flat buffer: clipnorm clips each weight on its own.
+        self.optimizer.build(self._params.size, [off for _, _, off, _ in self._slices] + [self._params.size])
         self.compiled_metrics = self._make_metrics()
 
         n = len(x)
@@ -302,8 +308,10 @@ class Sequential:
             for step in range(steps):
                 idx = order[step * batch_size:(step + 1) * batch_size]
                 xb, yb = xb_all[:len(idx)], yb_all[:len(idx)]
-                np.take(x, idx, axis=0, out=xb)
-                np.take(y, idx, axis=0, out=yb)
+                # mode='clip' (idx is always in range): with the default 'raise', numpy
+                # gathers into a temporary batch and copies it to out, an allocation per step
+                np.take(x, idx, axis=0, out=xb, mode="clip")
+                np.take(y, idx, axis=0, out=yb, mode="clip")
                 cbs.on_train_batch_begin(step, {})
                 loss, pred = self.train_on_batch_arrays(xb, yb, bufs)
                 if not math.isfinite(loss) and not nan_warned:
@@ -360,7 +368,8 @@ class Sequential:
             total += loss * len(xb)
             for m in metrics:
                 m.update(pred, yb)
-        return [total / len(x)] + [m.result() for m in metrics]
+        penalty = regularizers_mod.penalties(self.layers, grads=False) if self.trainable else 0.0   # as Keras
+        return [total / len(x) + penalty] + [m.result() for m in metrics]
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         """Outputs for x, computed in batches; a new float32 numpy array."""
@@ -461,6 +470,11 @@ class Sequential:
     def load_weights(self, filepath) -> None:
         from kilnet.io import load_weights_into
         load_weights_into(self, filepath)
+
+    def export_weights(self, filepath) -> None:
+        """Write layers and weights in the binary format C++ programs read (kilnet/export.py)."""
+        from kilnet.export import export_weights
+        export_weights(self, filepath)
 
     def summary(self, print_fn=None) -> None:
         """Print the layers, their output shapes and parameter counts, as Keras does."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from kilnet import _cpu, initializers
+from kilnet import regularizers as regularizers_mod
 from kilnet.layers.activation import ActivatedLayer
 from kilnet.layers.base import normalize_tuple
 from kilnet.layers.core import _refuse_unsupported
@@ -48,8 +49,7 @@ class Conv2D(ActivatedLayer):
         padding = padding.lower() if isinstance(padding, str) else padding
         if padding not in ("valid", "same"):
             raise ValueError(f"{who}: padding must be 'valid' or 'same', got {padding!r}")
-        _refuse_unsupported(self, kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer,
-                            activity_regularizer=activity_regularizer, kernel_constraint=kernel_constraint,
+        _refuse_unsupported(self, activity_regularizer=activity_regularizer, kernel_constraint=kernel_constraint,
                             bias_constraint=bias_constraint)
         self.filters = int(filters)
         self.kernel_size = normalize_tuple(kernel_size, 2, "kernel_size", who)
@@ -61,6 +61,9 @@ class Conv2D(ActivatedLayer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
+        # Penalties on the weights: the model adds them to the loss (kilnet.regularizers.penalties).
+        self.kernel_regularizer = regularizers_mod.get(kernel_regularizer)
+        self.bias_regularizer = regularizers_mod.get(bias_regularizer)
 
     def build(self, input_shape):
         if len(input_shape) != 4 or None in input_shape[1:]:
@@ -85,25 +88,47 @@ class Conv2D(ActivatedLayer):
         self._geometry(input_shape)
         return (input_shape[0], *self._pq, self.filters)
 
+    # The activations the conv kernels fuse: applied as y is stored, and act'(y) applied to dy as
+    # the backward kernels read it, so neither costs a pass over memory. Softmax stays separate.
+    _FUSED = ("linear", "relu", "sigmoid", "tanh")
+
+    def forward(self, x, training=False):
+        if self.activation not in self._FUSED:
+            return super().forward(x, training)
+        y = self._conv_forward(x, self.activation)
+        self._state()["y"] = y
+        return y
+
+    def backward(self, dy, need_dx=True, need_dw=True):
+        if self.activation not in self._FUSED:
+            return super().backward(dy, need_dx, need_dw)
+        return self._conv_backward(dy, need_dx, need_dw, self.activation, self._state()["y"])
+
     def forward_linear(self, x, training=False):
+        return self._conv_forward(x, "linear")
+
+    def backward_linear(self, dz, need_dx=True, need_dw=True):
+        return self._conv_backward(dz, need_dx, need_dw, "linear", None)
+
+    def _conv_forward(self, x, act):
         z = self._buffer("z", (x.shape[0], *self._pq, self.filters))
         _cpu.conv2d_forward(x, self.kernel, self.bias if self.use_bias else None, z,
-                            self.strides, self._pad, self.dilation_rate)
+                            self.strides, self._pad, self.dilation_rate, act)
         self._state()["x"] = x
         return z
 
-    def backward_linear(self, dz, need_dx=True, need_dw=True):
+    def _conv_backward(self, dy, need_dx, need_dw, act, y):
         x = self._state()["x"]
         dx = self._buffer("dx", x.shape) if need_dx else None
         if need_dw and self.trainable:
-            _cpu.conv2d_backward(dz, x, self.kernel, dx, self.dkernel,
+            _cpu.conv2d_backward(dy, x, self.kernel, dx, self.dkernel,
                                  self.dbias if self.use_bias else None,
-                                 self.strides, self._pad, self.dilation_rate)
+                                 self.strides, self._pad, self.dilation_rate, act, y)
         elif need_dx:   # input gradient only: the kernel's weight gradient goes to scratch
             scratch = self._buffer("dw_scratch", self.kernel.shape)
             scratch.fill(0.0)
-            _cpu.conv2d_backward(dz, x, self.kernel, dx, scratch, None, self.strides, self._pad,
-                                 self.dilation_rate)
+            _cpu.conv2d_backward(dy, x, self.kernel, dx, scratch, None, self.strides, self._pad,
+                                 self.dilation_rate, act, y)
         return dx
 
     def get_config(self):
@@ -112,5 +137,6 @@ class Conv2D(ActivatedLayer):
                 "dilation_rate": list(self.dilation_rate), "groups": 1, "use_bias": self.use_bias,
                 "kernel_initializer": initializers.serialize(self.kernel_initializer),
                 "bias_initializer": initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": None, "bias_regularizer": None, "activity_regularizer": None,
+                "kernel_regularizer": regularizers_mod.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers_mod.serialize(self.bias_regularizer), "activity_regularizer": None,
                 "kernel_constraint": None, "bias_constraint": None}

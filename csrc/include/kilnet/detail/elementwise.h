@@ -106,4 +106,39 @@ KILNET_HD void gru_unit_backward(Act a, Act s, float z, float r, float hh, float
   dh_prev_direct = dh * z;
 }
 
+// ---- added with the layers-and-optimizers issue (issue 8) ----------------------------------
+// RMSprop, one element, Keras's form (epsilon inside the square root). avg (centered) and mom
+// (momentum > 0) may be nullptr.
+KILNET_HD void rmsprop_element(float& p, float g, float& v, float* avg, float* mom, float lr,
+                               float rho, float momentum, float eps) {
+  v = rho * v + (1.f - rho) * g * g;
+  float den = v + eps;
+  if (avg) { *avg = rho * *avg + (1.f - rho) * g; den = v - *avg * *avg + eps; }
+  const float inc = lr * g / sqrtf(den);
+  if (mom) { *mom = momentum * *mom + inc; p -= *mom; }
+  else p -= inc;
+}
+
+// Adagrad, one element, Keras's form (epsilon inside the square root).
+KILNET_HD void adagrad_element(float& p, float g, float& acc, float lr, float eps) {
+  acc += g * g;
+  p -= lr * g / sqrtf(acc + eps);
+}
+
+// Dropout's random draw: 24 random bits for element i of the stream `seed` (hash24), read as
+// the uniform float hash24 * 2^-24 in [0, 1) (uniform_hash). SplitMix64's output function on the
+// counter seed + (i+1)*golden gamma: a stateless hash, so every thread (or GPU thread) computes
+// element i's draw on its own and the mask does not depend on how the work is split.
+KILNET_HD std::uint32_t hash24(std::uint64_t seed, std::uint64_t i) {
+  std::uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return std::uint32_t(z >> 40);
+}
+
+KILNET_HD float uniform_hash(std::uint64_t seed, std::uint64_t i) {
+  return float(hash24(seed, i)) * (1.f / 16777216.f);
+}
+
 }  // namespace kilnet::detail
