@@ -1,6 +1,7 @@
 """conv2d forward/backward: the fast kernels against the reference loops (kilnet._cpu.ref), against
 PyTorch, and against finite differences; every dispatch path (AVX2 direct, general im2col+gemm,
-scalar), thread counts, and bad input."""
+scalar), thread counts, and bad input; the fused activations (act=, y=) against the reference
+and against the unfused composition with activation_forward/backward."""
 import os
 import subprocess
 import sys
@@ -165,11 +166,161 @@ def test_same_asymmetric_padding(H, R, stride, rng):
     assert_matches_ref(x, w, b, (2, P, P, 8), dict(stride=(stride, stride), padding=(top, top)), rng)
 
 
+# ------------------------------------------------------------------------- fused activations
+ACTS = ["linear", "relu", "sigmoid", "tanh"]
+
+
+def assert_fused_matches(x, w, b, yshape, kw, act, rng, with_dx=True):
+    """The fused kernel (act inside conv2d_forward/backward) against the fused reference and
+    against the unfused composition: linear conv, then activation_forward; activation_backward,
+    then linear conv backward."""
+    y = np.full(yshape, np.nan, np.float32)
+    y_ref, y_unf = np.empty(yshape, np.float32), np.empty(yshape, np.float32)
+    _cpu.conv2d_forward(x, w, b, y, **kw, act=act)
+    _cpu.ref.conv2d_forward(x, w, b, y_ref, **kw, act=act)
+    _cpu.conv2d_forward(x, w, b, y_unf, **kw)
+    _cpu.activation_forward(act, y_unf, y_unf)
+    R, S, C, K = w.shape
+    N, P, Q, _ = yshape
+    tol = lambda n: 2e-6 * max(1.0, np.sqrt(n)) * 4  # noqa: E731  (as in assert_matches_ref)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=tol(R * S * C), err_msg=f"y {act}")
+    np.testing.assert_allclose(y, y_unf, rtol=1e-6, atol=1e-6, err_msg=f"y {act} vs unfused")
+
+    # All three backward passes get the same y, so relu's mask cannot differ at values near 0.
+    dy = rand(rng, *yshape)
+    dw0, db0 = rand(rng, *w.shape), rand(rng, *b.shape)
+    out = {}
+    for name in ("fast", "ref", "unfused"):
+        dx = np.full(x.shape, np.nan, np.float32) if with_dx else None
+        dw, db = dw0.copy(), db0.copy()
+        if name == "unfused":
+            dz = np.empty_like(dy)
+            _cpu.activation_backward(act, y_ref, dy, dz)
+            _cpu.conv2d_backward(dz, x, w, dx, dw, db, **kw)
+        else:
+            mod = _cpu if name == "fast" else _cpu.ref
+            mod.conv2d_backward(dy, x, w, dx, dw, db, **kw, act=act, y=y_ref)
+        out[name] = (dx, dw, db)
+    for other, scale in (("ref", 1.0), ("unfused", 0.25)):
+        for i, (what, n) in enumerate((("dx", R * S * K), ("dw", N * P * Q), ("db", N * P * Q))):
+            if what == "dx" and not with_dx:
+                continue
+            np.testing.assert_allclose(out["fast"][i], out[other][i], rtol=1e-5, atol=scale * tol(n),
+                                       err_msg=f"{what} {act} vs {other}")
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("shape", random_shapes(77, 16), ids=lambda s: "-".join(f"{k}{v}" for k, v in s.items()))
+def test_fused_activation_random_shapes(shape, act, rng):
+    assert_fused_matches(*make_case(rng, **shape), act, rng)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("act", ACTS)
+def test_fused_activation_threads_and_geometry(nthreads, act, threads, rng):
+    _cpu.set_num_threads(nthreads)
+    for N, H, W, C, K, R, S, stride, dil, padding in [
+            (32, 28, 28, 1, 32, 3, 3, 1, 1, "valid"),    # the canonical first layer
+            (1, 13, 9, 16, 33, 3, 3, 2, 1, "same"),      # one image: row blocks, private dx
+            (3, 9, 7, 3, 17, 3, 3, 1, 2, "same"),        # dilation: per-tap segments
+            (2, 9, 9, 8, 24, 3, 3, 2, 1, "valid"),       # dx accumulated in place
+            (5, 7, 9, 33, 5, 1, 1, 1, 1, "valid")]:      # 1x1, narrow K
+        case = make_case(rng, N, H, W, C, K, R, S, stride, dil, padding)
+        assert_fused_matches(*case, act, rng)
+        assert_fused_matches(*case, act, rng, with_dx=False)
+
+
+def test_linear_without_y_is_the_plain_kernel(rng):
+    # act='linear' (the default) with y=None, or with a y that is then ignored: bit for bit the same
+    x, w, b, yshape, kw = make_case(rng, 2, 9, 7, 3, 17, 3, 3, 1, 1, "same")
+    y0, y1 = np.empty(yshape, np.float32), np.empty(yshape, np.float32)
+    _cpu.conv2d_forward(x, w, b, y0, **kw)
+    _cpu.conv2d_forward(x, w, b, y1, **kw, act="linear")
+    np.testing.assert_array_equal(y0, y1)
+    dy = rand(rng, *yshape)
+    res = []
+    for extra in ({}, dict(act="linear"), dict(act="linear", y=None), dict(act="linear", y=-y0)):
+        dx, dw, db = np.empty_like(x), np.zeros_like(w), np.zeros_like(b)
+        _cpu.conv2d_backward(dy, x, w, dx, dw, db, **kw, **extra)
+        res.append((dx, dw, db))
+    for r in res[1:]:
+        for a, b_ in zip(res[0], r):
+            np.testing.assert_array_equal(a, b_)
+
+
+def test_relu_kills_the_gradient_where_y_is_zero(rng):
+    # dz = y > 0 ? dy : 0: with y all zero, dw and db are untouched and dx is zero
+    x, w, b, yshape, kw = make_case(rng, 2, 7, 7, 3, 8, 3, 3, 1, 1, "valid")
+    dx, dw, db = np.full_like(x, np.nan), np.ones_like(w), np.ones_like(b)
+    _cpu.conv2d_backward(rand(rng, *yshape), x, w, dx, dw, db, **kw, act="relu",
+                         y=np.zeros(yshape, np.float32))
+    assert not dx.any() and (dw == 1).all() and (db == 1).all()
+
+
+@pytest.mark.parametrize("act", ["relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("stride,dil,pad", [(1, 1, (1, 1)), (2, 1, (1, 0)), (1, 2, (0, 2))])
+def test_fused_gradients_match_finite_differences(act, stride, dil, pad):
+    N, H, W, C, K, R, S = 2, 5, 6, 2, 3, 3, 2
+    kw = dict(stride=(stride, stride), padding=pad, dilation=(dil, dil))
+    P = (H + 2 * pad[0] - (R - 1) * dil - 1) // stride + 1
+    Q = (W + 2 * pad[1] - (S - 1) * dil - 1) // stride + 1
+    z = np.empty((N, P, Q, K), np.float32)
+    for seed in range(200):
+        # relu: no pre-activation within 2e-3 of its kink, where a 1e-3 step (which moves z by at
+        # most 1e-3 here: |x|, |w| <= 1) would straddle it
+        rng = np.random.default_rng(seed)
+        x, w, b = rand(rng, N, H, W, C), rand(rng, R, S, C, K), rand(rng, K)
+        _cpu.ref.conv2d_forward(x, w, b, z, **kw)
+        if act != "relu" or np.abs(z).min() > 2e-3:
+            break
+    g = rand(rng, N, P, Q, K)          # loss = sum(y * g)
+    y = np.empty((N, P, Q, K), np.float32)
+
+    def loss():
+        _cpu.conv2d_forward(x, w, b, y, **kw, act=act)
+        return np.sum(y.astype(np.float64) * g)
+
+    loss()
+    y_fwd = y.copy()
+    dx, dw, db = np.empty_like(x), np.zeros_like(w), np.zeros_like(b)
+    _cpu.conv2d_backward(g, x, w, dx, dw, db, **kw, act=act, y=y_fwd)
+    assert_grad_close(dx, numeric_grad(loss, x))
+    assert_grad_close(dw, numeric_grad(loss, w))
+    assert_grad_close(db, numeric_grad(loss, b))
+
+
+def test_fused_bad_arguments(rng):
+    x, w, b = rand(rng, 2, 7, 7, 3), rand(rng, 3, 3, 3, 4), rand(rng, 4)
+    y = np.empty((2, 5, 5, 4), np.float32)
+    dy, dw = rand(rng, 2, 5, 5, 4), np.zeros_like(w)
+    for fn in (lambda a: _cpu.conv2d_forward(x, w, b, y, act=a),
+               lambda a: _cpu.conv2d_backward(dy, x, w, None, dw, None, act=a, y=y)):
+        with pytest.raises(ValueError, match="softmax"):
+            fn("softmax")
+        with pytest.raises(ValueError, match="unknown activation"):
+            fn("gelu")
+    with pytest.raises(ValueError, match="'y'"):   # y is required for any act but linear
+        _cpu.conv2d_backward(dy, x, w, None, dw, None, act="relu")
+    with pytest.raises(ValueError, match="'y' must have shape"):
+        _cpu.conv2d_backward(dy, x, w, None, dw, None, act="relu", y=np.empty((2, 5, 4, 4), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        _cpu.conv2d_backward(dy, x, w, None, dw, None, act="relu", y=y.astype(np.float64))
+    # no output may overlap y (an input here): dx, dw and db each share a buffer with it
+    buf = np.zeros(x.size, np.float32)
+    y_in = buf[: y.size].reshape(y.shape)
+    with pytest.raises(ValueError, match="'dx' overlaps"):
+        _cpu.conv2d_backward(dy, x, w, buf.reshape(x.shape), dw, None, act="tanh", y=y_in)
+    with pytest.raises(ValueError, match="'dw' overlaps"):
+        _cpu.conv2d_backward(dy, x, w, None, buf[: w.size].reshape(w.shape), None, act="relu", y=y_in)
+    with pytest.raises(ValueError, match="'db' overlaps"):
+        _cpu.conv2d_backward(dy, x, w, None, dw, buf[:4], act="relu", y=y_in)
+
+
 # ------------------------------------------------------------------------- every dispatch path
 _PATH_SCRIPT = r"""
 import sys, numpy as np
 sys.path.insert(0, {root!r} + "/tests")
-from test_conv2d import make_case, random_shapes, assert_matches_ref
+from test_conv2d import ACTS, make_case, random_shapes, assert_fused_matches, assert_matches_ref
 from kilnet import _cpu
 rng = np.random.default_rng(7)
 for nthreads in (1, 2):
@@ -177,6 +328,11 @@ for nthreads in (1, 2):
     for shape in random_shapes(99, 12):
         assert_matches_ref(*make_case(rng, **shape), rng)
     assert_matches_ref(*make_case(rng, 3, 13, 9, 16, 33, 3, 3, 2, 2, "same"), rng)
+    for i, shape in enumerate(random_shapes(55, 8)):
+        assert_fused_matches(*make_case(rng, **shape), ACTS[i % 4], rng)
+    for act in ACTS:
+        assert_fused_matches(*make_case(rng, 3, 13, 9, 16, 33, 3, 3, 2, 2, "same"), act, rng)
+        assert_fused_matches(*make_case(rng, 4, 28, 28, 1, 32, 3, 3, 1, 1, "valid"), act, rng, with_dx=False)
 print(_cpu.simd_level(), "ok")
 """
 

@@ -54,6 +54,39 @@ def test_conv2d_layer_gradients(rng, padding, strides):
     assert_grad_close(grads["bias"], numeric_grad(f, layer.bias))
 
 
+@pytest.mark.parametrize("act", ["linear", "relu", "sigmoid", "tanh", "softmax"])
+def test_conv2d_fused_activation_matches_separate_layers(rng, act):
+    """Conv2D(activation=act) runs the activation inside the conv kernels (softmax excepted):
+    the same outputs and gradients as a linear Conv2D followed by Activation(act), for a full
+    and a smaller batch (buffer views), and need_dw=False leaves the weight gradients alone."""
+    fused = Conv2D(5, 3, strides=2, padding="same", activation=act)
+    plain, after = Conv2D(5, 3, strides=2, padding="same"), Activation(act)
+    fused._build((None, 9, 7, 3))
+    plain._build((None, 9, 7, 3))
+    after._build(plain.output_shape)
+    fused.bias[...] = rand(rng, 5)
+    plain.set_weights(fused.get_weights())
+    for n in (4, 3):
+        x = rand(rng, n, 9, 7, 3)
+        dy = rand(rng, n, *fused.output_shape[1:])
+        y, dx, grads = _layer_grads(fused, x, dy)
+        for s_ in plain._specs:
+            getattr(plain, "d" + s_.attr)[...] = 0
+        y2 = np.array(after.forward(plain.forward(x, True), True))
+        dx2 = np.array(plain.backward(after.backward(dy.copy())))
+        np.testing.assert_allclose(y, y2, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(dx, dx2, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(grads["kernel"], plain.dkernel, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(grads["bias"], plain.dbias, rtol=1e-5, atol=1e-5)
+
+        fused.dkernel[...] = 7.0
+        fused.dbias[...] = 7.0
+        fused.forward(x, True)
+        dx3 = np.array(fused.backward(dy.copy(), need_dw=False))
+        np.testing.assert_array_equal(dx3, dx)
+        assert (fused.dkernel == 7.0).all() and (fused.dbias == 7.0).all()
+
+
 @pytest.mark.parametrize("h,w,k,s,padding,expect", [
     (28, 28, 3, 1, "valid", (26, 26)), (28, 28, 3, 1, "same", (28, 28)),
     (7, 9, 3, 2, "same", (4, 5)), (7, 9, 3, 2, "valid", (3, 4)), (5, 5, 5, 1, "valid", (1, 1))])

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 #include "kilnet/conv2d.h"
+#include "kilnet/detail/elementwise.h"
 #include "kilnet/gemm.h"
 #include "parallel.h"
 
@@ -12,14 +14,16 @@ namespace kilnet::cpu {
 
 #if defined(KILNET_HAVE_AVX2_BUILD)
 namespace avx2 {   // conv2d_avx2.cpp
-void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
+                    Act act);
 void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, const float* w,
-                     float* dx, float* dw, float* db);
+                     float* dx, float* dw, float* db, Act act, const float* y);
 }  // namespace avx2
 #endif
 
 // ------------------------------------------------------------------------- reference (plain loops)
-void conv2d_forward_ref(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
+void conv2d_forward_ref(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
+                        Act act) {
   for (index_t n = 0; n < s.N; ++n)
     for (index_t p = 0; p < s.P; ++p)
       for (index_t q = 0; q < s.Q; ++q)
@@ -35,19 +39,20 @@ void conv2d_forward_ref(const Conv2dShape& s, const float* x, const float* w, co
                 acc += double(x[((n * s.H + h) * s.W + ww) * s.C + c]) * w[((r * s.S + t) * s.C + c) * s.K + k];
             }
           }
-          y[((n * s.P + p) * s.Q + q) * s.K + k] = float(acc);
+          y[((n * s.P + p) * s.Q + q) * s.K + k] = detail::act_forward(act, float(acc));
         }
 }
 
 void conv2d_backward_ref(const Conv2dShape& s, const float* dy, const float* x, const float* w,
-                         float* dx, float* dw, float* db) {
+                         float* dx, float* dw, float* db, Act act, const float* y) {
   if (dx) std::fill(dx, dx + s.N * s.H * s.W * s.C, 0.f);
   std::vector<double> dwd(size_t(s.R * s.S * s.C * s.K), 0.0), dbd(size_t(s.K), 0.0);
   for (index_t n = 0; n < s.N; ++n)
     for (index_t p = 0; p < s.P; ++p)
       for (index_t q = 0; q < s.Q; ++q)
         for (index_t k = 0; k < s.K; ++k) {
-          const float g = dy[((n * s.P + p) * s.Q + q) * s.K + k];
+          const index_t yi = ((n * s.P + p) * s.Q + q) * s.K + k;
+          const float g = act == Act::Linear ? dy[yi] : detail::act_backward(act, y[yi], dy[yi]);
           dbd[k] += g;
           for (index_t r = 0; r < s.R; ++r) {
             const index_t h = p * s.stride_h - s.pad_h + r * s.dilation_h;
@@ -118,6 +123,32 @@ std::vector<float>& col_buffer(index_t size) {   // per thread, reused across ca
   return buf;
 }
 
+float* dz_buffer(index_t size) {   // per thread, reused across calls
+  thread_local std::vector<float> buf;
+  if (buf.size() < size_t(size)) buf.resize(size_t(size));
+  return buf.data();
+}
+
+// y = act(y) over n values that were just written (still in cache).
+void act_inplace(Act act, index_t n, float* y) {
+  switch (act) {   // one loop per activation so that relu vectorizes
+    case Act::Linear: break;
+    case Act::Relu:
+      for (index_t i = 0; i < n; ++i) y[i] = y[i] > 0.f ? y[i] : 0.f;
+      break;
+    default:
+      for (index_t i = 0; i < n; ++i) y[i] = detail::act_forward(act, y[i]);
+  }
+}
+
+// The gradient a chunk of pixels feeds to gemm: dy itself for Linear, else dz = act'(y) * dy
+// computed into buf (a chunk, so no pass over all of dy).
+const float* dz_rows(Act act, index_t n, const float* y, const float* dy, float* buf) {
+  if (act == Act::Linear) return dy;
+  for (index_t i = 0; i < n; ++i) buf[i] = detail::act_backward(act, y[i], dy[i]);
+  return buf;
+}
+
 // Threads for a loop over items: all of them when there is an item for every thread (gemm inside
 // then runs on one thread, as OpenMP nesting is off), else 1, so that gemm itself uses them.
 int item_threads(index_t items, index_t flops) {
@@ -137,38 +168,53 @@ void for_items(index_t items, int nt, F body) {
 
 index_t conv_flops(const Conv2dShape& s) { return 2 * s.N * s.P * s.Q * s.K * s.R * s.S * s.C; }
 
-void general_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
+void general_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, Act act) {
   const index_t PQ = s.P * s.Q, RSC = s.R * s.S * s.C, M0 = chunk_pixels(s), chunks = (PQ + M0 - 1) / M0;
   const index_t items = s.N * chunks;
   for_items(items, item_threads(items, conv_flops(s)), [&](index_t item) {
     const index_t n = item / chunks, pix0 = (item % chunks) * M0, npix = std::min(M0, PQ - pix0);
     float* col = col_buffer(M0 * RSC).data();
     im2col_rows(s, x + n * s.H * s.W * s.C, pix0, npix, col);
-    gemm(false, false, npix, s.K, RSC, 1.f, col, RSC, w, s.K, 0.f, y + (n * PQ + pix0) * s.K, s.K, b);
+    float* yc = y + (n * PQ + pix0) * s.K;
+    gemm(false, false, npix, s.K, RSC, 1.f, col, RSC, w, s.K, 0.f, yc, s.K, b);
+    act_inplace(act, npix * s.K, yc);
   });
 }
 
-// dw += cols^T · dy per chunk; when the chunks run in parallel, into per-thread partial sums
-// (race-free) added to dw at the end. dx = col2im(dy · w^T), parallel over images so each image
-// of dx has one writer.
+// dw += cols^T · dz per chunk; when the chunks run in parallel, into per-thread partial sums
+// (race-free) added to dw at the end. dx = col2im(dz · w^T), parallel over images so each image
+// of dx has one writer. dz = act'(y) * dy is formed per chunk (dz_rows), and then db is summed
+// from those chunks too; for Linear, dz is dy and db is one bias_backward.
 void general_backward(const Conv2dShape& s, const float* dy, const float* x, const float* w,
-                      float* dx, float* dw, float* db) {
+                      float* dx, float* dw, float* db, Act act, const float* y) {
   const index_t PQ = s.P * s.Q, RSC = s.R * s.S * s.C, HWC = s.H * s.W * s.C;
   const index_t M0 = chunk_pixels(s), chunks = (PQ + M0 - 1) / M0, items = s.N * chunks;
-  if (db) bias_backward(s.N * PQ, s.K, dy, db);
+  const bool fused = act != Act::Linear;
+  if (db && !fused) bias_backward(s.N * PQ, s.K, dy, db);
 
   const int nt = item_threads(items, conv_flops(s));
-  std::vector<float> part(nt > 1 ? size_t(nt * RSC * s.K) : 0, 0.f);
+  const index_t part_size = RSC * s.K + s.K;   // dw, then db
+  std::vector<float> part(nt > 1 ? size_t(nt * part_size) : 0, 0.f);
   for_items(items, nt, [&](index_t item) {
     const index_t n = item / chunks, pix0 = (item % chunks) * M0, npix = std::min(M0, PQ - pix0);
     float* col = col_buffer(M0 * RSC).data();
     im2col_rows(s, x + n * HWC, pix0, npix, col);
-    float* acc = nt > 1 ? part.data() + omp_get_thread_num() * RSC * s.K : dw;
-    gemm(true, false, RSC, s.K, npix, 1.f, col, RSC, dy + (n * PQ + pix0) * s.K, s.K, 1.f, acc, s.K, nullptr);
+    const index_t o = (n * PQ + pix0) * s.K;
+    const float* g = dz_rows(act, npix * s.K, fused ? y + o : nullptr, dy + o, dz_buffer(M0 * s.K));
+    float* acc = nt > 1 ? part.data() + omp_get_thread_num() * part_size : dw;
+    gemm(true, false, RSC, s.K, npix, 1.f, col, RSC, g, s.K, 1.f, acc, s.K, nullptr);
+    if (fused && db) {
+      float* dbacc = nt > 1 ? acc + RSC * s.K : db;
+      for (index_t i = 0; i < npix; ++i)
+        for (index_t k = 0; k < s.K; ++k) dbacc[k] += g[i * s.K + k];
+    }
   });
   if (nt > 1)
-    for (int t = 0; t < nt; ++t)
-      for (index_t i = 0; i < RSC * s.K; ++i) dw[i] += part[size_t(t * RSC * s.K + i)];
+    for (int t = 0; t < nt; ++t) {
+      for (index_t i = 0; i < RSC * s.K; ++i) dw[i] += part[size_t(t * part_size + i)];
+      if (fused && db)
+        for (index_t k = 0; k < s.K; ++k) db[k] += part[size_t(t * part_size + RSC * s.K + k)];
+    }
 
   if (!dx) return;
   std::vector<float> wt(size_t(s.K * RSC));   // w^T (K x RSC), so gemm needs no transpose
@@ -178,9 +224,11 @@ void general_backward(const Conv2dShape& s, const float* dy, const float* x, con
     float* dxn = dx + n * HWC;
     std::fill(dxn, dxn + HWC, 0.f);
     float* col = col_buffer(M0 * RSC).data();
+    float* dzb = dz_buffer(M0 * s.K);
     for (index_t pix0 = 0; pix0 < PQ; pix0 += M0) {
-      const index_t npix = std::min(M0, PQ - pix0);
-      gemm(false, false, npix, RSC, s.K, 1.f, dy + (n * PQ + pix0) * s.K, s.K, wt.data(), RSC, 0.f, col, RSC, nullptr);
+      const index_t npix = std::min(M0, PQ - pix0), o = (n * PQ + pix0) * s.K;
+      const float* g = dz_rows(act, npix * s.K, fused ? y + o : nullptr, dy + o, dzb);
+      gemm(false, false, npix, RSC, s.K, 1.f, g, s.K, wt.data(), RSC, 0.f, col, RSC, nullptr);
       col2im_rows(s, col, pix0, npix, dxn);
     }
   });
@@ -210,24 +258,30 @@ bool force_general() {
 // the current gemm against ~105 for the direct kernel (benchmarks/RESULTS.md), and the direct
 // kernel never copies the patches. Re-measure with KILNET_CONV_PATH=gemm when gemm() changes.
 // Without AVX2 (or with KILNET_SIMD=scalar) the general im2col + gemm path runs.
-void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
+// The activation is fused on every path: applied to each tile (AVX2) or chunk (general) as it
+// is stored, and its derivative applied to each chunk of dy as the backward kernels read it.
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
+                    Act act) {
+  if (act == Act::Softmax) throw std::invalid_argument("conv2d_forward: softmax is not elementwise; use softmax_forward");
   if (s.N == 0 || s.P == 0 || s.Q == 0 || s.K == 0) return;   // nothing to write; the tiled paths divide by these
 #if defined(KILNET_HAVE_AVX2_BUILD)
-  if (use_avx2() && !force_general()) return avx2::conv2d_forward(s, x, w, b, y);
+  if (use_avx2() && !force_general()) return avx2::conv2d_forward(s, x, w, b, y, act);
 #endif
-  general_forward(s, x, w, b, y);
+  general_forward(s, x, w, b, y, act);
 }
 
 void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, const float* w,
-                     float* dx, float* dw, float* db) {
+                     float* dx, float* dw, float* db, Act act, const float* y) {
+  if (act == Act::Softmax) throw std::invalid_argument("conv2d_backward: softmax is not elementwise; use softmax_backward");
+  if (act != Act::Linear && !y) throw std::invalid_argument("conv2d_backward: y (the forward output) is required unless act is Linear");
   if (s.N == 0 || s.P == 0 || s.Q == 0 || s.K == 0) {   // no output gradient: dx = 0, dw and db unchanged
     if (dx) std::fill(dx, dx + s.N * s.H * s.W * s.C, 0.f);
     return;
   }
 #if defined(KILNET_HAVE_AVX2_BUILD)
-  if (use_avx2() && !force_general()) return avx2::conv2d_backward(s, dy, x, w, dx, dw, db);
+  if (use_avx2() && !force_general()) return avx2::conv2d_backward(s, dy, x, w, dx, dw, db, act, y);
 #endif
-  general_backward(s, dy, x, w, dx, dw, db);
+  general_backward(s, dy, x, w, dx, dw, db, act, y);
 }
 
 }  // namespace kilnet::cpu

@@ -15,6 +15,11 @@
 //                                                                        per-thread partial dw)
 //   dx       dx[window(pixel) + rsc] += sum_k dy[pixel, k] * w[rsc, k]   (the same tile as forward,
 //            with dy as A and w^T as B; the result is added into a padded per-image dx buffer)
+//
+// Activations are fused: the forward tile applies relu in registers before its store (sigmoid
+// and tanh in a scalar epilogue over the tile just stored, still in L1), and the backward passes
+// read dz = act'(y) * dy, formed per chunk of pixels in a small per-thread buffer (dz_rows), so
+// neither y's activation nor dz ever costs a pass over memory.
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
@@ -25,6 +30,7 @@
 #include <vector>
 
 #include "kilnet/conv2d.h"
+#include "kilnet/detail/elementwise.h"
 #include "parallel.h"
 
 namespace kilnet::cpu::avx2 {
@@ -117,8 +123,8 @@ int threads_of(const Conv2dShape& s, index_t items) {
 // ------------------------------------------------------------------------- micro-kernel: A·B tile
 // QB pixels x NV vectors of 8 columns. A row i is read from a[i] + seg_off[g] + j (j < seg_len);
 // B (packed) is seg_count*seg_len rows of 8*NV floats, zero past `valid` columns. The result
-// goes to out[i] + out_off: stored (+ bias) in the forward pass, where lanes past `valid` are
-// not written; added in the dx pass, where they add zeros.
+// goes to out[i] + out_off: stored (+ bias, then act) in the forward pass, where lanes past
+// `valid` are not written; added in the dx pass, where they add zeros.
 struct Tile {
   const float* const* a;
   const index_t* seg_off;
@@ -128,6 +134,7 @@ struct Tile {
   index_t out_off;
   const float* bias;   // 8*NV floats or nullptr (forward only)
   index_t valid;       // columns written, 8*(NV-1) < valid <= 8*NV
+  Act act;             // forward only
 };
 
 template <int QB, int NV, bool ADD>
@@ -156,6 +163,13 @@ inline __attribute__((always_inline)) void tile_kernel(const Tile& t) {
       }
     }
   }
+  if (!ADD && t.act == Act::Relu) {
+    const __m256 zero = _mm256_setzero_ps();
+#pragma GCC unroll 16
+    for (int i = 0; i < QB; ++i)
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_max_ps(acc[i][v], zero);
+  }
   const bool full = t.valid == 8 * NV;
   const __m256i m = lane_mask(t.valid - 8 * (NV - 1));
 #pragma GCC unroll 16
@@ -172,6 +186,11 @@ inline __attribute__((always_inline)) void tile_kernel(const Tile& t) {
       }
     }
   }
+  if (!ADD && (t.act == Act::Sigmoid || t.act == Act::Tanh))   // the tile is in L1
+    for (int i = 0; i < QB; ++i) {
+      float* o = t.out[i] + t.out_off;
+      for (index_t j = 0; j < t.valid; ++j) o[j] = detail::act_forward(t.act, o[j]);
+    }
 }
 
 using TileFn = void (*)(const Tile&);
@@ -383,11 +402,41 @@ Scratch& scratch() {
   return s;
 }
 
-// dst[0..Kp) = src[0..K), zero-padded to a multiple of 8; dst is 32-byte aligned.
-inline void copy_row(const float* src, index_t K, float* dst) {
-  index_t k = 0;
-  for (; k + 8 <= K; k += 8) _mm256_store_ps(dst + k, _mm256_loadu_ps(src + k));
-  if (k < K) _mm256_store_ps(dst + k, _mm256_maskload_ps(src + k, lane_mask(K - k)));
+// dz = act'(y) * dy on 8 lanes, from the forward output y (detail::act_backward's formulas).
+template <Act A>
+inline __m256 dz_of(__m256 g, __m256 y) {
+  if constexpr (A == Act::Relu) return _mm256_and_ps(g, _mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_GT_OQ));
+  if constexpr (A == Act::Sigmoid) return _mm256_mul_ps(_mm256_mul_ps(g, y), _mm256_sub_ps(_mm256_set1_ps(1.f), y));
+  if constexpr (A == Act::Tanh) return _mm256_mul_ps(g, _mm256_fnmadd_ps(y, y, _mm256_set1_ps(1.f)));
+  return g;
+}
+
+// rows x K values of dz = act'(y) * dy (row stride K) into dst (row stride Kp = K rounded up to
+// 8, zero-padded, 32-byte aligned). For Linear it copies dy and y is not read.
+template <Act A>
+void dz_rows_t(const float* dy, const float* y, index_t rows, index_t K, index_t Kp, float* dst) {
+  const __m256i tail = lane_mask(K % 8 ? K % 8 : 8);
+  for (index_t i = 0; i < rows; ++i, dy += K, dst += Kp) {
+    index_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+      const __m256 g = _mm256_loadu_ps(dy + k);
+      _mm256_store_ps(dst + k, A == Act::Linear ? g : dz_of<A>(g, _mm256_loadu_ps(y + k)));
+    }
+    if (k < K) {   // masked loads read zeros past K, and dz of zeros is zero for every act
+      const __m256 g = _mm256_maskload_ps(dy + k, tail);
+      _mm256_store_ps(dst + k, A == Act::Linear ? g : dz_of<A>(g, _mm256_maskload_ps(y + k, tail)));
+    }
+    if constexpr (A != Act::Linear) y += K;
+  }
+}
+
+void dz_rows(Act act, const float* dy, const float* y, index_t rows, index_t K, index_t Kp, float* dst) {
+  switch (act) {
+    case Act::Relu: return dz_rows_t<Act::Relu>(dy, y, rows, K, Kp, dst);
+    case Act::Sigmoid: return dz_rows_t<Act::Sigmoid>(dy, y, rows, K, Kp, dst);
+    case Act::Tanh: return dz_rows_t<Act::Tanh>(dy, y, rows, K, Kp, dst);
+    default: return dz_rows_t<Act::Linear>(dy, y, rows, K, Kp, dst);
+  }
 }
 
 // The calling thread's 64-byte aligned buffer for n floats of dy.
@@ -400,7 +449,8 @@ float* dy_chunk(index_t n) {
 }  // namespace
 
 // ------------------------------------------------------------------------- forward
-void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
+                    Act act) {
   const Layout L = layout_of(s);
   const Segments seg = segments_of(s, L.row_ld);
   const index_t RSC = s.R * s.S * s.C, Kp = (s.K + 7) / 8 * 8;
@@ -441,7 +491,7 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
     for (index_t i0 = 0; i0 < npix; i0 += kChunk)   // the chunk's windows stay in cache
       for (const Panel& p : panels) {
         Tile t{sc.a.data() + i0, seg.off.data(), index_t(seg.off.size()), seg.len, wp + RSC * p.col0,
-               sc.out.data() + i0, p.col0, bp + p.col0, p.valid};
+               sc.out.data() + i0, p.col0, bp + p.col0, p.valid, act};
         tile_sweep<false>(t, std::min(kChunk, npix - i0), p.nv);
       }
   }
@@ -454,7 +504,8 @@ static DwShape dw_shape(const Conv2dShape& s) { return s.K >= 32 ? DwShape{3, 4}
 
 // dw and db: items as in the forward pass; each thread accumulates into its own partial dw/db,
 // summed at the end in thread order (race-free, and the same result for the same thread count).
-static void backward_weights(const Conv2dShape& s, const float* dy, const float* x, float* dw, float* db) {
+static void backward_weights(const Conv2dShape& s, const float* dy, const float* x, float* dw, float* db,
+                             Act act, const float* y) {
   const Layout L = layout_of(s);
   const index_t RSC = s.R * s.S * s.C, Kp = (s.K + 7) / 8 * 8;
   std::vector<index_t> moff(static_cast<size_t>(RSC));   // window offset of each rsc row
@@ -463,7 +514,7 @@ static void backward_weights(const Conv2dShape& s, const float* dy, const float*
       for (index_t c = 0; c < s.C; ++c, ++i) moff[size_t(i)] = r * s.dilation_h * L.row_ld + t * s.dilation_w * s.C + c;
   const DwShape ds = dw_shape(s);
   const index_t chunk = 64;   // pixels per pass over the tiles (measured: 32..256 all close)
-  const bool copy_dy = RSC >= 32;
+  const bool copy_dy = RSC >= 32 || act != Act::Linear;   // dz must be formed somewhere: here
   const std::vector<Panel> panels = panels_of(s.K, ds.nv);
 
   const Items it = items_of(s, omp_get_max_threads());
@@ -489,6 +540,7 @@ static void backward_weights(const Conv2dShape& s, const float* dy, const float*
         base = sc.stage.data();
       }
       const float* dyb = dy + (n * s.P + p0) * s.Q * s.K;
+      const float* yb = act != Act::Linear ? y + (n * s.P + p0) * s.Q * s.K : nullptr;
       const index_t npix = (p1 - p0) * s.Q;
       std::vector<index_t>& off = scratch().off;
       off.resize(size_t(npix));
@@ -498,13 +550,14 @@ static void backward_weights(const Conv2dShape& s, const float* dy, const float*
       // rsc rows the chunk of dy is first copied to an aligned buffer, rows zero-padded to Kp,
       // so no vector load splits a cache line (numpy arrays are only 16-byte aligned): ~6% on
       // C=32, but a loss when there are only a few rsc rows to reuse each dy vector (C=1).
+      // With an activation the copy is where dz = act'(y) * dy is formed, once per chunk.
       float* g = copy_dy ? dy_chunk(chunk * Kp) : nullptr;
       for (index_t i0 = 0; i0 < npix; i0 += chunk) {
         const index_t nc = std::min(chunk, npix - i0);
         const float* gc = dyb + i0 * s.K;
         index_t ld = s.K;
         if (copy_dy) {
-          for (index_t i = 0; i < nc; ++i) copy_row(gc + i * s.K, s.K, g + i * Kp);
+          dz_rows(act, gc, yb ? yb + i0 * s.K : nullptr, nc, s.K, Kp, g);
           gc = g;
           ld = Kp;
         }
@@ -538,9 +591,10 @@ static void backward_weights(const Conv2dShape& s, const float* dy, const float*
 // Parallel over images (each thread owns whole images of dx). When the batch is smaller than
 // the thread count, images are cut into row blocks and every thread adds into a private
 // padded copy of dx, summed at the end.
-static void backward_input(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
+static void backward_input(const Conv2dShape& s, const float* dy, const float* w, float* dx, Act act,
+                           const float* y) {
   const Layout L = layout_of(s);
-  const index_t RSC = s.R * s.S * s.C;
+  const index_t RSC = s.R * s.S * s.C, Kp = (s.K + 7) / 8 * 8;
   const index_t gw = s.dilation_w == 1 ? s.S * s.C : s.C;   // group width (columns)
   const index_t ngroups = RSC / gw;
   std::vector<index_t> goff(static_cast<size_t>(ngroups));
@@ -603,13 +657,21 @@ static void backward_input(const Conv2dShape& s, const float* dy, const float* w
           sc.a[size_t(i)] = dy + ((n * s.P + p) * s.Q + q) * s.K;
           sc.out[size_t(i)] = acc + p * s.stride_h * L.row_ld + q * s.stride_w * s.C;
         }
-      for (index_t i0 = 0; i0 < npix; i0 += kChunk)   // the chunk's rows of dx stay in cache
+      for (index_t i0 = 0; i0 < npix; i0 += kChunk) {   // the chunk's rows of dx stay in cache
+        const index_t nc = std::min(kChunk, npix - i0);
+        if (act != Act::Linear) {   // the chunk's dz rows, and A reads them instead of dy
+          const index_t o = ((n * s.P + p0) * s.Q + i0) * s.K;   // the chunk's pixels are consecutive
+          float* dz = dy_chunk(kChunk * Kp);
+          dz_rows(act, dy + o, y + o, nc, s.K, Kp, dz);
+          for (index_t i = 0; i < nc; ++i) sc.a[size_t(i0 + i)] = dz + i * Kp;
+        }
         for (index_t g = 0; g < ngroups; ++g)
           for (const Panel& p : panels) {
             Tile t{sc.a.data() + i0, &zero, 1, s.K, wt + g * gstride + s.K * p.col0, sc.out.data() + i0,
-                   goff[size_t(g)] + p.col0, nullptr, p.valid};
-            tile_sweep<true>(t, std::min(kChunk, npix - i0), p.nv);
+                   goff[size_t(g)] + p.col0, nullptr, p.valid, Act::Linear};
+            tile_sweep<true>(t, nc, p.nv);
           }
+      }
       if (!direct && priv.empty() && p1 == s.P) copy_out(acc, n);
     }
     if (!priv.empty()) {   // sum the private copies (implicit barrier above)
@@ -629,9 +691,9 @@ static void backward_input(const Conv2dShape& s, const float* dy, const float* w
 }
 
 void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, const float* w,
-                     float* dx, float* dw, float* db) {
-  backward_weights(s, dy, x, dw, db);
-  if (dx) backward_input(s, dy, w, dx);
+                     float* dx, float* dw, float* db, Act act, const float* y) {
+  backward_weights(s, dy, x, dw, db, act, y);
+  if (dx) backward_input(s, dy, w, dx, act, y);
 }
 
 }  // namespace kilnet::cpu::avx2

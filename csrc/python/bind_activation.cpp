@@ -10,18 +10,6 @@ using namespace kilnet;
 using namespace kilnet::bind;
 using py::arg;
 
-namespace {
-
-Act parse_act(const std::string& name) {
-  if (name == "linear") return Act::Linear;
-  if (name == "relu") return Act::Relu;
-  if (name == "sigmoid") return Act::Sigmoid;
-  if (name == "tanh") return Act::Tanh;
-  fail_value("unknown activation '" + name + "'; valid: linear, relu, sigmoid, tanh (softmax has its own functions)");
-}
-
-}  // namespace
-
 void kilnet::bind::bind_activation(py::module_& m, bool ref) {
   const auto act_fwd = ref ? &cpu::activation_forward_ref : &cpu::activation_forward;
   const auto act_bwd = ref ? &cpu::activation_backward_ref : &cpu::activation_backward;

@@ -5,6 +5,7 @@
 #include "checks.h"
 #include <algorithm>
 #include <array>
+#include <vector>
 #include "kilnet/conv2d.h"
 
 namespace py = pybind11;
@@ -53,11 +54,15 @@ Conv2dShape conv_shape(const char* fn, const Arr& x, const Arr& w, const Arr& y,
 }  // namespace
 
 void kilnet::bind::bind_conv2d(py::module_& m, bool ref) {
-  const auto conv_fwd = ref ? &cpu::conv2d_forward_ref : &cpu::conv2d_forward;
-  const auto conv_bwd = ref ? &cpu::conv2d_backward_ref : &cpu::conv2d_backward;
+  using FwdFn = void (*)(const Conv2dShape&, const float*, const float*, const float*, float*, Act);
+  using BwdFn = void (*)(const Conv2dShape&, const float*, const float*, const float*, float*, float*,
+                         float*, Act, const float*);
+  const FwdFn conv_fwd = ref ? &cpu::conv2d_forward_ref : &cpu::conv2d_forward;
+  const BwdFn conv_bwd = ref ? &cpu::conv2d_backward_ref : &cpu::conv2d_backward;
   m.def("conv2d_forward", [=](py::object x_, py::object w_, py::object b_, py::object y_,
-                              Pair stride, Pair padding, Pair dilation) {
+                              Pair stride, Pair padding, Pair dilation, const std::string& act) {
     const char* fn = "conv2d_forward";
+    const Act a = parse_act(act);
     Arr x = in_f32(fn, "x", x_, 4), w = in_f32(fn, "w", w_, 4), y = out_f32(fn, "y", y_, 4);
     Conv2dShape s = conv_shape(fn, x, w, y, stride, padding, dilation);
     no_alias(fn, "y", y, "x", x); no_alias(fn, "y", y, "w", w);
@@ -65,34 +70,54 @@ void kilnet::bind::bind_conv2d(py::module_& m, bool ref) {
     Arr b;
     if (!b_.is_none()) { b = in_f32(fn, "b", b_, 1); expect_shape(fn, "b", b, {s.K}); no_alias(fn, "y", y, "b", b); bp = b.f(); }
     py::gil_scoped_release nogil;
-    conv_fwd(s, x.f(), w.f(), bp, y.f());
+    conv_fwd(s, x.f(), w.f(), bp, y.f(), a);
   }, arg("x"), arg("w"), arg("b"), arg("y"), arg("stride") = Pair{1, 1},
-     arg("padding") = Pair{0, 0}, arg("dilation") = Pair{1, 1},
-     "y = conv2d(x NHWC, w RSCK) + b; padding is (top, left); y's shape gives P, Q");
+     arg("padding") = Pair{0, 0}, arg("dilation") = Pair{1, 1}, arg("act") = "linear",
+     "y = act(conv2d(x NHWC, w RSCK) + b), act one of linear, relu, sigmoid, tanh applied as y is "
+     "stored; padding is (top, left); y's shape gives P, Q");
 
   m.def("conv2d_backward", [=](py::object dy_, py::object x_, py::object w_, py::object dx_,
-                               py::object dw_, py::object db_, Pair stride, Pair padding, Pair dilation) {
+                               py::object dw_, py::object db_, Pair stride, Pair padding, Pair dilation,
+                               const std::string& act, py::object y_) {
     const char* fn = "conv2d_backward";
+    const Act a = parse_act(act);
     Arr dy = in_f32(fn, "dy", dy_, 4), x = in_f32(fn, "x", x_, 4), w = in_f32(fn, "w", w_, 4);
     Arr dw = out_f32(fn, "dw", dw_, 4);
     Conv2dShape s = conv_shape(fn, x, w, dy, stride, padding, dilation);
     expect_shape(fn, "dw", dw, w.shape);
-    for (auto* in : {&dy, &x, &w}) no_alias(fn, "dw", dw, "an input", *in);
+    Arr y;   // the forward output: an input here, needed for act'(y)
+    if (!y_.is_none()) {
+      y = in_f32(fn, "y", y_, 4);
+      expect_shape(fn, "y", y, dy.shape);
+    } else if (a != Act::Linear) {
+      fail_value(std::string(fn) + ": act='" + act + "' needs 'y', the forward output (shape " +
+                 shape_str(dy.shape) + ")");
+    }
+    std::vector<Arr*> inputs{&dy, &x, &w};
+    if (!y_.is_none()) inputs.push_back(&y);
+    for (auto* in : inputs) no_alias(fn, "dw", dw, "an input", *in);
     float* dxp = nullptr; float* dbp = nullptr;
     Arr dx, db;
     if (!dx_.is_none()) {
       dx = out_f32(fn, "dx", dx_, 4); expect_shape(fn, "dx", dx, x.shape);
-      for (auto* in : {&dy, &x, &w, &dw}) no_alias(fn, "dx", dx, "another argument", *in);
+      for (auto* in : inputs) no_alias(fn, "dx", dx, "another argument", *in);
+      no_alias(fn, "dx", dx, "another argument", dw);
       dxp = dx.f();
     }
     if (!db_.is_none()) {
       db = out_f32(fn, "db", db_, 1); expect_shape(fn, "db", db, {s.K});
-      for (auto* in : {&dy, &x, &w, &dw}) no_alias(fn, "db", db, "another argument", *in);
+      for (auto* in : inputs) no_alias(fn, "db", db, "another argument", *in);
+      no_alias(fn, "db", db, "another argument", dw);
       dbp = db.f();
     }
+    // For linear, y is checked but not passed: the kernels then do exactly what they did before y.
+    const float* yp = a == Act::Linear ? nullptr : y.f();
     py::gil_scoped_release nogil;
-    conv_bwd(s, dy.f(), x.f(), w.f(), dxp, dw.f(), dbp);
+    conv_bwd(s, dy.f(), x.f(), w.f(), dxp, dw.f(), dbp, a, yp);
   }, arg("dy"), arg("x"), arg("w"), arg("dx"), arg("dw"), arg("db"), arg("stride") = Pair{1, 1},
-     arg("padding") = Pair{0, 0}, arg("dilation") = Pair{1, 1},
-     "dx = grad wrt x (overwritten, None to skip); dw += grad wrt w; db += grad wrt b (None to skip)");
+     arg("padding") = Pair{0, 0}, arg("dilation") = Pair{1, 1}, arg("act") = "linear",
+     arg("y") = py::none(),
+     "gradients of y = act(conv2d(x, w) + b) given dy, using dz = act'(y) * dy on the fly (y, the "
+     "forward output, is required unless act is linear): dx = grad wrt x (overwritten, None to "
+     "skip); dw += grad wrt w; db += grad wrt b (None to skip)");
 }

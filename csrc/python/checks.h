@@ -135,12 +135,22 @@ inline void in_range(const char* fn, const char* name, const Arr& a, float lo, f
                  std::to_string(v[i]) + " at flat index " + std::to_string(i));
 }
 
+// An elementwise activation by name (kilnet::Act); softmax has its own kernels.
+inline Act parse_act(const std::string& name) {
+  if (name == "linear") return Act::Linear;
+  if (name == "relu") return Act::Relu;
+  if (name == "sigmoid") return Act::Sigmoid;
+  if (name == "tanh") return Act::Tanh;
+  fail_value("unknown activation '" + name + "'; valid: linear, relu, sigmoid, tanh (softmax has its own functions)");
+}
+
 // One function per kernel family binds it into a module; ref selects the reference kernels.
 void bind_gemm(py::module_& m, bool ref);
 void bind_conv2d(py::module_& m, bool ref);
 void bind_activation(py::module_& m, bool ref);
 void bind_loss(py::module_& m, bool ref);
 void bind_optim(py::module_& m, bool ref);
+void bind_rnn(py::module_& m, bool ref);
 void bind_pool2d(py::module_& m, bool ref);          // issue 8: pooling
 void bind_normalization(py::module_& m, bool ref);   // issue 8: batch normalization
 void bind_dropout(py::module_& m, bool ref);         // issue 8: dropout

@@ -324,6 +324,9 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"kilnet: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:            # `kilnet info | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

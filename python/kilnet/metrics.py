@@ -42,6 +42,26 @@ class Metric:
     def result(self) -> float:
         return self.total / self.count if self.count else 0.0
 
+    def _scratch(self, key, n, dtype):
+        """A 1-D array of n elements kept across batches, so that fit's step allocates no arrays."""
+        buf = self.__dict__.get(key)
+        if buf is None or buf.size < n:
+            buf = np.empty(n, dtype)
+            setattr(self, key, buf)
+        return buf[:n]
+
+    def _count_hits(self, pred, true):
+        hit = self._scratch("_hit", pred.size, np.bool_)
+        np.equal(pred, true, out=hit)
+        self.total += float(np.count_nonzero(hit))
+        self.count += int(hit.size)
+
+
+def _argmax_rows(metric, key, a):
+    """argmax over the last axis into the metric's kept buffer (np.argmax allocates otherwise)."""
+    rows = np.asarray(a).reshape(-1, np.shape(a)[-1])
+    return np.argmax(rows, axis=-1, out=metric._scratch(key, rows.shape[0], np.intp))
+
 
 class SparseCategoricalAccuracy(Metric):
     name = "sparse_categorical_accuracy"
@@ -49,12 +69,18 @@ class SparseCategoricalAccuracy(Metric):
     def batch_values(self, y_pred, y_true):
         return np.argmax(y_pred, axis=-1) == np.asarray(y_true).reshape(y_pred.shape[:-1])
 
+    def update(self, y_pred, y_true):   # batch_values without the temporaries
+        self._count_hits(_argmax_rows(self, "_pred", y_pred), np.asarray(y_true).reshape(-1))
+
 
 class CategoricalAccuracy(Metric):
     name = "categorical_accuracy"
 
     def batch_values(self, y_pred, y_true):
         return np.argmax(y_pred, axis=-1) == np.argmax(y_true, axis=-1)
+
+    def update(self, y_pred, y_true):   # batch_values without the temporaries
+        self._count_hits(_argmax_rows(self, "_pred", y_pred), _argmax_rows(self, "_true", y_true))
 
 
 class BinaryAccuracy(Metric):

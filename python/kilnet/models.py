@@ -308,8 +308,10 @@ class Sequential:
             for step in range(steps):
                 idx = order[step * batch_size:(step + 1) * batch_size]
                 xb, yb = xb_all[:len(idx)], yb_all[:len(idx)]
-                np.take(x, idx, axis=0, out=xb)
-                np.take(y, idx, axis=0, out=yb)
+                # mode='clip' (idx is always in range): with the default 'raise', numpy
+                # gathers into a temporary batch and copies it to out, an allocation per step
+                np.take(x, idx, axis=0, out=xb, mode="clip")
+                np.take(y, idx, axis=0, out=yb, mode="clip")
                 cbs.on_train_batch_begin(step, {})
                 loss, pred = self.train_on_batch_arrays(xb, yb, bufs)
                 if not math.isfinite(loss) and not nan_warned:
@@ -468,6 +470,11 @@ class Sequential:
     def load_weights(self, filepath) -> None:
         from kilnet.io import load_weights_into
         load_weights_into(self, filepath)
+
+    def export_weights(self, filepath) -> None:
+        """Write layers and weights in the binary format C++ programs read (kilnet/export.py)."""
+        from kilnet.export import export_weights
+        export_weights(self, filepath)
 
     def summary(self, print_fn=None) -> None:
         """Print the layers, their output shapes and parameter counts, as Keras does."""

@@ -26,15 +26,21 @@ namespace kilnet::cpu {
 // only small per-call and per-thread buffers, and dw/db are summed in a fixed order for a given
 // thread count.
 
-// y = conv(x, w) + b; b may be nullptr.
-void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
-void conv2d_forward_ref(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
+// y = act(conv(x, w) + b); b may be nullptr. act is Linear, Relu, Sigmoid or Tanh (not Softmax),
+// applied as each tile is stored, so the activation costs no pass over y.
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
+                    Act act = Act::Linear);
+void conv2d_forward_ref(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
+                        Act act = Act::Linear);
 
+// Gradients of y = act(conv(x, w) + b) given dy (N x P x Q x K) and, unless act is Linear, the
+// forward OUTPUT y (N x P x Q x K; nullptr for Linear): the kernels use dz = act'(y) * dy
+// (relu: y > 0 ? dy : 0) on the fly, never writing dz out.
 // dx = grad wrt x (overwritten; nullptr to skip, e.g. for the first layer),
 // dw += grad wrt w, db += grad wrt b (db may be nullptr).
 void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, const float* w,
-                     float* dx, float* dw, float* db);
+                     float* dx, float* dw, float* db, Act act = Act::Linear, const float* y = nullptr);
 void conv2d_backward_ref(const Conv2dShape& s, const float* dy, const float* x, const float* w,
-                         float* dx, float* dw, float* db);
+                         float* dx, float* dw, float* db, Act act = Act::Linear, const float* y = nullptr);
 
 }  // namespace kilnet::cpu

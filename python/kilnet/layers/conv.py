@@ -88,25 +88,47 @@ class Conv2D(ActivatedLayer):
         self._geometry(input_shape)
         return (input_shape[0], *self._pq, self.filters)
 
+    # The activations the conv kernels fuse: applied as y is stored, and act'(y) applied to dy as
+    # the backward kernels read it, so neither costs a pass over memory. Softmax stays separate.
+    _FUSED = ("linear", "relu", "sigmoid", "tanh")
+
+    def forward(self, x, training=False):
+        if self.activation not in self._FUSED:
+            return super().forward(x, training)
+        y = self._conv_forward(x, self.activation)
+        self._state()["y"] = y
+        return y
+
+    def backward(self, dy, need_dx=True, need_dw=True):
+        if self.activation not in self._FUSED:
+            return super().backward(dy, need_dx, need_dw)
+        return self._conv_backward(dy, need_dx, need_dw, self.activation, self._state()["y"])
+
     def forward_linear(self, x, training=False):
+        return self._conv_forward(x, "linear")
+
+    def backward_linear(self, dz, need_dx=True, need_dw=True):
+        return self._conv_backward(dz, need_dx, need_dw, "linear", None)
+
+    def _conv_forward(self, x, act):
         z = self._buffer("z", (x.shape[0], *self._pq, self.filters))
         _cpu.conv2d_forward(x, self.kernel, self.bias if self.use_bias else None, z,
-                            self.strides, self._pad, self.dilation_rate)
+                            self.strides, self._pad, self.dilation_rate, act)
         self._state()["x"] = x
         return z
 
-    def backward_linear(self, dz, need_dx=True, need_dw=True):
+    def _conv_backward(self, dy, need_dx, need_dw, act, y):
         x = self._state()["x"]
         dx = self._buffer("dx", x.shape) if need_dx else None
         if need_dw and self.trainable:
-            _cpu.conv2d_backward(dz, x, self.kernel, dx, self.dkernel,
+            _cpu.conv2d_backward(dy, x, self.kernel, dx, self.dkernel,
                                  self.dbias if self.use_bias else None,
-                                 self.strides, self._pad, self.dilation_rate)
+                                 self.strides, self._pad, self.dilation_rate, act, y)
         elif need_dx:   # input gradient only: the kernel's weight gradient goes to scratch
             scratch = self._buffer("dw_scratch", self.kernel.shape)
             scratch.fill(0.0)
-            _cpu.conv2d_backward(dz, x, self.kernel, dx, scratch, None, self.strides, self._pad,
-                                 self.dilation_rate)
+            _cpu.conv2d_backward(dy, x, self.kernel, dx, scratch, None, self.strides, self._pad,
+                                 self.dilation_rate, act, y)
         return dx
 
     def get_config(self):
