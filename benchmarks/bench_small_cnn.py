@@ -23,22 +23,13 @@ import argparse
 import json
 import math
 import os
-import platform
 import time
 
 import numpy as np
 
+from bench_epoch import load, machine   # the same data preparation and machine line
+
 TARGET = 0.925
-
-
-def load(limit=0):
-    from kilnet.datasets import fashion_mnist
-    (xt, yt), (xe, ye) = fashion_mnist.load_data()
-    xt = (xt / 255.0).reshape(-1, 28, 28, 1).astype(np.float32)
-    xe = (xe / 255.0).reshape(-1, 28, 28, 1).astype(np.float32)
-    if limit:
-        xt, yt = xt[:limit], yt[:limit]
-    return xt, yt.astype(np.int64), xe, ye.astype(np.int64)
 
 
 class KilnetTrainer:
@@ -169,18 +160,6 @@ def summarize(name, log, params):
           + (f"reached {TARGET} at epoch {row['first_epoch_at_target']} after {row['train_seconds_to_target']:.0f}s"
              if reached is not None else f"never reached {TARGET}"), flush=True)
     return row
-
-
-def machine():
-    model = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
 
 
 def main(argv=None):
