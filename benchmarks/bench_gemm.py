@@ -2,7 +2,7 @@
 and 2 threads, on square sizes and the shapes the canonical model runs (Dense forward, weight
 gradient X^T·dY, input gradient dY·W^T; conv-as-GEMM forward and weight gradient).
 
-    python benchmarks/bench_gemm.py [--threads 1 2] [--rounds 7] [--ghz 3.1]
+    python benchmarks/bench_gemm.py [--threads 1 2] [--rounds 7] [--ghz 3.1] [--only dense]
     pytest benchmarks/bench_gemm.py --benchmark-only
 
 Reports the median time per call, GFLOP/s, % of one core's (or n cores') FMA peak
@@ -147,6 +147,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds per case")
     ap.add_argument("--seconds", type=float, default=0.08, help="timing per library per round")
     ap.add_argument("--ghz", type=float, default=3.1, help="clock for the FMA peak")
+    ap.add_argument("--only", default="", help="run only the shapes whose name contains this")
     args = ap.parse_args(argv)
     libs = [l for l in LIBS if l != "torch" or torch is not None]
     peak_core = 2 * 8 * 2 * args.ghz   # GFLOP/s per core
@@ -164,6 +165,8 @@ def main(argv=None):
     for nt in args.threads:
         blas_ok = set_threads(nt)
         for name, M, N, K, ta, tb in SHAPES:
+            if args.only not in name:
+                continue
             calls = {lib: make_call(lib, M, N, K, ta, tb) for lib in libs}
             times = {lib: [] for lib in libs}
             best = {lib: float("inf") for lib in libs}   # least-contended round's median
