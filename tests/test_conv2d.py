@@ -342,7 +342,9 @@ print(_cpu.simd_level(), "ok")
 def test_other_paths_match_reference(env):
     # the path is chosen once per process, so each one runs in a child process
     full_env = dict(os.environ, **env)
-    full_env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "python"), full_env.get("PYTHONPATH", "")])
+    # the child imports the same kilnet as this process (installed, or the in-place build)
+    pkg_parent = os.path.dirname(os.path.dirname(_cpu.__file__))
+    full_env["PYTHONPATH"] = os.pathsep.join([pkg_parent, full_env.get("PYTHONPATH", "")])
     res = subprocess.run([sys.executable, "-c", _PATH_SCRIPT.format(root=ROOT)], env=full_env,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr

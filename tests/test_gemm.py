@@ -1,7 +1,7 @@
 """SGEMM: the fast kernel (kilnet._cpu.gemm) against the naive reference (kilnet._cpu.ref.gemm),
 numpy in float64 and torch; both the AVX2 and the portable path, 1 and 2 threads; the binding's
 argument checks. Shapes straddle the micro-tile (MR=6, NR=16) and cache blocks (MC=144,
-KC=256, NC=4096) of csrc/cpu/gemm.cpp."""
+KC=384, NC=4096) of csrc/cpu/gemm.cpp."""
 import itertools
 import os
 import subprocess
@@ -57,9 +57,10 @@ def threads():
 
 
 # Edges of the 6x16 tile (1, 3, 7, 17, 33, 65, 127), N <= 128 (op(A) read in place) and N > 128
-# (op(A) packed), several K blocks (K = 257, 600), M across MC (143/144/145).
+# (op(A) packed), K around KC (383, 384, 385) and several K blocks (800), M around MC (143..145).
 SHAPES = [(1, 1, 1), (3, 7, 17), (7, 17, 3), (17, 33, 65), (33, 65, 127), (65, 127, 33),
-          (127, 3, 7), (6, 16, 256), (5, 129, 257), (13, 200, 600), (143, 31, 40), (145, 140, 9)]
+          (127, 3, 7), (6, 16, 384), (5, 129, 385), (7, 20, 383), (13, 200, 800), (143, 31, 40),
+          (144, 16, 6), (145, 140, 9)]
 
 
 @pytest.mark.parametrize("ta,tb", TRANS)
@@ -78,7 +79,7 @@ def test_matches_reference_and_numpy(rng, M, N, K, ta, tb):
                                                   (1.0, -0.3, True), (0.0, 0.7, True)])
 @pytest.mark.parametrize("ta,tb", TRANS)
 def test_alpha_beta_bias(rng, alpha, beta, with_bias, ta, tb):
-    M, N, K = 37, 150, 300   # 300 = two K blocks: bias and beta must apply exactly once
+    M, N, K = 37, 150, 500   # 500 = two K blocks: bias and beta must apply exactly once
     a, b = operands(rng, M, N, K, ta, tb)
     c0 = rand(rng, M, N)
     bias = rand(rng, N) if with_bias else None
@@ -119,10 +120,11 @@ def test_empty_output(rng, M, N):
 
 
 @pytest.mark.parametrize("ta,tb", TRANS)
-@pytest.mark.parametrize("M,N,K", [(9, 4100, 7), (7, 8230, 3), (300, 70, 290)])
+@pytest.mark.parametrize("M,N,K", [(9, 4100, 7), (7, 8230, 3), (300, 140, 400), (300, 70, 400)])
 def test_one_and_two_threads(rng, threads, M, N, K, ta, tb):
-    """Across NC (N = 4100 on one thread, 8230 split in two) and MC. Each element is computed
-    the same way whatever the thread count, so the results are bitwise equal."""
+    """Across NC (N = 4100 on one thread, 8230 split in two) and MC (M = 300 split in two), with
+    op(A) packed (N = 140) or read in place (N = 70). Each element is computed the same way
+    whatever the thread count, so the results are bitwise equal."""
     a, b = operands(rng, M, N, K, ta, tb)
     c0, bias = rand(rng, M, N), rand(rng, N)
     out = {}

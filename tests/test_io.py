@@ -170,3 +170,39 @@ def test_load_weights_into_fresh_model(saved):
     m2 = Sequential([Conv2D(2, 3, activation="relu", input_shape=(6, 6, 1)), Flatten(), Dense(3, activation="softmax")])
     m2.load_weights(p)
     np.testing.assert_array_equal(m.predict(x), m2.predict(x))
+
+
+def test_refuses_virtual_and_absurd_datasets(tmp_path, saved):
+    m, p, _ = saved
+    conv = m.layers[0].name
+    wname = f"{m.name}/{conv}/kernel"
+
+    def virtual(f):
+        g = f["model_weights"][conv]
+        del g[wname]
+        src = tmp_path / "src.h5"
+        with h5py.File(src, "w") as s:
+            s.create_dataset("k", data=np.zeros((3, 3, 1, 2), np.float32))
+        layout = h5py.VirtualLayout(shape=(3, 3, 1, 2), dtype="f4")
+        layout[...] = h5py.VirtualSource(str(src), "k", shape=(3, 3, 1, 2))
+        g.create_virtual_dataset(wname, layout)
+    with pytest.raises(ModelFileError, match="external or virtual"):
+        load_model(_copy_with(tmp_path, p, virtual))
+
+    def huge(f):   # declares 10^12 elements; chunked and never written, so the file stays small
+        g = f["model_weights"][conv]
+        del g[wname]
+        g.create_dataset(wname, shape=(10**6, 10**6), dtype="f4", chunks=(1, 1024))
+    dst = _copy_with(tmp_path, p, huge)
+    assert os.path.getsize(dst) < 10**6
+    with pytest.raises(ModelFileError, match="claims 1000000000000 elements"):
+        load_model(dst)
+
+    def external(f):   # raw external storage: the data would come from another file
+        g = f["model_weights"][conv]
+        del g[wname]
+        raw = tmp_path / "raw.bin"
+        raw.write_bytes(np.zeros(18, np.float32).tobytes())
+        g.create_dataset(wname, shape=(3, 3, 1, 2), dtype="f4", external=[(str(raw), 0, 72)])
+    with pytest.raises(ModelFileError, match="external or virtual"):
+        load_model(_copy_with(tmp_path, p, external))

@@ -25,13 +25,19 @@ x = np.load(xpath)
 if mode == "write":
     keras.utils.set_random_seed(0)
     m = keras.Sequential([keras.Input(x.shape[1:]),
+                          L.ZeroPadding2D(((1, 0), (0, 1))),
                           L.Conv2D(4, (3, 2), strides=(2, 1), padding="same", activation="relu"),
+                          L.BatchNormalization(),
                           L.Conv2D(3, 3, dilation_rate=2, activation="tanh"),
-                          L.Flatten(), L.Dense(6, activation="sigmoid"), L.Activation("relu"),
+                          L.MaxPooling2D(2, padding="same"), L.Dropout(0.3),
+                          L.AveragePooling2D(1), L.Reshape((-1,)),
+                          L.Dense(6, activation="sigmoid"), L.Activation("relu"),
                           L.Dense(3), L.Activation("softmax")])
     m.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     m.fit(x, np.arange(len(x)) % 3, epochs=1, verbose=0)
     m.save(path)
+    keras.Sequential([keras.Input((6, 4)), L.GRU(5, return_sequences=True), L.LSTM(4), L.Dense(2)]).save(path + ".rnn.h5")
+    keras.Sequential([keras.Input((9, 8, 2)), L.Conv2D(3, 3), L.GlobalAveragePooling2D(), L.Dense(2)]).save(path + ".gap.h5")
     np.save(ppath, m.predict(x, verbose=0))
 else:
     m = keras.models.load_model(path)
@@ -60,6 +66,8 @@ def test_reads_keras3_file(tmp_path):
     np.testing.assert_allclose(m.predict(x), expected, rtol=1e-5, atol=1e-6)
     assert m.optimizer.iterations == 1 and m.optimizer.state["m"].any()
     m.fit(x, np.arange(16) % 3, verbose=0)     # and it trains on
+    assert [type(l).__name__ for l in load_model(str(path) + ".rnn.h5").layers] == ["GRU", "LSTM", "Dense"]
+    assert load_model(str(path) + ".gap.h5").predict(x).shape == (16, 2)
 
 
 @needs_keras

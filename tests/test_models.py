@@ -195,7 +195,7 @@ class TestBadInput:
             self.compiled().fit(x, self.y, verbose=0)
 
     def test_unknown_names_list_valid_ones(self):
-        with pytest.raises(ValueError, match="unknown optimizer 'adamx'; valid names: adam, sgd"):
+        with pytest.raises(ValueError, match="unknown optimizer 'adamx'; valid names: adagrad, adam, adamw, rmsprop, sgd"):
             self.m.compile(optimizer="adamx", loss="mse")
         with pytest.raises(ValueError, match="unknown loss 'msee'; valid names: .*mse"):
             self.m.compile(optimizer="adam", loss="msee")

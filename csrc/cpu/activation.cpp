@@ -31,10 +31,8 @@ void activation_backward(Act act, index_t n, const float* y, const float* dy, fl
   if (act == Act::Softmax) throw std::invalid_argument("activation_backward: use softmax_backward");
   switch (act) {
     case Act::Relu:
-      // dy is read unconditionally: written as y > 0 ? dy : 0, GCC keeps a conditional load, so
-      // a scalar loop whose branch mispredicts on mixed signs (2.8 ms on 692K values, not 0.3)
 #pragma omp parallel for simd num_threads(threads_for(n)) schedule(static)
-      for (index_t i = 0; i < n; ++i) {
+      for (index_t i = 0; i < n; ++i) {   // load dy unconditionally: a select, not a branch on the sign
         const float g = dy[i];
         dx[i] = y[i] > 0.f ? g : 0.f;
       }

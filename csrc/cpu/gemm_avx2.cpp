@@ -1,7 +1,7 @@
 // gemm_avx2.cpp — the AVX2/FMA micro-kernel of the SGEMM (the only GEMM code built with
 // -mavx2 -mfma; gemm.cpp calls it only when use_avx2() is true).
-// It computes one MR x NR = 6 x 16 tile of C from packed slivers of A and B (see
-// gemm_internal.h for the layout). No std:: templates here on purpose: their out-of-line copies
+// It computes one MR x NR = 6 x 16 tile of C from a sliver of A (packed, or in place through
+// strides) and a packed sliver of B; see gemm_internal.h for the contract. No std:: templates here on purpose: their out-of-line copies
 // are shared with the portable translation units at link time and must not contain AVX2 code.
 #include "gemm_internal.h"
 
@@ -11,13 +11,6 @@
 namespace kilnet::cpu::gemm_detail {
 
 namespace {
-
-// 8 columns of one tile row: alpha*acc + bias + beta*c (the same rounding at edges and inside).
-inline __m256 epilogue8(__m256 acc, __m256 alpha, __m256 bias, __m256 beta, bool read_c,
-                        const float* c) {
-  const __m256 v = _mm256_fmadd_ps(acc, alpha, bias);
-  return read_c ? _mm256_fmadd_ps(beta, _mm256_loadu_ps(c), v) : v;
-}
 
 // Store lanes 0..w-1 of v (0 < w < 8) at p, nothing past them. Piecewise 4/2/1-float stores:
 // vmaskmovps stores are much slower on AMD Zen, and an edge tile is every tile when N < 16.

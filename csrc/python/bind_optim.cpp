@@ -1,6 +1,7 @@
 // bind_optim.cpp — Python bindings of the optimizer updates over flat buffers.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <cmath>
 #include <string>
 #include "checks.h"
 #include "kilnet/optim.h"
@@ -9,6 +10,27 @@ namespace py = pybind11;
 using namespace kilnet;
 using namespace kilnet::bind;
 using py::arg;
+
+namespace {
+
+// The state buffer `name`: float32, the shape of param.
+Arr state_arg(const char* fn, const char* name, py::handle h, const Arr& p) {
+  Arr a = out_f32(fn, name, h);
+  expect_shape(fn, name, a, p.shape);
+  return a;
+}
+
+void check_rate(const char* fn, const char* name, float v) {
+  if (!(v >= 0.f && v < 1.f))
+    fail_value(std::string(fn) + ": " + name + " must be in [0, 1), got " + std::to_string(v));
+}
+
+void check_nonneg(const char* fn, const char* name, float v) {
+  if (!(std::isfinite(v) && v >= 0.f))
+    fail_value(std::string(fn) + ": " + name + " must be finite and >= 0, got " + std::to_string(v));
+}
+
+}  // namespace
 
 void kilnet::bind::bind_optim(py::module_& m, bool ref) {
   const auto sgd = ref ? &cpu::sgd_update_ref : &cpu::sgd_update;
@@ -38,4 +60,101 @@ void kilnet::bind::bind_optim(py::module_& m, bool ref) {
     adam(p.size, p.f(), g.f(), mm.f(), v.f(), lr, b1, b2, eps, step);
   }, arg("param"), arg("grad"), arg("m"), arg("v"), arg("lr"), arg("beta1") = 0.9f,
      arg("beta2") = 0.999f, arg("eps") = 1e-7f, arg("step") = 1);
+
+  // ---- issue 8: RMSprop, Adagrad, AdamW, clipping, L1/L2 penalties --------------------------
+  const auto rmsprop = ref ? &cpu::rmsprop_update_ref : &cpu::rmsprop_update;
+  const auto adagrad = ref ? &cpu::adagrad_update_ref : &cpu::adagrad_update;
+  const auto adamw = ref ? &cpu::adamw_update_ref : &cpu::adamw_update;
+  const auto clip_value = ref ? &cpu::clip_by_value_ref : &cpu::clip_by_value;
+  const auto clip_norm = ref ? &cpu::clip_by_norm_ref : &cpu::clip_by_norm;
+  const auto penalty = ref ? &cpu::l1l2_penalty_ref : &cpu::l1l2_penalty;
+
+  m.def("rmsprop_update", [=](py::object p_, py::object g_, py::object v_, py::object a_, py::object mom_,
+                              float lr, float rho, float momentum, float eps, float wd) {
+    const char* fn = "rmsprop_update";
+    Arr p = out_f32(fn, "param", p_), g = in_f32(fn, "grad", g_);
+    expect_shape(fn, "grad", g, p.shape);
+    Arr v = state_arg(fn, "velocity", v_, p), a, mom;
+    const Arr* ap = nullptr; const Arr* mp = nullptr;
+    if (!a_.is_none()) { a = state_arg(fn, "average_gradient", a_, p); ap = &a; }
+    if (!mom_.is_none()) { mom = state_arg(fn, "momentums", mom_, p); mp = &mom; }
+    check_rate(fn, "rho", rho); check_rate(fn, "momentum", momentum);
+    check_nonneg(fn, "eps", eps); check_nonneg(fn, "weight_decay", wd);
+    if (momentum > 0.f && !mp) fail_value("rmsprop_update: momentum > 0 needs a 'momentums' buffer");
+    if (momentum == 0.f) mp = nullptr;   // Keras: no momentum state without momentum
+    outputs_apart(fn, {{"param", &p}, {"velocity", &v}, {"average_gradient", ap}, {"momentums", mp}},
+                  {{"grad", &g}});
+    py::gil_scoped_release nogil;
+    rmsprop(p.size, p.f(), g.f(), v.f(), ap ? ap->f() : nullptr, mp ? mp->f() : nullptr, lr, rho,
+            momentum, eps, wd);
+  }, arg("param"), arg("grad"), arg("velocity"), arg("average_gradient"), arg("momentums"), arg("lr"),
+     arg("rho") = 0.9f, arg("momentum") = 0.0f, arg("eps") = 1e-7f, arg("weight_decay") = 0.0f,
+     "Keras RMSprop step; average_gradient (centered) and momentums (momentum > 0) may be None");
+
+  m.def("adagrad_update", [=](py::object p_, py::object g_, py::object acc_, float lr, float eps, float wd) {
+    const char* fn = "adagrad_update";
+    Arr p = out_f32(fn, "param", p_), g = in_f32(fn, "grad", g_);
+    expect_shape(fn, "grad", g, p.shape);
+    Arr acc = state_arg(fn, "accumulator", acc_, p);
+    check_nonneg(fn, "eps", eps); check_nonneg(fn, "weight_decay", wd);
+    outputs_apart(fn, {{"param", &p}, {"accumulator", &acc}}, {{"grad", &g}});
+    py::gil_scoped_release nogil;
+    adagrad(p.size, p.f(), g.f(), acc.f(), lr, eps, wd);
+  }, arg("param"), arg("grad"), arg("accumulator"), arg("lr"), arg("eps") = 1e-7f,
+     arg("weight_decay") = 0.0f, "Keras Adagrad step: acc += g^2; p -= lr*g/sqrt(acc + eps)");
+
+  m.def("adamw_update", [=](py::object p_, py::object g_, py::object m_, py::object v_, float lr,
+                            float b1, float b2, float eps, float wd, index_t step) {
+    const char* fn = "adamw_update";
+    Arr p = out_f32(fn, "param", p_), g = in_f32(fn, "grad", g_);
+    expect_shape(fn, "grad", g, p.shape);
+    Arr mm = state_arg(fn, "m", m_, p), v = state_arg(fn, "v", v_, p);
+    check_rate(fn, "beta1", b1); check_rate(fn, "beta2", b2);
+    check_nonneg(fn, "eps", eps); check_nonneg(fn, "weight_decay", wd);
+    if (step < 1) fail_value("adamw_update: step counts from 1, got " + std::to_string(step));
+    outputs_apart(fn, {{"param", &p}, {"m", &mm}, {"v", &v}}, {{"grad", &g}});
+    py::gil_scoped_release nogil;
+    adamw(p.size, p.f(), g.f(), mm.f(), v.f(), lr, b1, b2, eps, wd, step);
+  }, arg("param"), arg("grad"), arg("m"), arg("v"), arg("lr"), arg("beta1") = 0.9f,
+     arg("beta2") = 0.999f, arg("eps") = 1e-7f, arg("weight_decay") = 0.004f, arg("step") = 1,
+     "p -= p*weight_decay*lr, then the Keras Adam step");
+
+  m.def("clip_by_value", [=](py::object g_, float clipvalue) {
+    const char* fn = "clip_by_value";
+    Arr g = out_f32(fn, "grad", g_);
+    if (!(clipvalue > 0.f)) fail_value("clip_by_value: clipvalue must be > 0, got " + std::to_string(clipvalue));
+    py::gil_scoped_release nogil;
+    clip_value(g.size, g.f(), clipvalue);
+  }, arg("grad"), arg("clipvalue"), "grad = clamp(grad, -clipvalue, clipvalue), in place");
+
+  m.def("clip_by_norm", [=](py::object g_, py::object off_, float clipnorm) {
+    const char* fn = "clip_by_norm";
+    Arr g = out_f32(fn, "grad", g_);
+    Arr off = array_arg(fn, "offsets", off_, 'l', 1, false);
+    if (!(clipnorm > 0.f)) fail_value("clip_by_norm: clipnorm must be > 0, got " + std::to_string(clipnorm));
+    const index_t nseg = off.size - 1;
+    const std::int64_t* o = off.i64();
+    if (nseg < 1 || o[0] != 0 || o[nseg] != g.size)
+      fail_value("clip_by_norm: offsets must start at 0 and end at grad.size (" + std::to_string(g.size) +
+                 ") with at least 2 entries, got " + std::to_string(off.size) + " entries");
+    for (index_t k = 0; k < nseg; ++k)
+      if (o[k + 1] < o[k]) fail_value("clip_by_norm: offsets must be non-decreasing");
+    py::gil_scoped_release nogil;
+    clip_norm(nseg, o, g.f(), clipnorm);
+  }, arg("grad"), arg("offsets"), arg("clipnorm"),
+     "in place: each segment grad[offsets[k]:offsets[k+1]] scaled by clipnorm/max(norm, clipnorm)");
+
+  m.def("l1l2_penalty", [=](py::object w_, py::object dw_, float l1, float l2) {
+    const char* fn = "l1l2_penalty";
+    Arr w = in_f32(fn, "w", w_), dw;
+    check_nonneg(fn, "l1", l1); check_nonneg(fn, "l2", l2);
+    float* dwp = nullptr;
+    if (!dw_.is_none()) {
+      dw = out_f32(fn, "dw", dw_); expect_shape(fn, "dw", dw, w.shape); no_alias(fn, "dw", dw, "w", w);
+      dwp = dw.f();
+    }
+    py::gil_scoped_release nogil;
+    return penalty(w.size, w.f(), l1, l2, dwp);
+  }, arg("w"), arg("dw"), arg("l1") = 0.0f, arg("l2") = 0.0f,
+     "returns l1*sum|w| + l2*sum w^2; dw += l1*sign(w) + 2*l2*w (dw may be None)");
 }

@@ -5,6 +5,7 @@
 #pragma once
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <initializer_list>
 #include <sstream>
 #include <stdexcept>
 #include <cmath>
@@ -100,6 +101,22 @@ inline void no_alias(const char* fn, const char* out_name, const Arr& out, const
                "'; pass a separate array");
 }
 
+// Each output must be apart from every other output and from every input (kernels read the
+// inputs while writing the outputs); inputs may share memory. Null entries are skipped.
+using Named = std::pair<const char*, const Arr*>;
+inline void outputs_apart(const char* fn, std::initializer_list<Named> outs,
+                          std::initializer_list<Named> ins) {
+  for (auto i = outs.begin(); i != outs.end(); ++i) {
+    if (!i->second) continue;
+    for (auto j = outs.begin(); j != outs.end(); ++j)
+      if (j != i && j->second && overlaps(*i->second, *j->second))
+        fail_value(std::string(fn) + ": outputs '" + i->first + "' and '" + j->first +
+                   "' overlap; pass separate arrays");
+    for (const Named& in : ins)
+      if (in.second) no_alias(fn, i->first, *i->second, in.first, *in.second);
+  }
+}
+
 // Leading axes flattened into rows, the last axis is cols.
 inline std::pair<index_t, index_t> rows_cols(const char* fn, const Arr& a) {
   if (a.ndim() < 1) fail_value(std::string(fn) + ": expected an array of rank >= 1");
@@ -133,5 +150,9 @@ void bind_conv2d(py::module_& m, bool ref);
 void bind_activation(py::module_& m, bool ref);
 void bind_loss(py::module_& m, bool ref);
 void bind_optim(py::module_& m, bool ref);
+void bind_rnn(py::module_& m, bool ref);
+void bind_pool2d(py::module_& m, bool ref);          // issue 8: pooling
+void bind_normalization(py::module_& m, bool ref);   // issue 8: batch normalization
+void bind_dropout(py::module_& m, bool ref);         // issue 8: dropout
 
 }  // namespace kilnet::bind

@@ -24,5 +24,9 @@ PYBIND11_MODULE(_cpu, m) {
     bind::bind_activation(*mod, is_ref);
     bind::bind_loss(*mod, is_ref);
     bind::bind_optim(*mod, is_ref);
+    bind::bind_rnn(*mod, is_ref);
+    bind::bind_pool2d(*mod, is_ref);
+    bind::bind_normalization(*mod, is_ref);
+    bind::bind_dropout(*mod, is_ref);
   }
 }

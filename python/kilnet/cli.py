@@ -1,4 +1,4 @@
-"""The `kilnet` command: train the canonical model, print build and machine facts."""
+"""The `kilnet` command: train the canonical or another registered model, print build and machine facts."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ import platform
 import sys
 import time
 
-__all__ = ["main", "canonical_model"]
+__all__ = ["main", "canonical_model", "small_cnn_model"]
 
 
 def canonical_model():
@@ -20,6 +20,33 @@ def canonical_model():
         Dense(10, activation="softmax"),
     ])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def small_cnn_model(epochs=15, steps_per_epoch=938, learning_rate=1e-3):
+    """The example small CNN (87,594 parameters; benchmarks/RESULTS.md, "Small CNN"):
+    Conv2D(32) → BN → ReLU → MaxPool → Conv2D(64) → BN → ReLU → MaxPool → Dropout(0.25)
+    → Conv2D(64) → BN → ReLU → Dropout(0.25) → Flatten → Dense(10, softmax); every convolution
+    3x3, 'same', without bias (the batch norm's beta is the bias). Adam, with the learning rate
+    cosine-decayed to 0 over epochs*steps_per_epoch steps."""
+    from kilnet.layers import Activation, BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D
+    from kilnet.models import Sequential
+    from kilnet.optimizers import Adam
+    from kilnet.schedules import CosineDecay
+
+    def conv_bn_relu(filters, **kwargs):
+        return [Conv2D(filters, (3, 3), padding="same", use_bias=False, **kwargs), BatchNormalization(),
+                Activation("relu")]
+
+    model = Sequential([
+        *conv_bn_relu(32, input_shape=(28, 28, 1)), MaxPooling2D(),
+        *conv_bn_relu(64), MaxPooling2D(), Dropout(0.25),
+        *conv_bn_relu(64), Dropout(0.25),
+        Flatten(), Dense(10, activation="softmax"),
+    ])
+    schedule = CosineDecay(learning_rate, decay_steps=max(1, epochs * steps_per_epoch))
+    model.compile(optimizer=Adam(learning_rate=schedule), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
     return model
 
 
@@ -36,7 +63,12 @@ def cmd_train(args) -> int:
     x_test = (x_test / 255.0).reshape(-1, 28, 28, 1)
     if args.limit:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-    model = canonical_model() if args.model == "canonical" else _named_model(args.model)
+    # epochs and batch size: the flags, else the model's defaults (MODEL_DEFAULTS), else 10 and 32
+    defaults = MODEL_DEFAULTS.get(args.model, {})
+    args.epochs = args.epochs if args.epochs is not None else defaults.get("epochs", 10)
+    args.batch_size = args.batch_size if args.batch_size is not None else defaults.get("batch_size", 32)
+    model = canonical_model() if args.model == "canonical" else \
+        _named_model(args.model, epochs=args.epochs, steps_per_epoch=-(-len(x_train) // args.batch_size))
     print(f"kilnet {kilnet.__version__}: {args.model} CNN on Fashion-MNIST ({len(x_train)} training images), "
           f"{kilnet.get_num_threads()} threads, {kilnet.simd_level()} kernels", flush=True)
     t0 = time.perf_counter()
@@ -56,15 +88,20 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _named_model(name):
-    """Other models `kilnet train --model` knows (registered by the modules that define them)."""
+def _named_model(name, **run):
+    """Other models `kilnet train --model` knows (registered by the modules that define them).
+    `run` (epochs, steps_per_epoch) goes to the builder's parameters of those names, if it has
+    them (a learning-rate schedule needs the length of the run)."""
+    import inspect
     builders = dict(MODEL_BUILDERS)
     if name not in builders:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(['canonical', *builders])}")
-    return builders[name]()
+    accepted = inspect.signature(builders[name]).parameters
+    return builders[name](**{k: v for k, v in run.items() if k in accepted})
 
 
-MODEL_BUILDERS: dict = {}   # name -> function returning a compiled model with (28, 28, 1) input
+MODEL_BUILDERS: dict = {"small-cnn": small_cnn_model}   # name -> function returning a compiled model with (28, 28, 1) input
+MODEL_DEFAULTS: dict = {"small-cnn": {"epochs": 15, "batch_size": 64}}   # per-model epochs / batch size
 
 
 def _pyplot():
@@ -239,9 +276,10 @@ def build_parser():
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a CNN on Fashion-MNIST (the canonical one by default) and print test accuracy",
                        description="Train Conv2D(32,3x3,relu) → Flatten → Dense(10,softmax) with Adam on "
-                                   "Fashion-MNIST, then print the test loss and accuracy.")
-    t.add_argument("--epochs", type=int, default=10, help="number of epochs (default 10)")
-    t.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+                                   "Fashion-MNIST (or --model small-cnn: convolutions with batch norm, pooling "
+                                   "and dropout, 87,594 parameters), then print the test loss and accuracy.")
+    t.add_argument("--epochs", type=int, default=None, help="number of epochs (default 10; small-cnn 15)")
+    t.add_argument("--batch-size", type=int, default=None, help="batch size (default 32; small-cnn 64)")
     t.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     t.add_argument("--out", default="model.h5", help="where to save the trained model (default model.h5; '' to skip)")
     t.add_argument("--seed", type=int, default=None, help="random seed for a repeatable run")

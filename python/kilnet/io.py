@@ -91,7 +91,7 @@ def _write_weights(g, model):
     g.attrs["keras_version"] = LAYOUT_KERAS_VERSION
     for layer in model.layers:
         lg = g.create_group(layer.name)
-        names = [f"{model.name}/{layer.name}/{s.attr}" for s in layer._specs]
+        names = [f"{model.name}/{_weight_path(layer, s.attr)}" for s in layer._specs]
         lg.attrs["weight_names"] = np.array([n.encode() for n in names], dtype="S")
         for n, s in zip(names, layer._specs):
             lg.create_dataset(n, data=np.asarray(getattr(layer, s.attr), np.float32))
@@ -105,7 +105,16 @@ _KERAS_SLOT = {"m": "momentum", "v": "velocity"}
 
 
 def _slot_name(opt, model, layer, attr, slot):
-    return f"{opt.name}/{model.name}_{layer.name}_{attr}_{_KERAS_SLOT.get(slot, slot)}"
+    path = _weight_path(layer, attr).replace("/", "_")
+    return f"{opt.name}/{model.name}_{path}_{_KERAS_SLOT.get(slot, slot)}"
+
+
+def _weight_path(layer, attr):
+    """A weight's variable path inside the model as Keras names it: <layer>/<weight>, or
+    <layer>/<scope>/<weight> for layers whose weights live in a sub-layer (an RNN's cell, the
+    layer TimeDistributed wraps), which say so with `keras_weight_scope`."""
+    scope = getattr(layer, "keras_weight_scope", None)
+    return f"{layer.name}/{scope}/{attr}" if scope else f"{layer.name}/{attr}"
 
 
 def _write_optimizer(g, model):

@@ -19,6 +19,7 @@ import numpy as np
 from kilnet import losses as losses_mod
 from kilnet import metrics as metrics_mod
 from kilnet import optimizers as optimizers_mod
+from kilnet import regularizers as regularizers_mod
 from kilnet.callbacks import CallbackList, History
 from kilnet.layers.activation import ActivatedLayer
 from kilnet.layers.base import Layer, unique_name
@@ -226,6 +227,10 @@ class Sequential:
         out = self._forward(xb, True)
         loss, pred = self._loss_and_grad(out, yb, bufs.get("probs", out.shape, n), bufs.get("grad", out.shape, n))
         self._backward(bufs.last("grad"))
+        # Weight penalties (kernel_regularizer=...): Keras adds them to the loss, so their
+        # gradients join the weights' before the optimizer clips and applies them.
+        if self.trainable:
+            loss += regularizers_mod.penalties(self.layers, grads=True)
         self.optimizer.apply(self._params, self._grads)
         return loss, pred
 
@@ -274,7 +279,8 @@ class Sequential:
         self._consolidate()
         self._first_trainable = next((i for i, l in enumerate(self.layers) if l.trainable_weights and self.trainable),
                                      len(self.layers))
-        self.optimizer.build(self._params.size)
+        # Where each weight starts in the flat buffer: clipnorm clips each weight on its own.
+        self.optimizer.build(self._params.size, [off for _, _, off, _ in self._slices] + [self._params.size])
         self.compiled_metrics = self._make_metrics()
 
         n = len(x)
@@ -362,7 +368,8 @@ class Sequential:
             total += loss * len(xb)
             for m in metrics:
                 m.update(pred, yb)
-        return [total / len(x)] + [m.result() for m in metrics]
+        penalty = regularizers_mod.penalties(self.layers, grads=False) if self.trainable else 0.0   # as Keras
+        return [total / len(x) + penalty] + [m.result() for m in metrics]
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         """Outputs for x, computed in batches; a new float32 numpy array."""

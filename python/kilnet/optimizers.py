@@ -3,6 +3,16 @@
 A model keeps all trainable parameters in one flat float32 buffer and their gradients in
 another; an optimizer keeps its state (momenta) as flat buffers of the same length, so one
 kernel call per step updates the whole model.
+
+One step (`apply`), in Keras 3's order (keras/optimizers/base_optimizer.py):
+  1. the learning rate: a float, or a schedule (kilnet.schedules) called with the number of
+     steps done so far (0 for the first);
+  2. gradient clipping, at most one of: clipnorm (each weight's gradient to norm <= clipnorm),
+     global_clipnorm (all gradients together), clipvalue (each element to [-v, v]);
+  3. decoupled weight decay p -= p*weight_decay*lr (weight_decay=None: none);
+  4. the optimizer's update.
+The weight boundaries clipnorm needs come from the model (build's offsets); an optimizer used
+on a bare array treats it as one weight.
 """
 from __future__ import annotations
 
@@ -11,9 +21,10 @@ import math
 import numpy as np
 
 from kilnet import _cpu
+from kilnet import schedules as schedules_mod
 from kilnet.utils import lookup
 
-__all__ = ["Optimizer", "SGD", "Adam", "get", "serialize"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "get", "serialize"]
 
 
 def _positive(name, value, who, allow_zero=False):
@@ -26,8 +37,17 @@ def _positive(name, value, who, allow_zero=False):
     return v
 
 
+def _unit(name, value, who):
+    """A decay factor in [0, 1) (betas, rho, momentum)."""
+    v = _positive(name, value, who, allow_zero=True)
+    if v >= 1:
+        raise ValueError(f"{who}: {name} must be in [0, 1), got {value!r}")
+    return v
+
+
 class Optimizer:
     slots: tuple = ()   # names of the per-parameter state buffers
+    slot_initial: dict = {}   # a slot's starting value when not 0 (Adagrad's accumulator)
 
     def __init__(self, learning_rate, name=None, weight_decay=None, clipnorm=None, clipvalue=None,
                  global_clipnorm=None, use_ema=False, loss_scale_factor=None,
@@ -35,35 +55,77 @@ class Optimizer:
         who = type(self).__name__
         if kwargs:
             raise TypeError(f"{who}: unexpected argument(s) {', '.join(sorted(kwargs))}")
-        for arg, v in (("weight_decay", weight_decay), ("clipnorm", clipnorm), ("clipvalue", clipvalue),
-                       ("global_clipnorm", global_clipnorm), ("loss_scale_factor", loss_scale_factor),
+        for arg, v in (("loss_scale_factor", loss_scale_factor),
                        ("gradient_accumulation_steps", gradient_accumulation_steps)):
             if v is not None:
                 raise ValueError(f"{who}: {arg} is not supported yet")
         if use_ema:
             raise ValueError(f"{who}: use_ema is not supported yet")
-        self.learning_rate = _positive("learning_rate", learning_rate, who)
+        clips = {k: v for k, v in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
+                                   ("global_clipnorm", global_clipnorm)) if v is not None}
+        if len(clips) > 1:   # as Keras: the three are alternatives
+            raise ValueError(f"{who}: only one of clipnorm, clipvalue and global_clipnorm can be set, got "
+                             + ", ".join(f"{k}={v}" for k, v in clips.items()))
+        self.clipnorm, self.clipvalue, self.global_clipnorm = (
+            None if v is None else _positive(k, v, who) for k, v in
+            (("clipnorm", clipnorm), ("clipvalue", clipvalue), ("global_clipnorm", global_clipnorm)))
+        self.weight_decay = None if weight_decay is None else _positive("weight_decay", weight_decay, who,
+                                                                         allow_zero=True)
+        if isinstance(learning_rate, dict):
+            learning_rate = schedules_mod.get(learning_rate)
+        self._learning_rate = learning_rate if isinstance(learning_rate, schedules_mod.LearningRateSchedule) \
+            else _positive("learning_rate", learning_rate, who)
         self.name = name or who.lower()
         self.iterations = 0
         self.state: dict[str, np.ndarray] = {}
+        self._clip_offsets = None
 
-    def build(self, n_params: int) -> None:
-        """Allocate the state buffers for a model with n_params trainable values (once)."""
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate of the next step (a schedule's value at the current iteration)."""
+        lr = self._learning_rate
+        return float(lr(self.iterations)) if isinstance(lr, schedules_mod.LearningRateSchedule) else lr
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        if isinstance(self._learning_rate, schedules_mod.LearningRateSchedule):
+            raise TypeError(f"{type(self).__name__}: the learning rate is a schedule and cannot be set")
+        self._learning_rate = _positive("learning_rate", value, type(self).__name__, allow_zero=True)
+
+    def build(self, n_params: int, offsets=None) -> None:
+        """Allocate the state buffers for a model with n_params trainable values (once).
+        offsets: where each weight starts in the flat buffer, plus n_params at the end (for
+        clipnorm, which clips each weight's gradient on its own); None: one weight."""
         for slot in self.slots:
             if slot not in self.state or self.state[slot].size != n_params:
-                self.state[slot] = np.zeros(n_params, np.float32)
+                self.state[slot] = np.full(n_params, self.slot_initial.get(slot, 0.0), np.float32)
+        # The segments norm clipping works on: each weight (clipnorm) or all together (global_clipnorm).
+        per_weight = self.clipnorm is not None and offsets is not None
+        self._clip_offsets = np.asarray(offsets if per_weight else [0, n_params], np.int64)
 
     def apply(self, params: np.ndarray, grads: np.ndarray) -> None:
-        """One step over the flat parameter buffer."""
+        """One step over the flat parameter buffer; clipping changes grads in place."""
+        lr = self.learning_rate
+        norm = self.clipnorm if self.clipnorm is not None else self.global_clipnorm
+        if norm is not None:
+            offsets = self._clip_offsets
+            if offsets is None or offsets[-1] != grads.size:   # not built for this buffer: one weight
+                offsets = np.array([0, grads.size], np.int64)
+            _cpu.clip_by_norm(grads, offsets, norm)
+        elif self.clipvalue is not None:
+            _cpu.clip_by_value(grads, self.clipvalue)
         self.iterations += 1
-        self._update(params, grads)
+        self._update(params, grads, lr)
 
-    def _update(self, params, grads):
+    def _update(self, params, grads, lr):
         raise NotImplementedError
 
     def get_config(self) -> dict:
-        return {"name": self.name, "learning_rate": self.learning_rate, "weight_decay": None,
-                "clipnorm": None, "global_clipnorm": None, "clipvalue": None, "use_ema": False}
+        lr = self._learning_rate
+        return {"name": self.name,
+                "learning_rate": schedules_mod.serialize(lr) if isinstance(lr, schedules_mod.LearningRateSchedule) else lr,
+                "weight_decay": self.weight_decay, "clipnorm": self.clipnorm,
+                "global_clipnorm": self.global_clipnorm, "clipvalue": self.clipvalue, "use_ema": False}
 
     @classmethod
     def from_config(cls, config):
@@ -80,15 +142,15 @@ class SGD(Optimizer):
     v = momentum*v - lr*g; p += v  (nesterov: p += momentum*v - lr*g)."""
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **kwargs):
         super().__init__(learning_rate, **kwargs)
-        self.momentum = _positive("momentum", momentum, "SGD", allow_zero=True)
-        if self.momentum >= 1:
-            raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum!r}")
+        self.momentum = _unit("momentum", momentum, "SGD")
         self.nesterov = bool(nesterov)
         self.slots = ("momentum",) if self.momentum > 0 else ()
 
-    def _update(self, params, grads):
+    def _update(self, params, grads, lr):
+        if self.weight_decay:   # SGD's kernel has no decay term: one extra in-place pass
+            np.multiply(params, 1.0 - self.weight_decay * lr, out=params)
         vel = self.state.get("momentum")
-        _cpu.sgd_update(params, grads, vel, self.learning_rate, self.momentum, self.nesterov)
+        _cpu.sgd_update(params, grads, vel, lr, self.momentum, self.nesterov)
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
@@ -101,25 +163,83 @@ class Adam(Optimizer):
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False, **kwargs):
         super().__init__(learning_rate, **kwargs)
-        for n, b in (("beta_1", beta_1), ("beta_2", beta_2)):
-            if not 0 <= float(b) < 1:
-                raise ValueError(f"Adam: {n} must be in [0, 1), got {b!r}")
+        who = type(self).__name__
+        self.beta_1, self.beta_2 = _unit("beta_1", beta_1, who), _unit("beta_2", beta_2, who)
         if amsgrad:
-            raise ValueError("Adam: amsgrad=True is not supported yet")
-        self.beta_1, self.beta_2 = float(beta_1), float(beta_2)
-        self.epsilon = _positive("epsilon", epsilon, "Adam")
+            raise ValueError(f"{who}: amsgrad=True is not supported yet")
+        self.epsilon = _positive("epsilon", epsilon, who)
 
-    def _update(self, params, grads):
-        _cpu.adam_update(params, grads, self.state["m"], self.state["v"], self.learning_rate,
-                         self.beta_1, self.beta_2, self.epsilon, self.iterations)
+    def _update(self, params, grads, lr):
+        m, v = self.state["m"], self.state["v"]
+        if self.weight_decay:   # Keras 3's Adam with weight_decay is AdamW
+            _cpu.adamw_update(params, grads, m, v, lr, self.beta_1, self.beta_2, self.epsilon,
+                              self.weight_decay, self.iterations)
+        else:
+            _cpu.adam_update(params, grads, m, v, lr, self.beta_1, self.beta_2, self.epsilon, self.iterations)
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
                 "epsilon": self.epsilon, "amsgrad": False}
 
 
-_ALIASES = {"sgd": SGD, "adam": Adam}
-_CLASSES = {"SGD": SGD, "Adam": Adam}
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), Keras's form: before each Adam
+    step p -= p*weight_decay*lr. weight_decay defaults to 0.004, as in Keras."""
+
+    def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                 amsgrad=False, **kwargs):
+        if weight_decay is None:
+            raise ValueError("AdamW: weight_decay must be a number (default 0.004), got None")
+        super().__init__(learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, amsgrad=amsgrad,
+                         weight_decay=weight_decay, **kwargs)
+
+
+class RMSprop(Optimizer):
+    """RMSprop, Keras's formulation (epsilon inside the square root):
+    v = rho*v + (1-rho)*g²; inc = lr*g/sqrt(v + eps)  (centered: sqrt(v - a² + eps) with
+    a = rho*a + (1-rho)*g); momentum > 0: mom = momentum*mom + inc, p -= mom; else p -= inc."""
+
+    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.rho = _unit("rho", rho, "RMSprop")
+        self.momentum = _unit("momentum", momentum, "RMSprop")
+        self.epsilon = _positive("epsilon", epsilon, "RMSprop", allow_zero=True)
+        self.centered = bool(centered)
+        self.slots = ("velocity",) + (("momentum",) if self.momentum > 0 else ()) + \
+                     (("average_gradient",) if self.centered else ())
+
+    def _update(self, params, grads, lr):
+        st = self.state
+        _cpu.rmsprop_update(params, grads, st["velocity"], st.get("average_gradient"), st.get("momentum"), lr,
+                            self.rho, self.momentum, self.epsilon, self.weight_decay or 0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon,
+                "centered": self.centered}
+
+
+class Adagrad(Optimizer):
+    """Adagrad, Keras's formulation: acc += g²; p -= lr*g/sqrt(acc + eps), the accumulator
+    starting at initial_accumulator_value (0.1)."""
+    slots = ("accumulator",)
+
+    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.initial_accumulator_value = _positive("initial_accumulator_value", initial_accumulator_value,
+                                                   "Adagrad", allow_zero=True)
+        self.epsilon = _positive("epsilon", epsilon, "Adagrad", allow_zero=True)
+        self.slot_initial = {"accumulator": self.initial_accumulator_value}
+
+    def _update(self, params, grads, lr):
+        _cpu.adagrad_update(params, grads, self.state["accumulator"], lr, self.epsilon, self.weight_decay or 0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "initial_accumulator_value": self.initial_accumulator_value,
+                "epsilon": self.epsilon}
+
+
+_ALIASES = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad}
+_CLASSES = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW, "RMSprop": RMSprop, "Adagrad": Adagrad}
 
 
 def get(identifier) -> Optimizer:

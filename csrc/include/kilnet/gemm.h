@@ -9,9 +9,13 @@
 
 namespace kilnet::cpu {
 
+// BLIS-style: packed panels, a 6x16 AVX2/FMA micro-kernel when the CPU has it (else a portable
+// one), OpenMP over C. The result does not depend on the thread count. Throws std::bad_alloc if
+// its per-thread packing buffers (< 7 MB each) cannot be allocated.
 void gemm(bool trans_a, bool trans_b, index_t M, index_t N, index_t K, float alpha,
           const float* A, index_t lda, const float* B, index_t ldb, float beta,
           float* C, index_t ldc, const float* bias);
+// Naive triple loop accumulating in double: the reference the tests compare against.
 void gemm_ref(bool trans_a, bool trans_b, index_t M, index_t N, index_t K, float alpha,
               const float* A, index_t lda, const float* B, index_t ldb, float beta,
               float* C, index_t ldc, const float* bias);

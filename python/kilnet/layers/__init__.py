@@ -3,11 +3,23 @@ from kilnet.layers.activation import Activation
 from kilnet.layers.base import Layer
 from kilnet.layers.conv import Conv2D
 from kilnet.layers.core import Dense, Flatten, Input, InputLayer
+from kilnet.layers.normalization import BatchNormalization
+from kilnet.layers.pooling import (AveragePooling2D, AvgPool2D, GlobalAveragePooling2D, GlobalAvgPool2D,
+                                   MaxPool2D, MaxPooling2D)
+from kilnet.layers.recurrent import GRU, LSTM, SimpleRNN, TimeDistributed
+from kilnet.layers.regularization import Dropout
+from kilnet.layers.reshape import Reshape, ZeroPadding2D
 
-__all__ = ["Layer", "Dense", "Conv2D", "Flatten", "Activation", "InputLayer", "Input", "get", "REGISTRY"]
+__all__ = ["Layer", "Dense", "Conv2D", "Flatten", "Activation", "InputLayer", "Input", "get", "REGISTRY",
+           "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "MaxPool2D", "AvgPool2D",
+           "GlobalAvgPool2D", "Dropout", "BatchNormalization", "Reshape", "ZeroPadding2D",
+           "SimpleRNN", "LSTM", "GRU", "TimeDistributed"]
 
 # Every layer type a model file may name. Loading refuses any other class name.
-REGISTRY = {cls.__name__: cls for cls in (Dense, Conv2D, Flatten, Activation, InputLayer)}
+REGISTRY = {cls.__name__: cls for cls in (Dense, Conv2D, Flatten, Activation, InputLayer,
+                                          MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
+                                          Dropout, BatchNormalization, Reshape, ZeroPadding2D,
+                                          SimpleRNN, LSTM, GRU, TimeDistributed)}
 
 
 def get(class_name: str):

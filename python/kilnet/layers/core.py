@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from kilnet import _cpu, initializers
+from kilnet import regularizers as regularizers_mod
 from kilnet.layers.activation import ActivatedLayer
 from kilnet.layers.base import Layer
 
@@ -28,13 +29,15 @@ class Dense(ActivatedLayer):
         super().__init__(activation=activation, **kwargs)
         if not isinstance(units, (int, np.integer)) or isinstance(units, bool) or units < 1:
             raise ValueError(f"Dense: units must be a positive int, got {units!r}")
-        _refuse_unsupported(self, kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer,
-                            activity_regularizer=activity_regularizer, kernel_constraint=kernel_constraint,
+        _refuse_unsupported(self, activity_regularizer=activity_regularizer, kernel_constraint=kernel_constraint,
                             bias_constraint=bias_constraint, lora_rank=lora_rank)
         self.units = int(units)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
+        # Penalties on the weights: the model adds them to the loss (kilnet.regularizers.penalties).
+        self.kernel_regularizer = regularizers_mod.get(kernel_regularizer)
+        self.bias_regularizer = regularizers_mod.get(bias_regularizer)
 
     def build(self, input_shape):
         if len(input_shape) < 2 or input_shape[-1] is None:
@@ -72,7 +75,8 @@ class Dense(ActivatedLayer):
         return {**super().get_config(), "units": self.units, "use_bias": self.use_bias,
                 "kernel_initializer": initializers.serialize(self.kernel_initializer),
                 "bias_initializer": initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": None, "bias_regularizer": None, "kernel_constraint": None,
+                "kernel_regularizer": regularizers_mod.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers_mod.serialize(self.bias_regularizer), "kernel_constraint": None,
                 "bias_constraint": None}
 
 

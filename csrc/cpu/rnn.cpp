@@ -1,0 +1,493 @@
+// rnn.cpp — SimpleRNN, LSTM and GRU over whole sequences: the workspace layout, the naive
+// reference, the BPTT driver and its portable step kernels (rnn_avx2.cpp has the AVX2 ones).
+//
+// The driver (rnn_forward / rnn_backward):
+//   forward   xs = x time-major; [hs[1:] | gates] = xs W + b      (one GEMM for all steps)
+//             U packed once; per step and per block of <= MR batch rows:
+//             h_{t-1} U accumulated onto the step's pre-activations, then the gate math
+//   backward  per step, from the last: dz_{t+1} U^T (U^T packed once) fused with the gate
+//             derivatives of step t; then dU += hs[0:T]^T dz, dW += xs^T dz, db += colsum(dz),
+//             dx = dz W^T                                            (one GEMM each)
+// Batch rows never interact in the recurrence, so each thread owns a fixed range of rows for
+// all T steps: there is no barrier between steps.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+#include "kilnet/gemm.h"
+#include "kilnet/rnn.h"
+#include "kilnet/detail/elementwise.h"
+#include "parallel.h"
+#include "rnn_internal.h"
+
+namespace kilnet {
+
+index_t rnn_gates(Cell cell) {
+  switch (cell) {
+    case Cell::LSTM: return 4;
+    case Cell::GRU: return 3;
+    default: return 1;
+  }
+}
+
+namespace {
+
+index_t up16(index_t n) { return (n + 15) / 16 * 16; }
+
+// Offsets (in floats) of the blocks of ws and scratch; -1 for blocks a cell does not have.
+struct Layout {
+  index_t xs = 0, hs = 0, gates = -1, cs = -1, tcs = -1, huh = -1, ws_total = 0;
+  index_t dz = 0, dhu = -1, dxs = 0, carry = 0, scratch_total = 0;
+};
+
+Layout layout(const RnnShape& s) {
+  const index_t GH = rnn_gates(s.cell) * s.H, TB = s.T * s.B, state = (s.T + 1) * s.B * s.H;
+  Layout L;
+  index_t o = 0;
+  L.xs = o; o += up16(TB * s.I);
+  L.hs = o; o += up16(state);
+  if (s.cell == Cell::LSTM) {
+    L.gates = o; o += up16(TB * GH); L.cs = o; o += up16(state); L.tcs = o; o += up16(TB * s.H);
+  }
+  if (s.cell == Cell::GRU) { L.gates = o; o += up16(TB * GH); L.huh = o; o += up16(TB * s.H); }
+  L.ws_total = o;
+  o = 0;
+  L.dz = o; o += up16(TB * GH);
+  if (s.cell == Cell::GRU) { L.dhu = o; o += up16(TB * GH); }
+  L.dxs = o; o += up16(TB * s.I);
+  L.carry = o; o += up16(s.B * s.H);
+  L.scratch_total = o;
+  return L;
+}
+
+}  // namespace
+
+index_t rnn_workspace_floats(const RnnShape& s) { return layout(s).ws_total; }
+index_t rnn_scratch_floats(const RnnShape& s) { return layout(s).scratch_total; }
+
+}  // namespace kilnet
+
+namespace kilnet::cpu {
+using detail::act_backward;
+using detail::act_forward;
+
+namespace {
+
+// x (B,T,I) -> xs (T,B,I), time-reversed for go_backwards; and back for the gradient.
+void to_time_major(const RnnShape& s, const float* x, float* xs) {
+#pragma omp parallel for num_threads(threads_for(s.T * s.B * s.I)) schedule(static)
+  for (index_t t = 0; t < s.T; ++t) {
+    const index_t tt = s.go_backwards ? s.T - 1 - t : t;
+    for (index_t b = 0; b < s.B; ++b)
+      std::memcpy(xs + (t * s.B + b) * s.I, x + (b * s.T + tt) * s.I, size_t(s.I) * sizeof(float));
+  }
+}
+
+void from_time_major(const RnnShape& s, const float* xs, float* x) {
+#pragma omp parallel for num_threads(threads_for(s.T * s.B * s.I)) schedule(static)
+  for (index_t b = 0; b < s.B; ++b)
+    for (index_t t = 0; t < s.T; ++t) {
+      const index_t tt = s.go_backwards ? s.T - 1 - t : t;
+      std::memcpy(x + (b * s.T + tt) * s.I, xs + (t * s.B + b) * s.I, size_t(s.I) * sizeof(float));
+    }
+}
+
+void init_state(float* dst, const float* src, index_t n) {
+  if (src) std::memcpy(dst, src, size_t(n) * sizeof(float));
+  else std::fill(dst, dst + n, 0.f);
+}
+
+// y for batch rows [n0, n1): every h_t (B, T, H) with return_sequences, else the last (B, H).
+void copy_outputs(const RnnShape& s, const float* hs, index_t n0, index_t n1, float* y) {
+  const index_t T = s.T, H = s.H;
+  for (index_t n = n0; n < n1; ++n)
+    for (index_t t = s.return_sequences ? 0 : T - 1; t < T; ++t)
+      std::memcpy(y + (s.return_sequences ? (n * T + t) * H : n * H), hs + ((t + 1) * s.B + n) * H,
+                  size_t(H) * sizeof(float));
+}
+
+bool all_zero(const float* p, index_t n) {
+  for (index_t i = 0; i < n; ++i)
+    if (p[i] != 0.f) return false;
+  return true;
+}
+
+}  // namespace
+
+// ================================================================================ reference
+// Plain loops, one step at a time, sums in double; the weight gradients accumulate step by step
+// (the textbook BPTT the fast path's single GEMMs must agree with).
+
+void rnn_forward_ref(const RnnShape& s, const float* x, const float* W, const float* U,
+                     const float* b, const float* h0, const float* c0, float* y, float* ws) {
+  const Layout L = layout(s);
+  const index_t B = s.B, T = s.T, I = s.I, H = s.H, GH = rnn_gates(s.cell) * H;
+  float* xs = ws + L.xs;
+  float* hs = ws + L.hs;
+  to_time_major(s, x, xs);
+  init_state(hs, h0, B * H);
+  if (s.cell == Cell::LSTM) init_state(ws + L.cs, c0, B * H);
+  std::vector<double> xw(static_cast<size_t>(GH)), hu(static_cast<size_t>(GH));
+  for (index_t t = 0; t < T; ++t)
+    for (index_t n = 0; n < B; ++n) {
+      const float* xr = xs + (t * B + n) * I;
+      const float* hp = hs + (t * B + n) * H;
+      float* h = hs + ((t + 1) * B + n) * H;
+      for (index_t j = 0; j < GH; ++j) {
+        double a = b ? b[j] : 0.0, r = (b && s.cell == Cell::GRU) ? b[GH + j] : 0.0;
+        for (index_t i = 0; i < I; ++i) a += double(xr[i]) * W[i * GH + j];
+        for (index_t k = 0; k < H; ++k) r += double(hp[k]) * U[k * GH + j];
+        xw[size_t(j)] = a;
+        hu[size_t(j)] = r;
+      }
+      if (s.cell == Cell::SimpleRNN) {
+        for (index_t j = 0; j < H; ++j) h[j] = act_forward(s.act, float(xw[size_t(j)] + hu[size_t(j)]));
+      } else if (s.cell == Cell::LSTM) {
+        float* g = ws + L.gates + (t * B + n) * GH;
+        const float* cp = ws + L.cs + (t * B + n) * H;
+        float* c = ws + L.cs + ((t + 1) * B + n) * H;
+        for (index_t j = 0; j < GH; ++j) g[j] = float(xw[size_t(j)] + hu[size_t(j)]);
+        float* tc = ws + L.tcs + (t * B + n) * H;
+        for (index_t j = 0; j < H; ++j)
+          detail::lstm_unit_forward(s.act, s.rec_act, g[j], g[H + j], g[2 * H + j], g[3 * H + j],
+                                    cp[j], c[j], tc[j], h[j]);
+      } else {
+        float* g = ws + L.gates + (t * B + n) * GH;
+        float* huh = ws + L.huh + (t * B + n) * H;
+        for (index_t j = 0; j < H; ++j) {
+          float z = float(xw[size_t(j)] + hu[size_t(j)]), r = float(xw[size_t(H + j)] + hu[size_t(H + j)]);
+          huh[j] = float(hu[size_t(2 * H + j)]);
+          float hh;
+          detail::gru_unit_forward(s.act, s.rec_act, z, r, float(xw[size_t(2 * H + j)]), huh[j], hp[j], hh, h[j]);
+          g[j] = z; g[H + j] = r; g[2 * H + j] = hh;
+        }
+      }
+    }
+  copy_outputs(s, hs, 0, B, y);
+}
+
+void rnn_backward_ref(const RnnShape& s, const float* dy, const float* W, const float* U,
+                      const float* ws, float* scratch, float* dx, float* dW, float* dU, float* db,
+                      float* dh0, float* dc0) {
+  const Layout L = layout(s);
+  const index_t B = s.B, T = s.T, I = s.I, H = s.H, GH = rnn_gates(s.cell) * H;
+  const bool gru = s.cell == Cell::GRU;
+  const float* xs = ws + L.xs;
+  const float* hs = ws + L.hs;
+  float* dz = scratch + L.dz;
+  float* dr = gru ? scratch + L.dhu : dz;          // gradient wrt h_{t-1} U (+ b_rec)
+  std::vector<float> dh(size_t(B * H), 0.f), carry(size_t(B * H), 0.f);
+  for (index_t t = T - 1; t >= 0; --t) {
+    for (index_t n = 0; n < B; ++n) {
+      const float* dyr = s.return_sequences ? dy + (n * T + t) * H : (t == T - 1 ? dy + n * H : nullptr);
+      float* d = dh.data() + n * H;
+      if (dyr) for (index_t j = 0; j < H; ++j) d[j] += dyr[j];
+      float* z = dz + (t * B + n) * GH;
+      const float* h = hs + ((t + 1) * B + n) * H;
+      if (s.cell == Cell::SimpleRNN) {
+        for (index_t j = 0; j < H; ++j) z[j] = act_backward(s.act, h[j], d[j]);
+      } else if (s.cell == Cell::LSTM) {
+        const float* g = ws + L.gates + (t * B + n) * GH;
+        const float* cp = ws + L.cs + (t * B + n) * H;
+        const float* tc = ws + L.tcs + (t * B + n) * H;
+        for (index_t j = 0; j < H; ++j)
+          detail::lstm_unit_backward(s.act, s.rec_act, g[j], g[H + j], g[2 * H + j], g[3 * H + j], cp[j],
+                                     tc[j], d[j], carry[size_t(n * H + j)], z[j], z[H + j], z[2 * H + j],
+                                     z[3 * H + j]);
+      } else {
+        const float* g = ws + L.gates + (t * B + n) * GH;
+        const float* huh = ws + L.huh + (t * B + n) * H;
+        const float* hp = hs + (t * B + n) * H;
+        float* u = dr + (t * B + n) * GH;
+        for (index_t j = 0; j < H; ++j) {
+          detail::gru_unit_backward(s.act, s.rec_act, g[j], g[H + j], g[2 * H + j], huh[j], hp[j], d[j],
+                                    z[j], z[H + j], z[2 * H + j], carry[size_t(n * H + j)]);
+          u[j] = z[j]; u[H + j] = z[H + j]; u[2 * H + j] = z[2 * H + j] * g[H + j];
+        }
+      }
+      // dh_{t-1} = dr_t U^T (+ the GRU's direct path dh_t z_t)
+      const float* u = dr + (t * B + n) * GH;
+      for (index_t k = 0; k < H; ++k) {
+        double a = gru ? carry[size_t(n * H + k)] : 0.0;
+        for (index_t j = 0; j < GH; ++j) a += double(u[j]) * U[k * GH + j];
+        d[k] = float(a);
+      }
+    }
+  }
+  if (dh0) std::memcpy(dh0, dh.data(), size_t(B * H) * sizeof(float));
+  if (dc0 && s.cell == Cell::LSTM) std::memcpy(dc0, carry.data(), size_t(B * H) * sizeof(float));
+  for (index_t t = 0; t < T; ++t)
+    for (index_t n = 0; n < B; ++n) {
+      const float* z = dz + (t * B + n) * GH;
+      const float* u = dr + (t * B + n) * GH;
+      const float* xr = xs + (t * B + n) * I;
+      const float* hp = hs + (t * B + n) * H;
+      if (dW) for (index_t i = 0; i < I; ++i) for (index_t j = 0; j < GH; ++j) dW[i * GH + j] += xr[i] * z[j];
+      if (dU) for (index_t k = 0; k < H; ++k) for (index_t j = 0; j < GH; ++j) dU[k * GH + j] += hp[k] * u[j];
+      if (db) for (index_t j = 0; j < GH; ++j) db[j] += z[j];
+      if (db && gru) for (index_t j = 0; j < GH; ++j) db[GH + j] += u[j];
+    }
+  if (dx)
+    for (index_t n = 0; n < B; ++n)
+      for (index_t t = 0; t < T; ++t) {
+        const float* z = dz + (t * B + n) * GH;
+        float* d = dx + (n * T + (s.go_backwards ? T - 1 - t : t)) * I;
+        for (index_t i = 0; i < I; ++i) {
+          double a = 0.0;
+          for (index_t j = 0; j < GH; ++j) a += double(z[j]) * W[i * GH + j];
+          d[i] = float(a);
+        }
+      }
+}
+
+// ================================================================================ portable steps
+namespace {
+using rnn_detail::MR;
+using rnn_detail::NR;
+
+void gemm_rows_portable(index_t m, index_t n, index_t k, const float* A, index_t lda, const float* Bp,
+                        const float* Cinit, index_t ldci, float* C, index_t ldc) {
+  for (index_t r = 0; r < m; ++r)
+    for (index_t p = 0; p * NR < n; ++p) {
+      const index_t j0 = p * NR, nn = std::min<index_t>(NR, n - j0);
+      float acc[NR] = {};
+      if (Cinit) for (index_t j = 0; j < nn; ++j) acc[j] = Cinit[r * ldci + j0 + j];
+      const float* bp = Bp + p * k * NR;
+      for (index_t q = 0; q < k; ++q) {
+        const float a = A[r * lda + q];
+        for (int j = 0; j < NR; ++j) acc[j] += a * bp[q * NR + j];
+      }
+      for (index_t j = 0; j < nn; ++j) C[r * ldc + j0 + j] = acc[j];
+    }
+}
+
+void rnn_fwd_portable(index_t m, index_t H, Act a, float* h) {
+  for (index_t i = 0; i < m * H; ++i) h[i] = act_forward(a, h[i]);
+}
+
+void lstm_fwd_portable(index_t m, index_t H, Act a, Act s, float* g, const float* cp, float* c, float* tc,
+                       float* h) {
+  for (index_t r = 0; r < m; ++r, g += 4 * H, cp += H, c += H, tc += H, h += H)
+    for (index_t j = 0; j < H; ++j)
+      detail::lstm_unit_forward(a, s, g[j], g[H + j], g[2 * H + j], g[3 * H + j], cp[j], c[j], tc[j], h[j]);
+}
+
+void gru_fwd_portable(index_t m, index_t H, Act a, Act s, float* g, const float* hu, const float* hp,
+                      float* huh, float* h) {
+  for (index_t r = 0; r < m; ++r, g += 3 * H, hu += 3 * H, hp += H, huh += H, h += H)
+    for (index_t j = 0; j < H; ++j) {
+      float z = g[j] + hu[j], rr = g[H + j] + hu[H + j], hh;
+      huh[j] = hu[2 * H + j];
+      detail::gru_unit_forward(a, s, z, rr, g[2 * H + j], huh[j], hp[j], hh, h[j]);
+      g[j] = z; g[H + j] = rr; g[2 * H + j] = hh;
+    }
+}
+
+inline float grad_in(const float* dh, const float* dy, index_t j) {
+  return (dh ? dh[j] : 0.f) + (dy ? dy[j] : 0.f);
+}
+
+void rnn_bwd_portable(index_t m, index_t H, Act a, const float* dh, const float* dy, index_t ldy,
+                      const float* h, float* dz) {
+  for (index_t r = 0; r < m; ++r, h += H, dz += H) {
+    for (index_t j = 0; j < H; ++j) dz[j] = act_backward(a, h[j], grad_in(dh, dy, j));
+    if (dh) dh += H;
+    if (dy) dy += ldy;
+  }
+}
+
+void lstm_bwd_portable(index_t m, index_t H, Act a, Act s, const float* dh, const float* dy, index_t ldy,
+                       const float* g, const float* cp, const float* tc, float* dc, float* dz) {
+  for (index_t r = 0; r < m; ++r, g += 4 * H, cp += H, tc += H, dc += H, dz += 4 * H) {
+    for (index_t j = 0; j < H; ++j)
+      detail::lstm_unit_backward(a, s, g[j], g[H + j], g[2 * H + j], g[3 * H + j], cp[j], tc[j],
+                                 grad_in(dh, dy, j), dc[j], dz[j], dz[H + j], dz[2 * H + j], dz[3 * H + j]);
+    if (dh) dh += H;
+    if (dy) dy += ldy;
+  }
+}
+
+void gru_bwd_portable(index_t m, index_t H, Act a, Act s, const float* dh, const float* dy, index_t ldy,
+                      const float* g, const float* huh, const float* hp, float* carry, float* dz, float* dhu) {
+  for (index_t r = 0; r < m; ++r, g += 3 * H, huh += H, hp += H, carry += H, dz += 3 * H, dhu += 3 * H) {
+    for (index_t j = 0; j < H; ++j) {
+      detail::gru_unit_backward(a, s, g[j], g[H + j], g[2 * H + j], huh[j], hp[j],
+                                grad_in(dh, dy, j) + carry[j], dz[j], dz[H + j], dz[2 * H + j], carry[j]);
+      dhu[j] = dz[j]; dhu[H + j] = dz[H + j]; dhu[2 * H + j] = dz[2 * H + j] * g[H + j];
+    }
+    if (dh) dh += H;
+    if (dy) dy += ldy;
+  }
+}
+
+const rnn_detail::StepKernels kPortable = {gemm_rows_portable, rnn_fwd_portable, lstm_fwd_portable,
+                                           gru_fwd_portable,   rnn_bwd_portable, lstm_bwd_portable,
+                                           gru_bwd_portable};
+
+const rnn_detail::StepKernels& step_kernels() {
+#if defined(KILNET_HAVE_AVX2_BUILD)
+  if (use_avx2()) return rnn_detail::avx2_step_kernels();
+#endif
+  return kPortable;
+}
+
+// op(M) (K x N; M is K x N with row stride ld, or N x K when trans) into NR-column panels.
+void pack_panels(index_t K, index_t N, const float* M, index_t ld, bool trans, float* dst) {
+  for (index_t p = 0; p * NR < N; ++p) {
+    float* d = dst + p * K * NR;
+    const index_t j0 = p * NR, nn = std::min<index_t>(NR, N - j0);
+    for (index_t k = 0; k < K; ++k) {
+      for (index_t j = 0; j < nn; ++j) d[k * NR + j] = trans ? M[(j0 + j) * ld + k] : M[k * ld + j0 + j];
+      for (index_t j = nn; j < NR; ++j) d[k * NR + j] = 0.f;
+    }
+  }
+}
+
+index_t packed_floats(index_t K, index_t N) { return (N + NR - 1) / NR * K * NR; }
+
+// Threads for the recurrence: each owns >= 4 batch rows and >= 2^20 multiply-adds (~20 us), so
+// that waking the team pays off; small problems stay on one thread.
+int recurrence_threads(const RnnShape& s) {
+  const index_t GH = rnn_gates(s.cell) * s.H;
+  int nt = threads_for(s.T * s.B * s.H * GH, index_t(1) << 20);
+  return int(std::max<index_t>(1, std::min<index_t>(nt, s.B / 4)));
+}
+
+// Calls f(r, m) for the thread's rows [r0, r1) in blocks of <= MR, sizes balanced.
+template <class F>
+void for_row_blocks(index_t r0, index_t r1, F&& f) {
+  const index_t rows = r1 - r0, nb = (rows + MR - 1) / MR;
+  for (index_t c = 0; c < nb; ++c) {
+    const index_t a = r0 + rows * c / nb, e = r0 + rows * (c + 1) / nb;
+    f(a, e - a);
+  }
+}
+
+}  // namespace
+
+// ================================================================================ fast path
+void rnn_forward(const RnnShape& s, const float* x, const float* W, const float* U, const float* b,
+                 const float* h0, const float* c0, float* y, float* ws) {
+  const Layout L = layout(s);
+  const index_t B = s.B, T = s.T, I = s.I, H = s.H, GH = rnn_gates(s.cell) * H, TB = T * B;
+  const rnn_detail::StepKernels& K = step_kernels();
+  float* xs = ws + L.xs;
+  float* hs = ws + L.hs;
+  float* gates = s.cell == Cell::SimpleRNN ? hs + B * H : ws + L.gates;   // pre-activations
+  to_time_major(s, x, xs);
+  init_state(hs, h0, B * H);
+  if (s.cell == Cell::LSTM) init_state(ws + L.cs, c0, B * H);
+  gemm(false, false, TB, GH, I, 1.f, xs, I, W, GH, 0.f, gates, GH, b);   // every step's x W + b
+  const float* b_rec = (s.cell == Cell::GRU && b) ? b + GH : nullptr;
+
+  thread_local std::vector<float> packed;
+  packed.resize(size_t(packed_floats(H, GH)));
+  pack_panels(H, GH, U, GH, false, packed.data());
+  const float* Up = packed.data();
+  const bool zero_h0 = h0 == nullptr;   // then step 0 has no recurrent term
+
+  const int nt = recurrence_threads(s);
+#pragma omp parallel num_threads(nt)
+  {
+    const int tid = omp_get_thread_num(), n_thr = omp_get_num_threads();
+    const index_t r0 = B * tid / n_thr, r1 = B * (tid + 1) / n_thr;
+    thread_local std::vector<float> tmp;
+    if (s.cell == Cell::GRU) tmp.resize(size_t(MR * GH));
+    for (index_t t = 0; t < T; ++t) {
+      const bool rec = !(t == 0 && zero_h0);
+      for_row_blocks(r0, r1, [&](index_t r, index_t m) {
+        const float* hp = hs + (t * B + r) * H;
+        float* h = hs + ((t + 1) * B + r) * H;
+        if (s.cell == Cell::SimpleRNN) {
+          if (rec) K.gemm_rows(m, H, H, hp, H, Up, h, H, h, H);
+          K.rnn_fwd(m, H, s.act, h);
+        } else if (s.cell == Cell::LSTM) {
+          float* g = gates + (t * B + r) * GH;
+          if (rec) K.gemm_rows(m, GH, H, hp, H, Up, g, GH, g, GH);
+          K.lstm_fwd(m, H, s.act, s.rec_act, g, ws + L.cs + (t * B + r) * H, ws + L.cs + ((t + 1) * B + r) * H,
+                     ws + L.tcs + (t * B + r) * H, h);
+        } else {
+          float* g = gates + (t * B + r) * GH;
+          float* hu = tmp.data();
+          if (rec) K.gemm_rows(m, GH, H, hp, H, Up, b_rec, 0, hu, GH);
+          else for (index_t i = 0; i < m; ++i)
+            for (index_t j = 0; j < GH; ++j) hu[i * GH + j] = b_rec ? b_rec[j] : 0.f;
+          K.gru_fwd(m, H, s.act, s.rec_act, g, hu, hp, ws + L.huh + (t * B + r) * H, h);
+        }
+      });
+    }
+    copy_outputs(s, hs, r0, r1, y);
+  }
+}
+
+void rnn_backward(const RnnShape& s, const float* dy, const float* W, const float* U,
+                  const float* ws, float* scratch, float* dx, float* dW, float* dU, float* db,
+                  float* dh0, float* dc0) {
+  const Layout L = layout(s);
+  const index_t B = s.B, T = s.T, I = s.I, H = s.H, GH = rnn_gates(s.cell) * H, TB = T * B;
+  const bool gru = s.cell == Cell::GRU;
+  const rnn_detail::StepKernels& K = step_kernels();
+  const float* xs = ws + L.xs;
+  const float* hs = ws + L.hs;
+  float* dz = scratch + L.dz;
+  float* dr = gru ? scratch + L.dhu : dz;   // gradient wrt h_{t-1} U (+ b_rec): what U^T multiplies
+  float* carry = scratch + L.carry;
+
+  thread_local std::vector<float> packed;
+  packed.resize(size_t(packed_floats(GH, H)));
+  pack_panels(GH, H, U, GH, true, packed.data());   // U^T: GH x H
+  const float* UTp = packed.data();
+
+  const int nt = recurrence_threads(s);
+#pragma omp parallel num_threads(nt)
+  {
+    const int tid = omp_get_thread_num(), n_thr = omp_get_num_threads();
+    const index_t r0 = B * tid / n_thr, r1 = B * (tid + 1) / n_thr;
+    thread_local std::vector<float> tmp;
+    tmp.resize(size_t(MR * H));
+    std::fill(carry + r0 * H, carry + r1 * H, 0.f);
+    for (index_t t = T - 1; t >= 0; --t) {
+      for_row_blocks(r0, r1, [&](index_t r, index_t m) {
+        const float* dh = nullptr;
+        if (t < T - 1) {   // dh_t = dz_{t+1} U^T
+          K.gemm_rows(m, H, GH, dr + ((t + 1) * B + r) * GH, GH, UTp, nullptr, 0, tmp.data(), H);
+          dh = tmp.data();
+        }
+        const float* dyr = nullptr;
+        index_t ldy = H;
+        if (s.return_sequences) { dyr = dy + (r * T + t) * H; ldy = T * H; }
+        else if (t == T - 1) dyr = dy + r * H;
+        const index_t row = t * B + r;
+        if (s.cell == Cell::SimpleRNN)
+          K.rnn_bwd(m, H, s.act, dh, dyr, ldy, hs + (row + B) * H, dz + row * GH);
+        else if (s.cell == Cell::LSTM)
+          K.lstm_bwd(m, H, s.act, s.rec_act, dh, dyr, ldy, ws + L.gates + row * GH, ws + L.cs + row * H,
+                     ws + L.tcs + row * H, carry + r * H, dz + row * GH);
+        else
+          K.gru_bwd(m, H, s.act, s.rec_act, dh, dyr, ldy, ws + L.gates + row * GH, ws + L.huh + row * H,
+                    hs + row * H, carry + r * H, dz + row * GH, dr + row * GH);
+      });
+    }
+    if (dh0)   // dh_{-1} = dz_0 U^T (+ dh_0 z_0 for the GRU)
+      for_row_blocks(r0, r1, [&](index_t r, index_t m) {
+        K.gemm_rows(m, H, GH, dr + r * GH, GH, UTp, gru ? carry + r * H : nullptr, H, dh0 + r * H, H);
+      });
+    if (dc0 && s.cell == Cell::LSTM) std::memcpy(dc0 + r0 * H, carry + r0 * H, size_t((r1 - r0) * H) * sizeof(float));
+  }
+
+  if (dU) {   // sum_t h_{t-1}^T dr_t over all steps; step 0 adds nothing when h0 is zero
+    const index_t t0 = all_zero(hs, B * H) ? 1 : 0;
+    if (T > t0) gemm(true, false, H, GH, (T - t0) * B, 1.f, hs + t0 * B * H, H, dr + t0 * B * GH, GH, 1.f, dU, GH, nullptr);
+  }
+  if (dW) gemm(true, false, I, GH, TB, 1.f, xs, I, dz, GH, 1.f, dW, GH, nullptr);
+  if (db) {
+    bias_backward(TB, GH, dz, db);
+    if (gru) bias_backward(TB, GH, dr, db + GH);
+  }
+  if (dx) {
+    float* dxs = scratch + L.dxs;
+    gemm(false, true, TB, I, GH, 1.f, dz, GH, W, GH, 0.f, dxs, I, nullptr);
+    from_time_major(s, dxs, dx);
+  }
+}
+
+}  // namespace kilnet::cpu
