@@ -1,5 +1,6 @@
 """Conv2D benchmarks: kilnet._cpu against PyTorch (CPU) at 1 and 2 threads, forward and
-forward+backward, for the canonical model's first layer, a middle layer and a strided layer.
+forward+backward, for the canonical model's first layer (also with its relu), a middle layer and
+a strided layer.
 
     pytest benchmarks/bench_conv2d.py --benchmark-only     # pytest-benchmark
     python benchmarks/bench_conv2d.py [--reps 40] [--rounds 3] [--threads 1 2]   # a table
@@ -7,7 +8,10 @@ forward+backward, for the canonical model's first layer, a middle layer and a st
 
 Both libraries get the same data; torch runs its native NCHW layout (the usual way it is called)
 and, like kilnet, accumulates its weight gradients across calls. For the first layer neither
-computes dx (x does not require grad / dx=None), as in training. Timings are medians of single
+computes dx (x does not require grad / dx=None), as in training. With an activation, kilnet
+runs it fused into the conv kernels (act=, and y= in the backward pass) and torch runs conv2d
+then relu; the "unfused" column is kilnet's conv, then activation_forward in place, and
+activation_backward then the conv backward, as before the fusion. Timings are medians of single
 calls; the machine may be shared, so the table also prints the load average.
 """
 from __future__ import annotations
@@ -34,11 +38,12 @@ except ImportError:  # the kilnet rows still run
 PEAK_PER_CORE = 99.0   # GFLOP/s: 2 FMA pipes x 8 fp32 lanes x 2 flops x ~3.1 GHz
 
 
-# name: (N, H, W, C, K, R, S, stride, padding (top, left), needs dx)
+# name: (N, H, W, C, K, R, S, stride, padding (top, left), needs dx, activation)
 CASES = {
-    "first 32x28x28x1->32 3x3 valid": (32, 28, 28, 1, 32, 3, 3, 1, (0, 0), False),
-    "mid 64x14x14x32->64 3x3 same": (64, 14, 14, 32, 64, 3, 3, 1, (1, 1), True),
-    "strided 32x28x28x32->64 3x3 s2 p1": (32, 28, 28, 32, 64, 3, 3, 2, (1, 1), True),
+    "first 32x28x28x1->32 3x3 valid": (32, 28, 28, 1, 32, 3, 3, 1, (0, 0), False, "linear"),
+    "first 32x28x28x1->32 3x3 valid + relu": (32, 28, 28, 1, 32, 3, 3, 1, (0, 0), False, "relu"),
+    "mid 64x14x14x32->64 3x3 same": (64, 14, 14, 32, 64, 3, 3, 1, (1, 1), True, "linear"),
+    "strided 32x28x28x32->64 3x3 s2 p1": (32, 28, 28, 32, 64, 3, 3, 2, (1, 1), True, "linear"),
 }
 
 
@@ -46,7 +51,7 @@ class Case:
     """Arrays for one case, shared by kilnet and torch, and the two ops for each library."""
 
     def __init__(self, name):
-        N, H, W, C, K, R, S, stride, pad, self.needs_dx = CASES[name]
+        N, H, W, C, K, R, S, stride, pad, self.needs_dx, self.act = CASES[name]
         self.name = name
         P = (H + 2 * pad[0] - R) // stride + 1
         Q = (W + 2 * pad[1] - S) // stride + 1
@@ -56,6 +61,7 @@ class Case:
         self.b = np.zeros(K, np.float32)
         self.y = np.empty((N, P, Q, K), np.float32)
         self.dy = rng.standard_normal(self.y.shape, dtype=np.float32)
+        self.dz = np.empty_like(self.dy)   # the unfused variant's activation gradient
         self.dx = np.empty_like(self.x) if self.needs_dx else None
         self.dw, self.db = np.zeros_like(self.w), np.zeros_like(self.b)
         self.kw = dict(stride=(stride, stride), padding=pad)
@@ -70,19 +76,31 @@ class Case:
             self.tstride, self.tpad = stride, pad
 
     def kilnet_fwd(self):
-        _cpu.conv2d_forward(self.x, self.w, self.b, self.y, **self.kw)
+        _cpu.conv2d_forward(self.x, self.w, self.b, self.y, **self.kw, act=self.act)
 
     def kilnet_fwdbwd(self):
+        _cpu.conv2d_forward(self.x, self.w, self.b, self.y, **self.kw, act=self.act)
+        _cpu.conv2d_backward(self.dy, self.x, self.w, self.dx, self.dw, self.db, **self.kw, act=self.act, y=self.y)
+
+    def unfused_fwd(self):
         _cpu.conv2d_forward(self.x, self.w, self.b, self.y, **self.kw)
-        _cpu.conv2d_backward(self.dy, self.x, self.w, self.dx, self.dw, self.db, **self.kw)
+        _cpu.activation_forward(self.act, self.y, self.y)
+
+    def unfused_fwdbwd(self):
+        self.unfused_fwd()
+        _cpu.activation_backward(self.act, self.y, self.dy, self.dz)
+        _cpu.conv2d_backward(self.dz, self.x, self.w, self.dx, self.dw, self.db, **self.kw)
+
+    def _torch_out(self):
+        out = torch.nn.functional.conv2d(self.tx, self.tw, self.tb, stride=self.tstride, padding=self.tpad)
+        return torch.relu(out) if self.act == "relu" else out
 
     def torch_fwd(self):
         with torch.no_grad():
-            torch.nn.functional.conv2d(self.tx, self.tw, self.tb, stride=self.tstride, padding=self.tpad)
+            self._torch_out()
 
     def torch_fwdbwd(self):
-        out = torch.nn.functional.conv2d(self.tx, self.tw, self.tb, stride=self.tstride, padding=self.tpad)
-        out.backward(self.tdy)
+        self._torch_out().backward(self.tdy)
 
 
 def set_threads(n):
@@ -94,12 +112,14 @@ def set_threads(n):
 # ------------------------------------------------------------------------- pytest-benchmark
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("op", ["fwd", "fwdbwd"])
-@pytest.mark.parametrize("lib", ["kilnet", "torch"])
+@pytest.mark.parametrize("lib", ["kilnet", "unfused", "torch"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_conv2d(benchmark, case, lib, op, threads):
     if lib == "torch" and torch is None:
         pytest.skip("torch is not installed")
     c = Case(case)
+    if lib == "unfused" and c.act == "linear":
+        pytest.skip("no activation to fuse")
     old = _cpu.get_num_threads()
     set_threads(threads)
     try:
@@ -146,8 +166,8 @@ def main(argv=None):
 
     print(f"# {machine()}")
     print(f"# load average at start: {os.getloadavg()[0]:.2f}; peak {PEAK_PER_CORE:.0f} GFLOP/s per core")
-    print("| case | threads | op | kilnet ms | GFLOP/s | % peak | torch ms | torch / kilnet |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| case | threads | op | kilnet ms | GFLOP/s | % peak | torch ms | torch / kilnet | unfused ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
     old = _cpu.get_num_threads()
     for name in CASES:
         c = Case(name)
@@ -155,16 +175,19 @@ def main(argv=None):
             set_threads(nt)
             for op in ("fwd", "fwdbwd"):
                 flops = c.flops_fwd if op == "fwd" else c.flops_fwdbwd
-                ks, ts = [], []
-                for _ in range(args.rounds):   # interleave so both see the same machine load
+                ks, ts, us = [], [], []
+                for _ in range(args.rounds):   # interleave so all see the same machine load
                     ks.append(median_ms(getattr(c, f"kilnet_{op}"), args.reps))
                     if torch is not None:
                         ts.append(median_ms(getattr(c, f"torch_{op}"), args.reps))
+                    if c.act != "linear":
+                        us.append(median_ms(getattr(c, f"unfused_{op}"), args.reps))
                 k = statistics.median(ks)
                 gf = flops / k / 1e6
                 t = statistics.median(ts) if ts else float("nan")
+                u = f"{statistics.median(us):.3f}" if us else "-"
                 print(f"| {name} | {nt} | {'fwd' if op == 'fwd' else 'fwd+bwd'} | {k:.3f} | {gf:.1f} | "
-                      f"{100 * gf / (PEAK_PER_CORE * nt):.0f}% | {t:.3f} | {t / k:.2f}x |", flush=True)
+                      f"{100 * gf / (PEAK_PER_CORE * nt):.0f}% | {t:.3f} | {t / k:.2f}x | {u} |", flush=True)
     set_threads(old)
     print(f"# load average at end: {os.getloadavg()[0]:.2f}")
 
