@@ -50,3 +50,30 @@ def assert_grad_close(analytic, numeric, rtol=2e-2, atol=2e-3):
     analytic = np.asarray(analytic, dtype=np.float64)
     scale = max(1.0, float(np.abs(numeric).max()))
     np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol * scale)
+
+
+class _Gpu:
+    """What a CUDA test needs: cupy, kilnet._cuda, and host<->device copies."""
+
+    def __init__(self):
+        import cupy
+        from kilnet import _cuda
+        self.cp, self.k = cupy, _cuda
+
+    def dev(self, a):
+        """numpy -> a new CuPy array (None stays None)."""
+        return None if a is None else self.cp.asarray(a)
+
+    def host(self, a):
+        """CuPy -> numpy, after the kernels on the current stream finished."""
+        return None if a is None else self.cp.asnumpy(a)
+
+    def poisoned(self, shape, dtype=np.float32):
+        """A device array filled with NaN, so an element a kernel forgot to write shows up."""
+        return self.cp.full(shape, np.nan, dtype=dtype)
+
+
+@pytest.fixture
+def gpu():
+    """For tests marked `cuda` (skipped without a GPU): cupy, kilnet._cuda and copies."""
+    return _Gpu()

@@ -1,4 +1,5 @@
 // runtime.cu — device queries for kilnet._cuda and `kilnet info`.
+#include <atomic>
 #include <string>
 #include "check.cuh"
 #include "kilnet/device.h"
@@ -33,5 +34,13 @@ std::string compiled_architectures() {
   return "unknown";
 #endif
 }
+
+namespace {
+std::atomic<bool> g_tf32{false};
+}
+void set_tf32(bool on) { g_tf32.store(on); }
+bool tf32() { return g_tf32.load(); }
+
+void synchronize() { check(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
 
 }  // namespace kilnet::cuda

@@ -18,16 +18,20 @@ namespace kilnet::bind {
 namespace py = pybind11;
 using kilnet::index_t;
 
+// A checked array argument: numpy (array_arg, here) or CuPy (dev_array_arg, cuda_checks.h).
+// The shape helpers below work on either; only `arr` is numpy-specific.
 struct Arr {
-  py::array arr;
+  py::array arr;          // the numpy array (empty for device arrays)
+  py::object obj;         // the argument itself, kept alive for the call
   void* data = nullptr;
+  index_t bytes = 0;
   std::vector<index_t> shape;
   index_t size = 1;
   int ndim() const { return int(shape.size()); }
   index_t dim(int i) const { return shape[size_t(i < 0 ? i + ndim() : i)]; }
   float* f() const { return static_cast<float*>(data); }
   std::int64_t* i64() const { return static_cast<std::int64_t*>(data); }
-  index_t nbytes() const { return index_t(arr.nbytes()); }
+  index_t nbytes() const { return bytes; }
 };
 
 inline std::string shape_str(const std::vector<index_t>& s) {
@@ -44,6 +48,10 @@ inline std::string shape_str(const std::vector<index_t>& s) {
 // kind: 'f' float32, 'l' int64. ndim < 0: any rank.
 inline Arr array_arg(const char* fn, const char* name, py::handle h, char kind, int ndim,
                      bool writable) {
+  if (!py::isinstance<py::array>(h) && py::hasattr(h, "__cuda_array_interface__"))
+    fail_type(std::string(fn) + ": argument '" + name + "' is a GPU (CuPy) array, but this is the "
+              "CPU kernel: pass numpy arrays, or every array on the GPU to kilnet._cuda; one call "
+              "cannot mix numpy and CuPy arrays");
   if (!py::isinstance<py::array>(h))
     fail_type(std::string(fn) + ": argument '" + name + "' must be a numpy array, got " +
               std::string(py::str(py::type::of(h).attr("__name__"))));
@@ -69,6 +77,8 @@ inline Arr array_arg(const char* fn, const char* name, py::handle h, char kind, 
     a.shape.push_back(index_t(a.arr.shape(i)));
     a.size *= index_t(a.arr.shape(i));
   }
+  a.obj = py::reinterpret_borrow<py::object>(h);
+  a.bytes = index_t(a.arr.nbytes());
   a.data = writable ? a.arr.mutable_data() : const_cast<void*>(a.arr.data());
   return a;
 }

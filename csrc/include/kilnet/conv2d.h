@@ -44,3 +44,14 @@ void conv2d_backward_ref(const Conv2dShape& s, const float* dy, const float* x, 
                          float* dx, float* dw, float* db, Act act = Act::Linear, const float* y = nullptr);
 
 }  // namespace kilnet::cpu
+
+namespace kilnet::cuda {
+
+// The same on device pointers, run on `stream`: implicit GEMM (no im2col buffer in memory),
+// forward, data gradient and weight gradient; TF32 tensor cores only when tf32() is on.
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
+                    Act act, void* stream);
+void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, const float* w,
+                     float* dx, float* dw, float* db, Act act, const float* y, void* stream);
+
+}  // namespace kilnet::cuda
