@@ -99,15 +99,15 @@ inline void* stream_arg(py::handle s) {
   return reinterpret_cast<void*>(s.cast<std::uintptr_t>());
 }
 
-// One function per kernel family binds its CUDA kernels into kilnet._cuda.
-void cuda_bind_gemm(py::module_& m);
-void cuda_bind_conv2d(py::module_& m);
-void cuda_bind_activation(py::module_& m);
-void cuda_bind_loss(py::module_& m);
-void cuda_bind_optim(py::module_& m);
-void cuda_bind_pool2d(py::module_& m);
-void cuda_bind_normalization(py::module_& m);
-void cuda_bind_dropout(py::module_& m);
-void cuda_bind_rnn(py::module_& m);
+// Each cuda_bind_<family>.cpp registers its binding function with a static
+// RegisterCudaFamily object; cuda_module.cpp calls them all. Adding a family is adding a file.
+using CudaBinder = void (*)(py::module_&);
+inline std::vector<CudaBinder>& cuda_binders() {
+  static std::vector<CudaBinder> v;
+  return v;
+}
+struct RegisterCudaFamily {
+  explicit RegisterCudaFamily(CudaBinder f) { cuda_binders().push_back(f); }
+};
 
 }  // namespace kilnet::bind

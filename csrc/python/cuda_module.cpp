@@ -20,13 +20,5 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("tf32", &cuda::tf32);
   m.def("synchronize", [] { py::gil_scoped_release nogil; cuda::synchronize(); },
         "wait for all work on the current device");
-  bind::cuda_bind_gemm(m);
-  bind::cuda_bind_conv2d(m);
-  bind::cuda_bind_activation(m);
-  bind::cuda_bind_loss(m);
-  bind::cuda_bind_optim(m);
-  bind::cuda_bind_pool2d(m);
-  bind::cuda_bind_normalization(m);
-  bind::cuda_bind_dropout(m);
-  bind::cuda_bind_rnn(m);
+  for (bind::CudaBinder f : bind::cuda_binders()) f(m);
 }
