@@ -28,6 +28,10 @@
 // writes its partial sums to a scratch buffer ws[z][M][N] and gemm_reduce adds the splits in
 // the fixed order z = 0, 1, ... and applies alpha, beta and bias, so the result is
 // deterministic (no atomics).
+//
+// With tf32() on (kilnet set_tf32(True), off by default) and M, N >= 128, sgemm_tf32 runs the
+// same block tiling on the tensor cores (mma.sync m16n8k8 TF32, sm_80+); the inputs are rounded
+// to TF32 (10-bit mantissa), so results differ from fp32 by ~1e-3 relative.
 #include <cuda_runtime.h>
 #include <climits>
 #include <cstdint>
@@ -55,12 +59,22 @@ static_assert((BM / WM) * (BN / WN) == NT / 32, "one warp tile per warp");
 static_assert(WSM == 8 * TM && WSN == 4 * TN, "lanes form 8 x 4 inside a sub-tile");
 static_assert(BM * BK == 2 * 4 * NT, "each thread loads 2 groups of 4 elements per operand");
 
+__device__ __forceinline__ float round_tf32(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  unsigned r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return __uint_as_float(r);
+#else
+  return x;
+#endif
+}
+
 // Loads one 128 (o) x 16 (k) slice of a matrix X[o][k] into registers and stores it k-major
 // into shared memory S[k][o]. X[o][k] = P[o*ld + k] when KCONTIG (k is the contiguous index),
 // else P[k*ld + o]. For A, o = m (KCONTIG = !trans_a); for B, o = n (KCONTIG = trans_b).
 // Each thread moves 2 groups of 4 elements that are contiguous in memory: one float4 if VEC
 // and the whole group is in bounds, else scalar loads, zero outside [0,O) x [0,Kend).
-template <bool KCONTIG, bool VEC>
+template <bool KCONTIG, bool VEC, int LD = SLD>
 struct TileLoader {
   float v[2][4];
 
@@ -94,7 +108,15 @@ struct TileLoader {
     }
   }
 
-  __device__ __forceinline__ void store(float (*S)[SLD], int tid) const {
+  // TF32 path: round to nearest (ties away) once here instead of at every fragment load.
+  __device__ __forceinline__ void to_tf32() {
+#pragma unroll
+    for (int g = 0; g < 2; ++g)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) v[g][i] = round_tf32(v[g][i]);
+  }
+
+  __device__ __forceinline__ void store(float (*S)[LD], int tid) const {
 #pragma unroll
     for (int g = 0; g < 2; ++g) {
       if (KCONTIG) {
@@ -245,6 +267,107 @@ __global__ void __launch_bounds__(NT, VEC ? 2 : 1) sgemm_big(int M, int N, int K
     }
 }
 
+// ---- the TF32 tensor-core kernel (only with tf32() on, on sm_80+) ----------------------------
+// The same 128x128x16 block tile, loads, double buffer and 64x32 warp tiles as sgemm_big; each
+// warp tile is 4 (M) x 4 (N) mma.sync.m16n8k8 tiles, 2 k8 steps per K step, 4 x 4 x 4 = 64
+// accumulators per thread. Shared rows are padded to 136 floats so that the fragment reads
+// (8 groups x 4 k rows) hit 32 different banks.
+constexpr int SLD_TC = BM + 8;
+
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+template <bool TA, bool TB, bool VEC>
+__global__ void __launch_bounds__(NT) sgemm_tf32(int M, int N, int K, int kchunk, int tiles_n,
+                                                 const float* __restrict__ A, i64 lda,
+                                                 const float* __restrict__ B, i64 ldb,
+                                                 Epilogue ep) {
+  __shared__ __align__(16) float As[2][BK][SLD_TC];
+  __shared__ __align__(16) float Bs[2][BK][SLD_TC];
+  const int tid = threadIdx.x;
+  const int m0 = int(blockIdx.x / tiles_n) * BM, n0 = int(blockIdx.x % tiles_n) * BN;
+  const int kbeg = int(blockIdx.y) * kchunk, kend = min(K, kbeg + kchunk);
+  const int warp = tid / 32, lane = tid % 32;
+  const int wr = warp / (BN / WN), wc = warp % (BN / WN);
+  const int g = lane / 4, t = lane % 4;   // mma fragment coordinates: group, thread in group
+
+  TileLoader<!TA, VEC, SLD_TC> la;
+  TileLoader<TB, VEC, SLD_TC> lb;
+  float acc[4][4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+
+  const int ktiles = (kend - kbeg + BK - 1) / BK;
+  la.load(A, lda, M, kend, m0, kbeg, tid);
+  lb.load(B, ldb, N, kend, n0, kbeg, tid);
+  la.to_tf32(); lb.to_tf32();
+  la.store(As[0], tid);
+  lb.store(Bs[0], tid);
+  __syncthreads();
+
+  for (int kt = 0; kt < ktiles; ++kt) {
+    const int cur = kt & 1;
+    const bool more = kt + 1 < ktiles;
+    if (more) {
+      la.load(A, lda, M, kend, m0, kbeg + (kt + 1) * BK, tid);
+      lb.load(B, ldb, N, kend, n0, kbeg + (kt + 1) * BK, tid);
+    }
+#pragma unroll
+    for (int kb = 0; kb < BK; kb += 8) {
+      // A fragment (16 x 8, row-major): a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4)
+      // in (row m, column k); B fragment (8 x 8, column-major): b0 (k=t, n=g), b1 (k=t+4, n=g).
+      unsigned af[4][4], bf[4][2];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int mb = wr * WM + i * 16 + g;
+        af[i][0] = __float_as_uint(As[cur][kb + t][mb]);
+        af[i][1] = __float_as_uint(As[cur][kb + t][mb + 8]);
+        af[i][2] = __float_as_uint(As[cur][kb + t + 4][mb]);
+        af[i][3] = __float_as_uint(As[cur][kb + t + 4][mb + 8]);
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int nb = wc * WN + j * 8 + g;
+        bf[j][0] = __float_as_uint(Bs[cur][kb + t][nb]);
+        bf[j][1] = __float_as_uint(Bs[cur][kb + t + 4][nb]);
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) mma_tf32(acc[i][j], af[i], bf[j]);
+    }
+    if (more) {
+      la.to_tf32(); lb.to_tf32();
+      la.store(As[cur ^ 1], tid);
+      lb.store(Bs[cur ^ 1], tid);
+    }
+    __syncthreads();
+  }
+
+  // D fragment (16 x 8): d0, d1 at (g, 2t), (g, 2t+1); d2, d3 at (g+8, 2t), (g+8, 2t+1).
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int m = m0 + wr * WM + i * 16 + g + (r >= 2 ? 8 : 0);
+        const int n = n0 + wc * WN + j * 8 + 2 * t + (r & 1);
+        if (m < M && n < N) ep.store1(m, n, acc[i][j][r], int(blockIdx.y));
+      }
+}
+
 // ---- the small kernel: 32x32x32 tiles, 256 threads, 2x2 outputs per thread --------------------
 constexpr int SB = 32, SNT = 256;
 
@@ -324,6 +447,13 @@ int sm_count() {
   return n > 0 ? n : 1;
 }
 
+int cc_major() {
+  int dev = 0, v = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
+  return v;
+}
+
 bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
 
 // K splits for `tiles` output tiles: enough blocks to give every SM `want` of them, but each
@@ -342,8 +472,16 @@ Split choose_split(i64 tiles, int K, int want_blocks, int min_k, int gran) {
 }
 
 template <bool TA, bool TB>
-void launch_big(bool vec, dim3 grid, cudaStream_t st, int M, int N, int K, int kchunk,
+void launch_big(bool tc, bool vec, dim3 grid, cudaStream_t st, int M, int N, int K, int kchunk,
                 int tiles_n, const float* A, i64 lda, const float* B, i64 ldb, const Epilogue& ep) {
+  if (tc) {
+    if (vec)
+      sgemm_tf32<TA, TB, true><<<grid, NT, 0, st>>>(M, N, K, kchunk, tiles_n, A, lda, B, ldb, ep);
+    else
+      sgemm_tf32<TA, TB, false><<<grid, NT, 0, st>>>(M, N, K, kchunk, tiles_n, A, lda, B, ldb, ep);
+    KILNET_CHECK_LAUNCH("sgemm_tf32");
+    return;
+  }
   if (vec)
     sgemm_big<TA, TB, true><<<grid, NT, 0, st>>>(M, N, K, kchunk, tiles_n, A, lda, B, ldb, ep);
   else
@@ -400,10 +538,11 @@ void gemm(bool trans_a, bool trans_b, index_t M, index_t N, index_t K, float alp
   try {
     if (big) {
       const bool vec = lda % 4 == 0 && ldb % 4 == 0 && aligned16(A) && aligned16(B);
-      if (!trans_a && !trans_b) launch_big<false, false>(vec, grid, st, m, n, k, sp.kchunk, int(tiles_n), A, lda, B, ldb, ep);
-      else if (!trans_a)        launch_big<false, true >(vec, grid, st, m, n, k, sp.kchunk, int(tiles_n), A, lda, B, ldb, ep);
-      else if (!trans_b)        launch_big<true,  false>(vec, grid, st, m, n, k, sp.kchunk, int(tiles_n), A, lda, B, ldb, ep);
-      else                      launch_big<true,  true >(vec, grid, st, m, n, k, sp.kchunk, int(tiles_n), A, lda, B, ldb, ep);
+      const bool tc = tf32() && cc_major() >= 8;   // mma.sync TF32 needs sm_80
+      if (!trans_a && !trans_b) launch_big<false, false>(tc, vec, grid, st, m, n, k, sp.kchunk, int(tiles_n), A, lda, B, ldb, ep);
+      else if (!trans_a)        launch_big<false, true >(tc, vec, grid, st, m, n, k, sp.kchunk, int(tiles_n), A, lda, B, ldb, ep);
+      else if (!trans_b)        launch_big<true,  false>(tc, vec, grid, st, m, n, k, sp.kchunk, int(tiles_n), A, lda, B, ldb, ep);
+      else                      launch_big<true,  true >(tc, vec, grid, st, m, n, k, sp.kchunk, int(tiles_n), A, lda, B, ldb, ep);
     } else {
       if (!trans_a && !trans_b) launch_small<false, false>(grid, st, m, n, k, sp.kchunk, int(tiles_n), A, lda, B, ldb, ep);
       else if (!trans_a)        launch_small<false, true >(grid, st, m, n, k, sp.kchunk, int(tiles_n), A, lda, B, ldb, ep);
