@@ -69,22 +69,38 @@ __device__ __forceinline__ float round_tf32(float x) {
 #endif
 }
 
-// Loads one 128 (o) x 16 (k) slice of a matrix X[o][k] into registers and stores it k-major
+// Loads one 128 (o) x KD (k) slice of a matrix X[o][k] into registers and stores it k-major
 // into shared memory S[k][o]. X[o][k] = P[o*ld + k] when KCONTIG (k is the contiguous index),
 // else P[k*ld + o]. For A, o = m (KCONTIG = !trans_a); for B, o = n (KCONTIG = trans_b).
-// Each thread moves 2 groups of 4 elements that are contiguous in memory: one float4 if VEC
+// Each thread moves KD/8 groups of 4 elements that are contiguous in memory: one float4 if VEC
 // and the whole group is in bounds, else scalar loads, zero outside [0,O) x [0,Kend).
-template <bool KCONTIG, bool VEC, int LD = SLD>
+// KCONTIG thread mapping: ROWS32 = false puts KD/4 consecutive threads on one row (fully used
+// 32-byte sectors; the transposing stores then conflict 2-way with LD = 132); ROWS32 = true
+// puts a warp on 32 different rows (conflict-free transposing stores for any LD; the other half
+// of each sector is read by the next warp, from L1).
+template <bool KCONTIG, bool VEC, int LD = SLD, int KD = BK, bool ROWS32 = false>
 struct TileLoader {
-  float v[2][4];
+  static constexpr int G = KD / 8;     // groups of 4 per thread: 128 * KD / (4 * 256)
+  static constexpr int TPR = KD / 4;   // threads per row when !ROWS32
+  static_assert(NT == 256 && BM == 128 && KD % 8 == 0, "mapping written for 256 threads, 128 rows");
+  float v[G][4];
+
+  // The (row o, column k) of group g's first element, relative to the slice.
+  __device__ __forceinline__ static int row_of(int tid, int g) {
+    if (KCONTIG) return ROWS32 ? tid % 128 : tid / TPR + g * (NT / TPR);
+    return (tid % 32) * 4;
+  }
+  __device__ __forceinline__ static int col_of(int tid, int g) {
+    if (KCONTIG) return ROWS32 ? (tid / 128) * 4 + g * 8 : (tid % TPR) * 4;
+    return tid / 32 + g * 8;
+  }
 
   __device__ __forceinline__ void load(const float* __restrict__ P, i64 ld, int O, int Kend,
                                        int o0, int k0, int tid) {
 #pragma unroll
-    for (int g = 0; g < 2; ++g) {
+    for (int g = 0; g < G; ++g) {
+      const int o = o0 + row_of(tid, g), k = k0 + col_of(tid, g);
       if (KCONTIG) {
-        // 4 threads per row of 16 k: a warp reads 8 rows x 64 contiguous bytes.
-        const int o = o0 + tid / 4 + g * 64, k = k0 + (tid % 4) * 4;
         const float* p = P + (i64)o * ld + k;
         if (VEC && o < O && k + 3 < Kend) {
           const float4 t = __ldg(reinterpret_cast<const float4*>(p));
@@ -95,7 +111,6 @@ struct TileLoader {
         }
       } else {
         // 32 threads per k row of 128 o: a warp reads 512 contiguous bytes.
-        const int k = k0 + tid / 32 + g * 8, o = o0 + (tid % 32) * 4;
         const float* p = P + (i64)k * ld + o;
         if (VEC && k < Kend && o + 3 < O) {
           const float4 t = __ldg(reinterpret_cast<const float4*>(p));
@@ -111,21 +126,20 @@ struct TileLoader {
   // TF32 path: round to nearest (ties away) once here instead of at every fragment load.
   __device__ __forceinline__ void to_tf32() {
 #pragma unroll
-    for (int g = 0; g < 2; ++g)
+    for (int g = 0; g < G; ++g)
 #pragma unroll
       for (int i = 0; i < 4; ++i) v[g][i] = round_tf32(v[g][i]);
   }
 
   __device__ __forceinline__ void store(float (*S)[LD], int tid) const {
 #pragma unroll
-    for (int g = 0; g < 2; ++g) {
-      if (KCONTIG) {
-        const int r = tid / 4 + g * 64, c = (tid % 4) * 4;   // transpose on the way in
+    for (int g = 0; g < G; ++g) {
+      const int r = row_of(tid, g), c = col_of(tid, g);
+      if (KCONTIG) {   // transpose on the way in
 #pragma unroll
         for (int i = 0; i < 4; ++i) S[c + i][r] = v[g][i];
       } else {
-        const int kr = tid / 32 + g * 8, oc = (tid % 32) * 4;
-        *reinterpret_cast<float4*>(&S[kr][oc]) = make_float4(v[g][0], v[g][1], v[g][2], v[g][3]);
+        *reinterpret_cast<float4*>(&S[c][r]) = make_float4(v[g][0], v[g][1], v[g][2], v[g][3]);
       }
     }
   }
@@ -284,13 +298,24 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const unsigned (&a)[4], 
 #endif
 }
 
+// K depth of the TF32 kernel's shared slices (a multiple of 8). Measured on an H200 at 4096^3
+// NN: 16 deep with the row-contiguous loads 99 TFLOP/s; 32 deep 60 (one block per SM, 164
+// registers); ROWS32 loads (conflict-free stores, but a warp reads 32 rows x 16 bytes) 75.
+#ifndef KILNET_TF32_KD
+#define KILNET_TF32_KD 16
+#endif
+constexpr int TC_KD = KILNET_TF32_KD;
+constexpr size_t tc_smem_bytes() { return size_t(2) * 2 * TC_KD * SLD_TC * sizeof(float); }
+
 template <bool TA, bool TB, bool VEC>
-__global__ void __launch_bounds__(NT) sgemm_tf32(int M, int N, int K, int kchunk, int tiles_n,
+__global__ void __launch_bounds__(NT, TC_KD <= 16 ? 2 : 1) sgemm_tf32(int M, int N, int K, int kchunk, int tiles_n,
                                                  const float* __restrict__ A, i64 lda,
                                                  const float* __restrict__ B, i64 ldb,
                                                  Epilogue ep) {
-  __shared__ __align__(16) float As[2][BK][SLD_TC];
-  __shared__ __align__(16) float Bs[2][BK][SLD_TC];
+  // Dynamic shared memory (over 48 KB with TC_KD = 32): As[2][TC_KD][SLD_TC], then Bs.
+  extern __shared__ float4 tc_smem[];
+  float (*As)[TC_KD][SLD_TC] = reinterpret_cast<float (*)[TC_KD][SLD_TC]>(tc_smem);
+  float (*Bs)[TC_KD][SLD_TC] = As + 2;
   const int tid = threadIdx.x;
   const int m0 = int(blockIdx.x / tiles_n) * BM, n0 = int(blockIdx.x % tiles_n) * BN;
   const int kbeg = int(blockIdx.y) * kchunk, kend = min(K, kbeg + kchunk);
@@ -298,8 +323,8 @@ __global__ void __launch_bounds__(NT) sgemm_tf32(int M, int N, int K, int kchunk
   const int wr = warp / (BN / WN), wc = warp % (BN / WN);
   const int g = lane / 4, t = lane % 4;   // mma fragment coordinates: group, thread in group
 
-  TileLoader<!TA, VEC, SLD_TC> la;
-  TileLoader<TB, VEC, SLD_TC> lb;
+  TileLoader<!TA, VEC, SLD_TC, TC_KD, false> la;
+  TileLoader<TB, VEC, SLD_TC, TC_KD, false> lb;
   float acc[4][4][4];
 #pragma unroll
   for (int i = 0; i < 4; ++i)
@@ -308,7 +333,7 @@ __global__ void __launch_bounds__(NT) sgemm_tf32(int M, int N, int K, int kchunk
 #pragma unroll
       for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
 
-  const int ktiles = (kend - kbeg + BK - 1) / BK;
+  const int ktiles = (kend - kbeg + TC_KD - 1) / TC_KD;
   la.load(A, lda, M, kend, m0, kbeg, tid);
   lb.load(B, ldb, N, kend, n0, kbeg, tid);
   la.to_tf32(); lb.to_tf32();
@@ -320,11 +345,11 @@ __global__ void __launch_bounds__(NT) sgemm_tf32(int M, int N, int K, int kchunk
     const int cur = kt & 1;
     const bool more = kt + 1 < ktiles;
     if (more) {
-      la.load(A, lda, M, kend, m0, kbeg + (kt + 1) * BK, tid);
-      lb.load(B, ldb, N, kend, n0, kbeg + (kt + 1) * BK, tid);
+      la.load(A, lda, M, kend, m0, kbeg + (kt + 1) * TC_KD, tid);
+      lb.load(B, ldb, N, kend, n0, kbeg + (kt + 1) * TC_KD, tid);
     }
 #pragma unroll
-    for (int kb = 0; kb < BK; kb += 8) {
+    for (int kb = 0; kb < TC_KD; kb += 8) {
       // A fragment (16 x 8, row-major): a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4)
       // in (row m, column k); B fragment (8 x 8, column-major): b0 (k=t, n=g), b1 (k=t+4, n=g).
       unsigned af[4][4], bf[4][2];
@@ -475,10 +500,12 @@ template <bool TA, bool TB>
 void launch_big(bool tc, bool vec, dim3 grid, cudaStream_t st, int M, int N, int K, int kchunk,
                 int tiles_n, const float* A, i64 lda, const float* B, i64 ldb, const Epilogue& ep) {
   if (tc) {
-    if (vec)
-      sgemm_tf32<TA, TB, true><<<grid, NT, 0, st>>>(M, N, K, kchunk, tiles_n, A, lda, B, ldb, ep);
-    else
-      sgemm_tf32<TA, TB, false><<<grid, NT, 0, st>>>(M, N, K, kchunk, tiles_n, A, lda, B, ldb, ep);
+    const auto kern = vec ? &sgemm_tf32<TA, TB, true> : &sgemm_tf32<TA, TB, false>;
+    const size_t smem = tc_smem_bytes();
+    if (smem > 48 * 1024)   // opt in to more than 48 KB (per device: cheap, so every call)
+      check(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+            "cudaFuncSetAttribute (sgemm_tf32 shared memory)");
+    kern<<<grid, NT, smem, st>>>(M, N, K, kchunk, tiles_n, A, lda, B, ldb, ep);
     KILNET_CHECK_LAUNCH("sgemm_tf32");
     return;
   }
@@ -520,7 +547,7 @@ void gemm(bool trans_a, bool trans_b, index_t M, index_t N, index_t K, float alp
   Split sp;
   if (big) {
     tiles_m = ceil_div(M, BM); tiles_n = ceil_div(N, BN);
-    sp = choose_split(tiles_m * tiles_n, k, sms, 256, BK);
+    sp = choose_split(tiles_m * tiles_n, k, sms, 256, std::max(BK, TC_KD));   // both kernels: whole slices
   } else {
     tiles_m = ceil_div(M, SB); tiles_n = ceil_div(N, SB);
     sp = choose_split(tiles_m * tiles_n, k, 2 * sms, 128, SB);

@@ -34,12 +34,14 @@ struct Arr {
   index_t nbytes() const { return bytes; }
 };
 
+// std::to_string, not an ostringstream: formatting a number through an iostream crashed
+// (SIGSEGV in basic_ostream::_M_insert<long>) in kilnet._cuda built on the H200 image's GCC 13
+// toolchain; to_string needs no locale.
 inline std::string shape_str(const std::vector<index_t>& s) {
-  std::ostringstream o;
-  o << "(";
-  for (size_t i = 0; i < s.size(); ++i) o << s[i] << (s.size() == 1 ? "," : (i + 1 < s.size() ? ", " : ""));
-  o << ")";
-  return o.str();
+  std::string o = "(";
+  for (size_t i = 0; i < s.size(); ++i)
+    o += std::to_string(s[i]) + (s.size() == 1 ? "," : (i + 1 < s.size() ? ", " : ""));
+  return o + ")";
 }
 
 [[noreturn]] inline void fail_type(const std::string& msg) { throw py::type_error(msg); }
