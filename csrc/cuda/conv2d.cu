@@ -62,7 +62,15 @@ template <class G>
 struct FwdA {
   static constexpr int KC = G::BK / 4, CH = G::BM * KC, PS = (CH + G::NT - 1) / G::NT;
   int row[PS], kq[PS], img[PS], ih0[PS], iw0[PS];   // img < 0: chunk unused or row >= M
+  int c_[PS], s_[PS], r_[PS];   // (r, s, c) of the next tile's kk (float4 path): no divisions per tile
   float v[PS][4];
+  __device__ void start(const ConvArgs& a, int k0) {
+#pragma unroll
+    for (int ps = 0; ps < PS; ++ps) {
+      const int kk = k0 + kq[ps], rs = kk / a.C;
+      c_[ps] = kk - rs * a.C; s_[ps] = rs % a.S; r_[ps] = rs / a.S;
+    }
+  }
   __device__ FwdA(const ConvArgs& a, int m0, int tid) {
 #pragma unroll
     for (int ps = 0; ps < PS; ++ps) {
@@ -85,11 +93,12 @@ struct FwdA {
       const int kk0 = k0 + kq[ps];
       if (a.vec) {   // kk0 % 4 == 0 and C % 4 == 0 (so KR % 4 == 0): all four or none
         if (kk0 < kend) {
-          const int c = kk0 % a.C, rs = kk0 / a.C, s = rs % a.S, r = rs / a.S;
-          const int ih = ih0[ps] + r * a.dh, iw = iw0[ps] + s * a.dw;
+          const int ih = ih0[ps] + r_[ps] * a.dh, iw = iw0[ps] + s_[ps] * a.dw;
           if (ih >= 0 && ih < a.H && iw >= 0 && iw < a.W)
-            set4(v[ps], ld4(a.x + ((img[ps] * a.H + ih) * a.W + iw) * a.C + c));
+            set4(v[ps], ld4(a.x + ((img[ps] * a.H + ih) * a.W + iw) * a.C + c_[ps]));
         }
+        c_[ps] += G::BK;   // the next call loads kk0 + BK
+        while (c_[ps] >= a.C) { c_[ps] -= a.C; if (++s_[ps] == a.S) { s_[ps] = 0; ++r_[ps]; } }
       } else {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
@@ -129,6 +138,7 @@ struct RowB {
       if (j >= CH) kr[ps] = -1;
     }
   }
+  __device__ void start(const ConvArgs&, int) {}
   __device__ void load(const ConvArgs& a, int k0, int kend) {
     const float* src = Grad ? a.dy : a.w;
 #pragma unroll
@@ -185,7 +195,15 @@ template <class G>
 struct DgradA {
   static constexpr int KC = G::BK / 4, CH = G::BM * KC, PS = (CH + G::NT - 1) / G::NT;
   int row[PS], kq[PS], img[PS], hp[PS], wp[PS];
+  int k_[PS], s_[PS], r_[PS];   // (r, s, k) of the next tile's kk (float4 path)
   float v[PS][4];
+  __device__ void start(const ConvArgs& a, int k0) {
+#pragma unroll
+    for (int ps = 0; ps < PS; ++ps) {
+      const int kk = k0 + kq[ps], rs = kk / a.K;
+      k_[ps] = kk - rs * a.K; s_[ps] = rs % a.S; r_[ps] = rs / a.S;
+    }
+  }
   __device__ DgradA(const ConvArgs& a, int m0, int tid) {
 #pragma unroll
     for (int ps = 0; ps < PS; ++ps) {
@@ -215,8 +233,10 @@ struct DgradA {
       if (img[ps] < 0) continue;
       const int kk0 = k0 + kq[ps];
       if (a.vec) {   // K % 4 == 0: the four k share (r, s)
+        const int k = k_[ps], s = s_[ps], r = r_[ps];
+        k_[ps] += G::BK;   // the next call loads kk0 + BK
+        while (k_[ps] >= a.K) { k_[ps] -= a.K; if (++s_[ps] == a.S) { s_[ps] = 0; ++r_[ps]; } }
         if (kk0 < kend) {
-          const int k = kk0 % a.K, rs = kk0 / a.K, s = rs % a.S, r = rs / a.S;
           const int o = tap(a, ps, r, s);
           if (o >= 0) {
             set4(v[ps], ld4(a.dy + o + k));
@@ -258,7 +278,15 @@ template <class G>
 struct DgradB {
   static constexpr int KC = G::BK / 4, CH = G::BN * KC, PS = (CH + G::NT - 1) / G::NT;
   int colr[PS], kq[PS], c[PS];   // colr: column within the tile, c: absolute (-1 unused)
+  int k_[PS], rs_[PS];           // (r*S + s, k) of the next tile's kk (float4 path)
   float v[PS][4];
+  __device__ void start(const ConvArgs& a, int k0) {
+#pragma unroll
+    for (int ps = 0; ps < PS; ++ps) {
+      const int kk = k0 + kq[ps];
+      rs_[ps] = kk / a.K; k_[ps] = kk - rs_[ps] * a.K;
+    }
+  }
   __device__ DgradB(const ConvArgs& a, int n0, int tid) {
 #pragma unroll
     for (int ps = 0; ps < PS; ++ps) {
@@ -274,10 +302,9 @@ struct DgradB {
       if (c[ps] < 0) continue;
       const int kk0 = k0 + kq[ps];
       if (a.vec) {   // K % 4 == 0
-        if (kk0 < kend) {
-          const int k = kk0 % a.K, rs = kk0 / a.K;
-          set4(v[ps], ld4(a.w + (rs * a.C + c[ps]) * a.K + k));
-        }
+        if (kk0 < kend) set4(v[ps], ld4(a.w + (rs_[ps] * a.C + c[ps]) * a.K + k_[ps]));
+        k_[ps] += G::BK;   // the next call loads kk0 + BK
+        while (k_[ps] >= a.K) { k_[ps] -= a.K; ++rs_[ps]; }
       } else {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
@@ -309,7 +336,17 @@ struct WgradA {
   static constexpr int MC = G::BM / 4, CH = G::BK * MC, PS = (CH + G::NT - 1) / G::NT;
   int kr[PS], row4[PS];
   int roff[PS][4], soff[PS][4], cc[PS][4];   // per m: r*dh - ph, s*dw - pw, c (-1: m >= M)
+  int n_[PS], p_[PS], q_[PS];                 // the pixel (n, p, q) of the next tile's kk
   float v[PS][4];
+  __device__ void start(const ConvArgs& a, int k0) {
+#pragma unroll
+    for (int ps = 0; ps < PS; ++ps) {
+      const int pix = k0 + max(kr[ps], 0);
+      n_[ps] = pix / a.PQ;
+      const int pq = pix - n_[ps] * a.PQ;
+      p_[ps] = pq / a.Q; q_[ps] = pq - p_[ps] * a.Q;
+    }
+  }
   __device__ WgradA(const ConvArgs& a, int m0, int tid) {
 #pragma unroll
     for (int ps = 0; ps < PS; ++ps) {
@@ -332,9 +369,10 @@ struct WgradA {
       zero4(v[ps]);
       if (kr[ps] < 0) continue;
       const int pix = k0 + kr[ps];
+      const int n = n_[ps], h0 = p_[ps] * a.sh, w0 = q_[ps] * a.sw;
+      q_[ps] += G::BK;   // the next call loads pix + BK
+      while (q_[ps] >= a.Q) { q_[ps] -= a.Q; if (++p_[ps] == a.P) { p_[ps] = 0; ++n_[ps]; } }
       if (pix >= kend || cc[ps][0] < 0) continue;   // m >= M for the first implies for all four
-      const int n = pix / a.PQ, pq = pix - n * a.PQ, p = pq / a.Q, q = pq - p * a.Q;
-      const int h0 = p * a.sh, w0 = q * a.sw;
       if (a.vec) {   // C % 4 == 0: the four m are channels c..c+3 of one tap
         const int ih = h0 + roff[ps][0], iw = w0 + soff[ps][0];
         if (ih >= 0 && ih < a.H && iw >= 0 && iw < a.W)
@@ -409,7 +447,7 @@ __device__ void epilogue(const ConvArgs& a, int m0, int n0, const float (&acc)[G
 // stages of the A tile (stored k-major, As[kk][m]) and the B tile (Bs[kk][n]); the next stage is
 // fetched into registers while the current one is multiplied.
 template <class G, class LA, class LB, Epi E>
-__global__ void __launch_bounds__(G::NT) igemm_kernel(const ConvArgs a) {
+__global__ void __launch_bounds__(G::NT, 2) igemm_kernel(const ConvArgs a) {
   __shared__ __align__(16) float As[2][G::BK][G::BM + G::PAD];
   __shared__ __align__(16) float Bs[2][G::BK][G::BN + G::PAD];
   const int tid = threadIdx.x;
@@ -426,6 +464,8 @@ __global__ void __launch_bounds__(G::NT) igemm_kernel(const ConvArgs a) {
     for (int j = 0; j < G::TN; ++j) acc[i][j] = 0.f;
 
   if (kbeg < kend) {
+    // Loads must then come in order kbeg, kbeg + BK, ...: the loaders step their indices.
+    la.start(a, kbeg); lb.start(a, kbeg);
     la.load(a, kbeg, kend); lb.load(a, kbeg, kend);
     la.store(As[0], tid); lb.store(Bs[0], tid);
     __syncthreads();
