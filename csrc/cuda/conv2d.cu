@@ -45,10 +45,19 @@ struct Cfg {
   static constexpr int TX = BN / TN, TY = BM / TM, NT = TX * TY;
   static constexpr int PAD = 4;   // keeps rows 16-byte aligned and spreads the transposed stores
   static_assert(BM % TM == 0 && BN % TN == 0 && BK % 4 == 0 && BM % 4 == 0 && BN % 4 == 0, "tile");
+  // Column (within the tile) of a thread's register column j. With TN % 4 == 0 a thread owns
+  // groups of 4 columns spaced 4*TX apart, so the 8 threads of a quarter warp read 128
+  // contiguous bytes of Bs (no bank conflicts); otherwise TN adjacent columns.
+  static __device__ __forceinline__ int col(int tx, int j) {
+    if constexpr (TN % 4 == 0) return (j / 4) * (4 * TX) + tx * 4 + (j % 4);
+    else return tx * TN + j;
+  }
 };
 using CfgL = Cfg<128, 128, 8, 8, 8>;   // 256 threads, large K
 using CfgM = Cfg<128, 64, 8, 8, 4>;    // 256 threads
+using CfgN = Cfg<128, 32, 8, 4, 4>;    // 256 threads, 32 or fewer columns
 using CfgS = Cfg<64, 32, 16, 4, 2>;    // 256 threads, small GEMMs
+using CfgW = Cfg<16, 32, 32, 1, 2>;    // 256 threads, weight gradients of 16 or fewer rows (RSC)
 
 __device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 __device__ __forceinline__ void zero4(float (&v)[4]) { v[0] = v[1] = v[2] = v[3] = 0.f; }
@@ -407,16 +416,18 @@ __device__ void epilogue(const ConvArgs& a, int m0, int n0, const float (&acc)[G
   const int ty = threadIdx.x / G::TX, tx = threadIdx.x % G::TX;
   float* out = a.out;
   if (E == Epi::Partial) out += std::size_t(blockIdx.z) * std::size_t(a.M) * std::size_t(a.Ncols);
-  const int nb = n0 + tx * G::TN;
+  int nc[G::TN];   // absolute column of register column j
+#pragma unroll
+  for (int j = 0; j < G::TN; ++j) nc[j] = n0 + G::col(tx, j);
   float bias[G::TN];
 #pragma unroll
   for (int j = 0; j < G::TN; ++j)
-    bias[j] = (E == Epi::Forward && a.b && nb + j < a.Ncols) ? a.b[nb + j] : 0.f;
+    bias[j] = (E == Epi::Forward && a.b && nc[j] < a.Ncols) ? a.b[nc[j]] : 0.f;
 #pragma unroll
   for (int i = 0; i < G::TM; ++i) {
     const int m = m0 + ty * G::TM + i;
     if (m >= a.M) break;
-    float* o = out + std::size_t(m) * std::size_t(a.Ncols) + nb;
+    float* o = out + std::size_t(m) * std::size_t(a.Ncols);
     float t[G::TN];
 #pragma unroll
     for (int j = 0; j < G::TN; ++j) {
@@ -429,15 +440,15 @@ __device__ void epilogue(const ConvArgs& a, int m0, int n0, const float (&acc)[G
       if (a.vec) {
 #pragma unroll
         for (int j = 0; j < G::TN; j += 4)
-          if (nb + j < a.Ncols)
-            *reinterpret_cast<float4*>(o + j) = make_float4(t[j], t[j + 1], t[j + 2], t[j + 3]);
+          if (nc[j] < a.Ncols)   // nc[j..j+3] are consecutive
+            *reinterpret_cast<float4*>(o + nc[j]) = make_float4(t[j], t[j + 1], t[j + 2], t[j + 3]);
         done = true;
       }
     }
     if (!done) {
 #pragma unroll
       for (int j = 0; j < G::TN; ++j)
-        if (nb + j < a.Ncols) o[j] = t[j];
+        if (nc[j] < a.Ncols) o[nc[j]] = t[j];
     }
   }
 }
@@ -490,12 +501,12 @@ __global__ void __launch_bounds__(G::NT, 2) igemm_kernel(const ConvArgs a) {
         if constexpr (G::TN % 4 == 0) {
 #pragma unroll
           for (int j = 0; j < G::TN; j += 4) {
-            const float4 t = *reinterpret_cast<const float4*>(&Bs[buf][kk][tx * G::TN + j]);
+            const float4 t = *reinterpret_cast<const float4*>(&Bs[buf][kk][G::col(tx, j)]);
             rb[j] = t.x; rb[j + 1] = t.y; rb[j + 2] = t.z; rb[j + 3] = t.w;
           }
         } else {
 #pragma unroll
-          for (int j = 0; j < G::TN; ++j) rb[j] = Bs[buf][kk][tx * G::TN + j];
+          for (int j = 0; j < G::TN; ++j) rb[j] = Bs[buf][kk][G::col(tx, j)];
         }
 #pragma unroll
         for (int i = 0; i < G::TM; ++i)
@@ -691,7 +702,7 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
   a.vec = a.C % 4 == 0 && a.K % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(y);
   if (a.K > 64) fwd_gemm<CfgL>(a, st);
   else if (a.K > 32) fwd_gemm<CfgM>(a, st);
-  else fwd_gemm<CfgS>(a, st);
+  else fwd_gemm<CfgN>(a, st);
 }
 
 void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, const float* w,
@@ -714,7 +725,7 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
       a.vec = a.K % 4 == 0 && a.C % 4 == 0 && vy && aligned16(w) && aligned16(dx);
       if (a.C > 64) dgrad_gemm<CfgL>(a, st);
       else if (a.C > 32) dgrad_gemm<CfgM>(a, st);
-      else dgrad_gemm<CfgS>(a, st);
+      else dgrad_gemm<CfgN>(a, st);
     }
   }
 
@@ -728,7 +739,9 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
   keep_pool_memory();
   if (a.K > 64 && a.M >= 128) wgrad_gemm<CfgL>(a, dw, db, st);
   else if (a.K > 32 && a.M >= 128) wgrad_gemm<CfgM>(a, dw, db, st);
-  else wgrad_gemm<CfgS>(a, dw, db, st);
+  else if (a.M >= 128) wgrad_gemm<CfgN>(a, dw, db, st);
+  else if (a.M > 16) wgrad_gemm<CfgS>(a, dw, db, st);
+  else wgrad_gemm<CfgW>(a, dw, db, st);
 }
 
 }  // namespace kilnet::cuda
