@@ -1,5 +1,5 @@
 """GPU conv2d benchmark: kilnet._cuda (our implicit GEMM) against PyTorch's cuDNN, float32
-(TF32 off on both sides), forward, backward (dx, dw, db) and the two together, for the issue-4
+(TF32 off on both sides; then a few TF32 rows with it on on both sides), forward, backward (dx, dw, db) and the two together, for the issue-4
 target layers and the canonical model's first layer (with its relu, dx skipped as in training).
 
     python benchmarks/bench_gpu_conv2d.py
@@ -29,10 +29,10 @@ CASES = [
 ]
 
 
-def _torch_case(N, H, W, C, K, R, S, pad, needs_dx, act, x_np, w_np, b_np, dy_np):
+def _torch_case(N, H, W, C, K, R, S, pad, needs_dx, act, x_np, w_np, b_np, dy_np, tf32=False):
     import torch
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True
     dev = torch.device("cuda")
     cl = torch.channels_last
@@ -62,10 +62,18 @@ def _torch_case(N, H, W, C, K, R, S, pad, needs_dx, act, x_np, w_np, b_np, dy_np
 
 
 def rows():
+    yield from _rows(tf32=False)
+    yield from _rows(tf32=True)
+
+
+def _rows(tf32):
     import cupy as cp
     from kilnet import _cuda as k
-    k.set_tf32(False)
-    for name, (N, H, W, C, K, R, S, pad, needs_dx, act) in CASES:
+    k.set_tf32(tf32)
+    cases = CASES if not tf32 else CASES[:2]   # TF32 (both sides): the two target layers only
+    for name, (N, H, W, C, K, R, S, pad, needs_dx, act) in cases:
+        if tf32:
+            name = "TF32 " + name
         P = H + 2 * pad[0] - R + 1 if pad[0] == 0 else H
         Q = W + 2 * pad[1] - S + 1 if pad[1] == 0 else W
         rng = np.random.default_rng(0)
@@ -93,21 +101,24 @@ def rows():
         passes = {"fwd": (kf, flop), "bwd": (kb, flop * (2 if needs_dx else 1)),
                   "fwd+bwd": (kfb, flop * (3 if needs_dx else 2))}
         try:
-            tf, tb, tfb = _torch_case(N, H, W, C, K, R, S, pad, needs_dx, act, x_np, w_np, b_np, dy_np)
+            tf, tb, tfb = _torch_case(N, H, W, C, K, R, S, pad, needs_dx, act, x_np, w_np, b_np, dy_np, tf32)
             tpass = {"fwd": tf, "bwd": tb, "fwd+bwd": tfb}
         except Exception as e:  # noqa: BLE001 - no torch / no CUDA torch: kilnet rows only
             print(f"# torch reference skipped: {type(e).__name__}: {e}", file=sys.stderr)
             tpass = None
-        for label, (fn, fl) in passes.items():
+        labels = passes if not tf32 else {"fwd+bwd": passes["fwd+bwd"]}
+        for label, (fn, fl) in labels.items():
             ms = cuda_time_ms(fn, warmup=3, repeat=15)
             rate = fl / (ms * 1e-3) / 1e12
             if tpass is not None:
                 tms = torch_cuda_time_ms(tpass[label], warmup=3, repeat=15)
                 pct = 100.0 * tms / ms
-                yield (f"{name} {label}", f"{ms:.3f}", "torch cuDNN fp32 NHWC", f"{tms:.3f}",
+                ref = "torch cuDNN " + ("TF32" if tf32 else "fp32") + " NHWC"
+                yield (f"{name} {label}", f"{ms:.3f}", ref, f"{tms:.3f}",
                        f"{tms / ms:.2f}", f"{rate:.1f} TFLOP/s ({pct:.0f}% of cuDNN speed)")
             else:
                 yield (f"{name} {label}", f"{ms:.3f}", "-", "-", "-", f"{rate:.1f} TFLOP/s")
+    k.set_tf32(False)
 
 
 if __name__ == "__main__":

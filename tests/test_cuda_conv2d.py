@@ -229,3 +229,31 @@ def test_bad_arguments(gpu, rng):
         k.conv2d_forward(x, w, b, x[:, :4, :4, :3].copy().reshape(2, 4, 4, 3))  # K mismatch
     with pytest.raises(ValueError):
         k.conv2d_backward(y, x, w, x, dw, db)                                  # dx aliases x
+
+
+@pytest.mark.parametrize("C,K,act", [(4, 8, "relu"), (5, 7, "tanh"), (32, 64, "linear"),
+                                     (64, 128, "sigmoid"), (1, 32, "relu"), (33, 40, "linear")])
+def test_tf32_tensor_cores(gpu, rng, C, K, act):
+    # set_tf32(True) switches the GEMM tiles to TF32 WMMA: inputs rounded to 10 mantissa bits,
+    # so the tolerance is ~1e-3 relative to the size of the sums.
+    k = gpu.k
+    x, w, b, yshape, kw = make_case(rng, 2, 11, 9, C, K, 3, 3, 1, 1, "same")
+    red = 9 * max(C, K)
+    dy = rand(rng, *yshape)
+    y_ref = np.empty(yshape, np.float32)
+    _cpu.ref.conv2d_forward(x, w, b, y_ref, **kw, act=act)
+    dx_r, dw_r, db_r = np.empty_like(x), np.zeros_like(w), np.zeros_like(b)
+    yarg = dict(act=act, y=y_ref) if act != "linear" else {}
+    _cpu.ref.conv2d_backward(dy, x, w, dx_r, dw_r, db_r, **kw, **yarg)
+    k.set_tf32(True)
+    try:
+        y = gpu.poisoned(yshape)
+        k.conv2d_forward(gpu.dev(x), gpu.dev(w), gpu.dev(b), y, **kw, act=act)
+        dx, dw, db = gpu.poisoned(x.shape), gpu.cp.zeros(w.shape, gpu.cp.float32), gpu.cp.zeros(K, gpu.cp.float32)
+        ydev = dict(act=act, y=gpu.dev(y_ref)) if act != "linear" else {}
+        k.conv2d_backward(gpu.dev(dy), gpu.dev(x), gpu.dev(w), dx, dw, db, **kw, **ydev)
+    finally:
+        k.set_tf32(False)
+    for got, want in ((y, y_ref), (dx, dx_r), (dw, dw_r), (db, db_r)):
+        want_scale = max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(gpu.host(got), want, rtol=5e-3, atol=3e-3 * want_scale * np.sqrt(red) / 3)

@@ -10,8 +10,10 @@
 #include <climits>
 #include <cstdint>
 #include <stdexcept>
+#include <mma.h>
 #include "launch.cuh"
 #include "kilnet/conv2d.h"
+#include "kilnet/device.h"
 #include "kilnet/detail/elementwise.h"
 
 namespace kilnet::cuda {
@@ -58,6 +60,18 @@ using CfgM = Cfg<128, 64, 8, 8, 4>;    // 256 threads
 using CfgN = Cfg<128, 32, 8, 4, 4>;    // 256 threads, 32 or fewer columns
 using CfgS = Cfg<64, 32, 16, 4, 2>;    // 256 threads, small GEMMs
 using CfgW = Cfg<16, 32, 32, 1, 2>;    // 256 threads, weight gradients of 16 or fewer rows (RSC)
+
+// TF32 tensor-core tiles (when tf32() is on): the same block tiles and loaders, 16 deep, the
+// block's 8 warps in a WM x WN grid, each warp owning (BM/WM) x (BN/WN) in 16x16 WMMA fragments.
+template <class G, int WM_, int WN_>
+struct TcCfg : G {
+  static constexpr int WM = WM_, WN = WN_;
+  static_assert(WM * WN * 32 == G::NT && (G::BM / WM) % 16 == 0 && (G::BN / WN) % 16 == 0 &&
+                G::BK % 8 == 0, "tensor-core tile");
+};
+using TcM = TcCfg<Cfg<128, 64, 16, 8, 4>, 4, 2>;
+using TcN = TcCfg<Cfg<128, 32, 16, 4, 4>, 4, 2>;
+using TcS = TcCfg<Cfg<64, 32, 16, 4, 2>, 4, 2>;
 
 __device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 __device__ __forceinline__ void zero4(float (&v)[4]) { v[0] = v[1] = v[2] = v[3] = 0.f; }
@@ -523,6 +537,93 @@ __global__ void __launch_bounds__(G::NT, 2) igemm_kernel(const ConvArgs a) {
   epilogue<G, E>(a, m0, n0, acc);
 }
 
+
+// ---- the same GEMM on TF32 tensor cores (WMMA m16n16k8), only when tf32() is on ----------------
+// Shared memory tiles as above: As[kk][m] is A in column-major order, Bs[kk][n] is B in row-major
+// order, both with a leading dimension that is a multiple of 4 floats and every fragment pointer
+// 32-byte aligned (kk is a multiple of 8, fragment offsets multiples of 16). Each warp stages its
+// 16x16 accumulators through its own shared scratch for the element-wise epilogue.
+template <Epi E>
+__device__ __forceinline__ void store_elem(const ConvArgs& a, float* out, int m, int n, float v) {
+  if (E == Epi::Forward) v = act_forward(a.act, v + (a.b ? a.b[n] : 0.f));
+  out[std::size_t(m) * std::size_t(a.Ncols) + n] = v;
+}
+
+template <class G, class LA, class LB, Epi E>
+__global__ void __launch_bounds__(G::NT, 2) igemm_tc_kernel(const ConvArgs a) {
+  namespace wmma = nvcuda::wmma;
+  constexpr int WTM = G::BM / G::WM, WTN = G::BN / G::WN, FM = WTM / 16, FN = WTN / 16;
+  __shared__ __align__(32) float As[2][G::BK][G::BM + G::PAD];
+  __shared__ __align__(32) float Bs[2][G::BK][G::BN + G::PAD];
+  __shared__ __align__(32) float Cs[G::NT / 32][16 * 16];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int wm = warp / G::WN, wn = warp % G::WN;
+  const int m0 = blockIdx.x * G::BM, n0 = blockIdx.y * G::BN;
+  const int kbeg = blockIdx.z * a.klen;
+  const int kend = min(a.KR, kbeg + a.klen);
+  LA la(a, m0, tid);
+  LB lb(a, n0, tid);
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[FM][FN];
+#pragma unroll
+  for (int i = 0; i < FM; ++i)
+#pragma unroll
+    for (int j = 0; j < FN; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+
+  if (kbeg < kend) {
+    la.start(a, kbeg); lb.start(a, kbeg);
+    la.load(a, kbeg, kend); lb.load(a, kbeg, kend);
+    la.store(As[0], tid); lb.store(Bs[0], tid);
+    __syncthreads();
+    int buf = 0;
+    for (int k0 = kbeg; k0 < kend; k0 += G::BK) {
+      const bool more = k0 + G::BK < kend;
+      if (more) { la.load(a, k0 + G::BK, kend); lb.load(a, k0 + G::BK, kend); }
+      lb.tile_ready(a, Bs[buf], tid);
+#pragma unroll
+      for (int kk = 0; kk < G::BK; kk += 8) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fa[FM];
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb[FN];
+#pragma unroll
+        for (int i = 0; i < FM; ++i) {
+          wmma::load_matrix_sync(fa[i], &As[buf][kk][wm * WTM + i * 16], G::BM + G::PAD);
+#pragma unroll
+          for (int t = 0; t < fa[i].num_elements; ++t) fa[i].x[t] = wmma::__float_to_tf32(fa[i].x[t]);
+        }
+#pragma unroll
+        for (int j = 0; j < FN; ++j) {
+          wmma::load_matrix_sync(fb[j], &Bs[buf][kk][wn * WTN + j * 16], G::BN + G::PAD);
+#pragma unroll
+          for (int t = 0; t < fb[j].num_elements; ++t) fb[j].x[t] = wmma::__float_to_tf32(fb[j].x[t]);
+        }
+#pragma unroll
+        for (int i = 0; i < FM; ++i)
+#pragma unroll
+          for (int j = 0; j < FN; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+      }
+      if (more) { la.store(As[buf ^ 1], tid); lb.store(Bs[buf ^ 1], tid); }
+      __syncthreads();
+      buf ^= 1;
+    }
+  }
+  lb.finish(a, n0, tid);
+  float* out = a.out;
+  if (E == Epi::Partial) out += std::size_t(blockIdx.z) * std::size_t(a.M) * std::size_t(a.Ncols);
+  float* cw = Cs[warp];
+#pragma unroll
+  for (int i = 0; i < FM; ++i)
+#pragma unroll
+    for (int j = 0; j < FN; ++j) {
+      wmma::store_matrix_sync(cw, acc[i][j], 16, wmma::mem_row_major);
+      __syncwarp();
+#pragma unroll
+      for (int e = lane; e < 256; e += 32) {
+        const int m = m0 + wm * WTM + i * 16 + e / 16, n = n0 + wn * WTN + j * 16 + e % 16;
+        if (m < a.M && n < a.Ncols) store_elem<E>(a, out, m, n, cw[e]);
+      }
+      __syncwarp();
+    }
+}
+
 // ---- forward for tiny reductions (R*S*C <= 32, e.g. the 28x28x1 first layer) ------------------
 // A GEMM tile would be mostly padding; instead each thread computes 4 consecutive filters of one
 // output pixel directly, with w (padded to K4 columns) and b in shared memory.
@@ -620,26 +721,28 @@ ConvArgs make_args(const Conv2dShape& s, Act act) {
   return a;
 }
 
-template <class G, class LA, class LB, Epi E>
+// Tc: the tensor-core kernel (G is then a TcCfg).
+template <class G, class LA, class LB, Epi E, bool Tc>
 void launch_igemm(const ConvArgs& a, int splits, cudaStream_t st, const char* name) {
   dim3 grid(unsigned(std::max<index_t>(1, ceil_div(a.M, G::BM))), unsigned(ceil_div(a.Ncols, G::BN)),
             unsigned(splits));
-  igemm_kernel<G, LA, LB, E><<<grid, G::NT, 0, st>>>(a);
+  if constexpr (Tc) igemm_tc_kernel<G, LA, LB, E><<<grid, G::NT, 0, st>>>(a);
+  else igemm_kernel<G, LA, LB, E><<<grid, G::NT, 0, st>>>(a);
   KILNET_CHECK_LAUNCH(name);
 }
 
-template <class G>
+template <class G, bool Tc = false>
 void fwd_gemm(const ConvArgs& a, cudaStream_t st) {
-  launch_igemm<G, FwdA<G>, RowB<G, false>, Epi::Forward>(a, 1, st, "conv2d_forward_igemm");
+  launch_igemm<G, FwdA<G>, RowB<G, false>, Epi::Forward, Tc>(a, 1, st, "conv2d_forward_igemm");
 }
-template <class G>
+template <class G, bool Tc = false>
 void dgrad_gemm(const ConvArgs& a, cudaStream_t st) {
-  launch_igemm<G, DgradA<G>, DgradB<G>, Epi::Store>(a, 1, st, "conv2d_backward_data_igemm");
+  launch_igemm<G, DgradA<G>, DgradB<G>, Epi::Store, Tc>(a, 1, st, "conv2d_backward_data_igemm");
 }
 
 // Weight gradient: split the long pixel reduction so that about 4 blocks per SM run, partials
 // to stream-ordered scratch, then one fixed-order reduction into dw (and db).
-template <class G>
+template <class G, bool Tc = false>
 void wgrad_gemm(ConvArgs a, float* dw, float* db, cudaStream_t st) {
   const index_t tiles = std::max<index_t>(1, ceil_div(a.M, G::BM)) * ceil_div(a.Ncols, G::BN);
   const index_t steps = ceil_div(a.KR, G::BK);
@@ -657,7 +760,7 @@ void wgrad_gemm(ConvArgs a, float* dw, float* db, cudaStream_t st) {
         "cudaMallocAsync (conv2d weight-gradient partials)");
   a.out = scratch;
   a.dbpart = db ? scratch + splits * per : nullptr;
-  launch_igemm<G, WgradA<G>, RowB<G, true>, Epi::Partial>(a, int(splits), st, "conv2d_backward_weight_igemm");
+  launch_igemm<G, WgradA<G>, RowB<G, true>, Epi::Partial, Tc>(a, int(splits), st, "conv2d_backward_weight_igemm");
   wgrad_reduce_kernel<<<grid_for(per, 256, 4096), 256, 0, st>>>(scratch, a.dbpart, int(splits), int(per),
                                                                a.Ncols, dw, db);
   KILNET_CHECK_LAUNCH("conv2d_backward_weight_reduce");
@@ -700,9 +803,14 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
     return;
   }
   a.vec = a.C % 4 == 0 && a.K % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(y);
-  if (a.K > 64) fwd_gemm<CfgL>(a, st);
-  else if (a.K > 32) fwd_gemm<CfgM>(a, st);
-  else fwd_gemm<CfgN>(a, st);
+  if (tf32()) {
+    if (a.K > 32) fwd_gemm<TcM, true>(a, st);   // (a 128x128 tile spills at 2 blocks/SM)
+    else fwd_gemm<TcN, true>(a, st);
+  } else {
+    if (a.K > 64) fwd_gemm<CfgL>(a, st);
+    else if (a.K > 32) fwd_gemm<CfgM>(a, st);
+    else fwd_gemm<CfgN>(a, st);
+  }
 }
 
 void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, const float* w,
@@ -723,9 +831,14 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
       check(cudaMemsetAsync(dx, 0, std::size_t(a.M) * a.C * sizeof(float), st), "cudaMemsetAsync (dx)");
     } else {
       a.vec = a.K % 4 == 0 && a.C % 4 == 0 && vy && aligned16(w) && aligned16(dx);
-      if (a.C > 64) dgrad_gemm<CfgL>(a, st);
-      else if (a.C > 32) dgrad_gemm<CfgM>(a, st);
-      else dgrad_gemm<CfgN>(a, st);
+      if (tf32()) {
+        if (a.C > 32) dgrad_gemm<TcM, true>(a, st);
+        else dgrad_gemm<TcN, true>(a, st);
+      } else {
+        if (a.C > 64) dgrad_gemm<CfgL>(a, st);
+        else if (a.C > 32) dgrad_gemm<CfgM>(a, st);
+        else dgrad_gemm<CfgN>(a, st);
+      }
     }
   }
 
@@ -737,11 +850,12 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
   a.M = a.R * a.S * a.C; a.Ncols = a.K; a.KR = int(pixels);
   a.vec = a.C % 4 == 0 && a.K % 4 == 0 && vy && aligned16(x);
   keep_pool_memory();
-  if (a.K > 64 && a.M >= 128) wgrad_gemm<CfgL>(a, dw, db, st);
-  else if (a.K > 32 && a.M >= 128) wgrad_gemm<CfgM>(a, dw, db, st);
-  else if (a.M >= 128) wgrad_gemm<CfgN>(a, dw, db, st);
-  else if (a.M > 16) wgrad_gemm<CfgS>(a, dw, db, st);
-  else wgrad_gemm<CfgW>(a, dw, db, st);
+  const bool tc = tf32();
+  if (a.K > 64 && a.M >= 128) tc ? wgrad_gemm<TcM, true>(a, dw, db, st) : wgrad_gemm<CfgL>(a, dw, db, st);
+  else if (a.K > 32 && a.M >= 128) tc ? wgrad_gemm<TcM, true>(a, dw, db, st) : wgrad_gemm<CfgM>(a, dw, db, st);
+  else if (a.M >= 128) tc ? wgrad_gemm<TcN, true>(a, dw, db, st) : wgrad_gemm<CfgN>(a, dw, db, st);
+  else if (a.M > 16) tc ? wgrad_gemm<TcS, true>(a, dw, db, st) : wgrad_gemm<CfgS>(a, dw, db, st);
+  else wgrad_gemm<CfgW>(a, dw, db, st);   // a handful of rows: memory-bound, fp32 either way
 }
 
 }  // namespace kilnet::cuda
