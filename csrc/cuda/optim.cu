@@ -5,8 +5,8 @@
 // The per-element formulas are loss.cpp's/optim.cpp's, in the same order of operations; the
 // optional parts (momentum, nesterov, centered, weight decay) are template flags.
 // Adam's bias correction alpha is computed on the host in double, as on the CPU.
-// clip_by_norm: per segment sums of squares in double over a 2-D grid (segment x part), in a
-// fixed order (no atomics), then one scaling pass; l1l2_penalty: fixed-order partial sums.
+// clip_by_norm: per segment sums of squares in double over a 2-D grid (segment x part), their
+// fixed-order sum per segment (no atomics), then one scaling pass; l1l2_penalty: fixed-order partial sums.
 #include <cmath>
 #include <vector>
 #include "elem_reduce.cuh"
@@ -166,37 +166,44 @@ __global__ void clip_value_kernel(index_t n, bool vec, float* g, float cv) {
   for (index_t i = n4 * 4 + gr.t; i < n; i += gr.stride) g[i] = clamp_keep_nan(g[i], cv);
 }
 
-// Segment k = blockIdx.y, part = blockIdx.x of gridDim.x parts: each block sums the squares of
+// Segment k = blockIdx.x, part = blockIdx.y of gridDim.y parts: each block sums the squares of
 // its grid-stride share of the segment into partial[k * parts + part] (double).
 __global__ void __launch_bounds__(256) seg_sumsq_kernel(const index_t* off, const float* g, double* partial) {
-  const index_t k = blockIdx.y;
+  const index_t k = blockIdx.x;
   const index_t lo = off[k], hi = off[k + 1];
-  const index_t stride = index_t(gridDim.x) * blockDim.x;
+  const index_t stride = index_t(gridDim.y) * blockDim.x;
   double s = 0.0;
-  for (index_t i = lo + index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < hi; i += stride) {
+  for (index_t i = lo + index_t(blockIdx.y) * blockDim.x + threadIdx.x; i < hi; i += stride) {
     const double x = g[i];
     s += x * x;
   }
   s = block_sum(s);
-  if (threadIdx.x == 0) partial[k * gridDim.x + blockIdx.x] = s;
+  if (threadIdx.x == 0) partial[k * gridDim.y + blockIdx.y] = s;
 }
 
-// Every block of segment k re-adds the segment's partials in the same order (so all agree),
-// then scales its share: g *= clipnorm / max(norm, clipnorm) (NaN norm: NaN), skipped when 1.
-__global__ void __launch_bounds__(256) seg_scale_kernel(const index_t* off, float* g, const double* partial,
-                                                        float clipnorm) {
-  const index_t k = blockIdx.y;
-  const int parts = gridDim.x;
+// One block per segment: add its parts' partial sums in order and turn the norm into the
+// scale clipnorm / max(norm, clipnorm) (NaN when the norm is NaN, as on the CPU).
+__global__ void __launch_bounds__(256) seg_norm_kernel(int parts, const double* partial, float clipnorm,
+                                                       double* scale) {
+  const index_t k = blockIdx.x;
   double s = 0.0;
   for (int q = threadIdx.x; q < parts; q += blockDim.x) s += partial[k * parts + q];
   s = block_sum(s);
-  const double norm = sqrt(s);
-  const double scale = isnan(norm) ? norm : double(clipnorm) / fmax(norm, double(clipnorm));
-  if (scale == 1.0) return;   // uniform across the block: norm <= clipnorm, unchanged
-  const float sf = float(scale);
+  if (threadIdx.x == 0) {
+    const double norm = sqrt(s);
+    scale[k] = isnan(norm) ? norm : double(clipnorm) / fmax(norm, double(clipnorm));
+  }
+}
+
+// The same 2-D grid as seg_sumsq_kernel: g *= float(scale[k]), skipped when the scale is 1.
+__global__ void __launch_bounds__(256) seg_scale_kernel(const index_t* off, float* g, const double* scale) {
+  const index_t k = blockIdx.x;
+  const double sc = scale[k];
+  if (sc == 1.0) return;   // norm <= clipnorm: unchanged (uniform across the block)
+  const float sf = float(sc);
   const index_t lo = off[k], hi = off[k + 1];
-  const index_t stride = index_t(gridDim.x) * blockDim.x;
-  for (index_t i = lo + index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < hi; i += stride) g[i] *= sf;
+  const index_t stride = index_t(gridDim.y) * blockDim.x;
+  for (index_t i = lo + index_t(blockIdx.y) * blockDim.x + threadIdx.x; i < hi; i += stride) g[i] *= sf;
 }
 
 // --------------------------------------------------------------------------- L1/L2
@@ -299,19 +306,25 @@ void clip_by_norm(index_t nseg, const index_t* offsets, float* g, float clipnorm
   index_t longest = 0;
   for (index_t k = 0; k < nseg; ++k) longest = std::max(longest, offsets[k + 1] - offsets[k]);
   if (longest == 0) return;
-  const index_t parts = std::max<index_t>(1, std::min<index_t>(ceil_div(longest, 256 * 16), 256));
-  if (nseg > 65535) throw std::invalid_argument("clip_by_norm: at most 65535 segments on the GPU");
+  // Parts per segment: ~16 elements per thread on the longest one, and a few thousand blocks
+  // in all (one huge segment, global_clipnorm, gets up to 8192 blocks).
+  const index_t parts = std::max<index_t>(
+      1, std::min<index_t>(ceil_div(longest, 256 * 16), std::max<index_t>(16, 8192 / nseg)));
   const size_t off_bytes = size_t(nseg + 1) * sizeof(index_t);
-  const size_t part_off = (off_bytes + 255) / 256 * 256;
-  elem::Scratch sc(part_off + size_t(nseg * parts) * sizeof(double), s);
+  const size_t part_at = (off_bytes + 255) / 256 * 256;
+  const size_t scale_at = part_at + (size_t(nseg * parts) * sizeof(double) + 255) / 256 * 256;
+  elem::Scratch sc(scale_at + size_t(nseg) * sizeof(double), s);
   index_t* doff = sc.as<index_t>();
-  double* partial = sc.as<double>(part_off);
+  double* partial = sc.as<double>(part_at);
+  double* scale = sc.as<double>(scale_at);
   // Pageable source: the runtime stages it before returning, so the host array may go away.
   check(cudaMemcpyAsync(doff, offsets, off_bytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (clip offsets)");
-  const dim3 grid{unsigned(parts), unsigned(nseg), 1u};
+  const dim3 grid{unsigned(nseg), unsigned(parts), 1u};   // x: segment, y: part (<= 8192)
   seg_sumsq_kernel<<<grid, 256, 0, s>>>(doff, g, partial);
   KILNET_CHECK_LAUNCH("seg_sumsq_kernel");
-  seg_scale_kernel<<<grid, 256, 0, s>>>(doff, g, partial, clipnorm);
+  seg_norm_kernel<<<unsigned(nseg), 256, 0, s>>>(int(parts), partial, clipnorm, scale);
+  KILNET_CHECK_LAUNCH("seg_norm_kernel");
+  seg_scale_kernel<<<grid, 256, 0, s>>>(doff, g, scale);
   KILNET_CHECK_LAUNCH("seg_scale_kernel");
 }
 
