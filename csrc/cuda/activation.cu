@@ -3,8 +3,9 @@
 // (a scalar loop does the n % 4 tail), the per-element maths shared with the CPU
 // (detail/elementwise.h). In place (y == x, dx == dy) is safe: each element is read and then
 // written by the same thread, and no pointer is declared __restrict__.
-// Softmax: one warp per row for rows up to 1024 wide (many short rows), one block per row above
-// (a few long rows); three passes over the row (max, sum of exp, write), the re-reads hit L1/L2.
+// Softmax: one warp per row for rows up to 1024 wide (many short rows), the row held in
+// registers; one block per row above (a few long rows), three passes over the row (max, sum of
+// exp, write) whose re-reads hit L1/L2.
 #include "elem_reduce.cuh"
 #include "kilnet/activation.h"
 #include "kilnet/detail/elementwise.h"
@@ -87,7 +88,67 @@ __global__ void softmax_backward_kernel(index_t rows, index_t cols, const float*
   }
 }
 
-constexpr index_t kWarpRowMax = 1024;   // widest row one warp handles
+// The warp path with the row in registers (with_vpt): one load per element instead of one per
+// pass, all of a lane's loads in flight at once. The same per-lane order of operations and the
+// same butterflies as the group kernels above would run on a warp.
+template <int VPT>
+__global__ void softmax_forward_regs_kernel(index_t rows, index_t cols, const float* x, float* y) {
+  WarpGroup g;
+  const int lane = g.rank();
+  for (index_t r = g.first_row(); r < rows; r += g.row_stride()) {
+    const float* xr = x + r * cols;
+    float* yr = y + r * cols;
+    float v[VPT];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+      const index_t j = lane + 32 * k;
+      v[k] = j < cols ? xr[j] : -INFINITY;
+      mx = fmaxf(mx, v[k]);
+    }
+    mx = g.max(mx);
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < VPT; ++k)
+      if (lane + 32 * k < cols) s += expf(v[k] - mx);
+    s = g.sum(s);
+    const float inv = 1.f / s;
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {   // y may be x: every load of this row happened above
+      const index_t j = lane + 32 * k;
+      if (j < cols) yr[j] = expf(v[k] - mx) * inv;
+    }
+  }
+}
+
+template <int VPT>
+__global__ void softmax_backward_regs_kernel(index_t rows, index_t cols, const float* y, const float* dy,
+                                             float* dx) {
+  WarpGroup g;
+  const int lane = g.rank();
+  for (index_t r = g.first_row(); r < rows; r += g.row_stride()) {
+    const float* yr = y + r * cols;
+    const float* dyr = dy + r * cols;
+    float* dxr = dx + r * cols;
+    float yv[VPT], dv[VPT];
+    float dot = 0.f;
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+      const index_t j = lane + 32 * k;
+      yv[k] = j < cols ? yr[j] : 0.f;
+      dv[k] = j < cols ? dyr[j] : 0.f;
+      if (j < cols) dot += dv[k] * yv[k];
+    }
+    dot = g.sum(dot);
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {   // dx may be dy: every load of this row happened above
+      const index_t j = lane + 32 * k;
+      if (j < cols) dxr[j] = yv[k] * (dv[k] - dot);
+    }
+  }
+}
+
+constexpr index_t kWarpRowMax = 1024;   // widest row one warp handles (32 lanes x 32 registers)
 
 struct RowLaunch { unsigned grid; int block; bool warp; };
 inline RowLaunch row_launch(index_t rows, index_t cols) {
@@ -135,16 +196,26 @@ void activation_backward(Act act, index_t n, const float* y, const float* dy, fl
 void softmax_forward(index_t rows, index_t cols, const float* x, float* y, void* stream) {
   if (rows <= 0 || cols <= 0) return;
   const RowLaunch L = row_launch(rows, cols);
-  if (L.warp) softmax_forward_kernel<WarpGroup><<<L.grid, L.block, 0, as_stream(stream)>>>(rows, cols, x, y);
-  else softmax_forward_kernel<BlockGroup><<<L.grid, L.block, 0, as_stream(stream)>>>(rows, cols, x, y);
+  cudaStream_t s = as_stream(stream);
+  if (L.warp)
+    elem::with_vpt(cols, [&](auto vpt) {
+      softmax_forward_regs_kernel<decltype(vpt)::value><<<L.grid, L.block, 0, s>>>(rows, cols, x, y);
+    });
+  else
+    softmax_forward_kernel<BlockGroup><<<L.grid, L.block, 0, s>>>(rows, cols, x, y);
   KILNET_CHECK_LAUNCH("softmax_forward_kernel");
 }
 
 void softmax_backward(index_t rows, index_t cols, const float* y, const float* dy, float* dx, void* stream) {
   if (rows <= 0 || cols <= 0) return;
   const RowLaunch L = row_launch(rows, cols);
-  if (L.warp) softmax_backward_kernel<WarpGroup><<<L.grid, L.block, 0, as_stream(stream)>>>(rows, cols, y, dy, dx);
-  else softmax_backward_kernel<BlockGroup><<<L.grid, L.block, 0, as_stream(stream)>>>(rows, cols, y, dy, dx);
+  cudaStream_t s = as_stream(stream);
+  if (L.warp)
+    elem::with_vpt(cols, [&](auto vpt) {
+      softmax_backward_regs_kernel<decltype(vpt)::value><<<L.grid, L.block, 0, s>>>(rows, cols, y, dy, dx);
+    });
+  else
+    softmax_backward_kernel<BlockGroup><<<L.grid, L.block, 0, s>>>(rows, cols, y, dy, dx);
   KILNET_CHECK_LAUNCH("softmax_backward_kernel");
 }
 

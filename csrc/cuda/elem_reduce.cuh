@@ -7,6 +7,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include "launch.cuh"
 
 namespace kilnet::cuda {
@@ -77,6 +78,19 @@ struct BlockGroup {
   __device__ float max(float v) const { return block_max(v); }
   template <class T> __device__ T sum(T v) const { return block_sum(v); }
 };
+
+// Rows of at most 1024 columns held in registers by one warp: VPT values per lane (a power of
+// two, cols <= 32 * VPT), element j = lane + 32 k in slot k. with_vpt calls f with
+// std::integral_constant<int, VPT> for the smallest VPT that fits.
+template <class F>
+inline void with_vpt(index_t cols, F f) {
+  if (cols <= 32) f(std::integral_constant<int, 1>{});
+  else if (cols <= 64) f(std::integral_constant<int, 2>{});
+  else if (cols <= 128) f(std::integral_constant<int, 4>{});
+  else if (cols <= 256) f(std::integral_constant<int, 8>{});
+  else if (cols <= 512) f(std::integral_constant<int, 16>{});
+  else f(std::integral_constant<int, 32>{});
+}
 
 // Stream-ordered scratch: cudaMallocAsync now, cudaFreeAsync on the same stream when it goes
 // out of scope (the free is ordered after every kernel already queued that uses it).

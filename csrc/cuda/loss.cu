@@ -169,6 +169,86 @@ __device__ double smce_row(const G& g, index_t r, index_t cols, const float* x, 
   return loss;
 }
 
+// smce_row for one warp with the row in registers (elem::with_vpt: VPT values per lane, cols <=
+// 32 * VPT): one load of each logit instead of one per pass. The same per-lane order of
+// operations and the same butterflies as smce_row<WarpGroup>, so the same bits.
+template <int VPT>
+__device__ double smce_row_regs(index_t r, index_t cols, const float* x, RowTarget tg, float* probs,
+                                float* grad, float scale, unsigned long long* bad) {
+  const int lane = threadIdx.x & 31;
+  const float* xr = x + r * cols;
+  float v[VPT];
+  float mx = -INFINITY;
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    const index_t j = lane + 32 * k;
+    v[k] = j < cols ? xr[j] : -INFINITY;
+    mx = fmaxf(mx, v[k]);
+  }
+  mx = elem::warp_max(mx);
+  double sum = 0.0;
+#pragma unroll
+  for (int k = 0; k < VPT; ++k)
+    if (lane + 32 * k < cols) sum += double(expf(v[k] - mx));
+  sum = elem::warp_sum(sum);
+  const double logsum = log(sum);
+  const float inv = float(1.0 / sum);
+  double loss = 0.0, tsum = 1.0;
+  std::int64_t y = -1;
+  bool valid = true;
+  if (tg.labels) {
+    y = tg.labels[r];
+    valid = y >= 0 && y < cols;
+    if (!valid && lane == 0) record_bad(bad, r);
+    const index_t yc = valid ? index_t(y) : 0;   // never read outside the row
+    loss = valid ? (double(mx) - xr[yc]) + logsum : NAN;
+  } else {
+    const float* tr = tg.t + r * cols;
+    double ls = 0.0, ts = 0.0;
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+      const index_t j = lane + 32 * k;
+      if (j < cols) {
+        const float tj = tr[j];
+        ls += double(tj) * ((double(mx) - v[k]) + logsum);
+        ts += tj;
+      }
+    }
+    loss = elem::warp_sum(ls);
+    tsum = elem::warp_sum(ts);
+  }
+  const float tsumf = float(tsum);
+  if (probs || grad) {
+    float* pr = probs ? probs + r * cols : nullptr;
+    float* gr = grad ? grad + r * cols : nullptr;
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+      const index_t j = lane + 32 * k;
+      if (j < cols) {
+        const float pj = expf(v[k] - mx) * inv;
+        if (pr) pr[j] = pj;
+        if (gr) {
+          const float tj = tg.labels ? (j == y ? 1.f : 0.f) : tg.t[r * cols + j];
+          gr[j] = valid ? (pj * tsumf - tj) * scale : NAN;
+        }
+      }
+    }
+  }
+  return loss;
+}
+
+// The fused loss, one warp per row, row in registers; partials as row_loss_kernel.
+template <int VPT>
+__global__ void smce_warp_regs_kernel(index_t rows, index_t cols, const float* x, RowTarget tg, float* probs,
+                                      float* grad, float scale, double* partial, unsigned long long* bad) {
+  WarpGroup g;
+  double acc = 0.0;
+  for (index_t r = g.first_row(); r < rows; r += g.row_stride())
+    acc += smce_row_regs<VPT>(r, cols, x, tg, probs, grad, scale, bad);
+  acc = block_sum(g.rank() == 0 ? acc : 0.0);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
 enum class RowLoss { Cce, Smce };
 
 // Each group accumulates its rows' losses; the block adds its groups' sums in a fixed order
@@ -247,7 +327,12 @@ double row_loss(index_t rows, index_t cols, const float* x, RowTarget tg, float*
   }
   LossScratch sc(G, s);
   if (tg.labels) check(cudaMemsetAsync(sc.bad(), 0xff, 8, s), "cudaMemsetAsync (label check)");
-  if (warp)
+  if (warp && L == RowLoss::Smce)
+    elem::with_vpt(cols, [&](auto vpt) {
+      smce_warp_regs_kernel<decltype(vpt)::value><<<G, block, 0, s>>>(rows, cols, x, tg, probs, grad, scale,
+                                                                      sc.partial(), sc.bad());
+    });
+  else if (warp)
     row_loss_kernel<WarpGroup, L><<<G, block, 0, s>>>(rows, cols, x, tg, probs, grad, scale, sc.partial(), sc.bad());
   else
     row_loss_kernel<BlockGroup, L><<<G, block, 0, s>>>(rows, cols, x, tg, probs, grad, scale, sc.partial(), sc.bad());
