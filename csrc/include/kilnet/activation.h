@@ -18,3 +18,15 @@ void softmax_forward_ref(index_t rows, index_t cols, const float* x, float* y);
 void softmax_backward_ref(index_t rows, index_t cols, const float* y, const float* dy, float* dx);
 
 }  // namespace kilnet::cpu
+
+namespace kilnet::cuda {
+
+// The same operations on device pointers, run on `stream` (a cudaStream_t; nullptr = the legacy
+// default stream). Elementwise: float4 when aligned; softmax: a warp per row up to 1024 columns,
+// a block per row above. y may alias x and dx may alias dy, as on the CPU.
+void activation_forward(Act act, index_t n, const float* x, float* y, void* stream);
+void activation_backward(Act act, index_t n, const float* y, const float* dy, float* dx, void* stream);
+void softmax_forward(index_t rows, index_t cols, const float* x, float* y, void* stream);
+void softmax_backward(index_t rows, index_t cols, const float* y, const float* dy, float* dx, void* stream);
+
+}  // namespace kilnet::cuda

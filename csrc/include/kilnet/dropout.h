@@ -18,3 +18,13 @@ void dropout_forward_ref(index_t n, const float* x, double rate, std::uint64_t s
 void dropout_backward_ref(index_t n, const float* mask, const float* dy, float* dx);
 
 }  // namespace kilnet::cpu
+
+namespace kilnet::cuda {
+
+// The same operations on device pointers, run on `stream` (a cudaStream_t): bit-identical masks
+// and outputs to kilnet::cpu for the same seed.
+void dropout_forward(index_t n, const float* x, double rate, std::uint64_t seed, float* mask, float* y,
+                     void* stream);
+void dropout_backward(index_t n, const float* mask, const float* dy, float* dx, void* stream);
+
+}  // namespace kilnet::cuda

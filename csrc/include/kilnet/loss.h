@@ -43,3 +43,26 @@ double softmax_crossentropy_ref(index_t rows, index_t cols, const float* logits,
                                 float* grad);
 
 }  // namespace kilnet::cpu
+
+namespace kilnet::cuda {
+
+// The same losses on device pointers, run on `stream` (a cudaStream_t), with one more argument:
+// out (a device float, or nullptr). With out, the mean loss is written to *out on the device,
+// nothing is synchronized and the function returns 0; without it the function waits for the
+// stream and returns the loss, like the CPU. The sum is deterministic (fixed-order partials).
+// Labels are checked on the device: an out-of-range label gives its row a NaN loss and gradient
+// (never an out-of-bounds read); the value-returning form then throws std::invalid_argument.
+double mse(index_t rows, index_t cols, const float* pred, const float* target, float* grad, float* out,
+           void* stream);
+double mae(index_t rows, index_t cols, const float* pred, const float* target, float* grad, float* out,
+           void* stream);
+double binary_crossentropy(index_t rows, index_t cols, const float* pred, const float* target,
+                           bool from_logits, float* grad, float* out, void* stream);
+double categorical_crossentropy(index_t rows, index_t cols, const float* pred, const float* target,
+                                float* grad, float* out, void* stream);
+double sparse_categorical_crossentropy(index_t rows, index_t cols, const float* pred,
+                                       const std::int64_t* labels, float* grad, float* out, void* stream);
+double softmax_crossentropy(index_t rows, index_t cols, const float* logits, const std::int64_t* labels,
+                            const float* target, float* probs, float* grad, float* out, void* stream);
+
+}  // namespace kilnet::cuda

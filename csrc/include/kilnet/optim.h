@@ -59,3 +59,27 @@ void clip_by_norm_ref(index_t nseg, const index_t* offsets, float* grad, float c
 double l1l2_penalty_ref(index_t n, const float* w, float l1, float l2, float* dw);
 
 }  // namespace kilnet::cpu
+
+namespace kilnet::cuda {
+
+// The same updates on device pointers (one fused launch each over the whole flat buffer, float4
+// when aligned), run on `stream` (a cudaStream_t). clip_by_norm's offsets stay a HOST array (small
+// metadata, copied to stream-ordered scratch). l1l2_penalty has one more argument, out (a device
+// float or nullptr): with out the value is written there without synchronizing and 0 is
+// returned; without it the function waits for the stream and returns the value.
+void sgd_update(index_t n, float* param, const float* grad, float* velocity, float lr,
+                float momentum, bool nesterov, void* stream);
+void adam_update(index_t n, float* param, const float* grad, float* m, float* v, float lr,
+                 float beta1, float beta2, float eps, index_t step, void* stream);
+void rmsprop_update(index_t n, float* param, const float* grad, float* velocity, float* avg_grad,
+                    float* mom, float lr, float rho, float momentum, float eps, float weight_decay,
+                    void* stream);
+void adagrad_update(index_t n, float* param, const float* grad, float* accumulator, float lr,
+                    float eps, float weight_decay, void* stream);
+void adamw_update(index_t n, float* param, const float* grad, float* m, float* v, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, index_t step, void* stream);
+void clip_by_value(index_t n, float* grad, float clipvalue, void* stream);
+void clip_by_norm(index_t nseg, const index_t* offsets, float* grad, float clipnorm, void* stream);
+double l1l2_penalty(index_t n, const float* w, float l1, float l2, float* dw, float* out, void* stream);
+
+}  // namespace kilnet::cuda
