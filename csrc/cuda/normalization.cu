@@ -1,0 +1,221 @@
+// normalization.cu — batch normalization over the last (channel) axis on the GPU (see
+// kilnet/normalization.h for the formulas).
+// Per-channel sums over the M rows, deterministic and in double (as the CPU):
+//   pass 1: a (32 x 8) block owns 32 channels; its 8 thread rows walk a fixed, interleaved set
+//           of the M rows (row m goes to block row m / 8 % gridDim.y) and keep double sums;
+//           the block adds its 8 partials in order and writes one partial per channel;
+//   pass 2: one thread per channel adds the gridDim.y partials in order.
+// The split depends only on (M, C), never on timing: the same input gives the same bits every
+// run, and no atomics are involved. The float arithmetic of the elementwise passes uses
+// __fmul_rn/__fadd_rn so that nvcc cannot contract it into FMAs: it rounds like the CPU code.
+#include "kilnet/normalization.h"
+#include "launch.cuh"
+
+namespace kilnet::cuda {
+
+namespace {
+
+constexpr int kTx = 32, kTy = 8;   // stats block: 32 channels x 8 row groups
+
+// What a stats pass adds per element: K quantities of row m, channel c.
+struct SumX {         // forward pass 1: x
+  static constexpr int K = 1;
+  const float* x;
+  __device__ void add(index_t m, index_t c, index_t C, double* acc) const { acc[0] += double(x[m * C + c]); }
+};
+struct SumSqDev {     // forward pass 2: (x - mean)^2, mean already rounded to float (as the CPU)
+  static constexpr int K = 1;
+  const float* x; const float* mean;
+  __device__ void add(index_t m, index_t c, index_t C, double* acc) const {
+    const double d = double(x[m * C + c]) - double(mean[c]);
+    acc[0] += __dmul_rn(d, d);
+  }
+};
+struct SumBwd {       // backward: dy and dy * xhat, xhat = (x - mean)*invstd in float
+  static constexpr int K = 2;
+  const float* x; const float* dy; const float* mean; const float* invstd;
+  __device__ void add(index_t m, index_t c, index_t C, double* acc) const {
+    const float g = dy[m * C + c];
+    const float xhat = __fmul_rn(__fsub_rn(x[m * C + c], mean[c]), invstd[c]);
+    acc[0] += double(g);
+    acc[1] += __dmul_rn(double(g), double(xhat));
+  }
+};
+
+// partial[(blockIdx.y * K + k) * C + c] = block blockIdx.y's sum of quantity k over its rows.
+template <class Op>
+__global__ void colsum_partials_kernel(index_t M, index_t C, Op op, double* __restrict__ partial) {
+  constexpr int K = Op::K;
+  __shared__ double sh[K][kTy][kTx];
+  const index_t c = index_t(blockIdx.x) * kTx + threadIdx.x;
+  double acc[K];
+  for (int k = 0; k < K; ++k) acc[k] = 0.0;
+  if (c < C)
+    for (index_t m = index_t(blockIdx.y) * kTy + threadIdx.y; m < M; m += index_t(gridDim.y) * kTy)
+      op.add(m, c, C, acc);
+  for (int k = 0; k < K; ++k) sh[k][threadIdx.y][threadIdx.x] = acc[k];
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C)
+    for (int k = 0; k < K; ++k) {
+      double s = 0.0;
+      for (int r = 0; r < kTy; ++r) s += sh[k][r][threadIdx.x];
+      partial[(index_t(blockIdx.y) * K + k) * C + c] = s;
+    }
+}
+
+// sums[k * C + c] = sum over the nb blocks (in order) of the partials.
+__device__ __forceinline__ double total(const double* partial, int nb, int K, int k, index_t C, index_t c) {
+  double s = 0.0;
+  for (int b = 0; b < nb; ++b) s += partial[(index_t(b) * K + k) * C + c];
+  return s;
+}
+
+__global__ void bn_mean_kernel(index_t M, index_t C, const double* __restrict__ partial, int nb,
+                               float* __restrict__ mean) {
+  for (index_t c = index_t(blockIdx.x) * blockDim.x + threadIdx.x; c < C; c += index_t(gridDim.x) * blockDim.x)
+    mean[c] = float(total(partial, nb, 1, 0, C, c) / double(M));
+}
+
+// Training: var from the partials of (x - mean)^2, invstd, and the moving averages.
+__global__ void bn_var_kernel(index_t M, index_t C, const double* __restrict__ partial, int nb,
+                              const float* __restrict__ mean, float momentum, float eps,
+                              float* __restrict__ moving_mean, float* __restrict__ moving_var,
+                              float* __restrict__ invstd) {
+  for (index_t c = index_t(blockIdx.x) * blockDim.x + threadIdx.x; c < C; c += index_t(gridDim.x) * blockDim.x) {
+    const float var = float(total(partial, nb, 1, 0, C, c) / double(M));
+    invstd[c] = float(1.0 / sqrt(double(var) + double(eps)));
+    const float keep = __fsub_rn(1.f, momentum);
+    moving_mean[c] = __fadd_rn(__fmul_rn(moving_mean[c], momentum), __fmul_rn(mean[c], keep));
+    moving_var[c] = __fadd_rn(__fmul_rn(moving_var[c], momentum), __fmul_rn(var, keep));
+  }
+}
+
+// Inference: the moving statistics are the statistics.
+__global__ void bn_inference_stats_kernel(index_t C, const float* __restrict__ moving_mean,
+                                          const float* __restrict__ moving_var, float eps,
+                                          float* __restrict__ mean, float* __restrict__ invstd) {
+  for (index_t c = index_t(blockIdx.x) * blockDim.x + threadIdx.x; c < C; c += index_t(gridDim.x) * blockDim.x) {
+    mean[c] = moving_mean[c];
+    invstd[c] = float(1.0 / sqrt(double(moving_var[c]) + double(eps)));
+  }
+}
+
+// y = (x - mean) * (gamma * invstd) + beta, rounded as the CPU does.
+__global__ void bn_apply_kernel(index_t M, index_t C, const float* __restrict__ x,
+                                const float* __restrict__ gamma, const float* __restrict__ beta,
+                                const float* __restrict__ mean, const float* __restrict__ invstd,
+                                float* __restrict__ y) {
+  const index_t total_n = M * C;
+  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total_n; i += index_t(gridDim.x) * blockDim.x) {
+    const index_t c = i % C;
+    const float sc = gamma ? __fmul_rn(gamma[c], invstd[c]) : invstd[c];
+    const float sh = beta ? beta[c] : 0.f;
+    y[i] = __fadd_rn(__fmul_rn(__fsub_rn(x[i], mean[c]), sc), sh);
+  }
+}
+
+// Backward: the two column sums into sums[0:C] (dy) and sums[C:2C] (dy*xhat), and the
+// parameter gradients accumulated.
+__global__ void bn_bwd_sums_kernel(index_t C, const double* __restrict__ partial, int nb,
+                                   double* __restrict__ sums, float* __restrict__ dgamma,
+                                   float* __restrict__ dbeta) {
+  for (index_t c = index_t(blockIdx.x) * blockDim.x + threadIdx.x; c < C; c += index_t(gridDim.x) * blockDim.x) {
+    const double s0 = total(partial, nb, 2, 0, C, c), s1 = total(partial, nb, 2, 1, C, c);
+    sums[c] = s0;
+    sums[C + c] = s1;
+    if (dbeta) dbeta[c] = __fadd_rn(dbeta[c], float(s0));
+    if (dgamma) dgamma[c] = __fadd_rn(dgamma[c], float(s1));
+  }
+}
+
+// dx = k*(dy - a - xhat*b): k = gamma*invstd; a, b the row means of dy and dy*xhat (sums
+// nullptr: the statistics were constants, a = b = 0).
+__global__ void bn_dx_kernel(index_t M, index_t C, const float* __restrict__ x,
+                             const float* __restrict__ dy, const float* __restrict__ gamma,
+                             const float* __restrict__ mean, const float* __restrict__ invstd,
+                             const double* __restrict__ sums, float* __restrict__ dx) {
+  const index_t total_n = M * C;
+  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total_n; i += index_t(gridDim.x) * blockDim.x) {
+    const index_t c = i % C;
+    const float k = gamma ? __fmul_rn(gamma[c], invstd[c]) : invstd[c];
+    const float a = sums ? float(sums[c] / double(M)) : 0.f;
+    const float b = sums ? float(sums[C + c] / double(M)) : 0.f;
+    const float xb = __fmul_rn(__fmul_rn(__fsub_rn(x[i], mean[c]), invstd[c]), b);
+    dx[i] = __fmul_rn(k, __fsub_rn(__fsub_rn(dy[i], a), xb));
+  }
+}
+
+// The stats grid: ceil(C/32) x nb blocks, nb chosen from (M, C) only (determinism), about 2048
+// blocks in all and at least ~16 rows per thread row so the partials stay few.
+dim3 stats_grid(index_t M, index_t C, int* nb) {
+  const index_t gx = ceil_div(C, kTx);
+  index_t gy = std::min<index_t>(ceil_div(M, index_t(kTy) * 16), std::max<index_t>(1, 2048 / gx));
+  gy = std::max<index_t>(1, std::min<index_t>(gy, 65535));
+  *nb = int(gy);
+  return dim3(unsigned(gx), unsigned(gy));
+}
+
+template <class Op>
+void launch_partials(index_t M, index_t C, const Op& op, double* partial, dim3 grid, cudaStream_t st) {
+  colsum_partials_kernel<Op><<<grid, dim3(kTx, kTy), 0, st>>>(M, C, op, partial);
+  KILNET_CHECK_LAUNCH("colsum_partials_kernel");
+}
+
+constexpr int kBlock = 256;
+
+}  // namespace
+
+void batchnorm_forward(index_t M, index_t C, const float* x, const float* gamma, const float* beta,
+                       float* moving_mean, float* moving_var, float momentum, float eps,
+                       bool training, float* mean, float* invstd, float* y, void* stream) {
+  if (M <= 0 || C <= 0) return;
+  const cudaStream_t st = as_stream(stream);
+  if (training) {
+    int nb = 0;
+    const dim3 grid = stats_grid(M, C, &nb);
+    double* partial = nullptr;
+    check(cudaMallocAsync(reinterpret_cast<void**>(&partial), size_t(nb) * size_t(C) * sizeof(double), st),
+          "cudaMallocAsync (batchnorm partial sums)");
+    launch_partials(M, C, SumX{x}, partial, grid, st);
+    bn_mean_kernel<<<grid_for(C, kBlock), kBlock, 0, st>>>(M, C, partial, nb, mean);
+    KILNET_CHECK_LAUNCH("bn_mean_kernel");
+    launch_partials(M, C, SumSqDev{x, mean}, partial, grid, st);
+    bn_var_kernel<<<grid_for(C, kBlock), kBlock, 0, st>>>(M, C, partial, nb, mean, momentum, eps,
+                                                         moving_mean, moving_var, invstd);
+    KILNET_CHECK_LAUNCH("bn_var_kernel");
+    check(cudaFreeAsync(partial, st), "cudaFreeAsync (batchnorm partial sums)");
+  } else {
+    bn_inference_stats_kernel<<<grid_for(C, kBlock), kBlock, 0, st>>>(C, moving_mean, moving_var, eps, mean, invstd);
+    KILNET_CHECK_LAUNCH("bn_inference_stats_kernel");
+  }
+  bn_apply_kernel<<<grid_for(M * C, kBlock), kBlock, 0, st>>>(M, C, x, gamma, beta, mean, invstd, y);
+  KILNET_CHECK_LAUNCH("bn_apply_kernel");
+}
+
+void batchnorm_backward(index_t M, index_t C, const float* x, const float* dy, const float* gamma,
+                        const float* mean, const float* invstd, bool batch_stats, float* dx,
+                        float* dgamma, float* dbeta, void* stream) {
+  if (M <= 0 || C <= 0) return;
+  const cudaStream_t st = as_stream(stream);
+  const bool need_sums = dgamma || dbeta || (dx && batch_stats);
+  double* buf = nullptr;   // [partials (nb*2*C) | sums (2*C)]
+  double* sums = nullptr;
+  if (need_sums) {
+    int nb = 0;
+    const dim3 grid = stats_grid(M, C, &nb);
+    check(cudaMallocAsync(reinterpret_cast<void**>(&buf), (size_t(nb) + 1) * 2 * size_t(C) * sizeof(double), st),
+          "cudaMallocAsync (batchnorm backward sums)");
+    sums = buf + size_t(nb) * 2 * size_t(C);
+    launch_partials(M, C, SumBwd{x, dy, mean, invstd}, buf, grid, st);
+    bn_bwd_sums_kernel<<<grid_for(C, kBlock), kBlock, 0, st>>>(C, buf, nb, sums, dgamma, dbeta);
+    KILNET_CHECK_LAUNCH("bn_bwd_sums_kernel");
+  }
+  if (dx) {
+    bn_dx_kernel<<<grid_for(M * C, kBlock), kBlock, 0, st>>>(M, C, x, dy, gamma, mean, invstd,
+                                                            batch_stats ? sums : nullptr, dx);
+    KILNET_CHECK_LAUNCH("bn_dx_kernel");
+  }
+  if (buf) check(cudaFreeAsync(buf, st), "cudaFreeAsync (batchnorm backward sums)");
+}
+
+}  // namespace kilnet::cuda
