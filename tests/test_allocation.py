@@ -64,10 +64,10 @@ def spy_step_buffers(model):
     """The model-level buffers fit passes to each train_on_batch_arrays call (a set: one object)."""
     seen, step = [], model.train_on_batch_arrays
 
-    def spy(xb, yb, bufs):
+    def spy(xb, yb, bufs, loss_out=None):
         if not seen:
             seen.append(bufs)
-        return step(xb, yb, bufs)
+        return step(xb, yb, bufs, loss_out)
     model.train_on_batch_arrays = spy
     return seen
 

@@ -4,9 +4,9 @@ Importing kilnet loads numpy and the compiled CPU kernels only; h5py, cupy, torc
 optional packages are imported when a feature needs them.
 """
 from kilnet._version import __version__
-from kilnet.backend import get_num_threads, set_num_threads, simd_level, cuda_available
+from kilnet.backend import cuda_available, device, get_num_threads, set_num_threads, simd_level
 
-__all__ = ["__version__", "get_num_threads", "set_num_threads", "simd_level", "cuda_available",
+__all__ = ["__version__", "get_num_threads", "set_num_threads", "simd_level", "cuda_available", "device",
            "models", "layers", "losses", "optimizers", "metrics", "initializers", "datasets",
            "utils", "Sequential", "load_model"]
 

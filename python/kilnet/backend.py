@@ -1,12 +1,18 @@
 """The one place that picks a kernel module: numpy arrays go to kilnet._cpu, CuPy arrays to
-kilnet._cuda (when it was compiled and a GPU is usable)."""
+kilnet._cuda (when it was compiled and a GPU is usable). Devices are named 'cpu' and 'cuda'
+(or 'cuda:N', 'gpu'); `kilnet.device('cuda')` makes models built inside it live on the GPU."""
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+
+import numpy as np
 
 from kilnet import _cpu
 
-__all__ = ["cpu", "get_num_threads", "set_num_threads", "simd_level", "cuda_available", "cuda_module"]
+__all__ = ["cpu", "get_num_threads", "set_num_threads", "simd_level", "cuda_available", "cuda_module",
+           "device", "current_device", "normalize_device", "kernels_for", "xp_for", "device_of", "to_device"]
 
 cpu = _cpu
 
@@ -46,6 +52,91 @@ def cuda_module():
     if mod is None:
         raise RuntimeError(f"CUDA is not available: {why}; kilnet runs on the CPU")
     return mod
+
+
+def normalize_device(name) -> str:
+    """'cpu' or 'cuda' from 'cpu', 'cuda', 'cuda:0', 'gpu' (any case); ValueError otherwise.
+    'cuda:N' selects GPU N as CuPy's current device."""
+    if not isinstance(name, str):
+        raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {type(name).__name__}")
+    low = name.strip().lower()
+    if low == "cpu":
+        return "cpu"
+    if low in ("cuda", "gpu") or low.startswith(("cuda:", "gpu:")):
+        cuda_module()   # raises RuntimeError saying why when there is no usable GPU
+        if ":" in low:
+            idx = low.split(":", 1)[1]
+            if not idx.isdigit():
+                raise ValueError(f"device {name!r}: expected 'cuda:<index>'")
+            import cupy
+            n = cupy.cuda.runtime.getDeviceCount()
+            if int(idx) >= n:
+                raise ValueError(f"device {name!r}: only {n} GPU(s) are visible")
+            cupy.cuda.Device(int(idx)).use()
+        return "cuda"
+    raise ValueError(f"unknown device {name!r}; valid: 'cpu', 'cuda', 'cuda:N'")
+
+
+_default = threading.local()
+
+
+def current_device() -> str:
+    """The device new models are placed on: 'cpu' unless inside `with kilnet.device('cuda')`."""
+    return getattr(_default, "name", "cpu")
+
+
+@contextlib.contextmanager
+def device(name):
+    """`with kilnet.device('cuda'): model = Sequential(...)` builds (and fits) the model on the
+    GPU; arrays passed to fit/predict stay numpy and are moved batch by batch or all at once."""
+    dev = normalize_device(name)
+    old = current_device()
+    _default.name = dev
+    try:
+        yield dev
+    finally:
+        _default.name = old
+
+
+def is_cuda_array(a) -> bool:
+    return not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__")
+
+
+def device_of(a) -> str:
+    return "cuda" if is_cuda_array(a) else "cpu"
+
+
+def kernels_for(a):
+    """kilnet._cpu for a numpy array, kilnet._cuda for a CuPy array: the kernels follow the data."""
+    return cuda_module() if is_cuda_array(a) else _cpu
+
+
+def xp_for(a):
+    """numpy or cupy, whichever module owns the array."""
+    if is_cuda_array(a):
+        import cupy
+        return cupy
+    return np
+
+
+def xp_of_device(dev):
+    if dev == "cuda":
+        import cupy
+        return cupy
+    return np
+
+
+def to_device(a, dev):
+    """a as a contiguous float32/int array on `dev` (a copy only when it has to move)."""
+    if a is None:
+        return None
+    if dev == "cuda":
+        import cupy
+        return cupy.ascontiguousarray(cupy.asarray(a))
+    if is_cuda_array(a):
+        import cupy
+        return cupy.asnumpy(a)
+    return a
 
 
 def get_num_threads() -> int:

@@ -67,10 +67,17 @@ def cmd_train(args) -> int:
     defaults = MODEL_DEFAULTS.get(args.model, {})
     args.epochs = args.epochs if args.epochs is not None else defaults.get("epochs", 10)
     args.batch_size = args.batch_size if args.batch_size is not None else defaults.get("batch_size", 32)
-    model = canonical_model() if args.model == "canonical" else \
-        _named_model(args.model, epochs=args.epochs, steps_per_epoch=-(-len(x_train) // args.batch_size))
+    try:
+        device = kilnet.backend.normalize_device(args.device)
+    except RuntimeError as e:   # no GPU: a one-line error, not a traceback
+        raise ValueError(str(e)) from None
+    with kilnet.device(device):
+        model = canonical_model() if args.model == "canonical" else \
+            _named_model(args.model, epochs=args.epochs, steps_per_epoch=-(-len(x_train) // args.batch_size))
+    where = (f"GPU ({kilnet.backend.cuda_module().device_name(0)})" if model.device == "cuda" else
+             f"{kilnet.get_num_threads()} threads, {kilnet.simd_level()} kernels")
     print(f"kilnet {kilnet.__version__}: {args.model} CNN on Fashion-MNIST ({len(x_train)} training images), "
-          f"{kilnet.get_num_threads()} threads, {kilnet.simd_level()} kernels", flush=True)
+          f"{where}", flush=True)
     t0 = time.perf_counter()
     history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
                         verbose=args.verbose, validation_split=args.validation_split)
@@ -281,6 +288,7 @@ def build_parser():
     t.add_argument("--epochs", type=int, default=None, help="number of epochs (default 10; small-cnn 15)")
     t.add_argument("--batch-size", type=int, default=None, help="batch size (default 32; small-cnn 64)")
     t.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     t.add_argument("--out", default="model.h5", help="where to save the trained model (default model.h5; '' to skip)")
     t.add_argument("--seed", type=int, default=None, help="random seed for a repeatable run")
     t.add_argument("--limit", type=int, default=0, help="train on the first N images only (quick checks)")

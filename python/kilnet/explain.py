@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kilnet.backend import to_device, xp_of_device
 from kilnet.utils import get_rng, to_float32
 
 __all__ = ["input_gradient", "saliency", "smoothgrad", "integrated_gradients"]
@@ -49,21 +50,24 @@ def input_gradient(model, x, target, batch_size=256):
     target = np.asarray(target, dtype=np.int64)
     grads = np.empty_like(x)
     values = np.empty(len(x), np.float64)
+    dev = model.device
+    xp = xp_of_device(dev)
     with model._guard("explain"):
         for i in range(0, len(x), batch_size):
-            xb = x[i:i + batch_size]
-            tb = target[i:i + batch_size]
+            xb = to_device(x[i:i + batch_size], dev)   # a GPU model gets each batch on the GPU
+            tb = to_device(target[i:i + batch_size], dev)
+            rows = xp.arange(len(xb))
             h = xb
             for layer in model.layers:
                 h = layer.forward(h, False)
             flat = h.reshape(len(xb), -1)
-            values[i:i + len(xb)] = flat[np.arange(len(xb)), tb]
-            g = np.zeros_like(flat)
-            g[np.arange(len(xb)), tb] = 1.0
+            values[i:i + len(xb)] = to_device(flat[rows, tb], "cpu")
+            g = xp.zeros_like(flat)
+            g[rows, tb] = 1.0
             g = g.reshape(h.shape)
             for layer in reversed(model.layers):
                 g = layer.backward(g, need_dx=True, need_dw=False)
-            grads[i:i + len(xb)] = g
+            grads[i:i + len(xb)] = to_device(g, "cpu")
     return grads, values
 
 

@@ -85,6 +85,11 @@ def save_model(model, filepath, overwrite=True, include_optimizer=True) -> None:
         raise
 
 
+def _host(a):
+    """A weight or state array as float32 numpy, wherever it lives (GPU arrays are copied)."""
+    return np.asarray(a if isinstance(a, np.ndarray) else a.get(), np.float32)
+
+
 def _write_weights(g, model):
     g.attrs["layer_names"] = np.array([l.name.encode() for l in model.layers])
     g.attrs["backend"] = "kilnet"
@@ -94,7 +99,7 @@ def _write_weights(g, model):
         names = [f"{model.name}/{_weight_path(layer, s.attr)}" for s in layer._specs]
         lg.attrs["weight_names"] = np.array([n.encode() for n in names], dtype="S")
         for n, s in zip(names, layer._specs):
-            lg.create_dataset(n, data=np.asarray(getattr(layer, s.attr), np.float32))
+            lg.create_dataset(n, data=_host(getattr(layer, s.attr)))
     top = g.create_group("top_level_model_weights")
     top.attrs["weight_names"] = np.array([], dtype="S")
 
@@ -126,7 +131,7 @@ def _write_optimizer(g, model):
     for layer, attr, off, size in model._slices:
         for slot, flat in opt.state.items():
             name = _slot_name(opt, model, layer, attr, slot)
-            g.create_dataset(name, data=flat[off:off + size].reshape(getattr(layer, attr).shape))
+            g.create_dataset(name, data=_host(flat[off:off + size]).reshape(getattr(layer, attr).shape))
             names.append(name)
     g.attrs["weight_names"] = np.array([n.encode() for n in names], dtype="S")
 
@@ -354,10 +359,13 @@ def _read_optimizer(g, model, path, allow_nonfinite):
     if it < 0 or it != int(it) or it > 2**62:
         raise ModelFileError(f"load_model: {path}: bad optimizer iteration {it}")
     model._consolidate()
-    opt.build(model._params.size)
+    opt.build(model._params.size, like=model._params)
     for slot, flat in opt.state.items():
         for layer, attr, off, size in model._slices:
             name = _slot_name(opt, model, layer, attr, slot)
-            flat[off:off + size] = _read_dataset(g, name, getattr(layer, attr).shape, path,
-                                                 allow_nonfinite).reshape(-1)
+            value = _read_dataset(g, name, getattr(layer, attr).shape, path, allow_nonfinite).reshape(-1)
+            if isinstance(flat, np.ndarray):
+                flat[off:off + size] = value
+            else:   # state on the GPU
+                flat[off:off + size].set(np.ascontiguousarray(value, np.float32))
     opt.iterations = int(it)

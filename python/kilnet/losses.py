@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from kilnet import _cpu
+from kilnet.backend import kernels_for
 from kilnet.utils import as_numpy, lookup
 
 __all__ = ["Loss", "MeanSquaredError", "MeanAbsoluteError", "BinaryCrossentropy",
            "CategoricalCrossentropy", "SparseCategoricalCrossentropy", "get", "serialize"]
+
+
+def _out(out):
+    return {} if out is None else {"out": out}
 
 
 class Loss:
@@ -50,7 +54,9 @@ class Loss:
 
     # -- per batch --------------------------------------------------------------------------
     def compute(self, y_pred, y_true, grad=None) -> float:
-        """Mean loss of the batch; grad (optional) receives d(loss)/d(y_pred)."""
+        """Mean loss of the batch; grad (optional) receives d(loss)/d(y_pred). On the GPU, `out`
+        (a float32 CuPy array of shape (1,)) receives the loss on the device and None is
+        returned, so the training step does not wait for the GPU."""
         raise NotImplementedError
 
     def compute_from_logits(self, logits, y_true, probs, grad) -> float:
@@ -70,15 +76,15 @@ class Loss:
 class MeanSquaredError(Loss):
     name = "mean_squared_error"
 
-    def compute(self, y_pred, y_true, grad=None):
-        return _cpu.mse(y_pred, y_true, grad)
+    def compute(self, y_pred, y_true, grad=None, out=None):
+        return kernels_for(y_pred).mse(y_pred, y_true, grad, **_out(out))
 
 
 class MeanAbsoluteError(Loss):
     name = "mean_absolute_error"
 
-    def compute(self, y_pred, y_true, grad=None):
-        return _cpu.mae(y_pred, y_true, grad)
+    def compute(self, y_pred, y_true, grad=None, out=None):
+        return kernels_for(y_pred).mae(y_pred, y_true, grad, **_out(out))
 
 
 class BinaryCrossentropy(Loss):
@@ -91,12 +97,12 @@ class BinaryCrossentropy(Loss):
             raise ValueError(f"{self.name}: targets must lie in [0, 1], got values in [{y.min()}, {y.max()}]")
         return y
 
-    def compute(self, y_pred, y_true, grad=None):
-        return _cpu.binary_crossentropy(y_pred, y_true, self.from_logits, grad)
+    def compute(self, y_pred, y_true, grad=None, out=None):
+        return kernels_for(y_pred).binary_crossentropy(y_pred, y_true, self.from_logits, grad, **_out(out))
 
-    def compute_from_logits(self, logits, y_true, probs, grad):
-        loss = _cpu.binary_crossentropy(logits, y_true, True, grad)
-        _cpu.activation_forward("sigmoid", logits, probs)
+    def compute_from_logits(self, logits, y_true, probs, grad, out=None):
+        loss = kernels_for(logits).binary_crossentropy(logits, y_true, True, grad, **_out(out))
+        kernels_for(logits).activation_forward("sigmoid", logits, probs)
         return loss
 
     def get_config(self):
@@ -107,13 +113,13 @@ class CategoricalCrossentropy(Loss):
     name = "categorical_crossentropy"
     fuses_with = "softmax"
 
-    def compute(self, y_pred, y_true, grad=None):
+    def compute(self, y_pred, y_true, grad=None, out=None):
         if self.from_logits:
-            return _cpu.softmax_crossentropy(y_pred, target=y_true, grad=grad)
-        return _cpu.categorical_crossentropy(y_pred, y_true, grad)
+            return kernels_for(y_pred).softmax_crossentropy(y_pred, target=y_true, grad=grad, **_out(out))
+        return kernels_for(y_pred).categorical_crossentropy(y_pred, y_true, grad, **_out(out))
 
-    def compute_from_logits(self, logits, y_true, probs, grad):
-        return _cpu.softmax_crossentropy(logits, target=y_true, probs=probs, grad=grad)
+    def compute_from_logits(self, logits, y_true, probs, grad, out=None):
+        return kernels_for(logits).softmax_crossentropy(logits, target=y_true, probs=probs, grad=grad, **_out(out))
 
     def get_config(self):
         return {**super().get_config(), "from_logits": self.from_logits}
@@ -145,13 +151,13 @@ class SparseCategoricalCrossentropy(Loss):
                              f"{n_classes} output classes (valid: 0..{n_classes - 1})")
         return labels
 
-    def compute(self, y_pred, y_true, grad=None):
+    def compute(self, y_pred, y_true, grad=None, out=None):
         if self.from_logits:
-            return _cpu.softmax_crossentropy(y_pred, labels=y_true, grad=grad)
-        return _cpu.sparse_categorical_crossentropy(y_pred, y_true, grad)
+            return kernels_for(y_pred).softmax_crossentropy(y_pred, labels=y_true, grad=grad, **_out(out))
+        return kernels_for(y_pred).sparse_categorical_crossentropy(y_pred, y_true, grad, **_out(out))
 
-    def compute_from_logits(self, logits, y_true, probs, grad):
-        return _cpu.softmax_crossentropy(logits, labels=y_true, probs=probs, grad=grad)
+    def compute_from_logits(self, logits, y_true, probs, grad, out=None):
+        return kernels_for(logits).softmax_crossentropy(logits, labels=y_true, probs=probs, grad=grad, **_out(out))
 
     def get_config(self):
         return {**super().get_config(), "from_logits": self.from_logits}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kilnet.backend import is_cuda_array, xp_for
 from kilnet.utils import lookup
 
 __all__ = ["Metric", "Accuracy", "SparseCategoricalAccuracy", "CategoricalAccuracy",
@@ -25,6 +26,7 @@ class Metric:
     def reset_state(self):
         self.total = 0.0
         self.count = 0
+        self._dev_total = None   # on the GPU the sum stays on the device until result()
 
     def batch_values(self, y_pred, y_true) -> np.ndarray:
         """Per-sample values for one batch (targets already prepared by the loss)."""
@@ -32,7 +34,11 @@ class Metric:
 
     def update(self, y_pred, y_true):
         v = self.batch_values(y_pred, y_true)
-        self.total += float(v.sum())
+        if is_cuda_array(v):   # no float(): that would wait for the GPU every batch
+            s = v.sum(dtype="float64")
+            self._dev_total = s if self._dev_total is None else self._dev_total + s
+        else:
+            self.total += float(v.sum())
         self.count += int(v.size)
 
     def update_state(self, y_true, y_pred):
@@ -40,6 +46,9 @@ class Metric:
         self.update(np.asarray(y_pred, np.float32), np.asarray(y_true))
 
     def result(self) -> float:
+        if self._dev_total is not None:
+            self.total += float(self._dev_total)
+            self._dev_total = None
         return self.total / self.count if self.count else 0.0
 
     def _scratch(self, key, n, dtype):
@@ -67,9 +76,12 @@ class SparseCategoricalAccuracy(Metric):
     name = "sparse_categorical_accuracy"
 
     def batch_values(self, y_pred, y_true):
-        return np.argmax(y_pred, axis=-1) == np.asarray(y_true).reshape(y_pred.shape[:-1])
+        xp = xp_for(y_pred)
+        return xp.argmax(y_pred, axis=-1) == xp.asarray(y_true).reshape(y_pred.shape[:-1])
 
     def update(self, y_pred, y_true):   # batch_values without the temporaries
+        if is_cuda_array(y_pred):
+            return super().update(y_pred, y_true)
         self._count_hits(_argmax_rows(self, "_pred", y_pred), np.asarray(y_true).reshape(-1))
 
 
@@ -77,9 +89,12 @@ class CategoricalAccuracy(Metric):
     name = "categorical_accuracy"
 
     def batch_values(self, y_pred, y_true):
-        return np.argmax(y_pred, axis=-1) == np.argmax(y_true, axis=-1)
+        xp = xp_for(y_pred)
+        return xp.argmax(y_pred, axis=-1) == xp.argmax(y_true, axis=-1)
 
     def update(self, y_pred, y_true):   # batch_values without the temporaries
+        if is_cuda_array(y_pred):
+            return super().update(y_pred, y_true)
         self._count_hits(_argmax_rows(self, "_pred", y_pred), _argmax_rows(self, "_true", y_true))
 
 
@@ -91,7 +106,7 @@ class BinaryAccuracy(Metric):
         super().__init__(name)
 
     def batch_values(self, y_pred, y_true):
-        return (y_pred > self.threshold) == (np.asarray(y_true) > self.threshold)
+        return (y_pred > self.threshold) == (xp_for(y_pred).asarray(y_true) > self.threshold)
 
 
 class Accuracy(Metric):
@@ -99,21 +114,21 @@ class Accuracy(Metric):
     name = "accuracy"
 
     def batch_values(self, y_pred, y_true):
-        return np.asarray(y_pred) == np.asarray(y_true)
+        return y_pred == xp_for(y_pred).asarray(y_true)
 
 
 class MeanAbsoluteError(Metric):
     name = "mean_absolute_error"
 
     def batch_values(self, y_pred, y_true):
-        return np.abs(y_pred - y_true)
+        return xp_for(y_pred).abs(y_pred - y_true)
 
 
 class MeanSquaredError(Metric):
     name = "mean_squared_error"
 
     def batch_values(self, y_pred, y_true):
-        return np.square(y_pred - y_true)
+        return xp_for(y_pred).square(y_pred - y_true)
 
 
 _ALIASES = {

@@ -20,7 +20,8 @@ from kilnet import losses as losses_mod
 from kilnet import metrics as metrics_mod
 from kilnet import optimizers as optimizers_mod
 from kilnet import regularizers as regularizers_mod
-from kilnet.callbacks import CallbackList, History
+from kilnet.backend import current_device, normalize_device, to_device, xp_of_device
+from kilnet.callbacks import Callback, CallbackList, History
 from kilnet.layers.activation import ActivatedLayer
 from kilnet.layers.base import Layer, unique_name
 from kilnet.layers.core import InputLayer
@@ -37,6 +38,7 @@ class Sequential:
         self.layers: list[Layer] = []
         self.trainable = bool(trainable)
         self.built = False
+        self.device = current_device()      # 'cpu' or 'cuda': where weights and steps live
         self.input_shape = None
         self.optimizer = None
         self.loss = None
@@ -104,6 +106,18 @@ class Sequential:
         self._layout_key = None
         self._consolidate()
 
+    def to(self, device):
+        """Move the model (weights, gradients, optimizer state) to 'cpu' or 'cuda'; returns the
+        model. fit/evaluate/predict keep taking numpy arrays and return numpy results."""
+        dev = normalize_device(device)
+        if dev == self.device:
+            return self
+        self.device = dev
+        if self.built:
+            self._layout_key = None
+            self._consolidate()
+        return self
+
     @property
     def output_shape(self):
         return self.layers[-1].output_shape if self.built else None
@@ -111,19 +125,23 @@ class Sequential:
     def _consolidate(self) -> None:
         """Move every trainable weight into one flat buffer (the layers keep views into it) and
         every gradient into another, so the optimizer makes one call per step."""
-        key = tuple((id(l), l.trainable and self.trainable) for l in self.layers)
+        key = (self.device,) + tuple((id(l), l.trainable and self.trainable) for l in self.layers)
         if key == self._layout_key:
             return
+        dev, xp = self.device, xp_of_device(self.device)
+        for layer in self.layers:
+            if layer.device != dev:
+                layer._move_to(dev)
         specs = [(l, s) for l in self.layers for s in l._specs
                  if s.trainable and l.trainable and self.trainable]
         n = sum(math.prod(s.shape) for _, s in specs)
-        params = np.empty(n, np.float32)
-        grads = np.zeros(n, np.float32)
+        params = xp.empty(n, np.float32)
+        grads = xp.zeros(n, np.float32)
         slices, off = [], 0
         for layer, s in specs:
             size = math.prod(s.shape)
             view = params[off:off + size].reshape(s.shape)
-            view[...] = getattr(layer, s.attr)
+            view[...] = to_device(getattr(layer, s.attr), dev)
             setattr(layer, s.attr, view)
             setattr(layer, "d" + s.attr, grads[off:off + size].reshape(s.shape))
             slices.append((layer, s.attr, off, size))
@@ -133,11 +151,13 @@ class Sequential:
         for layer in self.layers:
             for s in layer._specs:
                 if (id(layer), s.attr) not in in_flat:
-                    setattr(layer, s.attr, np.array(getattr(layer, s.attr)))
+                    setattr(layer, s.attr, to_device(getattr(layer, s.attr), dev).copy())
         self._params, self._grads, self._slices = params, grads, slices
         self._layout_key = key
         if self.optimizer is not None and any(v.size != n for v in self.optimizer.state.values()):
             self.optimizer.state = {}
+        if self.optimizer is not None and self.optimizer.state:
+            self.optimizer.state = {k: to_device(v, dev) for k, v in self.optimizer.state.items()}
 
     # ------------------------------------------------------------------ compile
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None,
@@ -207,10 +227,12 @@ class Sequential:
         last = self.layers[-1]
         return last.forward_linear(h, training) if self._fused() else last.forward(h, training)
 
-    def _loss_and_grad(self, out, yb, probs, grad):
+    def _loss_and_grad(self, out, yb, probs, grad, loss_out=None):
+        """(loss, predictions). With loss_out (a 1-element GPU array) the loss is written there
+        on the device and loss is None: the step does not wait for the GPU."""
         if self._fused():
-            return self.loss.compute_from_logits(out, yb, probs, grad), probs
-        return self.loss.compute(out, yb, grad), out
+            return self.loss.compute_from_logits(out, yb, probs, grad, out=loss_out), probs
+        return self.loss.compute(out, yb, grad, out=loss_out), out
 
     def _backward(self, grad):
         last = self.layers[-1]
@@ -220,13 +242,17 @@ class Sequential:
         for i in range(len(self.layers) - 2, first - 1, -1):
             g = self.layers[i].backward(g, need_dx=i > first)
 
-    def train_on_batch_arrays(self, xb, yb, bufs):
-        """One optimizer step on a prepared batch; returns (loss, predictions for metrics)."""
+    def train_on_batch_arrays(self, xb, yb, bufs, loss_out=None):
+        """One optimizer step on a prepared batch (on the model's device); returns (loss,
+        predictions for metrics). With loss_out (GPU) the batch loss goes there and the returned
+        loss is the weight penalty alone (0.0 without regularizers)."""
         n = xb.shape[0]
         self._grads.fill(0.0)   # gradients accumulate in the layers' backward: zero explicitly
         out = self._forward(xb, True)
-        loss, pred = self._loss_and_grad(out, yb, bufs.get("probs", out.shape, n), bufs.get("grad", out.shape, n))
+        loss, pred = self._loss_and_grad(out, yb, bufs.get("probs", out.shape, n), bufs.get("grad", out.shape, n),
+                                         loss_out)
         self._backward(bufs.last("grad"))
+        loss = 0.0 if loss is None else loss
         # Weight penalties (kernel_regularizer=...): Keras adds them to the loss, so their
         # gradients join the weights' before the optimizer clips and applies them.
         if self.trainable:
@@ -280,7 +306,8 @@ class Sequential:
         self._first_trainable = next((i for i, l in enumerate(self.layers) if l.trainable_weights and self.trainable),
                                      len(self.layers))
         # Where each weight starts in the flat buffer: clipnorm clips each weight on its own.
-        self.optimizer.build(self._params.size, [off for _, _, off, _ in self._slices] + [self._params.size])
+        self.optimizer.build(self._params.size, [off for _, _, off, _ in self._slices] + [self._params.size],
+                             like=self._params)
         self.compiled_metrics = self._make_metrics()
 
         n = len(x)
@@ -291,10 +318,15 @@ class Sequential:
         cbs = CallbackList(list(callbacks or []) + [history], self, params)
         self.history = history
         self.stop_training = False
-        bufs = _Buffers()
-        xb_all = np.empty((min(batch_size, n),) + x.shape[1:], np.float32)
-        yb_all = np.empty((min(batch_size, n),) + y.shape[1:], y.dtype)
+        on_gpu = self.device != "cpu"
+        xp = xp_of_device(self.device)
+        bufs = _Buffers(xp)
+        feed = _Feed(x, y, min(batch_size, n), self.device)
         names = ["loss"] + [m.name for m in self.compiled_metrics]
+        # On the GPU the per-batch losses stay on the device and the logs are only assembled
+        # when something looks at them: the step never waits for the GPU otherwise.
+        batch_logs_wanted = any(type(cb).on_train_batch_end is not Callback.on_train_batch_end
+                                for cb in cbs.callbacks if not isinstance(cb, History))
         rng = get_rng()
         nan_warned = False
         cbs.on_train_begin({})
@@ -303,31 +335,40 @@ class Sequential:
             for m in self.compiled_metrics:
                 m.reset_state()
             order = rng.permutation(n) if shuffle else np.arange(n)
+            feed.start_epoch(order)
             loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
+            dev_losses = xp.zeros(steps, np.float32) if on_gpu else None
+            sizes = np.zeros(steps, np.float32)
             bar = _Progress(epoch, epochs, steps, verbose)
             for step in range(steps):
-                idx = order[step * batch_size:(step + 1) * batch_size]
-                xb, yb = xb_all[:len(idx)], yb_all[:len(idx)]
-                # mode='clip' (idx is always in range): with the default 'raise', numpy
-                # gathers into a temporary batch and copies it to out, an allocation per step
-                np.take(x, idx, axis=0, out=xb, mode="clip")
-                np.take(y, idx, axis=0, out=yb, mode="clip")
+                xb, yb = feed.batch(step * batch_size, min((step + 1) * batch_size, n))
                 cbs.on_train_batch_begin(step, {})
-                loss, pred = self.train_on_batch_arrays(xb, yb, bufs)
+                loss, pred = self.train_on_batch_arrays(xb, yb, bufs,
+                                                        dev_losses[step:step + 1] if on_gpu else None)
                 if not math.isfinite(loss) and not nan_warned:
                     nan_warned = True
-                    warnings.warn(f"fit: the loss became {loss} at epoch {epoch + 1}, batch {step}; the "
-                                  "weights are no longer finite (add callbacks.TerminateOnNaN() to stop there)",
-                                  RuntimeWarning, stacklevel=3)
-                loss_sum += loss * len(idx)
-                seen += len(idx)
+                    _warn_nan(loss, epoch, step)
+                loss_sum += loss * len(xb)
+                sizes[step] = len(xb)
+                seen += len(xb)
                 for m in self.compiled_metrics:
                     m.update(pred, yb)
-                logs = {"loss": loss_sum / seen, **{m.name: m.result() for m in self.compiled_metrics}}
-                cbs.on_train_batch_end(step, logs)
-                bar.update(step + 1, logs)
+                if not on_gpu or batch_logs_wanted or bar.due(step + 1):
+                    mean = (loss_sum + (float(dev_losses[:step + 1] @ xp.asarray(sizes[:step + 1]))
+                                        if on_gpu else 0.0)) / seen
+                    logs = {"loss": mean, **{m.name: m.result() for m in self.compiled_metrics}}
+                    cbs.on_train_batch_end(step, logs)
+                    bar.update(step + 1, logs)
                 if self.stop_training:
                     break
+            if on_gpu:   # the one wait for the GPU per epoch
+                host_losses = xp.asnumpy(dev_losses)
+                done = int(np.count_nonzero(sizes))
+                if not nan_warned and not np.isfinite(host_losses[:done]).all():
+                    nan_warned = True
+                    bad = int(np.argmin(np.isfinite(host_losses[:done])))
+                    _warn_nan(float(host_losses[bad]), epoch, bad)
+                loss_sum += float(host_losses[:done].astype(np.float64) @ sizes[:done])
             logs = {"loss": loss_sum / max(seen, 1), **{m.name: m.result() for m in self.compiled_metrics}}
             if val is not None and (epoch + 1) % validation_freq == 0:
                 vals = self._evaluate_arrays(val[0], val[1], val_batch_size)
@@ -359,15 +400,27 @@ class Sequential:
 
     def _evaluate_arrays(self, x, y, batch_size):
         metrics = self._make_metrics()
-        bufs = _Buffers()
+        xp = xp_of_device(self.device)
+        on_gpu = self.device != "cpu"
+        bufs = _Buffers(xp)
+        feed = _Feed(x, y, min(batch_size, len(x)), self.device)
+        feed.start_epoch(None)
+        nb = -(-len(x) // batch_size)
+        dev_losses = xp.zeros(nb, np.float32) if on_gpu else None
+        sizes = np.zeros(nb, np.float64)
         total = 0.0
-        for i in range(0, len(x), batch_size):
-            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        for b, i in enumerate(range(0, len(x), batch_size)):
+            xb, yb = feed.batch(i, min(i + batch_size, len(x)))
             out = self._forward(xb, False)
-            loss, pred = self._loss_and_grad(out, yb, bufs.get("probs", out.shape, len(xb)), None)
-            total += loss * len(xb)
+            loss, pred = self._loss_and_grad(out, yb, bufs.get("probs", out.shape, len(xb)), None,
+                                             dev_losses[b:b + 1] if on_gpu else None)
+            sizes[b] = len(xb)
+            if not on_gpu:
+                total += loss * len(xb)
             for m in metrics:
                 m.update(pred, yb)
+        if on_gpu:
+            total = float(xp.asnumpy(dev_losses).astype(np.float64) @ sizes)
         penalty = regularizers_mod.penalties(self.layers, grads=False) if self.trainable else 0.0   # as Keras
         return [total / len(x) + penalty] + [m.result() for m in metrics]
 
@@ -377,13 +430,15 @@ class Sequential:
         with self._guard("predict"):
             x = self._prepare_x(x, "predict")
             out = None
+            feed = _Feed(x, None, min(batch_size, len(x)), self.device)
+            feed.start_epoch(None)
             for i in range(0, len(x), batch_size):
-                h = x[i:i + batch_size]
+                h, _ = feed.batch(i, min(i + batch_size, len(x)))
                 for layer in self.layers:
                     h = layer.forward(h, False)
                 if out is None:
                     out = np.empty((len(x),) + h.shape[1:], np.float32)
-                out[i:i + len(h)] = h
+                out[i:i + len(h)] = h if isinstance(h, np.ndarray) else h.get()
         return out
 
     def __call__(self, x, training=False):
@@ -505,17 +560,86 @@ def load_model(filepath, compile=True):
 
 
 # ---------------------------------------------------------------------- helpers
+def _warn_nan(loss, epoch, step):
+    warnings.warn(f"fit: the loss became {loss} at epoch {epoch + 1}, batch {step}; the "
+                  "weights are no longer finite (add callbacks.TerminateOnNaN() to stop there)",
+                  RuntimeWarning, stacklevel=4)
+
+
+class _Feed:
+    """Hands out batches (x[i:j] in epoch order) on the model's device.
+
+    CPU: gathered with np.take into reused buffers. GPU: when x and y fit comfortably in free
+    GPU memory they are copied there once and batches are gathered on the device (no transfer
+    per step); otherwise each batch is gathered on the host and copied over."""
+
+    def __init__(self, x, y, batch, device):
+        self.x, self.y, self.device = x, y, device
+        self.on_gpu = device != "cpu"
+        self.xb = np.empty((batch,) + x.shape[1:], np.float32)
+        self.yb = None if y is None else np.empty((batch,) + y.shape[1:], y.dtype)
+        self.resident = False
+        if self.on_gpu:
+            import cupy
+            self.cp = cupy
+            free, _ = cupy.cuda.runtime.memGetInfo()
+            need = x.nbytes + (0 if y is None else y.nbytes)
+            if need < 0.25 * free:
+                self.x_dev = cupy.asarray(x)
+                self.y_dev = None if y is None else cupy.asarray(y)
+                self.resident = True
+            self.xb_dev = cupy.empty(self.xb.shape, np.float32)
+            self.yb_dev = None if y is None else cupy.empty(self.yb.shape, y.dtype)
+
+    def start_epoch(self, order):
+        """order: a permutation of the samples, or None for x's own order."""
+        self.order = order
+        if self.resident and order is not None:
+            self.order_dev = self.cp.asarray(order)
+
+    def batch(self, i, j):
+        k = j - i
+        if self.resident:
+            if self.order is None:
+                return self.x_dev[i:j], (None if self.y is None else self.y_dev[i:j])
+            idx = self.order_dev[i:j]
+            xb = self.cp.take(self.x_dev, idx, axis=0, out=self.xb_dev[:k])
+            yb = None if self.y is None else self.cp.take(self.y_dev, idx, axis=0, out=self.yb_dev[:k])
+            return xb, yb
+        if self.order is None and not self.on_gpu:
+            return self.x[i:j], (None if self.y is None else self.y[i:j])
+        xb, yb = self.xb[:k], (None if self.y is None else self.yb[:k])
+        if self.order is None:
+            xb[...] = self.x[i:j]
+            if yb is not None:
+                yb[...] = self.y[i:j]
+        else:
+            idx = self.order[i:j]
+            # mode='clip' (idx is always in range): with the default 'raise', numpy gathers into
+            # a temporary batch and copies it to out, an allocation per step
+            np.take(self.x, idx, axis=0, out=xb, mode="clip")
+            if yb is not None:
+                np.take(self.y, idx, axis=0, out=yb, mode="clip")
+        if not self.on_gpu:
+            return xb, yb
+        self.xb_dev[:k].set(xb)
+        if yb is not None:
+            self.yb_dev[:k].set(yb)
+        return self.xb_dev[:k], (None if yb is None else self.yb_dev[:k])
+
+
 class _Buffers:
     """Reusable model-level buffers (loss gradient, probabilities), views for partial batches."""
 
-    def __init__(self):
+    def __init__(self, xp=np):
+        self._xp = xp
         self._bufs = {}
         self._last = {}
 
     def get(self, key, shape, n):
         buf = self._bufs.get(key)
         if buf is None or buf.shape[1:] != tuple(shape[1:]) or buf.shape[0] < n:
-            buf = self._bufs[key] = np.empty((n,) + tuple(shape[1:]), np.float32)
+            buf = self._bufs[key] = self._xp.empty((n,) + tuple(shape[1:]), np.float32)
         view = buf if buf.shape[0] == n else buf[:n]
         self._last[key] = view
         return view
@@ -562,6 +686,10 @@ class _Progress:
                                 dynamic_ncols=True, leave=True, file=sys.stdout)
                 return
         print(f"Epoch {epoch + 1}/{epochs}", flush=True)
+
+    def due(self, step) -> bool:
+        """Whether update() would redraw now (so the GPU loop only builds logs then)."""
+        return self.live and (time.perf_counter() - self.last >= 0.1 or step >= self.steps)
 
     def update(self, step, logs):
         if not self.live:

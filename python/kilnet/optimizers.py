@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from kilnet import _cpu
+from kilnet.backend import kernels_for, xp_for
 from kilnet import schedules as schedules_mod
 from kilnet.utils import lookup
 
@@ -92,13 +92,17 @@ class Optimizer:
             raise TypeError(f"{type(self).__name__}: the learning rate is a schedule and cannot be set")
         self._learning_rate = _positive("learning_rate", value, type(self).__name__, allow_zero=True)
 
-    def build(self, n_params: int, offsets=None) -> None:
-        """Allocate the state buffers for a model with n_params trainable values (once).
+    def build(self, n_params: int, offsets=None, like=None) -> None:
+        """Allocate the state buffers for a model with n_params trainable values (once), on the
+        device of `like` (the parameter buffer; numpy when None), moving existing state there.
         offsets: where each weight starts in the flat buffer, plus n_params at the end (for
         clipnorm, which clips each weight's gradient on its own); None: one weight."""
+        xp = np if like is None else xp_for(like)
         for slot in self.slots:
             if slot not in self.state or self.state[slot].size != n_params:
-                self.state[slot] = np.full(n_params, self.slot_initial.get(slot, 0.0), np.float32)
+                self.state[slot] = xp.full(n_params, self.slot_initial.get(slot, 0.0), np.float32)
+            elif xp_for(self.state[slot]) is not xp:
+                self.state[slot] = xp.asarray(self.state[slot]) if xp is not np else self.state[slot].get()
         # The segments norm clipping works on: each weight (clipnorm) or all together (global_clipnorm).
         per_weight = self.clipnorm is not None and offsets is not None
         self._clip_offsets = np.asarray(offsets if per_weight else [0, n_params], np.int64)
@@ -111,9 +115,9 @@ class Optimizer:
             offsets = self._clip_offsets
             if offsets is None or offsets[-1] != grads.size:   # not built for this buffer: one weight
                 offsets = np.array([0, grads.size], np.int64)
-            _cpu.clip_by_norm(grads, offsets, norm)
+            kernels_for(grads).clip_by_norm(grads, offsets, norm)
         elif self.clipvalue is not None:
-            _cpu.clip_by_value(grads, self.clipvalue)
+            kernels_for(grads).clip_by_value(grads, self.clipvalue)
         self.iterations += 1
         self._update(params, grads, lr)
 
@@ -148,9 +152,9 @@ class SGD(Optimizer):
 
     def _update(self, params, grads, lr):
         if self.weight_decay:   # SGD's kernel has no decay term: one extra in-place pass
-            np.multiply(params, 1.0 - self.weight_decay * lr, out=params)
+            params *= np.float32(1.0 - self.weight_decay * lr)
         vel = self.state.get("momentum")
-        _cpu.sgd_update(params, grads, vel, lr, self.momentum, self.nesterov)
+        kernels_for(params).sgd_update(params, grads, vel, lr, self.momentum, self.nesterov)
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
@@ -172,10 +176,10 @@ class Adam(Optimizer):
     def _update(self, params, grads, lr):
         m, v = self.state["m"], self.state["v"]
         if self.weight_decay:   # Keras 3's Adam with weight_decay is AdamW
-            _cpu.adamw_update(params, grads, m, v, lr, self.beta_1, self.beta_2, self.epsilon,
+            kernels_for(params).adamw_update(params, grads, m, v, lr, self.beta_1, self.beta_2, self.epsilon,
                               self.weight_decay, self.iterations)
         else:
-            _cpu.adam_update(params, grads, m, v, lr, self.beta_1, self.beta_2, self.epsilon, self.iterations)
+            kernels_for(params).adam_update(params, grads, m, v, lr, self.beta_1, self.beta_2, self.epsilon, self.iterations)
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
@@ -210,7 +214,7 @@ class RMSprop(Optimizer):
 
     def _update(self, params, grads, lr):
         st = self.state
-        _cpu.rmsprop_update(params, grads, st["velocity"], st.get("average_gradient"), st.get("momentum"), lr,
+        kernels_for(params).rmsprop_update(params, grads, st["velocity"], st.get("average_gradient"), st.get("momentum"), lr,
                             self.rho, self.momentum, self.epsilon, self.weight_decay or 0.0)
 
     def get_config(self):
@@ -231,7 +235,7 @@ class Adagrad(Optimizer):
         self.slot_initial = {"accumulator": self.initial_accumulator_value}
 
     def _update(self, params, grads, lr):
-        _cpu.adagrad_update(params, grads, self.state["accumulator"], lr, self.epsilon, self.weight_decay or 0.0)
+        kernels_for(params).adagrad_update(params, grads, self.state["accumulator"], lr, self.epsilon, self.weight_decay or 0.0)
 
     def get_config(self):
         return {**super().get_config(), "initial_accumulator_value": self.initial_accumulator_value,

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from kilnet import _cpu
+from kilnet.backend import is_cuda_array, kernels_for
 from kilnet.utils import lookup
 
 __all__ = ["Regularizer", "L1", "L2", "L1L2", "get", "serialize", "penalties"]
@@ -40,10 +40,12 @@ class Regularizer:
     l2 = 0.0
 
     def __call__(self, w) -> float:
-        return _cpu.l1l2_penalty(np.ascontiguousarray(w, dtype=np.float32), None, self.l1, self.l2)
+        if not is_cuda_array(w):
+            w = np.ascontiguousarray(w, dtype=np.float32)
+        return kernels_for(w).l1l2_penalty(w, None, self.l1, self.l2)
 
     def add_gradient(self, w, dw) -> float:
-        return _cpu.l1l2_penalty(w, dw, self.l1, self.l2)
+        return kernels_for(w).l1l2_penalty(w, dw, self.l1, self.l2)
 
     def get_config(self) -> dict:
         raise NotImplementedError

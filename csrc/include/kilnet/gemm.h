@@ -28,7 +28,7 @@ void bias_backward_ref(index_t M, index_t N, const float* dy, float* db);
 
 namespace kilnet::cuda {
 
-// The same operations on device pointers, run on `stream` (a cudaStream_t; nullptr = the legacy
+// The same operations on device pointers, run on `stream` (a CUDA stream handle; nullptr = the legacy
 // default stream). Tiled SGEMM: shared-memory and register blocking, float4 loads, warp tiles.
 // With tf32() on (set_tf32, off by default) it uses the TF32 tensor cores: faster, ~1e-3 error.
 void gemm(bool trans_a, bool trans_b, index_t M, index_t N, index_t K, float alpha,

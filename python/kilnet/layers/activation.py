@@ -7,7 +7,7 @@ loss's gradient straight to backward_linear.
 """
 from __future__ import annotations
 
-from kilnet import _cpu
+from kilnet.backend import kernels_for
 from kilnet.layers.base import Layer
 
 __all__ = ["Activation", "ActivatedLayer", "ACTIVATIONS", "get_activation"]
@@ -32,18 +32,18 @@ def get_activation(activation) -> str:
 def act_forward_inplace(name, z):
     """Apply the activation to z in place and return it."""
     if name == "softmax":
-        _cpu.softmax_forward(z, z)
+        kernels_for(z).softmax_forward(z, z)
     elif name != "linear":
-        _cpu.activation_forward(name, z, z)
+        kernels_for(z).activation_forward(name, z, z)
     return z
 
 
 def act_backward_inplace(name, y, dy):
     """Turn dy (gradient wrt the activation's output y) into the gradient wrt its input, in place."""
     if name == "softmax":
-        _cpu.softmax_backward(y, dy, dy)
+        kernels_for(y).softmax_backward(y, dy, dy)
     elif name != "linear":
-        _cpu.activation_backward(name, y, dy, dy)
+        kernels_for(y).activation_backward(name, y, dy, dy)
     return dy
 
 

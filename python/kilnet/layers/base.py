@@ -25,7 +25,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from kilnet import initializers
+from kilnet import _cpu, initializers
+from kilnet.backend import to_device, xp_of_device
 from kilnet.utils import snake_case
 
 __all__ = ["Layer", "reset_name_counters"]
@@ -54,6 +55,12 @@ class WeightSpec:
 
 
 class Layer:
+    # The device the layer's weights and buffers live on: kernels come from _k (kilnet._cpu or
+    # kilnet._cuda), arrays from _xp (numpy or cupy). Sequential.to(device) moves a model.
+    device = "cpu"
+    _k = _cpu
+    _xp = np
+
     # Keras keys every layer config may carry; anything else a subclass does not accept is refused.
     _common_config_keys = ("name", "trainable", "dtype", "input_shape", "batch_input_shape",
                            "batch_size")
@@ -117,11 +124,26 @@ class Layer:
         x = to_float32(x)
         if not self.built:
             self._build((None,) + x.shape[1:])
+        if self.device != "cpu":
+            return self.forward(to_device(x, self.device), training).copy()
         return np.array(self.forward(x, training))
 
     # Per-thread state: what forward keeps for backward, and reusable buffers.
     def _state(self) -> dict:
         return self._local.__dict__
+
+    def _move_to(self, dev):
+        """Put the layer on `dev`: its weights (those outside a model's flat buffer, which the
+        model moves itself), gradients and kernels; per-thread buffers are dropped."""
+        from kilnet.backend import cuda_module
+        for s in self._specs:
+            setattr(self, s.attr, to_device(getattr(self, s.attr), dev))
+            if s.trainable and hasattr(self, "d" + s.attr):
+                setattr(self, "d" + s.attr, to_device(getattr(self, "d" + s.attr), dev))
+        self.device = dev
+        self._k = cuda_module() if dev == "cuda" else _cpu
+        self._xp = xp_of_device(dev)
+        self._local = threading.local()
 
     def _buffer(self, key, shape):
         """A float32 array of `shape` that this layer reuses across calls (per thread). A smaller
@@ -129,7 +151,7 @@ class Layer:
         st = self._local.__dict__
         buf = st.get(("buf", key))
         if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
-            buf = np.empty(shape, np.float32)
+            buf = self._xp.empty(shape, np.float32)
             st[("buf", key)] = buf
         return buf if buf.shape[0] == shape[0] else buf[: shape[0]]
 
@@ -150,7 +172,7 @@ class Layer:
         return int(sum(int(np.prod(s.shape)) for s in self._specs))
 
     def get_weights(self) -> list:
-        return [np.array(getattr(self, s.attr)) for s in self._specs]
+        return [_host_copy(getattr(self, s.attr)) for s in self._specs]
 
     def set_weights(self, weights) -> None:
         """Copy values into the existing weight arrays, checking count, shape and finiteness."""
@@ -168,7 +190,11 @@ class Layer:
                                  f"{spec.shape}, got {tuple(w.shape)}")
             converted.append(w)
         for spec, w in zip(self._specs, converted):
-            np.copyto(getattr(self, spec.attr), w, casting="unsafe")
+            dst = getattr(self, spec.attr)
+            if isinstance(dst, np.ndarray):
+                np.copyto(dst, w, casting="unsafe")
+            else:   # on the GPU: one host-to-device copy into the existing array
+                dst.set(np.ascontiguousarray(w, dtype=np.float32))
 
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict:
@@ -182,6 +208,13 @@ class Layer:
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r}>"
+
+
+def _host_copy(a):
+    """A numpy copy of a weight wherever it lives."""
+    if isinstance(a, np.ndarray):
+        return np.array(a)
+    return a.get()
 
 
 def _dtype_name(dtype) -> str:

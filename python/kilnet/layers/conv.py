@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kilnet import _cpu, initializers
+from kilnet import initializers
 from kilnet import regularizers as regularizers_mod
 from kilnet.layers.activation import ActivatedLayer
 from kilnet.layers.base import normalize_tuple
@@ -112,7 +112,7 @@ class Conv2D(ActivatedLayer):
 
     def _conv_forward(self, x, act):
         z = self._buffer("z", (x.shape[0], *self._pq, self.filters))
-        _cpu.conv2d_forward(x, self.kernel, self.bias if self.use_bias else None, z,
+        self._k.conv2d_forward(x, self.kernel, self.bias if self.use_bias else None, z,
                             self.strides, self._pad, self.dilation_rate, act)
         self._state()["x"] = x
         return z
@@ -121,13 +121,13 @@ class Conv2D(ActivatedLayer):
         x = self._state()["x"]
         dx = self._buffer("dx", x.shape) if need_dx else None
         if need_dw and self.trainable:
-            _cpu.conv2d_backward(dy, x, self.kernel, dx, self.dkernel,
+            self._k.conv2d_backward(dy, x, self.kernel, dx, self.dkernel,
                                  self.dbias if self.use_bias else None,
                                  self.strides, self._pad, self.dilation_rate, act, y)
         elif need_dx:   # input gradient only: the kernel's weight gradient goes to scratch
             scratch = self._buffer("dw_scratch", self.kernel.shape)
             scratch.fill(0.0)
-            _cpu.conv2d_backward(dy, x, self.kernel, dx, scratch, None, self.strides, self._pad,
+            self._k.conv2d_backward(dy, x, self.kernel, dx, scratch, None, self.strides, self._pad,
                                  self.dilation_rate, act, y)
         return dx
 

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from kilnet import _cpu, initializers
+from kilnet import initializers
 from kilnet import regularizers as regularizers_mod
 from kilnet.layers.activation import ActivatedLayer
 from kilnet.layers.base import Layer
@@ -54,7 +54,7 @@ class Dense(ActivatedLayer):
         n_in = self.kernel.shape[0]
         x2 = x.reshape(-1, n_in)
         z = self._buffer("z", (x2.shape[0], self.units))
-        _cpu.gemm(x2, self.kernel, z, bias=self.bias if self.use_bias else None)
+        self._k.gemm(x2, self.kernel, z, bias=self.bias if self.use_bias else None)
         self._state()["x"] = x2
         return z.reshape(x.shape[:-1] + (self.units,))
 
@@ -62,13 +62,13 @@ class Dense(ActivatedLayer):
         x2 = self._state()["x"]
         dz2 = dz.reshape(-1, self.units)
         if need_dw and self.trainable:
-            _cpu.gemm(x2, dz2, self.dkernel, trans_a=True, beta=1.0)   # dW += x^T dz
+            self._k.gemm(x2, dz2, self.dkernel, trans_a=True, beta=1.0)   # dW += x^T dz
             if self.use_bias:
-                _cpu.bias_backward(dz2, self.dbias)                      # db += colsum(dz)
+                self._k.bias_backward(dz2, self.dbias)                      # db += colsum(dz)
         if not need_dx:
             return None
         dx = self._buffer("dx", x2.shape)
-        _cpu.gemm(dz2, self.kernel, dx, trans_b=True)                    # dx = dz W^T
+        self._k.gemm(dz2, self.kernel, dx, trans_b=True)                    # dx = dz W^T
         return dx.reshape(dz.shape[:-1] + (x2.shape[1],))
 
     def get_config(self):

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from kilnet import _cpu, initializers
+from kilnet import initializers
 from kilnet import regularizers as regularizers_mod
 from kilnet.layers.base import Layer
 from kilnet.layers.core import _refuse_unsupported
@@ -81,7 +81,7 @@ class BatchNormalization(Layer):
         y = self._buffer("y", x.shape)
         mean, invstd = self._buffer("mean", (c,)), self._buffer("invstd", (c,))
         batch_stats = bool(training) and self.trainable   # Keras 3: a frozen layer runs in inference mode
-        _cpu.batchnorm_forward(x, self.gamma if self.scale else None, self.beta if self.center else None,
+        self._k.batchnorm_forward(x, self.gamma if self.scale else None, self.beta if self.center else None,
                                self.moving_mean, self.moving_variance, mean, invstd, y,
                                self.momentum, self.epsilon, batch_stats)
         st.update(x=x, mean=mean, invstd=invstd, batch_stats=batch_stats)
@@ -95,7 +95,7 @@ class BatchNormalization(Layer):
         dbeta = self.dbeta if grads and self.center else None
         dx = self._buffer("dx", x.shape) if need_dx else None
         if dx is not None or dgamma is not None or dbeta is not None:
-            _cpu.batchnorm_backward(x, dy, self.gamma if self.scale else None, st["mean"], st["invstd"],
+            self._k.batchnorm_backward(x, dy, self.gamma if self.scale else None, st["mean"], st["invstd"],
                                     dx, dgamma, dbeta, st["batch_stats"])
         return dx
 

@@ -8,7 +8,7 @@ PyTorch; the kernels recompute that position from the kept input, so nothing els
 """
 from __future__ import annotations
 
-from kilnet import _cpu
+
 from kilnet.layers.base import Layer, normalize_tuple
 from kilnet.layers.conv import conv_output_length
 
@@ -80,20 +80,20 @@ class MaxPooling2D(_Pooling2D):
     """Max over each pool_size window: `MaxPooling2D(pool_size=(2, 2), strides=None, padding='valid')`."""
 
     def _pool_forward(self, x, y):
-        _cpu.maxpool2d_forward(x, y, self.pool_size, self.strides, self._pad)
+        self._k.maxpool2d_forward(x, y, self.pool_size, self.strides, self._pad)
 
     def _pool_backward(self, x, dy, dx):
-        _cpu.maxpool2d_backward(x, dy, dx, self.pool_size, self.strides, self._pad)
+        self._k.maxpool2d_backward(x, dy, dx, self.pool_size, self.strides, self._pad)
 
 
 class AveragePooling2D(_Pooling2D):
     """Mean over each window's real pixels: `AveragePooling2D(pool_size=(2, 2), strides=None, padding='valid')`."""
 
     def _pool_forward(self, x, y):
-        _cpu.avgpool2d_forward(x, y, self.pool_size, self.strides, self._pad)
+        self._k.avgpool2d_forward(x, y, self.pool_size, self.strides, self._pad)
 
     def _pool_backward(self, x, dy, dx):
-        _cpu.avgpool2d_backward(dy, dx, self.pool_size, self.strides, self._pad)
+        self._k.avgpool2d_backward(dy, dx, self.pool_size, self.strides, self._pad)
 
 
 class GlobalAveragePooling2D(Layer):
@@ -114,7 +114,7 @@ class GlobalAveragePooling2D(Layer):
 
     def forward(self, x, training=False):
         y = self._buffer("y", (x.shape[0], x.shape[3]))
-        _cpu.global_avgpool2d_forward(x, y)
+        self._k.global_avgpool2d_forward(x, y)
         self._state()["shape"] = x.shape
         return y.reshape(x.shape[0], 1, 1, x.shape[3]) if self.keepdims else y
 
@@ -123,7 +123,7 @@ class GlobalAveragePooling2D(Layer):
             return None
         shape = self._state()["shape"]
         dx = self._buffer("dx", shape)
-        _cpu.global_avgpool2d_backward(dy.reshape(shape[0], shape[3]), dx)
+        self._k.global_avgpool2d_backward(dy.reshape(shape[0], shape[3]), dx)
         return dx
 
     def get_config(self):

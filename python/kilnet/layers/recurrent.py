@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kilnet import _cpu, initializers
+from kilnet import initializers
 from kilnet.layers.base import Layer
 from kilnet.layers.core import _refuse_unsupported
 
@@ -138,7 +138,7 @@ class _Recurrent(Layer):
                              f"({'[h, c]' if n == 2 else '[h]'}), got {len(states)}")
         out = []
         for i, st in enumerate(states):
-            st = np.ascontiguousarray(st, dtype=np.float32)
+            st = self._xp.ascontiguousarray(st, dtype=np.float32)
             if st.shape != (batch, self.units):
                 raise ValueError(f"{who}: initial_state[{i}] must have shape ({batch}, {self.units}), "
                                  f"got {st.shape}")
@@ -147,13 +147,13 @@ class _Recurrent(Layer):
 
     def forward(self, x, training=False, initial_state=None):
         self._check_input(x)
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = self._xp.ascontiguousarray(x, dtype=np.float32)
         B, T, _ = x.shape
         h0, c0 = self._initial_states(initial_state, B)
-        ws_n, _ = _cpu.rnn_workspace_size(self._cell, B, T, x.shape[2], self.units)
+        ws_n, _ = self._k.rnn_workspace_size(self._cell, B, T, x.shape[2], self.units)
         ws = self._buffer("ws", (ws_n,))
         y = self._buffer("y", (B, T, self.units) if self.return_sequences else (B, self.units))
-        _cpu.rnn_forward(self._cell, x, self.kernel, self.recurrent_kernel, self.bias if self.use_bias else None,
+        self._k.rnn_forward(self._cell, x, self.kernel, self.recurrent_kernel, self.bias if self.use_bias else None,
                          y, ws, h0, c0, self.activation, self.recurrent_activation, self.go_backwards)
         st = self._state()
         st["x"], st["ws"], st["has_initial_state"] = x, ws, h0 is not None
@@ -163,8 +163,8 @@ class _Recurrent(Layer):
         st = self._state()
         x, ws = st["x"], st["ws"]
         B, T, n_in = x.shape
-        dy = np.ascontiguousarray(dy, dtype=np.float32)
-        _, scratch_n = _cpu.rnn_workspace_size(self._cell, B, T, n_in, self.units)
+        dy = self._xp.ascontiguousarray(dy, dtype=np.float32)
+        _, scratch_n = self._k.rnn_workspace_size(self._cell, B, T, n_in, self.units)
         scratch = self._buffer("scratch", (scratch_n,))
         dx = self._buffer("dx", x.shape) if need_dx else None
         dw = du = db = None
@@ -178,7 +178,7 @@ class _Recurrent(Layer):
             st["initial_state_grads"] = [dh0] + ([dc0] if dc0 is not None else [])
         if dx is None and dw is None and dh0 is None:
             return None
-        _cpu.rnn_backward(self._cell, dy, x, self.kernel, self.recurrent_kernel, ws, scratch, dx, dw, du, db,
+        self._k.rnn_backward(self._cell, dy, x, self.kernel, self.recurrent_kernel, ws, scratch, dx, dw, du, db,
                           dh0, dc0, self.activation, self.recurrent_activation, self.go_backwards)
         return dx
 

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from kilnet import _cpu
+
 from kilnet.layers.base import Layer
 from kilnet.utils import get_rng
 
@@ -45,7 +45,7 @@ class Dropout(Layer):
         mask = self._buffer("mask", x.shape)
         y = self._buffer("y", x.shape)
         rng = self._seed_rng if self._seed_rng is not None else get_rng()
-        _cpu.dropout_forward(x, mask, y, self.rate, int(rng.integers(0, 2**63)))
+        self._k.dropout_forward(x, mask, y, self.rate, int(rng.integers(0, 2**63)))
         st["mask"] = mask
         return y
 
@@ -56,7 +56,7 @@ class Dropout(Layer):
         if mask is None:
             return dy
         dx = self._buffer("dx", dy.shape)
-        _cpu.dropout_backward(mask, dy, dx)
+        self._k.dropout_backward(mask, dy, dx)
         return dx
 
     def get_config(self):

@@ -1,0 +1,60 @@
+"""kilnet._cuda mirrors kilnet._cpu: every kernel function exists on both devices with the same
+argument names, order and defaults (plus `stream`, and `out` for functions returning a value).
+Runs without a GPU: importing _cuda and reading its signatures needs none."""
+import re
+
+import pytest
+
+from kilnet import _cpu
+
+_cuda = pytest.importorskip("kilnet._cuda", reason="kilnet was built without CUDA")
+
+HOST_ONLY = {"build_info", "get_num_threads", "set_num_threads", "simd_level", "ref"}
+
+
+def _kernels():
+    return sorted(n for n in dir(_cpu) if not n.startswith("_") and n not in HOST_ONLY)
+
+
+def _params(fn):
+    """[(name, default-or-None)] from pybind11's signature line, types dropped."""
+    head = fn.__doc__.splitlines()[0]
+    inner = head[head.index("(") + 1: head.rindex(") ->")]
+    out, depth, cur = [], 0, ""
+    for ch in inner:   # split on top-level commas (types may hold brackets)
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        out.append(cur)
+    params = []
+    for p in out:
+        name = p.split(":")[0].strip()
+        default = p.split("=", 1)[1].strip() if "=" in p else None
+        params.append((name, default))
+    return params
+
+
+def test_every_cpu_kernel_exists_on_cuda():
+    missing = [n for n in _kernels() if not hasattr(_cuda, n)]
+    assert not missing, f"kilnet._cuda lacks {missing}"
+
+
+@pytest.mark.parametrize("name", _kernels())
+def test_same_arguments(name):
+    if not hasattr(_cuda, name):
+        pytest.skip("missing (reported by test_every_cpu_kernel_exists_on_cuda)")
+    cpu, cuda = _params(getattr(_cpu, name)), _params(getattr(_cuda, name))
+    extra = [p for p in cuda[len(cpu):]]
+    assert cuda[:len(cpu)] == cpu, f"{name}: _cpu{cpu} vs _cuda{cuda}"
+    assert [n for n, _ in extra] in (["stream"], ["out", "stream"], ["stream", "out"]), extra
+    assert all(d == "None" for _, d in extra)
+    returns = re.search(r"-> (\S+)$", getattr(_cpu, name).__doc__.splitlines()[0]).group(1)
+    if returns == "float":
+        assert "out" in [n for n, _ in extra], f"{name} returns a value: _cuda needs out="
