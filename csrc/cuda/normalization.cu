@@ -10,6 +10,7 @@
 // __fmul_rn/__fadd_rn so that nvcc cannot contract it into FMAs: it rounds like the CPU code.
 #include "kilnet/normalization.h"
 #include "launch.cuh"
+#include "stream_buffer.cuh"
 
 namespace kilnet::cuda {
 
@@ -173,9 +174,8 @@ void batchnorm_forward(index_t M, index_t C, const float* x, const float* gamma,
   if (training) {
     int nb = 0;
     const dim3 grid = stats_grid(M, C, &nb);
-    double* partial = nullptr;
-    check(cudaMallocAsync(reinterpret_cast<void**>(&partial), size_t(nb) * size_t(C) * sizeof(double), st),
-          "cudaMallocAsync (batchnorm partial sums)");
+    StreamBuffer<double> buf(size_t(nb) * size_t(C), st, "cudaMallocAsync (batchnorm partial sums)");
+    double* partial = buf.get();
     launch_partials(M, C, SumX{x}, partial, grid, st);
     bn_mean_kernel<<<grid_for(C, kBlock), kBlock, 0, st>>>(M, C, partial, nb, mean);
     KILNET_CHECK_LAUNCH("bn_mean_kernel");
@@ -183,7 +183,6 @@ void batchnorm_forward(index_t M, index_t C, const float* x, const float* gamma,
     bn_var_kernel<<<grid_for(C, kBlock), kBlock, 0, st>>>(M, C, partial, nb, mean, momentum, eps,
                                                          moving_mean, moving_var, invstd);
     KILNET_CHECK_LAUNCH("bn_var_kernel");
-    check(cudaFreeAsync(partial, st), "cudaFreeAsync (batchnorm partial sums)");
   } else {
     bn_inference_stats_kernel<<<grid_for(C, kBlock), kBlock, 0, st>>>(C, moving_mean, moving_var, eps, mean, invstd);
     KILNET_CHECK_LAUNCH("bn_inference_stats_kernel");
@@ -198,13 +197,14 @@ void batchnorm_backward(index_t M, index_t C, const float* x, const float* dy, c
   if (M <= 0 || C <= 0) return;
   const cudaStream_t st = as_stream(stream);
   const bool need_sums = dgamma || dbeta || (dx && batch_stats);
-  double* buf = nullptr;   // [partials (nb*2*C) | sums (2*C)]
+  int nb = 0;
+  const dim3 grid = stats_grid(M, C, &nb);
+  // [partials (nb*2*C) | sums (2*C)]
+  StreamBuffer<double> scratch(need_sums ? (size_t(nb) + 1) * 2 * size_t(C) : 0, st,
+                               "cudaMallocAsync (batchnorm backward sums)");
+  double* buf = scratch.get();
   double* sums = nullptr;
   if (need_sums) {
-    int nb = 0;
-    const dim3 grid = stats_grid(M, C, &nb);
-    check(cudaMallocAsync(reinterpret_cast<void**>(&buf), (size_t(nb) + 1) * 2 * size_t(C) * sizeof(double), st),
-          "cudaMallocAsync (batchnorm backward sums)");
     sums = buf + size_t(nb) * 2 * size_t(C);
     launch_partials(M, C, SumBwd{x, dy, mean, invstd}, buf, grid, st);
     bn_bwd_sums_kernel<<<grid_for(C, kBlock), kBlock, 0, st>>>(C, buf, nb, sums, dgamma, dbeta);
@@ -215,7 +215,6 @@ void batchnorm_backward(index_t M, index_t C, const float* x, const float* dy, c
                                                             batch_stats ? sums : nullptr, dx);
     KILNET_CHECK_LAUNCH("bn_dx_kernel");
   }
-  if (buf) check(cudaFreeAsync(buf, st), "cudaFreeAsync (batchnorm backward sums)");
 }
 
 }  // namespace kilnet::cuda

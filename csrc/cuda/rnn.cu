@@ -16,6 +16,7 @@
 #include "kilnet/gemm.h"
 #include "kilnet/rnn.h"
 #include "launch.cuh"
+#include "stream_buffer.cuh"
 
 namespace kilnet::cuda {
 
@@ -187,10 +188,9 @@ void rnn_forward(const RnnShape& s, const float* x, const float* W, const float*
   gemm(false, false, TB, GH, I, 1.f, xs, I, W, GH, 0.f, gates, GH, b, stream);   // every step's x W + b
 
   const float* b_rec = (s.cell == Cell::GRU && b) ? b + GH : nullptr;
-  float* hu = nullptr;   // GRU: h_{t-1} U + b_rec of one step
-  if (s.cell == Cell::GRU)
-    check(cudaMallocAsync(reinterpret_cast<void**>(&hu), size_t(B * GH) * sizeof(float), st),
-          "cudaMallocAsync (rnn_forward GRU buffer)");
+  // GRU: h_{t-1} U + b_rec of one step
+  StreamBuffer<float> hu_buf(s.cell == Cell::GRU ? size_t(B * GH) : 0, st, "cudaMallocAsync (rnn_forward GRU buffer)");
+  float* hu = hu_buf.get();
   const unsigned grid = grid_for(B * H, kBlock);
   for (index_t t = 0; t < T; ++t) {
     const bool rec = !(t == 0 && h0 == nullptr);   // h_{-1} = 0: no recurrent term
@@ -214,7 +214,6 @@ void rnn_forward(const RnnShape& s, const float* x, const float* W, const float*
       KILNET_CHECK_LAUNCH("gru_fwd_step_kernel");
     }
   }
-  if (hu) check(cudaFreeAsync(hu, st), "cudaFreeAsync (rnn_forward GRU buffer)");
   const index_t ny = s.return_sequences ? B * T * H : B * H;
   copy_outputs_kernel<<<grid_for(ny, kBlock), kBlock, 0, st>>>(B, T, H, s.return_sequences, hs, y);
   KILNET_CHECK_LAUNCH("copy_outputs_kernel");
@@ -234,9 +233,8 @@ void rnn_backward(const RnnShape& s, const float* dy, const float* W, const floa
   float* dr = gru ? scratch + L.dhu : dz;   // gradient wrt h_{t-1} U (+ b_rec): what U^T multiplies
   float* carry = scratch + L.carry;         // LSTM: dc; GRU: dh z
 
-  float* dh = nullptr;   // dh_t = dr_{t+1} U^T of one step
-  check(cudaMallocAsync(reinterpret_cast<void**>(&dh), size_t(B * H) * sizeof(float), st),
-        "cudaMallocAsync (rnn_backward buffer)");
+  StreamBuffer<float> dh_buf(size_t(B * H), st, "cudaMallocAsync (rnn_backward buffer)");
+  float* dh = dh_buf.get();   // dh_t = dr_{t+1} U^T of one step
   check(cudaMemsetAsync(carry, 0, size_t(B * H) * sizeof(float), st), "rnn_backward: carry");
   const unsigned grid = grid_for(B * H, kBlock);
   for (index_t t = T - 1; t >= 0; --t) {
@@ -262,7 +260,6 @@ void rnn_backward(const RnnShape& s, const float* dy, const float* W, const floa
       KILNET_CHECK_LAUNCH("gru_bwd_step_kernel");
     }
   }
-  check(cudaFreeAsync(dh, st), "cudaFreeAsync (rnn_backward buffer)");
   if (dh0) {   // dh_{-1} = dr_0 U^T (+ dh_0 z_0 for the GRU, the carry)
     if (gru)
       check(cudaMemcpyAsync(dh0, carry, size_t(B * H) * sizeof(float), cudaMemcpyDeviceToDevice, st), "rnn_backward: dh0");
