@@ -49,8 +49,8 @@ void global_avgpool2d_backward_ref(index_t N, index_t HW, index_t C, const float
 
 namespace kilnet::cuda {
 
-// The same operations on device pointers, run on `stream` (a cudaStream_t; nullptr = the legacy
-// default stream). Same comparison and summation order as the CPU kernels: results are
+// The same operations on device pointers, run on `stream` (the CUDA stream handle; nullptr =
+// the legacy default stream). Same comparison and summation order as the CPU kernels: results are
 // bit-identical to kilnet::cpu's fast path. Backward gathers (each dx element sums the dy of the
 // windows that chose it / cover it), so overlapping windows need no atomics.
 void maxpool2d_forward(const Pool2dShape& s, const float* x, float* y, void* stream);
