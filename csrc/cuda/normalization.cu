@@ -101,14 +101,15 @@ __global__ void bn_inference_stats_kernel(index_t C, const float* __restrict__ m
   }
 }
 
-// y = (x - mean) * (gamma * invstd) + beta, rounded as the CPU does.
-__global__ void bn_apply_kernel(index_t M, index_t C, const float* __restrict__ x,
+// y = (x - mean) * (gamma * invstd) + beta, rounded as the CPU does. Idx: int when M*C fits
+// (64-bit division by C is several times slower).
+template <class Idx>
+__global__ void bn_apply_kernel(Idx n, Idx C, const float* __restrict__ x,
                                 const float* __restrict__ gamma, const float* __restrict__ beta,
                                 const float* __restrict__ mean, const float* __restrict__ invstd,
                                 float* __restrict__ y) {
-  const index_t total_n = M * C;
-  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total_n; i += index_t(gridDim.x) * blockDim.x) {
-    const index_t c = i % C;
+  for (Idx i = Idx(blockIdx.x) * Idx(blockDim.x) + Idx(threadIdx.x); i < n; i += Idx(gridDim.x) * Idx(blockDim.x)) {
+    const Idx c = i % C;
     const float sc = gamma ? __fmul_rn(gamma[c], invstd[c]) : invstd[c];
     const float sh = beta ? beta[c] : 0.f;
     y[i] = __fadd_rn(__fmul_rn(__fsub_rn(x[i], mean[c]), sc), sh);
@@ -131,13 +132,13 @@ __global__ void bn_bwd_sums_kernel(index_t C, const double* __restrict__ partial
 
 // dx = k*(dy - a - xhat*b): k = gamma*invstd; a, b the row means of dy and dy*xhat (sums
 // nullptr: the statistics were constants, a = b = 0).
-__global__ void bn_dx_kernel(index_t M, index_t C, const float* __restrict__ x,
+template <class Idx>
+__global__ void bn_dx_kernel(Idx n, Idx C, index_t M, const float* __restrict__ x,
                              const float* __restrict__ dy, const float* __restrict__ gamma,
                              const float* __restrict__ mean, const float* __restrict__ invstd,
                              const double* __restrict__ sums, float* __restrict__ dx) {
-  const index_t total_n = M * C;
-  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total_n; i += index_t(gridDim.x) * blockDim.x) {
-    const index_t c = i % C;
+  for (Idx i = Idx(blockIdx.x) * Idx(blockDim.x) + Idx(threadIdx.x); i < n; i += Idx(gridDim.x) * Idx(blockDim.x)) {
+    const Idx c = i % C;
     const float k = gamma ? __fmul_rn(gamma[c], invstd[c]) : invstd[c];
     const float a = sums ? float(sums[c] / double(M)) : 0.f;
     const float b = sums ? float(sums[C + c] / double(M)) : 0.f;
@@ -145,6 +146,9 @@ __global__ void bn_dx_kernel(index_t M, index_t C, const float* __restrict__ x,
     dx[i] = __fmul_rn(k, __fsub_rn(__fsub_rn(dy[i], a), xb));
   }
 }
+
+// 32-bit element indices when M*C (plus a grid stride) stays below 2^31.
+bool small_index(index_t M, index_t C) { return M * C < (index_t(1) << 30); }
 
 // The stats grid: ceil(C/32) x nb blocks, nb chosen from (M, C) only (determinism), about 2048
 // blocks in all and at least ~16 rows per thread row so the partials stay few.
@@ -187,7 +191,10 @@ void batchnorm_forward(index_t M, index_t C, const float* x, const float* gamma,
     bn_inference_stats_kernel<<<grid_for(C, kBlock), kBlock, 0, st>>>(C, moving_mean, moving_var, eps, mean, invstd);
     KILNET_CHECK_LAUNCH("bn_inference_stats_kernel");
   }
-  bn_apply_kernel<<<grid_for(M * C, kBlock), kBlock, 0, st>>>(M, C, x, gamma, beta, mean, invstd, y);
+  if (small_index(M, C))
+    bn_apply_kernel<int><<<grid_for(M * C, kBlock), kBlock, 0, st>>>(int(M * C), int(C), x, gamma, beta, mean, invstd, y);
+  else
+    bn_apply_kernel<index_t><<<grid_for(M * C, kBlock), kBlock, 0, st>>>(M * C, C, x, gamma, beta, mean, invstd, y);
   KILNET_CHECK_LAUNCH("bn_apply_kernel");
 }
 
@@ -211,8 +218,13 @@ void batchnorm_backward(index_t M, index_t C, const float* x, const float* dy, c
     KILNET_CHECK_LAUNCH("bn_bwd_sums_kernel");
   }
   if (dx) {
-    bn_dx_kernel<<<grid_for(M * C, kBlock), kBlock, 0, st>>>(M, C, x, dy, gamma, mean, invstd,
-                                                            batch_stats ? sums : nullptr, dx);
+    const double* s_used = batch_stats ? sums : nullptr;
+    if (small_index(M, C))
+      bn_dx_kernel<int><<<grid_for(M * C, kBlock), kBlock, 0, st>>>(int(M * C), int(C), M, x, dy, gamma, mean,
+                                                                    invstd, s_used, dx);
+    else
+      bn_dx_kernel<index_t><<<grid_for(M * C, kBlock), kBlock, 0, st>>>(M * C, C, M, x, dy, gamma, mean, invstd,
+                                                                        s_used, dx);
     KILNET_CHECK_LAUNCH("bn_dx_kernel");
   }
 }

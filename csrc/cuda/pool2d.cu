@@ -14,16 +14,23 @@ namespace kilnet::cuda {
 
 namespace {
 
-struct Range { index_t lo, hi; };
+// The sizes in the index type of the launch: 32-bit when every flat index fits (the common
+// case: 64-bit division is several times slower on the GPU), else 64-bit.
+template <class Idx>
+struct Dims {
+  Idx N, H, W, C, R, S, P, Q, sh, sw, ph, pw;
+  explicit Dims(const Pool2dShape& s)
+      : N(Idx(s.N)), H(Idx(s.H)), W(Idx(s.W)), C(Idx(s.C)), R(Idx(s.R)), S(Idx(s.S)), P(Idx(s.P)),
+        Q(Idx(s.Q)), sh(Idx(s.stride_h)), sw(Idx(s.stride_w)), ph(Idx(s.pad_h)), pw(Idx(s.pad_w)) {}
+};
 
-__device__ __forceinline__ Range clip(index_t start, index_t len, index_t size) {
-  return {start > 0 ? start : 0, start + len < size ? start + len : size};
-}
-__device__ __forceinline__ Range win_rows(const Pool2dShape& s, index_t p) {
-  return clip(p * s.stride_h - s.pad_h, s.R, s.H);
-}
-__device__ __forceinline__ Range win_cols(const Pool2dShape& s, index_t q) {
-  return clip(q * s.stride_w - s.pad_w, s.S, s.W);
+template <class Idx>
+struct Range { Idx lo, hi; };
+
+// The real (unpadded) input range [lo, hi) of the window starting at `start` of length `len`.
+template <class Idx>
+__device__ __forceinline__ Range<Idx> clip(Idx start, Idx len, Idx size) {
+  return {start > 0 ? start : Idx(0), start + len < size ? start + len : size};
 }
 
 // The forward's comparison (as pool2d.cpp): strictly greater keeps the first maximum; a NaN
@@ -31,31 +38,33 @@ __device__ __forceinline__ Range win_cols(const Pool2dShape& s, index_t q) {
 __device__ __forceinline__ bool takes(float v, float best) { return v > best || v != v; }
 
 // The windows p (rows; likewise q for columns) that cover input row h: those with
-// p*stride - pad <= h < p*stride - pad + R, clamped to [0, P). Returns [lo, hi).
-__device__ __forceinline__ Range covering(index_t h, index_t pad, index_t len, index_t stride,
-                                          index_t P) {
-  const index_t top = h + pad;                  // >= 0
-  const index_t hi = top / stride + 1;          // p <= top / stride
-  const index_t first = top - len + 1;          // p*stride >= top - len + 1
-  const index_t lo = first <= 0 ? 0 : (first + stride - 1) / stride;
+// p*stride - pad <= h < p*stride - pad + len, clamped to [0, P). Returns [lo, hi).
+template <class Idx>
+__device__ __forceinline__ Range<Idx> covering(Idx h, Idx pad, Idx len, Idx stride, Idx P) {
+  const Idx top = h + pad;                  // >= 0
+  const Idx hi = top / stride + 1;          // p <= top / stride
+  const Idx first = top - len + 1;          // p*stride >= top - len + 1
+  const Idx lo = first <= 0 ? Idx(0) : (first + stride - 1) / stride;
   return {lo, hi < P ? hi : P};
 }
 
-__global__ void maxpool_fwd_kernel(Pool2dShape s, const float* __restrict__ x, float* __restrict__ y) {
-  const index_t total = s.N * s.P * s.Q * s.C;
-  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += index_t(gridDim.x) * blockDim.x) {
-    const index_t c = i % s.C;
-    index_t r = i / s.C;
-    const index_t q = r % s.Q; r /= s.Q;
-    const index_t p = r % s.P;
-    const index_t n = r / s.P;
-    const Range hr = win_rows(s, p), wr = win_cols(s, q);
-    const float* xn = x + n * s.H * s.W * s.C + c;
-    float best = xn[(hr.lo * s.W + wr.lo) * s.C];
-    for (index_t h = hr.lo; h < hr.hi; ++h)
-      for (index_t w = (h == hr.lo ? wr.lo + 1 : wr.lo); w < wr.hi; ++w) {
-        const float v = xn[(h * s.W + w) * s.C];
+#define KILNET_GRID_STRIDE(Idx, i, n) \
+  for (Idx i = Idx(blockIdx.x) * Idx(blockDim.x) + Idx(threadIdx.x); i < (n); i += Idx(gridDim.x) * Idx(blockDim.x))
+
+template <class Idx>
+__global__ void maxpool_fwd_kernel(Dims<Idx> d, const float* __restrict__ x, float* __restrict__ y) {
+  KILNET_GRID_STRIDE(Idx, i, d.N * d.P * d.Q * d.C) {
+    const Idx c = i % d.C;
+    Idx r = i / d.C;
+    const Idx q = r % d.Q; r /= d.Q;
+    const Idx p = r % d.P;
+    const Idx n = r / d.P;
+    const Range<Idx> hr = clip(p * d.sh - d.ph, d.R, d.H), wr = clip(q * d.sw - d.pw, d.S, d.W);
+    const float* xn = x + n * d.H * d.W * d.C + c;
+    float best = xn[(hr.lo * d.W + wr.lo) * d.C];
+    for (Idx h = hr.lo; h < hr.hi; ++h)
+      for (Idx w = (h == hr.lo ? wr.lo + 1 : wr.lo); w < wr.hi; ++w) {
+        const float v = xn[(h * d.W + w) * d.C];
         best = takes(v, best) ? v : best;
       }
     y[i] = best;
@@ -64,147 +73,169 @@ __global__ void maxpool_fwd_kernel(Pool2dShape s, const float* __restrict__ x, f
 
 // dx[n, h, w, c] = sum of dy over the windows that cover (h, w) and whose first maximum (the
 // forward's winner, recomputed from x) is (h, w).
-__global__ void maxpool_bwd_kernel(Pool2dShape s, const float* __restrict__ x,
+template <class Idx>
+__global__ void maxpool_bwd_kernel(Dims<Idx> d, const float* __restrict__ x,
                                    const float* __restrict__ dy, float* __restrict__ dx) {
-  const index_t total = s.N * s.H * s.W * s.C;
-  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += index_t(gridDim.x) * blockDim.x) {
-    const index_t c = i % s.C;
-    index_t r = i / s.C;
-    const index_t w0 = r % s.W; r /= s.W;
-    const index_t h0 = r % s.H;
-    const index_t n = r / s.H;
-    const float* xn = x + n * s.H * s.W * s.C + c;
-    const float* dyn = dy + n * s.P * s.Q * s.C + c;
-    const Range pr = covering(h0, s.pad_h, s.R, s.stride_h, s.P);
-    const Range qr = covering(w0, s.pad_w, s.S, s.stride_w, s.Q);
+  KILNET_GRID_STRIDE(Idx, i, d.N * d.H * d.W * d.C) {
+    const Idx c = i % d.C;
+    Idx r = i / d.C;
+    const Idx w0 = r % d.W; r /= d.W;
+    const Idx h0 = r % d.H;
+    const Idx n = r / d.H;
+    const float* xn = x + n * d.H * d.W * d.C + c;
+    const float* dyn = dy + n * d.P * d.Q * d.C + c;
+    const Range<Idx> pr = covering(h0, d.ph, d.R, d.sh, d.P);
+    const Range<Idx> qr = covering(w0, d.pw, d.S, d.sw, d.Q);
     float acc = 0.f;
-    for (index_t p = pr.lo; p < pr.hi; ++p) {
-      const Range hr = win_rows(s, p);
-      for (index_t q = qr.lo; q < qr.hi; ++q) {
-        const Range wr = win_cols(s, q);
-        index_t bh = hr.lo, bw = wr.lo;
-        float best = xn[(hr.lo * s.W + wr.lo) * s.C];
-        for (index_t h = hr.lo; h < hr.hi; ++h)
-          for (index_t w = (h == hr.lo ? wr.lo + 1 : wr.lo); w < wr.hi; ++w) {
-            const float v = xn[(h * s.W + w) * s.C];
+    for (Idx p = pr.lo; p < pr.hi; ++p) {
+      const Range<Idx> hr = clip(p * d.sh - d.ph, d.R, d.H);
+      for (Idx q = qr.lo; q < qr.hi; ++q) {
+        const Range<Idx> wr = clip(q * d.sw - d.pw, d.S, d.W);
+        Idx bh = hr.lo, bw = wr.lo;
+        float best = xn[(hr.lo * d.W + wr.lo) * d.C];
+        for (Idx h = hr.lo; h < hr.hi; ++h)
+          for (Idx w = (h == hr.lo ? wr.lo + 1 : wr.lo); w < wr.hi; ++w) {
+            const float v = xn[(h * d.W + w) * d.C];
             if (takes(v, best)) { best = v; bh = h; bw = w; }
           }
-        if (bh == h0 && bw == w0) acc += dyn[(p * s.Q + q) * s.C];
+        if (bh == h0 && bw == w0) acc += dyn[(p * d.Q + q) * d.C];
       }
     }
     dx[i] = acc;
   }
 }
 
-__global__ void avgpool_fwd_kernel(Pool2dShape s, const float* __restrict__ x, float* __restrict__ y) {
-  const index_t total = s.N * s.P * s.Q * s.C;
-  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += index_t(gridDim.x) * blockDim.x) {
-    const index_t c = i % s.C;
-    index_t r = i / s.C;
-    const index_t q = r % s.Q; r /= s.Q;
-    const index_t p = r % s.P;
-    const index_t n = r / s.P;
-    const Range hr = win_rows(s, p), wr = win_cols(s, q);
-    const float* xn = x + n * s.H * s.W * s.C + c;
+template <class Idx>
+__global__ void avgpool_fwd_kernel(Dims<Idx> d, const float* __restrict__ x, float* __restrict__ y) {
+  KILNET_GRID_STRIDE(Idx, i, d.N * d.P * d.Q * d.C) {
+    const Idx c = i % d.C;
+    Idx r = i / d.C;
+    const Idx q = r % d.Q; r /= d.Q;
+    const Idx p = r % d.P;
+    const Idx n = r / d.P;
+    const Range<Idx> hr = clip(p * d.sh - d.ph, d.R, d.H), wr = clip(q * d.sw - d.pw, d.S, d.W);
+    const float* xn = x + n * d.H * d.W * d.C + c;
     float sum = 0.f;
-    for (index_t h = hr.lo; h < hr.hi; ++h)
-      for (index_t w = wr.lo; w < wr.hi; ++w) sum += xn[(h * s.W + w) * s.C];
+    for (Idx h = hr.lo; h < hr.hi; ++h)
+      for (Idx w = wr.lo; w < wr.hi; ++w) sum += xn[(h * d.W + w) * d.C];
     y[i] = sum / float((hr.hi - hr.lo) * (wr.hi - wr.lo));
   }
 }
 
 // dx[n, h, w, c] = sum over the windows covering (h, w) of dy / (the window's real size).
-__global__ void avgpool_bwd_kernel(Pool2dShape s, const float* __restrict__ dy, float* __restrict__ dx) {
-  const index_t total = s.N * s.H * s.W * s.C;
-  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += index_t(gridDim.x) * blockDim.x) {
-    const index_t c = i % s.C;
-    index_t r = i / s.C;
-    const index_t w0 = r % s.W; r /= s.W;
-    const index_t h0 = r % s.H;
-    const index_t n = r / s.H;
-    const float* dyn = dy + n * s.P * s.Q * s.C + c;
-    const Range pr = covering(h0, s.pad_h, s.R, s.stride_h, s.P);
-    const Range qr = covering(w0, s.pad_w, s.S, s.stride_w, s.Q);
+template <class Idx>
+__global__ void avgpool_bwd_kernel(Dims<Idx> d, const float* __restrict__ dy, float* __restrict__ dx) {
+  KILNET_GRID_STRIDE(Idx, i, d.N * d.H * d.W * d.C) {
+    const Idx c = i % d.C;
+    Idx r = i / d.C;
+    const Idx w0 = r % d.W; r /= d.W;
+    const Idx h0 = r % d.H;
+    const Idx n = r / d.H;
+    const float* dyn = dy + n * d.P * d.Q * d.C + c;
+    const Range<Idx> pr = covering(h0, d.ph, d.R, d.sh, d.P);
+    const Range<Idx> qr = covering(w0, d.pw, d.S, d.sw, d.Q);
     float acc = 0.f;
-    for (index_t p = pr.lo; p < pr.hi; ++p) {
-      const Range hr = win_rows(s, p);
-      for (index_t q = qr.lo; q < qr.hi; ++q) {
-        const Range wr = win_cols(s, q);
+    for (Idx p = pr.lo; p < pr.hi; ++p) {
+      const Range<Idx> hr = clip(p * d.sh - d.ph, d.R, d.H);
+      for (Idx q = qr.lo; q < qr.hi; ++q) {
+        const Range<Idx> wr = clip(q * d.sw - d.pw, d.S, d.W);
         const float count = float((hr.hi - hr.lo) * (wr.hi - wr.lo));
-        acc += dyn[(p * s.Q + q) * s.C] / count;
+        acc += dyn[(p * d.Q + q) * d.C] / count;
       }
     }
     dx[i] = acc;
   }
 }
 
-// y[n, c] = (sum over i of x[n, i, c], in order) / HW: one thread per (n, c).
-__global__ void gap_fwd_kernel(index_t N, index_t HW, index_t C, const float* __restrict__ x,
-                               float* __restrict__ y) {
-  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < N * C;
-       i += index_t(gridDim.x) * blockDim.x) {
-    const index_t n = i / C, c = i % C;
+// y[n, c] = (sum over k of x[n, k, c], in order) / HW: one thread per (n, c).
+template <class Idx>
+__global__ void gap_fwd_kernel(Idx N, Idx HW, Idx C, const float* __restrict__ x, float* __restrict__ y) {
+  KILNET_GRID_STRIDE(Idx, i, N * C) {
+    const Idx n = i / C, c = i % C;
     const float* xn = x + n * HW * C + c;
     float sum = 0.f;
-    for (index_t k = 0; k < HW; ++k) sum += xn[k * C];
+    for (Idx k = 0; k < HW; ++k) sum += xn[k * C];
     y[i] = sum / float(HW);
   }
 }
 
-__global__ void gap_bwd_kernel(index_t N, index_t HW, index_t C, const float* __restrict__ dy,
-                               float* __restrict__ dx) {
-  const index_t total = N * HW * C;
-  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += index_t(gridDim.x) * blockDim.x) {
-    const index_t c = i % C, n = i / (HW * C);
+template <class Idx>
+__global__ void gap_bwd_kernel(Idx N, Idx HW, Idx C, const float* __restrict__ dy, float* __restrict__ dx) {
+  KILNET_GRID_STRIDE(Idx, i, N * HW * C) {
+    const Idx c = i % C, n = i / (HW * C);
     dx[i] = dy[n * C + c] / float(HW);
   }
 }
 
+#undef KILNET_GRID_STRIDE
+
 constexpr int kBlock = 256;
+
+// 32-bit indices when the largest flat index (input or output, with a window's overshoot)
+// stays far below 2^31.
+bool small_index(const Pool2dShape& s) {
+  const index_t lim = index_t(1) << 30;
+  return s.N * s.H * s.W * s.C < lim && s.N * s.P * s.Q * s.C < lim &&
+         (s.P * s.stride_h + s.R) * s.W * s.C < lim && (s.Q * s.stride_w + s.S) * s.C < lim;
+}
 
 }  // namespace
 
+// Each entry point picks the index type, then launches one grid-stride kernel.
 void maxpool2d_forward(const Pool2dShape& s, const float* x, float* y, void* stream) {
   const index_t n = s.N * s.P * s.Q * s.C;
   if (n == 0) return;
-  maxpool_fwd_kernel<<<grid_for(n, kBlock), kBlock, 0, as_stream(stream)>>>(s, x, y);
+  const cudaStream_t st = as_stream(stream);
+  if (small_index(s)) maxpool_fwd_kernel<int><<<grid_for(n, kBlock), kBlock, 0, st>>>(Dims<int>(s), x, y);
+  else maxpool_fwd_kernel<index_t><<<grid_for(n, kBlock), kBlock, 0, st>>>(Dims<index_t>(s), x, y);
   KILNET_CHECK_LAUNCH("maxpool_fwd_kernel");
 }
 
 void maxpool2d_backward(const Pool2dShape& s, const float* x, const float* dy, float* dx, void* stream) {
   const index_t n = s.N * s.H * s.W * s.C;
   if (n == 0) return;
-  maxpool_bwd_kernel<<<grid_for(n, kBlock), kBlock, 0, as_stream(stream)>>>(s, x, dy, dx);
+  const cudaStream_t st = as_stream(stream);
+  if (small_index(s)) maxpool_bwd_kernel<int><<<grid_for(n, kBlock), kBlock, 0, st>>>(Dims<int>(s), x, dy, dx);
+  else maxpool_bwd_kernel<index_t><<<grid_for(n, kBlock), kBlock, 0, st>>>(Dims<index_t>(s), x, dy, dx);
   KILNET_CHECK_LAUNCH("maxpool_bwd_kernel");
 }
 
 void avgpool2d_forward(const Pool2dShape& s, const float* x, float* y, void* stream) {
   const index_t n = s.N * s.P * s.Q * s.C;
   if (n == 0) return;
-  avgpool_fwd_kernel<<<grid_for(n, kBlock), kBlock, 0, as_stream(stream)>>>(s, x, y);
+  const cudaStream_t st = as_stream(stream);
+  if (small_index(s)) avgpool_fwd_kernel<int><<<grid_for(n, kBlock), kBlock, 0, st>>>(Dims<int>(s), x, y);
+  else avgpool_fwd_kernel<index_t><<<grid_for(n, kBlock), kBlock, 0, st>>>(Dims<index_t>(s), x, y);
   KILNET_CHECK_LAUNCH("avgpool_fwd_kernel");
 }
 
 void avgpool2d_backward(const Pool2dShape& s, const float* dy, float* dx, void* stream) {
   const index_t n = s.N * s.H * s.W * s.C;
   if (n == 0) return;
-  avgpool_bwd_kernel<<<grid_for(n, kBlock), kBlock, 0, as_stream(stream)>>>(s, dy, dx);
+  const cudaStream_t st = as_stream(stream);
+  if (small_index(s)) avgpool_bwd_kernel<int><<<grid_for(n, kBlock), kBlock, 0, st>>>(Dims<int>(s), dy, dx);
+  else avgpool_bwd_kernel<index_t><<<grid_for(n, kBlock), kBlock, 0, st>>>(Dims<index_t>(s), dy, dx);
   KILNET_CHECK_LAUNCH("avgpool_bwd_kernel");
 }
 
 void global_avgpool2d_forward(index_t N, index_t HW, index_t C, const float* x, float* y, void* stream) {
   if (N * C == 0) return;
-  gap_fwd_kernel<<<grid_for(N * C, kBlock), kBlock, 0, as_stream(stream)>>>(N, HW, C, x, y);
+  const cudaStream_t st = as_stream(stream);
+  if (N * HW * C < (index_t(1) << 30))
+    gap_fwd_kernel<int><<<grid_for(N * C, kBlock), kBlock, 0, st>>>(int(N), int(HW), int(C), x, y);
+  else
+    gap_fwd_kernel<index_t><<<grid_for(N * C, kBlock), kBlock, 0, st>>>(N, HW, C, x, y);
   KILNET_CHECK_LAUNCH("gap_fwd_kernel");
 }
 
 void global_avgpool2d_backward(index_t N, index_t HW, index_t C, const float* dy, float* dx, void* stream) {
-  if (N * HW * C == 0) return;
-  gap_bwd_kernel<<<grid_for(N * HW * C, kBlock), kBlock, 0, as_stream(stream)>>>(N, HW, C, dy, dx);
+  const index_t n = N * HW * C;
+  if (n == 0) return;
+  const cudaStream_t st = as_stream(stream);
+  if (n < (index_t(1) << 30))
+    gap_bwd_kernel<int><<<grid_for(n, kBlock), kBlock, 0, st>>>(int(N), int(HW), int(C), dy, dx);
+  else
+    gap_bwd_kernel<index_t><<<grid_for(n, kBlock), kBlock, 0, st>>>(N, HW, C, dy, dx);
   KILNET_CHECK_LAUNCH("gap_bwd_kernel");
 }
 
