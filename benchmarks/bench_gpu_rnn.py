@@ -17,15 +17,19 @@ def _torch():
     return torch
 
 
+def _uniform(cp, rng, shape, lo=-1.0, hi=1.0):
+    return (lo + (hi - lo) * rng.random(shape, dtype=cp.float32)).astype(cp.float32)
+
+
 def _lstm_rows(cp, k):
     B, T, I, H = 64, 50, 32, 128
     G = 4 * H
     rng = cp.random.default_rng(0)
-    x = rng.uniform(-1, 1, (B, T, I), dtype=cp.float32)
-    w = rng.uniform(-0.1, 0.1, (I, G), dtype=cp.float32)
-    u = rng.uniform(-0.1, 0.1, (H, G), dtype=cp.float32)
-    b = rng.uniform(-0.1, 0.1, G, dtype=cp.float32)
-    dy = rng.uniform(-1, 1, (B, T, H), dtype=cp.float32)
+    x = _uniform(cp, rng, (B, T, I), -1, 1)
+    w = _uniform(cp, rng, (I, G), -0.1, 0.1)
+    u = _uniform(cp, rng, (H, G), -0.1, 0.1)
+    b = _uniform(cp, rng, G, -0.1, 0.1)
+    dy = _uniform(cp, rng, (B, T, H), -1, 1)
     ws_n, sc_n = k.rnn_workspace_size("lstm", B, T, I, H)
     ws, sc = cp.empty(ws_n, cp.float32), cp.empty(sc_n, cp.float32)
     y = cp.empty((B, T, H), cp.float32)
@@ -73,9 +77,9 @@ def _lstm_rows(cp, k):
 def _pool_rows(cp, k):
     N, Hh, W, C = 256, 28, 28, 32
     rng = cp.random.default_rng(1)
-    x = rng.uniform(-1, 1, (N, Hh, W, C), dtype=cp.float32)
+    x = _uniform(cp, rng, (N, Hh, W, C), -1, 1)
     y = cp.empty((N, Hh // 2, W // 2, C), cp.float32)
-    dy = rng.uniform(-1, 1, y.shape, dtype=cp.float32)
+    dy = _uniform(cp, rng, y.shape, -1, 1)
     dx = cp.empty_like(x)
     pool = (2, 2)
     ours_f = cuda_time_ms(lambda: k.maxpool2d_forward(x, y, pool, pool), repeat=10, inner=10)
@@ -115,8 +119,8 @@ def _pool_rows(cp, k):
 def _bn_rows(cp, k):
     N, Hh, W, C = 256, 28, 28, 32
     rng = cp.random.default_rng(2)
-    x = rng.uniform(-1, 1, (N, Hh, W, C), dtype=cp.float32)
-    dy = rng.uniform(-1, 1, x.shape, dtype=cp.float32)
+    x = _uniform(cp, rng, (N, Hh, W, C), -1, 1)
+    dy = _uniform(cp, rng, x.shape, -1, 1)
     g, bt = cp.ones(C, cp.float32), cp.zeros(C, cp.float32)
     mm, mv = cp.zeros(C, cp.float32), cp.ones(C, cp.float32)
     mean, inv = cp.empty(C, cp.float32), cp.empty(C, cp.float32)
