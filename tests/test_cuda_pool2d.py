@@ -16,7 +16,10 @@ GEOMS = [(1, 4, 4, 3, (2, 2), (2, 2), "valid"), (3, 7, 9, 5, (2, 2), (2, 2), "sa
          (2, 7, 7, 2, (3, 3), (2, 2), "same"), (3, 6, 5, 3, (3, 2), (1, 1), "valid"),
          (1, 6, 5, 3, (3, 3), (1, 2), "same"), (2, 5, 8, 17, (2, 3), (3, 2), "same"),
          (1, 1, 1, 4, (1, 1), (1, 1), "valid"), (3, 9, 3, 33, (4, 3), (2, 1), "same"),
-         (2, 13, 11, 65, (3, 3), (1, 1), "same"), (1, 17, 17, 129, (5, 4), (2, 3), "valid")]
+         (2, 13, 11, 65, (3, 3), (1, 1), "same"), (1, 17, 17, 129, (5, 4), (2, 3), "valid"),
+         # C % 4 == 0: the float4 path (4 channels per thread)
+         (3, 7, 9, 8, (2, 2), (2, 2), "same"), (2, 9, 7, 32, (3, 3), (1, 1), "same"),
+         (2, 28, 28, 32, (2, 2), (2, 2), "valid"), (1, 6, 11, 12, (3, 2), (2, 3), "same")]
 
 
 def out_len(n, k, s, padding):
@@ -100,6 +103,33 @@ def test_maxpool_ties_and_nan(gpu):
     assert np.isnan(y_g[0, 0:3, 1:4, 1]).all()
     np.testing.assert_array_equal(y_g, y_c)
     np.testing.assert_array_equal(dx_g, dx_c)
+
+
+def test_pool_misaligned_views_use_the_scalar_path(gpu):
+    """C % 4 == 0 but the arrays start 4 bytes into a buffer: no float4 access, same results."""
+    r = np.random.default_rng(8)
+    x = np.round(r.uniform(-2, 2, (2, 7, 6, 8))).astype(np.float32)
+    dy = r.uniform(-1, 1, (2, 4, 3, 8)).astype(np.float32)
+    cp, k = gpu.cp, gpu.k
+
+    def view(a):
+        buf = cp.full(a.size + 1, np.nan, cp.float32)
+        v = buf[1:].reshape(a.shape)
+        v[...] = cp.asarray(a)
+        return v
+
+    for kind in ("max", "avg"):
+        y, dx = view(np.full((2, 4, 3, 8), np.nan, np.float32)), view(np.full(x.shape, np.nan, np.float32))
+        xd, dyd = view(x), view(dy)
+        if kind == "max":
+            k.maxpool2d_forward(xd, y, (2, 2), (2, 2), (1, 0))
+            k.maxpool2d_backward(xd, dyd, dx, (2, 2), (2, 2), (1, 0))
+        else:
+            k.avgpool2d_forward(xd, y, (2, 2), (2, 2), (1, 0))
+            k.avgpool2d_backward(dyd, dx, (2, 2), (2, 2), (1, 0))
+        y_c, dx_c = cpu_pool(_cpu, kind, x, dy, (2, 2), (2, 2), (1, 0))
+        np.testing.assert_array_equal(gpu.host(y), y_c)
+        np.testing.assert_array_equal(gpu.host(dx), dx_c)
 
 
 def test_pool_on_a_stream(gpu):

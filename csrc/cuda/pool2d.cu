@@ -7,6 +7,7 @@
 //     (the order the CPU adds them in), and adds their dy (max: only windows whose recomputed
 //     argmax is this element). No two threads write the same dx: no atomics, no races, and
 //     overlapping windows (stride < window) need nothing special.
+#include <cstdint>
 #include "kilnet/pool2d.h"
 #include "launch.cuh"
 
@@ -51,34 +52,67 @@ __device__ __forceinline__ Range<Idx> covering(Idx h, Idx pad, Idx len, Idx stri
 #define KILNET_GRID_STRIDE(Idx, i, n) \
   for (Idx i = Idx(blockIdx.x) * Idx(blockDim.x) + Idx(threadIdx.x); i < (n); i += Idx(gridDim.x) * Idx(blockDim.x))
 
-template <class Idx>
+// V channels per thread: 4 (float4 loads and stores) when C % 4 == 0 and the pointers are
+// 16-byte aligned, else 1. Each channel still does exactly the scalar operations.
+template <int V>
+struct Vec { float v[V]; };
+
+template <int V>
+__device__ __forceinline__ Vec<V> load(const float* p) {
+  Vec<V> r;
+  if constexpr (V == 4) {
+    const float4 t = *reinterpret_cast<const float4*>(p);
+    r.v[0] = t.x; r.v[1] = t.y; r.v[2] = t.z; r.v[3] = t.w;
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; ++k) r.v[k] = p[k];
+  }
+  return r;
+}
+
+template <int V>
+__device__ __forceinline__ void store(float* p, const Vec<V>& r) {
+  if constexpr (V == 4) {
+    *reinterpret_cast<float4*>(p) = make_float4(r.v[0], r.v[1], r.v[2], r.v[3]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; ++k) p[k] = r.v[k];
+  }
+}
+
+// Thread i owns channels [c, c + V) of one output pixel (forward) or input pixel (backward);
+// its first element's flat index is i * V.
+template <class Idx, int V>
 __global__ void maxpool_fwd_kernel(Dims<Idx> d, const float* __restrict__ x, float* __restrict__ y) {
-  KILNET_GRID_STRIDE(Idx, i, d.N * d.P * d.Q * d.C) {
-    const Idx c = i % d.C;
-    Idx r = i / d.C;
+  const Idx CV = d.C / V;
+  KILNET_GRID_STRIDE(Idx, i, d.N * d.P * d.Q * CV) {
+    const Idx c = (i % CV) * V;
+    Idx r = i / CV;
     const Idx q = r % d.Q; r /= d.Q;
     const Idx p = r % d.P;
     const Idx n = r / d.P;
     const Range<Idx> hr = clip(p * d.sh - d.ph, d.R, d.H), wr = clip(q * d.sw - d.pw, d.S, d.W);
     const float* xn = x + n * d.H * d.W * d.C + c;
-    float best = xn[(hr.lo * d.W + wr.lo) * d.C];
+    Vec<V> best = load<V>(xn + (hr.lo * d.W + wr.lo) * d.C);
     for (Idx h = hr.lo; h < hr.hi; ++h)
       for (Idx w = (h == hr.lo ? wr.lo + 1 : wr.lo); w < wr.hi; ++w) {
-        const float v = xn[(h * d.W + w) * d.C];
-        best = takes(v, best) ? v : best;
+        const Vec<V> v = load<V>(xn + (h * d.W + w) * d.C);
+#pragma unroll
+        for (int k = 0; k < V; ++k) best.v[k] = takes(v.v[k], best.v[k]) ? v.v[k] : best.v[k];
       }
-    y[i] = best;
+    store<V>(y + i * V, best);
   }
 }
 
 // dx[n, h, w, c] = sum of dy over the windows that cover (h, w) and whose first maximum (the
 // forward's winner, recomputed from x) is (h, w).
-template <class Idx>
+template <class Idx, int V>
 __global__ void maxpool_bwd_kernel(Dims<Idx> d, const float* __restrict__ x,
                                    const float* __restrict__ dy, float* __restrict__ dx) {
-  KILNET_GRID_STRIDE(Idx, i, d.N * d.H * d.W * d.C) {
-    const Idx c = i % d.C;
-    Idx r = i / d.C;
+  const Idx CV = d.C / V;
+  KILNET_GRID_STRIDE(Idx, i, d.N * d.H * d.W * CV) {
+    const Idx c = (i % CV) * V;
+    Idx r = i / CV;
     const Idx w0 = r % d.W; r /= d.W;
     const Idx h0 = r % d.H;
     const Idx n = r / d.H;
@@ -86,64 +120,90 @@ __global__ void maxpool_bwd_kernel(Dims<Idx> d, const float* __restrict__ x,
     const float* dyn = dy + n * d.P * d.Q * d.C + c;
     const Range<Idx> pr = covering(h0, d.ph, d.R, d.sh, d.P);
     const Range<Idx> qr = covering(w0, d.pw, d.S, d.sw, d.Q);
-    float acc = 0.f;
+    Vec<V> acc;
+#pragma unroll
+    for (int k = 0; k < V; ++k) acc.v[k] = 0.f;
     for (Idx p = pr.lo; p < pr.hi; ++p) {
       const Range<Idx> hr = clip(p * d.sh - d.ph, d.R, d.H);
       for (Idx q = qr.lo; q < qr.hi; ++q) {
         const Range<Idx> wr = clip(q * d.sw - d.pw, d.S, d.W);
-        Idx bh = hr.lo, bw = wr.lo;
-        float best = xn[(hr.lo * d.W + wr.lo) * d.C];
+        // The forward's scan; win[k]: channel k's first maximum is (h0, w0) so far.
+        Vec<V> best = load<V>(xn + (hr.lo * d.W + wr.lo) * d.C);
+        bool win[V];
+#pragma unroll
+        for (int k = 0; k < V; ++k) win[k] = hr.lo == h0 && wr.lo == w0;
         for (Idx h = hr.lo; h < hr.hi; ++h)
           for (Idx w = (h == hr.lo ? wr.lo + 1 : wr.lo); w < wr.hi; ++w) {
-            const float v = xn[(h * d.W + w) * d.C];
-            if (takes(v, best)) { best = v; bh = h; bw = w; }
+            const Vec<V> v = load<V>(xn + (h * d.W + w) * d.C);
+            const bool here = h == h0 && w == w0;
+#pragma unroll
+            for (int k = 0; k < V; ++k)
+              if (takes(v.v[k], best.v[k])) { best.v[k] = v.v[k]; win[k] = here; }
           }
-        if (bh == h0 && bw == w0) acc += dyn[(p * d.Q + q) * d.C];
+        const Vec<V> g = load<V>(dyn + (p * d.Q + q) * d.C);
+#pragma unroll
+        for (int k = 0; k < V; ++k)
+          if (win[k]) acc.v[k] += g.v[k];
       }
     }
-    dx[i] = acc;
+    store<V>(dx + i * V, acc);
   }
 }
 
-template <class Idx>
+template <class Idx, int V>
 __global__ void avgpool_fwd_kernel(Dims<Idx> d, const float* __restrict__ x, float* __restrict__ y) {
-  KILNET_GRID_STRIDE(Idx, i, d.N * d.P * d.Q * d.C) {
-    const Idx c = i % d.C;
-    Idx r = i / d.C;
+  const Idx CV = d.C / V;
+  KILNET_GRID_STRIDE(Idx, i, d.N * d.P * d.Q * CV) {
+    const Idx c = (i % CV) * V;
+    Idx r = i / CV;
     const Idx q = r % d.Q; r /= d.Q;
     const Idx p = r % d.P;
     const Idx n = r / d.P;
     const Range<Idx> hr = clip(p * d.sh - d.ph, d.R, d.H), wr = clip(q * d.sw - d.pw, d.S, d.W);
     const float* xn = x + n * d.H * d.W * d.C + c;
-    float sum = 0.f;
+    Vec<V> sum;
+#pragma unroll
+    for (int k = 0; k < V; ++k) sum.v[k] = 0.f;
     for (Idx h = hr.lo; h < hr.hi; ++h)
-      for (Idx w = wr.lo; w < wr.hi; ++w) sum += xn[(h * d.W + w) * d.C];
-    y[i] = sum / float((hr.hi - hr.lo) * (wr.hi - wr.lo));
+      for (Idx w = wr.lo; w < wr.hi; ++w) {
+        const Vec<V> v = load<V>(xn + (h * d.W + w) * d.C);
+#pragma unroll
+        for (int k = 0; k < V; ++k) sum.v[k] += v.v[k];
+      }
+    const float count = float((hr.hi - hr.lo) * (wr.hi - wr.lo));
+#pragma unroll
+    for (int k = 0; k < V; ++k) sum.v[k] = sum.v[k] / count;
+    store<V>(y + i * V, sum);
   }
 }
 
 // dx[n, h, w, c] = sum over the windows covering (h, w) of dy / (the window's real size).
-template <class Idx>
+template <class Idx, int V>
 __global__ void avgpool_bwd_kernel(Dims<Idx> d, const float* __restrict__ dy, float* __restrict__ dx) {
-  KILNET_GRID_STRIDE(Idx, i, d.N * d.H * d.W * d.C) {
-    const Idx c = i % d.C;
-    Idx r = i / d.C;
+  const Idx CV = d.C / V;
+  KILNET_GRID_STRIDE(Idx, i, d.N * d.H * d.W * CV) {
+    const Idx c = (i % CV) * V;
+    Idx r = i / CV;
     const Idx w0 = r % d.W; r /= d.W;
     const Idx h0 = r % d.H;
     const Idx n = r / d.H;
     const float* dyn = dy + n * d.P * d.Q * d.C + c;
     const Range<Idx> pr = covering(h0, d.ph, d.R, d.sh, d.P);
     const Range<Idx> qr = covering(w0, d.pw, d.S, d.sw, d.Q);
-    float acc = 0.f;
+    Vec<V> acc;
+#pragma unroll
+    for (int k = 0; k < V; ++k) acc.v[k] = 0.f;
     for (Idx p = pr.lo; p < pr.hi; ++p) {
       const Range<Idx> hr = clip(p * d.sh - d.ph, d.R, d.H);
       for (Idx q = qr.lo; q < qr.hi; ++q) {
         const Range<Idx> wr = clip(q * d.sw - d.pw, d.S, d.W);
         const float count = float((hr.hi - hr.lo) * (wr.hi - wr.lo));
-        acc += dyn[(p * d.Q + q) * d.C] / count;
+        const Vec<V> g = load<V>(dyn + (p * d.Q + q) * d.C);
+#pragma unroll
+        for (int k = 0; k < V; ++k) acc.v[k] += g.v[k] / count;
       }
     }
-    dx[i] = acc;
+    store<V>(dx + i * V, acc);
   }
 }
 
@@ -181,42 +241,53 @@ bool small_index(const Pool2dShape& s) {
 
 }  // namespace
 
-// Each entry point picks the index type, then launches one grid-stride kernel.
+inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+// Launches kernel<Idx, V> over n / V threads: Idx int when the sizes allow, V = 4 when the
+// channels come in aligned groups of 4 (all pointers 16-byte aligned), else 1.
+#define KILNET_POOL_LAUNCH(kernel, s, n, vec4, st, ...)                                      \
+  do {                                                                                       \
+    const int V_ = (vec4) ? 4 : 1;                                                           \
+    const unsigned g_ = grid_for((n) / V_, kBlock);                                          \
+    if (small_index(s)) {                                                                    \
+      if (V_ == 4) kernel<int, 4><<<g_, kBlock, 0, st>>>(Dims<int>(s), __VA_ARGS__);         \
+      else kernel<int, 1><<<g_, kBlock, 0, st>>>(Dims<int>(s), __VA_ARGS__);                 \
+    } else {                                                                                 \
+      if (V_ == 4) kernel<index_t, 4><<<g_, kBlock, 0, st>>>(Dims<index_t>(s), __VA_ARGS__); \
+      else kernel<index_t, 1><<<g_, kBlock, 0, st>>>(Dims<index_t>(s), __VA_ARGS__);         \
+    }                                                                                        \
+    KILNET_CHECK_LAUNCH(#kernel);                                                            \
+  } while (0)
+
 void maxpool2d_forward(const Pool2dShape& s, const float* x, float* y, void* stream) {
   const index_t n = s.N * s.P * s.Q * s.C;
   if (n == 0) return;
-  const cudaStream_t st = as_stream(stream);
-  if (small_index(s)) maxpool_fwd_kernel<int><<<grid_for(n, kBlock), kBlock, 0, st>>>(Dims<int>(s), x, y);
-  else maxpool_fwd_kernel<index_t><<<grid_for(n, kBlock), kBlock, 0, st>>>(Dims<index_t>(s), x, y);
-  KILNET_CHECK_LAUNCH("maxpool_fwd_kernel");
+  const bool vec4 = s.C % 4 == 0 && aligned16(x) && aligned16(y);
+  KILNET_POOL_LAUNCH(maxpool_fwd_kernel, s, n, vec4, as_stream(stream), x, y);
 }
 
 void maxpool2d_backward(const Pool2dShape& s, const float* x, const float* dy, float* dx, void* stream) {
   const index_t n = s.N * s.H * s.W * s.C;
   if (n == 0) return;
-  const cudaStream_t st = as_stream(stream);
-  if (small_index(s)) maxpool_bwd_kernel<int><<<grid_for(n, kBlock), kBlock, 0, st>>>(Dims<int>(s), x, dy, dx);
-  else maxpool_bwd_kernel<index_t><<<grid_for(n, kBlock), kBlock, 0, st>>>(Dims<index_t>(s), x, dy, dx);
-  KILNET_CHECK_LAUNCH("maxpool_bwd_kernel");
+  const bool vec4 = s.C % 4 == 0 && aligned16(x) && aligned16(dy) && aligned16(dx);
+  KILNET_POOL_LAUNCH(maxpool_bwd_kernel, s, n, vec4, as_stream(stream), x, dy, dx);
 }
 
 void avgpool2d_forward(const Pool2dShape& s, const float* x, float* y, void* stream) {
   const index_t n = s.N * s.P * s.Q * s.C;
   if (n == 0) return;
-  const cudaStream_t st = as_stream(stream);
-  if (small_index(s)) avgpool_fwd_kernel<int><<<grid_for(n, kBlock), kBlock, 0, st>>>(Dims<int>(s), x, y);
-  else avgpool_fwd_kernel<index_t><<<grid_for(n, kBlock), kBlock, 0, st>>>(Dims<index_t>(s), x, y);
-  KILNET_CHECK_LAUNCH("avgpool_fwd_kernel");
+  const bool vec4 = s.C % 4 == 0 && aligned16(x) && aligned16(y);
+  KILNET_POOL_LAUNCH(avgpool_fwd_kernel, s, n, vec4, as_stream(stream), x, y);
 }
 
 void avgpool2d_backward(const Pool2dShape& s, const float* dy, float* dx, void* stream) {
   const index_t n = s.N * s.H * s.W * s.C;
   if (n == 0) return;
-  const cudaStream_t st = as_stream(stream);
-  if (small_index(s)) avgpool_bwd_kernel<int><<<grid_for(n, kBlock), kBlock, 0, st>>>(Dims<int>(s), dy, dx);
-  else avgpool_bwd_kernel<index_t><<<grid_for(n, kBlock), kBlock, 0, st>>>(Dims<index_t>(s), dy, dx);
-  KILNET_CHECK_LAUNCH("avgpool_bwd_kernel");
+  const bool vec4 = s.C % 4 == 0 && aligned16(dy) && aligned16(dx);
+  KILNET_POOL_LAUNCH(avgpool_bwd_kernel, s, n, vec4, as_stream(stream), dy, dx);
 }
+
+#undef KILNET_POOL_LAUNCH
 
 void global_avgpool2d_forward(index_t N, index_t HW, index_t C, const float* x, float* y, void* stream) {
   if (N * C == 0) return;
