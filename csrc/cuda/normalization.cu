@@ -4,7 +4,9 @@
 //   pass 1: a (32 x 8) block owns 32 channels; its 8 thread rows walk a fixed, interleaved set
 //           of the M rows (row m goes to block row m / 8 % gridDim.y) and keep double sums;
 //           the block adds its 8 partials in order and writes one partial per channel;
-//   pass 2: one thread per channel adds the gridDim.y partials in order.
+//   pass 2: one block per channel adds the gridDim.y partials: thread t the partials t,
+//           t + 256, ... in order, then a fixed shared-memory tree; thread 0 finishes the
+//           channel (mean; var, invstd and the moving averages; or the gradient sums).
 // The split depends only on (M, C), never on timing: the same input gives the same bits every
 // run, and no atomics are involved. The float arithmetic of the elementwise passes uses
 // __fmul_rn/__fadd_rn so that nvcc cannot contract it into FMAs: it rounds like the CPU code.
@@ -64,17 +66,39 @@ __global__ void colsum_partials_kernel(index_t M, index_t C, Op op, double* __re
     }
 }
 
-// sums[k * C + c] = sum over the nb blocks (in order) of the partials.
-__device__ __forceinline__ double total(const double* partial, int nb, int K, int k, index_t C, index_t c) {
-  double s = 0.0;
-  for (int b = 0; b < nb; ++b) s += partial[(index_t(b) * K + k) * C + c];
-  return s;
+constexpr int kFin = 256;   // threads of a pass-2 block
+
+// out[k] = the sum of quantity k over the nb partials of channel c, in a fixed order; every
+// thread of the block gets it. All threads of the block must call it (barriers inside).
+template <int K>
+__device__ void channel_totals(const double* __restrict__ partial, int nb, index_t C, index_t c,
+                               double (&out)[K]) {
+  __shared__ double sh[K][kFin];
+  const int t = threadIdx.x;
+  for (int k = 0; k < K; ++k) {
+    double a = 0.0;
+    for (int b = t; b < nb; b += kFin) a += partial[(index_t(b) * K + k) * C + c];
+    sh[k][t] = a;
+  }
+  __syncthreads();
+  for (int w = kFin / 2; w > 0; w >>= 1) {
+    if (t < w)
+      for (int k = 0; k < K; ++k) sh[k][t] += sh[k][t + w];
+    __syncthreads();
+  }
+  for (int k = 0; k < K; ++k) out[k] = sh[k][0];
+  __syncthreads();   // sh is reused by the block's next channel
 }
 
+// The pass-2 kernels loop over channels c = blockIdx.x, blockIdx.x + gridDim.x, ... (the
+// whole block takes the same c, so the barriers are uniform).
 __global__ void bn_mean_kernel(index_t M, index_t C, const double* __restrict__ partial, int nb,
                                float* __restrict__ mean) {
-  for (index_t c = index_t(blockIdx.x) * blockDim.x + threadIdx.x; c < C; c += index_t(gridDim.x) * blockDim.x)
-    mean[c] = float(total(partial, nb, 1, 0, C, c) / double(M));
+  for (index_t c = blockIdx.x; c < C; c += gridDim.x) {
+    double tot[1];
+    channel_totals<1>(partial, nb, C, c, tot);
+    if (threadIdx.x == 0) mean[c] = float(tot[0] / double(M));
+  }
 }
 
 // Training: var from the partials of (x - mean)^2, invstd, and the moving averages.
@@ -82,12 +106,16 @@ __global__ void bn_var_kernel(index_t M, index_t C, const double* __restrict__ p
                               const float* __restrict__ mean, float momentum, float eps,
                               float* __restrict__ moving_mean, float* __restrict__ moving_var,
                               float* __restrict__ invstd) {
-  for (index_t c = index_t(blockIdx.x) * blockDim.x + threadIdx.x; c < C; c += index_t(gridDim.x) * blockDim.x) {
-    const float var = float(total(partial, nb, 1, 0, C, c) / double(M));
-    invstd[c] = float(1.0 / sqrt(double(var) + double(eps)));
-    const float keep = __fsub_rn(1.f, momentum);
-    moving_mean[c] = __fadd_rn(__fmul_rn(moving_mean[c], momentum), __fmul_rn(mean[c], keep));
-    moving_var[c] = __fadd_rn(__fmul_rn(moving_var[c], momentum), __fmul_rn(var, keep));
+  for (index_t c = blockIdx.x; c < C; c += gridDim.x) {
+    double tot[1];
+    channel_totals<1>(partial, nb, C, c, tot);
+    if (threadIdx.x == 0) {
+      const float var = float(tot[0] / double(M));
+      invstd[c] = float(1.0 / sqrt(double(var) + double(eps)));
+      const float keep = __fsub_rn(1.f, momentum);
+      moving_mean[c] = __fadd_rn(__fmul_rn(moving_mean[c], momentum), __fmul_rn(mean[c], keep));
+      moving_var[c] = __fadd_rn(__fmul_rn(moving_var[c], momentum), __fmul_rn(var, keep));
+    }
   }
 }
 
@@ -121,12 +149,15 @@ __global__ void bn_apply_kernel(Idx n, Idx C, const float* __restrict__ x,
 __global__ void bn_bwd_sums_kernel(index_t C, const double* __restrict__ partial, int nb,
                                    double* __restrict__ sums, float* __restrict__ dgamma,
                                    float* __restrict__ dbeta) {
-  for (index_t c = index_t(blockIdx.x) * blockDim.x + threadIdx.x; c < C; c += index_t(gridDim.x) * blockDim.x) {
-    const double s0 = total(partial, nb, 2, 0, C, c), s1 = total(partial, nb, 2, 1, C, c);
-    sums[c] = s0;
-    sums[C + c] = s1;
-    if (dbeta) dbeta[c] = __fadd_rn(dbeta[c], float(s0));
-    if (dgamma) dgamma[c] = __fadd_rn(dgamma[c], float(s1));
+  for (index_t c = blockIdx.x; c < C; c += gridDim.x) {
+    double tot[2];
+    channel_totals<2>(partial, nb, C, c, tot);
+    if (threadIdx.x == 0) {
+      sums[c] = tot[0];
+      sums[C + c] = tot[1];
+      if (dbeta) dbeta[c] = __fadd_rn(dbeta[c], float(tot[0]));
+      if (dgamma) dgamma[c] = __fadd_rn(dgamma[c], float(tot[1]));
+    }
   }
 }
 
@@ -168,6 +199,8 @@ void launch_partials(index_t M, index_t C, const Op& op, double* partial, dim3 g
 
 constexpr int kBlock = 256;
 
+unsigned fin_grid(index_t C) { return unsigned(std::min<index_t>(C, 65535)); }
+
 }  // namespace
 
 void batchnorm_forward(index_t M, index_t C, const float* x, const float* gamma, const float* beta,
@@ -181,10 +214,10 @@ void batchnorm_forward(index_t M, index_t C, const float* x, const float* gamma,
     StreamBuffer<double> buf(size_t(nb) * size_t(C), st, "cudaMallocAsync (batchnorm partial sums)");
     double* partial = buf.get();
     launch_partials(M, C, SumX{x}, partial, grid, st);
-    bn_mean_kernel<<<grid_for(C, kBlock), kBlock, 0, st>>>(M, C, partial, nb, mean);
+    bn_mean_kernel<<<fin_grid(C), kFin, 0, st>>>(M, C, partial, nb, mean);
     KILNET_CHECK_LAUNCH("bn_mean_kernel");
     launch_partials(M, C, SumSqDev{x, mean}, partial, grid, st);
-    bn_var_kernel<<<grid_for(C, kBlock), kBlock, 0, st>>>(M, C, partial, nb, mean, momentum, eps,
+    bn_var_kernel<<<fin_grid(C), kFin, 0, st>>>(M, C, partial, nb, mean, momentum, eps,
                                                          moving_mean, moving_var, invstd);
     KILNET_CHECK_LAUNCH("bn_var_kernel");
   } else {
@@ -214,7 +247,7 @@ void batchnorm_backward(index_t M, index_t C, const float* x, const float* dy, c
   if (need_sums) {
     sums = buf + size_t(nb) * 2 * size_t(C);
     launch_partials(M, C, SumBwd{x, dy, mean, invstd}, buf, grid, st);
-    bn_bwd_sums_kernel<<<grid_for(C, kBlock), kBlock, 0, st>>>(C, buf, nb, sums, dgamma, dbeta);
+    bn_bwd_sums_kernel<<<fin_grid(C), kFin, 0, st>>>(C, buf, nb, sums, dgamma, dbeta);
     KILNET_CHECK_LAUNCH("bn_bwd_sums_kernel");
   }
   if (dx) {
