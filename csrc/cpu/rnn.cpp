@@ -16,49 +16,18 @@
 #include "kilnet/gemm.h"
 #include "kilnet/rnn.h"
 #include "kilnet/detail/elementwise.h"
+#include "kilnet/detail/rnn_layout.h"
 #include "parallel.h"
 #include "rnn_internal.h"
 
 namespace kilnet {
 
-index_t rnn_gates(Cell cell) {
-  switch (cell) {
-    case Cell::LSTM: return 4;
-    case Cell::GRU: return 3;
-    default: return 1;
-  }
-}
+index_t rnn_gates(Cell cell) { return detail::rnn_gate_count(cell); }
 
 namespace {
-
-index_t up16(index_t n) { return (n + 15) / 16 * 16; }
-
-// Offsets (in floats) of the blocks of ws and scratch; -1 for blocks a cell does not have.
-struct Layout {
-  index_t xs = 0, hs = 0, gates = -1, cs = -1, tcs = -1, huh = -1, ws_total = 0;
-  index_t dz = 0, dhu = -1, dxs = 0, carry = 0, scratch_total = 0;
-};
-
-Layout layout(const RnnShape& s) {
-  const index_t GH = rnn_gates(s.cell) * s.H, TB = s.T * s.B, state = (s.T + 1) * s.B * s.H;
-  Layout L;
-  index_t o = 0;
-  L.xs = o; o += up16(TB * s.I);
-  L.hs = o; o += up16(state);
-  if (s.cell == Cell::LSTM) {
-    L.gates = o; o += up16(TB * GH); L.cs = o; o += up16(state); L.tcs = o; o += up16(TB * s.H);
-  }
-  if (s.cell == Cell::GRU) { L.gates = o; o += up16(TB * GH); L.huh = o; o += up16(TB * s.H); }
-  L.ws_total = o;
-  o = 0;
-  L.dz = o; o += up16(TB * GH);
-  if (s.cell == Cell::GRU) { L.dhu = o; o += up16(TB * GH); }
-  L.dxs = o; o += up16(TB * s.I);
-  L.carry = o; o += up16(s.B * s.H);
-  L.scratch_total = o;
-  return L;
-}
-
+// The layout is shared with the CUDA kernels (kilnet/detail/rnn_layout.h).
+using Layout = detail::RnnLayout;
+inline Layout layout(const RnnShape& s) { return detail::rnn_layout(s); }
 }  // namespace
 
 index_t rnn_workspace_floats(const RnnShape& s) { return layout(s).ws_total; }

@@ -35,3 +35,18 @@ void batchnorm_backward_ref(index_t M, index_t C, const float* x, const float* d
                             bool batch_stats, float* dx, float* dgamma, float* dbeta);
 
 }  // namespace kilnet::cpu
+
+namespace kilnet::cuda {
+
+// The same operations on device pointers, run on `stream`. Column sums are accumulated in
+// double in a fixed order (per-block partials, then a per-channel pass over the blocks): the
+// result does not depend on timing, and no atomics are used. Scratch for the partials comes
+// from cudaMallocAsync on the stream.
+void batchnorm_forward(index_t M, index_t C, const float* x, const float* gamma, const float* beta,
+                       float* moving_mean, float* moving_var, float momentum, float eps,
+                       bool training, float* mean, float* invstd, float* y, void* stream);
+void batchnorm_backward(index_t M, index_t C, const float* x, const float* dy, const float* gamma,
+                        const float* mean, const float* invstd, bool batch_stats, float* dx,
+                        float* dgamma, float* dbeta, void* stream);
+
+}  // namespace kilnet::cuda

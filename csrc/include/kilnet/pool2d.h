@@ -46,3 +46,18 @@ void global_avgpool2d_forward_ref(index_t N, index_t HW, index_t C, const float*
 void global_avgpool2d_backward_ref(index_t N, index_t HW, index_t C, const float* dy, float* dx);
 
 }  // namespace kilnet::cpu
+
+namespace kilnet::cuda {
+
+// The same operations on device pointers, run on `stream` (the CUDA stream handle; nullptr =
+// the legacy default stream). Same comparison and summation order as the CPU kernels: results are
+// bit-identical to kilnet::cpu's fast path. Backward gathers (each dx element sums the dy of the
+// windows that chose it / cover it), so overlapping windows need no atomics.
+void maxpool2d_forward(const Pool2dShape& s, const float* x, float* y, void* stream);
+void maxpool2d_backward(const Pool2dShape& s, const float* x, const float* dy, float* dx, void* stream);
+void avgpool2d_forward(const Pool2dShape& s, const float* x, float* y, void* stream);
+void avgpool2d_backward(const Pool2dShape& s, const float* dy, float* dx, void* stream);
+void global_avgpool2d_forward(index_t N, index_t HW, index_t C, const float* x, float* y, void* stream);
+void global_avgpool2d_backward(index_t N, index_t HW, index_t C, const float* dy, float* dx, void* stream);
+
+}  // namespace kilnet::cuda

@@ -71,3 +71,18 @@ void rnn_backward_ref(const RnnShape& s, const float* dy, const float* W, const 
                       float* dh0, float* dc0);
 
 }  // namespace kilnet::cpu
+
+namespace kilnet::cuda {
+
+// The same operations on device pointers (ws, scratch in the same layout), run on `stream`.
+// The matrix products are kilnet::cuda::gemm calls: one for the input projection of all steps,
+// one per step for h_{t-1} U (forward) and dz_{t+1} U^T (backward), one each for dU, dW, dx;
+// the gate math is one elementwise kernel per step (kilnet/detail/elementwise.h).
+// GRU forward and all backward passes take a small (B x 3H / B x H) scratch from cudaMallocAsync.
+void rnn_forward(const RnnShape& s, const float* x, const float* W, const float* U, const float* b,
+                 const float* h0, const float* c0, float* y, float* ws, void* stream);
+void rnn_backward(const RnnShape& s, const float* dy, const float* W, const float* U,
+                  const float* ws, float* scratch, float* dx, float* dW, float* dU, float* db,
+                  float* dh0, float* dc0, void* stream);
+
+}  // namespace kilnet::cuda
