@@ -12,6 +12,9 @@
 
 namespace kilnet::cuda {
 namespace elem {
+// Internal linkage: every .cu file that includes this gets its own copies (its own finish_kernel
+// registered with its own module), so no kernel is shared across translation units.
+namespace {
 
 // Butterfly (xor) reductions: every lane ends with the same value, in a fixed order.
 template <class T>
@@ -162,5 +165,6 @@ inline unsigned stream_grid(index_t n, int block = 256) {
   return unsigned(std::max<index_t>(1, std::min<index_t>(g, 132 * 32)));
 }
 
+}  // namespace
 }  // namespace elem
 }  // namespace kilnet::cuda
