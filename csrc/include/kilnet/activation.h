@@ -21,7 +21,7 @@ void softmax_backward_ref(index_t rows, index_t cols, const float* y, const floa
 
 namespace kilnet::cuda {
 
-// The same operations on device pointers, run on `stream` (a cudaStream_t; nullptr = the legacy
+// The same operations on device pointers, run on `stream` (a CUDA stream handle; nullptr = the legacy
 // default stream). Elementwise: float4 when aligned; softmax: a warp per row up to 1024 columns,
 // a block per row above. y may alias x and dx may alias dy, as on the CPU.
 void activation_forward(Act act, index_t n, const float* x, float* y, void* stream);

@@ -21,7 +21,7 @@ void dropout_backward_ref(index_t n, const float* mask, const float* dy, float* 
 
 namespace kilnet::cuda {
 
-// The same operations on device pointers, run on `stream` (a cudaStream_t): bit-identical masks
+// The same operations on device pointers, run on `stream` (a CUDA stream handle): bit-identical masks
 // and outputs to kilnet::cpu for the same seed.
 void dropout_forward(index_t n, const float* x, double rate, std::uint64_t seed, float* mask, float* y,
                      void* stream);

@@ -46,7 +46,7 @@ double softmax_crossentropy_ref(index_t rows, index_t cols, const float* logits,
 
 namespace kilnet::cuda {
 
-// The same losses on device pointers, run on `stream` (a cudaStream_t), with one more argument:
+// The same losses on device pointers, run on `stream` (a CUDA stream handle), with one more argument:
 // out (a device float, or nullptr). With out, the mean loss is written to *out on the device,
 // nothing is synchronized and the function returns 0; without it the function waits for the
 // stream and returns the loss, like the CPU. The sum is deterministic (fixed-order partials).

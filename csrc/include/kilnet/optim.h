@@ -63,7 +63,7 @@ double l1l2_penalty_ref(index_t n, const float* w, float l1, float l2, float* dw
 namespace kilnet::cuda {
 
 // The same updates on device pointers (one fused launch each over the whole flat buffer, float4
-// when aligned), run on `stream` (a cudaStream_t). clip_by_norm's offsets stay a HOST array (small
+// when aligned), run on `stream` (a CUDA stream handle). clip_by_norm's offsets stay a HOST array (small
 // metadata, copied to stream-ordered scratch). l1l2_penalty has one more argument, out (a device
 // float or nullptr): with out the value is written there without synchronizing and 0 is
 // returned; without it the function waits for the stream and returns the value.
