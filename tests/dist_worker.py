@@ -4,11 +4,13 @@
 MODE: equiv     train the canonical CNN and an LSTM with fit(distributed=True) at batch
                 64 // size per rank; rank 0 writes the weights to OUT (npz)
       mismatch  rank 1 builds a different model: fit must raise RuntimeError on every rank
-      kill      rank 1 dies (os._exit) in the middle of training: mpirun must end the job
+      kill      rank 1 dies (os._exit(9)) in the middle of training: mpirun must end the job
+      sigkill   rank 1 is killed by SIGKILL in the middle of training
       hang      rank 1 stops answering (sleeps) mid-training: the others' watchdog aborts
       gpu       equiv on 'cuda' with NCCL (one GPU per rank)
 """
 import os
+import signal
 import sys
 import time
 
@@ -88,13 +90,15 @@ def main():
             print(f"rank {r} RuntimeError: {e}", flush=True)
             sys.exit(3)
         print(f"rank {r}: no error", flush=True)
-    elif mode in ("kill", "hang"):
+    elif mode in ("kill", "sigkill", "hang"):
         from kilnet.callbacks import LambdaCallback
 
         def on_batch(batch, logs):
             if r == 1 and batch == 2:
                 if mode == "kill":
                     os._exit(9)
+                if mode == "sigkill":
+                    os.kill(os.getpid(), signal.SIGKILL)
                 time.sleep(3600)
         train(cnn, data_cnn, 16, True, epochs=50, callbacks=[LambdaCallback(on_train_batch_end=on_batch)])
         print(f"rank {r}: finished (should not happen)", flush=True)

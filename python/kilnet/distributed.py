@@ -293,11 +293,14 @@ def _strip_names(obj):
 def _signature(model, fit_args=None) -> list:
     """One line per thing that must agree across ranks."""
     lines = []
+    lines.append(f"number of layers: {len(model.layers)}")
     for i, layer in enumerate(model.layers):
-        cfg = json.dumps(_strip_names(layer.get_config()), sort_keys=True, default=str)
+        what = f"layer {i} ({type(layer).__name__})"
         shapes = ", ".join(f"{s.attr}{tuple(s.shape)}{'' if s.trainable and layer.trainable else ' frozen'}"
                            for s in layer._specs)
-        lines.append(f"layer {i}: {type(layer).__name__} [{shapes}] {cfg}")
+        lines.append(f"{what} weights: {shapes or 'none'}")
+        for key, value in sorted(_strip_names(layer.get_config()).items()):
+            lines.append(f"{what} {key}: {json.dumps(value, sort_keys=True, default=str)}")
     lines.append(f"input shape: {tuple(model.input_shape or ())}")
     lines.append(f"trainable parameters: {model._params.size}")
     if model.optimizer is not None:
@@ -311,7 +314,7 @@ def _signature(model, fit_args=None) -> list:
     return lines
 
 
-_DESC_BYTES = 16384
+_DESC_BYTES = 65536
 
 
 def check_model(model, fit_args=None) -> None:
@@ -341,11 +344,11 @@ def check_model(model, fit_args=None) -> None:
         if (every[r] == every[0]).all():
             continue
         other = descs[r].tobytes().rstrip(b"\0").decode(errors="replace").split("\n")
-        diff = next((i for i in range(max(len(ref), len(other)))
-                     if i >= len(ref) or i >= len(other) or ref[i] != other[i]), None)
-        a = ref[diff] if diff is not None and diff < len(ref) else "(nothing)"
-        b = other[diff] if diff is not None and diff < len(other) else "(nothing)"
-        problems.append(f"rank {r} differs from rank 0:\n  rank 0: {_short(a)}\n  rank {r}: {_short(b)}")
+        diffs = [i for i in range(max(len(ref), len(other)))
+                 if i >= len(ref) or i >= len(other) or ref[i] != other[i]][:3]
+        shown = "".join(f"\n  rank 0: {_short(ref[i] if i < len(ref) else '(nothing)')}"
+                        f"\n  rank {r}: {_short(other[i] if i < len(other) else '(nothing)')}" for i in diffs)
+        problems.append(f"rank {r} differs from rank 0 (first differences):{shown or ' (in the truncated part)'}")
     raise RuntimeError("kilnet.distributed: the ranks do not train the same model (every rank must build "
                        "the same architecture and call fit with the same data size and arguments)\n"
                        + "\n".join(problems))
