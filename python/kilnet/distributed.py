@@ -57,7 +57,7 @@ import time
 import numpy as np
 
 __all__ = ["init", "rank", "size", "local_rank", "is_main", "is_initialized", "barrier",
-           "allreduce_mean", "check_model", "fit", "comm_seconds"]
+           "allreduce_mean", "check_model", "fit", "comm_seconds", "comm_timers", "use_local_gpu"]
 
 _LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE", "MPI_LOCALNRANKS",
                   "SLURM_STEP_NUM_TASKS", "MV2_COMM_WORLD_SIZE")
@@ -274,11 +274,24 @@ class _watch:
     def __enter__(self):
         if _S.size > 1:
             _dog.arm(self.what)
+        self.t0 = time.perf_counter()
 
     def __exit__(self, *exc):
         if _S.size > 1:
             _dog.disarm()
+        key = self.what.split(" (")[0] if self.what.startswith("Iallreduce") else "other collectives"
+        _timers[key] = _timers.get(key, 0.0) + time.perf_counter() - self.t0
         return False
+
+
+_timers: dict = {}
+
+
+def comm_timers() -> dict:
+    """Seconds spent in blocking MPI calls since the process started, by kind: 'Iallreduce wait'
+    (the gradient buckets, before each optimizer step) and 'other collectives' (broadcasts,
+    figures, checks). For benchmarks."""
+    return dict(_timers)
 
 
 # ------------------------------------------------------------------------------- consistency
@@ -436,7 +449,7 @@ class GradientSync:
 
     def __init__(self, model, bucket_bytes=None):
         if bucket_bytes is None:
-            bucket_bytes = int(float(os.environ.get("KILNET_BUCKET_MB", "1")) * 2**20)
+            bucket_bytes = int(float(os.environ.get("KILNET_BUCKET_MB", "0.5")) * 2**20)
         self.model = model
         self.grads = model._grads
         n_layers = len(model.layers)
@@ -480,12 +493,12 @@ class GradientSync:
 
     def layer_done(self, i):
         k = self.start_at.get(i)
-        if k is None:
-            return
-        while self.started <= k:
-            self._start(self.started)
-        if self.requests and not self.on_gpu:
-            self.requests[0].Test()   # gives the MPI library a chance to progress the earlier buckets
+        if k is not None:
+            while self.started <= k:
+                self._start(self.started)
+        if self.requests:
+            # Open MPI progresses non-blocking collectives only inside MPI calls: one test per layer
+            _S.MPI.Request.Testall(self.requests)
 
     def _start(self, k):
         lo, hi, _ = self.buckets[k]
