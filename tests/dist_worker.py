@@ -6,6 +6,7 @@ MODE: equiv     train the canonical CNN and an LSTM with fit(distributed=True) a
       mismatch  rank 1 builds a different model: fit must raise RuntimeError on every rank
       kill      rank 1 dies (os._exit(9)) in the middle of training: mpirun must end the job
       sigkill   rank 1 is killed by SIGKILL in the middle of training
+      raise     rank 1 raises an uncaught exception mid-training: the excepthook aborts the job
       hang      rank 1 stops answering (sleeps) mid-training: the others' watchdog aborts
       gpu       equiv on 'cuda' with NCCL (one GPU per rank)
 """
@@ -90,7 +91,7 @@ def main():
             print(f"rank {r} RuntimeError: {e}", flush=True)
             sys.exit(3)
         print(f"rank {r}: no error", flush=True)
-    elif mode in ("kill", "sigkill", "hang"):
+    elif mode in ("kill", "sigkill", "raise", "hang"):
         from kilnet.callbacks import LambdaCallback
 
         def on_batch(batch, logs):
@@ -99,6 +100,8 @@ def main():
                     os._exit(9)
                 if mode == "sigkill":
                     os.kill(os.getpid(), signal.SIGKILL)
+                if mode == "raise":
+                    raise ValueError("rank 1 failed on purpose")
                 time.sleep(3600)
         train(cnn, data_cnn, 16, True, epochs=50, callbacks=[LambdaCallback(on_train_batch_end=on_batch)])
         print(f"rank {r}: finished (should not happen)", flush=True)

@@ -86,6 +86,14 @@ def test_killed_rank_ends_the_job(how):
 
 
 @needs_mpi
+def test_uncaught_exception_aborts_the_job():
+    rc, log, _ = mpirun("raise", timeout=60)
+    assert rc != 0, log
+    assert "rank 1 failed on purpose" in log and "aborting the MPI job" in log, log
+    assert "finished" not in log
+
+
+@needs_mpi
 def test_hung_rank_is_caught_by_the_watchdog():
     rc, log, secs = mpirun("hang", timeout=60, env={"KILNET_DIST_TIMEOUT": "3"})
     assert rc != 0, log
