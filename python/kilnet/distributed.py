@@ -82,6 +82,14 @@ def _under_launcher() -> bool:
     return any(v in os.environ for v in _LAUNCHER_VARS)
 
 
+def _launcher_size():
+    """The number of processes the launcher says it started (None when it does not say)."""
+    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return None
+
+
 def init(require_mpi: bool = False):
     """Start MPI (once) and return (rank, size). Not under mpirun (or without mpi4py): rank 0 of
     1, unless require_mpi=True, which raises RuntimeError then. Under MPI it also installs an
@@ -93,7 +101,9 @@ def init(require_mpi: bool = False):
         try:
             from mpi4py import MPI
         except ImportError:
-            if require_mpi or _under_launcher():
+            # Several processes each training alone (and writing the same files) would be a
+            # silent mistake: refuse, unless the launcher started just this one process.
+            if require_mpi or _launcher_size() != 1:
                 raise RuntimeError("kilnet.distributed: this process was started by an MPI launcher but "
                                    "mpi4py is not installed; pip install mpi4py (or kilnet[distributed])") from None
         else:
@@ -753,8 +763,9 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
                     model.stop_training = _any_rank(model.stop_training)
                     if model.stop_training:
                         break
-            if on_gpu:
-                host_losses = xp.asnumpy(dev_losses)
+            if on_gpu:   # waits for the epoch's GPU work, NCCL reductions included: guarded
+                with _watch("GPU stream (NCCL gradient reductions)"):
+                    host_losses = xp.asnumpy(dev_losses)
                 loss_sum += float(host_losses.astype(np.float64) @ sizes)
             logs = _global_logs(loss_sum, seen, model.compiled_metrics)
             if not nan_warned and not math.isfinite(logs["loss"]):
