@@ -697,6 +697,9 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
     # them; decided from the callbacks every rank has, so all ranks do the same collectives.
     batch_logs_wanted = _any_rank(any(type(cb).on_train_batch_end is not Callback.on_train_batch_end
                                       for cb in user_cbs))
+    # Global running figures after every step cost a small Allreduce per step: only for such
+    # callbacks or for rank 0's live progress bar (a terminal); else once per epoch.
+    step_logs = _any_rank(batch_logs_wanted or (verbose == 1 and sys.stdout.isatty()))
     if _S.rank != 0:
         user_cbs = [cb for cb in user_cbs if not isinstance(cb, (ModelCheckpoint, CSVLogger))]
     cbs = CallbackList(user_cbs + [history], model, params)
@@ -751,7 +754,7 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
                 loss_sum += loss * (b - a)
                 sizes[step] = b - a
                 seen += b - a
-                if not on_gpu or batch_logs_wanted:
+                if step_logs and (not on_gpu or batch_logs_wanted):
                     extra = float(dev_losses[:step + 1] @ xp.asarray(sizes[:step + 1])) if on_gpu else 0.0
                     batch_logs = _global_logs(loss_sum + extra, seen, model.compiled_metrics)
                     if not math.isfinite(batch_logs["loss"]) and not nan_warned:
