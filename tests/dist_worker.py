@@ -71,7 +71,10 @@ def main():
         device = "cuda"
     if mode in ("equiv", "gpu"):
         # Each rank starts from different weights on purpose: rank 0's must be broadcast.
-        m1, h1 = train(cnn, data_cnn, GLOBAL_BATCH // size, True, init_seed=1 + r, device=device)
+        from kilnet.callbacks import ModelCheckpoint
+        ckpt = ModelCheckpoint(f"{out}.rank{r}.h5", monitor="val_loss")   # only rank 0 may write
+        m1, h1 = train(cnn, data_cnn, GLOBAL_BATCH // size, True, init_seed=1 + r, device=device,
+                       validation_split=0.2, callbacks=[ckpt])
         m2, h2 = train(rnn, data_rnn, GLOBAL_BATCH // size, True, init_seed=1 + r, device=device)
         w1 = m1._params if isinstance(m1._params, np.ndarray) else m1._params.get()
         w2 = m2._params if isinstance(m2._params, np.ndarray) else m2._params.get()
@@ -83,7 +86,8 @@ def main():
             assert np.array_equal(ref, w), f"rank {r}: weights differ from rank 0's"
         if r == 0:
             np.savez(out, cnn=w1, rnn=w2, cnn_loss=np.array(h1["loss"]), rnn_loss=np.array(h2["loss"]),
-                     cnn_acc=np.array(h1["accuracy"]))
+                     cnn_acc=np.array(h1["accuracy"]), cnn_val_loss=np.array(h1["val_loss"]),
+                     cnn_val_acc=np.array(h1["val_accuracy"]))
     elif mode == "mismatch":
         try:
             train(cnn if r == 0 else _other_cnn, data_cnn, 32, True, epochs=1)

@@ -45,12 +45,13 @@ def reference():
     threads = kilnet.get_num_threads()
     kilnet.set_num_threads(1)
     try:
-        m1, h1 = worker.train(worker.cnn, worker.data_cnn, worker.GLOBAL_BATCH, False)
+        m1, h1 = worker.train(worker.cnn, worker.data_cnn, worker.GLOBAL_BATCH, False, validation_split=0.2)
         m2, h2 = worker.train(worker.rnn, worker.data_rnn, worker.GLOBAL_BATCH, False)
     finally:
         kilnet.set_num_threads(threads)
     return {"cnn": m1._params.copy(), "rnn": m2._params.copy(), "cnn_loss": h1["loss"],
-            "rnn_loss": h2["loss"], "cnn_acc": h1["accuracy"]}
+            "rnn_loss": h2["loss"], "cnn_acc": h1["accuracy"], "cnn_val_loss": h1["val_loss"],
+            "cnn_val_acc": h1["val_accuracy"]}
 
 
 @needs_mpi
@@ -65,6 +66,11 @@ def test_two_ranks_match_one_rank_at_twice_the_batch(tmp_path, reference):
     np.testing.assert_allclose(got["cnn_loss"], reference["cnn_loss"], rtol=1e-5)
     np.testing.assert_allclose(got["rnn_loss"], reference["rnn_loss"], rtol=1e-5)
     np.testing.assert_allclose(got["cnn_acc"], reference["cnn_acc"], rtol=1e-6)
+    # validation is split between the ranks and summed: the one-process figures
+    np.testing.assert_allclose(got["cnn_val_loss"], reference["cnn_val_loss"], rtol=1e-4)
+    np.testing.assert_allclose(got["cnn_val_acc"], reference["cnn_val_acc"], rtol=1e-6)
+    # ModelCheckpoint ran on rank 0 only
+    assert os.path.exists(f"{out}.rank0.h5") and not os.path.exists(f"{out}.rank1.h5")
 
 
 @needs_mpi
@@ -108,12 +114,30 @@ def test_one_process_distributed_fit_equals_fit(reference):
     threads = kilnet.get_num_threads()
     kilnet.set_num_threads(1)
     try:
-        m, h = worker.train(worker.cnn, worker.data_cnn, worker.GLOBAL_BATCH, True)
+        m, h = worker.train(worker.cnn, worker.data_cnn, worker.GLOBAL_BATCH, True, validation_split=0.2)
     finally:
         kilnet.set_num_threads(threads)
     np.testing.assert_array_equal(m._params, reference["cnn"])
     assert h["loss"] == pytest.approx(reference["cnn_loss"], rel=1e-12)
+    assert h["val_loss"] == pytest.approx(reference["cnn_val_loss"], rel=1e-12)
     assert all(type(v) is float for v in h["loss"])
+
+
+def test_one_process_batch_callbacks_and_stop_training(reference):
+    """LambdaCallback's on_train_batch_end runs with the running global figures, and a stop
+    requested there ends the epoch, as in fit()."""
+    from kilnet.callbacks import LambdaCallback
+    seen = []
+
+    def on_batch(batch, logs):
+        seen.append((batch, logs["loss"]))
+        if batch == 1:
+            cb.model.stop_training = True
+
+    cb = LambdaCallback(on_train_batch_end=on_batch)
+    _, h = worker.train(worker.rnn, worker.data_rnn, 32, True, epochs=3, callbacks=[cb])
+    assert [b for b, _ in seen] == [0, 1] and all(np.isfinite(v) for _, v in seen)
+    assert len(h["loss"]) == 1
 
 
 def test_gradient_buckets_cover_the_buffer_in_backward_order():

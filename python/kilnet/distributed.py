@@ -696,6 +696,7 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
     # Per-step logs (and a per-step check of stop_training) only when some callback looks at
     # them; decided from the callbacks every rank has, so all ranks do the same collectives.
     batch_logs_wanted = _any_rank(any(type(cb).on_train_batch_end is not Callback.on_train_batch_end
+                                      or "on_train_batch_end" in vars(cb)   # LambdaCallback's hooks
                                       for cb in user_cbs))
     # Global running figures after every step cost a small Allreduce per step: only for such
     # callbacks or for rank 0's live progress bar (a terminal); else once per epoch.
