@@ -33,6 +33,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+KILNET_HOME = os.path.join(ROOT, "python")
 
 CONFIGS = [  # name, ranks, threads per rank, batch per rank, extra environment
     ("1x2 b64", 1, 2, 64, {}),
@@ -95,7 +96,7 @@ def worker(args):
 def run_config(name, ranks, threads, batch, extra, args):
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                KILNET_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
-               PYTHONPATH=os.path.join(ROOT, "python") + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+               PYTHONPATH=KILNET_HOME + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
     cmd = [shutil.which("mpirun"), "-n", str(ranks), "--oversubscribe", "--bind-to", "none",
            sys.executable, os.path.abspath(__file__), "--worker", "--batch", str(batch),
            "--limit", str(args.limit), "--epochs", str(args.epochs)]
@@ -122,6 +123,12 @@ def main():
         return worker(args)
     if shutil.which("mpirun") is None:
         sys.exit("needs Open MPI's mpirun (apt-get install openmpi-bin libopenmpi-dev) and mpi4py")
+    global KILNET_HOME
+    try:   # the ranks import the kilnet this script finds (installed, or python/ on PYTHONPATH)
+        import kilnet
+        KILNET_HOME = os.path.dirname(os.path.dirname(os.path.abspath(kilnet.__file__)))
+    except ImportError:
+        KILNET_HOME = os.path.join(ROOT, "python")
     configs = [c for c in CONFIGS if args.only is None or c[0] in args.only]
     results = {c[0]: [] for c in configs}
     alone = {c[0]: [] for c in configs}

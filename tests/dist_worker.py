@@ -17,8 +17,6 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
 
 GLOBAL_BATCH = 64
 N_CNN, N_RNN = 251, 203      # not multiples of 64: the last global batch is partial and uneven

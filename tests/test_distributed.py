@@ -18,6 +18,8 @@ spec = importlib.util.spec_from_file_location("dist_worker", WORKER)
 worker = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(worker)
 
+# the ranks import the kilnet this test imported (the installed one, or python/ in a dev tree)
+KILNET_HOME = os.path.dirname(os.path.dirname(os.path.abspath(__import__("kilnet").__file__)))
 MPIRUN = shutil.which("mpirun")
 HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
 needs_mpi = pytest.mark.skipif(MPIRUN is None or not HAVE_MPI4PY,
@@ -28,7 +30,7 @@ def mpirun(mode, *args, n=2, timeout=60, env=None):
     """Run the worker under mpirun; returns (returncode, output, seconds)."""
     e = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
              OMPI_MCA_rmaps_base_oversubscribe="1", KILNET_NUM_THREADS="1", OMP_NUM_THREADS="1",
-             PYTHONPATH=os.path.join(os.path.dirname(HERE), "python"), **(env or {}))
+             PYTHONPATH=os.pathsep.join([KILNET_HOME, os.environ.get("PYTHONPATH", "")]), **(env or {}))
     t0 = time.monotonic()
     try:
         p = subprocess.run([MPIRUN, "-n", str(n), "--oversubscribe", sys.executable, WORKER, mode, *args],
