@@ -547,14 +547,20 @@ def _nccl_comm():
     if _S.nccl is not None:
         return _S.nccl
     import cupy
-    from cupy.cuda import nccl
+    try:
+        from cupy.cuda import nccl
+        nccl.get_version()
+    except Exception as e:   # ImportError, or CuPy built without NCCL
+        raise RuntimeError("kilnet.distributed: training on GPUs over several ranks needs NCCL through CuPy "
+                           f"(cupy.cuda.nccl): {e}; install NCCL (e.g. pip install nvidia-nccl-cu12)") from None
     uid = np.zeros(128, np.int8)   # NCCL_UNIQUE_ID_BYTES
     if _S.rank == 0:
         uid[:] = np.asarray(nccl.get_unique_id(), np.int64).astype(np.int8)
     with _watch("Bcast (NCCL id)"):
         _S.comm.Bcast(uid, root=0)
     dev = cupy.cuda.Device().id
-    comm = nccl.NcclCommunicator(_S.size, tuple(int(v) for v in uid), _S.rank)
+    with _watch("NCCL communicator setup"):   # blocks until every rank has joined
+        comm = nccl.NcclCommunicator(_S.size, tuple(int(v) for v in uid), _S.rank)
     _S.nccl = (comm, dev)
     return _S.nccl
 
