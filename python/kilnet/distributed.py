@@ -90,6 +90,13 @@ def _launcher_size():
     return None
 
 
+def _local_rank_from_env():
+    for var in ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK", "SLURM_LOCALID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return None
+
+
 def init(require_mpi: bool = False):
     """Start MPI (once) and return (rank, size). Not under mpirun (or without mpi4py): rank 0 of
     1, unless require_mpi=True, which raises RuntimeError then. Under MPI it also installs an
@@ -110,9 +117,11 @@ def init(require_mpi: bool = False):
             comm = MPI.COMM_WORLD
             _S.MPI, _S.comm = MPI, comm
             _S.rank, _S.size = comm.Get_rank(), comm.Get_size()
-            local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=_S.rank)
-            _S.local_rank = local.Get_rank()
-            local.Free()
+            _S.local_rank = _local_rank_from_env()
+            if _S.local_rank is None:   # ask MPI (a collective: every rank is in init here)
+                local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=_S.rank)
+                _S.local_rank = local.Get_rank()
+                local.Free()
             if _S.size > 1:
                 _install_excepthook()
     elif require_mpi:
