@@ -124,11 +124,11 @@ def main():
     if shutil.which("mpirun") is None:
         sys.exit("needs Open MPI's mpirun (apt-get install openmpi-bin libopenmpi-dev) and mpi4py")
     global KILNET_HOME
-    try:   # the ranks import the kilnet this script finds (installed, or python/ on PYTHONPATH)
+    import glob
+    if not glob.glob(os.path.join(ROOT, "python", "kilnet", "_cpu*")):
+        # no in-place build in this tree (bash .ci/dev_build.sh): the installed kilnet
         import kilnet
         KILNET_HOME = os.path.dirname(os.path.dirname(os.path.abspath(kilnet.__file__)))
-    except ImportError:
-        KILNET_HOME = os.path.join(ROOT, "python")
     configs = [c for c in CONFIGS if args.only is None or c[0] in args.only]
     results = {c[0]: [] for c in configs}
     alone = {c[0]: [] for c in configs}
