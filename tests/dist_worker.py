@@ -4,6 +4,7 @@
 MODE: equiv     train the canonical CNN and an LSTM with fit(distributed=True) at batch
                 64 // size per rank; rank 0 writes the weights to OUT (npz)
       mismatch  rank 1 builds a different model: fit must raise RuntimeError on every rank
+      datamismatch  rank 1 passes its data in another order: the same
       kill      rank 1 dies (os._exit(9)) in the middle of training: mpirun must end the job
       sigkill   rank 1 is killed by SIGKILL in the middle of training
       raise     rank 1 raises an uncaught exception mid-training: the excepthook aborts the job
@@ -86,9 +87,15 @@ def main():
             np.savez(out, cnn=w1, rnn=w2, cnn_loss=np.array(h1["loss"]), rnn_loss=np.array(h2["loss"]),
                      cnn_acc=np.array(h1["accuracy"]), cnn_val_loss=np.array(h1["val_loss"]),
                      cnn_val_acc=np.array(h1["val_accuracy"]))
-    elif mode == "mismatch":
+    elif mode in ("mismatch", "datamismatch"):
+        def shuffled_data():   # the same arrays in another order
+            x, y = data_cnn()
+            return x[::-1].copy(), y[::-1].copy()
         try:
-            train(cnn if r == 0 else _other_cnn, data_cnn, 32, True, epochs=1)
+            if mode == "mismatch":
+                train(cnn if r == 0 else _other_cnn, data_cnn, 32, True, epochs=1)
+            else:
+                train(cnn, data_cnn if r == 0 else shuffled_data, 32, True, epochs=1)
         except RuntimeError as e:
             print(f"rank {r} RuntimeError: {e}", flush=True)
             sys.exit(3)

@@ -86,6 +86,14 @@ def test_mismatched_models_fail_on_every_rank():
 
 
 @needs_mpi
+def test_different_data_across_ranks_fails_on_every_rank():
+    rc, log, _ = mpirun("datamismatch", timeout=60)
+    assert rc != 0
+    assert "rank 0 RuntimeError" in log and "rank 1 RuntimeError" in log, log
+    assert "fit data digest" in log, log
+
+
+@needs_mpi
 @pytest.mark.parametrize("how", ["kill", "sigkill"])
 def test_killed_rank_ends_the_job(how):
     rc, log, secs = mpirun(how, timeout=60)

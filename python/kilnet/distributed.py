@@ -382,7 +382,7 @@ def check_model(model, fit_args=None) -> None:
                         f"\n  rank {r}: {_short(other[i] if i < len(other) else '(nothing)')}" for i in diffs)
         problems.append(f"rank {r} differs from rank 0 (first differences):{shown or ' (in the truncated part)'}")
     raise RuntimeError("kilnet.distributed: the ranks do not train the same model (every rank must build "
-                       "the same architecture and call fit with the same data size and arguments)\n"
+                       "the same architecture and call fit with the same data, in the same order, and arguments)\n"
                        + "\n".join(problems))
 
 
@@ -649,6 +649,17 @@ def _empty_step(model):
     return loss
 
 
+def _data_digest(x, y, k=4096):
+    """A digest of k evenly spaced values of x and y: catches ranks that load different data (or
+    the same data in another order) without hashing all of it."""
+    h = hashlib.sha256()
+    for a in (x, y):
+        flat = a.reshape(-1)
+        idx = np.linspace(0, flat.size - 1, min(k, flat.size)).astype(np.int64)
+        h.update(np.ascontiguousarray(flat[idx]).tobytes())
+    return h.hexdigest()[:16]
+
+
 def _evaluate_sharded(model, x, y, batch_size):
     """Validation figures over all ranks: each evaluates its contiguous slice, then a sum."""
     n = len(x)
@@ -698,7 +709,8 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
     world = _S.size
     global_batch = batch_size * world
     steps = -(-n // global_batch)
-    check_model(model, {"samples": n, "sample shape": tuple(x.shape[1:]), "batch_size": batch_size,
+    check_model(model, {"samples": n, "sample shape": tuple(x.shape[1:]), "data digest": _data_digest(x, y),
+                        "batch_size": batch_size,
                         "epochs": epochs, "initial_epoch": initial_epoch, "shuffle": bool(shuffle),
                         "validation samples": None if val is None else len(val[0])})
     broadcast_state(model)
