@@ -56,6 +56,13 @@ def cmd_train(args) -> int:
     from kilnet.utils import set_random_seed
     if args.threads:
         kilnet.set_num_threads(args.threads)
+    rank, world = 0, 1
+    if args.distributed:   # under mpirun: data parallel, batch size per rank; rank 0 prints and saves
+        from kilnet import distributed
+        rank, world = distributed.init()
+        if rank != 0:
+            args.verbose, args.out, args.plot = 0, "", ""
+    say = print if rank == 0 else (lambda *a, **k: None)
     if args.seed is not None:
         set_random_seed(args.seed)
     (x_train, y_train), (x_test, y_test) = fashion_mnist.load_data()
@@ -73,15 +80,20 @@ def cmd_train(args) -> int:
         raise ValueError(str(e)) from None
     with kilnet.device(device):
         model = canonical_model() if args.model == "canonical" else \
-            _named_model(args.model, epochs=args.epochs, steps_per_epoch=-(-len(x_train) // args.batch_size))
+            _named_model(args.model, epochs=args.epochs,
+                         steps_per_epoch=-(-len(x_train) // (args.batch_size * world)))
     where = (f"GPU ({kilnet.backend.cuda_module().device_name(0)})" if model.device == "cuda" else
              f"{kilnet.get_num_threads()} threads, {kilnet.simd_level()} kernels")
-    print(f"kilnet {kilnet.__version__}: {args.model} CNN on Fashion-MNIST ({len(x_train)} training images), "
-          f"{where}", flush=True)
+    say(f"kilnet {kilnet.__version__}: {args.model} CNN on Fashion-MNIST ({len(x_train)} training images), "
+        f"{where}" + (f", {world} ranks x batch {args.batch_size} (distributed)" if args.distributed else ""),
+        flush=True)
     t0 = time.perf_counter()
     history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
-                        verbose=args.verbose, validation_split=args.validation_split)
+                        verbose=args.verbose, validation_split=args.validation_split,
+                        **({"distributed": True} if args.distributed else {}))
     train_s = time.perf_counter() - t0
+    if rank != 0:   # the weights are the same on every rank: rank 0 evaluates, prints and saves
+        return 0
     loss, acc = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
     print(f"trained {args.epochs} epochs in {train_s:.1f}s")
     print(f"test loss: {loss:.4f}")
@@ -298,6 +310,10 @@ def build_parser():
     t.add_argument("--validation-split", type=float, default=0.0,
                    help="fraction of the training images held out for validation curves (default 0)")
     t.add_argument("--plot", default="", help="write loss/accuracy curves to this PNG (needs matplotlib)")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over the ranks of an MPI job (run under mpirun, e.g. "
+                        "`mpirun -n 2 kilnet train --distributed`); --batch-size is per rank; "
+                        "see docs/distributed.md")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("explain", help="draw a Fashion-MNIST test image beside its attribution heat map",
                        description="Explain one Fashion-MNIST test prediction of a saved model: the input "

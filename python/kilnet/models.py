@@ -8,6 +8,7 @@ step allocates no array memory once the first batch has run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import sys
 import threading
@@ -53,6 +54,7 @@ class Sequential:
         self._grads = np.zeros(0, np.float32)
         self._slices: list = []
         self._declared_input = None
+        self._grad_sync = None    # kilnet.distributed.GradientSync while fit(distributed=True) runs
         self._auto_build = True   # build as soon as the input shape is known, as Keras does
         if layers is not None:
             if isinstance(layers, Layer):
@@ -237,10 +239,15 @@ class Sequential:
     def _backward(self, grad):
         last = self.layers[-1]
         first = self._first_trainable
+        sync = self._grad_sync    # distributed: starts each bucket's reduction once backward made it
         g = last.backward_linear(grad, len(self.layers) - 1 > first) if self._fused() else \
             last.backward(grad, len(self.layers) - 1 > first)
+        if sync is not None:
+            sync.layer_done(len(self.layers) - 1)
         for i in range(len(self.layers) - 2, first - 1, -1):
             g = self.layers[i].backward(g, need_dx=i > first)
+            if sync is not None:
+                sync.layer_done(i)
 
     def train_on_batch_arrays(self, xb, yb, bufs, loss_out=None):
         """One optimizer step on a prepared batch (on the model's device); returns (loss,
@@ -252,6 +259,8 @@ class Sequential:
         loss, pred = self._loss_and_grad(out, yb, bufs.get("probs", out.shape, n), bufs.get("grad", out.shape, n),
                                          loss_out)
         self._backward(bufs.last("grad"))
+        if self._grad_sync is not None:
+            self._grad_sync.finish()   # distributed: _grads now holds the global batch's gradient
         loss = 0.0 if loss is None else loss
         # Weight penalties (kernel_regularizer=...): Keras adds them to the loss, so their
         # gradients join the weights' before the optimizer clips and applies them.
@@ -264,8 +273,10 @@ class Sequential:
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
             sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
-            validation_batch_size=None, validation_freq=1):
-        """Train for `epochs` epochs; returns a History whose .history holds the per-epoch logs."""
+            validation_batch_size=None, validation_freq=1, distributed=False):
+        """Train for `epochs` epochs; returns a History whose .history holds the per-epoch logs.
+        distributed=True: synchronous data parallelism over the ranks of an MPI job, batch_size
+        per rank (kilnet.distributed, docs/distributed.md); one process without MPI."""
         self._require_compiled("fit")
         if class_weight is not None or sample_weight is not None:
             raise ValueError("fit: class_weight and sample_weight are not supported yet")
@@ -280,8 +291,12 @@ class Sequential:
             if self._readers or not self._busy.acquire(blocking=False):
                 raise RuntimeError("fit: this model is already training or predicting in another thread; "
                                    "fit and predict/evaluate cannot run at the same time on one model")
+        fit_impl = self._fit
+        if distributed:
+            from kilnet import distributed as dist
+            fit_impl = functools.partial(dist.fit, self)
         try:
-            return self._fit(x, y, batch_size, int(epochs), verbose, callbacks, float(validation_split),
+            return fit_impl(x, y, batch_size, int(epochs), verbose, callbacks, float(validation_split),
                              validation_data, shuffle, int(initial_epoch), validation_batch_size or batch_size,
                              validation_freq)
         finally:
@@ -326,6 +341,7 @@ class Sequential:
         # On the GPU the per-batch losses stay on the device and the logs are only assembled
         # when something looks at them: the step never waits for the GPU otherwise.
         batch_logs_wanted = any(type(cb).on_train_batch_end is not Callback.on_train_batch_end
+                                or "on_train_batch_end" in vars(cb)   # LambdaCallback's hooks
                                 for cb in cbs.callbacks if not isinstance(cb, History))
         rng = get_rng()
         nan_warned = False
