@@ -685,25 +685,7 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
             raise RuntimeError(f"kilnet.distributed: rank {_S.rank} (local rank {_S.local_rank}) trains on GPU "
                                f"{cupy.cuda.Device().id}; call kilnet.distributed.use_local_gpu() before building "
                                "the model so that each rank has its own GPU")
-    x, y = model._prepare_xy(x, y, "fit")
-    if validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-            raise ValueError("fit: validation_data must be a tuple (x_val, y_val)")
-        val = model._prepare_xy(validation_data[0], validation_data[1], "fit (validation_data)")
-    elif validation_split > 0:
-        n_val = int(len(x) * validation_split)
-        if n_val == 0 or n_val == len(x):
-            raise ValueError(f"fit: validation_split={validation_split} leaves no training or validation samples")
-        val = (x[len(x) - n_val:], y[len(x) - n_val:])
-        x, y = x[:len(x) - n_val], y[:len(y) - n_val]
-    else:
-        val = None
-    model._consolidate()
-    model._first_trainable = next((i for i, l in enumerate(model.layers) if l.trainable_weights and model.trainable),
-                                  len(model.layers))
-    model.optimizer.build(model._params.size, [off for _, _, off, _ in model._slices] + [model._params.size],
-                          like=model._params)
-    model.compiled_metrics = model._make_metrics()
+    x, y, val = model._prepare_fit(x, y, validation_split, validation_data)
 
     n = len(x)
     world = _S.size

@@ -302,8 +302,10 @@ class Sequential:
         finally:
             self._busy.release()
 
-    def _fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data,
-             shuffle, initial_epoch, val_batch_size, validation_freq):
+    def _prepare_fit(self, x, y, validation_split, validation_data):
+        """What both training loops (this one and kilnet.distributed's) do before the first
+        epoch: check and convert the data, split off the validation set, lay out the flat
+        parameter buffer and build the optimizer and metrics. Returns (x, y, val or None)."""
         x, y = self._prepare_xy(x, y, "fit")
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
@@ -324,7 +326,11 @@ class Sequential:
         self.optimizer.build(self._params.size, [off for _, _, off, _ in self._slices] + [self._params.size],
                              like=self._params)
         self.compiled_metrics = self._make_metrics()
+        return x, y, val
 
+    def _fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data,
+             shuffle, initial_epoch, val_batch_size, validation_freq):
+        x, y, val = self._prepare_fit(x, y, validation_split, validation_data)
         n = len(x)
         steps = -(-n // batch_size)
         verbose = _verbosity(verbose)
