@@ -51,6 +51,8 @@ def small_cnn_model(epochs=15, steps_per_epoch=938, learning_rate=1e-3):
 
 
 def cmd_train(args) -> int:
+    import numpy as np
+
     import kilnet
     from kilnet.datasets import fashion_mnist
     from kilnet.utils import set_random_seed
@@ -66,8 +68,10 @@ def cmd_train(args) -> int:
     if args.seed is not None:
         set_random_seed(args.seed)
     (x_train, y_train), (x_test, y_test) = fashion_mnist.load_data()
-    x_train = (x_train / 255.0).reshape(-1, 28, 28, 1)
-    x_test = (x_test / 255.0).reshape(-1, 28, 28, 1)
+    # float32 from the start: x / 255.0 on the uint8 images would make a float64 copy (376 MB)
+    # that fit then converts again
+    x_train = (x_train.astype(np.float32) / np.float32(255.0)).reshape(-1, 28, 28, 1)
+    x_test = (x_test.astype(np.float32) / np.float32(255.0)).reshape(-1, 28, 28, 1)
     if args.limit:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
     # epochs and batch size: the flags, else the model's defaults (MODEL_DEFAULTS), else 10 and 32
