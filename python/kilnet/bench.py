@@ -60,16 +60,27 @@ def median_seconds(fn, quick):
 
 
 def set_threads(n, torch):
-    """kilnet, numpy's BLAS (threadpoolctl when installed) and torch on n threads."""
+    """kilnet, numpy's BLAS (threadpoolctl when installed) and torch on n threads. Returns a
+    function that puts back the thread counts found (the run leaves the process as it was)."""
     from kilnet import _cpu
+    old_k, old_t = _cpu.get_num_threads(), (torch.get_num_threads() if torch is not None else None)
+    limits = None
+    try:   # first: threadpoolctl's restore also puts back the OpenMP count it found
+        from threadpoolctl import threadpool_limits
+        limits = threadpool_limits(n, user_api="blas")
+    except Exception:
+        pass
     _cpu.set_num_threads(n)
     if torch is not None:
         torch.set_num_threads(n)
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(n, user_api="blas")
-    except Exception:
-        pass
+
+    def restore():
+        if limits is not None:
+            limits.restore_original_limits()
+        _cpu.set_num_threads(old_k)
+        if torch is not None:
+            torch.set_num_threads(old_t)
+    return restore
 
 
 # ---- machine facts -------------------------------------------------------------------------------
@@ -491,40 +502,57 @@ def run(threads=None, quick=False, only=None, out=print):
     if any(v in os.environ for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")):
         out("note: OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set: numpy's column is not OpenBLAS's own kernel")
     rows = []
-    hdr = ("family", "shape", "kilnet ms", "rate", "unit", "% peak", "numpy ms", "np/kl", "torch ms", "torch/kl")
     for n in threads:
-        set_threads(n, torch)
-        peak = _cpu.fma_peak_gflops(n, 0.05 if quick else 0.3)
-        out("")
-        out(f"threads {n}: measured FMA peak {peak:.1f} GFLOP/s "
-            f"({peak / n:.1f} per thread); ratios are peer time / kilnet time (> 1: kilnet faster)")
-        table = []
-        for fam in fams:
-            for case in CASES[fam](quick, torch):
-                t = {}
-                for lib, fn in case.fns.items():
-                    if lib == "numpy" and np_ is None:
-                        fn = None
-                    t[lib] = None if fn is None else median_seconds(fn, quick)
-                k = t["kilnet"]
-                rate = case.work / k * 1e-9
-                pct = f"{100 * rate / peak:.0f}" if case.unit == "GFLOP/s" and peak > 0 else "-"
-                row = {"threads": n, "family": fam, "shape": case.shape, "kilnet_s": k, "rate": rate,
-                       "unit": case.unit, "peak_gflops": peak, "numpy_s": t["numpy"], "torch_s": t["torch"]}
-                rows.append(row)
-                shape = case.shape
-                if case.note == "samples/s":
-                    shape += f" ({32 / k:,.0f} samples/s" + (f", torch {32 / t['torch']:,.0f}" if t["torch"] else "") + ")"
-                elif case.note:
-                    shape += f" ({case.note})"
-                table.append((fam, shape, _fmt_ms(k), f"{rate:.1f}", case.unit, pct, _fmt_ms(t["numpy"]),
-                              _fmt_ratio(t["numpy"], k), _fmt_ms(t["torch"]), _fmt_ratio(t["torch"], k)))
-        widths = [max(len(str(r[i])) for r in [hdr] + table) for i in range(len(hdr))]
-        left = {0, 1, 4}
-        fmt = lambda r: "  ".join(str(c).ljust(w) if i in left else str(c).rjust(w)
-                                  for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-        out(fmt(hdr))
-        out("  ".join("-" * w for w in widths))
-        for r in table:
-            out(fmt(r))
+        restore = set_threads(n, torch)
+        try:
+            _run_threads(n, fams, quick, np_, torch, rows, out)
+        finally:
+            restore()
     return rows
+
+
+def _run_threads(n, fams, quick, np_, torch, rows, out):
+    """One thread count: the peak, then every case; prints the table."""
+    from kilnet import _cpu
+    hdr = ("family", "shape", "kilnet ms", "rate", "unit", "% peak", "numpy ms", "np/kl", "torch ms", "torch/kl")
+    # The peak is probed before and after the cases and the larger kept: on a shared machine a
+    # probe that lost its core for a while would understate it (and inflate "% peak").
+    probe_s = 0.05 if quick else 0.3
+    peak = _cpu.fma_peak_gflops(n, probe_s)
+    timed = []
+    for fam in fams:
+        for case in CASES[fam](quick, torch):
+            t = {}
+            for lib, fn in case.fns.items():
+                if lib == "numpy" and np_ is None:
+                    fn = None
+                t[lib] = None if fn is None else median_seconds(fn, quick)
+            timed.append((fam, case, t))
+    peak = max(peak, _cpu.fma_peak_gflops(n, probe_s))
+    out("")
+    out(f"threads {n}: measured FMA peak {peak:.1f} GFLOP/s "
+        f"({peak / n:.1f} per thread); ratios are peer time / kilnet time (> 1: kilnet faster)")
+    table = []
+    for fam, case, t in timed:
+        k = t["kilnet"]
+        rate = case.work / k * 1e-9
+        pct = f"{100 * rate / peak:.0f}" if case.unit == "GFLOP/s" and peak > 0 else "-"
+        row = {"threads": n, "family": fam, "shape": case.shape, "kilnet_s": k, "rate": rate,
+               "unit": case.unit, "peak_gflops": peak, "numpy_s": t["numpy"], "torch_s": t["torch"]}
+        rows.append(row)
+        shape = case.shape
+        if case.note == "samples/s":
+            shape += f" ({32 / k:,.0f} samples/s" + (f", torch {32 / t['torch']:,.0f}" if t["torch"] else "") + ")"
+        elif case.note:
+            shape += f" ({case.note})"
+        table.append((fam, shape, _fmt_ms(k), f"{rate:.1f}", case.unit, pct, _fmt_ms(t["numpy"]),
+                      _fmt_ratio(t["numpy"], k), _fmt_ms(t["torch"]), _fmt_ratio(t["torch"], k)))
+    widths = [max(len(str(r[i])) for r in [hdr] + table) for i in range(len(hdr))]
+    left = {0, 1, 4}
+    fmt = lambda r: "  ".join(str(c).ljust(w) if i in left else str(c).rjust(w)
+                              for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    out(fmt(hdr))
+    out("  ".join("-" * w for w in widths))
+    for r in table:
+        out(fmt(r))
+    return table
