@@ -17,6 +17,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("get_num_threads", &cpu::get_num_threads);
   m.def("set_num_threads", &cpu::set_num_threads, py::arg("n"));
   m.def("build_info", &cpu::build_info);
+  bind::bind_peak(m);   // no ref variant: on the main module only
   py::module_ ref = m.def_submodule("ref", "naive reference kernels: plain loops, for tests");
   for (auto [mod, is_ref] : {std::pair<py::module_*, bool>{&m, false}, {&ref, true}}) {
     bind::bind_gemm(*mod, is_ref);

@@ -1,4 +1,4 @@
-"""The `kilnet` command: train the canonical or another registered model, print build and machine facts."""
+"""The `kilnet` command: train the canonical or another registered model, benchmark the kernels, print build and machine facts."""
 from __future__ import annotations
 
 import argparse
@@ -294,6 +294,12 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from kilnet import bench
+    bench.run(threads=args.threads, quick=args.quick, only=args.only)
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="kilnet", description="kilnet: Keras-style deep learning on hand-written kernels")
     sub = p.add_subparsers(dest="command", required=True)
@@ -342,6 +348,18 @@ def build_parser():
     pr.set_defaults(func=cmd_predict)
     i = sub.add_parser("info", help="print version, build flags, SIMD level, threads and CUDA status")
     i.set_defaults(func=cmd_info)
+    b = sub.add_parser("bench", help="time every CPU kernel family and the training step vs peak, numpy, PyTorch",
+                       description="Time kilnet's CPU kernels (GEMM, convolution, activation, softmax "
+                                   "cross-entropy, Adam, pooling, batch norm, RNN) and the canonical "
+                                   "training step: ms, GFLOP/s or GB/s, % of this machine's measured FMA "
+                                   "peak, and the ratio against numpy and PyTorch when installed.")
+    b.add_argument("--threads", nargs="*", default=None, metavar="N",
+                   help="thread counts, e.g. --threads 1 2 or 1,2 (default: 1 and all cores)")
+    b.add_argument("--quick", action="store_true", help="fewer repeats and smaller shapes (seconds, not minutes)")
+    b.add_argument("--only", default="", metavar="FAMILY[,FAMILY]",
+                   help="only these families: gemm, conv2d, activation, softmax_ce, adam, pooling, "
+                        "batchnorm, rnn, train_step")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -11,3 +11,4 @@
 #include "kilnet/activation.h"
 #include "kilnet/loss.h"
 #include "kilnet/optim.h"
+#include "kilnet/peak.h"

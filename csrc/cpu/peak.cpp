@@ -1,0 +1,59 @@
+// peak.cpp — the FMA peak probe (kilnet/peak.h): one thread per OpenMP thread runs independent
+// multiply-add chains for about `seconds`; the result is the sum of the threads' GFLOP/s.
+// The AVX2/FMA chains live in peak_avx2.cpp; this file holds the portable chains and dispatch.
+#include "peak_internal.h"
+#include <omp.h>
+#include <cstddef>
+#include <vector>
+
+namespace kilnet::cpu {
+namespace peak_detail {
+
+double fma_chains_portable(double seconds, double* elapsed) {
+  // 12 scalar chains acc = acc * a + b (the compiler may put several in one SSE register: fine,
+  // this is what the portable kernels get too). a and b are volatile reads so they stay unknown.
+  volatile float av = 0.999999f, bv = 1e-6f;
+  const float a = av, b = bv;
+  float c[12];
+  for (int j = 0; j < 12; ++j) c[j] = 0.1f * float(j);
+  const long inner = 1L << 15;
+  double flops = 0.0;
+  const double t0 = omp_get_wtime();
+  double t = t0;
+  do {
+    for (long i = 0; i < inner; ++i)
+      for (int j = 0; j < 12; ++j) c[j] = c[j] * a + b;
+    flops += double(inner) * 12.0 * 2.0;
+    t = omp_get_wtime();
+  } while (t - t0 < seconds);
+  *elapsed = t - t0;
+  float s = 0.0f;
+  for (int j = 0; j < 12; ++j) s += c[j];
+  volatile float sink = s;   // the chains' result is observed: they cannot be optimized away
+  (void)sink;
+  return flops;
+}
+
+}  // namespace peak_detail
+
+double fma_peak_gflops(int threads, double seconds) {
+  if (threads < 1) threads = 1;
+  std::vector<double> rate(std::size_t(threads), 0.0);
+#pragma omp parallel num_threads(threads)
+  {
+    const int id = omp_get_thread_num();
+    double elapsed = 0.0, flops = 0.0;
+#if defined(KILNET_HAVE_AVX2_BUILD)
+    if (use_avx2())
+      flops = peak_detail::fma_chains_avx2(seconds, &elapsed);
+    else
+#endif
+      flops = peak_detail::fma_chains_portable(seconds, &elapsed);
+    if (id < threads && elapsed > 0.0) rate[std::size_t(id)] = flops / elapsed;
+  }
+  double total = 0.0;
+  for (double r : rate) total += r;
+  return total * 1e-9;
+}
+
+}  // namespace kilnet::cpu

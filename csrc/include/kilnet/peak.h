@@ -1,0 +1,14 @@
+// peak.h — a probe of this machine's floating-point peak, for `kilnet bench` and the benchmarks.
+//   fma_peak_gflops(threads, seconds): runs independent FMA chains (AVX2/FMA: 12 ymm accumulators,
+//   unrolled; elsewhere: scalar multiply-add chains) on `threads` OpenMP threads for about
+//   `seconds` and returns the measured GFLOP/s summed over the threads (2 flops per FMA lane).
+//   The figure is what "% of peak" in `kilnet bench` divides by: measured, not a data-sheet number.
+//   threads >= 1, seconds > 0 (the bindings check this; the kernel trusts it).
+#pragma once
+#include "kilnet/common.h"
+
+namespace kilnet::cpu {
+
+double fma_peak_gflops(int threads, double seconds);
+
+}  // namespace kilnet::cpu

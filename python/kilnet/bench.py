@@ -1,0 +1,558 @@
+"""`kilnet bench`: time every CPU kernel family and the canonical training step against the
+machine's measured FMA peak and, when installed, numpy and PyTorch on the same data.
+
+For each thread count: the FMA peak is measured with kilnet._cpu.fma_peak_gflops (independent FMA
+chains, kilnet/peak.h), then each case is timed as the median of several calls after a warm-up
+(time.perf_counter). Compute-bound cases report GFLOP/s and % of that peak; memory-bound ones
+(activation, loss, Adam, pooling, batch norm) report GB/s of the bytes they must move. A peer's
+ratio is its time / kilnet's time (> 1: kilnet faster). Shapes and FLOP formulas follow
+benchmarks/bench_gemm.py, bench_conv2d.py, bench_rnn.py and bench_epoch.py.
+
+Self-contained: numpy is the only import at load time of the kernels' data; torch is imported
+lazily (_import_peer) and a missing peer prints "-". Performance is measured here, never asserted.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+FAMILIES = ("gemm", "conv2d", "activation", "softmax_ce", "adam", "pooling", "batchnorm", "rnn",
+            "train_step")
+
+
+def _import_peer(name):
+    """The peer library `name` (numpy, torch), or None when it cannot be imported."""
+    try:
+        return importlib.import_module(name)
+    except Exception:   # ImportError, or a broken install: the column shows "-"
+        return None
+
+
+class Case:
+    """One timed row: kilnet's call and its peers' on the same data.
+
+    work: flops (unit "GFLOP/s") or bytes moved (unit "GB/s") per call."""
+
+    def __init__(self, family, shape, kilnet, work, unit="GFLOP/s", numpy=None, torch=None, note=""):
+        self.family, self.shape, self.unit, self.work, self.note = family, shape, unit, work, note
+        self.fns = {"kilnet": kilnet, "numpy": numpy, "torch": torch}
+
+
+# ---- timing --------------------------------------------------------------------------------------
+
+def median_seconds(fn, quick):
+    """Median seconds per call of fn after warm-up: at least `min_reps` calls and about `budget` s."""
+    warm, min_reps, budget, max_reps = (1, 3, 0.03, 20) if quick else (2, 5, 0.25, 200)
+    for _ in range(warm):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < budget and len(times) < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def set_threads(n, torch):
+    """kilnet, numpy's BLAS (threadpoolctl when installed) and torch on n threads. Returns a
+    function that puts back the thread counts found (the run leaves the process as it was)."""
+    from kilnet import _cpu
+    old_k, old_t = _cpu.get_num_threads(), (torch.get_num_threads() if torch is not None else None)
+    limits = None
+    try:   # first: threadpoolctl's restore also puts back the OpenMP count it found
+        from threadpoolctl import threadpool_limits
+        limits = threadpool_limits(n, user_api="blas")
+    except Exception:
+        pass
+    _cpu.set_num_threads(n)
+    if torch is not None:
+        torch.set_num_threads(n)
+
+    def restore():
+        if limits is not None:
+            limits.restore_original_limits()
+        _cpu.set_num_threads(old_k)
+        if torch is not None:
+            torch.set_num_threads(old_t)
+    return restore
+
+
+# ---- machine facts -------------------------------------------------------------------------------
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def numpy_blas():
+    """Which BLAS numpy runs and its kernel (threadpoolctl), or '' when unknown."""
+    try:
+        from threadpoolctl import threadpool_info
+        for info in threadpool_info():
+            if info.get("user_api") == "blas":
+                return f"{info.get('internal_api')} {info.get('version') or ''} {info.get('architecture') or ''}".strip()
+    except Exception:
+        pass
+    return ""
+
+
+# ---- the cases -----------------------------------------------------------------------------------
+
+def _rng():
+    return np.random.default_rng(0)
+
+
+def gemm_cases(quick, torch):
+    from kilnet import _cpu
+    sq = 256 if quick else 512
+    shapes = [(f"square {sq}", sq, sq, sq, False, False),
+              ("dense fwd 32x21632.21632x10", 32, 10, 21632, False, False),
+              ("dense dW 21632x32^T.32x10", 21632, 10, 32, True, False),
+              ("dense dX 32x10.(21632x10)^T", 32, 21632, 10, False, True)]
+    if not quick:
+        shapes.insert(1, ("square 1024", 1024, 1024, 1024, False, False))
+    out = []
+    for name, M, N, K, ta, tb in shapes:
+        rng = _rng()
+        a = rng.uniform(-1, 1, (K, M) if ta else (M, K)).astype(np.float32)
+        b = rng.uniform(-1, 1, (N, K) if tb else (K, N)).astype(np.float32)
+        c = np.empty((M, N), np.float32)
+        oa, ob = (a.T if ta else a), (b.T if tb else b)
+        tfn = None
+        if torch is not None:
+            ta_, tb_, tc = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c)
+            toa, tob = (ta_.T if ta else ta_), (tb_.T if tb else tb_)
+            tfn = lambda toa=toa, tob=tob, tc=tc: torch.mm(toa, tob, out=tc)
+        out.append(Case("gemm", name, lambda a=a, b=b, c=c, ta=ta, tb=tb: _cpu.gemm(a, b, c, ta, tb),
+                        2.0 * M * N * K, numpy=lambda oa=oa, ob=ob, c=c: np.matmul(oa, ob, out=c), torch=tfn))
+    return out
+
+
+def conv2d_cases(quick, torch):
+    """Forward + backward. The canonical first layer (C = 1) needs no dx: fwd + dW = 2x forward
+    flops; the inner layer computes dx too: 3x (bench_conv2d.py)."""
+    from kilnet import _cpu
+    n2 = 16 if quick else 64
+    specs = [("N32 28x28x1->32 3x3 relu", 32, 28, 28, 1, 32, 0, "relu", False),
+             (f"N{n2} 14x14x32->64 3x3 same", n2, 14, 14, 32, 64, 1, "linear", True)]
+    out = []
+    for name, N, H, W, C, K, pad, act, need_dx in specs:
+        rng = _rng()
+        P, Q = H + 2 * pad - 2, W + 2 * pad - 2
+        x = rng.uniform(-1, 1, (N, H, W, C)).astype(np.float32)
+        w = rng.uniform(-0.3, 0.3, (3, 3, C, K)).astype(np.float32)
+        b = rng.uniform(-0.1, 0.1, (K,)).astype(np.float32)
+        y = np.empty((N, P, Q, K), np.float32)
+        dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
+        dx = np.empty_like(x) if need_dx else None
+        dw, db = np.empty_like(w), np.empty_like(b)
+
+        def k(x=x, w=w, b=b, y=y, dy=dy, dx=dx, dw=dw, db=db, pad=pad, act=act):
+            _cpu.conv2d_forward(x, w, b, y, (1, 1), (pad, pad), (1, 1), act)
+            dw.fill(0.0)
+            db.fill(0.0)
+            _cpu.conv2d_backward(dy, x, w, dx, dw, db, (1, 1), (pad, pad), (1, 1), act, y)
+        tfn = None
+        if torch is not None:
+            F = torch.nn.functional
+            tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(need_dx)
+            tw = torch.from_numpy(w.transpose(3, 2, 0, 1).copy()).requires_grad_(True)
+            tb = torch.from_numpy(b.copy()).requires_grad_(True)
+            tdy = torch.from_numpy(dy.transpose(0, 3, 1, 2).copy())
+
+            def tfn(tx=tx, tw=tw, tb=tb, tdy=tdy, pad=pad, act=act):
+                tw.grad = tb.grad = tx.grad = None
+                o = F.conv2d(tx, tw, tb, padding=pad)
+                if act == "relu":
+                    o = torch.relu(o)
+                o.backward(tdy)
+        flops = 2.0 * N * P * Q * K * 9 * C * (3 if need_dx else 2)
+        out.append(Case("conv2d", name + " f+b", k, flops, torch=tfn))
+    return out
+
+
+def activation_cases(quick, torch):
+    """ReLU forward (read x, write y) + backward (read y, dy, write dx): 20 bytes per element."""
+    from kilnet import _cpu
+    n = 1 << 20
+    rng = _rng()
+    x = rng.uniform(-1, 1, n).astype(np.float32)
+    dy = rng.uniform(-1, 1, n).astype(np.float32)
+    y, dx, mask = np.empty_like(x), np.empty_like(x), np.empty(n, bool)
+
+    def k():
+        _cpu.activation_forward("relu", x, y)
+        _cpu.activation_backward("relu", y, dy, dx)
+
+    def npf():
+        np.maximum(x, 0.0, out=y)
+        np.greater(y, 0.0, out=mask)
+        np.multiply(dy, mask, out=dx)
+    tfn = None
+    if torch is not None:
+        tx = torch.from_numpy(x.copy()).requires_grad_(True)
+        tdy = torch.from_numpy(dy)
+
+        def tfn():
+            tx.grad = None
+            torch.relu(tx).backward(tdy)
+    return [Case("activation", "relu f+b 1M", k, 20.0 * n, "GB/s", numpy=npf, torch=tfn)]
+
+
+def softmax_ce_cases(quick, torch):
+    """Fused softmax + cross-entropy, loss and gradient: read logits, write probs and grad
+    (12 bytes per element)."""
+    from kilnet import _cpu
+    out = []
+    for rows, cols in ((256, 10), (1024, 1000) if quick else (4096, 1000)):
+        rng = _rng()
+        x = rng.normal(0, 2, (rows, cols)).astype(np.float32)
+        lab = rng.integers(0, cols, rows).astype(np.int64)
+        probs, grad = np.empty_like(x), np.empty_like(x)
+        r = np.arange(rows)
+
+        def k(x=x, lab=lab, probs=probs, grad=grad):
+            _cpu.softmax_crossentropy(x, lab, None, probs, grad)
+
+        def npf(x=x, lab=lab, grad=grad, r=r, rows=rows):
+            e = np.exp(x - x.max(axis=1, keepdims=True))
+            p = e / e.sum(axis=1, keepdims=True)
+            loss = -np.log(p[r, lab]).mean()
+            np.copyto(grad, p)
+            grad[r, lab] -= 1.0
+            grad /= rows
+            return loss
+        tfn = None
+        if torch is not None:
+            tx = torch.from_numpy(x.copy()).requires_grad_(True)
+            tl = torch.from_numpy(lab)
+
+            def tfn(tx=tx, tl=tl):
+                tx.grad = None
+                torch.nn.functional.cross_entropy(tx, tl).backward()
+        out.append(Case("softmax_ce", f"{rows}x{cols} f+b", k, 12.0 * rows * cols, "GB/s", numpy=npf, torch=tfn))
+    return out
+
+
+def adam_cases(quick, torch):
+    """One Adam step over 1M parameters: read p, g, m, v and write p, m, v: 28 bytes per element."""
+    from kilnet import _cpu
+    n = 1 << 20
+    rng = _rng()
+    p = rng.uniform(-1, 1, n).astype(np.float32)
+    g = rng.uniform(-1, 1, n).astype(np.float32) * 1e-2
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    lr, b1, b2, eps = 1e-3, 0.9, 0.999, 1e-7
+    step = [0]
+
+    def k():
+        step[0] += 1
+        _cpu.adam_update(p, g, m, v, lr, b1, b2, eps, step[0])
+    pn, mn, vn, tmp = p.copy(), np.zeros_like(p), np.zeros_like(p), np.empty_like(p)
+    nstep = [0]
+
+    def npf():
+        nstep[0] += 1
+        t = nstep[0]
+        np.multiply(mn, b1, out=mn)
+        np.multiply(g, 1 - b1, out=tmp)
+        np.add(mn, tmp, out=mn)
+        np.multiply(vn, b2, out=vn)
+        np.multiply(g, g, out=tmp)
+        np.multiply(tmp, 1 - b2, out=tmp)
+        np.add(vn, tmp, out=vn)
+        a = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        np.sqrt(vn, out=tmp)
+        np.add(tmp, eps, out=tmp)
+        np.divide(mn, tmp, out=tmp)
+        np.multiply(tmp, a, out=tmp)
+        np.subtract(pn, tmp, out=pn)
+    tfn, note = None, ""
+    if torch is not None:
+        tp = torch.nn.Parameter(torch.from_numpy(p.copy()))
+        tp.grad = torch.from_numpy(g.copy())
+        opt = None
+        for kw in ({"fused": True}, {"foreach": True}, {}):
+            try:
+                opt = torch.optim.Adam([tp], lr=lr, betas=(b1, b2), eps=eps, **kw)
+                opt.step()
+                note = "torch " + (next(iter(kw)) if kw else "default")
+                break
+            except Exception:
+                opt = None
+        if opt is not None:
+            tfn = opt.step
+    return [Case("adam", "1M params", k, 28.0 * n, "GB/s", numpy=npf, torch=tfn, note=note)]
+
+
+def pooling_cases(quick, torch):
+    """Max pool 2x2 / 2 forward (read x, write y = x/4) + backward (read x, dy, write dx):
+    3.5 x 4 bytes per input element."""
+    from kilnet import _cpu
+    N, H, W, C = (16 if quick else 64), 28, 28, 32
+    rng = _rng()
+    x = rng.uniform(-1, 1, (N, H, W, C)).astype(np.float32)
+    y = np.empty((N, H // 2, W // 2, C), np.float32)
+    dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
+    dx = np.empty_like(x)
+
+    def k():
+        _cpu.maxpool2d_forward(x, y, (2, 2), (2, 2))
+        _cpu.maxpool2d_backward(x, dy, dx, (2, 2), (2, 2))
+
+    def npf():
+        v = x.reshape(N, H // 2, 2, W // 2, 2, C)
+        yy = v.max(axis=(2, 4))
+        mask = v == yy[:, :, None, :, None, :]          # ties: every maximum gets dy (close enough)
+        np.multiply(mask, dy[:, :, None, :, None, :], out=dx.reshape(v.shape))
+    tfn = None
+    if torch is not None:
+        tx = torch.from_numpy(x).permute(0, 3, 1, 2).detach().requires_grad_(True)   # channels_last
+        tdy = torch.from_numpy(dy).permute(0, 3, 1, 2)
+
+        def tfn():
+            tx.grad = None
+            torch.nn.functional.max_pool2d(tx, 2, 2).backward(tdy)
+    return [Case("pooling", f"max 2x2 ({N},{H},{W},{C}) f+b", k, 14.0 * x.size, "GB/s", numpy=npf, torch=tfn)]
+
+
+def batchnorm_cases(quick, torch):
+    """Training-mode batch norm forward (read x, write y) + backward (read x, dy, write dx): 20
+    bytes per element (the statistics passes over x are not counted)."""
+    from kilnet import _cpu
+    N, H, W, C = (16 if quick else 64), 28, 28, 32
+    rng = _rng()
+    x = rng.normal(0, 1, (N, H, W, C)).astype(np.float32)
+    dy = rng.normal(0, 1, x.shape).astype(np.float32)
+    y, dx = np.empty_like(x), np.empty_like(x)
+    gamma, beta = np.ones(C, np.float32), np.zeros(C, np.float32)
+    mm, mv, mean, invstd = (np.zeros(C, np.float32) for _ in range(4))
+    dg, dbeta = np.zeros(C, np.float32), np.zeros(C, np.float32)
+
+    def k():
+        _cpu.batchnorm_forward(x, gamma, beta, mm, mv, mean, invstd, y, 0.99, 1e-3, True)
+        _cpu.batchnorm_backward(x, dy, gamma, mean, invstd, dx, dg, dbeta, True)
+    x2, dy2 = x.reshape(-1, C), dy.reshape(-1, C)
+
+    def npf():
+        mu = x2.mean(axis=0)
+        xc = x2 - mu
+        inv = 1.0 / np.sqrt((xc * xc).mean(axis=0) + 1e-3)
+        xh = xc * inv
+        np.multiply(xh, gamma, out=y.reshape(-1, C))
+        y.reshape(-1, C)[...] += beta
+        db_ = dy2.sum(axis=0)
+        dg_ = (dy2 * xh).sum(axis=0)
+        M = x2.shape[0]
+        dx.reshape(-1, C)[...] = (gamma * inv / M) * (M * dy2 - db_ - xh * dg_)
+    tfn = None
+    if torch is not None:
+        tx = torch.from_numpy(x).permute(0, 3, 1, 2).detach().requires_grad_(True)
+        tdy = torch.from_numpy(dy).permute(0, 3, 1, 2)
+        tg = torch.ones(C, requires_grad=True)
+        tb = torch.zeros(C, requires_grad=True)
+        rm, rv = torch.zeros(C), torch.ones(C)
+
+        def tfn():
+            tx.grad = tg.grad = tb.grad = None
+            torch.nn.functional.batch_norm(tx, rm, rv, tg, tb, training=True, momentum=0.01,
+                                           eps=1e-3).backward(tdy)
+    return [Case("batchnorm", f"train ({N},{H},{W},{C}) f+b", k, 20.0 * x.size, "GB/s", numpy=npf, torch=tfn)]
+
+
+def rnn_cases(quick, torch):
+    """SimpleRNN and LSTM over a whole sequence, forward + backward through time without dx
+    (bench_rnn.py): 2*B*T*G*H*(2I + 3H) flops."""
+    from kilnet import _cpu
+    B, T, I, H = (16 if quick else 64), 28, 28, 128
+    out = []
+    for layer, cell, G, tname in (("SimpleRNN", "simple_rnn", 1, "RNN"), ("LSTM", "lstm", 4, "LSTM")):
+        rng = _rng()
+        x = rng.uniform(-1, 1, (B, T, I)).astype(np.float32)
+        w = rng.uniform(-0.1, 0.1, (I, G * H)).astype(np.float32)
+        u = rng.uniform(-0.1, 0.1, (H, G * H)).astype(np.float32)
+        b = np.zeros(G * H, np.float32)
+        y = np.empty((B, T, H), np.float32)
+        dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
+        ws_n, scratch_n = _cpu.rnn_workspace_size(cell, B, T, I, H)
+        ws, scratch = np.empty(ws_n, np.float32), np.empty(scratch_n, np.float32)
+        dw, du, db = np.zeros_like(w), np.zeros_like(u), np.zeros_like(b)
+
+        def k(cell=cell, x=x, w=w, u=u, b=b, y=y, ws=ws, dy=dy, scratch=scratch, dw=dw, du=du, db=db):
+            _cpu.rnn_forward(cell, x, w, u, b, y, ws, None, None, "tanh", "sigmoid", False)
+            _cpu.rnn_backward(cell, dy, x, w, u, ws, scratch, None, dw, du, db, None, None,
+                              "tanh", "sigmoid", False)
+        tfn = None
+        if torch is not None:
+            mod = getattr(torch.nn, tname)(I, H, batch_first=True)
+            tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
+
+            def tfn(mod=mod, tx=tx, tdy=tdy):
+                mod.zero_grad(set_to_none=True)
+                o, _ = mod(tx)
+                o.backward(tdy)
+        out.append(Case("rnn", f"{layer} B{B} T{T} I{I} H{H} f+b", k, 2.0 * B * T * G * H * (2 * I + 3 * H),
+                        torch=tfn))
+    return out
+
+
+def train_step_cases(quick, torch):
+    """One training step of the canonical model at batch 32 (cli.canonical_model): Conv2D(32, 3x3,
+    relu) -> Flatten -> Dense(10, softmax), Adam. Flops: conv fwd + dW and dense fwd + dW + dX,
+    about 66 MFLOP per batch of 32 (issue 3)."""
+    from kilnet.cli import canonical_model
+    from kilnet.models import _Buffers
+    from kilnet.utils import set_random_seed
+    B = 32
+    rng = _rng()
+    x = rng.uniform(0, 1, (256, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, 256).astype(np.int64)
+    set_random_seed(0)
+    model = canonical_model()
+    xp, yp = model._prepare_fit(x, y, 0.0, None)[:2]
+    xb, yb = np.ascontiguousarray(xp[:B]), yp[:B].copy()
+    bufs = _Buffers(np)
+
+    def k():
+        model.train_on_batch_arrays(xb, yb, bufs)
+    conv = 2.0 * B * 26 * 26 * 32 * 9
+    dense = 2.0 * B * 21632 * 10
+    flops = 2 * conv + 3 * dense
+    tfn = None
+    if torch is not None:
+        nn = torch.nn
+        torch.manual_seed(0)
+        tm = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 26 * 26, 10))
+        opt = torch.optim.Adam(tm.parameters(), lr=1e-3, eps=1e-7)
+        lossf = nn.CrossEntropyLoss()
+        tx = torch.from_numpy(xb.transpose(0, 3, 1, 2).copy())
+        ty = torch.from_numpy(y[:B].copy())
+
+        def tfn():
+            opt.zero_grad()
+            lossf(tm(tx), ty).backward()
+            opt.step()
+    return [Case("train_step", "canonical CNN batch 32", k, flops, torch=tfn, note="samples/s")]
+
+
+CASES = {"gemm": gemm_cases, "conv2d": conv2d_cases, "activation": activation_cases,
+         "softmax_ce": softmax_ce_cases, "adam": adam_cases, "pooling": pooling_cases,
+         "batchnorm": batchnorm_cases, "rnn": rnn_cases, "train_step": train_step_cases}
+
+
+# ---- the run -------------------------------------------------------------------------------------
+
+def _fmt_ms(s):
+    return "-" if s is None else f"{s * 1e3:.3f}" if s < 1e-2 else f"{s * 1e3:.2f}"
+
+
+def _fmt_ratio(peer, mine):
+    return "-" if peer is None or not mine else f"{peer / mine:.2f}x"
+
+
+def parse_threads(values):
+    """--threads 1 2, --threads 1,2 or nothing (1 and all cores)."""
+    out = []
+    for v in values or []:
+        for part in str(v).split(","):
+            if part.strip():
+                n = int(part)
+                if n < 1:
+                    raise ValueError(f"--threads: thread counts must be >= 1, got {n}")
+                out.append(n)
+    if not out:
+        out = [1, os.cpu_count() or 1]
+    return list(dict.fromkeys(out))
+
+
+def parse_only(value):
+    if not value:
+        return list(FAMILIES)
+    fams = [f.strip() for f in value.split(",") if f.strip()]
+    bad = [f for f in fams if f not in FAMILIES]
+    if bad:
+        raise ValueError(f"--only: unknown famil{'y' if len(bad) == 1 else 'ies'} {', '.join(bad)}; "
+                         f"choose from {', '.join(FAMILIES)}")
+    return fams
+
+
+def run(threads=None, quick=False, only=None, out=print):
+    """Run the benchmark and print the tables; returns the rows as dicts."""
+    from kilnet import _cpu
+    threads = parse_threads(threads)
+    fams = parse_only(only)
+    np_ = _import_peer("numpy")
+    torch = _import_peer("torch")
+    blas = numpy_blas()
+    out(f"kilnet bench: {cpu_model()}, {os.cpu_count()} logical cores; kilnet SIMD {_cpu.simd_level()}; "
+        f"numpy {np_.__version__ if np_ else '-'}{' (' + blas + ')' if blas else ''}; "
+        f"torch {torch.__version__ if torch else '-'}" + ("; quick" if quick else ""))
+    if any(v in os.environ for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")):
+        out("note: OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set: numpy's column is not OpenBLAS's own kernel")
+    rows = []
+    for n in threads:
+        restore = set_threads(n, torch)
+        try:
+            _run_threads(n, fams, quick, np_, torch, rows, out)
+        finally:
+            restore()
+    return rows
+
+
+def _run_threads(n, fams, quick, np_, torch, rows, out):
+    """One thread count: the peak, then every case; prints the table."""
+    from kilnet import _cpu
+    hdr = ("family", "shape", "kilnet ms", "rate", "unit", "% peak", "numpy ms", "np/kl", "torch ms", "torch/kl")
+    # The peak is probed before and after the cases and the larger kept: on a shared machine a
+    # probe that lost its core for a while would understate it (and inflate "% peak").
+    probe_s = 0.05 if quick else 0.3
+    peak = _cpu.fma_peak_gflops(n, probe_s)
+    timed = []
+    for fam in fams:
+        for case in CASES[fam](quick, torch):
+            t = {}
+            for lib, fn in case.fns.items():
+                if lib == "numpy" and np_ is None:
+                    fn = None
+                t[lib] = None if fn is None else median_seconds(fn, quick)
+            timed.append((fam, case, t))
+    peak = max(peak, _cpu.fma_peak_gflops(n, probe_s))
+    out("")
+    out(f"threads {n}: measured FMA peak {peak:.1f} GFLOP/s "
+        f"({peak / n:.1f} per thread); ratios are peer time / kilnet time (> 1: kilnet faster)")
+    table = []
+    for fam, case, t in timed:
+        k = t["kilnet"]
+        rate = case.work / k * 1e-9
+        pct = f"{100 * rate / peak:.0f}" if case.unit == "GFLOP/s" and peak > 0 else "-"
+        row = {"threads": n, "family": fam, "shape": case.shape, "kilnet_s": k, "rate": rate,
+               "unit": case.unit, "peak_gflops": peak, "numpy_s": t["numpy"], "torch_s": t["torch"]}
+        rows.append(row)
+        shape = case.shape
+        if case.note == "samples/s":
+            shape += f" ({32 / k:,.0f} samples/s" + (f", torch {32 / t['torch']:,.0f}" if t["torch"] else "") + ")"
+        elif case.note:
+            shape += f" ({case.note})"
+        table.append((fam, shape, _fmt_ms(k), f"{rate:.1f}", case.unit, pct, _fmt_ms(t["numpy"]),
+                      _fmt_ratio(t["numpy"], k), _fmt_ms(t["torch"]), _fmt_ratio(t["torch"], k)))
+    widths = [max(len(str(r[i])) for r in [hdr] + table) for i in range(len(hdr))]
+    left = {0, 1, 4}
+    fmt = lambda r: "  ".join(str(c).ljust(w) if i in left else str(c).rjust(w)
+                              for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    out(fmt(hdr))
+    out("  ".join("-" * w for w in widths))
+    for r in table:
+        out(fmt(r))
+    return table

@@ -1,0 +1,84 @@
+"""`kilnet bench` and the FMA peak probe behind it. Performance is measured, never asserted here:
+these tests check that the probe answers, that every family prints a row, and that the command
+works without PyTorch."""
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kilnet import _cpu, bench
+from kilnet.cli import main
+
+
+def test_fma_peak_is_positive_and_finite():
+    g = _cpu.fma_peak_gflops(1, 0.02)
+    assert math.isfinite(g) and g > 0
+    assert _cpu.fma_peak_gflops(threads=2, seconds=0.02) > 0
+    assert not hasattr(_cpu.ref, "fma_peak_gflops")   # no reference variant
+
+
+@pytest.mark.parametrize("kwargs", [{"threads": 0}, {"threads": -1}, {"seconds": 0.0}, {"seconds": -1.0},
+                                    {"seconds": 10.5}, {"seconds": float("nan")}])
+def test_fma_peak_bad_arguments(kwargs):
+    with pytest.raises(ValueError, match="fma_peak_gflops"):
+        _cpu.fma_peak_gflops(**kwargs)
+
+
+def test_fma_peak_portable_path():
+    """KILNET_SIMD=scalar: the portable multiply-add chains answer too."""
+    code = "from kilnet import _cpu; assert _cpu.simd_level() == 'scalar'; print(_cpu.fma_peak_gflops(1, 0.02))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "KILNET_SIMD": "scalar"})
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout) > 0
+
+
+def _rows(text):
+    """family -> number of table rows, and the peaks printed."""
+    fams, peaks = {}, []
+    for line in text.splitlines():
+        word = line.split(" ", 1)[0]
+        if word in bench.FAMILIES:
+            fams[word] = fams.get(word, 0) + 1
+        if "measured FMA peak" in line:
+            peaks.append(float(line.split("measured FMA peak")[1].split()[0]))
+    return fams, peaks
+
+
+def test_bench_quick_prints_every_family(capsys):
+    before = _cpu.get_num_threads()
+    assert main(["bench", "--quick", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    fams, peaks = _rows(out)
+    assert set(fams) == set(bench.FAMILIES), out
+    assert len(peaks) == 1 and peaks[0] > 0
+    assert "SIMD " + _cpu.simd_level() in out
+    assert _cpu.get_num_threads() == before   # the run puts the thread count back
+
+
+def test_bench_only_gemm_subprocess():
+    r = subprocess.run([sys.executable, "-m", "kilnet", "bench", "--quick", "--threads", "1", "--only", "gemm"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    fams, peaks = _rows(r.stdout)
+    assert set(fams) == {"gemm"} and fams["gemm"] >= 4, r.stdout
+    assert peaks and peaks[0] > 0
+
+
+def test_bench_without_torch(monkeypatch, capsys):
+    real = bench._import_peer
+    monkeypatch.setattr(bench, "_import_peer", lambda name: None if name == "torch" else real(name))
+    rows = bench.run(threads=["1"], quick=True, only="activation,adam,train_step")
+    out = capsys.readouterr().out
+    assert {r["family"] for r in rows} == {"activation", "adam", "train_step"}
+    assert all(r["torch_s"] is None and r["kilnet_s"] > 0 for r in rows)
+    assert all(r["numpy_s"] > 0 for r in rows if r["family"] in ("activation", "adam"))
+    assert "torch -" in out
+
+
+def test_bench_bad_options(capsys):
+    assert main(["bench", "--only", "nosuch"]) == 2
+    assert "unknown family nosuch" in capsys.readouterr().err
+    assert main(["bench", "--threads", "0"]) == 2
