@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+#include "softmax_internal.h"
 #include "kilnet/activation.h"
 #include "kilnet/detail/elementwise.h"
 #include "parallel.h"
@@ -60,14 +61,40 @@ void activation_backward_ref(Act act, index_t n, const float* y, const float* dy
   for (index_t i = 0; i < n; ++i) dx[i] = act_backward(act, y[i], dy[i]);
 }
 
+// The two passes of a softmax row (softmax_internal.h): vector code with AVX2, else these loops.
+namespace softmax_detail {
+
+float row_max(index_t n, const float* x) {
+#if defined(KILNET_HAVE_AVX2_BUILD)
+  if (use_avx2()) return row_max_avx2(n, x);
+#endif
+  float mx = x[0];
+  for (index_t j = 1; j < n; ++j) mx = std::max(mx, x[j]);
+  return mx;
+}
+
+double exp_shift_sum(index_t n, const float* x, float shift, float* out) {
+  if (!out) {   // only the sum is wanted: exps go to a small buffer, a chunk at a time
+    float buf[256];
+    double sum = 0.0;
+    for (index_t j = 0; j < n; j += 256) sum += exp_shift_sum(std::min<index_t>(256, n - j), x + j, shift, buf);
+    return sum;
+  }
+#if defined(KILNET_HAVE_AVX2_BUILD)
+  if (use_avx2()) return exp_shift_sum_avx2(n, x, shift, out);
+#endif
+  double sum = 0.0;
+  for (index_t j = 0; j < n; ++j) { out[j] = std::exp(x[j] - shift); sum += out[j]; }
+  return sum;
+}
+
+}  // namespace softmax_detail
+
 // One row: subtract the max so exp never overflows, then normalize. The sum is accumulated in
 // double: a float running sum over a long row (a 1e5-word vocabulary) drifts by ~1e-4 relative.
 static inline void softmax_row(index_t cols, const float* x, float* y) {
-  float mx = x[0];
-  for (index_t j = 1; j < cols; ++j) mx = std::max(mx, x[j]);
-  double sum = 0.0;
-  for (index_t j = 0; j < cols; ++j) { y[j] = std::exp(x[j] - mx); sum += y[j]; }
-  const float inv = float(1.0 / sum);
+  const float mx = softmax_detail::row_max(cols, x);
+  const float inv = float(1.0 / softmax_detail::exp_shift_sum(cols, x, mx, y));
   for (index_t j = 0; j < cols; ++j) y[j] *= inv;
 }
 

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <vector>
+#include "softmax_internal.h"
 #include "kilnet/loss.h"
 #include "kilnet/detail/elementwise.h"
 #include "parallel.h"
@@ -124,10 +125,11 @@ double softmax_crossentropy(index_t rows, index_t cols, const float* x, const st
   const float scale = 1.f / float(rows);
   double total = sum_rows(rows, cols, [&](index_t i) {
     const float* xr = x + i * cols;
-    float mx = xr[0];
-    for (index_t j = 1; j < cols; ++j) mx = std::max(mx, xr[j]);
-    double sum = 0.0;   // double: a float running sum drifts ~1e-4 relative over 1e5 classes
-    for (index_t j = 0; j < cols; ++j) sum += std::exp(xr[j] - mx);
+    const float mx = softmax_detail::row_max(cols, xr);
+    // exp(x - max) goes where the probabilities or the gradient will be (the second pass then
+    // scales it instead of computing exp again); the sum is in double (softmax_internal.h).
+    float* e = probs ? probs + i * cols : (grad ? grad + i * cols : nullptr);
+    const double sum = softmax_detail::exp_shift_sum(cols, xr, mx, e);
     // -log softmax_j = (mx - x_j) + log(sum): never form mx + log(sum) in float, whose rounding
     // (ulp(1e4) = 1e-3) would swamp a small loss. Exact for any logit size.
     const double logsum = std::log(sum);
@@ -144,8 +146,11 @@ double softmax_crossentropy(index_t rows, index_t cols, const float* x, const st
       }
     }
     const float tsumf = float(tsum);
+    if (!e) return loss;
+    // (p - t) is formed before scaling: for a sample the model already gets right p ~ t and
+    // the difference is exact, where p*scale - t*scale would keep only its rounding error.
     for (index_t j = 0; j < cols; ++j) {
-      const float pj = std::exp(xr[j] - mx) * inv;
+      const float pj = e[j] * inv;
       if (probs) probs[i * cols + j] = pj;
       if (grad) {
         const float tj = labels ? (j == labels[i] ? 1.f : 0.f) : t[i * cols + j];
