@@ -1,5 +1,6 @@
 // gemm.cpp — row-major SGEMM: the dispatch, the reference, and the bias gradient.
 #include <algorithm>
+#include <vector>
 #include <cstdlib>
 #include <new>
 #if defined(__SSE2__)
@@ -297,6 +298,47 @@ Rect thread_rect(index_t M, index_t N, int nt, int t) {
           cut(sn, tn, tj, NR, N), cut(sn, tn, tj + 1, NR, N)};
 }
 
+// A tiny C with a long K (the Dense layer's forward: 32 x 10 from K = 21632). Cutting C between
+// threads would make every thread read all of op(B), the weights: each core then holds a copy
+// of lines that the optimizer, working on its own half of the parameter buffer, writes next,
+// and with two threads the Adam step that follows ran 2.5x slower than alone. So K is cut
+// instead, into kSplitKChunks fixed chunks (a function of K alone, never of the thread count):
+// thread t computes the partial products of its chunks, which the weights' rows in its half of
+// the buffer feed, and the partials are added in chunk order, so the result is the same for
+// any thread count.
+constexpr index_t kSplitKMaxC = 1024, kSplitKMinK = 8192, kSplitKChunks = 16;
+
+void gemm_split_k(const Problem& p, MicroKernel uk) {
+  const index_t MN = p.M * p.N;
+  std::vector<float> part(size_t(kSplitKChunks * MN));
+  bool failed = false;
+  const int nt = int(std::min<index_t>(omp_get_max_threads(), kSplitKChunks));
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (index_t c = 0; c < kSplitKChunks; ++c) {
+    const index_t k0 = p.K * c / kSplitKChunks, k1 = p.K * (c + 1) / kSplitKChunks;
+    Problem q = p;
+    q.K = k1 - k0;
+    q.A = p.ta ? p.A + k0 * p.lda : p.A + k0;     // op(A) columns k0..k1
+    q.B = p.tb ? p.B + k0 : p.B + k0 * p.ldb;     // op(B) rows k0..k1
+    q.beta = 0.f;
+    q.C = part.data() + c * MN;
+    q.ldc = p.N;
+    q.bias = nullptr;
+    if (!gemm_rect(q, uk, 0, p.M, 0, p.N)) {
+#pragma omp atomic write
+      failed = true;
+    }
+  }
+  if (failed) throw std::bad_alloc();
+  for (index_t i = 0; i < p.M; ++i)
+    for (index_t j = 0; j < p.N; ++j) {
+      float sum = 0.f;
+      for (index_t c = 0; c < kSplitKChunks; ++c) sum += part[size_t(c * MN + i * p.N + j)];
+      float* cij = p.C + i * p.ldc + j;
+      *cij = (p.beta != 0.f ? p.beta * *cij : 0.f) + sum + (p.bias ? p.bias[j] : 0.f);
+    }
+}
+
 }  // namespace
 
 void gemm(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, const float* A,
@@ -318,6 +360,10 @@ void gemm(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, const 
   const MicroKernel uk = ukernel_generic;
 #endif
   const index_t flops = 2 * M * N * K;
+  if (M * N <= kSplitKMaxC && K >= kSplitKMinK) {
+    gemm_split_k(p, uk);
+    return;
+  }
   const index_t tiles = ceil_div(M, MR) * ceil_div(N, NR);
   const int nt = int(std::min<index_t>({index_t(omp_get_max_threads()),
                                         std::max<index_t>(1, flops / kMinFlopsPerThread), tiles}));
