@@ -50,8 +50,9 @@ void gemm_ref(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, co
 // K block only; later K blocks accumulate onto C with beta = 1.
 // Threads: C is cut into a grid of rectangles on MR/NR sliver boundaries, one per thread, and
 // each thread runs the loops above on its own rectangle with its own packing buffers. No
-// barriers, no shared buffers; skinny shapes are cut along their long side. Every element is
-// computed by the same sequence of operations whatever the thread count.
+// barriers, no shared buffers; skinny shapes are cut along their long side, except a tiny C with
+// a long K (gemm_split_k), whose K is cut into fixed chunks. Every element is computed by the
+// same sequence of operations whatever the thread count.
 // ---------------------------------------------------------------------------------------------
 namespace {
 
