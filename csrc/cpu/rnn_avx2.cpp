@@ -9,6 +9,7 @@
 #include <immintrin.h>
 #include <cstdint>
 #include "rnn_internal.h"
+#include "vexp_avx2.h"   // exp8
 
 namespace kilnet::cpu::rnn_detail {
 namespace {
@@ -29,25 +30,6 @@ struct Part {
   __m256 ld(const float* p) const { return _mm256_maskload_ps(p, m); }
   void st(float* p, __m256 v) const { _mm256_maskstore_ps(p, m, v); }
 };
-
-// e^x, Cephes-style: x = n ln2 + r, a degree-6 polynomial for e^r, scaled by 2^n (~1 ulp);
-// below -88 it returns 0 (the true value is a denormal).
-inline __m256 exp8(__m256 x) {
-  // |x| <= 88 keeps 2^n finite (e^88 = 1.7e38), so 1 + e^x never reaches inf in sigmoid8.
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.f)), _mm256_set1_ps(88.f));
-  __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
 
 // 1/d: the 12-bit estimate and one Newton step (~1 ulp more than a division, several times the
 // throughput). d is in [1, inf] (sigmoid) or [4.9e-3, 1] (tanh's denominator): no zero or NaN.

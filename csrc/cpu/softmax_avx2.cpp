@@ -1,36 +1,12 @@
 // softmax_avx2.cpp — the softmax row passes on 8 lanes (softmax_internal.h). Compiled with
 // -mavx2 -mfma; called only when use_avx2().
-//
-// exp: Cephes' expf scheme. x = n ln2 + r with n = round(x log2 e) and |r| <= ln2/2 (ln 2 split
-// in a high and a low part so r is exact), exp(r) by a degree-7 polynomial (1 ulp on that
-// interval), then 2^n put straight into the exponent bits. Inputs below -87.33 (exp < the
-// smallest normal float) give exactly 0, NaN gives NaN; softmax only ever passes x - max <= 0.
+// exp8 (vexp_avx2.h) gives exactly 0 below -87.34 and keeps NaN; softmax passes x - max <= 0.
 #include <immintrin.h>
 #include "softmax_internal.h"
+#include "vexp_avx2.h"
 
 namespace kilnet::cpu::softmax_detail {
 namespace {
-
-inline __m256 exp_ps(__m256 x) {
-  const __m256 lo = _mm256_set1_ps(-87.33654f), hi = _mm256_set1_ps(88.3762626647949f);
-  const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-  // max_ps/min_ps return their SECOND operand when either is NaN: x goes second so a NaN
-  // stays NaN (and the softmax of a broken row is NaN, as with std::exp), never a quiet 0.
-  x = _mm256_min_ps(hi, _mm256_max_ps(lo, x));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);       // x - n ln2_hi
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);            // - n ln2_lo
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
-}
 
 inline double hsum_pd(__m256d v) {
   const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
@@ -64,7 +40,7 @@ double exp_shift_sum_avx2(index_t n, const float* x, float shift, float* out) {
     __m256 blk = _mm256_setzero_ps();
     const index_t end = (n - j >= 128) ? j + 128 : n;
     for (; j + 8 <= end; j += 8) {
-      const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), s));
+      const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), s));
       _mm256_storeu_ps(out + j, e);
       blk = _mm256_add_ps(blk, e);
     }
@@ -76,7 +52,7 @@ double exp_shift_sum_avx2(index_t n, const float* x, float shift, float* out) {
     alignas(32) float buf[8];
     const index_t k = n - j;
     for (index_t i = 0; i < 8; ++i) buf[i] = i < k ? x[j + i] : shift - 100.f;   // pad: exp -> 0
-    const __m256 e = exp_ps(_mm256_sub_ps(_mm256_load_ps(buf), s));
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_load_ps(buf), s));
     _mm256_store_ps(buf, e);
     for (index_t i = 0; i < k; ++i) { out[j + i] = buf[i]; sum += buf[i]; }
   }
