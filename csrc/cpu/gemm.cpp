@@ -311,7 +311,11 @@ constexpr index_t kSplitKMaxC = 1024, kSplitKMinK = 8192, kSplitKChunks = 16;
 
 void gemm_split_k(const Problem& p, MicroKernel uk) {
   const index_t MN = p.M * p.N;
-  std::vector<float> part(size_t(kSplitKChunks * MN));
+  // The partials (at most 16 x 1024 floats) live in a buffer the calling thread keeps, so the
+  // Dense forward of every training step allocates nothing.
+  thread_local std::vector<float> part;
+  part.resize(size_t(kSplitKChunks * MN));
+  float* const buf = part.data();   // the workers use this pointer: their own `part` is another
   bool failed = false;
   const int nt = int(std::min<index_t>(omp_get_max_threads(), kSplitKChunks));
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -322,7 +326,7 @@ void gemm_split_k(const Problem& p, MicroKernel uk) {
     q.A = p.ta ? p.A + k0 * p.lda : p.A + k0;     // op(A) columns k0..k1
     q.B = p.tb ? p.B + k0 : p.B + k0 * p.ldb;     // op(B) rows k0..k1
     q.beta = 0.f;
-    q.C = part.data() + c * MN;
+    q.C = buf + c * MN;
     q.ldc = p.N;
     q.bias = nullptr;
     if (!gemm_rect(q, uk, 0, p.M, 0, p.N)) {
@@ -334,7 +338,7 @@ void gemm_split_k(const Problem& p, MicroKernel uk) {
   for (index_t i = 0; i < p.M; ++i)
     for (index_t j = 0; j < p.N; ++j) {
       float sum = 0.f;
-      for (index_t c = 0; c < kSplitKChunks; ++c) sum += part[size_t(c * MN + i * p.N + j)];
+      for (index_t c = 0; c < kSplitKChunks; ++c) sum += buf[c * MN + i * p.N + j];
       float* cij = p.C + i * p.ldc + j;
       *cij = (p.beta != 0.f ? p.beta * *cij : 0.f) + sum + (p.bias ? p.bias[j] : 0.f);
     }
