@@ -5,7 +5,12 @@
 //   weight    dw [RSC x K]  += im2col(x)^T [RSC x NPQ] . dz [NPQ x K]       (split over NPQ)
 // with dz = act'(y) * dy formed as dy is read. Shapes (kilnet/conv2d.h): x NHWC, w RSCK,
 // y/dy NPQK. One templated kernel (igemm_kernel) runs all three: a loader class per operand
-// knows how to gather its tile, an epilogue class knows where the results go.
+// knows how to gather its tile, an epilogue knows where the results go. The host functions pick
+// the block tile from the GEMM's column count (128x128, 128x64, 128x32; 64x32 and 16x32 for small
+// weight gradients); reductions of 32 or fewer (the 28x28x1 first layer) use a direct forward
+// kernel instead. With tf32() on, igemm_tc_kernel does the same on TF32 WMMA tensor cores.
+// The weight gradient is split over pixels into cudaMallocAsync partials that one kernel adds in
+// a fixed order, so every result is deterministic (no atomics).
 // Tensors are limited to 2^31 - 1 elements each so that all index arithmetic is 32-bit.
 #include <climits>
 #include <cstdint>
