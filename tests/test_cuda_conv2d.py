@@ -98,7 +98,8 @@ def test_random_shapes_match_reference(gpu, i, shape):
 
 
 @pytest.mark.parametrize("act", ACTS)
-@pytest.mark.parametrize("C,K", [(1, 32), (3, 16), (4, 33), (8, 64), (16, 7), (33, 65), (64, 128), (12, 130)])
+@pytest.mark.parametrize("C,K", [(1, 32), (3, 16), (4, 33), (8, 64), (16, 7), (33, 65), (64, 128),
+                                 (12, 130), (16, 40), (5, 12), (8, 9)])
 def test_every_tile_config_and_activation(gpu, rng, act, C, K):
     # covers the tiny-reduction forward kernel (R*S*C <= 32) and each GEMM tile (K and C
     # below/above 32, 64), with both the float4 (C, K % 4 == 0) and the scalar gathers.

@@ -5,7 +5,12 @@
 //   weight    dw [RSC x K]  += im2col(x)^T [RSC x NPQ] . dz [NPQ x K]       (split over NPQ)
 // with dz = act'(y) * dy formed as dy is read. Shapes (kilnet/conv2d.h): x NHWC, w RSCK,
 // y/dy NPQK. One templated kernel (igemm_kernel) runs all three: a loader class per operand
-// knows how to gather its tile, an epilogue class knows where the results go.
+// knows how to gather its tile, an epilogue knows where the results go. The host functions pick
+// the block tile from the GEMM's column count (128x128, 128x64, 128x32; 64x32 and 16x32 for small
+// weight gradients); reductions of 32 or fewer (the 28x28x1 first layer) use a direct forward
+// kernel instead. With tf32() on, igemm_tc_kernel does the same on TF32 WMMA tensor cores.
+// The weight gradient is split over pixels into cudaMallocAsync partials that one kernel adds in
+// a fixed order, so every result is deterministic (no atomics).
 // Tensors are limited to 2^31 - 1 elements each so that all index arithmetic is 32-bit.
 #include <climits>
 #include <cstdint>
@@ -37,7 +42,9 @@ struct ConvArgs {
   int PQ, HW;
   int M, Ncols, KR;  // the GEMM: M x Ncols, reduction KR
   int klen;          // reduction length of one split (multiple of BK)
-  bool vec;          // the 4-wide gathers may use float4 (channel counts % 4, aligned pointers)
+  // float4 allowed (the channel count of that operand % 4 == 0 and its pointers aligned) for the
+  // A gather, the B gather, and the output stores.
+  bool vec_a, vec_b, vec_c;
 };
 
 // Block tile BM x BN, BK deep, each of the NT threads owning a TM x TN register tile.
@@ -114,7 +121,7 @@ struct FwdA {
       zero4(v[ps]);
       if (img[ps] < 0) continue;
       const int kk0 = k0 + kq[ps];
-      if (a.vec) {   // kk0 % 4 == 0 and C % 4 == 0 (so KR % 4 == 0): all four or none
+      if (a.vec_a) {   // kk0 % 4 == 0 and C % 4 == 0 (so KR % 4 == 0): all four or none
         if (kk0 < kend) {
           const int ih = ih0[ps] + r_[ps] * a.dh, iw = iw0[ps] + s_[ps] * a.dw;
           if (ih >= 0 && ih < a.H && iw >= 0 && iw < a.W)
@@ -171,7 +178,7 @@ struct RowB {
       const int kk = k0 + kr[ps], n = col[ps];
       if (kk >= kend || n >= a.Ncols) continue;
       const int off = kk * a.Ncols + n;
-      if (a.vec) {   // Ncols % 4 == 0 and n % 4 == 0: all four columns exist
+      if (a.vec_b) {   // Ncols % 4 == 0 and n % 4 == 0: all four columns exist
         set4(v[ps], ld4(src + off));
         if (Grad && a.act != Act::Linear) {
           float t[4]; set4(t, ld4(a.y + off));
@@ -245,8 +252,10 @@ struct DgradA {
   __device__ int tap(const ConvArgs& a, int ps, int r, int s) const {
     const int th = hp[ps] - r * a.dh, tw = wp[ps] - s * a.dw;
     if (th < 0 || tw < 0) return -1;
-    const int p = th / a.sh, q = tw / a.sw;
-    if (p * a.sh != th || q * a.sw != tw || p >= a.P || q >= a.Q) return -1;
+    int p = th, q = tw;   // stride 1 (the common case) needs no division
+    if (a.sh != 1) { p = th / a.sh; if (p * a.sh != th) return -1; }
+    if (a.sw != 1) { q = tw / a.sw; if (q * a.sw != tw) return -1; }
+    if (p >= a.P || q >= a.Q) return -1;
     return ((img[ps] * a.P + p) * a.Q + q) * a.K;
   }
   __device__ void load(const ConvArgs& a, int k0, int kend) {
@@ -255,7 +264,7 @@ struct DgradA {
       zero4(v[ps]);
       if (img[ps] < 0) continue;
       const int kk0 = k0 + kq[ps];
-      if (a.vec) {   // K % 4 == 0: the four k share (r, s)
+      if (a.vec_a) {   // K % 4 == 0: the four k share (r, s)
         const int k = k_[ps], s = s_[ps], r = r_[ps];
         k_[ps] += G::BK;   // the next call loads kk0 + BK
         while (k_[ps] >= a.K) { k_[ps] -= a.K; if (++s_[ps] == a.S) { s_[ps] = 0; ++r_[ps]; } }
@@ -324,7 +333,7 @@ struct DgradB {
       zero4(v[ps]);
       if (c[ps] < 0) continue;
       const int kk0 = k0 + kq[ps];
-      if (a.vec) {   // K % 4 == 0
+      if (a.vec_b) {   // K % 4 == 0
         if (kk0 < kend) set4(v[ps], ld4(a.w + (rs_[ps] * a.C + c[ps]) * a.K + k_[ps]));
         k_[ps] += G::BK;   // the next call loads kk0 + BK
         while (k_[ps] >= a.K) { k_[ps] -= a.K; ++rs_[ps]; }
@@ -396,7 +405,7 @@ struct WgradA {
       q_[ps] += G::BK;   // the next call loads pix + BK
       while (q_[ps] >= a.Q) { q_[ps] -= a.Q; if (++p_[ps] == a.P) { p_[ps] = 0; ++n_[ps]; } }
       if (pix >= kend || cc[ps][0] < 0) continue;   // m >= M for the first implies for all four
-      if (a.vec) {   // C % 4 == 0: the four m are channels c..c+3 of one tap
+      if (a.vec_a) {   // C % 4 == 0: the four m are channels c..c+3 of one tap
         const int ih = h0 + roff[ps][0], iw = w0 + soff[ps][0];
         if (ih >= 0 && ih < a.H && iw >= 0 && iw < a.W)
           set4(v[ps], ld4(a.x + ((n * a.H + ih) * a.W + iw) * a.C + cc[ps][0]));
@@ -448,10 +457,10 @@ __device__ void epilogue(const ConvArgs& a, int m0, int n0, const float (&acc)[G
       t[j] = acc[i][j] + bias[j];
       if (E == Epi::Forward) t[j] = act_forward(a.act, t[j]);
     }
-    // a.vec promises Ncols % 4 == 0 and an aligned output, so a group of 4 is all in or out.
+    // a.vec_c promises Ncols % 4 == 0 and an aligned output, so a group of 4 is all in or out.
     bool done = false;
     if constexpr (G::TN % 4 == 0) {
-      if (a.vec) {
+      if (a.vec_c) {
 #pragma unroll
         for (int j = 0; j < G::TN; j += 4)
           if (nc[j] < a.Ncols)   // nc[j..j+3] are consecutive
@@ -662,7 +671,7 @@ __global__ void conv_fwd_small_kernel(const ConvArgs a, int K4) {
       }
     }
     float* o = a.out + (long long)m * a.K + k;
-    if (a.vec) {   // K % 4 == 0, y aligned
+    if (a.vec_c) {   // K % 4 == 0, y aligned
       *reinterpret_cast<float4*>(o) = make_float4(act_forward(a.act, acc[0]), act_forward(a.act, acc[1]),
                                                   act_forward(a.act, acc[2]), act_forward(a.act, acc[3]));
     } else {
@@ -795,14 +804,16 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
   cudaStream_t st = as_stream(stream);
   const int K4 = (a.K + 3) / 4 * 4;
   if (a.KR <= 32 && index_t(a.KR + 1) * K4 <= 8192) {
-    a.vec = a.K % 4 == 0 && aligned16(y);
+    a.vec_c = a.K % 4 == 0 && aligned16(y);
     const index_t total = index_t(a.M) * (K4 / 4);
     const std::size_t smem = std::size_t(a.KR + 1) * K4 * sizeof(float);
     conv_fwd_small_kernel<<<grid_for(total, 256, 65535), 256, smem, st>>>(a, K4);
     KILNET_CHECK_LAUNCH("conv2d_forward_small");
     return;
   }
-  a.vec = a.C % 4 == 0 && a.K % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(y);
+  a.vec_a = a.C % 4 == 0 && aligned16(x);
+  a.vec_b = a.K % 4 == 0 && aligned16(w);
+  a.vec_c = a.K % 4 == 0 && aligned16(y);
   if (tf32()) {
     if (a.K > 32) fwd_gemm<TcM, true>(a, st);   // (a 128x128 tile spills at 2 blocks/SM)
     else fwd_gemm<TcN, true>(a, st);
@@ -830,7 +841,9 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
     if (a.KR == 0) {
       check(cudaMemsetAsync(dx, 0, std::size_t(a.M) * a.C * sizeof(float), st), "cudaMemsetAsync (dx)");
     } else {
-      a.vec = a.K % 4 == 0 && a.C % 4 == 0 && vy && aligned16(w) && aligned16(dx);
+      a.vec_a = a.K % 4 == 0 && vy;
+      a.vec_b = a.K % 4 == 0 && aligned16(w);
+      a.vec_c = a.C % 4 == 0 && aligned16(dx);
       if (tf32()) {
         if (a.C > 32) dgrad_gemm<TcM, true>(a, st);
         else dgrad_gemm<TcN, true>(a, st);
@@ -848,7 +861,9 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
   if (index_t(base.R) * base.S * base.C == 0 && !db) return;
   ConvArgs a = base;
   a.M = a.R * a.S * a.C; a.Ncols = a.K; a.KR = int(pixels);
-  a.vec = a.C % 4 == 0 && a.K % 4 == 0 && vy && aligned16(x);
+  a.vec_a = a.C % 4 == 0 && aligned16(x);
+  a.vec_b = a.K % 4 == 0 && vy;
+  a.vec_c = a.K % 4 == 0;   // the partials: cudaMallocAsync memory, splits x RSC x K floats
   keep_pool_memory();
   const bool tc = tf32();
   if (a.K > 64 && a.M >= 128) tc ? wgrad_gemm<TcM, true>(a, dw, db, st) : wgrad_gemm<CfgL>(a, dw, db, st);
