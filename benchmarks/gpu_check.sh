@@ -35,7 +35,7 @@ python3 -c "import kilnet, kilnet._cuda as c; print(kilnet.__file__, c.device_co
 
 echo "== CUDA tests"
 t0=$(date +%s)
-timeout 240 python3 -m pytest -q -p no:cacheprovider -o addopts="" --maxfail=40 $TESTS 2>&1 \
+timeout 240 python3 -m pytest -q -rs -p no:cacheprovider -o addopts="" --maxfail=40 $TESTS 2>&1 \
   | tee "$OUT/tests.log" | tail -40
 tests_rc=${PIPESTATUS[0]}
 echo "tests rc=$tests_rc in $(( $(date +%s) - t0 )) s"

@@ -175,3 +175,28 @@ def test_two_gpus_with_nccl_match_one(tmp_path, reference):
     got = np.load(out)
     for key in ("cnn", "rnn"):   # TF32 and other GPU reduction orders: a looser tolerance
         np.testing.assert_allclose(got[key], reference[key], rtol=1e-2, atol=1e-3, err_msg=key)
+
+
+@pytest.mark.cuda
+def test_nccl_path_on_one_gpu_matches_plain_fit(monkeypatch):
+    """The NCCL code (unique id, communicator, all-reduce of each gradient bucket on CuPy's
+    stream, the guarded end-of-epoch wait) with one rank: a sum over one rank changes nothing,
+    so the weights equal a plain GPU fit's. Two ranks need two GPUs (the test above)."""
+    from kilnet import distributed as dist
+    nccl = pytest.importorskip("cupy.cuda.nccl")
+    try:
+        nccl.get_version()
+    except Exception as e:   # CuPy without a loadable libnccl
+        pytest.skip(f"CuPy's NCCL is not usable here: {e}")
+    results = []
+    for distributed in (False, True):
+        if distributed:
+            monkeypatch.setenv("KILNET_DIST_NCCL", "1")
+            monkeypatch.setenv("KILNET_BUCKET_MB", "0.01")   # several buckets: several all-reduces
+        for build, data in ((worker.cnn, worker.data_cnn), (worker.rnn, worker.data_rnn)):
+            m, h = worker.train(build, data, 32, distributed, device="cuda")
+            results.append((m._params.get(), h["loss"]))
+    assert dist._S.nccl is not None and dist.size() == 1
+    for (w_plain, loss_plain), (w_nccl, loss_nccl) in zip(results[:2], results[2:]):
+        np.testing.assert_array_equal(w_nccl, w_plain)
+        np.testing.assert_allclose(loss_nccl, loss_plain, rtol=1e-6)

@@ -265,7 +265,6 @@ def draw_attribution(image, attribution, title, out):
 
 
 def cmd_explain(args) -> int:
-    import numpy as np
 
     from kilnet import explain
     from kilnet.datasets import fashion_mnist

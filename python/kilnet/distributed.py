@@ -48,13 +48,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sys
 import threading
 import time
 
 import numpy as np
+
+from kilnet.models import _OneProcess, _verbosity
 
 __all__ = ["init", "rank", "size", "local_rank", "is_main", "is_initialized", "barrier",
            "allreduce_mean", "check_model", "fit", "comm_seconds", "comm_timers", "use_local_gpu"]
@@ -498,11 +499,12 @@ class GradientSync:
             self.buckets.append(tuple(cur))
         self.start_at = {b[2]: k for k, b in enumerate(self.buckets)}
         self.on_gpu = model.device != "cpu"
-        self.nccl = _nccl_comm() if (self.on_gpu and _S.size > 1) else None
+        # NCCL for more than one rank; KILNET_DIST_NCCL=1 also for one, which checks a single-GPU
+        # machine's NCCL setup (id broadcast, communicator, all-reduce on kilnet's stream)
+        self.nccl = _nccl_comm() if (self.on_gpu and (_S.size > 1 or os.environ.get("KILNET_DIST_NCCL") == "1")) else None
         self.requests = []
         self.started = 0
         self.scale = 1.0
-        self.wait_seconds = 0.0
 
     def begin(self, local_n, global_n):
         """Before a step: this rank's and the global batch's number of samples."""
@@ -525,10 +527,10 @@ class GradientSync:
         if self.scale != 1.0:
             g *= np.float32(self.scale)
         self.started += 1
-        if _S.size == 1:
-            return
         if self.nccl is not None:
             _nccl_allreduce(self.nccl, g)
+            return
+        if _S.size == 1:
             return
         self.requests.append(_S.comm.Iallreduce(_in_place(), g, op=_sum()))
 
@@ -545,7 +547,6 @@ class GradientSync:
         with _watch("Iallreduce wait (gradients)"):
             _S.MPI.Request.Waitall(self.requests)
         dt = time.perf_counter() - t0
-        self.wait_seconds += dt
         _comm_seconds[0] += dt
         self.requests = []
 
@@ -674,10 +675,9 @@ def _evaluate_sharded(model, x, y, batch_size):
 
 def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data,
         shuffle, initial_epoch, val_batch_size, validation_freq):
-    """Sequential.fit(..., distributed=True) lands here (arguments already checked)."""
-    from kilnet.callbacks import Callback, CallbackList, CSVLogger, History, ModelCheckpoint
-    from kilnet.models import _Buffers, _Feed, _Progress, _verbosity, _warn_nan
-    from kilnet.utils import get_rng
+    """Sequential.fit(..., distributed=True) lands here (arguments already checked): the same
+    epoch loop as a one-process fit (Sequential._train), with a _Rank deciding the order, the
+    shards and the global figures."""
     init()
     if model.device != "cpu" and _S.size > 1:
         import cupy
@@ -686,114 +686,86 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
                                f"{cupy.cuda.Device().id}; call kilnet.distributed.use_local_gpu() before building "
                                "the model so that each rank has its own GPU")
     x, y, val = model._prepare_fit(x, y, validation_split, validation_data)
-
     n = len(x)
-    world = _S.size
-    global_batch = batch_size * world
-    steps = -(-n // global_batch)
     check_model(model, {"samples": n, "sample shape": tuple(x.shape[1:]), "data digest": _data_digest(x, y),
                         "batch_size": batch_size,
                         "epochs": epochs, "initial_epoch": initial_epoch, "shuffle": bool(shuffle),
                         "validation samples": None if val is None else len(val[0])})
     broadcast_state(model)
+    return model._train(_Rank(n, batch_size), x, y, val, batch_size, epochs, verbose, callbacks, shuffle,
+                        initial_epoch, val_batch_size, validation_freq)
 
-    verbose = _verbosity(verbose) if _S.rank == 0 else 0
-    history = History()
-    params = {"epochs": epochs, "steps": steps, "verbose": verbose, "batch_size": batch_size,
-              "samples": n, "world_size": world, "global_batch_size": global_batch}
-    user_cbs = list(callbacks or [])
-    # Per-step logs (and a per-step check of stop_training) only when some callback looks at
-    # them; decided from the callbacks every rank has, so all ranks do the same collectives.
-    batch_logs_wanted = _any_rank(any(type(cb).on_train_batch_end is not Callback.on_train_batch_end
-                                      or "on_train_batch_end" in vars(cb)   # LambdaCallback's hooks
-                                      for cb in user_cbs))
-    # Global running figures after every step cost a small Allreduce per step: only for such
-    # callbacks or for rank 0's live progress bar (a terminal); else once per epoch.
-    step_logs = _any_rank(batch_logs_wanted or (verbose == 1 and sys.stdout.isatty()))
-    if _S.rank != 0:
-        user_cbs = [cb for cb in user_cbs if not isinstance(cb, (ModelCheckpoint, CSVLogger))]
-    cbs = CallbackList(user_cbs + [history], model, params)
-    model.history = history
-    model.stop_training = False
-    on_gpu = model.device != "cpu"
-    xp = np
-    if on_gpu:
-        import cupy as xp
-    bufs = _Buffers(xp)
-    feed = _Feed(x, y, min(batch_size, n), model.device)
-    names = ["loss"] + [m.name for m in model.compiled_metrics]
-    sync = GradientSync(model)
-    rng = get_rng()
-    order_buf = np.empty(n, np.int64)
-    nan_warned = False
-    logs = None
-    model._grad_sync = sync
-    try:
-        cbs.on_train_begin({})
-        for epoch in range(initial_epoch, epochs):
-            cbs.on_epoch_begin(epoch, {})
-            for m in model.compiled_metrics:
-                m.reset_state()
-            if shuffle:
-                if _S.rank == 0:
-                    order_buf[:] = rng.permutation(n)
-                with _watch("Bcast (epoch order)"):
-                    _S.comm.Bcast(order_buf, root=0)
-                order = order_buf
-            else:
-                order = np.arange(n)
-            feed.start_epoch(order)
-            loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
-            dev_losses = xp.zeros(steps, np.float32) if on_gpu else None
-            sizes = np.zeros(steps, np.float32)
-            bar = _Progress(epoch, epochs, steps, verbose)
-            sync.wait_seconds = 0.0
-            for step in range(steps):
-                lo, hi = step * global_batch, min((step + 1) * global_batch, n)
-                a, b = _shard(lo, hi)
-                sync.begin(b - a, hi - lo)
-                cbs.on_train_batch_begin(step, {})
-                if b > a:
-                    xb, yb = feed.batch(a, b)
-                    loss, pred = model.train_on_batch_arrays(xb, yb, bufs,
-                                                             dev_losses[step:step + 1] if on_gpu else None)
-                    for m in model.compiled_metrics:
-                        m.update(pred, yb)
-                else:
-                    loss = _empty_step(model)
-                loss_sum += loss * (b - a)
-                sizes[step] = b - a
-                seen += b - a
-                if step_logs and (not on_gpu or batch_logs_wanted):
-                    extra = float(dev_losses[:step + 1] @ xp.asarray(sizes[:step + 1])) if on_gpu else 0.0
-                    batch_logs = _global_logs(loss_sum + extra, seen, model.compiled_metrics)
-                    if not math.isfinite(batch_logs["loss"]) and not nan_warned:
-                        nan_warned = True
-                        _warn_nan(batch_logs["loss"], epoch, step)
-                    cbs.on_train_batch_end(step, batch_logs)
-                    bar.update(step + 1, batch_logs)
-                if batch_logs_wanted:
-                    model.stop_training = _any_rank(model.stop_training)
-                    if model.stop_training:
-                        break
-            if on_gpu:   # waits for the epoch's GPU work, NCCL reductions included: guarded
-                with _watch("GPU stream (NCCL gradient reductions)"):
-                    host_losses = xp.asnumpy(dev_losses)
-                loss_sum += float(host_losses.astype(np.float64) @ sizes)
-            logs = _global_logs(loss_sum, seen, model.compiled_metrics)
-            if not nan_warned and not math.isfinite(logs["loss"]):
-                nan_warned = True
-                _warn_nan(logs["loss"], epoch, steps - 1)
-            average_non_trainable(model)
-            if val is not None and (epoch + 1) % validation_freq == 0:
-                vals = _evaluate_sharded(model, val[0], val[1], val_batch_size)
-                logs.update({"val_" + k: v for k, v in zip(names, vals)})
-            bar.finish(logs, time.perf_counter() - t0)
-            cbs.on_epoch_end(epoch, logs)
-            model.stop_training = _any_rank(model.stop_training)
-            if model.stop_training:
-                break
-        cbs.on_train_end(logs if epochs > initial_epoch else None)
-    finally:
+
+class _Rank(_OneProcess):
+    """One rank's side of fit's epoch loop: batch_size is per rank, so a step is a global batch
+    of batch_size * size() samples of which this rank trains on its slice (_shard)."""
+
+    def __init__(self, n, batch_size):
+        super().__init__(n, batch_size * _S.size)
+        self.params = {"world_size": _S.size, "global_batch_size": self.global_batch}
+        self.order_buf = np.empty(n, np.int64)
+
+    def verbosity(self, verbose):
+        verbose = _verbosity(verbose)
+        return verbose if _S.rank == 0 else 0   # only rank 0 prints
+
+    def callbacks(self, cbs):
+        from kilnet.callbacks import CSVLogger, ModelCheckpoint
+        if _S.rank == 0:
+            return cbs
+        return [cb for cb in cbs if not isinstance(cb, (ModelCheckpoint, CSVLogger))]   # rank 0 writes files
+
+    def any_rank(self, flag) -> bool:
+        return _any_rank(flag)
+
+    def start(self, model, batch_logs_wanted, verbose):
+        super().start(model, batch_logs_wanted, verbose)
+        # Global running figures after every step cost a small Allreduce per step: only for
+        # callbacks that look at them or for rank 0's live progress bar; else once per epoch.
+        # Decided on every rank alike, so that all ranks make the same collectives.
+        self.step_logs = _any_rank(batch_logs_wanted or (verbose == 1 and sys.stdout.isatty()))
+        self.sync = GradientSync(model)
+        model._grad_sync = self.sync
+
+    def order(self, rng, shuffle):
+        if not shuffle:
+            return np.arange(self.n)
+        if _S.rank == 0:   # rank 0 draws, as a one-process fit would, and every rank follows
+            self.order_buf[:] = rng.permutation(self.n)
+        with _watch("Bcast (epoch order)"):
+            _S.comm.Bcast(self.order_buf, root=0)
+        return self.order_buf
+
+    def begin_step(self, step):
+        lo, hi = super().begin_step(step)
+        a, b = _shard(lo, hi)
+        self.sync.begin(b - a, hi - lo)
+        return a, b
+
+    def empty_step(self, model):
+        return _empty_step(model)
+
+    def logs_due(self, step, bar) -> bool:
+        return self.step_logs and (not self.on_gpu or self.batch_logs_wanted)
+
+    def logs(self, loss_sum, seen, metrics):
+        return _global_logs(loss_sum, seen, metrics)
+
+    def stop_after_step(self, model) -> bool:
+        if not self.batch_logs_wanted:   # stop_training is only looked at per step when a callback can set it
+            return False
+        model.stop_training = _any_rank(model.stop_training)
+        return model.stop_training
+
+    def fetch(self, dev_losses):
+        with _watch("GPU stream (NCCL gradient reductions)"):   # waits for the epoch's GPU work
+            return dev_losses.get()
+
+    def epoch_end(self, model):
+        average_non_trainable(model)
+
+    def evaluate(self, model, x, y, batch_size):
+        return _evaluate_sharded(model, x, y, batch_size)
+
+    def finish(self, model):
         model._grad_sync = None
-    return history

@@ -331,75 +331,98 @@ class Sequential:
     def _fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data,
              shuffle, initial_epoch, val_batch_size, validation_freq):
         x, y, val = self._prepare_fit(x, y, validation_split, validation_data)
-        n = len(x)
-        steps = -(-n // batch_size)
-        verbose = _verbosity(verbose)
+        return self._train(_OneProcess(len(x), batch_size), x, y, val, batch_size, epochs, verbose, callbacks,
+                           shuffle, initial_epoch, val_batch_size, validation_freq)
+
+    def _train(self, run, x, y, val, batch_size, epochs, verbose, callbacks, shuffle, initial_epoch,
+               val_batch_size, validation_freq):
+        """fit's epoch loop, after _prepare_fit. `run` says what differs between one process
+        (_OneProcess) and one rank of a data-parallel job (kilnet.distributed._Rank): the epoch
+        order, which samples of each batch are this process's, and how the logs are summed."""
+        n, steps = len(x), run.steps
+        verbose = run.verbosity(verbose)
         history = History()
-        params = {"epochs": epochs, "steps": steps, "verbose": verbose, "batch_size": batch_size, "samples": n}
-        cbs = CallbackList(list(callbacks or []) + [history], self, params)
+        params = {"epochs": epochs, "steps": steps, "verbose": verbose, "batch_size": batch_size, "samples": n,
+                  **run.params}
+        user_cbs = list(callbacks or [])
+        # On the GPU the per-batch losses stay on the device and the logs are only assembled
+        # when something looks at them: the step never waits for the GPU otherwise.
+        batch_logs_wanted = run.any_rank(any(
+            getattr(type(cb), "on_train_batch_end", None) is not Callback.on_train_batch_end
+            or "on_train_batch_end" in vars(cb)   # LambdaCallback's hooks
+            for cb in user_cbs))
+        cbs = CallbackList(run.callbacks(user_cbs) + [history], self, params)
         self.history = history
         self.stop_training = False
         on_gpu = self.device != "cpu"
         xp = xp_of_device(self.device)
         bufs = _Buffers(xp)
         feed = _Feed(x, y, min(batch_size, n), self.device)
-        names = ["loss"] + [m.name for m in self.compiled_metrics]
-        # On the GPU the per-batch losses stay on the device and the logs are only assembled
-        # when something looks at them: the step never waits for the GPU otherwise.
-        batch_logs_wanted = any(type(cb).on_train_batch_end is not Callback.on_train_batch_end
-                                or "on_train_batch_end" in vars(cb)   # LambdaCallback's hooks
-                                for cb in cbs.callbacks if not isinstance(cb, History))
+        metrics = self.compiled_metrics
+        names = ["loss"] + [m.name for m in metrics]
         rng = get_rng()
         nan_warned = False
-        cbs.on_train_begin({})
-        for epoch in range(initial_epoch, epochs):
-            cbs.on_epoch_begin(epoch, {})
-            for m in self.compiled_metrics:
-                m.reset_state()
-            order = rng.permutation(n) if shuffle else np.arange(n)
-            feed.start_epoch(order)
-            loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
-            dev_losses = xp.zeros(steps, np.float32) if on_gpu else None
-            sizes = np.zeros(steps, np.float32)
-            bar = _Progress(epoch, epochs, steps, verbose)
-            for step in range(steps):
-                xb, yb = feed.batch(step * batch_size, min((step + 1) * batch_size, n))
-                cbs.on_train_batch_begin(step, {})
-                loss, pred = self.train_on_batch_arrays(xb, yb, bufs,
-                                                        dev_losses[step:step + 1] if on_gpu else None)
-                if not math.isfinite(loss) and not nan_warned:
+        logs = None
+        run.start(self, batch_logs_wanted, verbose)
+        try:
+            cbs.on_train_begin({})
+            for epoch in range(initial_epoch, epochs):
+                cbs.on_epoch_begin(epoch, {})
+                for m in metrics:
+                    m.reset_state()
+                feed.start_epoch(run.order(rng, shuffle))
+                loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
+                dev_losses = xp.zeros(steps, np.float32) if on_gpu else None
+                sizes = np.zeros(steps, np.float32)
+                bar = _Progress(epoch, epochs, steps, verbose)
+                for step in range(steps):
+                    a, b = run.begin_step(step)   # this process's samples of the step, in epoch order
+                    cbs.on_train_batch_begin(step, {})
+                    if b > a:
+                        xb, yb = feed.batch(a, b)
+                        loss, pred = self.train_on_batch_arrays(xb, yb, bufs,
+                                                                dev_losses[step:step + 1] if on_gpu else None)
+                        for m in metrics:
+                            m.update(pred, yb)
+                    else:
+                        loss = run.empty_step(self)
+                    loss_sum += loss * (b - a)
+                    sizes[step] = b - a
+                    seen += b - a
+                    if run.logs_due(step, bar):
+                        extra = float(dev_losses[:step + 1] @ xp.asarray(sizes[:step + 1])) if on_gpu else 0.0
+                        logs = run.logs(loss_sum + extra, seen, metrics)
+                        if not nan_warned and not math.isfinite(logs["loss"]):
+                            nan_warned = True
+                            _warn_nan(logs["loss"], epoch, step)
+                        cbs.on_train_batch_end(step, logs)
+                        bar.update(step + 1, logs)
+                    if run.stop_after_step(self):
+                        break
+                if on_gpu:   # the one wait for the GPU per epoch
+                    host_losses = run.fetch(dev_losses)
+                    done = int(np.count_nonzero(sizes))
+                    if not nan_warned and not np.isfinite(host_losses[:done]).all():
+                        nan_warned = True
+                        bad = int(np.argmin(np.isfinite(host_losses[:done])))
+                        _warn_nan(float(host_losses[bad]), epoch, bad)
+                    loss_sum += float(host_losses[:done].astype(np.float64) @ sizes[:done])
+                logs = run.logs(loss_sum, seen, metrics)
+                if not nan_warned and not math.isfinite(logs["loss"]):   # another rank's loss
                     nan_warned = True
-                    _warn_nan(loss, epoch, step)
-                loss_sum += loss * len(xb)
-                sizes[step] = len(xb)
-                seen += len(xb)
-                for m in self.compiled_metrics:
-                    m.update(pred, yb)
-                if not on_gpu or batch_logs_wanted or bar.due(step + 1):
-                    mean = (loss_sum + (float(dev_losses[:step + 1] @ xp.asarray(sizes[:step + 1]))
-                                        if on_gpu else 0.0)) / seen
-                    logs = {"loss": mean, **{m.name: m.result() for m in self.compiled_metrics}}
-                    cbs.on_train_batch_end(step, logs)
-                    bar.update(step + 1, logs)
+                    _warn_nan(logs["loss"], epoch, steps - 1)
+                run.epoch_end(self)
+                if val is not None and (epoch + 1) % validation_freq == 0:
+                    vals = run.evaluate(self, val[0], val[1], val_batch_size)
+                    logs.update({"val_" + k: v for k, v in zip(names, vals)})
+                bar.finish(logs, time.perf_counter() - t0)
+                cbs.on_epoch_end(epoch, logs)
+                self.stop_training = run.any_rank(self.stop_training)
                 if self.stop_training:
                     break
-            if on_gpu:   # the one wait for the GPU per epoch
-                host_losses = xp.asnumpy(dev_losses)
-                done = int(np.count_nonzero(sizes))
-                if not nan_warned and not np.isfinite(host_losses[:done]).all():
-                    nan_warned = True
-                    bad = int(np.argmin(np.isfinite(host_losses[:done])))
-                    _warn_nan(float(host_losses[bad]), epoch, bad)
-                loss_sum += float(host_losses[:done].astype(np.float64) @ sizes[:done])
-            logs = {"loss": loss_sum / max(seen, 1), **{m.name: m.result() for m in self.compiled_metrics}}
-            if val is not None and (epoch + 1) % validation_freq == 0:
-                vals = self._evaluate_arrays(val[0], val[1], val_batch_size)
-                logs.update({"val_" + k: v for k, v in zip(names, vals)})
-            bar.finish(logs, time.perf_counter() - t0)
-            cbs.on_epoch_end(epoch, logs)
-            if self.stop_training:
-                break
-        cbs.on_train_end(logs if epochs > initial_epoch else None)
+            cbs.on_train_end(logs if epochs > initial_epoch else None)
+        finally:
+            run.finish(self)
         return history
 
     # ------------------------------------------------------------------ evaluate / predict
@@ -585,7 +608,63 @@ def load_model(filepath, compile=True):
 def _warn_nan(loss, epoch, step):
     warnings.warn(f"fit: the loss became {loss} at epoch {epoch + 1}, batch {step}; the "
                   "weights are no longer finite (add callbacks.TerminateOnNaN() to stop there)",
-                  RuntimeWarning, stacklevel=4)
+                  RuntimeWarning, stacklevel=5)   # _warn_nan, _train, _fit or distributed.fit, fit, the caller
+
+
+class _OneProcess:
+    """Where fit's epoch loop (Sequential._train) depends on how many processes train: this is
+    one process; kilnet.distributed._Rank overrides each method for one rank of an MPI job."""
+
+    params: dict = {}   # extra entries for the callbacks' params
+
+    def __init__(self, n, global_batch):
+        self.n, self.global_batch = n, global_batch
+        self.steps = -(-n // global_batch)
+
+    def verbosity(self, verbose):
+        return _verbosity(verbose)
+
+    def callbacks(self, cbs):
+        return cbs
+
+    def any_rank(self, flag) -> bool:
+        return bool(flag)
+
+    def start(self, model, batch_logs_wanted, verbose):
+        self.on_gpu = model.device != "cpu"
+        self.batch_logs_wanted = batch_logs_wanted
+
+    def order(self, rng, shuffle):
+        return rng.permutation(self.n) if shuffle else np.arange(self.n)
+
+    def begin_step(self, step):
+        """[a, b): the positions in the epoch order this process trains on at this step."""
+        return step * self.global_batch, min((step + 1) * self.global_batch, self.n)
+
+    def empty_step(self, model):
+        raise AssertionError("one process never has an empty step")
+
+    def logs_due(self, step, bar) -> bool:
+        # on the CPU the figures are at hand; on the GPU only build them when looked at
+        return not self.on_gpu or self.batch_logs_wanted or bar.due(step + 1)
+
+    def logs(self, loss_sum, seen, metrics):
+        return {"loss": loss_sum / max(seen, 1), **{m.name: m.result() for m in metrics}}
+
+    def stop_after_step(self, model) -> bool:
+        return model.stop_training
+
+    def fetch(self, dev_losses):
+        return dev_losses.get()
+
+    def epoch_end(self, model):
+        pass
+
+    def evaluate(self, model, x, y, batch_size):
+        return model._evaluate_arrays(x, y, batch_size)
+
+    def finish(self, model):
+        pass
 
 
 class _Feed:
