@@ -177,6 +177,16 @@ def test_two_gpus_with_nccl_match_one(tmp_path, reference):
         np.testing.assert_allclose(got[key], reference[key], rtol=1e-2, atol=1e-3, err_msg=key)
 
 
+def test_nccl_unique_id_both_cupy_forms():
+    """CuPy's get_unique_id(): a tuple of signed chars in older versions, bytes in CuPy 14
+    (found on the H200): both give the same 128 bytes to broadcast."""
+    from kilnet.distributed import _unique_id_bytes
+    raw = bytes([10, 107, 206, 0, 2, 255, 0, 0] + [0] * 120)
+    as_ints = tuple(b - 256 if b > 127 else b for b in raw)
+    for form in (raw, as_ints):
+        np.testing.assert_array_equal(_unique_id_bytes(form), np.frombuffer(raw, np.uint8))
+
+
 @pytest.mark.cuda
 def test_nccl_path_on_one_gpu_matches_plain_fit(monkeypatch):
     """The NCCL code (unique id, communicator, all-reduce of each gradient bucket on CuPy's

@@ -563,16 +563,27 @@ def _nccl_comm():
     except Exception as e:   # ImportError, or CuPy built without NCCL
         raise RuntimeError("kilnet.distributed: training on GPUs over several ranks needs NCCL through CuPy "
                            f"(cupy.cuda.nccl): {e}; install NCCL (e.g. pip install nvidia-nccl-cu12)") from None
-    uid = np.zeros(128, np.int8)   # NCCL_UNIQUE_ID_BYTES
+    uid = np.zeros(128, np.uint8)   # NCCL_UNIQUE_ID_BYTES
     if _S.rank == 0:
-        uid[:] = np.asarray(nccl.get_unique_id(), np.int64).astype(np.int8)
+        uid[:] = _unique_id_bytes(nccl.get_unique_id())
     with _watch("Bcast (NCCL id)"):
         _S.comm.Bcast(uid, root=0)
     dev = cupy.cuda.Device().id
     with _watch("NCCL communicator setup"):   # blocks until every rank has joined
-        comm = nccl.NcclCommunicator(_S.size, tuple(int(v) for v in uid), _S.rank)
+        try:   # CuPy 14 takes the id as bytes, older CuPy as a tuple of signed chars
+            comm = nccl.NcclCommunicator(_S.size, uid.tobytes(), _S.rank)
+        except TypeError:
+            comm = nccl.NcclCommunicator(_S.size, tuple(int(v) for v in uid.view(np.int8)), _S.rank)
     _S.nccl = (comm, dev)
     return _S.nccl
+
+
+def _unique_id_bytes(raw):
+    """The 128 bytes of a cupy.cuda.nccl.get_unique_id(): bytes in CuPy 14 (seen on the H200),
+    a tuple of signed chars in older CuPy."""
+    if isinstance(raw, (bytes, bytearray)):
+        return np.frombuffer(bytes(raw), np.uint8)
+    return np.array([int(v) & 0xFF for v in raw], np.uint8)
 
 
 def _nccl_allreduce(nc, g):
