@@ -53,7 +53,10 @@ def kilnet_epochs(data, threads, epochs, seed=0):
     return times, acc, cpu
 
 
-def torch_epochs(data, threads, epochs, seed=0):
+def torch_epochs(data, threads, epochs, seed=0, loader=False):
+    """loader=False: a lean loop (a shuffled index tensor, slices of it). loader=True: the loop
+    PyTorch's tutorials write (DataLoader over a TensorDataset, shuffle=True, loss.item() per
+    step for the running loss), which is what a user's script usually measures."""
     import torch
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -64,16 +67,27 @@ def torch_epochs(data, threads, epochs, seed=0):
                                 torch.nn.Linear(32 * 26 * 26, 10))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
     lossf = torch.nn.CrossEntropyLoss()
+    if loader:
+        batches = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, Y), batch_size=32, shuffle=True)
     times, cpu = [], []
     for _ in range(epochs):
         t0, c0 = time.perf_counter(), time.process_time()
-        perm = torch.randperm(len(X))
-        for i in range(0, len(X), 32):
-            idx = perm[i:i + 32]
-            opt.zero_grad(set_to_none=True)
-            loss = lossf(model(X[idx]), Y[idx])
-            loss.backward()
-            opt.step()
+        if loader:
+            running = 0.0
+            for xb, yb in batches:
+                opt.zero_grad()
+                loss = lossf(model(xb), yb)
+                loss.backward()
+                opt.step()
+                running += loss.item()
+        else:
+            perm = torch.randperm(len(X))
+            for i in range(0, len(X), 32):
+                idx = perm[i:i + 32]
+                opt.zero_grad(set_to_none=True)
+                loss = lossf(model(X[idx]), Y[idx])
+                loss.backward()
+                opt.step()
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     with torch.no_grad():
@@ -103,6 +117,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training images")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--torch-loader", action="store_true",
+                    help="also time PyTorch's tutorial loop (DataLoader, loss.item() per step)")
     args = ap.parse_args(argv)
     data = load(args.limit)
     n = len(data[0])
@@ -117,6 +133,9 @@ def main(argv=None):
             try:
                 tt, tacc, tc = torch_epochs(data, t, args.epochs)
                 row.update(torch_s=steady(tt), torch_all=tt, torch_acc=tacc, torch_cpu=tc)
+                if args.torch_loader:
+                    lt, lacc, lc = torch_epochs(data, t, args.epochs, loader=True)
+                    row.update(loader_s=steady(lt), loader_all=lt, loader_acc=lacc, loader_cpu=lc)
             except ImportError:
                 pass
         rows.append(row)
@@ -126,11 +145,16 @@ def main(argv=None):
         if "torch_s" in row:
             line += (f" | torch {row['torch_s']:.2f} s/epoch, test acc {row['torch_acc']:.4f}"
                      f" | torch/kilnet = {row['torch_s'] / row['kilnet_s']:.2f}x")
+        if "loader_s" in row:
+            line += (f" | torch DataLoader loop {row['loader_s']:.2f} s/epoch, test acc {row['loader_acc']:.4f}"
+                     f" | {row['loader_s'] / row['kilnet_s']:.2f}x")
         print(line, flush=True)
         print(f"   all epochs: kilnet {[round(v, 2) for v in kt]}" +
-              (f", torch {[round(v, 2) for v in row['torch_all']]}" if "torch_all" in row else ""))
+              (f", torch {[round(v, 2) for v in row['torch_all']]}" if "torch_all" in row else "") +
+              (f", torch DataLoader {[round(v, 2) for v in row['loader_all']]}" if "loader_all" in row else ""))
         print(f"   CPU s/epoch: kilnet {[round(v, 2) for v in kc]}" +
-              (f", torch {[round(v, 2) for v in row['torch_cpu']]}" if "torch_cpu" in row else ""), flush=True)
+              (f", torch {[round(v, 2) for v in row['torch_cpu']]}" if "torch_cpu" in row else "") +
+              (f", torch DataLoader {[round(v, 2) for v in row['loader_cpu']]}" if "loader_cpu" in row else ""), flush=True)
     return rows
 
 
