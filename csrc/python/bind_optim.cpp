@@ -1,9 +1,8 @@
 // bind_optim.cpp — Python bindings of the optimizer updates over flat buffers.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
-#include <cmath>
 #include <string>
-#include "checks.h"
+#include "args_optim.h"
 #include "kilnet/optim.h"
 
 namespace py = pybind11;
@@ -11,53 +10,20 @@ using namespace kilnet;
 using namespace kilnet::bind;
 using py::arg;
 
-namespace {
-
-// The state buffer `name`: float32, the shape of param.
-Arr state_arg(const char* fn, const char* name, py::handle h, const Arr& p) {
-  Arr a = out_f32(fn, name, h);
-  expect_shape(fn, name, a, p.shape);
-  return a;
-}
-
-void check_rate(const char* fn, const char* name, float v) {
-  if (!(v >= 0.f && v < 1.f))
-    fail_value(std::string(fn) + ": " + name + " must be in [0, 1), got " + std::to_string(v));
-}
-
-void check_nonneg(const char* fn, const char* name, float v) {
-  if (!(std::isfinite(v) && v >= 0.f))
-    fail_value(std::string(fn) + ": " + name + " must be finite and >= 0, got " + std::to_string(v));
-}
-
-}  // namespace
-
 void kilnet::bind::bind_optim(py::module_& m, bool ref) {
   const auto sgd = ref ? &cpu::sgd_update_ref : &cpu::sgd_update;
   const auto adam = ref ? &cpu::adam_update_ref : &cpu::adam_update;
   m.def("sgd_update", [=](py::object p_, py::object g_, py::object v_, float lr, float momentum, bool nesterov) {
-    const char* fn = "sgd_update";
-    Arr p = out_f32(fn, "param", p_), g = in_f32(fn, "grad", g_);
-    expect_shape(fn, "grad", g, p.shape);
-    no_alias(fn, "param", p, "grad", g);
-    float* vp = nullptr;
-    Arr v;
-    if (!v_.is_none()) { v = out_f32(fn, "velocity", v_); expect_shape(fn, "velocity", v, p.shape); no_alias(fn, "velocity", v, "param", p); no_alias(fn, "velocity", v, "grad", g); vp = v.f(); }
-    else if (momentum != 0.f) fail_value("sgd_update: momentum != 0 needs a 'velocity' buffer");
+    auto a = sgd_args(host_arrays, p_, g_, v_, momentum);
     py::gil_scoped_release nogil;
-    sgd(p.size, p.f(), g.f(), vp, lr, momentum, nesterov);
+    sgd(a.p.size, a.p.f(), a.g.f(), a.s1p, lr, momentum, nesterov);
   }, arg("param"), arg("grad"), arg("velocity"), arg("lr"), arg("momentum") = 0.0f, arg("nesterov") = false);
 
   m.def("adam_update", [=](py::object p_, py::object g_, py::object m_, py::object v_, float lr,
                            float b1, float b2, float eps, index_t step) {
-    const char* fn = "adam_update";
-    Arr p = out_f32(fn, "param", p_), g = in_f32(fn, "grad", g_), mm = out_f32(fn, "m", m_), v = out_f32(fn, "v", v_);
-    expect_shape(fn, "grad", g, p.shape); expect_shape(fn, "m", mm, p.shape); expect_shape(fn, "v", v, p.shape);
-    no_alias(fn, "param", p, "grad", g); no_alias(fn, "m", mm, "param", p); no_alias(fn, "v", v, "param", p);
-    no_alias(fn, "m", mm, "v", v); no_alias(fn, "m", mm, "grad", g); no_alias(fn, "v", v, "grad", g);
-    if (step < 1) fail_value("adam_update: step counts from 1, got " + std::to_string(step));
+    auto a = adam_args(host_arrays, p_, g_, m_, v_, step);
     py::gil_scoped_release nogil;
-    adam(p.size, p.f(), g.f(), mm.f(), v.f(), lr, b1, b2, eps, step);
+    adam(a.p.size, a.p.f(), a.g.f(), a.s1p, a.s2p, lr, b1, b2, eps, step);
   }, arg("param"), arg("grad"), arg("m"), arg("v"), arg("lr"), arg("beta1") = 0.9f,
      arg("beta2") = 0.999f, arg("eps") = 1e-7f, arg("step") = 1);
 
@@ -71,90 +37,46 @@ void kilnet::bind::bind_optim(py::module_& m, bool ref) {
 
   m.def("rmsprop_update", [=](py::object p_, py::object g_, py::object v_, py::object a_, py::object mom_,
                               float lr, float rho, float momentum, float eps, float wd) {
-    const char* fn = "rmsprop_update";
-    Arr p = out_f32(fn, "param", p_), g = in_f32(fn, "grad", g_);
-    expect_shape(fn, "grad", g, p.shape);
-    Arr v = state_arg(fn, "velocity", v_, p), a, mom;
-    const Arr* ap = nullptr; const Arr* mp = nullptr;
-    if (!a_.is_none()) { a = state_arg(fn, "average_gradient", a_, p); ap = &a; }
-    if (!mom_.is_none()) { mom = state_arg(fn, "momentums", mom_, p); mp = &mom; }
-    check_rate(fn, "rho", rho); check_rate(fn, "momentum", momentum);
-    check_nonneg(fn, "eps", eps); check_nonneg(fn, "weight_decay", wd);
-    if (momentum > 0.f && !mp) fail_value("rmsprop_update: momentum > 0 needs a 'momentums' buffer");
-    if (momentum == 0.f) mp = nullptr;   // Keras: no momentum state without momentum
-    outputs_apart(fn, {{"param", &p}, {"velocity", &v}, {"average_gradient", ap}, {"momentums", mp}},
-                  {{"grad", &g}});
+    auto a = rmsprop_args(host_arrays, p_, g_, v_, a_, mom_, rho, momentum, eps, wd);
     py::gil_scoped_release nogil;
-    rmsprop(p.size, p.f(), g.f(), v.f(), ap ? ap->f() : nullptr, mp ? mp->f() : nullptr, lr, rho,
-            momentum, eps, wd);
+    rmsprop(a.p.size, a.p.f(), a.g.f(), a.s1p, a.s2p, a.s3p, lr, rho, momentum, eps, wd);
   }, arg("param"), arg("grad"), arg("velocity"), arg("average_gradient"), arg("momentums"), arg("lr"),
      arg("rho") = 0.9f, arg("momentum") = 0.0f, arg("eps") = 1e-7f, arg("weight_decay") = 0.0f,
      "Keras RMSprop step; average_gradient (centered) and momentums (momentum > 0) may be None");
 
   m.def("adagrad_update", [=](py::object p_, py::object g_, py::object acc_, float lr, float eps, float wd) {
-    const char* fn = "adagrad_update";
-    Arr p = out_f32(fn, "param", p_), g = in_f32(fn, "grad", g_);
-    expect_shape(fn, "grad", g, p.shape);
-    Arr acc = state_arg(fn, "accumulator", acc_, p);
-    check_nonneg(fn, "eps", eps); check_nonneg(fn, "weight_decay", wd);
-    outputs_apart(fn, {{"param", &p}, {"accumulator", &acc}}, {{"grad", &g}});
+    auto a = adagrad_args(host_arrays, p_, g_, acc_, eps, wd);
     py::gil_scoped_release nogil;
-    adagrad(p.size, p.f(), g.f(), acc.f(), lr, eps, wd);
+    adagrad(a.p.size, a.p.f(), a.g.f(), a.s1p, lr, eps, wd);
   }, arg("param"), arg("grad"), arg("accumulator"), arg("lr"), arg("eps") = 1e-7f,
      arg("weight_decay") = 0.0f, "Keras Adagrad step: acc += g^2; p -= lr*g/sqrt(acc + eps)");
 
   m.def("adamw_update", [=](py::object p_, py::object g_, py::object m_, py::object v_, float lr,
                             float b1, float b2, float eps, float wd, index_t step) {
-    const char* fn = "adamw_update";
-    Arr p = out_f32(fn, "param", p_), g = in_f32(fn, "grad", g_);
-    expect_shape(fn, "grad", g, p.shape);
-    Arr mm = state_arg(fn, "m", m_, p), v = state_arg(fn, "v", v_, p);
-    check_rate(fn, "beta1", b1); check_rate(fn, "beta2", b2);
-    check_nonneg(fn, "eps", eps); check_nonneg(fn, "weight_decay", wd);
-    if (step < 1) fail_value("adamw_update: step counts from 1, got " + std::to_string(step));
-    outputs_apart(fn, {{"param", &p}, {"m", &mm}, {"v", &v}}, {{"grad", &g}});
+    auto a = adamw_args(host_arrays, p_, g_, m_, v_, b1, b2, eps, wd, step);
     py::gil_scoped_release nogil;
-    adamw(p.size, p.f(), g.f(), mm.f(), v.f(), lr, b1, b2, eps, wd, step);
+    adamw(a.p.size, a.p.f(), a.g.f(), a.s1p, a.s2p, lr, b1, b2, eps, wd, step);
   }, arg("param"), arg("grad"), arg("m"), arg("v"), arg("lr"), arg("beta1") = 0.9f,
      arg("beta2") = 0.999f, arg("eps") = 1e-7f, arg("weight_decay") = 0.004f, arg("step") = 1,
      "p -= p*weight_decay*lr, then the Keras Adam step");
 
   m.def("clip_by_value", [=](py::object g_, float clipvalue) {
-    const char* fn = "clip_by_value";
-    Arr g = out_f32(fn, "grad", g_);
-    if (!(clipvalue > 0.f)) fail_value("clip_by_value: clipvalue must be > 0, got " + std::to_string(clipvalue));
+    Arr g = clip_by_value_args(host_arrays, g_, clipvalue);
     py::gil_scoped_release nogil;
     clip_value(g.size, g.f(), clipvalue);
   }, arg("grad"), arg("clipvalue"), "grad = clamp(grad, -clipvalue, clipvalue), in place");
 
   m.def("clip_by_norm", [=](py::object g_, py::object off_, float clipnorm) {
-    const char* fn = "clip_by_norm";
-    Arr g = out_f32(fn, "grad", g_);
-    Arr off = array_arg(fn, "offsets", off_, 'l', 1, false);
-    if (!(clipnorm > 0.f)) fail_value("clip_by_norm: clipnorm must be > 0, got " + std::to_string(clipnorm));
-    const index_t nseg = off.size - 1;
-    const std::int64_t* o = off.i64();
-    if (nseg < 1 || o[0] != 0 || o[nseg] != g.size)
-      fail_value("clip_by_norm: offsets must start at 0 and end at grad.size (" + std::to_string(g.size) +
-                 ") with at least 2 entries, got " + std::to_string(off.size) + " entries");
-    for (index_t k = 0; k < nseg; ++k)
-      if (o[k + 1] < o[k]) fail_value("clip_by_norm: offsets must be non-decreasing");
+    auto a = clip_by_norm_args(host_arrays, g_, off_, clipnorm);
     py::gil_scoped_release nogil;
-    clip_norm(nseg, o, g.f(), clipnorm);
+    clip_norm(a.nseg, a.off.i64(), a.g.f(), clipnorm);
   }, arg("grad"), arg("offsets"), arg("clipnorm"),
      "in place: each segment grad[offsets[k]:offsets[k+1]] scaled by clipnorm/max(norm, clipnorm)");
 
   m.def("l1l2_penalty", [=](py::object w_, py::object dw_, float l1, float l2) {
-    const char* fn = "l1l2_penalty";
-    Arr w = in_f32(fn, "w", w_), dw;
-    check_nonneg(fn, "l1", l1); check_nonneg(fn, "l2", l2);
-    float* dwp = nullptr;
-    if (!dw_.is_none()) {
-      dw = out_f32(fn, "dw", dw_); expect_shape(fn, "dw", dw, w.shape); no_alias(fn, "dw", dw, "w", w);
-      dwp = dw.f();
-    }
+    auto a = l1l2_penalty_args(host_arrays, w_, dw_, l1, l2);
     py::gil_scoped_release nogil;
-    return penalty(w.size, w.f(), l1, l2, dwp);
+    return penalty(a.w.size, a.w.f(), l1, l2, a.dwp);
   }, arg("w"), arg("dw"), arg("l1") = 0.0f, arg("l2") = 0.0f,
      "returns l1*sum|w| + l2*sum w^2; dw += l1*sign(w) + 2*l2*w (dw may be None)");
 }

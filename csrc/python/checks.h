@@ -92,6 +92,22 @@ inline Arr out_f32(const char* fn, const char* name, py::handle h, int ndim = -1
   return array_arg(fn, name, h, 'f', ndim, true);
 }
 
+inline Arr in_i64(const char* fn, const char* name, py::handle h, int ndim = -1) {
+  return array_arg(fn, name, h, 'l', ndim, false);
+}
+
+// Where a call's arrays live. The argument checks of each family (args_<family>.h) take one of
+// these, so that kilnet._cpu (numpy, host_arrays) and kilnet._cuda (CuPy, device_arrays in
+// cuda_checks.h) accept and refuse exactly the same calls. `host`: the values can be read
+// here, for checks of values (labels in range, probabilities in [0, 1]) that only the CPU makes.
+struct Arrays {
+  Arr (*in_f32)(const char* fn, const char* name, py::handle h, int ndim);
+  Arr (*out_f32)(const char* fn, const char* name, py::handle h, int ndim);
+  Arr (*in_i64)(const char* fn, const char* name, py::handle h, int ndim);
+  bool host;
+};
+inline const Arrays host_arrays{&kilnet::bind::in_f32, &kilnet::bind::out_f32, &kilnet::bind::in_i64, true};
+
 inline void expect_shape(const char* fn, const char* name, const Arr& a,
                          const std::vector<index_t>& want) {
   if (a.shape != want)

@@ -9,6 +9,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <string>
+#include "args_loss.h"
 #include "cuda_checks.h"
 #include "kilnet/loss.h"
 
@@ -20,12 +21,14 @@ using py::arg;
 namespace {
 
 // The optional out: float32 device array of shape (1,), apart from every other argument.
-float* out_arg(const char* fn, py::handle out_, Arr& o, std::initializer_list<Named> others) {
+float* out_arg(const char* fn, py::handle out_, Arr& o, const LossArgs& a) {
   if (out_.is_none()) return nullptr;
   o = dout_f32(fn, "out", out_);
   expect_shape(fn, "out", o, {1});
-  for (const Named& a : others)
-    if (a.second) no_alias(fn, "out", o, a.first, *a.second);
+  for (const Named& x : {Named{"pred", &a.p}, Named{"target", a.tp ? &a.t : nullptr},
+                         Named{"labels", a.lp ? &a.l : nullptr}, Named{"probs", a.probsp ? &a.probs : nullptr},
+                         Named{"grad", a.gp ? &a.grad : nullptr}})
+    if (x.second) no_alias(fn, "out", o, x.first, *x.second);
   return o.f();
 }
 
@@ -38,56 +41,40 @@ py::object result(float* out, double v) {
 
 static void cuda_bind_loss(py::module_& m) {
   // Losses: pred and target of one shape; grad (optional) receives d(loss)/d(pred).
-  auto pair_loss = [&m](const char* name, auto call) {
-    m.def(name, [name, call](py::object p_, py::object t_, py::object g_, py::object out_, py::object stream) {
-      Arr p = din_f32(name, "pred", p_), t = din_f32(name, "target", t_);
-      expect_shape(name, "target", t, p.shape);
-      auto [rows, cols] = rows_cols(name, p);
-      float* g = nullptr;
-      Arr ga, o;
-      if (!g_.is_none()) {
-        ga = dout_f32(name, "grad", g_); expect_shape(name, "grad", ga, p.shape);
-        no_alias(name, "grad", ga, "pred", p); no_alias(name, "grad", ga, "target", t);
-        g = ga.f();
-      }
-      float* op = out_arg(name, out_, o, {{"pred", &p}, {"target", &t}, {"grad", g ? &ga : nullptr}});
+  auto pair_loss = [&m](const char* name, bool probs, auto call) {
+    m.def(name, [name, probs, call](py::object p_, py::object t_, py::object g_, py::object out_, py::object stream) {
+      auto a = pair_loss_args(device_arrays, name, p_, t_, g_, probs);
+      Arr o;
+      float* op = out_arg(name, out_, o, a);
       void* s = stream_arg(stream);
       double v;
       {
         py::gil_scoped_release nogil;
-        v = call(rows, cols, p.f(), t.f(), g, op, s);
+        v = call(a.rows, a.cols, a.p.f(), a.tp, a.gp, op, s);
       }
       return result(op, v);
     }, arg("pred"), arg("target"), arg("grad") = py::none(), arg("out") = py::none(),
        arg("stream") = py::none());
   };
-  pair_loss("mse", [](index_t r, index_t c, const float* p, const float* t, float* g, float* o, void* s) {
+  pair_loss("mse", false, [](index_t r, index_t c, const float* p, const float* t, float* g, float* o, void* s) {
     return cuda::mse(r, c, p, t, g, o, s); });
-  pair_loss("mae", [](index_t r, index_t c, const float* p, const float* t, float* g, float* o, void* s) {
+  pair_loss("mae", false, [](index_t r, index_t c, const float* p, const float* t, float* g, float* o, void* s) {
     return cuda::mae(r, c, p, t, g, o, s); });
-  pair_loss("categorical_crossentropy", [](index_t r, index_t c, const float* p, const float* t, float* g,
-                                           float* o, void* s) {
+  pair_loss("categorical_crossentropy", true, [](index_t r, index_t c, const float* p, const float* t, float* g,
+                                                 float* o, void* s) {
     return cuda::categorical_crossentropy(r, c, p, t, g, o, s); });
 
   m.def("binary_crossentropy", [](py::object p_, py::object t_, bool from_logits, py::object g_,
                                   py::object out_, py::object stream) {
     const char* fn = "binary_crossentropy";
-    Arr p = din_f32(fn, "pred", p_), t = din_f32(fn, "target", t_);
-    expect_shape(fn, "target", t, p.shape);
-    auto [rows, cols] = rows_cols(fn, p);
-    float* g = nullptr;
-    Arr ga, o;
-    if (!g_.is_none()) {
-      ga = dout_f32(fn, "grad", g_); expect_shape(fn, "grad", ga, p.shape);
-      no_alias(fn, "grad", ga, "pred", p); no_alias(fn, "grad", ga, "target", t);
-      g = ga.f();
-    }
-    float* op = out_arg(fn, out_, o, {{"pred", &p}, {"target", &t}, {"grad", g ? &ga : nullptr}});
+    auto a = pair_loss_args(device_arrays, fn, p_, t_, g_, false, true, from_logits);
+    Arr o;
+    float* op = out_arg(fn, out_, o, a);
     void* s = stream_arg(stream);
     double v;
     {
       py::gil_scoped_release nogil;
-      v = cuda::binary_crossentropy(rows, cols, p.f(), t.f(), from_logits, g, op, s);
+      v = cuda::binary_crossentropy(a.rows, a.cols, a.p.f(), a.tp, from_logits, a.gp, op, s);
     }
     return result(op, v);
   }, arg("pred"), arg("target"), arg("from_logits") = false, arg("grad") = py::none(),
@@ -95,63 +82,28 @@ static void cuda_bind_loss(py::module_& m) {
 
   m.def("sparse_categorical_crossentropy", [](py::object p_, py::object l_, py::object g_, py::object out_,
                                               py::object stream) {
-    const char* fn = "sparse_categorical_crossentropy";
-    Arr p = din_f32(fn, "pred", p_);
-    auto [rows, cols] = rows_cols(fn, p);
-    Arr l = din_i64(fn, "labels", l_);
-    if (l.size != rows) fail_value(std::string(fn) + ": 'labels' must have " + std::to_string(rows) + " entries, got " + std::to_string(l.size));
-    float* g = nullptr;
-    Arr ga, o;
-    if (!g_.is_none()) {
-      ga = dout_f32(fn, "grad", g_); expect_shape(fn, "grad", ga, p.shape);
-      no_alias(fn, "grad", ga, "pred", p); no_alias(fn, "grad", ga, "labels", l);
-      g = ga.f();
-    }
-    float* op = out_arg(fn, out_, o, {{"pred", &p}, {"labels", &l}, {"grad", g ? &ga : nullptr}});
+    auto a = sparse_categorical_crossentropy_args(device_arrays, p_, l_, g_);
+    Arr o;
+    float* op = out_arg("sparse_categorical_crossentropy", out_, o, a);
     void* s = stream_arg(stream);
     double v;
     {
       py::gil_scoped_release nogil;
-      v = cuda::sparse_categorical_crossentropy(rows, cols, p.f(), l.i64(), g, op, s);
+      v = cuda::sparse_categorical_crossentropy(a.rows, a.cols, a.p.f(), a.lp, a.gp, op, s);
     }
     return result(op, v);
   }, arg("pred"), arg("labels"), arg("grad") = py::none(), arg("out") = py::none(), arg("stream") = py::none());
 
   m.def("softmax_crossentropy", [](py::object x_, py::object l_, py::object t_, py::object pr_, py::object g_,
                                    py::object out_, py::object stream) {
-    const char* fn = "softmax_crossentropy";
-    Arr x = din_f32(fn, "logits", x_);
-    auto [rows, cols] = rows_cols(fn, x);
-    if (l_.is_none() == t_.is_none()) fail_value(std::string(fn) + ": pass exactly one of 'labels' and 'target'");
-    Arr l, t, pr, g, o;
-    const std::int64_t* lp = nullptr; const float* tp = nullptr; float* prp = nullptr; float* gp = nullptr;
-    if (!l_.is_none()) {
-      l = din_i64(fn, "labels", l_);
-      if (l.size != rows) fail_value(std::string(fn) + ": 'labels' must have " + std::to_string(rows) + " entries, got " + std::to_string(l.size));
-      lp = l.i64();
-    } else {
-      t = din_f32(fn, "target", t_); expect_shape(fn, "target", t, x.shape); tp = t.f();
-    }
-    // Outputs overlap no input: the labels/target are read while probs and grad are written.
-    if (!pr_.is_none()) {
-      pr = dout_f32(fn, "probs", pr_); expect_shape(fn, "probs", pr, x.shape);
-      no_alias(fn, "probs", pr, "logits", x);
-      if (lp) no_alias(fn, "probs", pr, "labels", l); else no_alias(fn, "probs", pr, "target", t);
-      prp = pr.f();
-    }
-    if (!g_.is_none()) {
-      g = dout_f32(fn, "grad", g_); expect_shape(fn, "grad", g, x.shape); no_alias(fn, "grad", g, "logits", x);
-      if (lp) no_alias(fn, "grad", g, "labels", l); else no_alias(fn, "grad", g, "target", t);
-      if (prp) no_alias(fn, "grad", g, "probs", pr);
-      gp = g.f();
-    }
-    float* op = out_arg(fn, out_, o, {{"logits", &x}, {"labels", lp ? &l : nullptr}, {"target", tp ? &t : nullptr},
-                                      {"probs", prp ? &pr : nullptr}, {"grad", gp ? &g : nullptr}});
+    auto a = softmax_crossentropy_args(device_arrays, x_, l_, t_, pr_, g_);
+    Arr o;
+    float* op = out_arg("softmax_crossentropy", out_, o, a);
     void* s = stream_arg(stream);
     double v;
     {
       py::gil_scoped_release nogil;
-      v = cuda::softmax_crossentropy(rows, cols, x.f(), lp, tp, prp, gp, op, s);
+      v = cuda::softmax_crossentropy(a.rows, a.cols, a.p.f(), a.lp, a.tp, a.probsp, a.gp, op, s);
     }
     return result(op, v);
   }, arg("logits"), arg("labels") = py::none(), arg("target") = py::none(), arg("probs") = py::none(),

@@ -85,6 +85,8 @@ inline Arr din_i64(const char* fn, const char* name, py::handle h, int ndim = -1
   return dev_array_arg(fn, name, h, 'l', ndim, false);
 }
 
+inline const Arrays device_arrays{&din_f32, &dout_f32, &din_i64, false};
+
 // The stream a call runs on: None means CuPy's current stream (cupy.cuda.get_current_stream()),
 // an int is a raw cudaStream_t, anything with .ptr (a cupy.cuda.Stream) gives its handle.
 inline void* stream_arg(py::handle s) {

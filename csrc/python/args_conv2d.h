@@ -1,0 +1,124 @@
+// args_conv2d.h — the argument checks of conv2d_forward / conv2d_backward, shared by kilnet._cpu
+// (bind_conv2d.cpp) and kilnet._cuda (cuda_bind_conv2d.cpp): each binding checks through here,
+// then runs its kernel on what comes back.
+#pragma once
+#include <algorithm>
+#include <array>
+#include <string>
+#include <vector>
+#include "checks.h"
+#include "kilnet/conv2d.h"
+
+namespace kilnet::bind {
+
+using Pair = std::array<index_t, 2>;
+
+// Checks shared by the forward and backward convolution; returns the shape.
+inline Conv2dShape conv_shape(const char* fn, const Arr& x, const Arr& w, const Arr& y, Pair stride,
+                              Pair pad, Pair dil) {
+  for (int i = 0; i < 2; ++i) {
+    if (stride[i] < 1) fail_value(std::string(fn) + ": strides must be >= 1");
+    if (dil[i] < 1) fail_value(std::string(fn) + ": dilation must be >= 1");
+    if (pad[i] < 0) fail_value(std::string(fn) + ": padding must be >= 0");
+  }
+  Conv2dShape s;
+  s.N = x.dim(0); s.H = x.dim(1); s.W = x.dim(2); s.C = x.dim(3);
+  s.R = w.dim(0); s.S = w.dim(1); s.K = w.dim(3);
+  if (s.R < 1 || s.S < 1)
+    fail_value(std::string(fn) + ": the kernel must be at least 1x1, got 'w' of shape " + shape_str(w.shape));
+  if (w.dim(2) != s.C)
+    fail_value(std::string(fn) + ": weight 'w' has " + std::to_string(w.dim(2)) +
+               " input channels but 'x' has " + std::to_string(s.C));
+  s.stride_h = stride[0]; s.stride_w = stride[1];
+  s.pad_h = pad[0]; s.pad_w = pad[1];
+  s.dilation_h = dil[0]; s.dilation_w = dil[1];
+  s.P = y.dim(1); s.Q = y.dim(2);
+  // pad_h/pad_w are the top/left padding; P and Q imply the bottom/right padding, which may be
+  // anything from none (rows left over, as in 'valid') up to the larger of the top padding
+  // (symmetric explicit padding) and eff-1 (Keras 'same' puts the odd pixel at the bottom).
+  // Reads outside the input are zeros, so every accepted P, Q is memory-safe.
+  const index_t eff_r = (s.R - 1) * s.dilation_h + 1, eff_s = (s.S - 1) * s.dilation_w + 1;
+  const index_t max_p = (s.H + s.pad_h + std::max(s.pad_h, eff_r - 1) - eff_r) / s.stride_h + 1;
+  const index_t max_q = (s.W + s.pad_w + std::max(s.pad_w, eff_s - 1) - eff_s) / s.stride_w + 1;
+  if (y.dim(0) != s.N || y.dim(3) != s.K || s.P < 1 || s.Q < 1 || s.P > max_p || s.Q > max_q)
+    fail_value(std::string(fn) + ": output must have shape (" + std::to_string(s.N) + ", P<=" +
+               std::to_string(max_p) + ", Q<=" + std::to_string(max_q) + ", " + std::to_string(s.K) +
+               "), got " + shape_str(y.shape));
+  return s;
+}
+
+struct Conv2dForwardArgs {
+  Conv2dShape s;
+  Act act;
+  Arr x, w, b, y;
+  const float* bp = nullptr;   // b, or nullptr for None
+};
+
+inline Conv2dForwardArgs conv2d_forward_args(const Arrays& A, const py::object& x_, const py::object& w_,
+                                             const py::object& b_, const py::object& y_, Pair stride,
+                                             Pair padding, Pair dilation, const std::string& act) {
+  const char* fn = "conv2d_forward";
+  Conv2dForwardArgs a;
+  a.act = parse_act(act);
+  a.x = A.in_f32(fn, "x", x_, 4); a.w = A.in_f32(fn, "w", w_, 4); a.y = A.out_f32(fn, "y", y_, 4);
+  a.s = conv_shape(fn, a.x, a.w, a.y, stride, padding, dilation);
+  no_alias(fn, "y", a.y, "x", a.x); no_alias(fn, "y", a.y, "w", a.w);
+  if (!b_.is_none()) {
+    a.b = A.in_f32(fn, "b", b_, 1);
+    expect_shape(fn, "b", a.b, {a.s.K});
+    no_alias(fn, "y", a.y, "b", a.b);
+    a.bp = a.b.f();
+  }
+  return a;
+}
+
+struct Conv2dBackwardArgs {
+  Conv2dShape s;
+  Act act;
+  Arr dy, x, w, dw, y, dx, db;
+  float* dxp = nullptr;        // dx, or nullptr for None
+  float* dbp = nullptr;        // db, or nullptr for None
+  const float* yp = nullptr;   // y when act is not linear (for linear it is checked, not passed)
+};
+
+inline Conv2dBackwardArgs conv2d_backward_args(const Arrays& A, const py::object& dy_, const py::object& x_,
+                                               const py::object& w_, const py::object& dx_,
+                                               const py::object& dw_, const py::object& db_, Pair stride,
+                                               Pair padding, Pair dilation, const std::string& act,
+                                               const py::object& y_) {
+  const char* fn = "conv2d_backward";
+  Conv2dBackwardArgs a;
+  a.act = parse_act(act);
+  a.dy = A.in_f32(fn, "dy", dy_, 4); a.x = A.in_f32(fn, "x", x_, 4); a.w = A.in_f32(fn, "w", w_, 4);
+  a.dw = A.out_f32(fn, "dw", dw_, 4);
+  a.s = conv_shape(fn, a.x, a.w, a.dy, stride, padding, dilation);
+  expect_shape(fn, "dw", a.dw, a.w.shape);
+  if (!y_.is_none()) {   // the forward output: an input here, needed for act'(y)
+    a.y = A.in_f32(fn, "y", y_, 4);
+    expect_shape(fn, "y", a.y, a.dy.shape);
+  } else if (a.act != Act::Linear) {
+    fail_value(std::string(fn) + ": act='" + act + "' needs 'y', the forward output (shape " +
+               shape_str(a.dy.shape) + ")");
+  }
+  std::vector<const Arr*> inputs{&a.dy, &a.x, &a.w};
+  if (!y_.is_none()) inputs.push_back(&a.y);
+  for (const Arr* in : inputs) no_alias(fn, "dw", a.dw, "an input", *in);
+  if (!dx_.is_none()) {
+    a.dx = A.out_f32(fn, "dx", dx_, 4);
+    expect_shape(fn, "dx", a.dx, a.x.shape);
+    for (const Arr* in : inputs) no_alias(fn, "dx", a.dx, "another argument", *in);
+    no_alias(fn, "dx", a.dx, "another argument", a.dw);
+    a.dxp = a.dx.f();
+  }
+  if (!db_.is_none()) {
+    a.db = A.out_f32(fn, "db", db_, 1);
+    expect_shape(fn, "db", a.db, {a.s.K});
+    for (const Arr* in : inputs) no_alias(fn, "db", a.db, "another argument", *in);
+    no_alias(fn, "db", a.db, "another argument", a.dw);
+    a.dbp = a.db.f();
+  }
+  if (a.act != Act::Linear) a.yp = a.y.f();
+  return a;
+}
+
+}  // namespace kilnet::bind
