@@ -34,81 +34,92 @@ inline void store_first(float* p, __m256 v, int w) {
 }  // namespace
 
 void ukernel_6x16_avx2(index_t kc, const float* a, index_t rs_a, index_t cs_a, const float* b,
-                       float* c, index_t ldc, int m, int n, const Epilogue& ep) {
-  // Warm the C tile's cache lines while the FMAs run (the tile is written only at the end).
-  for (int i = 0; i < m; ++i) _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
-
+                       float* c, index_t ldc, int m, int n, const Epilogue& ep, const Sweep& sw) {
   // Offsets of the MR rows of A; rows past m repeat row m-1 so nothing outside A is read.
   index_t o[MR];
   for (int r = 0; r < MR; ++r) o[r] = (r < m ? r : m - 1) * rs_a;
+  const float* bias = ep.bias;
+  // With alpha == 1 and beta in {0, 1} (every call the layers make) the epilogue is adds only:
+  // on Zen the FP adders are separate pipes from the two FMA units. Same rounding either way.
+  const bool scale = ep.alpha != 1.f, read_c = ep.beta != 0.f, beta1 = ep.beta == 1.f;
 
-  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
-  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  // The tiles of the sweep, one after the other; the setup above is paid once per sweep, which
+  // matters when K is small (K = 9 or 10: one tile is only 54-60 cycles of FMAs).
+  for (index_t t = 0; t < sw.count; ++t, a += sw.a_step, b += sw.b_step, c += sw.c_step) {
+    // Warm this tile's and the next tile's C lines while the FMAs run.
+    for (int i = 0; i < m; ++i) {
+      _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(c + sw.c_step + i * ldc), _MM_HINT_T0);
+    }
+    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+    __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+    __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+    __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+    __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+    __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
 
-  // Rank-1 update per k: 2 aligned loads of B, 6 broadcasts of A, 12 FMAs.
+    // Rank-1 update per k: 2 aligned loads of B, 6 broadcasts of A, 12 FMAs.
+    const float* ak = a;
+    const float* bk = b;
 #pragma GCC unroll 4
-  for (index_t k = 0; k < kc; ++k) {
-    const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
-    __m256 ai;
-    ai = _mm256_broadcast_ss(a + o[0]); c00 = _mm256_fmadd_ps(ai, b0, c00); c01 = _mm256_fmadd_ps(ai, b1, c01);
-    ai = _mm256_broadcast_ss(a + o[1]); c10 = _mm256_fmadd_ps(ai, b0, c10); c11 = _mm256_fmadd_ps(ai, b1, c11);
-    ai = _mm256_broadcast_ss(a + o[2]); c20 = _mm256_fmadd_ps(ai, b0, c20); c21 = _mm256_fmadd_ps(ai, b1, c21);
-    ai = _mm256_broadcast_ss(a + o[3]); c30 = _mm256_fmadd_ps(ai, b0, c30); c31 = _mm256_fmadd_ps(ai, b1, c31);
-    ai = _mm256_broadcast_ss(a + o[4]); c40 = _mm256_fmadd_ps(ai, b0, c40); c41 = _mm256_fmadd_ps(ai, b1, c41);
-    ai = _mm256_broadcast_ss(a + o[5]); c50 = _mm256_fmadd_ps(ai, b0, c50); c51 = _mm256_fmadd_ps(ai, b1, c51);
-    a += cs_a;
-    b += NR;
-  }
+    for (index_t k = 0; k < kc; ++k) {
+      const __m256 b0 = _mm256_load_ps(bk), b1 = _mm256_load_ps(bk + 8);
+      __m256 ai;
+      ai = _mm256_broadcast_ss(ak + o[0]); c00 = _mm256_fmadd_ps(ai, b0, c00); c01 = _mm256_fmadd_ps(ai, b1, c01);
+      ai = _mm256_broadcast_ss(ak + o[1]); c10 = _mm256_fmadd_ps(ai, b0, c10); c11 = _mm256_fmadd_ps(ai, b1, c11);
+      ai = _mm256_broadcast_ss(ak + o[2]); c20 = _mm256_fmadd_ps(ai, b0, c20); c21 = _mm256_fmadd_ps(ai, b1, c21);
+      ai = _mm256_broadcast_ss(ak + o[3]); c30 = _mm256_fmadd_ps(ai, b0, c30); c31 = _mm256_fmadd_ps(ai, b1, c31);
+      ai = _mm256_broadcast_ss(ak + o[4]); c40 = _mm256_fmadd_ps(ai, b0, c40); c41 = _mm256_fmadd_ps(ai, b1, c41);
+      ai = _mm256_broadcast_ss(ak + o[5]); c50 = _mm256_fmadd_ps(ai, b0, c50); c51 = _mm256_fmadd_ps(ai, b1, c51);
+      ak += cs_a;
+      bk += NR;
+    }
 
-  // Epilogue: C = alpha*acc + bias + beta*C on the m x n valid corner, one tile row at a time
-  // (rows() hands the accumulators to a lambda by name so they stay in registers).
-  auto rows = [&](auto&& row) {
-    row(c, c00, c01);
-    if (m > 1) row(c + ldc, c10, c11);
-    if (m > 2) row(c + 2 * ldc, c20, c21);
-    if (m > 3) row(c + 3 * ldc, c30, c31);
-    if (m > 4) row(c + 4 * ldc, c40, c41);
-    if (m > 5) row(c + 5 * ldc, c50, c51);
-  };
-  const __m256 alpha = _mm256_set1_ps(ep.alpha), beta = _mm256_set1_ps(ep.beta);
-  const bool read_c = ep.beta != 0.f;
-
-  if (n == NR) {   // full-width tile: plain vector loads and stores
-    const __m256 bias0 = ep.bias ? _mm256_loadu_ps(ep.bias) : _mm256_setzero_ps();
-    const __m256 bias1 = ep.bias ? _mm256_loadu_ps(ep.bias + 8) : _mm256_setzero_ps();
+    // Epilogue: C = alpha*acc + bias + beta*C on the m x n valid corner, one tile row at a time
+    // (rows() hands the accumulators to a lambda by name so they stay in registers). The
+    // constants are loaded here, per tile, so that they do not hold registers during the FMAs.
+    auto rows = [&](auto&& row) {
+      row(c, c00, c01);
+      if (m > 1) row(c + ldc, c10, c11);
+      if (m > 2) row(c + 2 * ldc, c20, c21);
+      if (m > 3) row(c + 3 * ldc, c30, c31);
+      if (m > 4) row(c + 4 * ldc, c40, c41);
+      if (m > 5) row(c + 5 * ldc, c50, c51);
+    };
+    const float* bt = bias ? bias + t * sw.bias_step : nullptr;
+    auto finish = [&](__m256 acc, __m256 bv, __m256 cv) {
+      acc = scale ? _mm256_fmadd_ps(acc, _mm256_broadcast_ss(&ep.alpha), bv) : _mm256_add_ps(acc, bv);
+      if (read_c) acc = beta1 ? _mm256_add_ps(cv, acc) : _mm256_fmadd_ps(_mm256_broadcast_ss(&ep.beta), cv, acc);
+      return acc;
+    };
+    if (n == NR) {   // full-width tile: plain vector loads and stores
+      const __m256 bias0 = bt ? _mm256_loadu_ps(bt) : _mm256_setzero_ps();
+      const __m256 bias1 = bt ? _mm256_loadu_ps(bt + 8) : _mm256_setzero_ps();
+      rows([&](float* ci, __m256 lo, __m256 hi) {
+        lo = finish(lo, bias0, read_c ? _mm256_loadu_ps(ci) : lo);
+        hi = finish(hi, bias1, read_c ? _mm256_loadu_ps(ci + 8) : hi);
+        _mm256_storeu_ps(ci, lo);
+        _mm256_storeu_ps(ci + 8, hi);
+      });
+      continue;
+    }
+    // Narrow tile (n < NR): masked loads and piecewise stores touch only the n valid columns of
+    // C and bias; the padded columns were computed from zeros and are dropped.
+    const int w1 = n - 8;   // valid columns in the right half (<= 0: none)
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i mask0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);
+    const __m256i mask1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w1), lane);
+    const __m256 bias0 = bt ? _mm256_maskload_ps(bt, mask0) : _mm256_setzero_ps();
+    const __m256 bias1 = bt ? _mm256_maskload_ps(bt + 8, mask1) : _mm256_setzero_ps();
     rows([&](float* ci, __m256 lo, __m256 hi) {
-      lo = _mm256_fmadd_ps(lo, alpha, bias0);
-      hi = _mm256_fmadd_ps(hi, alpha, bias1);
-      if (read_c) lo = _mm256_fmadd_ps(beta, _mm256_loadu_ps(ci), lo);
-      if (read_c) hi = _mm256_fmadd_ps(beta, _mm256_loadu_ps(ci + 8), hi);
-      _mm256_storeu_ps(ci, lo);
-      _mm256_storeu_ps(ci + 8, hi);
+      lo = finish(lo, bias0, read_c ? _mm256_maskload_ps(ci, mask0) : lo);
+      if (n >= 8) _mm256_storeu_ps(ci, lo);
+      else store_first(ci, lo, n);
+      if (w1 <= 0) return;
+      hi = finish(hi, bias1, read_c ? _mm256_maskload_ps(ci + 8, mask1) : hi);
+      store_first(ci + 8, hi, w1);
     });
-    return;
   }
-
-  // Narrow tile (n < NR): masked loads and piecewise stores touch only the n valid columns of C
-  // and bias; the padded columns were computed from zeros and are dropped.
-  const int w1 = n - 8;   // valid columns in the right half (<= 0: none)
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i mask0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);
-  const __m256i mask1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w1), lane);
-  const __m256 bias0 = ep.bias ? _mm256_maskload_ps(ep.bias, mask0) : _mm256_setzero_ps();
-  const __m256 bias1 = ep.bias ? _mm256_maskload_ps(ep.bias + 8, mask1) : _mm256_setzero_ps();
-  rows([&](float* ci, __m256 lo, __m256 hi) {
-    lo = _mm256_fmadd_ps(lo, alpha, bias0);
-    if (read_c) lo = _mm256_fmadd_ps(beta, _mm256_maskload_ps(ci, mask0), lo);
-    if (n >= 8) _mm256_storeu_ps(ci, lo);
-    else store_first(ci, lo, n);
-    if (w1 <= 0) return;
-    hi = _mm256_fmadd_ps(hi, alpha, bias1);
-    if (read_c) hi = _mm256_fmadd_ps(beta, _mm256_maskload_ps(ci + 8, mask1), hi);
-    store_first(ci + 8, hi, w1);
-  });
 }
 
 }  // namespace kilnet::cpu::gemm_detail
