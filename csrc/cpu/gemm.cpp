@@ -84,6 +84,7 @@ struct Problem {
   float* C;
   index_t ldc;
   const float* bias;
+  PackBT pack_bt;   // packs a full sliver of a transposed B, or null
 };
 
 inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
@@ -153,7 +154,9 @@ void pack_b(const Problem& p, index_t k0, index_t kc, index_t j0, index_t nc, fl
     const float* src = p.B + k0 * rs + j * cs;
     const int n = int(std::min<index_t>(NR, nc - s));
     if (n < NR) std::fill(dst, dst + NR * kc, 0.f);   // last, partial sliver: zero-pad
-    if (p.tb) {   // a transpose: columns of op(B) are contiguous along k
+    if (p.tb && n == NR && p.pack_bt) {
+      p.pack_bt(src, cs, kc, dst);
+    } else if (p.tb) {   // a transpose: columns of op(B) are contiguous along k
       index_t k = 0;
 #if defined(__SSE2__)
       if (n == NR)   // 4x4 blocks through SSE registers (baseline on x86-64)
@@ -392,12 +395,15 @@ void gemm(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, const 
       }
     return;
   }
-  const Problem p{ta, tb, M, N, K, alpha, beta, A, B, lda, ldb, C, ldc, bias};
 #if defined(KILNET_HAVE_AVX2_BUILD)
-  const MicroKernel uk = use_avx2() ? ukernel_6x16_avx2 : ukernel_generic;
+  const bool avx2 = use_avx2();
+  const MicroKernel uk = avx2 ? ukernel_6x16_avx2 : ukernel_generic;
+  const PackBT pack_bt = avx2 ? pack_bt_16_avx2 : nullptr;
 #else
   const MicroKernel uk = ukernel_generic;
+  const PackBT pack_bt = nullptr;
 #endif
+  const Problem p{ta, tb, M, N, K, alpha, beta, A, B, lda, ldb, C, ldc, bias, pack_bt};
   const index_t flops = 2 * M * N * K;
   if (M * N <= kSplitKMaxC && K >= kSplitKMinK) {
     gemm_split_k(p, uk);

@@ -33,6 +33,38 @@ inline void store_first(float* p, __m256 v, int w) {
 
 }  // namespace
 
+// A transposed B (the Dense layer's dY·Wᵀ, W stored 21632 x 10) is packed by 8x8 transposes in
+// ymm registers, with masked loads for the last k < 8 (nothing past a column is read): about
+// twice as fast as the SSE 4x4 blocks plus scalar remainder in pack_b.
+void pack_bt_16_avx2(const float* src, index_t cs, index_t kc, float* dst) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (index_t k = 0; k < kc; k += 8) {
+    const int w = kc - k < 8 ? int(kc - k) : 8;
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(w), lane);
+    for (int c0 = 0; c0 < NR; c0 += 8) {
+      const float* s = src + c0 * cs + k;
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i)
+        r[i] = w == 8 ? _mm256_loadu_ps(s + i * cs) : _mm256_maskload_ps(s + i * cs, mask);
+      // 8x8 transpose: r[i][q] (column c0+i, k+q) -> t[q][i].
+      const __m256 u0 = _mm256_unpacklo_ps(r[0], r[1]), u1 = _mm256_unpackhi_ps(r[0], r[1]);
+      const __m256 u2 = _mm256_unpacklo_ps(r[2], r[3]), u3 = _mm256_unpackhi_ps(r[2], r[3]);
+      const __m256 u4 = _mm256_unpacklo_ps(r[4], r[5]), u5 = _mm256_unpackhi_ps(r[4], r[5]);
+      const __m256 u6 = _mm256_unpacklo_ps(r[6], r[7]), u7 = _mm256_unpackhi_ps(r[6], r[7]);
+      const __m256 v0 = _mm256_shuffle_ps(u0, u2, 0x44), v1 = _mm256_shuffle_ps(u0, u2, 0xEE);
+      const __m256 v2 = _mm256_shuffle_ps(u1, u3, 0x44), v3 = _mm256_shuffle_ps(u1, u3, 0xEE);
+      const __m256 v4 = _mm256_shuffle_ps(u4, u6, 0x44), v5 = _mm256_shuffle_ps(u4, u6, 0xEE);
+      const __m256 v6 = _mm256_shuffle_ps(u5, u7, 0x44), v7 = _mm256_shuffle_ps(u5, u7, 0xEE);
+      __m256 t[8];
+      t[0] = _mm256_permute2f128_ps(v0, v4, 0x20); t[4] = _mm256_permute2f128_ps(v0, v4, 0x31);
+      t[1] = _mm256_permute2f128_ps(v1, v5, 0x20); t[5] = _mm256_permute2f128_ps(v1, v5, 0x31);
+      t[2] = _mm256_permute2f128_ps(v2, v6, 0x20); t[6] = _mm256_permute2f128_ps(v2, v6, 0x31);
+      t[3] = _mm256_permute2f128_ps(v3, v7, 0x20); t[7] = _mm256_permute2f128_ps(v3, v7, 0x31);
+      for (int q = 0; q < w; ++q) _mm256_store_ps(dst + (k + q) * NR + c0, t[q]);
+    }
+  }
+}
+
 void ukernel_6x16_avx2(index_t kc, const float* a, index_t rs_a, index_t cs_a, const float* b,
                        float* c, index_t ldc, int m, int n, const Epilogue& ep, const Sweep& sw) {
   // Offsets of the MR rows of A; rows past m repeat row m-1 so nothing outside A is read.

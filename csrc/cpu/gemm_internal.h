@@ -40,7 +40,13 @@ using MicroKernel = void (*)(index_t kc, const float* a, index_t rs_a, index_t c
                              const float* b, float* c, index_t ldc, int m, int n,
                              const Epilogue& ep, const Sweep& sw);
 
+// Packs one full NR-column sliver of a transposed B: column c of op(B) is src + c*cs, contiguous
+// along k; dst gets kc rows of NR values (the layout of pack_b in gemm.cpp). Null: no such
+// routine (the portable path), pack_b's own loops do it.
+using PackBT = void (*)(const float* src, index_t cs, index_t kc, float* dst);
+
 #if defined(KILNET_HAVE_AVX2_BUILD)
+void pack_bt_16_avx2(const float* src, index_t cs, index_t kc, float* dst);
 void ukernel_6x16_avx2(index_t kc, const float* a, index_t rs_a, index_t cs_a, const float* b,
                        float* c, index_t ldc, int m, int n, const Epilogue& ep, const Sweep& sw);
 #endif
