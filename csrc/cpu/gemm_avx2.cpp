@@ -78,11 +78,12 @@ void ukernel_6x16_avx2(index_t kc, const float* a, index_t rs_a, index_t cs_a, c
   // The tiles of the sweep, one after the other; the setup above is paid once per sweep, which
   // matters when K is small (K = 9 or 10: one tile is only 54-60 cycles of FMAs).
   for (index_t t = 0; t < sw.count; ++t, a += sw.a_step, b += sw.b_step, c += sw.c_step) {
-    // Warm this tile's and the next tile's C lines while the FMAs run.
-    for (int i = 0; i < m; ++i) {
-      _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(c + sw.c_step + i * ldc), _MM_HINT_T0);
-    }
+    // Warm the C lines of the next tile (of this one, for the first) while the FMAs run.
+    const float* cn = t ? c + sw.c_step : c;
+    for (int i = 0; i < m; ++i) _mm_prefetch(reinterpret_cast<const char*>(cn + i * ldc), _MM_HINT_T0);
+    if (t == 0)
+      for (int i = 0; i < m; ++i)
+        _mm_prefetch(reinterpret_cast<const char*>(c + sw.c_step + i * ldc), _MM_HINT_T0);
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
     __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
     __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
