@@ -143,9 +143,11 @@ def test_one_and_two_threads(rng, threads, M, N, K, ta, tb):
 # Runs of tiles per micro-kernel call (csrc/cpu/gemm.cpp, gemm_rect): a wide thin-K block is
 # swept row by row (many full 16-wide tiles, then a narrow one), a tall one column by column
 # (many full 6-row tiles, then a short one), with bias stepping along the row sweeps; and the
-# AVX2 pack of a transposed B (8x8 transposes, masked loads for the last K % 8 values).
+# AVX2 pack of a transposed B (8x8 transposes, masked loads for the last K % 8 values), and the
+# 1-2 row slivers (M % 6 in {1, 2}) swept two tiles at a time.
 SWEEP_SHAPES = [(5, 161, 3), (13, 335, 10), (31, 250, 9), (7, 4100, 11), (299, 10, 32),
-                (677, 33, 9), (61, 17, 1), (200, 40, 7), (19, 48, 23), (2, 1000, 2)]
+                (677, 33, 9), (61, 17, 1), (200, 40, 7), (19, 48, 23), (2, 1000, 2),
+                (32, 300, 10), (8, 520, 17), (14, 161, 400)]
 
 
 @pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (1.0, 1.0), (0.5, -2.0)])

@@ -31,6 +31,54 @@ inline void store_first(float* p, __m256 v, int w) {
   if (w) _mm_store_ss(p, x);
 }
 
+// Row sweep of a 1- or 2-row A sliver (the last sliver of M = 32 = 5*6 + 2 in the Dense dX
+// dY·Wᵀ), full-width tiles two at a time: 2 rows x 32 columns in 8 accumulators, a third of the
+// FMAs of two 6-row tiles. Each element gets the same operations in the same order as in the
+// 6-row loop below, so the result is the same bit for bit. Returns the number of tiles done.
+index_t sweep_2x32(index_t kc, const float* a, index_t cs_a, index_t o1, const float* b,
+                   float* c, index_t ldc, int m, const Epilogue& ep, const Sweep& sw) {
+  const bool scale = ep.alpha != 1.f, read_c = ep.beta != 0.f, beta1 = ep.beta == 1.f;
+  const index_t pairs = sw.count / 2;
+  for (index_t t = 0; t < 2 * pairs; t += 2) {
+    const float* b2 = b + sw.b_step;   // the second tile's B sliver
+    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c02 = _mm256_setzero_ps(),
+           c03 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps(),
+           c12 = _mm256_setzero_ps(), c13 = _mm256_setzero_ps();
+    const float* ak = a;
+#pragma GCC unroll 4
+    for (index_t k = 0; k < kc; ++k) {
+      const __m256 b0 = _mm256_load_ps(b + k * NR), b1 = _mm256_load_ps(b + k * NR + 8);
+      const __m256 b2v = _mm256_load_ps(b2 + k * NR), b3 = _mm256_load_ps(b2 + k * NR + 8);
+      const __m256 a0 = _mm256_broadcast_ss(ak), a1 = _mm256_broadcast_ss(ak + o1);
+      c00 = _mm256_fmadd_ps(a0, b0, c00); c01 = _mm256_fmadd_ps(a0, b1, c01);
+      c02 = _mm256_fmadd_ps(a0, b2v, c02); c03 = _mm256_fmadd_ps(a0, b3, c03);
+      c10 = _mm256_fmadd_ps(a1, b0, c10); c11 = _mm256_fmadd_ps(a1, b1, c11);
+      c12 = _mm256_fmadd_ps(a1, b2v, c12); c13 = _mm256_fmadd_ps(a1, b3, c13);
+      ak += cs_a;
+    }
+    const float* bt = ep.bias ? ep.bias + t * sw.bias_step : nullptr;
+    auto put = [&](float* ci, __m256 acc, const float* bias) {
+      const __m256 bv = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+      acc = scale ? _mm256_fmadd_ps(acc, _mm256_set1_ps(ep.alpha), bv) : _mm256_add_ps(acc, bv);
+      if (read_c)
+        acc = beta1 ? _mm256_add_ps(_mm256_loadu_ps(ci), acc)
+                    : _mm256_fmadd_ps(_mm256_set1_ps(ep.beta), _mm256_loadu_ps(ci), acc);
+      _mm256_storeu_ps(ci, acc);
+    };
+    float* c2 = c + sw.c_step;
+    const float* bt2 = bt ? bt + sw.bias_step : nullptr;
+    put(c, c00, bt); put(c + 8, c01, bt ? bt + 8 : nullptr);
+    put(c2, c02, bt2); put(c2 + 8, c03, bt2 ? bt2 + 8 : nullptr);
+    if (m > 1) {
+      put(c + ldc, c10, bt); put(c + ldc + 8, c11, bt ? bt + 8 : nullptr);
+      put(c2 + ldc, c12, bt2); put(c2 + ldc + 8, c13, bt2 ? bt2 + 8 : nullptr);
+    }
+    b += 2 * sw.b_step;
+    c += 2 * sw.c_step;
+  }
+  return 2 * pairs;
+}
+
 }  // namespace
 
 // A transposed B (the Dense layer's dY·Wᵀ, W stored 21632 x 10) is packed by 8x8 transposes in
@@ -75,9 +123,17 @@ void ukernel_6x16_avx2(index_t kc, const float* a, index_t rs_a, index_t cs_a, c
   // on Zen the FP adders are separate pipes from the two FMA units. Same rounding either way.
   const bool scale = ep.alpha != 1.f, read_c = ep.beta != 0.f, beta1 = ep.beta == 1.f;
 
+  // A 1- or 2-row sliver swept along a row: two tiles at a time with a third of the FMAs.
+  index_t t0 = 0;
+  if (m <= 2 && n == NR && sw.a_step == 0 && sw.count >= 2) {
+    t0 = sweep_2x32(kc, a, cs_a, o[1], b, c, ldc, m, ep, sw);
+    b += t0 * sw.b_step;
+    c += t0 * sw.c_step;
+  }
+
   // The tiles of the sweep, one after the other; the setup above is paid once per sweep, which
   // matters when K is small (K = 9 or 10: one tile is only 54-60 cycles of FMAs).
-  for (index_t t = 0; t < sw.count; ++t, a += sw.a_step, b += sw.b_step, c += sw.c_step) {
+  for (index_t t = t0; t < sw.count; ++t, a += sw.a_step, b += sw.b_step, c += sw.c_step) {
     // Warm the C lines of the next tile (of this one, for the first) while the FMAs run.
     const float* cn = t ? c + sw.c_step : c;
     for (int i = 0; i < m; ++i) _mm_prefetch(reinterpret_cast<const char*>(cn + i * ldc), _MM_HINT_T0);
