@@ -45,6 +45,8 @@ except ImportError:   # torch is optional: its columns are left out
 
 # (name, M, N, K, trans_a, trans_b)
 SHAPES = [
+    ("square 64", 64, 64, 64, False, False),
+    ("square 128", 128, 128, 128, False, False),
     ("square 256", 256, 256, 256, False, False),
     ("square 512", 512, 512, 512, False, False),
     ("square 1024", 1024, 1024, 1024, False, False),

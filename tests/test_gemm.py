@@ -140,6 +140,33 @@ def test_one_and_two_threads(rng, threads, M, N, K, ta, tb):
     np.testing.assert_array_equal(out[1], out[2])
 
 
+# Runs of tiles per micro-kernel call (csrc/cpu/gemm.cpp, gemm_rect): a wide thin-K block is
+# swept row by row (many full 16-wide tiles, then a narrow one), a tall one column by column
+# (many full 6-row tiles, then a short one), with bias stepping along the row sweeps; and the
+# AVX2 pack of a transposed B (8x8 transposes, masked loads for the last K % 8 values), and the
+# 1-2 row slivers (M % 6 in {1, 2}) swept two tiles at a time.
+SWEEP_SHAPES = [(5, 161, 3), (13, 335, 10), (31, 250, 9), (7, 4100, 11), (299, 10, 32),
+                (677, 33, 9), (61, 17, 1), (200, 40, 7), (19, 48, 23), (2, 1000, 2),
+                (32, 300, 10), (8, 520, 17), (14, 161, 400)]
+
+
+@pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (1.0, 1.0), (0.5, -2.0)])
+@pytest.mark.parametrize("ta,tb", TRANS)
+@pytest.mark.parametrize("M,N,K", SWEEP_SHAPES)
+def test_tile_sweeps(rng, M, N, K, ta, tb, alpha, beta):
+    a, b = operands(rng, M, N, K, ta, tb)
+    c0, bias = rand(rng, M, N), rand(rng, N)
+    got, ref = run_both(a, b, c0, ta, tb, alpha, beta, bias)
+    check(got, ref, K)
+    # Random odd shapes as well (fixed seed), without bias.
+    r = np.random.default_rng(M * 1000 + N + K)
+    M2, N2, K2 = (int(x) for x in r.integers(1, [80, 300, 40]))
+    a, b = operands(rng, M2, N2, K2, ta, tb)
+    c0 = rand(rng, M2, N2)
+    got, ref = run_both(a, b, c0, ta, tb, alpha, beta)
+    check(got, ref, K2)
+
+
 # The canonical model's Dense layer (forward, weight gradient, input gradient) and conv-as-GEMM.
 NN_SHAPES = [(32, 10, 21632, False, False), (21632, 10, 32, True, False),
              (32, 21632, 10, False, True), (676, 32, 9, False, False),

@@ -84,6 +84,7 @@ struct Problem {
   float* C;
   index_t ldc;
   const float* bias;
+  PackBT pack_bt;   // packs a full sliver of a transposed B, or null
 };
 
 inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
@@ -153,7 +154,9 @@ void pack_b(const Problem& p, index_t k0, index_t kc, index_t j0, index_t nc, fl
     const float* src = p.B + k0 * rs + j * cs;
     const int n = int(std::min<index_t>(NR, nc - s));
     if (n < NR) std::fill(dst, dst + NR * kc, 0.f);   // last, partial sliver: zero-pad
-    if (p.tb) {   // a transpose: columns of op(B) are contiguous along k
+    if (p.tb && n == NR && p.pack_bt) {
+      p.pack_bt(src, cs, kc, dst);
+    } else if (p.tb) {   // a transpose: columns of op(B) are contiguous along k
       index_t k = 0;
 #if defined(__SSE2__)
       if (n == NR)   // 4x4 blocks through SSE registers (baseline on x86-64)
@@ -187,8 +190,8 @@ void pack_b(const Problem& p, index_t k0, index_t kc, index_t j0, index_t nc, fl
 typedef float v4 __attribute__((vector_size(16)));
 #endif
 
-void ukernel_generic(index_t kc, const float* a, index_t rs_a, index_t cs_a, const float* b,
-                     float* c, index_t ldc, int m, int n, const Epilogue& ep) {
+void tile_generic(index_t kc, const float* a, index_t rs_a, index_t cs_a, const float* b,
+                  float* c, index_t ldc, int m, int n, const Epilogue& ep) {
   index_t o[MR];   // row offsets into A; rows past m repeat row m-1 (never out of bounds)
   for (int r = 0; r < MR; ++r) o[r] = (r < m ? r : m - 1) * rs_a;
   alignas(16) float tile[MR][NR];
@@ -227,6 +230,15 @@ void ukernel_generic(index_t kc, const float* a, index_t rs_a, index_t cs_a, con
   }
 }
 
+void ukernel_generic(index_t kc, const float* a, index_t rs_a, index_t cs_a, const float* b,
+                     float* c, index_t ldc, int m, int n, const Epilogue& ep, const Sweep& sw) {
+  for (index_t t = 0; t < sw.count; ++t) {
+    const Epilogue et{ep.alpha, ep.beta, ep.bias ? ep.bias + t * sw.bias_step : nullptr};
+    tile_generic(kc, a + t * sw.a_step, rs_a, cs_a, b + t * sw.b_step, c + t * sw.c_step, ldc, m,
+                 n, et);
+  }
+}
+
 // The BLIS loops over C[m0:m1, n0:n1] on the calling thread. False if a buffer allocation failed.
 bool gemm_rect(const Problem& p, MicroKernel uk, index_t m0, index_t m1, index_t n0, index_t n1) {
   // K blocks of equal size (<= KC) so that K = 400 is 200 + 200 rather than 384 + 16.
@@ -249,24 +261,49 @@ bool gemm_rect(const Problem& p, MicroKernel uk, index_t m0, index_t m1, index_t
         // Pack A only if many B slivers reuse it; else the micro-kernel reads op(A) in place.
         const bool pack = nc > kPackAMinCols;
         if (pack) pack_a(p, ic, mc, pc, kc, Ap);
-        const index_t rs = pack ? 1 : (p.ta ? 1 : p.lda), cs = pack ? MR : (p.ta ? p.lda : 1);
-        // One micro-tile of C: (ir, jr) within this (ic, jc) block.
-        auto tile = [&](index_t ir, index_t jr) {
-          const Epilogue ep{p.alpha, first ? p.beta : 1.f,
-                            first && p.bias ? p.bias + jc + jr : nullptr};
-          const float* a = pack ? Ap + ir * kc
-                                : p.A + (p.ta ? pc * p.lda + ic + ir : (ic + ir) * p.lda + pc);
-          uk(kc, a, rs, cs, Bp + jr * kc, p.C + (ic + ir) * p.ldc + jc + jr, p.ldc,
-             int(std::min<index_t>(MR, mc - ir)), int(std::min<index_t>(NR, nc - jr)), ep);
+        // Row stride of op(A) in place; the kernel's strides of the A sliver.
+        const index_t rs_in = p.ta ? 1 : p.lda;
+        const index_t rs = pack ? 1 : rs_in, cs = pack ? MR : (p.ta ? p.lda : 1);
+        auto a_at = [&](index_t ir) {   // the A sliver of rows ic+ir..
+          return pack ? Ap + ir * kc
+                      : p.A + (p.ta ? pc * p.lda + ic + ir : (ic + ir) * p.lda + pc);
         };
-        if (kc * nc <= kSmallPanel) {
-          // Thin K: the whole B panel sits in L2, so sweep it under one A sliver at a time;
-          // C is then written along MR rows at once instead of MC rows (fewer write streams).
-          for (index_t ir = 0; ir < mc; ir += MR)
-            for (index_t jr = 0; jr < nc; jr += NR) tile(ir, jr);
+        auto ep_at = [&](index_t jr) {   // beta and bias belong to the first K block only
+          return Epilogue{p.alpha, first ? p.beta : 1.f, first && p.bias ? p.bias + jc + jr : nullptr};
+        };
+        float* const cb = p.C + ic * p.ldc + jc;   // this block's corner of C
+        // One row of tiles: the A sliver at ir under every B sliver (full-width tiles in one
+        // kernel call, then the narrow last one).
+        auto row_sweep = [&](index_t ir) {
+          const int m = int(std::min<index_t>(MR, mc - ir));
+          const index_t full = nc / NR, tail = nc % NR;
+          if (full)
+            uk(kc, a_at(ir), rs, cs, Bp, cb + ir * p.ldc, p.ldc, m, NR, ep_at(0),
+               Sweep{full, 0, NR * kc, NR, NR});
+          if (tail)
+            uk(kc, a_at(ir), rs, cs, Bp + full * NR * kc, cb + ir * p.ldc + full * NR, p.ldc, m,
+               int(tail), ep_at(full * NR), Sweep{1, 0, 0, 0, 0});
+        };
+        // One column of tiles: the B sliver at jr under every A sliver (full-height tiles in one
+        // call, then the short last one).
+        auto col_sweep = [&](index_t jr) {
+          const int n = int(std::min<index_t>(NR, nc - jr));
+          const index_t full = mc / MR, tail = mc % MR;
+          const Epilogue ep = ep_at(jr);
+          if (full)
+            uk(kc, a_at(0), rs, cs, Bp + jr * kc, cb + jr, p.ldc, MR, n, ep,
+               Sweep{full, pack ? MR * kc : MR * rs_in, 0, MR * p.ldc, 0});
+          if (tail)
+            uk(kc, a_at(full * MR), rs, cs, Bp + jr * kc, cb + full * MR * p.ldc + jr, p.ldc,
+               int(tail), n, ep, Sweep{1, 0, 0, 0, 0});
+        };
+        if (kc * nc <= kSmallPanel && nc / NR >= mc / MR) {
+          // Thin K and a wide block: the whole B panel sits in L2, so sweep it under one A
+          // sliver at a time; C is then written along MR rows at once instead of MC rows (fewer
+          // write streams), and each kernel call runs many tiles.
+          for (index_t ir = 0; ir < mc; ir += MR) row_sweep(ir);
         } else {   // BLIS order: the B sliver stays in L1 while the A slivers pass over it
-          for (index_t jr = 0; jr < nc; jr += NR)
-            for (index_t ir = 0; ir < mc; ir += MR) tile(ir, jr);
+          for (index_t jr = 0; jr < nc; jr += NR) col_sweep(jr);
         }
       }
     }
@@ -358,12 +395,15 @@ void gemm(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, const 
       }
     return;
   }
-  const Problem p{ta, tb, M, N, K, alpha, beta, A, B, lda, ldb, C, ldc, bias};
 #if defined(KILNET_HAVE_AVX2_BUILD)
-  const MicroKernel uk = use_avx2() ? ukernel_6x16_avx2 : ukernel_generic;
+  const bool avx2 = use_avx2();
+  const MicroKernel uk = avx2 ? ukernel_6x16_avx2 : ukernel_generic;
+  const PackBT pack_bt = avx2 ? pack_bt_16_avx2 : nullptr;
 #else
   const MicroKernel uk = ukernel_generic;
+  const PackBT pack_bt = nullptr;
 #endif
+  const Problem p{ta, tb, M, N, K, alpha, beta, A, B, lda, ldb, C, ldc, bias, pack_bt};
   const index_t flops = 2 * M * N * K;
   if (M * N <= kSplitKMaxC && K >= kSplitKMinK) {
     gemm_split_k(p, uk);

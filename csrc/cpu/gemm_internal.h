@@ -21,7 +21,15 @@ struct Epilogue {
   const float* bias;
 };
 
-// Micro-kernel contract (both implementations):
+// A micro-kernel call computes a run of sw.count tiles along one row or one column of tiles:
+// tile t reads a + t*a_step and b + t*b_step, and writes c + t*c_step with bias + t*bias_step
+// (when bias is not null); all with the same m x n. Paying the setup once per run rather than
+// once per tile matters when K is small (a 6x16 tile with K = 9 is only 54 cycles of FMAs).
+struct Sweep {
+  index_t count, a_step, b_step, c_step, bias_step;
+};
+
+// Micro-kernel contract (both implementations), for each tile of the sweep:
 //   a: MR rows of op(A), element (r, k) at a[r*rs_a + k*cs_a], r < m. A packed sliver has
 //      rs_a = 1, cs_a = MR; op(A) read in place has (lda, 1), or (1, lda) when transposed.
 //      Rows r >= m are never read (they alias row m-1, their results are dropped).
@@ -30,11 +38,17 @@ struct Epilogue {
 //      (m <= MR, n <= NR) is read or written. kc may be 0 (then the tile is just the epilogue).
 using MicroKernel = void (*)(index_t kc, const float* a, index_t rs_a, index_t cs_a,
                              const float* b, float* c, index_t ldc, int m, int n,
-                             const Epilogue& ep);
+                             const Epilogue& ep, const Sweep& sw);
+
+// Packs one full NR-column sliver of a transposed B: column c of op(B) is src + c*cs, contiguous
+// along k; dst gets kc rows of NR values (the layout of pack_b in gemm.cpp). Null: no such
+// routine (the portable path), pack_b's own loops do it.
+using PackBT = void (*)(const float* src, index_t cs, index_t kc, float* dst);
 
 #if defined(KILNET_HAVE_AVX2_BUILD)
+void pack_bt_16_avx2(const float* src, index_t cs, index_t kc, float* dst);
 void ukernel_6x16_avx2(index_t kc, const float* a, index_t rs_a, index_t cs_a, const float* b,
-                       float* c, index_t ldc, int m, int n, const Epilogue& ep);
+                       float* c, index_t ldc, int m, int n, const Epilogue& ep, const Sweep& sw);
 #endif
 
 }  // namespace kilnet::cpu::gemm_detail
