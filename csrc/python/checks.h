@@ -61,9 +61,14 @@ inline Arr array_arg(const char* fn, const char* name, py::handle h, char kind, 
   a.arr = py::reinterpret_borrow<py::array>(h);
   // Compare type numbers, not dtype objects: an unpickled float32 dtype is a different object.
   // A byte-swapped (non-native) array has the same number and is refused by the isnative test.
-  const py::dtype dt = a.arr.dtype();
-  const py::dtype want = kind == 'f' ? py::dtype::of<float>() : py::dtype::of<std::int64_t>();
-  const bool ok_dtype = dt.num() == want.num() && dt.attr("isnative").cast<bool>();
+  // Read off the descriptor (no Python attribute lookups: this runs for every array of every call).
+  static const int want_f32 = py::dtype::of<float>().num(), want_i64 = py::dtype::of<std::int64_t>().num();
+  const auto* descr = py::detail::array_descriptor_proxy(py::detail::array_proxy(h.ptr())->descr);
+  const char order = descr->byteorder;   // '=' native, '|' not applicable, else '<' or '>'
+  const uint16_t probe = 1;
+  const char native = *reinterpret_cast<const char*>(&probe) ? '<' : '>';
+  const bool ok_dtype = descr->type_num == (kind == 'f' ? want_f32 : want_i64) &&
+                        (order == '=' || order == '|' || order == native);
   if (!ok_dtype)
     fail_type(std::string(fn) + ": argument '" + name + "' must have dtype " +
               (kind == 'f' ? "float32" : "int64") + ", got " + std::string(py::str(a.arr.dtype())));
