@@ -50,6 +50,7 @@ SHAPES = [
     ("square 256", 256, 256, 256, False, False),
     ("square 512", 512, 512, 512, False, False),
     ("square 1024", 1024, 1024, 1024, False, False),
+    ("square 2048", 2048, 2048, 2048, False, False),   # issue 3 names 1024³ and 2048³
     ("dense fwd X.W", 32, 10, 21632, False, False),
     ("dense dW X^T.dY", 21632, 10, 32, True, False),
     ("dense dX dY.W^T", 32, 21632, 10, False, True),
