@@ -6,12 +6,13 @@
 //             U packed once; per step and per block of <= MR batch rows:
 //             h_{t-1} U accumulated onto the step's pre-activations, then the gate math
 //   backward  per step, from the last: dz_{t+1} U^T (U^T packed once) fused with the gate
-//             derivatives of step t; then dU += hs[0:T]^T dz, dW += xs^T dz, db += colsum(dz),
-//             dx = dz W^T                                            (one GEMM each)
+//             derivatives of step t; then [dW; dU; db] += [xs | hs[0:T] | 1]^T dz (one GEMM;
+//             the GRU's dU and b_rec use dr, a second one), dx = dz W^T (one GEMM)
 // Batch rows never interact in the recurrence, so each thread owns a fixed range of rows for
 // all T steps: there is no barrier between steps.
 #include <algorithm>
 #include <cstring>
+#include <initializer_list>
 #include <vector>
 #include "kilnet/gemm.h"
 #include "kilnet/rnn.h"
@@ -72,12 +73,6 @@ void copy_outputs(const RnnShape& s, const float* hs, index_t n0, index_t n1, fl
     for (index_t t = s.return_sequences ? 0 : T - 1; t < T; ++t)
       std::memcpy(y + (s.return_sequences ? (n * T + t) * H : n * H), hs + ((t + 1) * s.B + n) * H,
                   size_t(H) * sizeof(float));
-}
-
-bool all_zero(const float* p, index_t n) {
-  for (index_t i = 0; i < n; ++i)
-    if (p[i] != 0.f) return false;
-  return true;
 }
 
 }  // namespace
@@ -331,6 +326,43 @@ void for_row_blocks(index_t r0, index_t r1, F&& f) {
   }
 }
 
+// One block of columns of the weight-gradient GEMM's left operand: n columns copied from src
+// (row r at src + r*ld; src nullptr: a column of ones, whose product with dz is the bias
+// gradient), accumulated into out (n x GH). n == 0: the block is skipped.
+struct GradPart {
+  const float* src;
+  index_t ld, n;
+  float* out;
+};
+
+// out_p += part_p^T dz for every part, as one GEMM over the parts side by side ([rows, sum n]).
+// One GEMM packs dz once and has M = I + H + 1 rows, where separate ones had a small-M dW
+// (I = 28 rows ran at half the speed of dU), packed dz twice and summed db in a third pass.
+// gemm's result does not depend on the thread count, so neither do dW, dU and db.
+void weight_grads(index_t rows, index_t GH, const float* dz, std::initializer_list<GradPart> parts) {
+  index_t M = 0;
+  for (const GradPart& p : parts) M += p.n;
+  if (M == 0) return;
+  thread_local std::vector<float> cat, prod;
+  cat.resize(size_t(rows * M));
+  prod.resize(size_t(M * GH));
+#pragma omp parallel for num_threads(threads_for(rows * M)) schedule(static)
+  for (index_t r = 0; r < rows; ++r) {
+    float* d = cat.data() + r * M;
+    for (const GradPart& p : parts) {
+      if (p.src) std::memcpy(d, p.src + r * p.ld, size_t(p.n) * sizeof(float));
+      else std::fill(d, d + p.n, 1.f);
+      d += p.n;
+    }
+  }
+  gemm(true, false, M, GH, rows, 1.f, cat.data(), M, dz, GH, 0.f, prod.data(), GH, nullptr);
+  const float* src = prod.data();
+  for (const GradPart& p : parts) {
+    for (index_t i = 0; i < p.n * GH; ++i) p.out[i] += src[i];
+    src += p.n * GH;
+  }
+}
+
 }  // namespace
 
 // ================================================================================ fast path
@@ -443,14 +475,12 @@ void rnn_backward(const RnnShape& s, const float* dy, const float* W, const floa
     if (dc0 && s.cell == Cell::LSTM) std::memcpy(dc0 + r0 * H, carry + r0 * H, size_t((r1 - r0) * H) * sizeof(float));
   }
 
-  if (dU) {   // sum_t h_{t-1}^T dr_t over all steps; step 0 adds nothing when h0 is zero
-    const index_t t0 = all_zero(hs, B * H) ? 1 : 0;
-    if (T > t0) gemm(true, false, H, GH, (T - t0) * B, 1.f, hs + t0 * B * H, H, dr + t0 * B * GH, GH, 1.f, dU, GH, nullptr);
-  }
-  if (dW) gemm(true, false, I, GH, TB, 1.f, xs, I, dz, GH, 1.f, dW, GH, nullptr);
-  if (db) {
-    bias_backward(TB, GH, dz, db);
-    if (gru) bias_backward(TB, GH, dr, db + GH);
+  // dW += xs^T dz, dU += hs[0:T]^T dr, db += colsum(dz) (and colsum(dr) for the GRU's b_rec).
+  if (!gru) {   // dr == dz: all three from one GEMM over [x_t | h_{t-1} | 1]
+    weight_grads(TB, GH, dz, {{xs, I, dW ? I : 0, dW}, {hs, H, dU ? H : 0, dU}, {nullptr, 0, db ? 1 : 0, db}});
+  } else {
+    weight_grads(TB, GH, dz, {{xs, I, dW ? I : 0, dW}, {nullptr, 0, db ? 1 : 0, db}});
+    weight_grads(TB, GH, dr, {{hs, H, dU ? H : 0, dU}, {nullptr, 0, db ? 1 : 0, db ? db + GH : nullptr}});
   }
   if (dx) {
     float* dxs = scratch + L.dxs;
