@@ -85,6 +85,33 @@ inline __m256 dact8(Act a, __m256 y, __m256 dy) {
   }
 }
 
+// An activation as a value with f (forward) and df (backward, from the output). The gate kernels
+// are instantiated with Keras' defaults (activation tanh, recurrent sigmoid) fixed at compile
+// time: with a run-time switch per vector GCC left branches between the gates and reloaded
+// every constant, and the LSTM gate math took ~2x as long. Other pairs use the switch.
+template <Act A>
+struct Fixed {
+  __m256 f(__m256 x) const { return act8(A, x); }
+  __m256 df(__m256 y, __m256 dy) const { return dact8(A, y, dy); }
+};
+struct Dynamic {
+  Act a;
+  __m256 f(__m256 x) const { return act8(a, x); }
+  __m256 df(__m256 y, __m256 dy) const { return dact8(a, y, dy); }
+};
+
+template <class F>
+inline void with_act(Act a, F&& body) {
+  if (a == Act::Tanh) body(Fixed<Act::Tanh>{});
+  else body(Dynamic{a});
+}
+
+template <class F>
+inline void with_acts(Act a, Act s, F&& body) {
+  if (a == Act::Tanh && s == Act::Sigmoid) body(Fixed<Act::Tanh>{}, Fixed<Act::Sigmoid>{});
+  else body(Dynamic{a}, Dynamic{s});
+}
+
 // Calls body(io, j) for j = 0, 8, 16, ... < n with full vectors, then once for the tail.
 template <class F>
 inline void for_vectors(index_t n, F&& body) {
@@ -162,37 +189,43 @@ void gemm_rows(index_t m, index_t n, index_t k, const float* A, index_t lda, con
 }
 
 // ---------------------------------------------------------------- gate math, forward
-void rnn_fwd(index_t m, index_t H, Act a, float* h) {
-  for_vectors(m * H, [&](auto io, index_t j) { io.st(h + j, act8(a, io.ld(h + j))); });
+void rnn_fwd(index_t m, index_t H, Act act, float* h) {
+  with_act(act, [&](auto a) {
+    for_vectors(m * H, [&](auto io, index_t j) { io.st(h + j, a.f(io.ld(h + j))); });
+  });
 }
 
-void lstm_fwd(index_t m, index_t H, Act a, Act s, float* g, const float* cp, float* c, float* tc, float* h) {
-  for (index_t r = 0; r < m; ++r, g += 4 * H, cp += H, c += H, tc += H, h += H)
-    for_vectors(H, [&](auto io, index_t j) {
-      const __m256 i = act8(s, io.ld(g + j)), f = act8(s, io.ld(g + H + j));
-      const __m256 gg = act8(a, io.ld(g + 2 * H + j)), o = act8(s, io.ld(g + 3 * H + j));
-      const __m256 cn = _mm256_fmadd_ps(f, io.ld(cp + j), _mm256_mul_ps(i, gg));
-      io.st(g + j, i); io.st(g + H + j, f); io.st(g + 2 * H + j, gg); io.st(g + 3 * H + j, o);
-      const __m256 t = act8(a, cn);
-      io.st(c + j, cn);
-      io.st(tc + j, t);
-      io.st(h + j, _mm256_mul_ps(o, t));
-    });
+void lstm_fwd(index_t m, index_t H, Act act, Act rec, float* g, const float* cp, float* c, float* tc, float* h) {
+  with_acts(act, rec, [&](auto a, auto s) {
+    for (index_t r = 0; r < m; ++r, g += 4 * H, cp += H, c += H, tc += H, h += H)
+      for_vectors(H, [&](auto io, index_t j) {
+        const __m256 i = s.f(io.ld(g + j)), f = s.f(io.ld(g + H + j));
+        const __m256 gg = a.f(io.ld(g + 2 * H + j)), o = s.f(io.ld(g + 3 * H + j));
+        const __m256 cn = _mm256_fmadd_ps(f, io.ld(cp + j), _mm256_mul_ps(i, gg));
+        io.st(g + j, i); io.st(g + H + j, f); io.st(g + 2 * H + j, gg); io.st(g + 3 * H + j, o);
+        const __m256 t = a.f(cn);
+        io.st(c + j, cn);
+        io.st(tc + j, t);
+        io.st(h + j, _mm256_mul_ps(o, t));
+      });
+  });
 }
 
-void gru_fwd(index_t m, index_t H, Act a, Act s, float* g, const float* hu, const float* hp, float* huh,
+void gru_fwd(index_t m, index_t H, Act act, Act rec, float* g, const float* hu, const float* hp, float* huh,
              float* h) {
-  for (index_t r = 0; r < m; ++r, g += 3 * H, hu += 3 * H, hp += H, huh += H, h += H)
-    for_vectors(H, [&](auto io, index_t j) {
-      const __m256 z = act8(s, _mm256_add_ps(io.ld(g + j), io.ld(hu + j)));
-      const __m256 rr = act8(s, _mm256_add_ps(io.ld(g + H + j), io.ld(hu + H + j)));
-      const __m256 uh = io.ld(hu + 2 * H + j);
-      const __m256 hh = act8(a, _mm256_fmadd_ps(rr, uh, io.ld(g + 2 * H + j)));
-      // h = z h_prev + (1 - z) hh = hh + z (h_prev - hh)
-      io.st(h + j, _mm256_fmadd_ps(z, _mm256_sub_ps(io.ld(hp + j), hh), hh));
-      io.st(g + j, z); io.st(g + H + j, rr); io.st(g + 2 * H + j, hh);
-      io.st(huh + j, uh);
-    });
+  with_acts(act, rec, [&](auto a, auto s) {
+    for (index_t r = 0; r < m; ++r, g += 3 * H, hu += 3 * H, hp += H, huh += H, h += H)
+      for_vectors(H, [&](auto io, index_t j) {
+        const __m256 z = s.f(_mm256_add_ps(io.ld(g + j), io.ld(hu + j)));
+        const __m256 rr = s.f(_mm256_add_ps(io.ld(g + H + j), io.ld(hu + H + j)));
+        const __m256 uh = io.ld(hu + 2 * H + j);
+        const __m256 hh = a.f(_mm256_fmadd_ps(rr, uh, io.ld(g + 2 * H + j)));
+        // h = z h_prev + (1 - z) hh = hh + z (h_prev - hh)
+        io.st(h + j, _mm256_fmadd_ps(z, _mm256_sub_ps(io.ld(hp + j), hh), hh));
+        io.st(g + j, z); io.st(g + H + j, rr); io.st(g + 2 * H + j, hh);
+        io.st(huh + j, uh);
+      });
+  });
 }
 
 // ---------------------------------------------------------------- gate math, backward
@@ -202,51 +235,57 @@ inline __m256 grad_in(const IO& io, const float* dh, const float* dy, index_t j)
   return dy ? _mm256_add_ps(d, io.ld(dy + j)) : d;
 }
 
-void rnn_bwd(index_t m, index_t H, Act a, const float* dh, const float* dy, index_t ldy, const float* h,
+void rnn_bwd(index_t m, index_t H, Act act, const float* dh, const float* dy, index_t ldy, const float* h,
              float* dz) {
-  for (index_t r = 0; r < m; ++r, h += H, dz += H) {
-    for_vectors(H, [&](auto io, index_t j) { io.st(dz + j, dact8(a, io.ld(h + j), grad_in(io, dh, dy, j))); });
-    if (dh) dh += H;
-    if (dy) dy += ldy;
-  }
+  with_act(act, [&](auto a) {
+    for (index_t r = 0; r < m; ++r, h += H, dz += H) {
+      for_vectors(H, [&](auto io, index_t j) { io.st(dz + j, a.df(io.ld(h + j), grad_in(io, dh, dy, j))); });
+      if (dh) dh += H;
+      if (dy) dy += ldy;
+    }
+  });
 }
 
-void lstm_bwd(index_t m, index_t H, Act a, Act s, const float* dh, const float* dy, index_t ldy,
+void lstm_bwd(index_t m, index_t H, Act act, Act rec, const float* dh, const float* dy, index_t ldy,
               const float* g, const float* cp, const float* tcp, float* dc, float* dz) {
-  for (index_t r = 0; r < m; ++r, g += 4 * H, cp += H, tcp += H, dc += H, dz += 4 * H) {
-    for_vectors(H, [&](auto io, index_t j) {
-      const __m256 d = grad_in(io, dh, dy, j);
-      const __m256 i = io.ld(g + j), f = io.ld(g + H + j), gg = io.ld(g + 2 * H + j), o = io.ld(g + 3 * H + j);
-      const __m256 tc = io.ld(tcp + j);
-      const __m256 dct = _mm256_add_ps(io.ld(dc + j), dact8(a, tc, _mm256_mul_ps(d, o)));
-      io.st(dz + j, dact8(s, i, _mm256_mul_ps(dct, gg)));
-      io.st(dz + H + j, dact8(s, f, _mm256_mul_ps(dct, io.ld(cp + j))));
-      io.st(dz + 2 * H + j, dact8(a, gg, _mm256_mul_ps(dct, i)));
-      io.st(dz + 3 * H + j, dact8(s, o, _mm256_mul_ps(d, tc)));
-      io.st(dc + j, _mm256_mul_ps(dct, f));
-    });
-    if (dh) dh += H;
-    if (dy) dy += ldy;
-  }
+  with_acts(act, rec, [&](auto a, auto s) {
+    for (index_t r = 0; r < m; ++r, g += 4 * H, cp += H, tcp += H, dc += H, dz += 4 * H) {
+      for_vectors(H, [&](auto io, index_t j) {
+        const __m256 d = grad_in(io, dh, dy, j);
+        const __m256 i = io.ld(g + j), f = io.ld(g + H + j), gg = io.ld(g + 2 * H + j), o = io.ld(g + 3 * H + j);
+        const __m256 tc = io.ld(tcp + j);
+        const __m256 dct = _mm256_add_ps(io.ld(dc + j), a.df(tc, _mm256_mul_ps(d, o)));
+        io.st(dz + j, s.df(i, _mm256_mul_ps(dct, gg)));
+        io.st(dz + H + j, s.df(f, _mm256_mul_ps(dct, io.ld(cp + j))));
+        io.st(dz + 2 * H + j, a.df(gg, _mm256_mul_ps(dct, i)));
+        io.st(dz + 3 * H + j, s.df(o, _mm256_mul_ps(d, tc)));
+        io.st(dc + j, _mm256_mul_ps(dct, f));
+      });
+      if (dh) dh += H;
+      if (dy) dy += ldy;
+    }
+  });
 }
 
-void gru_bwd(index_t m, index_t H, Act a, Act s, const float* dh, const float* dy, index_t ldy,
+void gru_bwd(index_t m, index_t H, Act act, Act rec, const float* dh, const float* dy, index_t ldy,
              const float* g, const float* huh, const float* hp, float* carry, float* dz, float* dhu) {
   const __m256 one = _mm256_set1_ps(1.f);
-  for (index_t r = 0; r < m; ++r, g += 3 * H, huh += H, hp += H, carry += H, dz += 3 * H, dhu += 3 * H) {
-    for_vectors(H, [&](auto io, index_t j) {
-      const __m256 d = _mm256_add_ps(grad_in(io, dh, dy, j), io.ld(carry + j));
-      const __m256 z = io.ld(g + j), rr = io.ld(g + H + j), hh = io.ld(g + 2 * H + j);
-      const __m256 dxz = dact8(s, z, _mm256_mul_ps(d, _mm256_sub_ps(io.ld(hp + j), hh)));
-      const __m256 dxh = dact8(a, hh, _mm256_mul_ps(d, _mm256_sub_ps(one, z)));
-      const __m256 dxr = dact8(s, rr, _mm256_mul_ps(dxh, io.ld(huh + j)));
-      io.st(carry + j, _mm256_mul_ps(d, z));
-      io.st(dz + j, dxz); io.st(dz + H + j, dxr); io.st(dz + 2 * H + j, dxh);
-      io.st(dhu + j, dxz); io.st(dhu + H + j, dxr); io.st(dhu + 2 * H + j, _mm256_mul_ps(dxh, rr));
-    });
-    if (dh) dh += H;
-    if (dy) dy += ldy;
-  }
+  with_acts(act, rec, [&](auto a, auto s) {
+    for (index_t r = 0; r < m; ++r, g += 3 * H, huh += H, hp += H, carry += H, dz += 3 * H, dhu += 3 * H) {
+      for_vectors(H, [&](auto io, index_t j) {
+        const __m256 d = _mm256_add_ps(grad_in(io, dh, dy, j), io.ld(carry + j));
+        const __m256 z = io.ld(g + j), rr = io.ld(g + H + j), hh = io.ld(g + 2 * H + j);
+        const __m256 dxz = s.df(z, _mm256_mul_ps(d, _mm256_sub_ps(io.ld(hp + j), hh)));
+        const __m256 dxh = a.df(hh, _mm256_mul_ps(d, _mm256_sub_ps(one, z)));
+        const __m256 dxr = s.df(rr, _mm256_mul_ps(dxh, io.ld(huh + j)));
+        io.st(carry + j, _mm256_mul_ps(d, z));
+        io.st(dz + j, dxz); io.st(dz + H + j, dxr); io.st(dz + 2 * H + j, dxh);
+        io.st(dhu + j, dxz); io.st(dhu + H + j, dxr); io.st(dhu + 2 * H + j, _mm256_mul_ps(dxh, rr));
+      });
+      if (dh) dh += H;
+      if (dy) dy += ldy;
+    }
+  });
 }
 
 const StepKernels kAvx2 = {gemm_rows, rnn_fwd, lstm_fwd, gru_fwd, rnn_bwd, lstm_bwd, gru_bwd};
