@@ -316,6 +316,12 @@ int recurrence_threads(const RnnShape& s) {
   return int(std::max<index_t>(1, std::min<index_t>(nt, s.B / 4)));
 }
 
+// Asks for rows x n floats (row i at p + i*ld) to be brought toward the cache, without waiting.
+void prefetch_rows(const float* p, index_t rows, index_t n, index_t ld) {
+  for (index_t i = 0; i < rows; ++i)
+    for (index_t j = 0; j < n; j += 16) __builtin_prefetch(p + i * ld + j, 0, 2);
+}
+
 // Calls f(r, m) for the thread's rows [r0, r1) in blocks of <= MR, sizes balanced.
 template <class F>
 void for_row_blocks(index_t r0, index_t r1, F&& f) {
@@ -343,19 +349,20 @@ void weight_grads(index_t rows, index_t GH, const float* dz, std::initializer_li
   index_t M = 0;
   for (const GradPart& p : parts) M += p.n;
   if (M == 0) return;
-  thread_local std::vector<float> cat, prod;
-  cat.resize(size_t(rows * M));
+  thread_local std::vector<float> cat_buf, prod;
+  cat_buf.resize(size_t(rows * M));
   prod.resize(size_t(M * GH));
+  float* cat = cat_buf.data();   // this thread's buffer: inside the team, cat_buf is each thread's own
 #pragma omp parallel for num_threads(threads_for(rows * M)) schedule(static)
   for (index_t r = 0; r < rows; ++r) {
-    float* d = cat.data() + r * M;
+    float* d = cat + r * M;
     for (const GradPart& p : parts) {
       if (p.src) std::memcpy(d, p.src + r * p.ld, size_t(p.n) * sizeof(float));
       else std::fill(d, d + p.n, 1.f);
       d += p.n;
     }
   }
-  gemm(true, false, M, GH, rows, 1.f, cat.data(), M, dz, GH, 0.f, prod.data(), GH, nullptr);
+  gemm(true, false, M, GH, rows, 1.f, cat, M, dz, GH, 0.f, prod.data(), GH, nullptr);
   const float* src = prod.data();
   for (const GradPart& p : parts) {
     for (index_t i = 0; i < p.n * GH; ++i) p.out[i] += src[i];
@@ -403,6 +410,8 @@ void rnn_forward(const RnnShape& s, const float* x, const float* W, const float*
           K.rnn_fwd(m, H, s.act, h);
         } else if (s.cell == Cell::LSTM) {
           float* g = gates + (t * B + r) * GH;
+          // The next step's x W + b for these rows (cold since the input GEMM) while this one runs.
+          if (t + 1 < T) prefetch_rows(g + B * GH, 1, m * GH, 0);
           if (rec) K.gemm_rows(m, GH, H, hp, H, Up, g, GH, g, GH);
           K.lstm_fwd(m, H, s.act, s.rec_act, g, ws + L.cs + (t * B + r) * H, ws + L.cs + ((t + 1) * B + r) * H,
                      ws + L.tcs + (t * B + r) * H, h);
@@ -448,16 +457,24 @@ void rnn_backward(const RnnShape& s, const float* dy, const float* W, const floa
     std::fill(carry + r0 * H, carry + r1 * H, 0.f);
     for (index_t t = T - 1; t >= 0; --t) {
       for_row_blocks(r0, r1, [&](index_t r, index_t m) {
-        const float* dh = nullptr;
-        if (t < T - 1) {   // dh_t = dz_{t+1} U^T
-          K.gemm_rows(m, H, GH, dr + ((t + 1) * B + r) * GH, GH, UTp, nullptr, 0, tmp.data(), H);
-          dh = tmp.data();
-        }
         const float* dyr = nullptr;
         index_t ldy = H;
         if (s.return_sequences) { dyr = dy + (r * T + t) * H; ldy = T * H; }
         else if (t == T - 1) dyr = dy + r * H;
         const index_t row = t * B + r;
+        // The gate kernel's inputs were written long ago (forward) and sit in L3 or memory: they
+        // arrive during the dh GEMM instead of stalling the gate math (~half its time on loads).
+        if (dyr) prefetch_rows(dyr, m, H, ldy);
+        if (s.cell != Cell::SimpleRNN) prefetch_rows(ws + L.gates + row * GH, 1, m * GH, 0);
+        if (s.cell == Cell::LSTM) {
+          prefetch_rows(ws + L.cs + row * H, 1, m * H, 0);
+          prefetch_rows(ws + L.tcs + row * H, 1, m * H, 0);
+        }
+        const float* dh = nullptr;
+        if (t < T - 1) {   // dh_t = dz_{t+1} U^T
+          K.gemm_rows(m, H, GH, dr + ((t + 1) * B + r) * GH, GH, UTp, nullptr, 0, tmp.data(), H);
+          dh = tmp.data();
+        }
         if (s.cell == Cell::SimpleRNN)
           K.rnn_bwd(m, H, s.act, dh, dyr, ldy, hs + (row + B) * H, dz + row * GH);
         else if (s.cell == Cell::LSTM)
