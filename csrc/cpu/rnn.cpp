@@ -2,9 +2,9 @@
 // reference, the BPTT driver and its portable step kernels (rnn_avx2.cpp has the AVX2 ones).
 //
 // The driver (rnn_forward / rnn_backward):
-//   forward   xs = x time-major; [hs[1:] | gates] = xs W + b      (one GEMM for all steps)
-//             U packed once; per step and per block of <= MR batch rows:
-//             h_{t-1} U accumulated onto the step's pre-activations, then the gate math
+//   forward   xs = x time-major; [W; U] packed once; per step and per block of <= MR batch
+//             rows: b + x_t W + h_{t-1} U in one register-tiled product, then the gate math
+//             (GRU: xs W + b_in for all steps is one GEMM first, and only U is packed)
 //   backward  per step, from the last: dz_{t+1} U^T (U^T packed once) fused with the gate
 //             derivatives of step t; then [dW; dU; db] += [xs | hs[0:T] | 1]^T dz (one GEMM;
 //             the GRU's dU and b_rec use dr, a second one), dx = dz W^T (one GEMM)
@@ -208,16 +208,17 @@ namespace {
 using rnn_detail::MR;
 using rnn_detail::NR;
 
-void gemm_rows_portable(index_t m, index_t n, index_t k, const float* A, index_t lda, const float* Bp,
-                        const float* Cinit, index_t ldci, float* C, index_t ldc) {
+void gemm_rows_portable(index_t m, index_t n, index_t k, const float* A, index_t lda, index_t k2,
+                        const float* A2, index_t lda2, const float* Bp, index_t kp, const float* Cinit,
+                        index_t ldci, float* C, index_t ldc) {
   for (index_t r = 0; r < m; ++r)
     for (index_t p = 0; p * NR < n; ++p) {
       const index_t j0 = p * NR, nn = std::min<index_t>(NR, n - j0);
       float acc[NR] = {};
       if (Cinit) for (index_t j = 0; j < nn; ++j) acc[j] = Cinit[r * ldci + j0 + j];
-      const float* bp = Bp + p * k * NR;
-      for (index_t q = 0; q < k; ++q) {
-        const float a = A[r * lda + q];
+      const float* bp = Bp + p * kp * NR;
+      for (index_t q = 0; q < k + k2; ++q) {
+        const float a = q < k ? A[r * lda + q] : A2[r * lda2 + q - k];
         for (int j = 0; j < NR; ++j) acc[j] += a * bp[q * NR + j];
       }
       for (index_t j = 0; j < nn; ++j) C[r * ldc + j0 + j] = acc[j];
@@ -294,10 +295,13 @@ const rnn_detail::StepKernels& step_kernels() {
   return kPortable;
 }
 
-// op(M) (K x N; M is K x N with row stride ld, or N x K when trans) into NR-column panels.
-void pack_panels(index_t K, index_t N, const float* M, index_t ld, bool trans, float* dst) {
+// op(M) (K x N; M is K x N with row stride ld, or N x K when trans) into NR-column panels of
+// Kp rows (default K), as their rows [k0, k0 + K): two calls stack two matrices.
+void pack_panels(index_t K, index_t N, const float* M, index_t ld, bool trans, float* dst, index_t Kp = 0,
+                 index_t k0 = 0) {
+  if (Kp == 0) Kp = K;
   for (index_t p = 0; p * NR < N; ++p) {
-    float* d = dst + p * K * NR;
+    float* d = dst + (p * Kp + k0) * NR;
     const index_t j0 = p * NR, nn = std::min<index_t>(NR, N - j0);
     for (index_t k = 0; k < K; ++k) {
       for (index_t j = 0; j < nn; ++j) d[k * NR + j] = trans ? M[(j0 + j) * ld + k] : M[k * ld + j0 + j];
@@ -312,7 +316,7 @@ index_t packed_floats(index_t K, index_t N) { return (N + NR - 1) / NR * K * NR;
 // that waking the team pays off; small problems stay on one thread.
 int recurrence_threads(const RnnShape& s) {
   const index_t GH = rnn_gates(s.cell) * s.H;
-  int nt = threads_for(s.T * s.B * s.H * GH, index_t(1) << 20);
+  int nt = threads_for(s.T * s.B * (s.I + s.H) * GH, index_t(1) << 20);
   return int(std::max<index_t>(1, std::min<index_t>(nt, s.B / 4)));
 }
 
@@ -384,12 +388,18 @@ void rnn_forward(const RnnShape& s, const float* x, const float* W, const float*
   to_time_major(s, x, xs);
   init_state(hs, h0, B * H);
   if (s.cell == Cell::LSTM) init_state(ws + L.cs, c0, B * H);
-  gemm(false, false, TB, GH, I, 1.f, xs, I, W, GH, 0.f, gates, GH, b);   // every step's x W + b
-  const float* b_rec = (s.cell == Cell::GRU && b) ? b + GH : nullptr;
+  // SimpleRNN and LSTM: each step's pre-activations b + x_t W + h_{t-1} U are one product with
+  // [W; U] packed, so x W never makes a round trip through memory. The GRU needs x W + b_in and
+  // h U + b_rec apart (r multiplies the latter): x W + b_in for every step is one GEMM first.
+  const bool gru = s.cell == Cell::GRU;
+  const index_t KI = gru ? 0 : I;   // rows of W in the packed panels
+  if (gru) gemm(false, false, TB, GH, I, 1.f, xs, I, W, GH, 0.f, gates, GH, b);
+  const float* b_rec = (gru && b) ? b + GH : nullptr;
 
   thread_local std::vector<float> packed;
-  packed.resize(size_t(packed_floats(H, GH)));
-  pack_panels(H, GH, U, GH, false, packed.data());
+  packed.resize(size_t(packed_floats(KI + H, GH)));
+  if (!gru) pack_panels(I, GH, W, GH, false, packed.data(), I + H, 0);
+  pack_panels(H, GH, U, GH, false, packed.data(), KI + H, KI);
   const float* Up = packed.data();
   const bool zero_h0 = h0 == nullptr;   // then step 0 has no recurrent term
 
@@ -399,29 +409,28 @@ void rnn_forward(const RnnShape& s, const float* x, const float* W, const float*
     const int tid = omp_get_thread_num(), n_thr = omp_get_num_threads();
     const index_t r0 = B * tid / n_thr, r1 = B * (tid + 1) / n_thr;
     thread_local std::vector<float> tmp;
-    if (s.cell == Cell::GRU) tmp.resize(size_t(MR * GH));
+    if (gru) tmp.resize(size_t(MR * GH));
     for (index_t t = 0; t < T; ++t) {
-      const bool rec = !(t == 0 && zero_h0);
+      const index_t kh = (t == 0 && zero_h0) ? 0 : H;   // h_{t-1}'s columns in the product
       for_row_blocks(r0, r1, [&](index_t r, index_t m) {
-        const float* hp = hs + (t * B + r) * H;
-        float* h = hs + ((t + 1) * B + r) * H;
+        const index_t row = t * B + r;
+        const float* hp = hs + row * H;
+        float* h = hs + (row + B) * H;
         if (s.cell == Cell::SimpleRNN) {
-          if (rec) K.gemm_rows(m, H, H, hp, H, Up, h, H, h, H);
+          K.gemm_rows(m, H, I, xs + row * I, I, kh, hp, H, Up, I + H, b, 0, h, H);
           K.rnn_fwd(m, H, s.act, h);
         } else if (s.cell == Cell::LSTM) {
-          float* g = gates + (t * B + r) * GH;
-          // The next step's x W + b for these rows (cold since the input GEMM) while this one runs.
-          if (t + 1 < T) prefetch_rows(g + B * GH, 1, m * GH, 0);
-          if (rec) K.gemm_rows(m, GH, H, hp, H, Up, g, GH, g, GH);
-          K.lstm_fwd(m, H, s.act, s.rec_act, g, ws + L.cs + (t * B + r) * H, ws + L.cs + ((t + 1) * B + r) * H,
-                     ws + L.tcs + (t * B + r) * H, h);
+          float* g = gates + row * GH;
+          K.gemm_rows(m, GH, I, xs + row * I, I, kh, hp, H, Up, I + H, b, 0, g, GH);
+          K.lstm_fwd(m, H, s.act, s.rec_act, g, ws + L.cs + row * H, ws + L.cs + (row + B) * H,
+                     ws + L.tcs + row * H, h);
         } else {
-          float* g = gates + (t * B + r) * GH;
+          float* g = gates + row * GH;
           float* hu = tmp.data();
-          if (rec) K.gemm_rows(m, GH, H, hp, H, Up, b_rec, 0, hu, GH);
+          if (kh) K.gemm_rows(m, GH, H, hp, H, 0, nullptr, 0, Up, H, b_rec, 0, hu, GH);
           else for (index_t i = 0; i < m; ++i)
             for (index_t j = 0; j < GH; ++j) hu[i * GH + j] = b_rec ? b_rec[j] : 0.f;
-          K.gru_fwd(m, H, s.act, s.rec_act, g, hu, hp, ws + L.huh + (t * B + r) * H, h);
+          K.gru_fwd(m, H, s.act, s.rec_act, g, hu, hp, ws + L.huh + row * H, h);
         }
       });
     }
@@ -472,7 +481,7 @@ void rnn_backward(const RnnShape& s, const float* dy, const float* W, const floa
         }
         const float* dh = nullptr;
         if (t < T - 1) {   // dh_t = dz_{t+1} U^T
-          K.gemm_rows(m, H, GH, dr + ((t + 1) * B + r) * GH, GH, UTp, nullptr, 0, tmp.data(), H);
+          K.gemm_rows(m, H, GH, dr + ((t + 1) * B + r) * GH, GH, 0, nullptr, 0, UTp, GH, nullptr, 0, tmp.data(), H);
           dh = tmp.data();
         }
         if (s.cell == Cell::SimpleRNN)
@@ -487,7 +496,7 @@ void rnn_backward(const RnnShape& s, const float* dy, const float* W, const floa
     }
     if (dh0)   // dh_{-1} = dz_0 U^T (+ dh_0 z_0 for the GRU)
       for_row_blocks(r0, r1, [&](index_t r, index_t m) {
-        K.gemm_rows(m, H, GH, dr + r * GH, GH, UTp, gru ? carry + r * H : nullptr, H, dh0 + r * H, H);
+        K.gemm_rows(m, H, GH, dr + r * GH, GH, 0, nullptr, 0, UTp, GH, gru ? carry + r * H : nullptr, H, dh0 + r * H, H);
       });
     if (dc0 && s.cell == Cell::LSTM) std::memcpy(dc0 + r0 * H, carry + r0 * H, size_t((r1 - r0) * H) * sizeof(float));
   }

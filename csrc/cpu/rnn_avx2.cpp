@@ -121,12 +121,28 @@ inline void for_vectors(index_t n, F&& body) {
 }
 
 // ---------------------------------------------------------------- the recurrent GEMM
-// One M x NR tile: C = Cinit + A · panel. A partial tile (n < NR columns) goes through a stack
-// copy, so that no mask register stays live across the k loop (12 accumulators, 2 B vectors and
-// the broadcast already use 15 of the 16 ymm registers).
+// c += A[0:M, 0:k] · bp (k rows of NR floats): 12 accumulators, 2 B vectors and the broadcast
+// use 15 of the 16 ymm registers.
+template <int M>
+__attribute__((always_inline)) inline void accumulate(index_t k, const float* A, index_t lda, const float* bp,
+                                                      __m256 (&c0)[M], __m256 (&c1)[M]) {
+#pragma GCC unroll 2
+  for (index_t q = 0; q < k; ++q) {
+    const __m256 b0 = _mm256_loadu_ps(bp + q * NR), b1 = _mm256_loadu_ps(bp + q * NR + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < M; ++r) {
+      const __m256 a = _mm256_broadcast_ss(A + r * lda + q);
+      c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
+      c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
+    }
+  }
+}
+
+// One M x NR tile: C = Cinit + [A | A2] · panel. A partial tile (n < NR columns) goes through a
+// stack copy, so that no mask register stays live across the k loops.
 template <int M, bool Partial>
-inline void tile(index_t k, const float* A, index_t lda, const float* bp, const float* ci, index_t ldci,
-                 float* C, index_t ldc, index_t n) {
+inline void tile(index_t k, const float* A, index_t lda, index_t k2, const float* A2, index_t lda2,
+                 const float* bp, const float* ci, index_t ldci, float* C, index_t ldc, index_t n) {
   alignas(32) float edge[Partial ? M * NR : 1];
   __m256 c0[M], c1[M];
 #pragma GCC unroll 6
@@ -140,16 +156,8 @@ inline void tile(index_t k, const float* A, index_t lda, const float* bp, const 
     c0[r] = _mm256_loadu_ps(src);
     c1[r] = _mm256_loadu_ps(src + 8);
   }
-#pragma GCC unroll 2
-  for (index_t q = 0; q < k; ++q) {
-    const __m256 b0 = _mm256_loadu_ps(bp + q * NR), b1 = _mm256_loadu_ps(bp + q * NR + 8);
-#pragma GCC unroll 6
-    for (int r = 0; r < M; ++r) {
-      const __m256 a = _mm256_broadcast_ss(A + r * lda + q);
-      c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
-      c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
-    }
-  }
+  accumulate<M>(k, A, lda, bp, c0, c1);
+  if (k2) accumulate<M>(k2, A2, lda2, bp + k * NR, c0, c1);
 #pragma GCC unroll 6
   for (int r = 0; r < M; ++r) {
     float* dst = Partial ? edge + r * NR : C + r * ldc;
@@ -161,29 +169,30 @@ inline void tile(index_t k, const float* A, index_t lda, const float* bp, const 
 }
 
 template <int M>
-void panels(index_t n, index_t k, const float* A, index_t lda, const float* Bp, const float* ci,
-            index_t ldci, float* C, index_t ldc) {
+void panels(index_t n, index_t k, const float* A, index_t lda, index_t k2, const float* A2, index_t lda2,
+            const float* Bp, index_t kp, const float* ci, index_t ldci, float* C, index_t ldc) {
   index_t j0 = 0;
   for (; j0 + NR <= n; j0 += NR)
-    tile<M, false>(k, A, lda, Bp + j0 * k, ci ? ci + j0 : nullptr, ldci, C + j0, ldc, NR);
+    tile<M, false>(k, A, lda, k2, A2, lda2, Bp + j0 * kp, ci ? ci + j0 : nullptr, ldci, C + j0, ldc, NR);
   if (j0 < n)
-    tile<M, true>(k, A, lda, Bp + j0 * k, ci ? ci + j0 : nullptr, ldci, C + j0, ldc, n - j0);
+    tile<M, true>(k, A, lda, k2, A2, lda2, Bp + j0 * kp, ci ? ci + j0 : nullptr, ldci, C + j0, ldc, n - j0);
 }
 
-void gemm_rows(index_t m, index_t n, index_t k, const float* A, index_t lda, const float* Bp,
-               const float* ci, index_t ldci, float* C, index_t ldc) {
+void gemm_rows(index_t m, index_t n, index_t k, const float* A, index_t lda, index_t k2, const float* A2,
+               index_t lda2, const float* Bp, index_t kp, const float* ci, index_t ldci, float* C, index_t ldc) {
   for (index_t r = 0; r < m; r += MR) {
     const index_t mm = m - r < MR ? m - r : MR;
     const float* a = A + r * lda;
+    const float* a2 = k2 ? A2 + r * lda2 : nullptr;
     const float* c_in = ci ? ci + r * ldci : nullptr;
     float* c = C + r * ldc;
     switch (mm) {
-      case 1: panels<1>(n, k, a, lda, Bp, c_in, ldci, c, ldc); break;
-      case 2: panels<2>(n, k, a, lda, Bp, c_in, ldci, c, ldc); break;
-      case 3: panels<3>(n, k, a, lda, Bp, c_in, ldci, c, ldc); break;
-      case 4: panels<4>(n, k, a, lda, Bp, c_in, ldci, c, ldc); break;
-      case 5: panels<5>(n, k, a, lda, Bp, c_in, ldci, c, ldc); break;
-      default: panels<6>(n, k, a, lda, Bp, c_in, ldci, c, ldc); break;
+      case 1: panels<1>(n, k, a, lda, k2, a2, lda2, Bp, kp, c_in, ldci, c, ldc); break;
+      case 2: panels<2>(n, k, a, lda, k2, a2, lda2, Bp, kp, c_in, ldci, c, ldc); break;
+      case 3: panels<3>(n, k, a, lda, k2, a2, lda2, Bp, kp, c_in, ldci, c, ldc); break;
+      case 4: panels<4>(n, k, a, lda, k2, a2, lda2, Bp, kp, c_in, ldci, c, ldc); break;
+      case 5: panels<5>(n, k, a, lda, k2, a2, lda2, Bp, kp, c_in, ldci, c, ldc); break;
+      default: panels<6>(n, k, a, lda, k2, a2, lda2, Bp, kp, c_in, ldci, c, ldc); break;
     }
   }
 }
