@@ -296,11 +296,14 @@ const rnn_detail::StepKernels& step_kernels() {
 }
 
 // op(M) (K x N; M is K x N with row stride ld, or N x K when trans) into NR-column panels of
-// Kp rows (default K), as their rows [k0, k0 + K): two calls stack two matrices.
+// Kp rows (default K), as their rows [k0, k0 + K): two calls stack two matrices. Called inside
+// a parallel region, the team shares the panels (and waits for all of them at the end).
 void pack_panels(index_t K, index_t N, const float* M, index_t ld, bool trans, float* dst, index_t Kp = 0,
                  index_t k0 = 0) {
   if (Kp == 0) Kp = K;
-  for (index_t p = 0; p * NR < N; ++p) {
+  const index_t np = (N + NR - 1) / NR;
+#pragma omp for schedule(static)
+  for (index_t p = 0; p < np; ++p) {
     float* d = dst + (p * Kp + k0) * NR;
     const index_t j0 = p * NR, nn = std::min<index_t>(NR, N - j0);
     for (index_t k = 0; k < K; ++k) {
@@ -369,6 +372,7 @@ void weight_grads(index_t rows, index_t GH, const float* dz, std::initializer_li
   gemm(true, false, M, GH, rows, 1.f, cat, M, dz, GH, 0.f, prod.data(), GH, nullptr);
   const float* src = prod.data();
   for (const GradPart& p : parts) {
+#pragma omp parallel for num_threads(threads_for(p.n * GH)) schedule(static)
     for (index_t i = 0; i < p.n * GH; ++i) p.out[i] += src[i];
     src += p.n * GH;
   }
@@ -398,9 +402,7 @@ void rnn_forward(const RnnShape& s, const float* x, const float* W, const float*
 
   thread_local std::vector<float> packed;
   packed.resize(size_t(packed_floats(KI + H, GH)));
-  if (!gru) pack_panels(I, GH, W, GH, false, packed.data(), I + H, 0);
-  pack_panels(H, GH, U, GH, false, packed.data(), KI + H, KI);
-  const float* Up = packed.data();
+  float* Up = packed.data();            // this thread's buffer, shared with the team below
   const bool zero_h0 = h0 == nullptr;   // then step 0 has no recurrent term
 
   const int nt = recurrence_threads(s);
@@ -408,6 +410,8 @@ void rnn_forward(const RnnShape& s, const float* x, const float* W, const float*
   {
     const int tid = omp_get_thread_num(), n_thr = omp_get_num_threads();
     const index_t r0 = B * tid / n_thr, r1 = B * (tid + 1) / n_thr;
+    if (!gru) pack_panels(I, GH, W, GH, false, Up, I + H, 0);
+    pack_panels(H, GH, U, GH, false, Up, KI + H, KI);
     thread_local std::vector<float> tmp;
     if (gru) tmp.resize(size_t(MR * GH));
     for (index_t t = 0; t < T; ++t) {
@@ -453,14 +457,14 @@ void rnn_backward(const RnnShape& s, const float* dy, const float* W, const floa
 
   thread_local std::vector<float> packed;
   packed.resize(size_t(packed_floats(GH, H)));
-  pack_panels(GH, H, U, GH, true, packed.data());   // U^T: GH x H
-  const float* UTp = packed.data();
+  float* UTp = packed.data();
 
   const int nt = recurrence_threads(s);
 #pragma omp parallel num_threads(nt)
   {
     const int tid = omp_get_thread_num(), n_thr = omp_get_num_threads();
     const index_t r0 = B * tid / n_thr, r1 = B * (tid + 1) / n_thr;
+    pack_panels(GH, H, U, GH, true, UTp);   // U^T: GH x H
     thread_local std::vector<float> tmp;
     tmp.resize(size_t(MR * H));
     std::fill(carry + r0 * H, carry + r1 * H, 0.f);
