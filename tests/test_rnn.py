@@ -49,7 +49,7 @@ def k_backward(mod, cell, p, ws, dy, back=False, act="tanh", rec="sigmoid"):
     H = p["u"].shape[0]
     _, sc_n = mod.rnn_workspace_size(cell, B, T, I, H)
     g = {"x": np.full_like(p["x"], np.nan), "w": np.zeros_like(p["w"]), "u": np.zeros_like(p["u"]),
-         "b": np.zeros_like(p["b"])}
+         "b": None if p["b"] is None else np.zeros_like(p["b"])}
     g["h0"] = np.full((B, H), np.nan, np.float32) if p["h0"] is not None else None
     g["c0"] = np.full((B, H), np.nan, np.float32) if p["c0"] is not None else None
     mod.rnn_backward(cell, dy, p["x"], p["w"], p["u"], ws, np.full(sc_n, np.nan, np.float32), g["x"], g["w"],
@@ -59,11 +59,15 @@ def k_backward(mod, cell, p, ws, dy, back=False, act="tanh", rec="sigmoid"):
 
 # ---------------------------------------------------------------------------------- kernels
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("B,T,I,H", [(1, 1, 1, 1), (3, 5, 7, 9), (13, 17, 5, 33), (8, 3, 16, 16), (7, 4, 3, 24)])
+@pytest.mark.parametrize("B,T,I,H", [(1, 1, 1, 1), (3, 5, 7, 9), (13, 17, 5, 33), (8, 3, 16, 16), (7, 4, 3, 24),
+                                     (5, 1, 9, 13), (2, 2, 12, 20)])
 def test_fast_matches_reference(cell, B, T, I, H):
-    """Fast vs naive kernels on odd sizes (row blocks, vector tails), every option."""
+    """Fast vs naive kernels on odd sizes (row blocks, vector tails, T = 1 where the first step's
+    product has no h_{t-1} block, several column panels), every option, with and without bias."""
     for seq, back, states in [(False, False, False), (True, False, True), (True, True, False), (False, True, True)]:
         p = problem(cell, B, T, I, H, seed=B + T, states=states)
+        if back and not states:
+            p["b"] = None
         yf, wsf = k_forward(_cpu, cell, p, seq, back)
         yr, wsr = k_forward(_cpu.ref, cell, p, seq, back)
         np.testing.assert_allclose(yf, yr, rtol=1e-5, atol=1e-5)
@@ -145,6 +149,13 @@ def test_weight_gradients_accumulate_and_outputs_are_optional():
     dx = np.empty_like(p["x"])
     _cpu.rnn_backward("lstm", dy, p["x"], p["w"], p["u"], ws, np.empty(sc_n, np.float32), dx, None, None, None)
     np.testing.assert_allclose(dx, once["x"], rtol=1e-6, atol=1e-7)
+    # Any subset of dW, dU, db (the weight-gradient GEMM's operand then has only their blocks).
+    for want in (("u",), ("b",), ("w", "b"), ("u", "b")):
+        got = {k: np.zeros_like(p[k]) if k in want else None for k in ("w", "u", "b")}
+        _cpu.rnn_backward("lstm", dy, p["x"], p["w"], p["u"], ws, np.empty(sc_n, np.float32), None, got["w"],
+                          got["u"], got["b"])
+        for k in want:
+            np.testing.assert_allclose(got[k], once[k], rtol=1e-6, atol=1e-6, err_msg=f"{want} d{k}")
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -180,8 +191,8 @@ import numpy as np
 from kilnet import _cpu
 assert _cpu.simd_level() == "scalar"
 import test_rnn as t
-for cell in t.CELLS:
-    p = t.problem(cell, 7, 5, 6, 19, seed=1, states=True)
+for cell, states in [(c, st) for c in t.CELLS for st in (True, False)]:
+    p = t.problem(cell, 7, 5, 6, 19, seed=1, states=states)
     yf, wsf = t.k_forward(_cpu, cell, p, True, back=True)
     yr, wsr = t.k_forward(_cpu.ref, cell, p, True, back=True)
     np.testing.assert_allclose(yf, yr, rtol=1e-5, atol=1e-5)
