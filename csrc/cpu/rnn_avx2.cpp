@@ -1,8 +1,10 @@
 // rnn_avx2.cpp — the AVX2/FMA step kernels of the recurrent layers (compiled with -mavx2 -mfma,
 // run only when kilnet::cpu::use_avx2()). rnn.cpp drives them; rnn_internal.h is the contract.
 //   gemm_rows   an MR x 16 register tile per packed panel (12 accumulators at MR = 6) that
-//               starts from the step's pre-activations, so x W + b + h U needs no extra pass
-//   *_fwd/_bwd  the gate math 8 units at a time, the row's tail through masked loads/stores
+//               starts from the bias and runs over x_t's and h_{t-1}'s columns in turn, so
+//               b + x W + h U is one pass
+//   *_fwd/_bwd  the gate math 8 units at a time, the row's tail through masked loads/stores,
+//               with Keras' default activations fixed at compile time
 // Everything here is vector code or file-local: no inline function shared with the portable
 // build (the linker could pick this file's AVX2 copy for the scalar path).
 #if defined(KILNET_HAVE_AVX2_BUILD)
