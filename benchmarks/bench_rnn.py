@@ -132,7 +132,7 @@ def run_speed(args):
           f"{'no' if args.no_torch else __import__('torch').__version__}")
     print("fwd+bwd of the whole sequence (all outputs, weight gradients, no input gradient); "
           f"medians of {args.runs} run(s) of {args.rounds} alternating rounds\n")
-    cases = [(t, name, shape) for t in args.threads for name in CELLS for shape in SHAPES]
+    cases = [(t, name, shape) for t in args.threads for name in args.layers for shape in SHAPES]
     runs = {c: [] for c in cases}
     for _ in range(args.runs):
         for c in cases:
@@ -261,6 +261,7 @@ def main(argv=None):
     sp.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: process CPU time, which other processes on a shared machine do not inflate")
     sp.add_argument("--no-torch", action="store_true")
+    sp.add_argument("--layers", nargs="+", default=list(CELLS), choices=list(CELLS))
     ac = sub.add_parser("accuracy")
     ac.add_argument("--layers", nargs="+", default=["SimpleRNN", "LSTM"], choices=list(CELLS))
     ac.add_argument("--units", type=int, default=128)

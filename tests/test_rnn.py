@@ -49,7 +49,7 @@ def k_backward(mod, cell, p, ws, dy, back=False, act="tanh", rec="sigmoid"):
     H = p["u"].shape[0]
     _, sc_n = mod.rnn_workspace_size(cell, B, T, I, H)
     g = {"x": np.full_like(p["x"], np.nan), "w": np.zeros_like(p["w"]), "u": np.zeros_like(p["u"]),
-         "b": np.zeros_like(p["b"])}
+         "b": None if p["b"] is None else np.zeros_like(p["b"])}
     g["h0"] = np.full((B, H), np.nan, np.float32) if p["h0"] is not None else None
     g["c0"] = np.full((B, H), np.nan, np.float32) if p["c0"] is not None else None
     mod.rnn_backward(cell, dy, p["x"], p["w"], p["u"], ws, np.full(sc_n, np.nan, np.float32), g["x"], g["w"],
@@ -59,11 +59,15 @@ def k_backward(mod, cell, p, ws, dy, back=False, act="tanh", rec="sigmoid"):
 
 # ---------------------------------------------------------------------------------- kernels
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("B,T,I,H", [(1, 1, 1, 1), (3, 5, 7, 9), (13, 17, 5, 33), (8, 3, 16, 16), (7, 4, 3, 24)])
+@pytest.mark.parametrize("B,T,I,H", [(1, 1, 1, 1), (3, 5, 7, 9), (13, 17, 5, 33), (8, 3, 16, 16), (7, 4, 3, 24),
+                                     (5, 1, 9, 13), (2, 2, 12, 20)])
 def test_fast_matches_reference(cell, B, T, I, H):
-    """Fast vs naive kernels on odd sizes (row blocks, vector tails), every option."""
+    """Fast vs naive kernels on odd sizes (row blocks, vector tails, T = 1 where the first step's
+    product has no h_{t-1} block, several column panels), every option, with and without bias."""
     for seq, back, states in [(False, False, False), (True, False, True), (True, True, False), (False, True, True)]:
         p = problem(cell, B, T, I, H, seed=B + T, states=states)
+        if back and not states:
+            p["b"] = None
         yf, wsf = k_forward(_cpu, cell, p, seq, back)
         yr, wsr = k_forward(_cpu.ref, cell, p, seq, back)
         np.testing.assert_allclose(yf, yr, rtol=1e-5, atol=1e-5)
@@ -145,22 +149,38 @@ def test_weight_gradients_accumulate_and_outputs_are_optional():
     dx = np.empty_like(p["x"])
     _cpu.rnn_backward("lstm", dy, p["x"], p["w"], p["u"], ws, np.empty(sc_n, np.float32), dx, None, None, None)
     np.testing.assert_allclose(dx, once["x"], rtol=1e-6, atol=1e-7)
+    # Any subset of dW, dU, db (the weight-gradient GEMM's operand then has only their blocks).
+    for want in (("u",), ("b",), ("w", "b"), ("u", "b")):
+        got = {k: np.zeros_like(p[k]) if k in want else None for k in ("w", "u", "b")}
+        _cpu.rnn_backward("lstm", dy, p["x"], p["w"], p["u"], ws, np.empty(sc_n, np.float32), None, got["w"],
+                          got["u"], got["b"])
+        for k in want:
+            np.testing.assert_allclose(got[k], once[k], rtol=1e-6, atol=1e-6, err_msg=f"{want} d{k}")
 
 
-def test_results_do_not_depend_on_thread_count():
-    p = problem("gru", 33, 12, 10, 64, seed=9, states=True)   # big enough for 2 recurrence threads
+@pytest.mark.parametrize("cell", CELLS)
+def test_results_do_not_depend_on_thread_count(cell):
+    # Big enough for 2 recurrence threads and a 2-thread copy into the weight-gradient GEMM's
+    # [x | h | 1] operand (T*B*(I+H+1) >= 2^16); 2 threads also agree with the reference.
+    p = problem(cell, 33, 30, 10, 64, seed=9, scale=0.2, states=True)   # contractive: no chaos over 30 steps
     out = []
     old = kilnet.get_num_threads()
     try:
         for n in (1, 2):
             kilnet.set_num_threads(n)
-            y, ws = k_forward(_cpu, "gru", p, True)
-            out.append((y, k_backward(_cpu, "gru", p, ws, np.ones_like(y))))
+            y, ws = k_forward(_cpu, cell, p, True)
+            out.append((y, k_backward(_cpu, cell, p, ws, np.ones_like(y))))
     finally:
         kilnet.set_num_threads(old)
     np.testing.assert_array_equal(out[0][0], out[1][0])
     for k in out[0][1]:
         np.testing.assert_allclose(out[0][1][k], out[1][1][k], rtol=1e-6, atol=1e-6)
+    yr, wsr = k_forward(_cpu.ref, cell, p, True)
+    gr = k_backward(_cpu.ref, cell, p, wsr, np.ones_like(yr))
+    np.testing.assert_allclose(out[1][0], yr, rtol=1e-5, atol=1e-5)
+    for k in gr:
+        scale = max(1.0, float(np.abs(gr[k]).max()))
+        np.testing.assert_allclose(out[1][1][k], gr[k], rtol=1e-4, atol=2e-5 * scale, err_msg=f"{cell} d{k}")
 
 
 def test_portable_path_matches_reference():
@@ -171,8 +191,8 @@ import numpy as np
 from kilnet import _cpu
 assert _cpu.simd_level() == "scalar"
 import test_rnn as t
-for cell in t.CELLS:
-    p = t.problem(cell, 7, 5, 6, 19, seed=1, states=True)
+for cell, states in [(c, st) for c in t.CELLS for st in (True, False)]:
+    p = t.problem(cell, 7, 5, 6, 19, seed=1, states=states)
     yf, wsf = t.k_forward(_cpu, cell, p, True, back=True)
     yr, wsr = t.k_forward(_cpu.ref, cell, p, True, back=True)
     np.testing.assert_allclose(yf, yr, rtol=1e-5, atol=1e-5)

@@ -2,16 +2,17 @@
 // reference, the BPTT driver and its portable step kernels (rnn_avx2.cpp has the AVX2 ones).
 //
 // The driver (rnn_forward / rnn_backward):
-//   forward   xs = x time-major; [hs[1:] | gates] = xs W + b      (one GEMM for all steps)
-//             U packed once; per step and per block of <= MR batch rows:
-//             h_{t-1} U accumulated onto the step's pre-activations, then the gate math
+//   forward   xs = x time-major; [W; U] packed once; per step and per block of <= MR batch
+//             rows: b + x_t W + h_{t-1} U in one register-tiled product, then the gate math
+//             (GRU: xs W + b_in for all steps is one GEMM first, and only U is packed)
 //   backward  per step, from the last: dz_{t+1} U^T (U^T packed once) fused with the gate
-//             derivatives of step t; then dU += hs[0:T]^T dz, dW += xs^T dz, db += colsum(dz),
-//             dx = dz W^T                                            (one GEMM each)
+//             derivatives of step t; then [dW; dU; db] += [xs | hs[0:T] | 1]^T dz (one GEMM;
+//             the GRU's dU and b_rec use dr, a second one), dx = dz W^T (one GEMM)
 // Batch rows never interact in the recurrence, so each thread owns a fixed range of rows for
 // all T steps: there is no barrier between steps.
 #include <algorithm>
 #include <cstring>
+#include <initializer_list>
 #include <vector>
 #include "kilnet/gemm.h"
 #include "kilnet/rnn.h"
@@ -72,12 +73,6 @@ void copy_outputs(const RnnShape& s, const float* hs, index_t n0, index_t n1, fl
     for (index_t t = s.return_sequences ? 0 : T - 1; t < T; ++t)
       std::memcpy(y + (s.return_sequences ? (n * T + t) * H : n * H), hs + ((t + 1) * s.B + n) * H,
                   size_t(H) * sizeof(float));
-}
-
-bool all_zero(const float* p, index_t n) {
-  for (index_t i = 0; i < n; ++i)
-    if (p[i] != 0.f) return false;
-  return true;
 }
 
 }  // namespace
@@ -213,16 +208,17 @@ namespace {
 using rnn_detail::MR;
 using rnn_detail::NR;
 
-void gemm_rows_portable(index_t m, index_t n, index_t k, const float* A, index_t lda, const float* Bp,
-                        const float* Cinit, index_t ldci, float* C, index_t ldc) {
+void gemm_rows_portable(index_t m, index_t n, index_t k, const float* A, index_t lda, index_t k2,
+                        const float* A2, index_t lda2, const float* Bp, index_t kp, const float* Cinit,
+                        index_t ldci, float* C, index_t ldc) {
   for (index_t r = 0; r < m; ++r)
     for (index_t p = 0; p * NR < n; ++p) {
       const index_t j0 = p * NR, nn = std::min<index_t>(NR, n - j0);
       float acc[NR] = {};
       if (Cinit) for (index_t j = 0; j < nn; ++j) acc[j] = Cinit[r * ldci + j0 + j];
-      const float* bp = Bp + p * k * NR;
-      for (index_t q = 0; q < k; ++q) {
-        const float a = A[r * lda + q];
+      const float* bp = Bp + p * kp * NR;
+      for (index_t q = 0; q < k + k2; ++q) {
+        const float a = q < k ? A[r * lda + q] : A2[r * lda2 + q - k];
         for (int j = 0; j < NR; ++j) acc[j] += a * bp[q * NR + j];
       }
       for (index_t j = 0; j < nn; ++j) C[r * ldc + j0 + j] = acc[j];
@@ -299,10 +295,16 @@ const rnn_detail::StepKernels& step_kernels() {
   return kPortable;
 }
 
-// op(M) (K x N; M is K x N with row stride ld, or N x K when trans) into NR-column panels.
-void pack_panels(index_t K, index_t N, const float* M, index_t ld, bool trans, float* dst) {
-  for (index_t p = 0; p * NR < N; ++p) {
-    float* d = dst + p * K * NR;
+// op(M) (K x N; M is K x N with row stride ld, or N x K when trans) into NR-column panels of
+// Kp rows (default K), as their rows [k0, k0 + K): two calls stack two matrices. Called inside
+// a parallel region, the team shares the panels (and waits for all of them at the end).
+void pack_panels(index_t K, index_t N, const float* M, index_t ld, bool trans, float* dst, index_t Kp = 0,
+                 index_t k0 = 0) {
+  if (Kp == 0) Kp = K;
+  const index_t np = (N + NR - 1) / NR;
+#pragma omp for schedule(static)
+  for (index_t p = 0; p < np; ++p) {
+    float* d = dst + (p * Kp + k0) * NR;
     const index_t j0 = p * NR, nn = std::min<index_t>(NR, N - j0);
     for (index_t k = 0; k < K; ++k) {
       for (index_t j = 0; j < nn; ++j) d[k * NR + j] = trans ? M[(j0 + j) * ld + k] : M[k * ld + j0 + j];
@@ -317,8 +319,14 @@ index_t packed_floats(index_t K, index_t N) { return (N + NR - 1) / NR * K * NR;
 // that waking the team pays off; small problems stay on one thread.
 int recurrence_threads(const RnnShape& s) {
   const index_t GH = rnn_gates(s.cell) * s.H;
-  int nt = threads_for(s.T * s.B * s.H * GH, index_t(1) << 20);
+  int nt = threads_for(s.T * s.B * (s.I + s.H) * GH, index_t(1) << 20);
   return int(std::max<index_t>(1, std::min<index_t>(nt, s.B / 4)));
+}
+
+// Asks for rows x n floats (row i at p + i*ld) to be brought toward the cache, without waiting.
+void prefetch_rows(const float* p, index_t rows, index_t n, index_t ld) {
+  for (index_t i = 0; i < rows; ++i)
+    for (index_t j = 0; j < n; j += 16) __builtin_prefetch(p + i * ld + j, 0, 2);
 }
 
 // Calls f(r, m) for the thread's rows [r0, r1) in blocks of <= MR, sizes balanced.
@@ -328,6 +336,45 @@ void for_row_blocks(index_t r0, index_t r1, F&& f) {
   for (index_t c = 0; c < nb; ++c) {
     const index_t a = r0 + rows * c / nb, e = r0 + rows * (c + 1) / nb;
     f(a, e - a);
+  }
+}
+
+// One block of columns of the weight-gradient GEMM's left operand: n columns copied from src
+// (row r at src + r*ld; src nullptr: a column of ones, whose product with dz is the bias
+// gradient), accumulated into out (n x GH). n == 0: the block is skipped.
+struct GradPart {
+  const float* src;
+  index_t ld, n;
+  float* out;
+};
+
+// out_p += part_p^T dz for every part, as one GEMM over the parts side by side ([rows, sum n]).
+// One GEMM packs dz once and has M = I + H + 1 rows, where separate ones had a small-M dW
+// (I = 28 rows ran at half the speed of dU), packed dz twice and summed db in a third pass.
+// gemm's result does not depend on the thread count, so neither do dW, dU and db.
+void weight_grads(index_t rows, index_t GH, const float* dz, std::initializer_list<GradPart> parts) {
+  index_t M = 0;
+  for (const GradPart& p : parts) M += p.n;
+  if (M == 0) return;
+  thread_local std::vector<float> cat_buf, prod;
+  cat_buf.resize(size_t(rows * M));
+  prod.resize(size_t(M * GH));
+  float* cat = cat_buf.data();   // this thread's buffer: inside the team, cat_buf is each thread's own
+#pragma omp parallel for num_threads(threads_for(rows * M)) schedule(static)
+  for (index_t r = 0; r < rows; ++r) {
+    float* d = cat + r * M;
+    for (const GradPart& p : parts) {
+      if (p.src) std::memcpy(d, p.src + r * p.ld, size_t(p.n) * sizeof(float));
+      else std::fill(d, d + p.n, 1.f);
+      d += p.n;
+    }
+  }
+  gemm(true, false, M, GH, rows, 1.f, cat, M, dz, GH, 0.f, prod.data(), GH, nullptr);
+  const float* src = prod.data();
+  for (const GradPart& p : parts) {
+#pragma omp parallel for num_threads(threads_for(p.n * GH)) schedule(static)
+    for (index_t i = 0; i < p.n * GH; ++i) p.out[i] += src[i];
+    src += p.n * GH;
   }
 }
 
@@ -345,13 +392,17 @@ void rnn_forward(const RnnShape& s, const float* x, const float* W, const float*
   to_time_major(s, x, xs);
   init_state(hs, h0, B * H);
   if (s.cell == Cell::LSTM) init_state(ws + L.cs, c0, B * H);
-  gemm(false, false, TB, GH, I, 1.f, xs, I, W, GH, 0.f, gates, GH, b);   // every step's x W + b
-  const float* b_rec = (s.cell == Cell::GRU && b) ? b + GH : nullptr;
+  // SimpleRNN and LSTM: each step's pre-activations b + x_t W + h_{t-1} U are one product with
+  // [W; U] packed, so x W never makes a round trip through memory. The GRU needs x W + b_in and
+  // h U + b_rec apart (r multiplies the latter): x W + b_in for every step is one GEMM first.
+  const bool gru = s.cell == Cell::GRU;
+  const index_t KI = gru ? 0 : I;   // rows of W in the packed panels
+  if (gru) gemm(false, false, TB, GH, I, 1.f, xs, I, W, GH, 0.f, gates, GH, b);
+  const float* b_rec = (gru && b) ? b + GH : nullptr;
 
   thread_local std::vector<float> packed;
-  packed.resize(size_t(packed_floats(H, GH)));
-  pack_panels(H, GH, U, GH, false, packed.data());
-  const float* Up = packed.data();
+  packed.resize(size_t(packed_floats(KI + H, GH)));
+  float* Up = packed.data();            // this thread's buffer, shared with the team below
   const bool zero_h0 = h0 == nullptr;   // then step 0 has no recurrent term
 
   const int nt = recurrence_threads(s);
@@ -359,28 +410,31 @@ void rnn_forward(const RnnShape& s, const float* x, const float* W, const float*
   {
     const int tid = omp_get_thread_num(), n_thr = omp_get_num_threads();
     const index_t r0 = B * tid / n_thr, r1 = B * (tid + 1) / n_thr;
+    if (!gru) pack_panels(I, GH, W, GH, false, Up, I + H, 0);
+    pack_panels(H, GH, U, GH, false, Up, KI + H, KI);
     thread_local std::vector<float> tmp;
-    if (s.cell == Cell::GRU) tmp.resize(size_t(MR * GH));
+    if (gru) tmp.resize(size_t(MR * GH));
     for (index_t t = 0; t < T; ++t) {
-      const bool rec = !(t == 0 && zero_h0);
+      const index_t kh = (t == 0 && zero_h0) ? 0 : H;   // h_{t-1}'s columns in the product
       for_row_blocks(r0, r1, [&](index_t r, index_t m) {
-        const float* hp = hs + (t * B + r) * H;
-        float* h = hs + ((t + 1) * B + r) * H;
+        const index_t row = t * B + r;
+        const float* hp = hs + row * H;
+        float* h = hs + (row + B) * H;
         if (s.cell == Cell::SimpleRNN) {
-          if (rec) K.gemm_rows(m, H, H, hp, H, Up, h, H, h, H);
+          K.gemm_rows(m, H, I, xs + row * I, I, kh, hp, H, Up, I + H, b, 0, h, H);
           K.rnn_fwd(m, H, s.act, h);
         } else if (s.cell == Cell::LSTM) {
-          float* g = gates + (t * B + r) * GH;
-          if (rec) K.gemm_rows(m, GH, H, hp, H, Up, g, GH, g, GH);
-          K.lstm_fwd(m, H, s.act, s.rec_act, g, ws + L.cs + (t * B + r) * H, ws + L.cs + ((t + 1) * B + r) * H,
-                     ws + L.tcs + (t * B + r) * H, h);
+          float* g = gates + row * GH;
+          K.gemm_rows(m, GH, I, xs + row * I, I, kh, hp, H, Up, I + H, b, 0, g, GH);
+          K.lstm_fwd(m, H, s.act, s.rec_act, g, ws + L.cs + row * H, ws + L.cs + (row + B) * H,
+                     ws + L.tcs + row * H, h);
         } else {
-          float* g = gates + (t * B + r) * GH;
+          float* g = gates + row * GH;
           float* hu = tmp.data();
-          if (rec) K.gemm_rows(m, GH, H, hp, H, Up, b_rec, 0, hu, GH);
+          if (kh) K.gemm_rows(m, GH, H, hp, H, 0, nullptr, 0, Up, H, b_rec, 0, hu, GH);
           else for (index_t i = 0; i < m; ++i)
             for (index_t j = 0; j < GH; ++j) hu[i * GH + j] = b_rec ? b_rec[j] : 0.f;
-          K.gru_fwd(m, H, s.act, s.rec_act, g, hu, hp, ws + L.huh + (t * B + r) * H, h);
+          K.gru_fwd(m, H, s.act, s.rec_act, g, hu, hp, ws + L.huh + row * H, h);
         }
       });
     }
@@ -403,29 +457,37 @@ void rnn_backward(const RnnShape& s, const float* dy, const float* W, const floa
 
   thread_local std::vector<float> packed;
   packed.resize(size_t(packed_floats(GH, H)));
-  pack_panels(GH, H, U, GH, true, packed.data());   // U^T: GH x H
-  const float* UTp = packed.data();
+  float* UTp = packed.data();
 
   const int nt = recurrence_threads(s);
 #pragma omp parallel num_threads(nt)
   {
     const int tid = omp_get_thread_num(), n_thr = omp_get_num_threads();
     const index_t r0 = B * tid / n_thr, r1 = B * (tid + 1) / n_thr;
+    pack_panels(GH, H, U, GH, true, UTp);   // U^T: GH x H
     thread_local std::vector<float> tmp;
     tmp.resize(size_t(MR * H));
     std::fill(carry + r0 * H, carry + r1 * H, 0.f);
     for (index_t t = T - 1; t >= 0; --t) {
       for_row_blocks(r0, r1, [&](index_t r, index_t m) {
-        const float* dh = nullptr;
-        if (t < T - 1) {   // dh_t = dz_{t+1} U^T
-          K.gemm_rows(m, H, GH, dr + ((t + 1) * B + r) * GH, GH, UTp, nullptr, 0, tmp.data(), H);
-          dh = tmp.data();
-        }
         const float* dyr = nullptr;
         index_t ldy = H;
         if (s.return_sequences) { dyr = dy + (r * T + t) * H; ldy = T * H; }
         else if (t == T - 1) dyr = dy + r * H;
         const index_t row = t * B + r;
+        // The gate kernel's inputs were written long ago (forward) and sit in L3 or memory: they
+        // arrive during the dh GEMM instead of stalling the gate math (~half its time on loads).
+        if (dyr) prefetch_rows(dyr, m, H, ldy);
+        if (s.cell != Cell::SimpleRNN) prefetch_rows(ws + L.gates + row * GH, 1, m * GH, 0);
+        if (s.cell == Cell::LSTM) {
+          prefetch_rows(ws + L.cs + row * H, 1, m * H, 0);
+          prefetch_rows(ws + L.tcs + row * H, 1, m * H, 0);
+        }
+        const float* dh = nullptr;
+        if (t < T - 1) {   // dh_t = dz_{t+1} U^T
+          K.gemm_rows(m, H, GH, dr + ((t + 1) * B + r) * GH, GH, 0, nullptr, 0, UTp, GH, nullptr, 0, tmp.data(), H);
+          dh = tmp.data();
+        }
         if (s.cell == Cell::SimpleRNN)
           K.rnn_bwd(m, H, s.act, dh, dyr, ldy, hs + (row + B) * H, dz + row * GH);
         else if (s.cell == Cell::LSTM)
@@ -438,19 +500,17 @@ void rnn_backward(const RnnShape& s, const float* dy, const float* W, const floa
     }
     if (dh0)   // dh_{-1} = dz_0 U^T (+ dh_0 z_0 for the GRU)
       for_row_blocks(r0, r1, [&](index_t r, index_t m) {
-        K.gemm_rows(m, H, GH, dr + r * GH, GH, UTp, gru ? carry + r * H : nullptr, H, dh0 + r * H, H);
+        K.gemm_rows(m, H, GH, dr + r * GH, GH, 0, nullptr, 0, UTp, GH, gru ? carry + r * H : nullptr, H, dh0 + r * H, H);
       });
     if (dc0 && s.cell == Cell::LSTM) std::memcpy(dc0 + r0 * H, carry + r0 * H, size_t((r1 - r0) * H) * sizeof(float));
   }
 
-  if (dU) {   // sum_t h_{t-1}^T dr_t over all steps; step 0 adds nothing when h0 is zero
-    const index_t t0 = all_zero(hs, B * H) ? 1 : 0;
-    if (T > t0) gemm(true, false, H, GH, (T - t0) * B, 1.f, hs + t0 * B * H, H, dr + t0 * B * GH, GH, 1.f, dU, GH, nullptr);
-  }
-  if (dW) gemm(true, false, I, GH, TB, 1.f, xs, I, dz, GH, 1.f, dW, GH, nullptr);
-  if (db) {
-    bias_backward(TB, GH, dz, db);
-    if (gru) bias_backward(TB, GH, dr, db + GH);
+  // dW += xs^T dz, dU += hs[0:T]^T dr, db += colsum(dz) (and colsum(dr) for the GRU's b_rec).
+  if (!gru) {   // dr == dz: all three from one GEMM over [x_t | h_{t-1} | 1]
+    weight_grads(TB, GH, dz, {{xs, I, dW ? I : 0, dW}, {hs, H, dU ? H : 0, dU}, {nullptr, 0, db ? 1 : 0, db}});
+  } else {
+    weight_grads(TB, GH, dz, {{xs, I, dW ? I : 0, dW}, {nullptr, 0, db ? 1 : 0, db}});
+    weight_grads(TB, GH, dr, {{hs, H, dU ? H : 0, dU}, {nullptr, 0, db ? 1 : 0, db ? db + GH : nullptr}});
   }
   if (dx) {
     float* dxs = scratch + L.dxs;

@@ -13,10 +13,13 @@ constexpr int NR = 16;
 
 // The per-step kernels. Row r of every matrix argument starts at base + r*ld; m <= MR rows.
 struct StepKernels {
-  // C[m x n] = Cinit + A[m x k] · Bp. Cinit nullptr: zeros; ldci == 0: the same row (a bias)
-  // for every row; Cinit may be C itself (in place).
-  void (*gemm_rows)(index_t m, index_t n, index_t k, const float* A, index_t lda, const float* Bp,
-                    const float* Cinit, index_t ldci, float* C, index_t ldc);
+  // C[m x n] = Cinit + [A | A2][m x (k + k2)] · Bp[0:k+k2]: A2 (k2 columns, may be 0)
+  // continues A's columns, so x_t W + h_{t-1} U is one product with [W; U] packed. The panels
+  // of Bp hold kp >= k + k2 rows. Cinit nullptr: zeros; ldci == 0: the same row (a bias) for
+  // every row; Cinit may be C itself (in place).
+  void (*gemm_rows)(index_t m, index_t n, index_t k, const float* A, index_t lda, index_t k2,
+                    const float* A2, index_t lda2, const float* Bp, index_t kp, const float* Cinit,
+                    index_t ldci, float* C, index_t ldc);
 
   // Forward gate math of one step. h, c, c_prev, h_prev, huh: ld H; gates, hu: ld G*H.
   // SimpleRNN: h holds x W + b + h_prev U on entry (m*H contiguous), h_t on return.

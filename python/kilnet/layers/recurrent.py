@@ -1,9 +1,9 @@
 """Recurrent layers — SimpleRNN, LSTM, GRU — and the TimeDistributed wrapper.
 
 The whole sequence runs in one kernel call each way (kilnet._cpu.rnn_forward / rnn_backward):
-the input projection of all steps is one GEMM, each step's h_{t-1} U is fused with the gate
-math, and backpropagation through time accumulates the weight gradients of all steps in single
-GEMMs. Weights have Keras's names, shapes and gate order, so Keras-trained weights load as they
+each step's b + x_t W + h_{t-1} U is one register-tiled product followed by the gate math (the
+GRU computes x W + b for all steps in one GEMM first), and backpropagation through time
+accumulates the weight and bias gradients of all steps in one GEMM (two for the GRU). Weights have Keras's names, shapes and gate order, so Keras-trained weights load as they
 are: kernel (in, G*units), recurrent_kernel (units, G*units), bias (G*units,) — GRU (2, 3*units)
 — with gate blocks i, f, c, o (LSTM) and z, r, h (GRU, reset_after=True).
 """
