@@ -42,6 +42,10 @@ void gemm_ref(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, co
 //             C[ic+ir:+MR, jc+jr:+NR] = alpha * Ap·Bp + beta * C (+ bias)   (micro-kernel)
 //
 // (With a thin K the whole B panel fits in L2 and the last two loops swap; see gemm_rect.)
+// The innermost loop is inside the micro-kernel: one call runs a whole column of tiles (one B
+// sliver under every A sliver) or, in the swapped order, a whole row (one A sliver over every
+// B sliver), so its setup is paid once per run, which matters when K is 9 or 10. A transposed
+// B is packed through 8x8 AVX2 transposes (pack_bt_16_avx2).
 // Packing makes every operand layout (transposed or not) look the same to the micro-kernel, and
 // zero-pads the last sliver so the micro-kernel always does full MR x NR work; it writes only
 // the valid m x n corner. When the B panel is narrow (N <= 128, as in Dense layers) each A sliver
