@@ -14,7 +14,7 @@ OUT=${OUT:-/tmp/kilnet-gpu}
 mkdir -p "$OUT"
 ARCH=${ARCH:-90}                       # the device's architecture only: half the compile time
 TESTS=${TESTS-$(ls tests/test_cuda_*.py)}
-BENCH=${BENCH-"gemm conv2d optim rnn epoch"}   # BENCH="" runs none
+BENCH=${BENCH-"gemm conv2d optim rnn epoch overhead"}   # BENCH="" runs none
 export PYTHONUNBUFFERED=1
 
 echo "== machine"

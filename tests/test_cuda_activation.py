@@ -178,3 +178,25 @@ def test_activation_bad_input(gpu):
         k.softmax_forward(cp.ones((4, 10), np.float32)[:, ::2], cp.empty((4, 5), np.float32))
     with pytest.raises(ValueError, match="empty"):
         k.softmax_forward(cp.ones((3, 0), np.float32), cp.ones((3, 0), np.float32))
+
+
+def test_any_cuda_array_interface_object(gpu):
+    """Not only cupy.ndarray: any object with __cuda_array_interface__ (numba, torch, a wrapper)
+    is accepted, gives the same result, and gets the same dtype and layout checks."""
+    k, cp = gpu.k, gpu.cp
+
+    class Wrapped:   # exposes only the interface, as a foreign library's array would
+        def __init__(self, a):
+            self.__cuda_array_interface__ = a.__cuda_array_interface__
+
+    x = cp.asarray(np.linspace(-2, 2, 37, dtype=np.float32))
+    y_fast, y_cai = cp.empty_like(x), cp.empty_like(x)
+    k.activation_forward("tanh", x, y_fast)
+    k.activation_forward("tanh", Wrapped(x), Wrapped(y_cai))
+    np.testing.assert_array_equal(gpu.host(y_fast), gpu.host(y_cai))
+    with pytest.raises(TypeError, match="float32"):
+        k.activation_forward("relu", Wrapped(cp.ones(37, cp.float64)), y_cai)
+    with pytest.raises(ValueError, match="contiguous"):
+        k.activation_forward("relu", Wrapped(cp.ones(74, np.float32)[::2]), y_cai)
+    with pytest.raises(TypeError, match="float32"):
+        k.activation_forward("relu", cp.ones(37, cp.float64), y_fast)

@@ -47,6 +47,19 @@ inline std::string shape_str(const std::vector<index_t>& s) {
 [[noreturn]] inline void fail_type(const std::string& msg) { throw py::type_error(msg); }
 [[noreturn]] inline void fail_value(const std::string& msg) { throw py::value_error(msg); }
 
+// Whether a numpy dtype (a PyArray_Descr, as numpy and CuPy arrays both carry) is native
+// float32 (kind 'f') or int64 (kind 'l'). Read off the descriptor, with no Python attribute
+// lookups: this runs for every array of every call.
+inline bool dtype_is(PyObject* dtype, char kind) {
+  static const int want_f32 = py::dtype::of<float>().num(), want_i64 = py::dtype::of<std::int64_t>().num();
+  const auto* descr = py::detail::array_descriptor_proxy(dtype);
+  const char order = descr->byteorder;   // '=' native, '|' not applicable, else '<' or '>'
+  const uint16_t probe = 1;
+  const char native = *reinterpret_cast<const char*>(&probe) ? '<' : '>';
+  return descr->type_num == (kind == 'f' ? want_f32 : want_i64) &&
+         (order == '=' || order == '|' || order == native);
+}
+
 // kind: 'f' float32, 'l' int64. ndim < 0: any rank.
 inline Arr array_arg(const char* fn, const char* name, py::handle h, char kind, int ndim,
                      bool writable) {
@@ -61,15 +74,7 @@ inline Arr array_arg(const char* fn, const char* name, py::handle h, char kind, 
   a.arr = py::reinterpret_borrow<py::array>(h);
   // Compare type numbers, not dtype objects: an unpickled float32 dtype is a different object.
   // A byte-swapped (non-native) array has the same number and is refused by the isnative test.
-  // Read off the descriptor (no Python attribute lookups: this runs for every array of every call).
-  static const int want_f32 = py::dtype::of<float>().num(), want_i64 = py::dtype::of<std::int64_t>().num();
-  const auto* descr = py::detail::array_descriptor_proxy(py::detail::array_proxy(h.ptr())->descr);
-  const char order = descr->byteorder;   // '=' native, '|' not applicable, else '<' or '>'
-  const uint16_t probe = 1;
-  const char native = *reinterpret_cast<const char*>(&probe) ? '<' : '>';
-  const bool ok_dtype = descr->type_num == (kind == 'f' ? want_f32 : want_i64) &&
-                        (order == '=' || order == '|' || order == native);
-  if (!ok_dtype)
+  if (!dtype_is(py::detail::array_proxy(h.ptr())->descr, kind))
     fail_type(std::string(fn) + ": argument '" + name + "' must have dtype " +
               (kind == 'f' ? "float32" : "int64") + ", got " + std::string(py::str(a.arr.dtype())));
   if (ndim >= 0 && a.arr.ndim() != ndim)
