@@ -115,3 +115,11 @@ def test_callback_type_checked():
     x, y = data(32)
     with pytest.raises(TypeError, match="Callback"):
         model().fit(x, y, verbose=0, callbacks=[lambda: None])
+
+
+@pytest.mark.parametrize("distributed", [False, True])
+@pytest.mark.parametrize("bad", [1, "early_stopping", object()])
+def test_non_callback_is_a_clear_type_error(bad, distributed):
+    x, y = data(40)
+    with pytest.raises(TypeError, match="must be kilnet.callbacks.Callback instances"):
+        model().fit(x, y, epochs=1, verbose=0, callbacks=[bad], distributed=distributed)

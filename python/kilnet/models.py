@@ -348,8 +348,9 @@ class Sequential:
         # On the GPU the per-batch losses stay on the device and the logs are only assembled
         # when something looks at them: the step never waits for the GPU otherwise.
         batch_logs_wanted = run.any_rank(any(
-            getattr(type(cb), "on_train_batch_end", None) is not Callback.on_train_batch_end
-            or "on_train_batch_end" in vars(cb)   # LambdaCallback's hooks
+            isinstance(cb, Callback)   # anything else: CallbackList below raises a clear TypeError
+            and (type(cb).on_train_batch_end is not Callback.on_train_batch_end
+                 or "on_train_batch_end" in vars(cb))   # LambdaCallback's hooks
             for cb in user_cbs))
         cbs = CallbackList(run.callbacks(user_cbs) + [history], self, params)
         self.history = history
