@@ -8,22 +8,11 @@ import pytest
 
 from conftest import rand
 from kilnet import _cpu
+from test_conv2d import geometry   # Keras's output size and padding per axis
 
 pytestmark = pytest.mark.cuda
 
 ACTS = ("linear", "relu", "sigmoid", "tanh")
-
-
-def geometry(size, k, stride, dil, padding):
-    """Output size and (top, bottom) padding for one axis (Keras rules), or None."""
-    eff = (k - 1) * dil + 1
-    if padding == "valid":
-        if size < eff:
-            return None
-        return (size - eff) // stride + 1, 0, 0
-    out = -(-size // stride)
-    total = max((out - 1) * stride + eff - size, 0)
-    return out, total // 2, total - total // 2
 
 
 def make_case(rng, N, H, W, C, K, R, S, stride, dil, padding):

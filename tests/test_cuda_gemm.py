@@ -8,28 +8,9 @@ import pytest
 
 from conftest import rand
 from kilnet import _cpu
+from test_gemm import TRANS, expected, operands   # the CPU tests' operands and float64 reference
 
 pytestmark = pytest.mark.cuda
-
-TRANS = list(itertools.product([False, True], [False, True]))
-
-
-def operands(rng, M, N, K, ta, tb):
-    a = rand(rng, K, M) if ta else rand(rng, M, K)
-    b = rand(rng, N, K) if tb else rand(rng, K, N)
-    return a, b
-
-
-def expected(a, b, c0, ta, tb, alpha, beta, bias):
-    oa = a.T.astype(np.float64) if ta else a.astype(np.float64)
-    ob = b.T.astype(np.float64) if tb else b.astype(np.float64)
-    out = alpha * (oa @ ob)
-    if beta != 0:
-        out += beta * c0.astype(np.float64)
-    if bias is not None:
-        out += bias.astype(np.float64)
-    return out
-
 
 def check(got, want, K):
     # float32 sums of K products of magnitude <= 1 (split-K and tile order differ from the CPU).
