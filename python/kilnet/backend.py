@@ -156,5 +156,20 @@ def simd_level() -> str:
     return _cpu.simd_level()
 
 
+def build_info() -> str:
+    """The CPU kernels' build facts: compiler, build type, OpenMP, whether the AVX2 kernels
+    were compiled."""
+    return _cpu.build_info()
+
+
+def cuda_compiled_module():
+    """kilnet._cuda when kilnet was built with it (whether or not a GPU is usable), else None."""
+    try:
+        from kilnet import _cuda  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _cuda
+
+
 if "KILNET_NUM_THREADS" in os.environ:
     set_num_threads(int(os.environ["KILNET_NUM_THREADS"]))

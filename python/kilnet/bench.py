@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from kilnet.backend import cpu as _cpu
+
 FAMILIES = ("gemm", "conv2d", "activation", "softmax_ce", "adam", "pooling", "batchnorm", "rnn",
             "train_step")
 
@@ -62,7 +64,6 @@ def median_seconds(fn, quick):
 def set_threads(n, torch):
     """kilnet, numpy's BLAS (threadpoolctl when installed) and torch on n threads. Returns a
     function that puts back the thread counts found (the run leaves the process as it was)."""
-    from kilnet import _cpu
     old_k, old_t = _cpu.get_num_threads(), (torch.get_num_threads() if torch is not None else None)
     limits = None
     try:   # first: threadpoolctl's restore also puts back the OpenMP count it found
@@ -115,7 +116,6 @@ def _rng():
 
 
 def gemm_cases(quick, torch):
-    from kilnet import _cpu
     sq = 256 if quick else 512
     shapes = [(f"square {sq}", sq, sq, sq, False, False),
               ("dense fwd 32x21632.21632x10", 32, 10, 21632, False, False),
@@ -143,7 +143,6 @@ def gemm_cases(quick, torch):
 def conv2d_cases(quick, torch):
     """Forward + backward. The canonical first layer (C = 1) needs no dx: fwd + dW = 2x forward
     flops; the inner layer computes dx too: 3x (bench_conv2d.py)."""
-    from kilnet import _cpu
     n2 = 16 if quick else 64
     specs = [("N32 28x28x1->32 3x3 relu", 32, 28, 28, 1, 32, 0, "relu", False),
              (f"N{n2} 14x14x32->64 3x3 same", n2, 14, 14, 32, 64, 1, "linear", True)]
@@ -185,7 +184,6 @@ def conv2d_cases(quick, torch):
 
 def activation_cases(quick, torch):
     """ReLU forward (read x, write y) + backward (read y, dy, write dx): 20 bytes per element."""
-    from kilnet import _cpu
     n = 1 << 20
     rng = _rng()
     x = rng.uniform(-1, 1, n).astype(np.float32)
@@ -214,7 +212,6 @@ def activation_cases(quick, torch):
 def softmax_ce_cases(quick, torch):
     """Fused softmax + cross-entropy, loss and gradient: read logits, write probs and grad
     (12 bytes per element)."""
-    from kilnet import _cpu
     out = []
     for rows, cols in ((256, 10), (1024, 1000) if quick else (4096, 1000)):
         rng = _rng()
@@ -248,7 +245,6 @@ def softmax_ce_cases(quick, torch):
 
 def adam_cases(quick, torch):
     """One Adam step over 1M parameters: read p, g, m, v and write p, m, v: 28 bytes per element."""
-    from kilnet import _cpu
     n = 1 << 20
     rng = _rng()
     p = rng.uniform(-1, 1, n).astype(np.float32)
@@ -300,7 +296,6 @@ def adam_cases(quick, torch):
 def pooling_cases(quick, torch):
     """Max pool 2x2 / 2 forward (read x, write y = x/4) + backward (read x, dy, write dx):
     3.5 x 4 bytes per input element."""
-    from kilnet import _cpu
     N, H, W, C = (16 if quick else 64), 28, 28, 32
     rng = _rng()
     x = rng.uniform(-1, 1, (N, H, W, C)).astype(np.float32)
@@ -331,7 +326,6 @@ def pooling_cases(quick, torch):
 def batchnorm_cases(quick, torch):
     """Training-mode batch norm forward (read x, write y) + backward (read x, dy, write dx): 20
     bytes per element (the statistics passes over x are not counted)."""
-    from kilnet import _cpu
     N, H, W, C = (16 if quick else 64), 28, 28, 32
     rng = _rng()
     x = rng.normal(0, 1, (N, H, W, C)).astype(np.float32)
@@ -375,7 +369,6 @@ def batchnorm_cases(quick, torch):
 def rnn_cases(quick, torch):
     """SimpleRNN and LSTM over a whole sequence, forward + backward through time without dx
     (bench_rnn.py): 2*B*T*G*H*(2I + 3H) flops."""
-    from kilnet import _cpu
     B, T, I, H = (16 if quick else 64), 28, 28, 128
     out = []
     for layer, cell, G, tname in (("SimpleRNN", "simple_rnn", 1, "RNN"), ("LSTM", "lstm", 4, "LSTM")):
@@ -409,10 +402,10 @@ def rnn_cases(quick, torch):
 
 
 def train_step_cases(quick, torch):
-    """One training step of the canonical model at batch 32 (cli.canonical_model): Conv2D(32, 3x3,
-    relu) -> Flatten -> Dense(10, softmax), Adam. Flops: conv fwd + dW and dense fwd + dW + dX,
+    """One training step of the canonical model at batch 32 (kilnet._canonical.canonical_model,
+    the one kilnet.cli trains): Conv2D(32, 3x3, relu) -> Flatten -> Dense(10, softmax), Adam. Flops: conv fwd + dW and dense fwd + dW + dX,
     about 66 MFLOP per batch of 32 (issue 3)."""
-    from kilnet.cli import canonical_model
+    from kilnet._canonical import canonical_model
     from kilnet.models import _Buffers
     from kilnet.utils import set_random_seed
     B = 32
@@ -490,7 +483,6 @@ def parse_only(value):
 
 def run(threads=None, quick=False, only=None, out=print):
     """Run the benchmark and print the tables; returns the rows as dicts."""
-    from kilnet import _cpu
     threads = parse_threads(threads)
     fams = parse_only(only)
     np_ = _import_peer("numpy")
@@ -513,7 +505,6 @@ def run(threads=None, quick=False, only=None, out=print):
 
 def _run_threads(n, fams, quick, np_, torch, rows, out):
     """One thread count: the peak, then every case; prints the table."""
-    from kilnet import _cpu
     hdr = ("family", "shape", "kilnet ms", "rate", "unit", "% peak", "numpy ms", "np/kl", "torch ms", "torch/kl")
     # The peak is probed before and after the cases and the larger kept: on a shared machine a
     # probe that lost its core for a while would understate it (and inflate "% peak").

@@ -7,20 +7,10 @@ import platform
 import sys
 import time
 
+# canonical_model lives in kilnet._canonical (kilnet.bench uses it too); re-exported here
+from kilnet._canonical import canonical_model
+
 __all__ = ["main", "canonical_model", "small_cnn_model"]
-
-
-def canonical_model():
-    """The canonical CNN: Conv2D(32, 3x3, relu) → Flatten → Dense(10, softmax), Adam, sparse CE."""
-    from kilnet.layers import Conv2D, Dense, Flatten
-    from kilnet.models import Sequential
-    model = Sequential([
-        Conv2D(32, (3, 3), activation="relu", input_shape=(28, 28, 1)),
-        Flatten(),
-        Dense(10, activation="softmax"),
-    ])
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    return model
 
 
 def small_cnn_model(epochs=15, steps_per_epoch=938, learning_rate=1e-3):
@@ -215,20 +205,20 @@ def cmd_info(args) -> int:
     import numpy as np
 
     import kilnet
-    from kilnet import _cpu, backend
+    from kilnet import backend
     print(f"kilnet {kilnet.__version__}")
     print(f"python {platform.python_version()} ({sys.executable}), numpy {np.__version__}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs")
-    print(f"build: {_cpu.build_info()}")
-    print(f"simd level in use: {_cpu.simd_level()}")
-    print(f"threads: {_cpu.get_num_threads()}")
-    if backend.cuda_compiled():
-        from kilnet import _cuda  # type: ignore[attr-defined]
-        archs = _cuda.compiled_architectures()
-        n = _cuda.device_count()
+    print(f"build: {backend.build_info()}")
+    print(f"simd level in use: {backend.simd_level()}")
+    print(f"threads: {backend.get_num_threads()}")
+    cuda = backend.cuda_compiled_module()
+    if cuda is not None:
+        archs = cuda.compiled_architectures()
+        n = cuda.device_count()
         print(f"cuda: compiled (architectures {archs})")
         if n:
-            names = ", ".join(_cuda.device_name(i) for i in range(n))
+            names = ", ".join(cuda.device_name(i) for i in range(n))
             print(f"gpu: {n} usable ({names})")
         else:
             print("gpu: none usable (no NVIDIA driver or device)")
