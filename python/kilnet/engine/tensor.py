@@ -1,0 +1,413 @@
+"""Tensor and Variable: what user code and layers hold during a call.
+
+A Tensor wraps one numpy or CuPy array (`.value`) and, while a GradientTape records, knows
+whether a gradient flows through it (`_rg`). The arithmetic operators are differentiable ops
+defined here (they are what `a + b` means); the rest of the op library is `kilnet.ops`.
+
+A Variable is a weight: a handle to the array a layer holds (`owner.<attr>`), which a model
+re-points into its one flat parameter buffer, and to the gradient array beside it
+(`owner.d<attr>`), a view into the flat gradient buffer. Reading `.value` always sees where the
+weight lives now, so the optimizer's one fused update reaches every Variable.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from kilnet.backend import device_of, xp_for
+from kilnet.engine.tape import record
+
+__all__ = ["Tensor", "Variable", "as_tensor", "value_of", "unbroadcast", "same_device"]
+
+
+class Tensor:
+    __slots__ = ("_value", "_rg", "_keras_logits", "__weakref__")
+    __array_priority__ = 100      # numpy defers `array + tensor` to Tensor.__radd__
+
+    def __init__(self, value, rg=False):
+        self._value = value
+        self._rg = rg
+        self._keras_logits = None   # (activation name, logits Tensor) for a softmax/sigmoid output
+
+    # -------------------------------------------------------------- the array
+    @property
+    def value(self):
+        return self._value
+
+    @property
+    def shape(self):
+        return tuple(self.value.shape)
+
+    @property
+    def dtype(self):
+        return self.value.dtype
+
+    @property
+    def ndim(self):
+        return self.value.ndim
+
+    @property
+    def size(self):
+        return self.value.size
+
+    @property
+    def device(self) -> str:
+        return device_of(self.value)
+
+    def _xp(self):
+        return xp_for(self.value)
+
+    def numpy(self) -> np.ndarray:
+        v = self.value
+        return np.array(v) if isinstance(v, np.ndarray) else v.get()
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.value if isinstance(self.value, np.ndarray) else self.value.get()
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def __len__(self):
+        return len(self.value)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __float__(self):
+        return float(self.value)
+
+    def __int__(self):
+        return int(self.value)
+
+    def __index__(self):
+        return int(self.value)
+
+    def __bool__(self):
+        return bool(self.value)
+
+    def __format__(self, spec):
+        return format(self.value.item(), spec) if self.value.size == 1 else format(self.numpy(), spec)
+
+    def __repr__(self):
+        return f"<kilnet.Tensor shape={self.shape} dtype={self.dtype} device={self.device}\n{self.value!r}>"
+
+    __hash__ = object.__hash__
+
+    # -------------------------------------------------------------- operators
+    def __add__(self, o): return add(self, o)
+    def __radd__(self, o): return add(o, self)
+    def __sub__(self, o): return subtract(self, o)
+    def __rsub__(self, o): return subtract(o, self)
+    def __mul__(self, o): return multiply(self, o)
+    def __rmul__(self, o): return multiply(o, self)
+    def __truediv__(self, o): return divide(self, o)
+    def __rtruediv__(self, o): return divide(o, self)
+    def __matmul__(self, o): return matmul(self, o)
+    def __rmatmul__(self, o): return matmul(o, self)
+    def __pow__(self, o): return power(self, o)
+    def __rpow__(self, o): return power(o, self)
+    def __neg__(self): return negative(self)
+    def __pos__(self): return self
+    def __getitem__(self, idx): return getitem(self, idx)
+
+    # comparisons give boolean tensors that carry no gradient
+    def __eq__(self, o): return Tensor(self.value == value_of(o))
+    def __ne__(self, o): return Tensor(self.value != value_of(o))
+    def __lt__(self, o): return Tensor(self.value < value_of(o))
+    def __le__(self, o): return Tensor(self.value <= value_of(o))
+    def __gt__(self, o): return Tensor(self.value > value_of(o))
+    def __ge__(self, o): return Tensor(self.value >= value_of(o))
+
+    @property
+    def T(self):
+        return transpose(self)
+
+    def reshape(self, *shape):
+        return reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+
+    def astype(self, dtype):
+        return cast(self, dtype)
+
+
+class _Holder:
+    """Storage of a Variable made on its own (not by a layer): `.value` and `.dvalue`."""
+    trainable = True
+
+
+class Variable(Tensor):
+    """A weight. `kilnet.Variable(initializer, shape=None, dtype="float32", trainable=True,
+    name=None)` as in Keras 3; layers make theirs with `add_weight`."""
+    __slots__ = ("_owner", "_attr", "trainable", "name", "path")
+
+    def __init__(self, initializer=None, shape=None, dtype="float32", trainable=True, name=None, *,
+                 _owner=None, _attr=None):
+        Tensor.__init__(self, None, bool(trainable))
+        self.trainable = bool(trainable)
+        if _owner is None:
+            value = _initial_value(initializer, shape, dtype)
+            _owner, _attr = _Holder(), "value"
+            _owner.value = value
+            _owner.dvalue = np.zeros_like(value) if trainable else None
+            name = name or "variable"
+        self._owner, self._attr = _owner, _attr
+        self.name = name or _attr
+        self.path = self.name
+
+    @property
+    def value(self):
+        return getattr(self._owner, self._attr)
+
+    def _grad_array(self):
+        return getattr(self._owner, "d" + self._attr)
+
+    @property
+    def _rg(self):
+        return self.trainable
+
+    @_rg.setter
+    def _rg(self, v):   # watching a non-trainable variable: TensorFlow allows it; so do we
+        pass
+
+    def assign(self, value):
+        """Copy value into the weight in place (its shape must match)."""
+        dst = self.value
+        v = value_of(value)
+        if tuple(np.shape(v)) != tuple(dst.shape):
+            raise ValueError(f"Variable {self.name!r}: cannot assign a value of shape {tuple(np.shape(v))} "
+                             f"to a variable of shape {tuple(dst.shape)}")
+        if isinstance(dst, np.ndarray):
+            np.copyto(dst, np.asarray(v if isinstance(v, np.ndarray) or not hasattr(v, "get") else v.get()),
+                      casting="unsafe")
+        else:
+            dst[...] = xp_for(dst).asarray(v, dtype=dst.dtype)
+        return self
+
+    def assign_add(self, value):
+        return self.assign(self.value + value_of(value))
+
+    def assign_sub(self, value):
+        return self.assign(self.value - value_of(value))
+
+    def __repr__(self):
+        return f"<kilnet.Variable path={self.path!r} shape={self.shape} dtype={self.dtype}>"
+
+
+def _initial_value(initializer, shape, dtype):
+    from kilnet import initializers
+    if callable(initializer) or isinstance(initializer, str):
+        if shape is None:
+            raise ValueError("Variable: shape= is needed with an initializer")
+        return np.ascontiguousarray(initializers.get(initializer)(tuple(shape)), dtype=dtype)
+    value = np.array(value_of(initializer), dtype=dtype)
+    if shape is not None and tuple(shape) != value.shape:
+        raise ValueError(f"Variable: initial value of shape {value.shape} does not match shape={tuple(shape)}")
+    return value
+
+
+# ------------------------------------------------------------------ conversion helpers
+def value_of(x):
+    """The array (or Python number) behind x."""
+    return x.value if isinstance(x, Tensor) else x
+
+
+def as_tensor(x, dtype=None) -> Tensor:
+    """x as a Tensor: Tensors and Variables as they are, arrays and numbers wrapped (no grad)."""
+    if isinstance(x, Tensor):
+        return x if dtype is None or x.dtype == dtype else cast(x, dtype)
+    if isinstance(x, np.ndarray) or hasattr(x, "__cuda_array_interface__"):
+        return Tensor(x if dtype is None else x.astype(dtype, copy=False))
+    if dtype is None and isinstance(x, float):
+        dtype = np.float32    # Keras's floatx
+    return Tensor(np.asarray(x, dtype=dtype))
+
+
+def same_device(*xs):
+    """The array module of the operands; ValueError when they live on two devices."""
+    dev = None
+    for x in xs:
+        v = x.value if isinstance(x, Tensor) else x
+        if isinstance(v, np.ndarray) or not hasattr(v, "__cuda_array_interface__"):
+            d = "cpu" if isinstance(v, np.ndarray) else None
+        else:
+            d = "cuda"
+        if d is None:
+            continue
+        if dev is None:
+            dev = d
+        elif d != dev:
+            raise ValueError(f"operands live on two devices (cpu and cuda); move them to one first "
+                             f"(model.to(...) or kilnet.ops.convert_to_tensor on that device)")
+    if dev == "cuda":
+        import cupy
+        return cupy
+    return np
+
+
+def unbroadcast(g, shape):
+    """Sum g over the axes numpy broadcasting added or stretched, back to `shape`."""
+    shape = tuple(shape)
+    if g.shape == shape:
+        return g
+    extra = g.ndim - len(shape)
+    if extra:
+        g = g.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, s in enumerate(shape) if s == 1 and g.shape[i] != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return g.reshape(shape)
+
+
+def _grad_dtype(g, x):
+    return g if g.dtype == x.dtype else g.astype(x.dtype)
+
+
+def _binary(a, b, fwd, rule):
+    """A broadcasting binary op; rule(g, av, bv, y) -> (da, db) before unbroadcasting."""
+    same_device(a, b)
+    av, bv = value_of(a), value_of(b)
+    y = Tensor(fwd(av, bv))
+    ins = tuple(t for t in (a, b) if isinstance(t, Tensor))
+    if ins:
+        def bw(g, needs, a=a, b=b):
+            da, db = rule(g, av, bv, y.value)
+            out = []
+            for t, d in ((a, da), (b, db)):
+                if isinstance(t, Tensor):
+                    out.append(None if d is None else _grad_dtype(unbroadcast(d, t.value.shape), t.value))
+            return out
+        record(ins, (y,), bw)
+    return y
+
+
+def add(a, b):
+    return _binary(a, b, lambda x, y: x + y, lambda g, x, y, z: (g, g))
+
+
+def subtract(a, b):
+    return _binary(a, b, lambda x, y: x - y, lambda g, x, y, z: (g, -g))
+
+
+def multiply(a, b):
+    return _binary(a, b, lambda x, y: x * y, lambda g, x, y, z: (g * y, g * x))
+
+
+def divide(a, b):
+    return _binary(a, b, lambda x, y: x / y, lambda g, x, y, z: (g / y, -g * z / y))
+
+
+def power(a, b):
+    def rule(g, x, y, z):
+        xp = xp_for(z)
+        dx = g * y * x ** (y - 1) if not (isinstance(y, (int, float)) and y == 0) else None
+        dy = None
+        if isinstance(b, Tensor):
+            safe = xp.where(x > 0, x, 1)
+            dy = g * z * xp.log(safe)
+        return dx, dy
+    return _binary(a, b, lambda x, y: x ** y, rule)
+
+
+def negative(a):
+    a = as_tensor(a)
+    y = Tensor(-a.value)
+    record((a,), (y,), lambda g, needs: (-g,))
+    return y
+
+
+def matmul(a, b):
+    """numpy's matmul (batched, broadcasting); 2-D float32 products on our own GEMM kernel."""
+    xp = same_device(a, b)
+    a, b = as_tensor(a), as_tensor(b)
+    av, bv = a.value, b.value
+    if av.ndim == 0 or bv.ndim == 0:
+        raise ValueError(f"matmul: operands must be at least 1-D, got shapes {av.shape} and {bv.shape}")
+    if av.shape[-1] != bv.shape[-2 if bv.ndim > 1 else 0]:
+        raise ValueError(f"matmul: shapes {av.shape} and {bv.shape} do not fit (inner sizes "
+                         f"{av.shape[-1]} and {bv.shape[-2 if bv.ndim > 1 else 0]})")
+    y = Tensor(_mm(xp, av, bv))
+
+    def bw(g, needs):
+        a2 = av[None, :] if av.ndim == 1 else av
+        b2 = bv[:, None] if bv.ndim == 1 else bv
+        g2 = g
+        if av.ndim == 1:
+            g2 = xp.expand_dims(g2, -2)
+        if bv.ndim == 1:
+            g2 = xp.expand_dims(g2, -1)
+        da = db = None
+        if needs[0]:
+            da = _mm(xp, g2, xp.swapaxes(b2, -1, -2))
+            da = unbroadcast(da, a2.shape).reshape(av.shape)
+        if needs[1]:
+            db = _mm(xp, xp.swapaxes(a2, -1, -2), g2)
+            db = unbroadcast(db, b2.shape).reshape(bv.shape)
+        return da, db
+    record((a, b), (y,), bw)
+    return y
+
+
+def _mm(xp, a, b):
+    if (a.ndim == 2 and b.ndim == 2 and a.dtype == np.float32 and b.dtype == np.float32
+            and a.shape[0] and a.shape[1] and b.shape[1]):
+        from kilnet.backend import kernels_for
+        k = kernels_for(a)
+        c = xp.empty((a.shape[0], b.shape[1]), np.float32)
+        k.gemm(xp.ascontiguousarray(a), xp.ascontiguousarray(b), c)
+        return c
+    return xp.matmul(a, b)
+
+
+def getitem(a, idx):
+    a = as_tensor(a)
+    idx = _plain_index(idx)
+    y = Tensor(a.value[idx])
+
+    def bw(g, needs):
+        xp = xp_for(g)
+        d = xp.zeros(a.value.shape, g.dtype)
+        if _basic_index(idx):
+            d[idx] = g
+        else:   # fancy indexing may repeat an element: scatter-add
+            xp.add.at(d, idx, g)
+        return (d,)
+    record((a,), (y,), bw)
+    return y
+
+
+def _plain_index(idx):
+    if isinstance(idx, Tensor):
+        return idx.value
+    if isinstance(idx, tuple):
+        return tuple(i.value if isinstance(i, Tensor) else i for i in idx)
+    return idx
+
+
+def _basic_index(idx):
+    items = idx if isinstance(idx, tuple) else (idx,)
+    return all(i is None or i is Ellipsis or isinstance(i, (int, slice, np.integer)) for i in items)
+
+
+def reshape(a, shape):
+    a = as_tensor(a)
+    shape = tuple(int(s) for s in shape)
+    try:
+        y = Tensor(a.value.reshape(shape))
+    except ValueError:
+        raise ValueError(f"reshape: cannot reshape a tensor of shape {a.shape} ({a.size} values) to {shape}") from None
+    record((a,), (y,), lambda g, needs: (g.reshape(a.value.shape),))
+    return y
+
+
+def transpose(a, axes=None):
+    a = as_tensor(a)
+    xp = a._xp()
+    y = Tensor(xp.transpose(a.value, axes))
+    inv = None if axes is None else tuple(np.argsort(axes))
+    record((a,), (y,), lambda g, needs: (xp.transpose(g, inv),))
+    return y
+
+
+def cast(a, dtype):
+    a = as_tensor(a)
+    dtype = np.dtype(dtype)
+    y = Tensor(a.value.astype(dtype))
+    if dtype.kind == "f" and a.dtype.kind == "f":
+        record((a,), (y,), lambda g, needs: (g.astype(a.dtype),))
+    return y
