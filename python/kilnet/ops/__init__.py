@@ -1,0 +1,37 @@
+"""kilnet.ops: the keras.ops names for custom layers' call() and user code.
+
+Every op takes Tensors, Variables, numpy or CuPy arrays and Python numbers, runs on the array
+module of its operands (numpy on the CPU, CuPy on the GPU; two devices in one op is a
+ValueError), returns a kilnet Tensor, and is recorded on a recording GradientTape when an input
+needs a gradient. Python numbers stay weak scalars (float32 * 2.0 is float32); dtypes are kept
+(float64 stays float64). See docs/ops.md for the table of ops, gradients and kernels.
+"""
+from kilnet.engine.tensor import add, cast, divide, matmul, multiply, negative, power, subtract
+from kilnet.ops.creation import (arange, convert_to_tensor, eye, full, full_like, ones, ones_like, zeros,
+                                 zeros_like)
+from kilnet.ops.linalg import einsum
+from kilnet.ops.math import (abs, absolute, argmax, argmin, ceil, clip, cos, erf, exp, expm1, floor, log,
+                             log1p, logsumexp, max, maximum, mean, min, minimum, reciprocal, round, rsqrt,
+                             sign, sin, sqrt, square, std, sum, var, where)
+from kilnet.ops.nn import (elu, gelu, hard_sigmoid, leaky_relu, log_softmax, relu, relu6, sigmoid, silu,
+                           softmax, softplus, softsign, swish, tanh)
+from kilnet.ops.shape import (broadcast_to, concatenate, expand_dims, one_hot, reshape, shape, split,
+                              squeeze, stack, stop_gradient, take, top_k, transpose)
+
+__all__ = [
+    # arithmetic (the engine's operators)
+    "add", "subtract", "multiply", "divide", "negative", "power", "matmul", "cast",
+    # elementwise
+    "square", "sqrt", "rsqrt", "reciprocal", "exp", "log", "log1p", "expm1", "abs", "absolute", "sign",
+    "sin", "cos", "erf", "floor", "ceil", "round", "maximum", "minimum", "clip", "where",
+    # reductions
+    "sum", "mean", "max", "min", "var", "std", "argmax", "argmin", "logsumexp",
+    # activations
+    "relu", "relu6", "sigmoid", "hard_sigmoid", "tanh", "softmax", "log_softmax", "gelu", "silu", "swish",
+    "leaky_relu", "elu", "softplus", "softsign",
+    # shape and array ops
+    "reshape", "transpose", "expand_dims", "squeeze", "concatenate", "stack", "split", "take",
+    "broadcast_to", "one_hot", "top_k", "shape", "stop_gradient", "einsum",
+    # creation
+    "convert_to_tensor", "arange", "zeros", "ones", "full", "eye", "zeros_like", "ones_like", "full_like",
+]
