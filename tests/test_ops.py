@@ -407,6 +407,8 @@ EINSUM = [
     ("bij,jk", [(2, 3, 4), (4, 5)]),
     ("...i,i->...", [(2, 3, 4), (4,)]),
     ("ijk,k->i", [(2, 3, 4), (4,)]),
+    ("ij,k->k", [(3, 5), (4,)]),
+    ("ijk,jl->l", [(2, 3, 4), (3, 5)]),
 ]
 
 
@@ -427,6 +429,8 @@ def test_einsum_errors(device):
         K.einsum("ij,jk->ik", a)
     with pytest.raises(ValueError, match="size 3 and 4"):
         K.einsum("ij,jk->ik", a, dev(np.ones((4, 2)), device))
+    with pytest.raises(ValueError, match="a '...' dimension has size 2 and 3"):
+        K.einsum("...i,...i->...", dev(np.ones((2, 3)), device), dev(np.ones((3, 3)), device))
     with pytest.raises(ValueError, match="do not match operand"):
         K.einsum("ijk->i", a)
 
@@ -456,6 +460,10 @@ SHAPE_CASES = {   # name: (kilnet f, torch f, input shapes)
     "broadcast_to": (lambda x: K.broadcast_to(x, (2, 3, 4)), lambda x: x.broadcast_to(2, 3, 4), [(3, 1)]),
     "top_k": (lambda x: K.top_k(x, 2)[0], lambda x: _torch().topk(x, 2).values, [(3, 5)]),
     "top_k_all": (lambda x: K.top_k(x, 4)[0], lambda x: _torch().topk(x, 4).values, [(2, 3, 4)]),
+    "swapaxes": (lambda x: K.swapaxes(x, 0, -1), lambda x: x.transpose(0, -1), [(2, 3, 4)]),
+    "moveaxis": (lambda x: K.moveaxis(x, 0, -1), lambda x: _torch().movedim(x, 0, -1), [(2, 3, 4)]),
+    "tile": (lambda x: K.tile(x, (2, 1, 3)), lambda x: x.tile(2, 1, 3), [(3, 2)]),
+    "tile_short": (lambda x: K.tile(x, 2), lambda x: x.tile(2), [(2, 3, 4)]),
     "getitem": (lambda x: x[1:, ::2], lambda x: x[1:, ::2], [(3, 5)]),
     "cast": (lambda x: K.cast(K.cast(x, "float32"), "float64"), lambda x: x.float().double(), [(3, 5)]),
 }
@@ -489,6 +497,34 @@ def test_shape_ops_forward(device):
     np.testing.assert_array_equal(host(idx), [[1, 3, 2]])
     assert idx.dtype == np.int32
     assert K.shape(t) == (2, 3, 4) and K.shape(x) == (2, 3, 4)
+
+
+def test_tile_and_comparisons_forward(device):
+    x = np.arange(6.0).reshape(2, 3)
+    t = Tensor(dev(x, device))
+    np.testing.assert_array_equal(host(K.tile(t, (2, 2))), np.tile(x, (2, 2)))
+    np.testing.assert_array_equal(host(K.tile(t, (2, 1, 1))), np.tile(x, (2, 1, 1)))
+    np.testing.assert_array_equal(host(K.moveaxis(t, [0, 1], [1, 0])), x.T)
+    for name in ("equal", "not_equal", "greater", "greater_equal", "less", "less_equal"):
+        np.testing.assert_array_equal(host(getattr(K, name)(t, 2.0)), getattr(np, name)(x, 2.0))
+    np.testing.assert_array_equal(host(K.logical_not(K.logical_and(t > 1, t < 4))), ~((x > 1) & (x < 4)))
+
+
+def test_variables_and_mixed_operands(device):
+    from kilnet.engine.tensor import Variable
+    if device == "cuda":
+        pytest.skip("a standalone Variable lives on the CPU")
+    w = Variable(np.array([[0.5, -1.0, 2.0]]), dtype="float64")
+    x = np.array([[1.0, 2.0, 3.0], [-1.0, 0.5, 0.25]])
+    with GradientTape() as tape:
+        y = K.sum(K.square(K.relu(x * w)) + K.mean(K.softmax(x * w), axis=0) * 3.0)
+    g = tape.gradient(y, w)
+    torch = _torch()
+    tw = torch.tensor([[0.5, -1.0, 2.0]], requires_grad=True)
+    tx = torch.tensor(x)
+    ty = torch.sum(torch.relu(tx * tw) ** 2 + torch.mean(torch.softmax(tx * tw, -1), 0) * 3.0)
+    ty.backward()
+    np.testing.assert_allclose(host(g), tw.grad.numpy(), rtol=1e-12)
 
 
 def test_one_hot(device):

@@ -10,13 +10,14 @@ from kilnet.engine.tensor import add, cast, divide, matmul, multiply, negative, 
 from kilnet.ops.creation import (arange, convert_to_tensor, eye, full, full_like, ones, ones_like, zeros,
                                  zeros_like)
 from kilnet.ops.linalg import einsum
-from kilnet.ops.math import (abs, absolute, argmax, argmin, ceil, clip, cos, erf, exp, expm1, floor, log,
-                             log1p, logsumexp, max, maximum, mean, min, minimum, reciprocal, round, rsqrt,
-                             sign, sin, sqrt, square, std, sum, var, where)
+from kilnet.ops.math import (abs, absolute, argmax, argmin, ceil, clip, cos, equal, erf, exp, expm1, floor,
+                             greater, greater_equal, less, less_equal, log, log1p, logical_and, logical_not,
+                             logical_or, logical_xor, logsumexp, max, maximum, mean, min, minimum, not_equal,
+                             reciprocal, round, rsqrt, sign, sin, sqrt, square, std, sum, var, where)
 from kilnet.ops.nn import (elu, gelu, hard_sigmoid, leaky_relu, log_softmax, relu, relu6, sigmoid, silu,
                            softmax, softplus, softsign, swish, tanh)
-from kilnet.ops.shape import (broadcast_to, concatenate, expand_dims, one_hot, reshape, shape, split,
-                              squeeze, stack, stop_gradient, take, top_k, transpose)
+from kilnet.ops.shape import (broadcast_to, concatenate, expand_dims, moveaxis, one_hot, reshape, shape, split,
+                              squeeze, stack, stop_gradient, swapaxes, take, tile, top_k, transpose)
 
 __all__ = [
     # arithmetic (the engine's operators)
@@ -24,13 +25,16 @@ __all__ = [
     # elementwise
     "square", "sqrt", "rsqrt", "reciprocal", "exp", "log", "log1p", "expm1", "abs", "absolute", "sign",
     "sin", "cos", "erf", "floor", "ceil", "round", "maximum", "minimum", "clip", "where",
+    # comparisons and logic (no gradient)
+    "equal", "not_equal", "greater", "greater_equal", "less", "less_equal", "logical_and", "logical_or",
+    "logical_xor", "logical_not",
     # reductions
     "sum", "mean", "max", "min", "var", "std", "argmax", "argmin", "logsumexp",
     # activations
     "relu", "relu6", "sigmoid", "hard_sigmoid", "tanh", "softmax", "log_softmax", "gelu", "silu", "swish",
     "leaky_relu", "elu", "softplus", "softsign",
     # shape and array ops
-    "reshape", "transpose", "expand_dims", "squeeze", "concatenate", "stack", "split", "take",
+    "reshape", "transpose", "swapaxes", "moveaxis", "tile", "expand_dims", "squeeze", "concatenate", "stack", "split", "take",
     "broadcast_to", "one_hot", "top_k", "shape", "stop_gradient", "einsum",
     # creation
     "convert_to_tensor", "arange", "zeros", "ones", "full", "eye", "zeros_like", "ones_like", "full_like",

@@ -51,8 +51,10 @@ def _parse(subscripts, shapes):
             raise ValueError(f"einsum: repeated index within one operand ({sub!r}: a trace or diagonal) is not "
                              "supported")
         for c, n in zip(letters, shp):
-            if sizes.setdefault(c, n) != n:   # (size-1 broadcasting of '...' dims is not supported)
-                raise ValueError(f"einsum: index {c!r} has size {sizes[c]} and {n} (operand shapes {shapes})")
+            if sizes.setdefault(c, n) != n:
+                what = "a '...' dimension" if c in ell else f"index {c!r}"
+                raise ValueError(f"einsum: {what} has size {sizes[c]} and {n} in {subscripts!r} (operand shapes "
+                                 f"{shapes}; size-1 broadcasting between operands is not supported)")
         parsed.append(letters)
     if arrow:
         out = list(rhs.replace("...", "".join(ell)))

@@ -295,3 +295,34 @@ def logsumexp(x, axis=None, keepdims=False):
 
 def _xp(v):
     return same_device(v)
+
+
+# ------------------------------------------------------------------ comparisons and logic (no gradient)
+def _compare(fn):
+    def op(x1, x2):
+        xp = same_device(x1, x2)
+        from kilnet.ops._base import operand
+        return wrap(xp, getattr(xp, fn)(operand(x1, xp), operand(x2, xp)))
+    op.__name__ = fn
+    op.__doc__ = f"Elementwise {fn} (broadcasting); a boolean Tensor with no gradient."
+    return op
+
+
+equal = _compare("equal")
+not_equal = _compare("not_equal")
+greater = _compare("greater")
+greater_equal = _compare("greater_equal")
+less = _compare("less")
+less_equal = _compare("less_equal")
+logical_and = _compare("logical_and")
+logical_or = _compare("logical_or")
+logical_xor = _compare("logical_xor")
+
+
+def logical_not(x):
+    x = as_tensor(x)
+    return wrap(same_device(x), same_device(x).logical_not(x.value))
+
+
+__all__ += ["equal", "not_equal", "greater", "greater_equal", "less", "less_equal", "logical_and",
+            "logical_or", "logical_xor", "logical_not"]

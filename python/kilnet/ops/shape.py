@@ -10,7 +10,7 @@ from kilnet.engine.tape import record
 from kilnet.engine.tensor import Tensor, as_tensor, same_device, value_of
 from kilnet.ops._base import grad_like, norm_axes, scatter_add, wrap
 
-__all__ = ["reshape", "transpose", "expand_dims", "squeeze", "concatenate", "stack", "split", "take",
+__all__ = ["reshape", "transpose", "swapaxes", "moveaxis", "tile", "expand_dims", "squeeze", "concatenate", "stack", "split", "take",
            "broadcast_to", "one_hot", "top_k", "shape", "stop_gradient"]
 
 
@@ -32,6 +32,49 @@ def transpose(x, axes=None):
                              f"tensor of shape {x.shape}")
         axes = tuple(a % x.ndim for a in axes)
     return _t.transpose(x, axes)
+
+
+def swapaxes(x, axis1, axis2):
+    x = as_tensor(x)
+    a, b = (norm_axes(ax, x.ndim, "swapaxes", x.shape)[0] for ax in (axis1, axis2))
+    perm = list(range(x.ndim))
+    perm[a], perm[b] = perm[b], perm[a]
+    return _t.transpose(x, tuple(perm))
+
+
+def moveaxis(x, source, destination):
+    x = as_tensor(x)
+    src = [int(s) for s in (source if isinstance(source, (tuple, list)) else (source,))]
+    dst = [int(d) for d in (destination if isinstance(destination, (tuple, list)) else (destination,))]
+    if len(src) != len(dst):
+        raise ValueError(f"moveaxis: source {source} and destination {destination} differ in length")
+    norm_axes(src, x.ndim, "moveaxis", x.shape)
+    norm_axes(dst, x.ndim, "moveaxis", x.shape)
+    src, dst = [s % x.ndim for s in src], [d % x.ndim for d in dst]
+    perm = [i for i in range(x.ndim) if i not in src]
+    for d, s in sorted(zip(dst, src)):
+        perm.insert(d, s)
+    return _t.transpose(x, tuple(perm))
+
+
+def tile(x, repeats):
+    """x repeated `repeats` times along each axis (numpy's tile); the gradient sums the copies."""
+    x = as_tensor(x)
+    xp = same_device(x)
+    reps = (int(repeats),) if isinstance(repeats, (int, np.integer)) else tuple(int(r) for r in repeats)
+    if any(r < 0 for r in reps):
+        raise ValueError(f"tile: negative repeats {reps}")
+    nd = max(len(reps), x.ndim)
+    shape = (1,) * (nd - x.ndim) + x.shape
+    reps = (1,) * (nd - len(reps)) + reps
+    y = wrap(xp, xp.tile(x.value.reshape(shape), reps))
+    if x._rg:
+        def bw(g, needs):
+            inter = tuple(v for r, s in zip(reps, shape) for v in (r, s))
+            d = g.reshape(inter).sum(axis=tuple(range(0, 2 * nd, 2)))
+            return (grad_like(d.reshape(x.shape), x.value),)
+        record((x,), (y,), bw)
+    return y
 
 
 def _reshape_op(x, shape):
@@ -181,9 +224,10 @@ def take(x, indices, axis=None):
     """Elements of x at integer indices along axis (of the flattened x when axis is None);
     numpy semantics, negative indices counting from the end."""
     x = as_tensor(x)
-    xp = same_device(x, indices)
+    xp = same_device(x)
     idx = value_of(indices)
-    idx = xp.asarray(idx) if not hasattr(idx, "dtype") else idx
+    if not hasattr(idx, "dtype") or (xp is not np and isinstance(idx, np.ndarray)):
+        idx = xp.asarray(idx)    # host indices (lists, numpy) follow the data to its device
     if idx.dtype.kind not in "iu":
         if idx.size == 0:
             idx = idx.astype(np.int64)
