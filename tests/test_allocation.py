@@ -49,27 +49,22 @@ class StepMemory(Callback):
 
 
 def kept_buffers(model, step_buffers):
-    """{(owner, key): (array, its data address)} for every buffer the layers keep, fit's step
-    buffers (probabilities, loss gradient) and the metrics' scratch arrays."""
-    kept = {(layer.name, k): v for layer in model.layers
-            for k, v in layer._state().items() if isinstance(k, tuple) and k[0] == "buf"}
-    for bufs in step_buffers:
-        kept.update({("fit", k): v for k, v in bufs._bufs.items()})
+    """{(owner, key): (array, its data address)} for every buffer the layers' call states keep,
+    fit's step buffers (probabilities, loss gradient) and the metrics' scratch arrays."""
+    kept = {}
+    for st in model._pools.values():
+        kept.update({("layer", k): v for k, v in st.pool.buffers().items()})
+        kept.update({("layer-act", k[0]): v for k, v in st.pool.states.items()
+                     for kk, v in v.items() if kk == "act"})
+        kept.update({("fit", k): v for k, v in st.bufs._bufs.items()})
     for m in model.compiled_metrics:
         kept.update({(m.name, k): v for k, v in vars(m).items() if isinstance(v, np.ndarray)})
     return {k: (v, v.ctypes.data) for k, v in kept.items()}
 
 
 def spy_step_buffers(model):
-    """The model-level buffers fit passes to each train_on_batch_arrays call (a set: one object)."""
-    seen, step = [], model.train_on_batch_arrays
-
-    def spy(xb, yb, bufs, loss_out=None):
-        if not seen:
-            seen.append(bufs)
-        return step(xb, yb, bufs, loss_out)
-    model.train_on_batch_arrays = spy
-    return seen
+    """The trainer keeps its step buffers in model._pools (read by kept_buffers)."""
+    return []
 
 
 def canonical(seed=0):

@@ -406,7 +406,7 @@ def train_step_cases(quick, torch):
     the one kilnet.cli trains): Conv2D(32, 3x3, relu) -> Flatten -> Dense(10, softmax), Adam. Flops: conv fwd + dW and dense fwd + dW + dX,
     about 66 MFLOP per batch of 32 (issue 3)."""
     from kilnet._canonical import canonical_model
-    from kilnet.models import _Buffers
+    from kilnet.trainers import trainer
     from kilnet.utils import set_random_seed
     B = 32
     rng = _rng()
@@ -414,12 +414,11 @@ def train_step_cases(quick, torch):
     y = rng.integers(0, 10, 256).astype(np.int64)
     set_random_seed(0)
     model = canonical_model()
-    xp, yp = model._prepare_fit(x, y, 0.0, None)[:2]
-    xb, yb = np.ascontiguousarray(xp[:B]), yp[:B].copy()
-    bufs = _Buffers(np)
+    data = trainer._prepare_fit(model, x, y, 0.0, None)
+    xb, yb = np.ascontiguousarray(data.inputs.arrays[0][:B]), data.ys[0][:B].copy()
 
     def k():
-        model.train_on_batch_arrays(xb, yb, bufs)
+        trainer.default_train_step(model, (xb, [yb]))
     conv = 2.0 * B * 26 * 26 * 32 * 9
     dense = 2.0 * B * 21632 * 10
     flops = 2 * conv + 3 * dense

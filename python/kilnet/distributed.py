@@ -55,7 +55,7 @@ import time
 
 import numpy as np
 
-from kilnet.models import _OneProcess, _verbosity
+from kilnet.trainers.policy import _OneProcess, _verbosity
 
 __all__ = ["init", "rank", "size", "local_rank", "is_main", "is_initialized", "barrier",
            "allreduce_mean", "check_model", "fit", "comm_seconds", "comm_timers", "use_local_gpu"]
@@ -475,6 +475,11 @@ class GradientSync:
         n_layers = len(model.layers)
         spans = {}   # layer index -> [lo, hi) in _grads
         index = {id(l): i for i, l in enumerate(model.layers)}
+        for i, l in enumerate(model.layers):   # TimeDistributed: its inner layer owns the weights
+            inner = getattr(l, "layer", None)
+            if inner is not None and hasattr(inner, "_specs") and id(inner) not in index:
+                index[id(inner)] = i
+        self.index = index
         for layer, _, off, size in model._slices:
             i = index[id(layer)]
             lo, hi = spans.get(i, (off, off + size))
@@ -511,6 +516,12 @@ class GradientSync:
         self.scale = local_n / global_n if global_n else 0.0
         self.requests = []
         self.started = 0
+
+    def layer_object_done(self, layer):
+        """The tape's walk finished `layer`'s backward: its weight gradients are final."""
+        i = self.index.get(id(layer))
+        if i is not None:
+            self.layer_done(i)
 
     def layer_done(self, i):
         k = self.start_at.get(i)
@@ -672,23 +683,30 @@ def _data_digest(x, y, k=4096):
     return h.hexdigest()[:16]
 
 
-def _evaluate_sharded(model, x, y, batch_size):
-    """Validation figures over all ranks: each evaluates its contiguous slice, then a sum."""
-    n = len(x)
+def _evaluate_sharded(model, x, ys, batch_size, evaluate_fn):
+    """Validation figures over all ranks: each evaluates its contiguous slice, then a sum.
+    x: the trainer's inputs (arrays and structure), ys: prepared targets per output."""
+    import copy
+    n = x.n
     a, b = n * _S.rank // _S.size, n * (_S.rank + 1) // _S.size
     if b > a:
-        vals = model._evaluate_arrays(x[a:b], y[a:b], batch_size)
+        part = copy.copy(x)
+        part.arrays, part.n = [arr[a:b] for arr in x.arrays], b - a
+        vals = evaluate_fn(model, part, [None if t is None else t[a:b] for t in ys], batch_size)
     else:
         vals = [0.0] * (1 + len(model.compiled_metrics))
     tot = _reduce_sum([v * (b - a) for v in vals])
     return [float(v) for v in tot / n]
 
 
-def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data,
-        shuffle, initial_epoch, val_batch_size, validation_freq):
-    """Sequential.fit(..., distributed=True) lands here (arguments already checked): the same
-    epoch loop as a one-process fit (Sequential._train), with a _Rank deciding the order, the
-    shards and the global figures."""
+def prepare_fit(model, data, batch_size, epochs, initial_epoch, shuffle):
+    """fit(..., distributed=True) asks this after checking the data: every rank agrees on the
+    model and data, rank 0's state goes out, and the _Rank returned tells the trainer's epoch
+    loop (the same as a one-process fit) the order, the shards and the global figures."""
+    from kilnet.models.sequential import Sequential
+    if not isinstance(model, Sequential):
+        raise ValueError("fit(distributed=True) supports Sequential models for now; a functional or "
+                         "subclassed model trains on one process")
     init()
     if model.device != "cpu" and _S.size > 1:
         import cupy
@@ -696,15 +714,15 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
             raise RuntimeError(f"kilnet.distributed: rank {_S.rank} (local rank {_S.local_rank}) trains on GPU "
                                f"{cupy.cuda.Device().id}; call kilnet.distributed.use_local_gpu() before building "
                                "the model so that each rank has its own GPU")
-    x, y, val = model._prepare_fit(x, y, validation_split, validation_data)
-    n = len(x)
+    x, y = data.inputs.arrays[0], data.ys[0]
+    val = data.val
+    n = data.n
     check_model(model, {"samples": n, "sample shape": tuple(x.shape[1:]), "data digest": _data_digest(x, y),
                         "batch_size": batch_size,
                         "epochs": epochs, "initial_epoch": initial_epoch, "shuffle": bool(shuffle),
-                        "validation samples": None if val is None else len(val[0])})
+                        "validation samples": None if val is None else val[0].n})
     broadcast_state(model)
-    return model._train(_Rank(n, batch_size), x, y, val, batch_size, epochs, verbose, callbacks, shuffle,
-                        initial_epoch, val_batch_size, validation_freq)
+    return _Rank(n, batch_size)
 
 
 class _Rank(_OneProcess):
@@ -775,8 +793,8 @@ class _Rank(_OneProcess):
     def epoch_end(self, model):
         average_non_trainable(model)
 
-    def evaluate(self, model, x, y, batch_size):
-        return _evaluate_sharded(model, x, y, batch_size)
+    def evaluate(self, model, x, y, batch_size, evaluate_fn):
+        return _evaluate_sharded(model, x, y, batch_size, evaluate_fn)
 
     def finish(self, model):
         model._grad_sync = None

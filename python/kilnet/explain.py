@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from kilnet.backend import to_device, xp_of_device
+from kilnet.engine.tape import GradientTape
+from kilnet.engine.tensor import Tensor
 from kilnet.utils import get_rng, to_float32
 
 __all__ = ["input_gradient", "saliency", "smoothgrad", "integrated_gradients"]
@@ -46,7 +48,13 @@ def input_gradient(model, x, target, batch_size=256):
     gradient is computed or changed."""
     if not model.built:
         raise ValueError("the model is not built; call fit/predict first or give input_shape=")
-    x = model._prepare_x(x, "input_gradient")
+    x = to_float32(x, "x")
+    if not np.isfinite(x).all():
+        raise ValueError("input_gradient: x contains NaN or Inf")
+    want = model.input_shape
+    if want is not None and not isinstance(want, list) and tuple(x.shape[1:]) != tuple(want[1:]):
+        raise ValueError(f"input_gradient: the model expects inputs of shape (batch, "
+                         f"{', '.join(map(str, want[1:]))}), got {x.shape}")
     target = np.asarray(target, dtype=np.int64)
     grads = np.empty_like(x)
     values = np.empty(len(x), np.float64)
@@ -54,20 +62,19 @@ def input_gradient(model, x, target, batch_size=256):
     xp = xp_of_device(dev)
     with model._guard("explain"):
         for i in range(0, len(x), batch_size):
-            xb = to_device(x[i:i + batch_size], dev)   # a GPU model gets each batch on the GPU
+            xb = Tensor(to_device(x[i:i + batch_size], dev))   # a GPU model gets each batch on the GPU
             tb = to_device(target[i:i + batch_size], dev)
             rows = xp.arange(len(xb))
-            h = xb
-            for layer in model.layers:
-                h = layer.forward(h, False)
-            flat = h.reshape(len(xb), -1)
+            with GradientTape() as tape:
+                tape.watch(xb)
+                h = model(xb, training=False)
+            flat = h.value.reshape(len(xb), -1)
             values[i:i + len(xb)] = to_device(flat[rows, tb], "cpu")
             g = xp.zeros_like(flat)
             g[rows, tb] = 1.0
-            g = g.reshape(h.shape)
-            for layer in reversed(model.layers):
-                g = layer.backward(g, need_dx=True, need_dw=False)
-            grads[i:i + len(xb)] = to_device(g, "cpu")
+            # Only the input's gradient: the walk leaves every weight gradient alone.
+            (gx,) = tape.gradient(h, [xb], output_gradients=g.reshape(h.shape))
+            grads[i:i + len(xb)] = to_device(gx.value, "cpu")
     return grads, values
 
 

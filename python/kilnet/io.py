@@ -65,11 +65,12 @@ def save_model(model, filepath, overwrite=True, include_optimizer=True) -> None:
             f.attrs["kilnet_version"] = __version__
             f.attrs["backend"] = "kilnet"
             if include_optimizer and model.optimizer is not None and model.loss is not None:
-                loss_id = getattr(model, "_loss_id", None)
+                cc = model.get_compile_config()
+                loss_id = cc["loss"]
                 f.attrs["training_config"] = json.dumps({   # the keys Keras 3 writes and reads back
                     "loss": loss_id if isinstance(loss_id, str) else losses.serialize(model.loss),
                     "loss_weights": None,
-                    "metrics": [m if isinstance(m, str) else m.name for m in model._metric_ids],
+                    "metrics": [m if isinstance(m, str) else m.name for m in cc["metrics"]],
                     "weighted_metrics": None, "run_eagerly": False, "steps_per_execution": 1,
                     "jit_compile": False,
                     "optimizer_config": optimizers.serialize(model.optimizer)})
@@ -122,13 +123,25 @@ def _weight_path(layer, attr):
     return f"{layer.name}/{scope}/{attr}" if scope else f"{layer.name}/{attr}"
 
 
+def _named_slices(model):
+    """The flat buffer's (layer, weight, offset, size) with each weight under the model layer
+    Keras names it by (a TimeDistributed wrapper rather than the layer it wraps)."""
+    top = {}
+    for layer in model.layers:
+        top[id(layer)] = layer
+        inner = getattr(layer, "layer", None)
+        if inner is not None:
+            top.setdefault(id(inner), layer)
+    return [(top.get(id(owner), owner), attr, off, size) for owner, attr, off, size in model._slices]
+
+
 def _write_optimizer(g, model):
     opt = model.optimizer
     names = [f"{opt.name}/iteration", f"{opt.name}/learning_rate"]
     g.create_dataset(names[0], data=np.int64(opt.iterations))
     lr = opt.learning_rate(opt.iterations) if callable(opt.learning_rate) else opt.learning_rate
     g.create_dataset(names[1], data=np.float32(lr))
-    for layer, attr, off, size in model._slices:
+    for layer, attr, off, size in _named_slices(model):
         for slot, flat in opt.state.items():
             name = _slot_name(opt, model, layer, attr, slot)
             g.create_dataset(name, data=_host(flat[off:off + size]).reshape(getattr(layer, attr).shape))
@@ -361,7 +374,7 @@ def _read_optimizer(g, model, path, allow_nonfinite):
     model._consolidate()
     opt.build(model._params.size, like=model._params)
     for slot, flat in opt.state.items():
-        for layer, attr, off, size in model._slices:
+        for layer, attr, off, size in _named_slices(model):
             name = _slot_name(opt, model, layer, attr, slot)
             value = _read_dataset(g, name, getattr(layer, attr).shape, path, allow_nonfinite).reshape(-1)
             if isinstance(flat, np.ndarray):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from kilnet.backend import kernels_for
+from kilnet.backend import kernels_for, xp_for
+from kilnet.engine.tape import record
+from kilnet.engine.tensor import Tensor
 from kilnet.utils import as_numpy, lookup
 
 __all__ = ["Loss", "MeanSquaredError", "MeanAbsoluteError", "BinaryCrossentropy",
@@ -64,8 +66,20 @@ class Loss:
         activation(logits), grad the gradient with respect to the logits."""
         raise NotImplementedError
 
-    def __call__(self, y_true, y_pred) -> float:
-        """Keras's call order: loss(y_true, y_pred) -> float."""
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        """Keras's call order: loss(y_true, y_pred). On a Tensor (inside a GradientTape) the
+        loss is a differentiable scalar Tensor; on arrays a float."""
+        if sample_weight is not None:
+            raise ValueError(f"{self.name}: sample_weight is not supported yet")
+        if isinstance(y_pred, Tensor):
+            yv = y_pred.value
+            yt = y_true.value if isinstance(y_true, Tensor) else y_true
+            if not isinstance(yt, np.ndarray) and hasattr(yt, "get"):
+                yt = yt.get()
+            target = self.prepare_targets(yt, (None,) + tuple(yv.shape[1:]))
+            if not isinstance(yv, np.ndarray):
+                target = xp_for(yv).asarray(target)
+            return loss_op(self, y_pred, target)[0]
         y_pred = np.ascontiguousarray(y_pred, dtype=np.float32)
         return float(self.compute(y_pred, self.prepare_targets(y_true, (None,) + y_pred.shape[1:])))
 
@@ -172,6 +186,42 @@ _ALIASES = {
 }
 _CLASSES = {c.__name__: c for c in (MeanSquaredError, MeanAbsoluteError, BinaryCrossentropy,
                                     CategoricalCrossentropy, SparseCategoricalCrossentropy)}
+
+
+def loss_op(loss, y_pred, y_true, probs=None, grad=None, out=None):
+    """The mean loss of y_pred (a Tensor) against prepared targets, as a tape op. When y_pred is
+    the softmax/sigmoid output the loss fuses with (its tensor remembers the logits), the loss
+    is computed from the logits and its gradient goes straight to them: p - y, exact for any
+    logits. probs/grad: reusable buffers (the trainer's); out: a (1,) GPU array that receives the
+    loss on the device (the value is then that array, and the step never waits for the GPU).
+    Returns (loss Tensor, predictions for metrics)."""
+    logits = y_pred._keras_logits
+    fused = (logits is not None and not loss.from_logits and loss.fuses_with == logits[0])
+    src = logits[1] if fused else y_pred
+    sv = src.value
+    if sv.dtype != np.float32 or not sv.flags.c_contiguous:
+        sv = xp_for(sv).ascontiguousarray(sv, dtype=np.float32)
+    xp = xp_for(sv)
+    if grad is None:
+        grad = xp.empty(sv.shape, np.float32)
+    if fused:
+        if probs is None:
+            probs = xp.empty(sv.shape, np.float32)
+        val = loss.compute_from_logits(sv, y_true, probs, grad, out=out)
+        pred = probs
+    else:
+        val = loss.compute(sv, y_true, grad, out=out)
+        pred = sv
+    value = out.reshape(()) if out is not None else np.array(val, np.float32)
+    t = Tensor(value)
+    dtype = src.value.dtype
+
+    def bw(g, needs):
+        if isinstance(g, np.ndarray) and g.size == 1 and float(g) == 1.0 and dtype == np.float32:
+            return (grad,)
+        return ((grad * g).astype(dtype, copy=False),)
+    record((src,), (t,), bw)
+    return t, pred
 
 
 def get(identifier) -> Loss:

@@ -78,6 +78,7 @@ class Optimizer:
         self.name = name or who.lower()
         self.iterations = 0
         self.state: dict[str, np.ndarray] = {}
+        self._var_states: dict = {}   # apply(grads, variables) on variable sets outside one flat buffer
         self._clip_offsets = None
 
     @property
@@ -107,7 +108,50 @@ class Optimizer:
         per_weight = self.clipnorm is not None and offsets is not None
         self._clip_offsets = np.asarray(offsets if per_weight else [0, n_params], np.int64)
 
-    def apply(self, params: np.ndarray, grads: np.ndarray) -> None:
+    def apply(self, grads, trainable_variables=None) -> None:
+        """Keras 3's `optimizer.apply(grads, variables)`: one step for these Variables, as one
+        fused kernel call over a gathered copy of their values and gradients (the values are
+        written back; the state is kept per set of variables). kilnet's trainer calls
+        apply(params, grads) on the model's flat buffers directly, with no copy."""
+        if trainable_variables is None or hasattr(trainable_variables, "__cuda_array_interface__") or \
+                isinstance(trainable_variables, np.ndarray):
+            return self._apply_flat(grads, trainable_variables)
+        from kilnet.engine.tensor import value_of
+        variables = list(trainable_variables)
+        grads = list(grads)
+        if len(grads) != len(variables):
+            raise ValueError(f"{type(self).__name__}.apply: {len(grads)} gradients for {len(variables)} variables")
+        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        if not pairs:
+            return
+        for g, v in pairs:
+            if tuple(np.shape(value_of(g))) != tuple(v.shape):
+                raise ValueError(f"{type(self).__name__}.apply: gradient of shape {tuple(np.shape(value_of(g)))} "
+                                 f"for variable {v.name!r} of shape {tuple(v.shape)}")
+        xp = xp_for(pairs[0][1].value)
+        key = tuple(id(v) for _, v in pairs)
+        params = xp.concatenate([v.value.reshape(-1) for _, v in pairs])
+        flat = xp.concatenate([xp.asarray(value_of(g), dtype=np.float32).reshape(-1) for g, _ in pairs])
+        store = self._var_states.setdefault(key, {})
+        saved, self.state = self.state, store
+        offsets = np.cumsum([0] + [int(np.prod(v.shape)) for _, v in pairs])
+        try:
+            for slot in self.slots:
+                if slot not in self.state:
+                    self.state[slot] = xp.full(params.size, self.slot_initial.get(slot, 0.0), np.float32)
+            self._clip_offsets = offsets if self.clipnorm is not None else np.array([0, params.size], np.int64)
+            self._apply_flat(params, flat)
+        finally:
+            self.state = saved
+        for (_, v), a, b in zip(pairs, offsets[:-1], offsets[1:]):
+            v.value[...] = params[a:b].reshape(v.shape)
+
+    def apply_gradients(self, grads_and_vars) -> None:
+        """TensorFlow's form: `apply_gradients(zip(grads, variables))`."""
+        pairs = list(grads_and_vars)
+        self.apply([g for g, _ in pairs], [v for _, v in pairs])
+
+    def _apply_flat(self, params, grads) -> None:
         """One step over the flat parameter buffer; clipping changes grads in place."""
         lr = self.learning_rate
         norm = self.clipnorm if self.clipnorm is not None else self.global_clipnorm

@@ -105,10 +105,9 @@ class GradientTape:
         return False
 
     def watch(self, tensor) -> None:
-        from kilnet.engine.tensor import Tensor
         items = tensor if isinstance(tensor, (list, tuple)) else [tensor]
         for t in items:
-            if not isinstance(t, Tensor):
+            if not _is_tensor(t):
                 raise TypeError(f"GradientTape.watch: expects kilnet Tensors or Variables (convert arrays with "
                                 f"kilnet.ops.convert_to_tensor first), got {type(t).__name__}")
             t._rg = True
@@ -131,14 +130,13 @@ class GradientTape:
     def gradient(self, target, sources, output_gradients=None, unconnected_gradients="none"):
         """Gradients of target with respect to sources (a Variable/Tensor, or a list/tuple/dict
         of them, the same structure returned). Non-scalar targets need output_gradients."""
-        from kilnet.engine.tensor import Tensor, Variable
         if self._used and not self.persistent:
             raise RuntimeError("GradientTape.gradient can only be called once on a non-persistent tape; "
                                "use GradientTape(persistent=True) to call it several times")
         self._used = True
         flat, rebuild = _flatten(sources)
         for s in flat:
-            if not isinstance(s, Tensor):
+            if not _is_tensor(s):
                 raise TypeError(f"GradientTape.gradient: sources must be Variables or Tensors, got {type(s).__name__}")
         targets = target if isinstance(target, (list, tuple)) else [target]
         if output_gradients is not None and not isinstance(output_gradients, (list, tuple)):
@@ -148,7 +146,7 @@ class GradientTape:
                              "output_gradients")
         seeds = []
         for i, t in enumerate(targets):
-            if not isinstance(t, Tensor):
+            if not _is_tensor(t):
                 raise TypeError(f"GradientTape.gradient: the target must be a kilnet Tensor computed under "
                                 f"the tape, got {type(t).__name__}")
             xp = t._xp()
@@ -159,13 +157,13 @@ class GradientTape:
                 seeds.append(xp.ones(t.value.shape, t.value.dtype))
             else:
                 g = output_gradients[i]
-                g = g.value if isinstance(g, Tensor) else g
+                g = g.value if _is_tensor(g) else g
                 g = xp.array(g, dtype=t.value.dtype)   # a copy: fused backwards work in place
                 if g.shape != t.value.shape:
                     raise ValueError(f"GradientTape.gradient: output_gradients[{i}] has shape {g.shape}, the "
                                      f"target {t.value.shape}")
                 seeds.append(g)
-        variables = [s for s in flat if isinstance(s, Variable)]
+        variables = [s for s in flat if _is_variable(s)]
         for v in variables:
             if v.trainable:
                 v._grad_array().fill(0)
@@ -174,7 +172,7 @@ class GradientTape:
         for s, g in zip(flat, grads):
             if g is None and unconnected_gradients == "zero":
                 g = s._xp().zeros(s.value.shape, s.value.dtype)
-            out.append(None if g is None else Tensor(g))
+            out.append(None if g is None else _tensor_type[0](g))
         if not self.persistent:
             self._entries = []
         return rebuild(out)
@@ -187,7 +185,6 @@ def backward(entries, targets, seeds, sources=(), variables=(), zero_layers=Fals
     its accumulated gradient. With all_layers every fused layer writes its weight gradients
     (the trainer zeroes the flat buffer itself); otherwise only layers owning a wanted variable
     do, after zero_layers cleared their gradient views."""
-    from kilnet.engine.tensor import Variable
     wanted = {id(v) for v in variables}
     walk = _Walk(wanted, all_layers, on_layer_done)
     if zero_layers and not all_layers:
@@ -246,7 +243,7 @@ def backward(entries, targets, seeds, sources=(), variables=(), zero_layers=Fals
         _local.walk = prev
     out = []
     for s in sources:
-        if isinstance(s, Variable):
+        if _is_variable(s):
             g = grads.get(id(s))
             if not s.trainable:
                 out.append(g)
@@ -264,6 +261,22 @@ def backward(entries, targets, seeds, sources=(), variables=(), zero_layers=Fals
             g = kept.get(id(s), grads.get(id(s)))
             out.append(g)
     return out
+
+
+_tensor_type: list = []   # engine/tensor.py registers Tensor (it imports this module, not the reverse)
+
+
+def register_tensor_type(cls) -> None:
+    _tensor_type[:] = [cls]
+
+
+def _is_tensor(t) -> bool:
+    """A kilnet Tensor or Variable (duck-typed: engine/tensor.py imports this module)."""
+    return hasattr(t, "_rg") and hasattr(t, "_keras_logits")
+
+
+def _is_variable(t) -> bool:
+    return _is_tensor(t) and hasattr(t, "_grad_array")
 
 
 def _acc(grads, t, g):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from kilnet.backend import device_of, xp_for
-from kilnet.engine.tape import record
+from kilnet.engine.tape import record, register_tensor_type
 
 __all__ = ["Tensor", "Variable", "as_tensor", "value_of", "unbroadcast", "same_device"]
 
@@ -124,6 +124,9 @@ class Tensor:
 
     def astype(self, dtype):
         return cast(self, dtype)
+
+
+register_tensor_type(Tensor)
 
 
 class _Holder:
@@ -240,6 +243,11 @@ def same_device(*xs):
     return np
 
 
+def _array(r):
+    """numpy gives scalars for 0-d results; a Tensor always holds an array."""
+    return r if hasattr(r, "flags") else np.asarray(r)
+
+
 def unbroadcast(g, shape):
     """Sum g over the axes numpy broadcasting added or stretched, back to `shape`."""
     shape = tuple(shape)
@@ -262,7 +270,7 @@ def _binary(a, b, fwd, rule):
     """A broadcasting binary op; rule(g, av, bv, y) -> (da, db) before unbroadcasting."""
     same_device(a, b)
     av, bv = value_of(a), value_of(b)
-    y = Tensor(fwd(av, bv))
+    y = Tensor(_array(fwd(av, bv)))
     ins = tuple(t for t in (a, b) if isinstance(t, Tensor))
     if ins:
         def bw(g, needs, a=a, b=b):
@@ -306,7 +314,7 @@ def power(a, b):
 
 def negative(a):
     a = as_tensor(a)
-    y = Tensor(-a.value)
+    y = Tensor(_array(-a.value))
     record((a,), (y,), lambda g, needs: (-g,))
     return y
 
@@ -324,6 +332,8 @@ def matmul(a, b):
     y = Tensor(_mm(xp, av, bv))
 
     def bw(g, needs):
+        if av.ndim == 1 and bv.ndim == 1:   # a dot product: g is 0-d
+            return (g * bv if needs[0] else None), (g * av if needs[1] else None)
         a2 = av[None, :] if av.ndim == 1 else av
         b2 = bv[:, None] if bv.ndim == 1 else bv
         g2 = g
@@ -357,7 +367,7 @@ def _mm(xp, a, b):
 def getitem(a, idx):
     a = as_tensor(a)
     idx = _plain_index(idx)
-    y = Tensor(a.value[idx])
+    y = Tensor(_array(a.value[idx]))
 
     def bw(g, needs):
         xp = xp_for(g)
@@ -398,8 +408,10 @@ def reshape(a, shape):
 def transpose(a, axes=None):
     a = as_tensor(a)
     xp = a._xp()
+    if axes is not None:
+        axes = tuple(int(ax) % a.ndim for ax in axes)
     y = Tensor(xp.transpose(a.value, axes))
-    inv = None if axes is None else tuple(np.argsort(axes))
+    inv = None if axes is None else tuple(int(i) for i in np.argsort(axes))
     record((a,), (y,), lambda g, needs: (xp.transpose(g, inv),))
     return y
 

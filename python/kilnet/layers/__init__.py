@@ -2,7 +2,10 @@
 from kilnet.layers.activation import Activation
 from kilnet.layers.base import Layer
 from kilnet.layers.conv import Conv2D
-from kilnet.layers.core import Dense, Flatten, Input, InputLayer
+from kilnet.engine.node import Input
+from kilnet.layers.core import Dense, Flatten, InputLayer
+from kilnet.layers.merging import (Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract, add,
+                                   average, concatenate, dot, maximum, minimum, multiply, subtract)
 from kilnet.layers.normalization import BatchNormalization
 from kilnet.layers.pooling import (AveragePooling2D, AvgPool2D, GlobalAveragePooling2D, GlobalAvgPool2D,
                                    MaxPool2D, MaxPooling2D)
@@ -13,13 +16,16 @@ from kilnet.layers.reshape import Reshape, ZeroPadding2D
 __all__ = ["Layer", "Dense", "Conv2D", "Flatten", "Activation", "InputLayer", "Input", "get", "REGISTRY",
            "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "MaxPool2D", "AvgPool2D",
            "GlobalAvgPool2D", "Dropout", "BatchNormalization", "Reshape", "ZeroPadding2D",
-           "SimpleRNN", "LSTM", "GRU", "TimeDistributed"]
+           "SimpleRNN", "LSTM", "GRU", "TimeDistributed", "Add", "Subtract", "Multiply", "Average",
+           "Maximum", "Minimum", "Concatenate", "Dot", "add", "subtract", "multiply", "average", "maximum",
+           "minimum", "concatenate", "dot"]
 
 # Every layer type a model file may name. Loading refuses any other class name.
 REGISTRY = {cls.__name__: cls for cls in (Dense, Conv2D, Flatten, Activation, InputLayer,
                                           MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
                                           Dropout, BatchNormalization, Reshape, ZeroPadding2D,
-                                          SimpleRNN, LSTM, GRU, TimeDistributed)}
+                                          SimpleRNN, LSTM, GRU, TimeDistributed, Add, Subtract, Multiply, Average,
+                                          Maximum, Minimum, Concatenate, Dot)}
 
 
 def get(class_name: str):

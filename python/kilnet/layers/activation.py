@@ -7,8 +7,13 @@ loss's gradient straight to backward_linear.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from kilnet.backend import kernels_for
-from kilnet.layers.base import Layer
+from kilnet.engine.state import call_state
+from kilnet.engine.tape import record
+from kilnet.engine.tensor import Tensor
+from kilnet.layers.base import Layer, fused_call
 
 __all__ = ["Activation", "ActivatedLayer", "ACTIVATIONS", "get_activation"]
 
@@ -59,6 +64,25 @@ class ActivatedLayer(Layer):
 
     def backward_linear(self, dz, need_dx=True, need_dw=True):
         raise NotImplementedError
+
+    def call(self, inputs, training=None):
+        """softmax and sigmoid outputs stay apart from their logits, so a cross-entropy loss
+        can fuse with the logits (the tensor remembers them, as Keras's _keras_logits)."""
+        if self.activation not in ("softmax", "sigmoid"):
+            return fused_call(self, inputs, training)
+        st = call_state(self)
+        z = fused_call(self, inputs, training, self.forward_linear, self.backward_linear, st)
+        zv = z.value
+        y = st.get("act")
+        if y is None or y.shape[1:] != zv.shape[1:] or y.shape[0] < zv.shape[0]:
+            y = st["act"] = self._xp.empty(zv.shape, np.float32)
+        y = y[:zv.shape[0]]
+        y[...] = zv
+        out = Tensor(act_forward_inplace(self.activation, y))
+        out._keras_logits = (self.activation, z)
+        name = self.activation
+        record((z,), (out,), lambda g, needs: (act_backward_inplace(name, y, g),))
+        return out
 
     def forward(self, x, training=False):
         y = act_forward_inplace(self.activation, self.forward_linear(x, training))

@@ -1,51 +1,41 @@
 """Layer: the base class every kilnet layer derives from.
 
-A layer owns its forward and backward (there is no autograd tape):
-  build(input_shape)           creates the weights (add_weight)
-  forward(x, training)         computes y and keeps what backward needs
-  backward(dy, need_dx=True, need_dw=True)
-                               returns dx (None when not need_dx) and, when need_dw and the
-                               layer is trainable, ACCUMULATES the weight gradients d<name>;
-                               need_dw=False (input gradients for explanations) leaves every
-                               d<name> untouched
+Two kinds of layer share it:
+- fused layers (Dense, Conv2D, the RNNs, ...) implement
+    build(input_shape)          creates the weights (_add_weight)
+    forward(x, training)        computes y on arrays, keeping what backward needs in _state()
+    backward(dy, need_dx, need_dw)
+                                returns dx and, with need_dw, ACCUMULATES the weight gradients
+                                d<name>; one call of the layer is one op on the tape
+- layers written by users override call(inputs, ...) with kilnet.ops and other layers; the
+  tape differentiates them, so they write no backward.
 
-Weights are plain float32 arrays held as attributes (self.kernel, self.bias); their gradients are
-attributes named with a leading d (self.dkernel). A Sequential model moves every trainable weight
-into one contiguous buffer and its gradient into another (views replace the attributes), so the
-optimizer updates all parameters in one kernel call.
+`layer(x)` runs either kind on arrays or Tensors (returning a Tensor), or on symbolic
+KerasTensors (recording a graph node: the functional API). Weights are Variables (`.variables`);
+a fused layer also holds each weight's array as an attribute (self.kernel) and its gradient as
+self.dkernel, which a model re-points into its flat parameter and gradient buffers.
 
-Buffers that forward/backward write are kept per thread and reused across batches: the training
-step allocates no array memory in steady state, and predict can run from several threads.
+What forward keeps lives in a state dict per call (kilnet.engine.state): a layer called twice
+keeps two, and inside fit the same dicts come back every step, so buffers are reused.
 """
 from __future__ import annotations
 
-import itertools
+import inspect
 import threading
-from collections import defaultdict
 
 import numpy as np
 
-from kilnet import _cpu, initializers
+from kilnet import initializers
+from kilnet.backend import cpu as _cpu
 from kilnet.backend import to_device, xp_of_device
+from kilnet.engine import node as node_mod
+from kilnet.engine.state import call_state
+from kilnet.engine.tape import record
+from kilnet.engine.tensor import Tensor, Variable, cast
+from kilnet.naming import reset_name_counters, unique_name
 from kilnet.utils import snake_case
 
 __all__ = ["Layer", "reset_name_counters"]
-
-_name_counters: dict = defaultdict(itertools.count)
-_name_lock = threading.Lock()
-
-
-def unique_name(base: str) -> str:
-    with _name_lock:
-        i = next(_name_counters[base])
-    return base if i == 0 else f"{base}_{i}"
-
-
-def reset_name_counters() -> None:
-    """Restart automatic layer names (conv2d, conv2d_1, ...), like keras.backend.clear_session."""
-    with _name_lock:
-        _name_counters.clear()
-
 
 class WeightSpec:
     __slots__ = ("attr", "shape", "initializer", "trainable")
@@ -54,9 +44,28 @@ class WeightSpec:
         self.attr, self.shape, self.initializer, self.trainable = attr, shape, initializer, trainable
 
 
+class _CallContext(threading.local):
+    training = None     # the training flag of the outermost call, inherited by inner calls
+    depth = 0
+
+
+_ctx = _CallContext()
+_call_params: dict = {}
+
+
+def _accepts(cls, fn_name, arg) -> bool:
+    """Whether cls.<fn_name> takes the keyword `arg` (cached per class)."""
+    key = (cls, fn_name, arg)
+    hit = _call_params.get(key)
+    if hit is None:
+        params = inspect.signature(getattr(cls, fn_name)).parameters
+        hit = _call_params[key] = arg in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return hit
+
+
 class Layer:
     # The device the layer's weights and buffers live on: kernels come from _k (kilnet._cpu or
-    # kilnet._cuda), arrays from _xp (numpy or cupy). Sequential.to(device) moves a model.
+    # kilnet._cuda), arrays from _xp (numpy or cupy). Model.to(device) moves a model.
     device = "cpu"
     _k = _cpu
     _xp = np
@@ -66,7 +75,7 @@ class Layer:
                            "batch_size")
 
     def __init__(self, name=None, trainable=True, input_shape=None, batch_input_shape=None,
-                 dtype=None, batch_size=None, **kwargs):
+                 dtype=None, batch_size=None, input_dim=None, autocast=True, **kwargs):
         if kwargs:
             raise TypeError(f"{type(self).__name__}: unexpected argument(s) {', '.join(sorted(kwargs))}")
         if dtype is not None and _dtype_name(dtype) != "float32":
@@ -77,16 +86,22 @@ class Layer:
         self.trainable = bool(trainable)
         if batch_input_shape is not None:
             input_shape = tuple(batch_input_shape)[1:]
+        if input_shape is None and input_dim is not None:
+            input_shape = (input_dim,)
         self._input_shape = _check_shape(input_shape, self.name) if input_shape is not None else None
         self.built = False
         self.input_shape = None
         self.output_shape = None
         self._specs: list[WeightSpec] = []
+        self._variables: list[Variable] = []
         self._local = threading.local()
+        self._inbound_nodes: list = []
+        self._initialize = True
 
     # ------------------------------------------------------------------ building
-    def add_weight(self, attr, shape, initializer="zeros", trainable=True, initialize=True):
-        """Create the weight `self.<attr>` (and its gradient `self.d<attr>` when trainable)."""
+    def _add_weight(self, attr, shape, initializer="zeros", trainable=True, initialize=True, name=None):
+        """Create the weight `self.<attr>` (and its gradient `self.d<attr>` when trainable);
+        returns its Variable."""
         init = initializers.get(initializer)
         shape = tuple(int(s) for s in shape)
         value = init(shape) if initialize else np.zeros(shape, np.float32)
@@ -94,43 +109,125 @@ class Layer:
         if trainable:
             setattr(self, "d" + attr, np.zeros(shape, np.float32))
         self._specs.append(WeightSpec(attr, shape, init, trainable))
-        return getattr(self, attr)
+        var = Variable(trainable=trainable, name=name or attr, _owner=self, _attr=attr)
+        var.path = f"{self.name}/{var.name}"
+        self._variables.append(var)
+        return var
+
+    def add_weight(self, shape=None, initializer=None, dtype=None, trainable=True, autocast=True,
+                   regularizer=None, constraint=None, aggregation="none", overwrite_with_gradient=False,
+                   name=None, **kwargs):
+        """Keras 3's add_weight: a Variable of `shape` (float32) set by `initializer` (default
+        'glorot_uniform' for floats as Keras), optionally regularized. Keras 2's order
+        add_weight(name, shape, ...) is accepted too."""
+        if isinstance(shape, str):   # tf.keras order: add_weight(name, shape, ...)
+            name, shape, initializer = shape, initializer, kwargs.pop("initializer", None)
+        for k in ("use_resource", "synchronization", "partitioner", "caching_device", "experimental_autocast"):
+            kwargs.pop(k, None)
+        if kwargs:
+            raise TypeError(f"add_weight: unexpected argument(s) {', '.join(sorted(kwargs))}")
+        if constraint is not None:
+            raise ValueError(f"layer {self.name!r}: add_weight(constraint=...) is not supported yet")
+        if dtype is not None and _dtype_name(dtype) != "float32":
+            raise ValueError(f"layer {self.name!r}: add_weight(dtype={dtype!r}): kilnet weights are float32")
+        shape = () if shape is None else (tuple(shape) if isinstance(shape, (tuple, list)) else (shape,))
+        for s in shape:
+            if not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 0:
+                raise ValueError(f"layer {self.name!r}: add_weight shape must hold non-negative ints, got {shape!r}")
+        if initializer is None:
+            initializer = "glorot_uniform" if len(shape) >= 2 else "zeros"
+        name = name or "variable"
+        attr = f"_w{len(self._specs)}_{name}".replace("/", "_").replace(".", "_")
+        var = self._add_weight(attr, shape, initializer, trainable=trainable,
+                               initialize=getattr(self, "_initialize", True), name=name)
+        if regularizer is not None:
+            from kilnet import regularizers
+            setattr(self, attr + "_regularizer", regularizers.get(regularizer))
+        return var
 
     def build(self, input_shape):
         """Create weights for inputs of shape (None, *input_shape[1:])."""
 
     def _build(self, input_shape, initialize=True):
-        input_shape = tuple(input_shape)
+        input_shape = _as_shape(input_shape)
         self._initialize = initialize
         self.build(input_shape)
         self.input_shape = input_shape
-        self.output_shape = tuple(self.compute_output_shape(input_shape))
+        self.output_shape = _as_shape(self.compute_output_shape(input_shape)) if self._has_shape_rule() else None
         self.built = True
         return self.output_shape
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
+    def _has_shape_rule(self) -> bool:
+        return type(self).compute_output_shape is not Layer.compute_output_shape or self._is_fused()
 
-    # ------------------------------------------------------------------ compute
     def forward(self, x, training=False):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}: a layer defines call() (with kilnet.ops) "
+                                  "or forward()/backward() (fused kernels)")
 
     def backward(self, dy, need_dx=True, need_dw=True):
         raise NotImplementedError
 
-    def __call__(self, x, training=False):
-        """Run forward on a numpy array (building the layer on first use); returns a copy."""
-        from kilnet.utils import to_float32
-        x = to_float32(x)
-        if not self.built:
-            self._build((None,) + x.shape[1:])
-        if self.device != "cpu":
-            return self.forward(to_device(x, self.device), training).copy()
-        return np.array(self.forward(x, training))
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
-    # Per-thread state: what forward keeps for backward, and reusable buffers.
+    def _is_fused(self) -> bool:
+        """A layer with its own kernels (forward/backward) rather than a call() of ops."""
+        return type(self).forward is not Layer.forward
+
+    # ------------------------------------------------------------------ calling
+    def __call__(self, *args, **kwargs):
+        """Run the layer on arrays or Tensors (a Tensor back), or on KerasTensors from
+        kilnet.Input (a KerasTensor back: the functional API records a node)."""
+        if node_mod.any_symbolic(args, kwargs):
+            return node_mod.symbolic_call(self, args, kwargs)
+        if not args:
+            raise TypeError(f"layer {self.name!r} called without inputs")
+        inputs = node_mod.map_structure(self._to_input, args[0])
+        training = kwargs.pop("training", None)
+        outer = _ctx.training
+        if training is None:
+            training = outer
+        if not self.built:
+            self._build(node_mod.map_shapes(inputs), initialize=self._initialize)
+        if _accepts(type(self), "call", "training"):
+            kwargs["training"] = training
+        _ctx.training = training
+        try:
+            return self.call(inputs, *args[1:], **kwargs)
+        finally:
+            _ctx.training = outer
+
+    def _to_input(self, x):
+        """Inputs as float32 Tensors on the layer's device (Keras autocasts floats to float32)."""
+        if not isinstance(x, Tensor):
+            if x is None or isinstance(x, (str, bytes)):
+                raise TypeError(f"layer {self.name!r}: inputs must be arrays or tensors, got {x!r}")
+            v = x
+            if self.device != "cpu" or not isinstance(v, np.ndarray):
+                v = to_device(v if hasattr(v, "__cuda_array_interface__") or isinstance(v, np.ndarray)
+                              else np.asarray(v), self.device)
+            if v.dtype.kind in "fiub" and v.dtype != np.float32 and (v.dtype.kind == "f" or self._is_fused()):
+                v = v.astype(np.float32)
+            elif v.dtype.kind not in "fiub":
+                raise TypeError(f"layer {self.name!r}: inputs must be numeric, got dtype {v.dtype}")
+            return Tensor(v)
+        v = x.value
+        if v.dtype != np.float32 and (v.dtype.kind == "f" or (v.dtype.kind in "iub" and self._is_fused())):
+            return cast(x, np.float32)
+        return x
+
+    def call(self, inputs, training=None):
+        """A fused layer: one op on the tape whose backward is the layer's backward kernel."""
+        if not self._is_fused():
+            raise NotImplementedError(f"{type(self).__name__} must define call(self, inputs)")
+        return fused_call(self, inputs, training)
+
+    # Per-call state: what forward keeps for backward, and reusable buffers.
     def _state(self) -> dict:
-        return self._local.__dict__
+        st = getattr(self._local, "cur", None)
+        if st is None:
+            st = self._local.cur = {}
+        return st
 
     def _move_to(self, dev):
         """Put the layer on `dev`: its weights (those outside a model's flat buffer, which the
@@ -146,51 +243,113 @@ class Layer:
         self._local = threading.local()
 
     def _buffer(self, key, shape):
-        """A float32 array of `shape` that this layer reuses across calls (per thread). A smaller
+        """A float32 array of `shape` that this call position reuses across steps. A smaller
         leading dimension (the last partial batch) gets a view of the existing buffer."""
-        st = self._local.__dict__
+        st = self._state()
         buf = st.get(("buf", key))
         if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
             buf = self._xp.empty(shape, np.float32)
             st[("buf", key)] = buf
         return buf if buf.shape[0] == shape[0] else buf[: shape[0]]
 
+    # ------------------------------------------------------------------ tracking
+    def _sublayers(self) -> list:
+        """Layers held as attributes (also in lists, tuples and dicts), in attribute order."""
+        out, seen = [], {id(self)}
+        for k, v in vars(self).items():
+            if not k.startswith("_") or k == "_layers":
+                _collect_layers(v, out, seen, 0)
+        return out
+
+    def _flat_layers(self) -> list:
+        """This layer and every layer below it, each once, depth first."""
+        out, seen = [], set()
+        _walk_layers(self, out, seen)
+        return out
+
+    def _own_variables(self) -> list:
+        """Variables this layer made (add_weight) or holds as attributes."""
+        out = list(self._variables)
+        ids = {id(v) for v in out}
+        for k, v in vars(self).items():
+            if isinstance(v, Variable) and id(v) not in ids and not k.startswith("_"):
+                ids.add(id(v))
+                out.append(v)
+        return out
+
+    def _own_trainable_variables(self) -> list:
+        return [v for v in self._own_variables() if v.trainable] if self.trainable else []
+
+    def _has_trainable_weights(self) -> bool:
+        return self.trainable and any(s.trainable for s in self._specs)
+
+    def _all_variables(self) -> list:
+        out, ids = [], set()
+        for layer in self._flat_layers():
+            for v in layer._own_variables():
+                if id(v) not in ids:
+                    ids.add(id(v))
+                    out.append(v)
+        return out
+
+    @property
+    def variables(self) -> list:
+        return self._all_variables()
+
+    @property
+    def trainable_variables(self) -> list:
+        out, ids = [], set()
+        for layer in self._flat_layers():
+            if not layer.trainable:
+                continue
+            for v in layer._own_trainable_variables():
+                if id(v) not in ids:
+                    ids.add(id(v))
+                    out.append(v)
+        return out if self.trainable else []
+
+    @property
+    def non_trainable_variables(self) -> list:
+        train = {id(v) for v in self.trainable_variables}
+        return [v for v in self._all_variables() if id(v) not in train]
+
     # ------------------------------------------------------------------ weights
     @property
     def weights(self) -> list:
-        return [getattr(self, s.attr) for s in self._specs]
+        return [v.value for v in self._all_variables()]
 
     @property
     def trainable_weights(self) -> list:
-        return [getattr(self, s.attr) for s in self._specs if s.trainable] if self.trainable else []
+        return [v.value for v in self.trainable_variables]
 
     @property
     def non_trainable_weights(self) -> list:
-        return [getattr(self, s.attr) for s in self._specs if not (s.trainable and self.trainable)]
+        return [v.value for v in self.non_trainable_variables]
 
     def count_params(self) -> int:
-        return int(sum(int(np.prod(s.shape)) for s in self._specs))
+        return int(sum(int(np.prod(v.shape)) for v in self._all_variables()))
 
     def get_weights(self) -> list:
-        return [_host_copy(getattr(self, s.attr)) for s in self._specs]
+        return [_host_copy(v.value) for v in self._all_variables()]
 
     def set_weights(self, weights) -> None:
-        """Copy values into the existing weight arrays, checking count, shape and finiteness."""
+        """Copy values into the existing weight arrays, checking count and shape."""
         weights = list(weights)
-        if len(weights) != len(self._specs):
-            raise ValueError(f"layer {self.name!r} expects {len(self._specs)} weight arrays "
-                             f"({', '.join(s.attr for s in self._specs) or 'none'}), got {len(weights)}")
+        variables = self._all_variables()
+        if len(weights) != len(variables):
+            raise ValueError(f"layer {self.name!r} expects {len(variables)} weight arrays "
+                             f"({', '.join(v.name for v in variables) or 'none'}), got {len(weights)}")
         converted = []
-        for spec, w in zip(self._specs, weights):
+        for var, w in zip(variables, weights):
             w = np.asarray(w)
             if w.dtype.kind not in "fiu":
-                raise TypeError(f"layer {self.name!r}: weight {spec.attr!r} must be numeric, got {w.dtype}")
-            if tuple(w.shape) != spec.shape:
-                raise ValueError(f"layer {self.name!r}: weight {spec.attr!r} must have shape "
-                                 f"{spec.shape}, got {tuple(w.shape)}")
+                raise TypeError(f"layer {self.name!r}: weight {var.name!r} must be numeric, got {w.dtype}")
+            if tuple(w.shape) != tuple(var.shape):
+                raise ValueError(f"layer {self.name!r}: weight {var.name!r} must have shape "
+                                 f"{tuple(var.shape)}, got {tuple(w.shape)}")
             converted.append(w)
-        for spec, w in zip(self._specs, converted):
-            dst = getattr(self, spec.attr)
+        for var, w in zip(variables, converted):
+            dst = var.value
             if isinstance(dst, np.ndarray):
                 np.copyto(dst, w, casting="unsafe")
             else:   # on the GPU: one host-to-device copy into the existing array
@@ -208,6 +367,81 @@ class Layer:
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r}>"
+
+
+def _collect_layers(v, out, seen, depth):
+    # module-level, not a closure: a recursive closure is a reference cycle the step would leave
+    # to the garbage collector
+    if isinstance(v, Layer):
+        if id(v) not in seen:
+            seen.add(id(v))
+            out.append(v)
+    elif isinstance(v, (list, tuple)) and depth < 3:
+        for item in v:
+            _collect_layers(item, out, seen, depth + 1)
+    elif isinstance(v, dict) and depth < 3:
+        for item in v.values():
+            _collect_layers(item, out, seen, depth + 1)
+
+
+def _walk_layers(layer, out, seen):
+    if id(layer) in seen:
+        return
+    seen.add(id(layer))
+    out.append(layer)
+    for sub in layer._sublayers():
+        _walk_layers(sub, out, seen)
+
+
+def fused_call(layer, x, training, forward=None, backward=None, st=None, **forward_kwargs):
+    """One call of a fused layer as one tape op: forward on arrays now, the layer's backward
+    kernel when the tape walks back (forward/backward: other methods of the layer, e.g. the
+    linear part of an ActivatedLayer). Its state dict `st` belongs to this call."""
+    forward = forward or layer.forward
+    backward = backward or layer.backward
+    if not isinstance(x, Tensor):
+        raise TypeError(f"layer {layer.name!r} takes one input tensor, got {type(x).__name__}")
+    xv = x.value
+    if not xv.flags.c_contiguous:
+        x = cast(Tensor(layer._xp.ascontiguousarray(xv)), np.float32) if not x._rg else _contiguous(x)
+        xv = x.value
+    if st is None:
+        st = call_state(layer)
+    loc = layer._local
+    prev = getattr(loc, "cur", None)
+    loc.cur = st
+    try:
+        y = forward(xv, training, **forward_kwargs) if forward_kwargs else forward(xv, training)
+    finally:
+        loc.cur = prev
+    out = Tensor(y)
+
+    def bw(g, needs):
+        prev = getattr(loc, "cur", None)
+        loc.cur = st
+        try:
+            from kilnet.engine.tape import current_walk
+            walk = current_walk()
+            need_dw = walk is None or walk.need_dw(layer)
+            if not g.flags.c_contiguous or g.dtype != np.float32:
+                g = layer._xp.ascontiguousarray(g, dtype=np.float32)
+            return (backward(g, needs[0], need_dw),)
+        finally:
+            loc.cur = prev
+    record((x,), (out,), bw, layer)
+    return out
+
+
+def _contiguous(x):
+    y = Tensor(x._xp().ascontiguousarray(x.value))
+    record((x,), (y,), lambda g, needs: (g,))
+    return y
+
+
+def _as_shape(shape):
+    if isinstance(shape, list) and shape and isinstance(shape[0], (tuple, list)):
+        return [tuple(s) for s in shape]
+    return tuple(shape)
 
 
 def _host_copy(a):

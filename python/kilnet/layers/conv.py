@@ -72,9 +72,9 @@ class Conv2D(ActivatedLayer):
         self._geometry(input_shape)
         kh, kw = self.kernel_size
         init = self._initialize
-        self.add_weight("kernel", (kh, kw, input_shape[-1], self.filters), self.kernel_initializer, initialize=init)
+        self._add_weight("kernel", (kh, kw, input_shape[-1], self.filters), self.kernel_initializer, initialize=init)
         if self.use_bias:
-            self.add_weight("bias", (self.filters,), self.bias_initializer, initialize=init)
+            self._add_weight("bias", (self.filters,), self.bias_initializer, initialize=init)
 
     def _geometry(self, input_shape):
         (p, ph), (q, pw) = (conv_output_length(input_shape[i + 1], self.kernel_size[i], self.strides[i],

@@ -43,9 +43,9 @@ class Dense(ActivatedLayer):
         if len(input_shape) < 2 or input_shape[-1] is None:
             raise ValueError(f"Dense {self.name!r}: needs inputs with a known last axis, got shape {input_shape}")
         init = self._initialize
-        self.add_weight("kernel", (input_shape[-1], self.units), self.kernel_initializer, initialize=init)
+        self._add_weight("kernel", (input_shape[-1], self.units), self.kernel_initializer, initialize=init)
         if self.use_bias:
-            self.add_weight("bias", (self.units,), self.bias_initializer, initialize=init)
+            self._add_weight("bias", (self.units,), self.bias_initializer, initialize=init)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
@@ -130,11 +130,6 @@ class InputLayer(Layer):
         cfg = super().get_config()
         return {"batch_shape": [None, *self._input_shape], "dtype": "float32", "sparse": False,
                 "name": cfg["name"]}
-
-
-def Input(shape, batch_size=None, name=None):
-    """keras.Input for Sequential models: returns an InputLayer."""
-    return InputLayer(shape=shape, batch_size=batch_size, name=name)
 
 
 def _refuse_unsupported(layer, **kwargs):

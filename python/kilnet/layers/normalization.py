@@ -69,11 +69,11 @@ class BatchNormalization(Layer):
             raise ValueError(f"{who}: only the last axis (-1 or {rank - 1}) can be normalized, got axis={self.axis}")
         c, init = (input_shape[-1],), self._initialize
         if self.scale:
-            self.add_weight("gamma", c, self.gamma_initializer, initialize=init)
+            self._add_weight("gamma", c, self.gamma_initializer, initialize=init)
         if self.center:
-            self.add_weight("beta", c, self.beta_initializer, initialize=init)
-        self.add_weight("moving_mean", c, self.moving_mean_initializer, trainable=False, initialize=init)
-        self.add_weight("moving_variance", c, self.moving_variance_initializer, trainable=False, initialize=init)
+            self._add_weight("beta", c, self.beta_initializer, initialize=init)
+        self._add_weight("moving_mean", c, self.moving_mean_initializer, trainable=False, initialize=init)
+        self._add_weight("moving_variance", c, self.moving_variance_initializer, trainable=False, initialize=init)
 
     def forward(self, x, training=False):
         c = x.shape[-1]

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from kilnet import initializers
-from kilnet.layers.base import Layer
+from kilnet.engine.tensor import Tensor
+from kilnet.layers.base import Layer, fused_call
 from kilnet.layers.core import _refuse_unsupported
 
 __all__ = ["SimpleRNN", "LSTM", "GRU", "TimeDistributed"]
@@ -87,15 +88,17 @@ class _Recurrent(Layer):
         return (self._gates * self.units,)
 
     def build(self, input_shape):
+        if len(input_shape) != 3 and input_shape[0] is not None:   # an eager call on an array
+            self._check_input(np.empty(tuple(input_shape), np.float32))
         if len(input_shape) != 3 or input_shape[-1] is None:
             raise ValueError(f"{type(self).__name__} {self.name!r}: expects inputs of shape (batch, "
                              f"timesteps, features) with known features, got {tuple(input_shape)}")
         gu = self._gates * self.units
         init = self._initialize
-        self.add_weight("kernel", (input_shape[-1], gu), self.kernel_initializer, initialize=init)
-        self.add_weight("recurrent_kernel", (self.units, gu), self.recurrent_initializer, initialize=init)
+        self._add_weight("kernel", (input_shape[-1], gu), self.kernel_initializer, initialize=init)
+        self._add_weight("recurrent_kernel", (self.units, gu), self.recurrent_initializer, initialize=init)
         if self.use_bias:
-            self.add_weight("bias", self._bias_shape(), self.bias_initializer, initialize=init)
+            self._add_weight("bias", self._bias_shape(), self.bias_initializer, initialize=init)
 
     def compute_output_shape(self, input_shape):
         if self.return_sequences:
@@ -103,15 +106,14 @@ class _Recurrent(Layer):
         return (input_shape[0], self.units)
 
     # ------------------------------------------------------------------ compute
-    def __call__(self, x, training=False, initial_state=None):
-        """Run forward on a numpy array (building on first use); returns a copy. initial_state:
-        [h0] (SimpleRNN, GRU) or [h0, c0] (LSTM), each (batch, units); None = zeros."""
-        from kilnet.utils import to_float32
-        x = to_float32(x)
-        if not self.built:
-            self._check_input(x)
-            self._build((None,) + x.shape[1:])
-        return np.array(self.forward(x, training, initial_state=initial_state))
+    def call(self, inputs, training=None, initial_state=None):
+        """One op on the tape. initial_state: [h0] (SimpleRNN, GRU) or [h0, c0] (LSTM), each
+        (batch, units); None = zeros (constants: no gradient flows into them here)."""
+        if initial_state is not None:
+            states = initial_state if isinstance(initial_state, (list, tuple)) else [initial_state]
+            initial_state = [s.value if isinstance(s, Tensor) else s for s in states]
+            return fused_call(self, inputs, training, initial_state=initial_state)
+        return fused_call(self, inputs, training)
 
     def _check_input(self, x):
         who = f"{type(self).__name__} {self.name!r}"

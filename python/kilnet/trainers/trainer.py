@@ -1,675 +1,575 @@
-"""Sequential: a stack of layers with Keras's compile / fit / evaluate / predict / save.
+"""fit, evaluate and predict for any Model (functional, Sequential, subclassed).
 
-The training step runs the layers' forward in order, the loss gives the first gradient, the
-layers' backward runs in reverse, and the optimizer updates every trainable parameter in one
-call on the model's flat parameter buffer. Batches are gathered into reused buffers, so the
-step allocates no array memory once the first batch has run.
+The step: under a GradientTape the model runs on the batch (each fused layer call is one op,
+user code many), the compiled loss is one more op (fused with a softmax/sigmoid output), one
+reverse walk writes every gradient into the model's flat gradient buffer, and the optimizer
+updates all parameters in one kernel call. Layer state comes from a per-model pool, so buffers
+are reused across batches and the steady-state step allocates no array memory. A model that
+overrides train_step / test_step gets them called instead, with (x, y) batches, as in Keras.
+
+The epoch loop is shared with data-parallel training: `run` (trainers/policy.py, or
+kilnet.distributed._Rank) says what differs per process.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
-import sys
 import threading
 import time
 import warnings
 
 import numpy as np
 
-from kilnet import losses as losses_mod
-from kilnet import metrics as metrics_mod
-from kilnet import optimizers as optimizers_mod
 from kilnet import regularizers as regularizers_mod
-from kilnet.backend import current_device, normalize_device, to_device, xp_of_device
+from kilnet.backend import xp_of_device
 from kilnet.callbacks import Callback, CallbackList, History
-from kilnet.layers.activation import ActivatedLayer
-from kilnet.layers.base import Layer, unique_name
-from kilnet.layers.core import InputLayer
-from kilnet.utils import get_rng, to_float32
+from kilnet.engine import node as node_mod
+from kilnet.engine.state import StatePool, using_pool
+from kilnet.engine.tape import GradientTape, backward
+from kilnet.engine.tensor import Tensor
+from kilnet.trainers.policy import _OneProcess, _verbosity
+from kilnet.trainers.progress import _Progress
+from kilnet.utils import as_numpy, get_rng, to_float32
 
-__all__ = ["Sequential", "load_model"]
+__all__ = ["fit", "evaluate", "predict", "default_train_step", "default_test_step", "train_on_batch",
+           "test_on_batch"]
 
 
-class Sequential:
-    """A linear stack of layers: `Sequential([Conv2D(...), Flatten(), Dense(10)])`."""
+# ---------------------------------------------------------------------- data in model structure
+class _Inputs:
+    """x as a flat list of arrays and the structure the model's call takes them in."""
 
-    def __init__(self, layers=None, name=None, trainable=True):
-        self.name = name or unique_name("sequential")
-        self.layers: list[Layer] = []
-        self.trainable = bool(trainable)
-        self.built = False
-        self.device = current_device()      # 'cpu' or 'cuda': where weights and steps live
-        self.input_shape = None
-        self.optimizer = None
-        self.loss = None
-        self.compiled_metrics: list = []
-        self.history = None
-        self.stop_training = False
-        self._busy = threading.Lock()       # held while fit runs: predict/evaluate refuse then
-        self._state_lock = threading.Lock() # guards _readers
-        self._readers = 0                   # predict/evaluate calls running now: fit refuses then
-        self._layout_key = None
-        self._params = np.zeros(0, np.float32)
-        self._grads = np.zeros(0, np.float32)
-        self._slices: list = []
-        self._declared_input = None
-        self._grad_sync = None    # kilnet.distributed.GradientSync while fit(distributed=True) runs
-        self._auto_build = True   # build as soon as the input shape is known, as Keras does
-        if layers is not None:
-            if isinstance(layers, Layer):
-                layers = [layers]
-            for layer in layers:
-                self.add(layer)
-
-    # ------------------------------------------------------------------ structure
-    def add(self, layer: Layer) -> None:
-        """Append a layer (an InputLayer only declares the input shape)."""
-        if not isinstance(layer, Layer):
-            raise TypeError(f"Sequential.add expects a kilnet layer, got {type(layer).__name__}")
-        if isinstance(layer, InputLayer):
-            if self.layers:
-                raise ValueError("an InputLayer can only come first in a Sequential model")
-            self._declared_input = layer._input_shape
-            if self._auto_build and self.layers:
-                self.build()
-            return
-        if any(l.name == layer.name for l in self.layers):
-            raise ValueError(f"a layer named {layer.name!r} is already in the model; layer names must be unique")
-        if not self.layers and layer._input_shape is not None:
-            self._declared_input = layer._input_shape
-        self.layers.append(layer)
-        self.built = False
-        if self._auto_build and self._declared_input is not None:
-            self.build()
-
-    def pop(self) -> Layer:
-        if not self.layers:
-            raise ValueError("pop: the model has no layers")
-        self.built = False
-        return self.layers.pop()
-
-    def build(self, input_shape=None, initialize=True) -> None:
-        """Create every layer's weights for inputs of shape (batch, *input_shape[1:])."""
-        if not self.layers:
-            raise ValueError("the model has no layers; add some before building it")
-        if input_shape is None:
-            if self._declared_input is None:
-                raise ValueError("the model does not know its input shape: pass input_shape= to the "
-                                 "first layer, or call fit/predict (which build from the data)")
-            input_shape = (None, *self._declared_input)
-        shape = (None, *tuple(input_shape)[1:])
-        for layer in self.layers:
-            if layer.built and layer.input_shape is not None and tuple(layer.input_shape[1:]) != tuple(shape[1:]):
-                raise ValueError(f"layer {layer.name!r} was built for input {layer.input_shape} but now gets {shape}")
-            shape = layer.output_shape if layer.built else layer._build(shape, initialize=initialize)
-        self.input_shape = (None, *tuple(input_shape)[1:])
-        self.built = True
-        self._layout_key = None
-        self._consolidate()
-
-    def to(self, device):
-        """Move the model (weights, gradients, optimizer state) to 'cpu' or 'cuda'; returns the
-        model. fit/evaluate/predict keep taking numpy arrays and return numpy results."""
-        dev = normalize_device(device)
-        if dev == self.device:
-            return self
-        self.device = dev
-        if self.built:
-            self._layout_key = None
-            self._consolidate()
-        return self
-
-    @property
-    def output_shape(self):
-        return self.layers[-1].output_shape if self.built else None
-
-    def _consolidate(self) -> None:
-        """Move every trainable weight into one flat buffer (the layers keep views into it) and
-        every gradient into another, so the optimizer makes one call per step."""
-        key = (self.device,) + tuple((id(l), l.trainable and self.trainable) for l in self.layers)
-        if key == self._layout_key:
-            return
-        dev, xp = self.device, xp_of_device(self.device)
-        for layer in self.layers:
-            if layer.device != dev:
-                layer._move_to(dev)
-        specs = [(l, s) for l in self.layers for s in l._specs
-                 if s.trainable and l.trainable and self.trainable]
-        n = sum(math.prod(s.shape) for _, s in specs)
-        params = xp.empty(n, np.float32)
-        grads = xp.zeros(n, np.float32)
-        slices, off = [], 0
-        for layer, s in specs:
-            size = math.prod(s.shape)
-            view = params[off:off + size].reshape(s.shape)
-            view[...] = to_device(getattr(layer, s.attr), dev)
-            setattr(layer, s.attr, view)
-            setattr(layer, "d" + s.attr, grads[off:off + size].reshape(s.shape))
-            slices.append((layer, s.attr, off, size))
-            off += size
-        # Frozen weights leave the flat buffer and get private storage again.
-        in_flat = {(id(l), s.attr) for l, s in specs}
-        for layer in self.layers:
-            for s in layer._specs:
-                if (id(layer), s.attr) not in in_flat:
-                    setattr(layer, s.attr, to_device(getattr(layer, s.attr), dev).copy())
-        self._params, self._grads, self._slices = params, grads, slices
-        self._layout_key = key
-        if self.optimizer is not None and any(v.size != n for v in self.optimizer.state.values()):
-            self.optimizer.state = {}
-        if self.optimizer is not None and self.optimizer.state:
-            self.optimizer.state = {k: to_device(v, dev) for k, v in self.optimizer.state.items()}
-
-    # ------------------------------------------------------------------ compile
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None,
-                weighted_metrics=None, run_eagerly=False, steps_per_execution=1, jit_compile="auto",
-                auto_scale_loss=True):
-        """Configure training: optimizer, loss and metrics by object or Keras name."""
-        if loss is None:
-            raise ValueError("compile: a loss is required (e.g. loss='sparse_categorical_crossentropy')")
-        if loss_weights is not None or weighted_metrics is not None:
-            raise ValueError("compile: loss_weights and weighted_metrics are not supported")
-        self.optimizer = optimizers_mod.get(optimizer)
-        self.loss = losses_mod.get(loss)
-        self._loss_id = loss if isinstance(loss, str) else None
-        if metrics is None:
-            metrics = []
-        if isinstance(metrics, (str, metrics_mod.Metric)):
-            metrics = [metrics]
-        if isinstance(metrics, dict):
-            raise ValueError("compile: metrics as a dict (multi-output) is not supported")
-        self._metric_ids = list(metrics)
-        self.compiled_metrics = self._make_metrics()
-
-    def _make_metrics(self):
-        units = self.layers[-1].output_shape[-1] if self.built and self.layers else None
-        return [metrics_mod.get(m, loss=self.loss, output_units=units) for m in self._metric_ids]
-
-    def _require_compiled(self, what):
-        if self.loss is None or self.optimizer is None:
-            raise RuntimeError(f"{what}: the model must be compiled first: model.compile(optimizer=..., loss=...)")
-
-    def _fused(self) -> bool:
-        """True when the last layer's activation and the loss fuse (softmax/sigmoid + CE)."""
-        last = self.layers[-1]
-        return (isinstance(last, ActivatedLayer) and not self.loss.from_logits
-                and self.loss.fuses_with == last.activation)
-
-    # ------------------------------------------------------------------ input checks
-    def _prepare_x(self, x, what):
-        x = to_float32(x, "x")
-        if not self.built:
-            if self._declared_input is not None and tuple(x.shape[1:]) != tuple(self._declared_input):
-                raise ValueError(f"{what}: the model expects inputs of shape (batch, "
-                                 f"{', '.join(map(str, self._declared_input))}), got {x.shape}")
-            self.build((None, *x.shape[1:]))
-        elif tuple(x.shape[1:]) != tuple(self.input_shape[1:]):
-            raise ValueError(f"{what}: the model expects inputs of shape (batch, "
-                             f"{', '.join(map(str, self.input_shape[1:]))}), got {x.shape}")
-        if not np.isfinite(x).all():
-            raise ValueError(f"{what}: x contains NaN or Inf")
-        return x
-
-    def _prepare_xy(self, x, y, what):
-        x = self._prepare_x(x, what)
-        if y is None:
-            raise ValueError(f"{what}: y (the targets) is required")
-        y_len = len(y) if hasattr(y, "__len__") else None
-        if y_len != len(x):
-            raise ValueError(f"{what}: x and y have different numbers of samples ({len(x)} and {y_len})")
-        return x, self.loss.prepare_targets(y, self.layers[-1].output_shape)
-
-    # ------------------------------------------------------------------ the steps
-    def _forward(self, xb, training):
-        """Forward through all layers; with a fused loss the last layer stops at its logits."""
-        h = xb
-        for layer in self.layers[:-1]:
-            h = layer.forward(h, training)
-        last = self.layers[-1]
-        return last.forward_linear(h, training) if self._fused() else last.forward(h, training)
-
-    def _loss_and_grad(self, out, yb, probs, grad, loss_out=None):
-        """(loss, predictions). With loss_out (a 1-element GPU array) the loss is written there
-        on the device and loss is None: the step does not wait for the GPU."""
-        if self._fused():
-            return self.loss.compute_from_logits(out, yb, probs, grad, out=loss_out), probs
-        return self.loss.compute(out, yb, grad, out=loss_out), out
-
-    def _backward(self, grad):
-        last = self.layers[-1]
-        first = self._first_trainable
-        sync = self._grad_sync    # distributed: starts each bucket's reduction once backward made it
-        g = last.backward_linear(grad, len(self.layers) - 1 > first) if self._fused() else \
-            last.backward(grad, len(self.layers) - 1 > first)
-        if sync is not None:
-            sync.layer_done(len(self.layers) - 1)
-        for i in range(len(self.layers) - 2, first - 1, -1):
-            g = self.layers[i].backward(g, need_dx=i > first)
-            if sync is not None:
-                sync.layer_done(i)
-
-    def train_on_batch_arrays(self, xb, yb, bufs, loss_out=None):
-        """One optimizer step on a prepared batch (on the model's device); returns (loss,
-        predictions for metrics). With loss_out (GPU) the batch loss goes there and the returned
-        loss is the weight penalty alone (0.0 without regularizers)."""
-        n = xb.shape[0]
-        self._grads.fill(0.0)   # gradients accumulate in the layers' backward: zero explicitly
-        out = self._forward(xb, True)
-        loss, pred = self._loss_and_grad(out, yb, bufs.get("probs", out.shape, n), bufs.get("grad", out.shape, n),
-                                         loss_out)
-        self._backward(bufs.last("grad"))
-        if self._grad_sync is not None:
-            self._grad_sync.finish()   # distributed: _grads now holds the global batch's gradient
-        loss = 0.0 if loss is None else loss
-        # Weight penalties (kernel_regularizer=...): Keras adds them to the loss, so their
-        # gradients join the weights' before the optimizer clips and applies them.
-        if self.trainable:
-            loss += regularizers_mod.penalties(self.layers, grads=True)
-        self.optimizer.apply(self._params, self._grads)
-        return loss, pred
-
-    # ------------------------------------------------------------------ fit
-    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
-            validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
-            sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
-            validation_batch_size=None, validation_freq=1, distributed=False):
-        """Train for `epochs` epochs; returns a History whose .history holds the per-epoch logs.
-        distributed=True: synchronous data parallelism over the ranks of an MPI job, batch_size
-        per rank (kilnet.distributed, docs/distributed.md); one process without MPI."""
-        self._require_compiled("fit")
-        if class_weight is not None or sample_weight is not None:
-            raise ValueError("fit: class_weight and sample_weight are not supported yet")
-        if steps_per_epoch is not None or validation_steps is not None:
-            raise ValueError("fit: steps_per_epoch/validation_steps are not supported (pass arrays)")
-        batch_size = _check_batch_size(batch_size, "fit")
-        if not isinstance(epochs, (int, np.integer)) or epochs < 0:
-            raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}")
-        if not 0.0 <= float(validation_split) < 1.0:
-            raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
-        with self._state_lock:
-            if self._readers or not self._busy.acquire(blocking=False):
-                raise RuntimeError("fit: this model is already training or predicting in another thread; "
-                                   "fit and predict/evaluate cannot run at the same time on one model")
-        fit_impl = self._fit
-        if distributed:
-            from kilnet import distributed as dist
-            fit_impl = functools.partial(dist.fit, self)
-        try:
-            return fit_impl(x, y, batch_size, int(epochs), verbose, callbacks, float(validation_split),
-                             validation_data, shuffle, int(initial_epoch), validation_batch_size or batch_size,
-                             validation_freq)
-        finally:
-            self._busy.release()
-
-    def _prepare_fit(self, x, y, validation_split, validation_data):
-        """What both training loops (this one and kilnet.distributed's) do before the first
-        epoch: check and convert the data, split off the validation set, lay out the flat
-        parameter buffer and build the optimizer and metrics. Returns (x, y, val or None)."""
-        x, y = self._prepare_xy(x, y, "fit")
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-                raise ValueError("fit: validation_data must be a tuple (x_val, y_val)")
-            val = self._prepare_xy(validation_data[0], validation_data[1], "fit (validation_data)")
-        elif validation_split > 0:
-            n_val = int(len(x) * validation_split)
-            if n_val == 0 or n_val == len(x):
-                raise ValueError(f"fit: validation_split={validation_split} leaves no training or validation samples")
-            val = (x[len(x) - n_val:], y[len(x) - n_val:])     # Keras takes the last samples, before shuffling
-            x, y = x[:len(x) - n_val], y[:len(y) - n_val]
+    def __init__(self, model, x, what):
+        if x is None:
+            raise ValueError(f"{what}: x (the inputs) is required")
+        names = model._input_names()
+        if isinstance(x, (list, tuple)) and not _is_list_of_arrays(x, names):
+            x = as_numpy(x, "x")          # one array written as nested lists
+        elif isinstance(x, (list, tuple)) and names is not None and len(names) == 1 and len(x) == 1:
+            x = x[0]
+        if isinstance(x, dict):
+            if names is not None:
+                unknown = [k for k in x if k not in names]
+                if unknown:
+                    raise ValueError(f"{what}: x names input(s) {unknown} the model does not have; inputs: {names}")
+                missing = [k for k in names if k not in x]
+                if missing:
+                    raise ValueError(f"{what}: x has no array for input(s) {missing}")
+                keys = list(names)
+            else:
+                keys = list(x)
+            self.arrays = [_as_input(x[k], f"x[{k!r}]") for k in keys]
+            self.rebuild = (lambda l, keys=keys: dict(zip(keys, l))) if names is None else \
+                (lambda l: l if len(l) > 1 else l[0])
+        elif isinstance(x, (list, tuple)):
+            self.arrays = [_as_input(a, f"x[{i}]") for i, a in enumerate(x)]
+            if names is not None and len(self.arrays) != len(names):
+                raise ValueError(f"{what}: the model has {len(names)} input(s) ({', '.join(names)}), x has "
+                                 f"{len(self.arrays)} arrays")
+            self.rebuild = (lambda l: l if len(l) > 1 else l[0]) if names is not None else \
+                (lambda l, kind=type(x): kind(l))
         else:
-            val = None
-        self._consolidate()
-        self._first_trainable = next((i for i, l in enumerate(self.layers) if l.trainable_weights and self.trainable),
-                                     len(self.layers))
-        # Where each weight starts in the flat buffer: clipnorm clips each weight on its own.
-        self.optimizer.build(self._params.size, [off for _, _, off, _ in self._slices] + [self._params.size],
-                             like=self._params)
-        self.compiled_metrics = self._make_metrics()
-        return x, y, val
-
-    def _fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data,
-             shuffle, initial_epoch, val_batch_size, validation_freq):
-        x, y, val = self._prepare_fit(x, y, validation_split, validation_data)
-        return self._train(_OneProcess(len(x), batch_size), x, y, val, batch_size, epochs, verbose, callbacks,
-                           shuffle, initial_epoch, val_batch_size, validation_freq)
-
-    def _train(self, run, x, y, val, batch_size, epochs, verbose, callbacks, shuffle, initial_epoch,
-               val_batch_size, validation_freq):
-        """fit's epoch loop, after _prepare_fit. `run` says what differs between one process
-        (_OneProcess) and one rank of a data-parallel job (kilnet.distributed._Rank): the epoch
-        order, which samples of each batch are this process's, and how the logs are summed."""
-        n, steps = len(x), run.steps
-        verbose = run.verbosity(verbose)
-        history = History()
-        params = {"epochs": epochs, "steps": steps, "verbose": verbose, "batch_size": batch_size, "samples": n,
-                  **run.params}
-        user_cbs = list(callbacks or [])
-        # On the GPU the per-batch losses stay on the device and the logs are only assembled
-        # when something looks at them: the step never waits for the GPU otherwise.
-        batch_logs_wanted = run.any_rank(any(
-            isinstance(cb, Callback)   # anything else: CallbackList below raises a clear TypeError
-            and (type(cb).on_train_batch_end is not Callback.on_train_batch_end
-                 or "on_train_batch_end" in vars(cb))   # LambdaCallback's hooks
-            for cb in user_cbs))
-        cbs = CallbackList(run.callbacks(user_cbs) + [history], self, params)
-        self.history = history
-        self.stop_training = False
-        on_gpu = self.device != "cpu"
-        xp = xp_of_device(self.device)
-        bufs = _Buffers(xp)
-        feed = _Feed(x, y, min(batch_size, n), self.device)
-        metrics = self.compiled_metrics
-        names = ["loss"] + [m.name for m in metrics]
-        rng = get_rng()
-        nan_warned = False
-        logs = None
-        run.start(self, batch_logs_wanted, verbose)
-        try:
-            cbs.on_train_begin({})
-            for epoch in range(initial_epoch, epochs):
-                cbs.on_epoch_begin(epoch, {})
-                for m in metrics:
-                    m.reset_state()
-                feed.start_epoch(run.order(rng, shuffle))
-                loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
-                dev_losses = xp.zeros(steps, np.float32) if on_gpu else None
-                sizes = np.zeros(steps, np.float32)
-                bar = _Progress(epoch, epochs, steps, verbose)
-                for step in range(steps):
-                    a, b = run.begin_step(step)   # this process's samples of the step, in epoch order
-                    cbs.on_train_batch_begin(step, {})
-                    if b > a:
-                        xb, yb = feed.batch(a, b)
-                        loss, pred = self.train_on_batch_arrays(xb, yb, bufs,
-                                                                dev_losses[step:step + 1] if on_gpu else None)
-                        for m in metrics:
-                            m.update(pred, yb)
-                    else:
-                        loss = run.empty_step(self)
-                    loss_sum += loss * (b - a)
-                    sizes[step] = b - a
-                    seen += b - a
-                    if run.logs_due(step, bar):
-                        extra = float(dev_losses[:step + 1] @ xp.asarray(sizes[:step + 1])) if on_gpu else 0.0
-                        logs = run.logs(loss_sum + extra, seen, metrics)
-                        if not nan_warned and not math.isfinite(logs["loss"]):
-                            nan_warned = True
-                            _warn_nan(logs["loss"], epoch, step)
-                        cbs.on_train_batch_end(step, logs)
-                        bar.update(step + 1, logs)
-                    if run.stop_after_step(self):
-                        break
-                if on_gpu:   # the one wait for the GPU per epoch
-                    host_losses = run.fetch(dev_losses)
-                    done = int(np.count_nonzero(sizes))
-                    if not nan_warned and not np.isfinite(host_losses[:done]).all():
-                        nan_warned = True
-                        bad = int(np.argmin(np.isfinite(host_losses[:done])))
-                        _warn_nan(float(host_losses[bad]), epoch, bad)
-                    loss_sum += float(host_losses[:done].astype(np.float64) @ sizes[:done])
-                logs = run.logs(loss_sum, seen, metrics)
-                if not nan_warned and not math.isfinite(logs["loss"]):   # another rank's loss
-                    nan_warned = True
-                    _warn_nan(logs["loss"], epoch, steps - 1)
-                run.epoch_end(self)
-                if val is not None and (epoch + 1) % validation_freq == 0:
-                    vals = run.evaluate(self, val[0], val[1], val_batch_size)
-                    logs.update({"val_" + k: v for k, v in zip(names, vals)})
-                bar.finish(logs, time.perf_counter() - t0)
-                cbs.on_epoch_end(epoch, logs)
-                self.stop_training = run.any_rank(self.stop_training)
-                if self.stop_training:
-                    break
-            cbs.on_train_end(logs if epochs > initial_epoch else None)
-        finally:
-            run.finish(self)
-        return history
-
-    # ------------------------------------------------------------------ evaluate / predict
-    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
-                 steps=None, callbacks=None, return_dict=False):
-        """Loss and metrics on (x, y): a scalar when there are no metrics, else [loss, *metrics]."""
-        self._require_compiled("evaluate")
-        if sample_weight is not None:
-            raise ValueError("evaluate: sample_weight is not supported yet")
-        batch_size = _check_batch_size(batch_size, "evaluate")
-        with self._guard("evaluate"):
-            x, y = self._prepare_xy(x, y, "evaluate")
-            values = self._evaluate_arrays(x, y, batch_size)
-        names = ["loss"] + [m.name for m in self.compiled_metrics]
-        if _verbosity(verbose):
-            print(" - ".join(f"{k}: {v:.4f}" for k, v in zip(names, values)), flush=True)
-        if return_dict:
-            return dict(zip(names, values))
-        return values[0] if len(values) == 1 else values
-
-    def _evaluate_arrays(self, x, y, batch_size):
-        metrics = self._make_metrics()
-        xp = xp_of_device(self.device)
-        on_gpu = self.device != "cpu"
-        bufs = _Buffers(xp)
-        feed = _Feed(x, y, min(batch_size, len(x)), self.device)
-        feed.start_epoch(None)
-        nb = -(-len(x) // batch_size)
-        dev_losses = xp.zeros(nb, np.float32) if on_gpu else None
-        sizes = np.zeros(nb, np.float64)
-        total = 0.0
-        for b, i in enumerate(range(0, len(x), batch_size)):
-            xb, yb = feed.batch(i, min(i + batch_size, len(x)))
-            out = self._forward(xb, False)
-            loss, pred = self._loss_and_grad(out, yb, bufs.get("probs", out.shape, len(xb)), None,
-                                             dev_losses[b:b + 1] if on_gpu else None)
-            sizes[b] = len(xb)
-            if not on_gpu:
-                total += loss * len(xb)
-            for m in metrics:
-                m.update(pred, yb)
-        if on_gpu:
-            total = float(xp.asnumpy(dev_losses).astype(np.float64) @ sizes)
-        penalty = regularizers_mod.penalties(self.layers, grads=False) if self.trainable else 0.0   # as Keras
-        return [total / len(x) + penalty] + [m.result() for m in metrics]
-
-    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
-        """Outputs for x, computed in batches; a new float32 numpy array."""
-        batch_size = _check_batch_size(batch_size, "predict")
-        with self._guard("predict"):
-            x = self._prepare_x(x, "predict")
-            out = None
-            feed = _Feed(x, None, min(batch_size, len(x)), self.device)
-            feed.start_epoch(None)
-            for i in range(0, len(x), batch_size):
-                h, _ = feed.batch(i, min(i + batch_size, len(x)))
-                for layer in self.layers:
-                    h = layer.forward(h, False)
-                if out is None:
-                    out = np.empty((len(x),) + h.shape[1:], np.float32)
-                out[i:i + len(h)] = h if isinstance(h, np.ndarray) else h.get()
-        return out
-
-    def __call__(self, x, training=False):
-        return self.predict(x, batch_size=max(1, len(x)))
-
-    def predict_on_batch(self, x):
-        return self.predict(x, batch_size=max(1, len(x)))
-
-    @contextlib.contextmanager
-    def _guard(self, what):
-        """predict/evaluate may run from many threads at once (layer buffers are per thread),
-        but never while fit runs, and fit never starts while they run."""
-        with self._state_lock:
-            if self._busy.locked():
-                raise RuntimeError(f"{what}: this model is training in another thread; wait for fit to finish")
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._state_lock:
-                self._readers -= 1
-
-    # ------------------------------------------------------------------ weights, config, io
-    def count_params(self) -> int:
-        return sum(l.count_params() for l in self.layers)
-
-    @property
-    def weights(self):
-        return [w for l in self.layers for w in l.weights]
-
-    @property
-    def trainable_weights(self):
-        return [w for l in self.layers for w in l.trainable_weights] if self.trainable else []
-
-    def get_weights(self) -> list:
-        return [w for l in self.layers for w in l.get_weights()]
-
-    def set_weights(self, weights) -> None:
-        weights = list(weights)
-        need = sum(len(l._specs) for l in self.layers)
-        if not self.built:
-            raise ValueError("set_weights: build the model first (model.build(input_shape) or give input_shape=)")
-        if len(weights) != need:
-            raise ValueError(f"set_weights: the model has {need} weight arrays, got {len(weights)}")
-        i = 0
-        for layer in self.layers:
-            k = len(layer._specs)
-            layer.set_weights(weights[i:i + k])
-            i += k
-
-    def get_layer(self, name=None, index=None) -> Layer:
-        if index is not None:
-            return self.layers[index]
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise ValueError(f"no layer named {name!r}; layers: {', '.join(l.name for l in self.layers)}")
-
-    def get_config(self) -> dict:
-        from kilnet.io import layer_entry
-        entries = []
-        if self.built or self._declared_input is not None:
-            shape = self.input_shape if self.built else (None, *self._declared_input)
-            entries.append({"module": "keras.layers", "class_name": "InputLayer",
-                            "config": {"batch_shape": list(shape), "dtype": "float32", "sparse": False,
-                                       "name": "input_layer"}, "registered_name": None})
-        entries += [layer_entry(l) for l in self.layers]
-        cfg = {"name": self.name, "trainable": self.trainable,
-               "dtype": {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"},
-                         "registered_name": None}, "layers": entries}
-        if self.built:
-            cfg["build_input_shape"] = list(self.input_shape)
-        return cfg
-
-    def save(self, filepath, overwrite=True, include_optimizer=True) -> None:
-        """Write the model (architecture, weights, optimizer state) to an .h5 file, atomically."""
-        from kilnet.io import save_model
-        save_model(self, filepath, overwrite=overwrite, include_optimizer=include_optimizer)
-
-    def save_weights(self, filepath, overwrite=True) -> None:
-        from kilnet.io import save_model
-        save_model(self, filepath, overwrite=overwrite, include_optimizer=False)
-
-    def load_weights(self, filepath) -> None:
-        from kilnet.io import load_weights_into
-        load_weights_into(self, filepath)
-
-    def export_weights(self, filepath) -> None:
-        """Write layers and weights in the binary format C++ programs read (kilnet/export.py)."""
-        from kilnet.export import export_weights
-        export_weights(self, filepath)
-
-    def summary(self, print_fn=None) -> None:
-        """Print the layers, their output shapes and parameter counts, as Keras does."""
-        print_fn = print_fn or print
-        rows = [(f"{l.name} ({type(l).__name__})", str(l.output_shape) if l.built else "?", f"{l.count_params():,}")
-                for l in self.layers]
-        w0 = max([len("Layer (type)")] + [len(r[0]) for r in rows]) + 2
-        w1 = max([len("Output Shape")] + [len(r[1]) for r in rows]) + 2
-        line = "─" * (w0 + w1 + 12)
-        print_fn(f'Model: "{self.name}"')
-        print_fn(line)
-        print_fn(f"{'Layer (type)':<{w0}}{'Output Shape':<{w1}}{'Param #':>10}")
-        print_fn(line)
-        for r in rows:
-            print_fn(f"{r[0]:<{w0}}{r[1]:<{w1}}{r[2]:>10}")
-        print_fn(line)
-        total = self.count_params()
-        trainable = sum(w.size for w in self.trainable_weights)
-        print_fn(f" Total params: {total:,}")
-        print_fn(f" Trainable params: {trainable:,}")
-        print_fn(f" Non-trainable params: {total - trainable:,}")
+            if names is not None and len(names) > 1:
+                raise ValueError(f"{what}: the model has {len(names)} inputs ({', '.join(names)}); pass x as a "
+                                 "list or a dict keyed by input name")
+            self.arrays = [_as_input(x, "x")]
+            self.rebuild = lambda l: l[0]
+        n = {len(a) for a in self.arrays}
+        if len(n) > 1:
+            raise ValueError(f"{what}: the input arrays have different numbers of samples ({sorted(n)})")
+        self.n = n.pop()
+        model._check_input_arrays(self.arrays, what)
 
 
-def load_model(filepath, compile=True):
-    """Load a model saved by `model.save` (kilnet or Keras .h5 layout)."""
-    from kilnet.io import load_model as _load
-    return _load(filepath, compile=compile)
+def _is_list_of_arrays(x, names):
+    """Whether a list passed as x holds one array per model input (rather than being one array
+    written as nested lists)."""
+    if names is not None and len(names) > 1:
+        return True
+    return len(x) > 0 and all(hasattr(v, "shape") or hasattr(v, "__array__") for v in x)
 
 
-# ---------------------------------------------------------------------- helpers
-def _warn_nan(loss, epoch, step):
-    warnings.warn(f"fit: the loss became {loss} at epoch {epoch + 1}, batch {step}; the "
-                  "weights are no longer finite (add callbacks.TerminateOnNaN() to stop there)",
-                  RuntimeWarning, stacklevel=5)   # _warn_nan, _train, _fit or distributed.fit, fit, the caller
-
-
-class _OneProcess:
-    """Where fit's epoch loop (Sequential._train) depends on how many processes train: this is
-    one process; kilnet.distributed._Rank overrides each method for one rank of an MPI job."""
-
-    params: dict = {}   # extra entries for the callbacks' params
-
-    def __init__(self, n, global_batch):
-        self.n, self.global_batch = n, global_batch
-        self.steps = -(-n // global_batch)
-
-    def verbosity(self, verbose):
-        return _verbosity(verbose)
-
-    def callbacks(self, cbs):
-        return cbs
-
-    def any_rank(self, flag) -> bool:
-        return bool(flag)
-
-    def start(self, model, batch_logs_wanted, verbose):
-        self.on_gpu = model.device != "cpu"
-        self.batch_logs_wanted = batch_logs_wanted
-
-    def order(self, rng, shuffle):
-        return rng.permutation(self.n) if shuffle else np.arange(self.n)
-
-    def begin_step(self, step):
-        """[a, b): the positions in the epoch order this process trains on at this step."""
-        return step * self.global_batch, min((step + 1) * self.global_batch, self.n)
-
-    def empty_step(self, model):
-        raise AssertionError("one process never has an empty step")
-
-    def logs_due(self, step, bar) -> bool:
-        # on the CPU the figures are at hand; on the GPU only build them when looked at
-        return not self.on_gpu or self.batch_logs_wanted or bar.due(step + 1)
-
-    def logs(self, loss_sum, seen, metrics):
-        return {"loss": loss_sum / max(seen, 1), **{m.name: m.result() for m in metrics}}
-
-    def stop_after_step(self, model) -> bool:
-        return model.stop_training
-
-    def fetch(self, dev_losses):
-        return dev_losses.get()
-
-    def epoch_end(self, model):
-        pass
-
-    def evaluate(self, model, x, y, batch_size):
-        return model._evaluate_arrays(x, y, batch_size)
-
-    def finish(self, model):
-        pass
+def _as_input(a, name):
+    a = as_numpy(a, name)
+    if a.dtype.kind == "f" or a.dtype.kind == "b":
+        a = to_float32(a, name)
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name} contains NaN or Inf")
+        return a
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be numeric, got an array of dtype {a.dtype}")
+    if a.ndim == 0 or a.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {a.shape}); need at least one sample")
+    return np.ascontiguousarray(a)
 
 
 class _Feed:
-    """Hands out batches (x[i:j] in epoch order) on the model's device.
+    """Batches of several arrays (inputs, then targets) in one epoch order."""
+
+    def __init__(self, arrays, batch, device):
+        self.feeds = [_ArrayFeed(a, None, batch, device) for a in arrays]
+
+    def start_epoch(self, order):
+        for f in self.feeds:
+            f.start_epoch(order)
+
+    def batch(self, i, j):
+        return [f.batch(i, j)[0] for f in self.feeds]
+
+
+class _StepState:
+    """What a model's steps reuse: a tape, the layer-state pool, loss buffers, one seed."""
+
+    def __init__(self, model):
+        xp = xp_of_device(model.device)
+        self.tape = GradientTape(persistent=True)
+        self.pool = StatePool()
+        self.bufs = _Buffers(xp)
+        self.one = xp.ones((), np.float32)
+        self.device = model.device
+        self.layout, self.train_vars, self.layers = object(), None, None
+
+
+def _step_state(model, phase) -> _StepState:
+    key = (threading.get_ident(), phase)
+    st = model._pools.get(key)
+    if st is None or st.device != model.device:
+        st = model._pools[key] = _StepState(model)
+    return st
+
+
+def _bind(model, inputs):
+    """Build the model for these inputs and resolve its compiled losses per output."""
+    if not model.built or (model.compiled is not None and not model.compiled.bound):
+        probe = inputs.rebuild([a[:1] for a in inputs.arrays])
+        y = model(probe, training=False)
+        if model.compiled is not None and not model.compiled.bound:
+            model.compiled.bind(model, y)
+    model._consolidate()
+
+
+# ---------------------------------------------------------------------- the steps
+def default_train_step(model, data, loss_out=None):
+    """One optimizer step on a prepared batch (x structure, list of prepared targets);
+    returns (loss or None on the GPU with loss_out, predictions per output)."""
+    x, ys = data
+    st = _step_state(model, "train")
+    model._grads.fill(0.0)   # gradients accumulate: zero explicitly
+    tape = st.tape
+    tape._entries.clear()
+    with using_pool(st.pool), tape:
+        y_pred = model(x, training=True)
+        total, parts, preds = model.compiled.step_loss(y_pred, ys, st.bufs, loss_out)
+    sync = model._grad_sync    # distributed: starts each bucket's reduction once backward made it
+    model.compiled.last_parts = parts
+    if st.layout is not model._layout_key:   # what the step walks over, found once per layout
+        st.layout, st.train_vars, st.layers = model._layout_key, model.trainable_variables, model._flat_layers()
+    backward(tape._entries, [total], [st.one], st.train_vars, st.train_vars,
+             all_layers=True, keep_variable_grads=True,
+             on_layer_done=None if sync is None else sync.layer_object_done)
+    tape._entries.clear()
+    if sync is not None:
+        sync.finish()   # distributed: _grads now holds the global batch's gradient
+    loss = None if loss_out is not None and model.device != "cpu" else float(total.value)
+    # Weight penalties (kernel_regularizer=...): Keras adds them to the loss, so their gradients
+    # join the weights' before the optimizer clips and applies them.
+    penalty = regularizers_mod.penalties(st.layers, grads=True) if model.trainable else 0.0
+    model.optimizer.apply(model._params, model._grads)
+    return (penalty if loss is None else loss + penalty), preds
+
+
+def default_test_step(model, data, loss_out=None):
+    x, ys = data
+    st = _step_state(model, "test")
+    with using_pool(st.pool):
+        y_pred = model(x, training=False)
+        total, _, preds = model.compiled.step_loss(y_pred, ys, st.bufs, loss_out)
+    return (None if loss_out is not None and model.device != "cpu" else float(total.value)), preds
+
+
+
+# ---------------------------------------------------------------------- fit
+def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
+        class_weight, sample_weight, initial_epoch, steps_per_epoch, validation_steps, validation_batch_size,
+        validation_freq, distributed):
+    model._require_compiled("fit")
+    if class_weight is not None or sample_weight is not None:
+        raise ValueError("fit: class_weight and sample_weight are not supported yet")
+    if steps_per_epoch is not None or validation_steps is not None:
+        raise ValueError("fit: steps_per_epoch/validation_steps are not supported (pass arrays)")
+    batch_size = _check_batch_size(batch_size, "fit")
+    if not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}")
+    if not 0.0 <= float(validation_split) < 1.0:
+        raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
+    with model._state_lock:
+        if model._readers or not model._busy.acquire(blocking=False):
+            raise RuntimeError("fit: this model is already training or predicting in another thread; "
+                               "fit and predict/evaluate cannot run at the same time on one model")
+    try:
+        data = _prepare_fit(model, x, y, float(validation_split), validation_data)
+        run = None
+        if distributed:
+            from kilnet import distributed as dist
+            run = dist.prepare_fit(model, data, batch_size, int(epochs), int(initial_epoch), shuffle)
+        return train(model, run or _OneProcess(data.n, batch_size), data, batch_size, int(epochs), verbose,
+                     callbacks, shuffle, int(initial_epoch), validation_batch_size or batch_size, validation_freq)
+    finally:
+        model._busy.release()
+
+
+class _FitData:
+    """fit's data after checks: the inputs, prepared targets per output, validation split."""
+
+    def __init__(self, inputs, ys, val):
+        self.inputs, self.ys, self.val = inputs, ys, val
+        self.n = inputs.n
+
+    def arrays(self):
+        return self.inputs.arrays + [y for y in self.ys if y is not None]
+
+
+def _prepare_targets(model, inputs, y, what):
+    if y is None:
+        raise ValueError(f"{what}: y (the targets) is required")
+    ys = model.compiled.split_targets(y, what)
+    for k, t in zip(model.compiled.names, ys):
+        t_len = len(t) if hasattr(t, "__len__") else None
+        if t is not None and t_len != inputs.n:
+            label = "y" if len(ys) == 1 else f"y[{k!r}]"
+            raise ValueError(f"{what}: x and {label} have different numbers of samples ({inputs.n} and {t_len})")
+    return model.compiled.prepare_targets(ys)
+
+
+def _prepare_xy(model, x, y, what):
+    inputs = _Inputs(model, x, what)
+    _bind(model, inputs)
+    return inputs, _prepare_targets(model, inputs, y, what)
+
+
+def _prepare_fit(model, x, y, validation_split, validation_data):
+    """Check and convert the data, split off the validation set, lay out the flat parameter
+    buffer and build the optimizer and metrics."""
+    inputs, ys = _prepare_xy(model, x, y, "fit")
+    val = None
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError("fit: validation_data must be a tuple (x_val, y_val)")
+        val = _prepare_xy(model, validation_data[0], validation_data[1], "fit (validation_data)")
+    elif validation_split > 0:
+        n = inputs.n
+        n_val = int(n * validation_split)
+        if n_val == 0 or n_val == n:
+            raise ValueError(f"fit: validation_split={validation_split} leaves no training or validation samples")
+        cut = n - n_val       # Keras takes the last samples, before shuffling
+        vin = _Sliced(inputs, cut, n)
+        val = (vin, [None if t is None else t[cut:] for t in ys])
+        inputs = _Sliced(inputs, 0, cut)
+        ys = [None if t is None else t[:cut] for t in ys]
+    model._consolidate()
+    # Where each weight starts in the flat buffer: clipnorm clips each weight on its own.
+    model.optimizer.build(model._params.size, [off for _, _, off, _ in model._slices] + [model._params.size],
+                          like=model._params)
+    return _FitData(inputs, ys, val)
+
+
+class _Sliced:
+    """Rows a:b of an _Inputs."""
+
+    def __init__(self, inputs, a, b):
+        self.arrays = [x[a:b] for x in inputs.arrays]
+        self.rebuild = inputs.rebuild
+        self.n = b - a
+
+
+def train(model, run, data, batch_size, epochs, verbose, callbacks, shuffle, initial_epoch, val_batch_size,
+          validation_freq):
+    """fit's epoch loop. `run` says what differs between one process (_OneProcess) and one rank
+    of a data-parallel job (kilnet.distributed._Rank): the epoch order, which samples of each
+    batch are this process's, and how the logs are summed."""
+    n, steps = data.n, run.steps
+    verbose = run.verbosity(verbose)
+    history = History()
+    params = {"epochs": epochs, "steps": steps, "verbose": verbose, "batch_size": batch_size, "samples": n,
+              **run.params}
+    user_cbs = list(callbacks or [])
+    # On the GPU the per-batch losses stay on the device and the logs are only assembled
+    # when something looks at them: the step never waits for the GPU otherwise.
+    batch_logs_wanted = run.any_rank(any(
+        isinstance(cb, Callback)   # anything else: CallbackList below raises a clear TypeError
+        and (type(cb).on_train_batch_end is not Callback.on_train_batch_end
+             or "on_train_batch_end" in vars(cb))   # LambdaCallback's hooks
+        for cb in user_cbs))
+    cbs = CallbackList(run.callbacks(user_cbs) + [history], model, params)
+    model.history = history
+    model.stop_training = False
+    custom = model._overrides("train_step")
+    on_gpu = model.device != "cpu" and not custom
+    xp = xp_of_device(model.device)
+    n_in = len(data.inputs.arrays)
+    targets = [t for t in data.ys if t is not None]
+    feed = _Feed(data.arrays(), min(batch_size, n), model.device)
+    compiled = model.compiled
+    metrics = compiled.fresh_metrics()
+    rng = get_rng()
+    nan_warned = False
+    logs = None
+    run.start(model, batch_logs_wanted, verbose)
+    try:
+        cbs.on_train_begin({})
+        for epoch in range(initial_epoch, epochs):
+            cbs.on_epoch_begin(epoch, {})
+            for m in metrics:
+                m.reset_state()
+            compiled.tracker.reset_state()
+            feed.start_epoch(run.order(rng, shuffle))
+            loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
+            dev_losses = xp.zeros(steps, np.float32) if on_gpu else None
+            sizes = np.zeros(steps, np.float32)
+            bar = _Progress(epoch, epochs, steps, verbose)
+            custom_logs = None
+            part_sums = np.zeros(len(compiled.names)) if len(compiled.names) > 1 else None
+            for step in range(steps):
+                a, b = run.begin_step(step)   # this process's samples of the step, in epoch order
+                cbs.on_train_batch_begin(step, {})
+                if b > a:
+                    batch = feed.batch(a, b)
+                    xb = data.inputs.rebuild(batch[:n_in])
+                    ybs = _full_targets(data.ys, batch[n_in:])
+                    if custom:
+                        custom_logs = _logs_dict(model.train_step((xb, _user_targets(compiled, ybs))))
+                        loss = float(custom_logs.get("loss", 0.0))
+                    else:
+                        loss, preds = default_train_step(model, (xb, ybs),
+                                                         dev_losses[step:step + 1] if on_gpu else None)
+                        _update_metrics(compiled, preds, ybs)
+                        if part_sums is not None:
+                            part_sums += [0.0 if p is None else float(p.value) * (b - a) for p in compiled.last_parts]
+                else:
+                    loss = run.empty_step(model)
+                loss_sum += loss * (b - a)
+                sizes[step] = b - a
+                seen += b - a
+                if run.logs_due(step, bar):
+                    if custom_logs is not None:
+                        logs = dict(custom_logs)
+                    else:
+                        extra = float(dev_losses[:step + 1] @ xp.asarray(sizes[:step + 1])) if on_gpu else 0.0
+                        logs = run.logs(loss_sum + extra, seen, metrics)
+                    if not nan_warned and not math.isfinite(logs.get("loss", 0.0)):
+                        nan_warned = True
+                        _warn_nan(logs["loss"], epoch, step)
+                    cbs.on_train_batch_end(step, logs)
+                    bar.update(step + 1, logs)
+                if run.stop_after_step(model):
+                    break
+            if on_gpu:   # the one wait for the GPU per epoch
+                host_losses = run.fetch(dev_losses)
+                done = int(np.count_nonzero(sizes))
+                if not nan_warned and not np.isfinite(host_losses[:done]).all():
+                    nan_warned = True
+                    bad = int(np.argmin(np.isfinite(host_losses[:done])))
+                    _warn_nan(float(host_losses[bad]), epoch, bad)
+                loss_sum += float(host_losses[:done].astype(np.float64) @ sizes[:done])
+            logs = dict(custom_logs) if custom_logs is not None else run.logs(loss_sum, seen, metrics)
+            if part_sums is not None and not custom:
+                logs = _with_output_losses(compiled, logs, part_sums / max(seen, 1))
+            if not nan_warned and not math.isfinite(logs.get("loss", 0.0)):   # another rank's loss
+                nan_warned = True
+                _warn_nan(logs["loss"], epoch, steps - 1)
+            run.epoch_end(model)
+            if data.val is not None and (epoch + 1) % validation_freq == 0:
+                vin, vys = data.val
+                vals = run.evaluate(model, vin, vys, val_batch_size, _evaluate_arrays)
+                logs.update({"val_" + k: v for k, v in zip(_eval_names(model), vals)})
+            bar.finish(logs, time.perf_counter() - t0)
+            cbs.on_epoch_end(epoch, logs)
+            model.stop_training = run.any_rank(model.stop_training)
+            if model.stop_training:
+                break
+        cbs.on_train_end(logs if epochs > initial_epoch else None)
+    finally:
+        run.finish(model)
+    return history
+
+
+def _full_targets(ys, batch):
+    """The per-output target batches, None where an output has no loss."""
+    it = iter(batch)
+    return [None if t is None else next(it) for t in ys]
+
+
+def _user_targets(compiled, ybs):
+    return ybs[0] if len(ybs) == 1 else dict(zip(compiled.names, ybs))
+
+
+def _logs_dict(logs):
+    if not isinstance(logs, dict):
+        raise TypeError(f"train_step/test_step must return a dict of logs, got {type(logs).__name__}")
+    return {k: float(v.value if isinstance(v, Tensor) else v) for k, v in logs.items()}
+
+
+def _update_metrics(compiled, preds, ybs):
+    for ms, p, t in zip(compiled.metrics, preds, ybs):
+        for m in ms:
+            m.update(p, t)
+
+
+def _with_output_losses(compiled, logs, parts):
+    """Multi-output logs in Keras's order: loss, <output>_loss..., metrics."""
+    out = {"loss": logs["loss"]}
+    out.update({f"{k}_loss": float(v) for k, v, l in zip(compiled.names, parts, compiled.losses) if l is not None})
+    out.update({k: v for k, v in logs.items() if k != "loss"})
+    return out
+
+
+def _eval_names(model):
+    return model.compiled.log_names() if len(model.compiled.names) > 1 else \
+        ["loss"] + [m.name for m in model.compiled.metric_objects()]
+
+
+# ---------------------------------------------------------------------- evaluate / predict
+def evaluate(model, x, y, batch_size, verbose, sample_weight, return_dict):
+    model._require_compiled("evaluate")
+    if sample_weight is not None:
+        raise ValueError("evaluate: sample_weight is not supported yet")
+    batch_size = _check_batch_size(batch_size, "evaluate")
+    with model._guard("evaluate"):
+        inputs, ys = _prepare_xy(model, x, y, "evaluate")
+        values = _evaluate_arrays(model, inputs, ys, batch_size)
+    names = _eval_names(model)
+    if _verbosity(verbose):
+        print(" - ".join(f"{k}: {v:.4f}" for k, v in zip(names, values)), flush=True)
+    if return_dict:
+        return dict(zip(names, values))
+    return values[0] if len(values) == 1 else values
+
+
+def _evaluate_arrays(model, inputs, ys, batch_size):
+    """[loss, (per-output losses,) metrics...] over prepared data, in batches."""
+    compiled = model.compiled
+    metrics = [type(m).__new__(type(m)) for m in compiled.metric_objects()]
+    for m, src in zip(metrics, compiled.metric_objects()):
+        m.__dict__.update({k: v for k, v in src.__dict__.items() if not isinstance(v, np.ndarray)})
+        m.reset_state()
+    per_out = [metrics[sum(len(x) for x in compiled.metrics[:i]):][:len(ms)] for i, ms in enumerate(compiled.metrics)]
+    n = inputs.n
+    on_gpu = model.device != "cpu"
+    n_out = len(compiled.names)
+    feed = _Feed(inputs.arrays + [t for t in ys if t is not None], min(batch_size, n), model.device)
+    feed.start_epoch(None)
+    n_in = len(inputs.arrays)
+    custom = model._overrides("test_step")
+    totals = np.zeros(1 + (n_out if n_out > 1 else 0), np.float64)
+    st = _step_state(model, "test")
+    for i in range(0, n, batch_size):
+        j = min(i + batch_size, n)
+        batch = feed.batch(i, j)
+        xb = inputs.rebuild(batch[:n_in])
+        ybs = _full_targets(ys, batch[n_in:])
+        if custom:
+            logs = _logs_dict(model.test_step((xb, _user_targets(compiled, ybs))))
+            totals[0] += logs.get("loss", 0.0) * (j - i)
+            continue
+        with using_pool(st.pool):
+            y_pred = model(xb, training=False)
+            total, parts, preds = compiled.step_loss(y_pred, ybs, st.bufs)
+        totals[0] += float(total.value) * (j - i)
+        if n_out > 1:
+            totals[1:] += [0.0 if p is None else float(p.value) * (j - i) for p in parts]
+        for ms, p, t in zip(per_out, preds, ybs):
+            for m in ms:
+                m.update(p, t)
+    totals /= n
+    penalty = regularizers_mod.penalties(model._flat_layers(), grads=False) if model.trainable else 0.0   # as Keras
+    totals[0] += penalty
+    return [float(v) for v in totals] + [m.result() for m in metrics]
+
+
+def predict(model, x, batch_size, whole=False):
+    """Outputs for x in batches of batch_size (all at once with whole=True): numpy arrays in
+    the structure of the model's outputs."""
+    with model._guard("predict"):
+        inputs = _Inputs(model, x, "predict")
+        batch_size = inputs.n if whole else _check_batch_size(batch_size, "predict")
+        batch_size = max(1, batch_size)
+        if not model.built:
+            _bind_build_only(model, inputs)
+        model._consolidate()
+        feed = _Feed(inputs.arrays, min(batch_size, inputs.n), model.device)
+        feed.start_epoch(None)
+        st = _step_state(model, "predict")
+        outs, structure = None, None
+        for i in range(0, inputs.n, batch_size):
+            j = min(i + batch_size, inputs.n)
+            xb = inputs.rebuild(feed.batch(i, j))
+            with using_pool(st.pool):
+                y = model(xb, training=False)
+            leaves = node_mod.flatten(y)
+            if outs is None:
+                structure = y
+                outs = [np.empty((inputs.n,) + tuple(t.shape[1:]), t.dtype if t.dtype.kind != "f" else np.float32)
+                        for t in leaves]
+            for o, t in zip(outs, leaves):
+                v = t.value
+                o[i:j] = v if isinstance(v, np.ndarray) else v.get()
+    return _restructure(structure, outs)
+
+
+def _bind_build_only(model, inputs):
+    probe = inputs.rebuild([a[:1] for a in inputs.arrays])
+    model(probe, training=False)
+
+
+def _restructure(structure, leaves):
+    it = iter(leaves)
+    return node_mod.map_structure(lambda _: next(it), structure)
+
+
+def train_on_batch(model, x, y, return_dict):
+    model._require_compiled("train_on_batch")
+    with model._state_lock:
+        if model._readers or not model._busy.acquire(blocking=False):
+            raise RuntimeError("train_on_batch: this model is training or predicting in another thread")
+    try:
+        inputs = _Inputs(model, x, "train_on_batch")
+        _bind(model, inputs)
+        ys = _prepare_targets(model, inputs, y, "train_on_batch")
+        model.optimizer.build(model._params.size, [off for _, _, off, _ in model._slices] + [model._params.size],
+                              like=model._params)
+        xb = inputs.rebuild(_on_device(model, inputs.arrays))
+        ybs = _on_device(model, ys)
+        if model._overrides("train_step"):
+            logs = _logs_dict(model.train_step((xb, _user_targets(model.compiled, ybs))))
+        else:
+            metrics = model.compiled.fresh_metrics()
+            loss, preds = default_train_step(model, (xb, ybs))
+            _update_metrics(model.compiled, preds, ybs)
+            logs = {"loss": loss, **{m.name: m.result() for m in metrics}}
+    finally:
+        model._busy.release()
+    return logs if return_dict else (list(logs.values()) if len(logs) > 1 else next(iter(logs.values())))
+
+
+def test_on_batch(model, x, y, return_dict):
+    model._require_compiled("test_on_batch")
+    with model._guard("test_on_batch"):
+        inputs, ys = _prepare_xy(model, x, y, "test_on_batch")
+        values = _evaluate_arrays(model, inputs, ys, inputs.n)
+    names = _eval_names(model)
+    if return_dict:
+        return dict(zip(names, values))
+    return values if len(values) > 1 else values[0]
+
+
+def _on_device(model, arrays):
+    if model.device == "cpu":
+        return arrays
+    from kilnet.backend import to_device
+    return [None if a is None else to_device(a, model.device) for a in arrays]
+
+
+class _ArrayFeed:
+    """Hands out batches of one array pair (x[i:j], y[i:j] in epoch order) on the model's device.
 
     CPU: gathered with np.take into reused buffers. GPU: when x and y fit comfortably in free
     GPU memory they are copied there once and batches are gathered on the device (no transfer
@@ -678,7 +578,7 @@ class _Feed:
     def __init__(self, x, y, batch, device):
         self.x, self.y, self.device = x, y, device
         self.on_gpu = device != "cpu"
-        self.xb = np.empty((batch,) + x.shape[1:], np.float32)
+        self.xb = np.empty((batch,) + x.shape[1:], x.dtype)
         self.yb = None if y is None else np.empty((batch,) + y.shape[1:], y.dtype)
         self.resident = False
         if self.on_gpu:
@@ -690,7 +590,7 @@ class _Feed:
                 self.x_dev = cupy.asarray(x)
                 self.y_dev = None if y is None else cupy.asarray(y)
                 self.resident = True
-            self.xb_dev = cupy.empty(self.xb.shape, np.float32)
+            self.xb_dev = cupy.empty(self.xb.shape, x.dtype)
             self.yb_dev = None if y is None else cupy.empty(self.yb.shape, y.dtype)
 
     def start_epoch(self, order):
@@ -750,6 +650,7 @@ class _Buffers:
         return self._last[key]
 
 
+
 def _check_batch_size(batch_size, what):
     if batch_size is None:
         return 32
@@ -758,68 +659,9 @@ def _check_batch_size(batch_size, what):
     return int(batch_size)
 
 
-def _verbosity(verbose):
-    if verbose == "auto":
-        return 1
-    if verbose not in (0, 1, 2):
-        raise ValueError(f"verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
-    return verbose
+def _warn_nan(loss, epoch, step):
+    warnings.warn(f"fit: the loss became {loss} at epoch {epoch + 1}, batch {step}; the "
+                  "weights are no longer finite (add callbacks.TerminateOnNaN() to stop there)",
+                  RuntimeWarning, stacklevel=5)   # _warn_nan, train, trainer.fit, Model.fit, the caller
 
 
-class _Progress:
-    """Training feedback per epoch. verbose=1 on a terminal: a live tqdm bar (steps, ETA, running
-    loss and metrics; a plain refreshing line when tqdm is not installed). verbose=1 off a
-    terminal (CI logs) and verbose=2: one line per epoch. verbose=0: nothing."""
-
-    def __init__(self, epoch, epochs, steps, verbose):
-        self.verbose, self.steps = verbose, steps
-        self.live = verbose == 1 and sys.stdout.isatty()
-        self.t0 = self.last = time.perf_counter()
-        self.bar = None
-        if not verbose:
-            return
-        if self.live:
-            try:
-                from tqdm import tqdm   # imported only when a live bar is wanted
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
-                self.bar = tqdm(total=steps, desc=f"Epoch {epoch + 1}/{epochs}", unit="step",
-                                dynamic_ncols=True, leave=True, file=sys.stdout)
-                return
-        print(f"Epoch {epoch + 1}/{epochs}", flush=True)
-
-    def due(self, step) -> bool:
-        """Whether update() would redraw now (so the GPU loop only builds logs then)."""
-        return self.live and (time.perf_counter() - self.last >= 0.1 or step >= self.steps)
-
-    def update(self, step, logs):
-        if not self.live:
-            return
-        now = time.perf_counter()
-        if now - self.last < 0.1 and step < self.steps:
-            return
-        self.last = now
-        if self.bar is not None:
-            self.bar.n = step
-            self.bar.set_postfix_str(_fmt(logs), refresh=True)
-            return
-        eta = (now - self.t0) / step * (self.steps - step)
-        sys.stdout.write(f"\r{step}/{self.steps} - ETA: {eta:.0f}s - " + _fmt(logs))
-        sys.stdout.flush()
-
-    def finish(self, logs, seconds):
-        if not self.verbose:
-            return
-        per_step = seconds / max(self.steps, 1) * 1e3
-        msg = f"{self.steps}/{self.steps} - {seconds:.1f}s {per_step:.0f}ms/step - " + _fmt(logs)
-        if self.bar is not None:
-            self.bar.n = self.steps
-            self.bar.set_postfix_str(_fmt(logs), refresh=True)
-            self.bar.close()
-            return
-        print(("\r" if self.live else "") + msg, flush=True)
-
-
-def _fmt(logs):
-    return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())

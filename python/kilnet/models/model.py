@@ -1,0 +1,293 @@
+"""Model: a Layer that trains. Functional, Sequential and subclassed models all derive from it.
+
+A model holds no training loop (that is kilnet.trainers.trainer) and no graph logic (that is
+functional.py / sequential.py / the user's call()). What it owns:
+- the flat buffers: every trainable Variable below it becomes a view into one parameter buffer
+  and its gradient a view into one gradient buffer, so the optimizer is one fused call;
+- compile() state: optimizer, per-output losses and metrics (trainers/compile_utils.py);
+- the device it lives on (`to('cuda')`), weights, summary and saving entry points.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+
+import numpy as np
+
+from kilnet import optimizers as optimizers_mod
+from kilnet.backend import current_device, normalize_device, to_device, xp_of_device
+from kilnet.layers.base import Layer
+from kilnet.naming import unique_name
+from kilnet.trainers import trainer
+from kilnet.trainers.compile_utils import CompiledLoss
+
+__all__ = ["Model"]
+
+
+class Model(Layer):
+    """`Model(inputs, outputs)` builds a functional model; `class M(Model)` with layers made in
+    __init__ and a `call(inputs, training=None)` is a subclassed one (as in Keras)."""
+
+    _functional_cls = None   # kilnet.models.functional registers Functional here
+
+    def __new__(cls, *args, **kwargs):
+        if cls is Model and (args or "inputs" in kwargs or "outputs" in kwargs):
+            return object.__new__(Model._functional_cls)
+        return object.__new__(cls)
+
+    def __init__(self, *args, name=None, trainable=True, **kwargs):
+        if args:
+            raise TypeError(f"{type(self).__name__}() takes no positional arguments (did you mean "
+                            "kilnet.Model(inputs, outputs)?)")
+        kwargs.pop("dtype", None)
+        super().__init__(name=name or unique_name(_model_base_name(type(self))), trainable=trainable, **kwargs)
+        self.device = current_device()      # 'cpu' or 'cuda': where weights and steps live
+        self.optimizer = None
+        self.compiled = None                # CompiledLoss: losses, weights and metrics per output
+        self.history = None
+        self.stop_training = False
+        self._busy = threading.Lock()       # held while fit runs: predict/evaluate refuse then
+        self._state_lock = threading.Lock() # guards _readers
+        self._readers = 0                   # predict/evaluate calls running now: fit refuses then
+        self._layout_key = None
+        self._params = np.zeros(0, np.float32)
+        self._grads = np.zeros(0, np.float32)
+        self._slices: list = []
+        self._grad_sync = None    # kilnet.distributed.GradientSync while fit(distributed=True) runs
+        self._pools: dict = {}    # per thread and phase: the layers' per-call state (reused buffers)
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def layers(self) -> list:
+        return self._sublayers()
+
+    def get_layer(self, name=None, index=None) -> Layer:
+        layers = self.layers
+        if index is not None:
+            if not -len(layers) <= index < len(layers):
+                raise ValueError(f"get_layer: index {index} is out of range for {len(layers)} layers")
+            return layers[index]
+        for layer in layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"no layer named {name!r}; layers: {', '.join(l.name for l in layers)}")
+
+    def build(self, input_shape=None):
+        """Subclassed models build on their first call; Functional and Sequential override."""
+
+    def _input_names(self):
+        return None    # a subclassed model takes whatever structure its call() takes
+
+    def _check_input_arrays(self, arrays, what):
+        """Functional and Sequential models check the arrays against their input shapes."""
+
+    def _overrides(self, method) -> bool:
+        """Whether the model's class replaces Model.<method> (a custom train_step, say)."""
+        return getattr(type(self), method) is not getattr(Model, method)
+
+    def _output_names(self):
+        return None
+
+    # ------------------------------------------------------------------ device and flat buffers
+    def to(self, device):
+        """Move the model (weights, gradients, optimizer state) to 'cpu' or 'cuda'; returns the
+        model. fit/evaluate/predict keep taking numpy arrays and return numpy results."""
+        dev = normalize_device(device)
+        if dev == self.device:
+            return self
+        self.device = dev
+        self._pools = {}
+        for layer in self._flat_layers():
+            layer.device = dev if layer is not self else layer.device
+        if self.built:
+            self._layout_key = None
+            self._consolidate()
+        return self
+
+    def _consolidate(self) -> None:
+        """Move every trainable weight into one flat buffer (the layers keep views into it) and
+        every gradient into another, so the optimizer makes one call per step."""
+        layers = self._flat_layers()
+        variables = self._all_variables()
+        trainable = {id(v) for v in self.trainable_variables}
+        key = (self.device,) + tuple((id(v), id(v) in trainable) for v in variables)
+        if key == self._layout_key and all(getattr(l, "_store", None) is self for l in layers):
+            return
+        dev, xp = self.device, xp_of_device(self.device)
+        for layer in layers:
+            if layer is not self and (layer.device != dev or (dev != "cpu" and layer._xp is np)):
+                layer._move_to(dev)
+        train_vars = [v for v in variables if id(v) in trainable]
+        n = sum(math.prod(v.shape) for v in train_vars)
+        params = xp.empty(n, np.float32)
+        grads = xp.zeros(n, np.float32)
+        slices, off = [], 0
+        for v in train_vars:
+            size = math.prod(v.shape)
+            view = params[off:off + size].reshape(v.shape)
+            view[...] = to_device(v.value, dev)
+            setattr(v._owner, v._attr, view)
+            setattr(v._owner, "d" + v._attr, grads[off:off + size].reshape(v.shape))
+            slices.append((v._owner, v._attr, off, size))
+            off += size
+        # Frozen weights leave the flat buffer and get private storage again.
+        for v in variables:
+            if id(v) not in trainable:
+                setattr(v._owner, v._attr, to_device(v.value, dev).copy())
+        for layer in layers:
+            layer._store = self
+        self._params, self._grads, self._slices = params, grads, slices
+        self._layout_key = key
+        opt = self.optimizer
+        if opt is not None and any(s.size != n for s in opt.state.values()):
+            opt.state = {}
+        if opt is not None and opt.state:
+            opt.state = {k: to_device(s, dev) for k, s in opt.state.items()}
+
+    # ------------------------------------------------------------------ compile
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None,
+                weighted_metrics=None, run_eagerly=False, steps_per_execution=1, jit_compile="auto",
+                auto_scale_loss=True):
+        """Configure training: optimizer, loss(es) and metrics by object or Keras name; for
+        several outputs loss, loss_weights and metrics may be lists or dicts keyed by output."""
+        if weighted_metrics is not None:
+            raise ValueError("compile: weighted_metrics is not supported yet")
+        self.optimizer = optimizers_mod.get(optimizer)
+        self.compiled = CompiledLoss(loss, loss_weights, metrics)
+        if self.built:
+            self.compiled.bind(self)
+
+    def get_compile_config(self) -> dict | None:
+        """What compile() was given (as Keras 3's get_compile_config, unserialized)."""
+        if self.compiled is None:
+            return None
+        m = self.compiled.metric_spec
+        return {"optimizer": self.optimizer, "loss": self.compiled.loss_spec,
+                "loss_weights": self.compiled.weight_spec,
+                "metrics": [] if m is None else ([m] if isinstance(m, str) else m)}
+
+    @property
+    def loss(self):
+        """The compiled loss (one output), or the list of them."""
+        if self.compiled is None:
+            return None
+        return self.compiled.single_loss()
+
+    @property
+    def compiled_metrics(self) -> list:
+        return [] if self.compiled is None or not self.compiled.bound else self.compiled.metric_objects()
+
+    @property
+    def metrics(self) -> list:
+        """The loss tracker and the compiled metrics (what a custom train_step updates)."""
+        return [] if self.compiled is None else self.compiled.trackers(self)
+
+    @property
+    def metrics_names(self) -> list:
+        return [m.name for m in self.metrics]
+
+    def _require_compiled(self, what):
+        if self.compiled is None or self.optimizer is None:
+            raise RuntimeError(f"{what}: the model must be compiled first: model.compile(optimizer=..., loss=...)")
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The compiled loss of y_pred against y (a Tensor on the tape), as Keras 3's."""
+        self._require_compiled("compute_loss")
+        if sample_weight is not None:
+            raise ValueError("compute_loss: sample_weight is not supported yet")
+        if not self.compiled.bound:
+            self.compiled.bind(self, y_pred)
+        return self.compiled.loss_tensor(y_pred, y)
+
+    # ------------------------------------------------------------------ training entry points
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
+            sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
+            validation_batch_size=None, validation_freq=1, distributed=False):
+        """Train for `epochs` epochs; returns a History whose .history holds the per-epoch logs.
+        distributed=True: synchronous data parallelism over the ranks of an MPI job, batch_size
+        per rank (kilnet.distributed, docs/distributed.md); one process without MPI."""
+        return trainer.fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split,
+                           validation_data, shuffle, class_weight, sample_weight, initial_epoch,
+                           steps_per_epoch, validation_steps, validation_batch_size, validation_freq,
+                           distributed)
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
+                 steps=None, callbacks=None, return_dict=False):
+        """Loss and metrics on (x, y): a scalar when there are no metrics, else [loss, *metrics]."""
+        return trainer.evaluate(self, x, y, batch_size, verbose, sample_weight, return_dict)
+
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        """Outputs for x, computed in batches: a float32 numpy array (a list or dict of them for
+        several outputs)."""
+        return trainer.predict(self, x, batch_size)
+
+    def train_step(self, data):
+        """One optimizer step on a batch (x, y); returns the logs. Override it to customise
+        fit (as in Keras); the default is the fused step of kilnet.trainers.trainer."""
+        return trainer.default_train_step(self, data)
+
+    def test_step(self, data):
+        return trainer.default_test_step(self, data)
+
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
+        return trainer.train_on_batch(self, x, y, return_dict)
+
+    def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
+        return trainer.test_on_batch(self, x, y, return_dict)
+
+    def predict_on_batch(self, x):
+        return trainer.predict(self, x, None, whole=True)
+
+    @contextlib.contextmanager
+    def _guard(self, what):
+        """predict/evaluate may run from many threads at once (layer state is per thread),
+        but never while fit runs, and fit never starts while they run."""
+        with self._state_lock:
+            if self._busy.locked():
+                raise RuntimeError(f"{what}: this model is training in another thread; wait for fit to finish")
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._state_lock:
+                self._readers -= 1
+
+    # ------------------------------------------------------------------ weights and files
+    def count_params(self) -> int:
+        return int(sum(math.prod(v.shape) for v in self._all_variables()))
+
+    def set_weights(self, weights) -> None:
+        if not self.built:
+            raise ValueError("set_weights: build the model first (model.build(input_shape) or give input_shape=)")
+        weights = list(weights)
+        need = len(self._all_variables())
+        if len(weights) != need:
+            raise ValueError(f"set_weights: the model has {need} weight arrays, got {len(weights)}")
+        super().set_weights(weights)
+
+    def save(self, filepath, overwrite=True, include_optimizer=True) -> None:
+        """Write the model (architecture, weights, optimizer state) to an .h5 file, atomically."""
+        from kilnet.io import save_model
+        save_model(self, filepath, overwrite=overwrite, include_optimizer=include_optimizer)
+
+    def save_weights(self, filepath, overwrite=True) -> None:
+        from kilnet.io import save_model
+        save_model(self, filepath, overwrite=overwrite, include_optimizer=False)
+
+    def load_weights(self, filepath) -> None:
+        from kilnet.io import load_weights_into
+        load_weights_into(self, filepath)
+
+    def summary(self, print_fn=None, line_length=None, positions=None, expand_nested=False,
+                show_trainable=False, layer_range=None) -> None:
+        """Print the layers, their output shapes, parameter counts and (functional models)
+        the layers each is connected to, as Keras does."""
+        from kilnet.models.summary import print_summary
+        print_summary(self, print_fn or print)
+
+
+def _model_base_name(cls):
+    from kilnet.utils import snake_case
+    return "functional" if cls.__name__ == "Functional" else snake_case(cls.__name__)

@@ -1,0 +1,144 @@
+"""Sequential: a linear stack of layers, as a chain of calls on the one engine."""
+from __future__ import annotations
+
+from kilnet.engine.node import KerasTensor
+from kilnet.layers.base import Layer
+from kilnet.layers.core import InputLayer
+from kilnet.models.model import Model
+from kilnet.naming import unique_name
+
+__all__ = ["Sequential"]
+
+
+class Sequential(Model):
+    """`Sequential([Conv2D(...), Flatten(), Dense(10)])`."""
+
+    def __init__(self, layers=None, name=None, trainable=True):
+        super().__init__(name=name or unique_name("sequential"), trainable=trainable)
+        self.layers_list: list[Layer] = []
+        self._declared_input = None
+        self._auto_build = True   # build as soon as the input shape is known, as Keras does
+        if layers is not None:
+            if isinstance(layers, Layer):
+                layers = [layers]
+            for layer in layers:
+                self.add(layer)
+
+    @property
+    def layers(self) -> list:
+        return list(self.layers_list)
+
+    # ------------------------------------------------------------------ structure
+    def add(self, layer: Layer) -> None:
+        """Append a layer (an InputLayer only declares the input shape)."""
+        if isinstance(layer, KerasTensor):   # Sequential([kilnet.Input(shape), ...]) as in Keras 3
+            if self.layers_list:
+                raise ValueError("an Input can only come first in a Sequential model")
+            self._declared_input = tuple(layer.shape[1:])
+            return
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential.add expects a kilnet layer, got {type(layer).__name__}")
+        if isinstance(layer, InputLayer):
+            if self.layers_list:
+                raise ValueError("an InputLayer can only come first in a Sequential model")
+            self._declared_input = layer._input_shape
+            return
+        if any(l.name == layer.name for l in self.layers_list):
+            raise ValueError(f"a layer named {layer.name!r} is already in the model; layer names must be unique")
+        if not self.layers_list and layer._input_shape is not None:
+            self._declared_input = layer._input_shape
+        self.layers_list.append(layer)
+        self.built = False
+        if self._auto_build and self._declared_input is not None:
+            self.build()
+
+    def pop(self) -> Layer:
+        if not self.layers_list:
+            raise ValueError("pop: the model has no layers")
+        self.built = False
+        return self.layers_list.pop()
+
+    def build(self, input_shape=None, initialize=True) -> None:
+        """Create every layer's weights for inputs of shape (batch, *input_shape[1:]). Layers
+        without a shape rule (custom call()) build on the first call instead."""
+        if not self.layers_list:
+            raise ValueError("the model has no layers; add some before building it")
+        if input_shape is None:
+            if self._declared_input is None:
+                raise ValueError("the model does not know its input shape: pass input_shape= to the "
+                                 "first layer, or call fit/predict (which build from the data)")
+            input_shape = (None, *self._declared_input)
+        shape = (None, *tuple(input_shape)[1:])
+        for layer in self.layers_list:
+            if shape is None:
+                break
+            if layer.built and layer.input_shape is not None and tuple(layer.input_shape[1:]) != tuple(shape[1:]):
+                raise ValueError(f"layer {layer.name!r} was built for input {layer.input_shape} but now gets {shape}")
+            shape = layer.output_shape if layer.built else layer._build(shape, initialize=initialize)
+        self.input_shape = (None, *tuple(input_shape)[1:])
+        self.built = True
+        self._layout_key = None
+        self._consolidate()
+        if self.compiled is not None and not self.compiled.bound and self.output_shape is not None:
+            self.compiled.bind(self)
+
+    def _build(self, input_shape, initialize=True):
+        self.build(input_shape, initialize)
+        return self.output_shape
+
+    @property
+    def output_shape(self):
+        if not self.built or not self.layers_list:
+            return None
+        return self.layers_list[-1].output_shape
+
+    @output_shape.setter
+    def output_shape(self, value):   # Layer.__init__ assigns it
+        pass
+
+    def call(self, inputs, training=None):
+        h = inputs
+        for layer in self.layers_list:
+            h = layer(h, training=training)
+        return h
+
+    # ------------------------------------------------------------------ what the trainer asks
+    def _input_names(self):
+        return ["input_layer"]
+
+    def _output_names(self):
+        return [self.layers_list[-1].name] if self.layers_list else None
+
+    def _output_shapes(self):
+        return None if self.output_shape is None else [self.output_shape]
+
+    def _check_input_arrays(self, arrays, what):
+        x = arrays[0]
+        want = self.input_shape if self.built else (None, *self._declared_input) if self._declared_input else None
+        if want is not None and tuple(x.shape[1:]) != tuple(want[1:]):
+            raise ValueError(f"{what}: the model expects inputs of shape (batch, "
+                             f"{', '.join(map(str, want[1:]))}), got {x.shape}")
+        if not self.built:
+            self.build((None, *x.shape[1:]))
+
+    # ------------------------------------------------------------------ config
+    def get_config(self) -> dict:
+        from kilnet.io import layer_entry
+        entries = []
+        if self.built or self._declared_input is not None:
+            shape = self.input_shape if self.built else (None, *self._declared_input)
+            entries.append({"module": "keras.layers", "class_name": "InputLayer",
+                            "config": {"batch_shape": list(shape), "dtype": "float32", "sparse": False,
+                                       "name": "input_layer"}, "registered_name": None})
+        entries += [layer_entry(l) for l in self.layers_list]
+        cfg = {"name": self.name, "trainable": self.trainable,
+               "dtype": {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"},
+                         "registered_name": None}, "layers": entries}
+        if self.built:
+            cfg["build_input_shape"] = list(self.input_shape)
+        return cfg
+
+    def export_weights(self, filepath) -> None:
+        """Write layers and weights in the binary format C++ programs read (kilnet/export.py)."""
+        from kilnet.export import export_weights
+        export_weights(self, filepath)
