@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 
-__all__ = ["GradientTape", "Entry", "record", "recording", "current_walk", "backward"]
+__all__ = ["GradientTape", "Entry", "record", "recording", "current_walk", "backward", "walk_into_variables"]
 
 _local = threading.local()
 
@@ -48,8 +48,12 @@ def record(inputs, outputs, backward, layer=None) -> bool:
     tapes = getattr(_local, "tapes", None)
     if not tapes:
         return False
-    if not (any(t._rg for t in inputs) or (layer is not None and layer._has_trainable_weights())):
-        return False
+    for t in inputs:
+        if t._rg:
+            break
+    else:
+        if layer is None or not layer._has_trainable_weights():
+            return False
     e = Entry(inputs, outputs, backward, layer)
     for t in outputs:
         t._rg = True
@@ -197,48 +201,13 @@ def backward(entries, targets, seeds, sources=(), variables=(), zero_layers=Fals
                     for v in layer._own_trainable_variables():
                         v._grad_array().fill(0)
     src_ids = {id(s) for s in sources}
-    grads = {}
-    kept = {}
+    grads, kept = {}, {}
     for t, g in zip(targets, seeds):
         _acc(grads, t, g)
     prev = getattr(_local, "walk", None)
     _local.walk = walk
     try:
-        for e in reversed(entries):
-            outs = e.outputs
-            if len(outs) == 1:
-                o = outs[0]
-                g = grads.pop(id(o), None)
-                if g is None:
-                    continue
-                if id(o) in src_ids:
-                    kept[id(o)] = g.copy()
-            else:
-                g = [grads.pop(id(o), None) for o in outs]
-                if all(x is None for x in g):
-                    continue
-                for o, x in zip(outs, g):
-                    if x is not None and id(o) in src_ids:
-                        kept[id(o)] = x.copy()
-            ins = e.inputs
-            needs = tuple(t._rg for t in ins)
-            gin = e.backward(g, needs)
-            if e.layer is not None and on_layer_done is not None:
-                on_layer_done(e.layer)
-            handed = None
-            for t, gi, need in zip(ins, gin, needs):
-                if gi is None or not need:
-                    continue
-                if gi.shape != t.value.shape:   # a rule's slip would otherwise spread silently
-                    raise RuntimeError(f"internal: gradient of shape {gi.shape} for a tensor of shape {t.value.shape}")
-                # one array handed to two inputs (add's rule) must not be shared: fused
-                # backwards work on their gradient in place
-                if handed is None:
-                    handed = set()
-                elif id(gi) in handed:
-                    gi = gi.copy()
-                handed.add(id(gi))
-                _acc(grads, t, gi)
+        _walk(entries, grads, src_ids, kept, on_layer_done)
     finally:
         _local.walk = prev
     out = []
@@ -268,6 +237,79 @@ _tensor_type: list = []   # engine/tensor.py registers Tensor (it imports this m
 
 def register_tensor_type(cls) -> None:
     _tensor_type[:] = [cls]
+
+
+def walk_into_variables(entries, target, seed, variables_by_id, on_layer_done=None):
+    """The trainer's walk: every fused layer writes its weight gradients into the flat
+    gradient buffer (zeroed by the caller), and gradients that ops hand to Variables (layers
+    written with kilnet.ops) are added to the same views."""
+    grads = {id(target): seed}
+    prev = getattr(_local, "walk", None)
+    _local.walk = _Walk(None, True, on_layer_done)
+    try:
+        _walk(entries, grads, (), None, on_layer_done)
+    finally:
+        _local.walk = prev
+    for k, g in grads.items():   # what is left: gradients of leaves (inputs, Variables)
+        v = variables_by_id.get(k)
+        if v is not None:
+            buf = v._grad_array()
+            buf += g
+
+
+def _walk(entries, grads, src_ids, kept, on_layer_done):
+    """Entries last to first: each output gradient goes to its op's backward once, and what
+    comes back accumulates on the op's inputs (by identity)."""
+    pop = grads.pop
+    for e in reversed(entries):
+        outs = e.outputs
+        if len(outs) == 1:
+            o = outs[0]
+            g = pop(id(o), None)
+            if g is None:
+                continue
+            if src_ids and id(o) in src_ids:
+                kept[id(o)] = g.copy()
+        else:
+            g = [pop(id(o), None) for o in outs]
+            if all(x is None for x in g):
+                continue
+            if src_ids:
+                for o, x in zip(outs, g):
+                    if x is not None and id(o) in src_ids:
+                        kept[id(o)] = x.copy()
+        ins = e.inputs
+        if len(ins) == 1:   # most ops: no bookkeeping of shared arrays needed
+            t = ins[0]
+            need = t._rg
+            gin = e.backward(g, (need,))
+            if on_layer_done is not None and e.layer is not None:
+                on_layer_done(e.layer)
+            gi = gin[0]
+            if need and gi is not None:
+                _check_grad(gi, t)
+                _acc(grads, t, gi)
+            continue
+        needs = tuple(t._rg for t in ins)
+        gin = e.backward(g, needs)
+        if on_layer_done is not None and e.layer is not None:
+            on_layer_done(e.layer)
+        handed = set()
+        for t, gi, need in zip(ins, gin, needs):
+            if gi is None or not need:
+                continue
+            _check_grad(gi, t)
+            # one array handed to two inputs (add's rule) must not be shared: fused
+            # backwards work on their gradient in place
+            if id(gi) in handed:
+                gi = gi.copy()
+            handed.add(id(gi))
+            _acc(grads, t, gi)
+
+
+def _check_grad(g, t):
+    if g.shape != t.value.shape:   # a rule's slip would otherwise spread silently
+        raise RuntimeError(f"internal: gradient of shape {g.shape} for a tensor of shape {t.value.shape}")
 
 
 def _is_tensor(t) -> bool:

@@ -178,6 +178,20 @@ class Layer:
     def __call__(self, *args, **kwargs):
         """Run the layer on arrays or Tensors (a Tensor back), or on KerasTensors from
         kilnet.Input (a KerasTensor back: the functional API records a node)."""
+        if len(args) == 1 and type(args[0]) is Tensor and self.built and len(kwargs) <= 1 \
+                and args[0]._value.dtype == np.float32 and (not kwargs or "training" in kwargs):
+            # the common case inside a model (one float32 tensor): none of the structure handling
+            training = kwargs.get("training")
+            outer = _ctx.training
+            if training is None:
+                training = outer
+            _ctx.training = training
+            try:
+                if _accepts(type(self), "call", "training"):
+                    return self.call(args[0], training=training)
+                return self.call(args[0])
+            finally:
+                _ctx.training = outer
         if node_mod.any_symbolic(args, kwargs):
             return node_mod.symbolic_call(self, args, kwargs)
         if not args:
@@ -281,7 +295,12 @@ class Layer:
         return [v for v in self._own_variables() if v.trainable] if self.trainable else []
 
     def _has_trainable_weights(self) -> bool:
-        return self.trainable and any(s.trainable for s in self._specs)
+        if not self.trainable:
+            return False
+        for s in self._specs:
+            if s.trainable:
+                return True
+        return False
 
     def _all_variables(self) -> list:
         out, ids = [], set()

@@ -24,7 +24,7 @@ from kilnet.backend import xp_of_device
 from kilnet.callbacks import Callback, CallbackList, History
 from kilnet.engine import node as node_mod
 from kilnet.engine.state import StatePool, using_pool
-from kilnet.engine.tape import GradientTape, backward
+from kilnet.engine.tape import GradientTape, walk_into_variables
 from kilnet.engine.tensor import Tensor
 from kilnet.trainers.policy import _OneProcess, _verbosity
 from kilnet.trainers.progress import _Progress
@@ -126,7 +126,7 @@ class _StepState:
         self.bufs = _Buffers(xp)
         self.one = xp.ones((), np.float32)
         self.device = model.device
-        self.layout, self.train_vars, self.layers = object(), None, None
+        self.layout, self.variables, self.layers = object(), None, None
 
 
 def _step_state(model, phase) -> _StepState:
@@ -156,16 +156,18 @@ def default_train_step(model, data, loss_out=None):
     model._grads.fill(0.0)   # gradients accumulate: zero explicitly
     tape = st.tape
     tape._entries.clear()
+    if type(x) is np.ndarray or hasattr(x, "__cuda_array_interface__"):
+        x = Tensor(x)    # one input array: the model's call takes its fast path
     with using_pool(st.pool), tape:
         y_pred = model(x, training=True)
         total, parts, preds = model.compiled.step_loss(y_pred, ys, st.bufs, loss_out)
     sync = model._grad_sync    # distributed: starts each bucket's reduction once backward made it
     model.compiled.last_parts = parts
     if st.layout is not model._layout_key:   # what the step walks over, found once per layout
-        st.layout, st.train_vars, st.layers = model._layout_key, model.trainable_variables, model._flat_layers()
-    backward(tape._entries, [total], [st.one], st.train_vars, st.train_vars,
-             all_layers=True, keep_variable_grads=True,
-             on_layer_done=None if sync is None else sync.layer_object_done)
+        st.layout, st.layers = model._layout_key, model._flat_layers()
+        st.variables = {id(v): v for v in model.trainable_variables}
+    walk_into_variables(tape._entries, total, st.one, st.variables,
+                        None if sync is None else sync.layer_object_done)
     tape._entries.clear()
     if sync is not None:
         sync.finish()   # distributed: _grads now holds the global batch's gradient
