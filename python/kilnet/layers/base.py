@@ -30,7 +30,7 @@ from kilnet.backend import cpu as _cpu
 from kilnet.backend import to_device, xp_of_device
 from kilnet.engine import node as node_mod
 from kilnet.engine.state import call_state
-from kilnet.engine.tape import record
+from kilnet.engine.tape import current_walk, record
 from kilnet.engine.tensor import Tensor, Variable, cast
 from kilnet.naming import reset_name_counters, unique_name
 from kilnet.utils import snake_case
@@ -51,6 +51,8 @@ class _CallContext(threading.local):
 
 _ctx = _CallContext()
 _call_params: dict = {}
+_takes_training: dict = {}    # class -> whether its call() takes `training` (the fast path's cache)
+_F32 = np.dtype(np.float32)
 
 
 def _accepts(cls, fn_name, arg) -> bool:
@@ -179,19 +181,21 @@ class Layer:
         """Run the layer on arrays or Tensors (a Tensor back), or on KerasTensors from
         kilnet.Input (a KerasTensor back: the functional API records a node)."""
         if len(args) == 1 and type(args[0]) is Tensor and self.built and len(kwargs) <= 1 \
-                and args[0]._value.dtype == np.float32 and (not kwargs or "training" in kwargs):
+                and args[0]._value.dtype is _F32 and (not kwargs or "training" in kwargs):
             # the common case inside a model (one float32 tensor): none of the structure handling
             training = kwargs.get("training")
-            outer = _ctx.training
+            ctx = _ctx
+            outer = ctx.training
             if training is None:
                 training = outer
-            _ctx.training = training
+            ctx.training = training
             try:
-                if _accepts(type(self), "call", "training"):
-                    return self.call(args[0], training=training)
-                return self.call(args[0])
+                takes = _takes_training.get(type(self))
+                if takes is None:
+                    takes = _takes_training[type(self)] = _accepts(type(self), "call", "training")
+                return self.call(args[0], training=training) if takes else self.call(args[0])
             finally:
-                _ctx.training = outer
+                ctx.training = outer
         if node_mod.any_symbolic(args, kwargs):
             return node_mod.symbolic_call(self, args, kwargs)
         if not args:
@@ -238,7 +242,10 @@ class Layer:
 
     # Per-call state: what forward keeps for backward, and reusable buffers.
     def _state(self) -> dict:
-        st = getattr(self._local, "cur", None)
+        try:
+            st = self._local.cur
+        except AttributeError:
+            st = None
         if st is None:
             st = self._local.cur = {}
         return st
@@ -439,7 +446,6 @@ def fused_call(layer, x, training, forward=None, backward=None, st=None, **forwa
         prev = getattr(loc, "cur", None)
         loc.cur = st
         try:
-            from kilnet.engine.tape import current_walk
             walk = current_walk()
             need_dw = walk is None or walk.need_dw(layer)
             if not g.flags.c_contiguous or g.dtype != np.float32:

@@ -106,14 +106,19 @@ class _Feed:
     """Batches of several arrays (inputs, then targets) in one epoch order."""
 
     def __init__(self, arrays, batch, device):
-        self.feeds = [_ArrayFeed(a, None, batch, device) for a in arrays]
+        self.feeds = [_ArrayFeed(a, batch, device) for a in arrays]
+        self.device = device
 
     def start_epoch(self, order):
+        order_dev = None
+        if order is not None and any(f.resident for f in self.feeds):
+            import cupy
+            order_dev = cupy.asarray(order)
         for f in self.feeds:
-            f.start_epoch(order)
+            f.start_epoch(order, order_dev)
 
     def batch(self, i, j):
-        return [f.batch(i, j)[0] for f in self.feeds]
+        return [f.batch(i, j) for f in self.feeds]
 
 
 class _StepState:
@@ -571,65 +576,50 @@ def _on_device(model, arrays):
 
 
 class _ArrayFeed:
-    """Hands out batches of one array pair (x[i:j], y[i:j] in epoch order) on the model's device.
+    """Hands out batches of one array (x[i:j] in epoch order) on the model's device.
 
-    CPU: gathered with np.take into reused buffers. GPU: when x and y fit comfortably in free
-    GPU memory they are copied there once and batches are gathered on the device (no transfer
-    per step); otherwise each batch is gathered on the host and copied over."""
+    CPU: gathered with take into a reused buffer. GPU: when the array fits comfortably in free
+    GPU memory it is copied there once and batches are gathered on the device (no transfer per
+    step); otherwise each batch is gathered on the host and copied over."""
 
-    def __init__(self, x, y, batch, device):
-        self.x, self.y, self.device = x, y, device
+    def __init__(self, x, batch, device):
+        self.x, self.device = x, device
         self.on_gpu = device != "cpu"
         self.xb = np.empty((batch,) + x.shape[1:], x.dtype)
-        self.yb = None if y is None else np.empty((batch,) + y.shape[1:], y.dtype)
         self.resident = False
         if self.on_gpu:
             import cupy
             self.cp = cupy
             free, _ = cupy.cuda.runtime.memGetInfo()
-            need = x.nbytes + (0 if y is None else y.nbytes)
-            if need < 0.25 * free:
+            if x.nbytes < 0.25 * free:
                 self.x_dev = cupy.asarray(x)
-                self.y_dev = None if y is None else cupy.asarray(y)
                 self.resident = True
             self.xb_dev = cupy.empty(self.xb.shape, x.dtype)
-            self.yb_dev = None if y is None else cupy.empty(self.yb.shape, y.dtype)
 
-    def start_epoch(self, order):
-        """order: a permutation of the samples, or None for x's own order."""
-        self.order = order
-        if self.resident and order is not None:
-            self.order_dev = self.cp.asarray(order)
+    def start_epoch(self, order, order_dev=None):
+        """order: a permutation of the samples, or None for x's own order (order_dev: the same
+        on the GPU, made once for all arrays)."""
+        self.order, self.order_dev = order, order_dev
 
     def batch(self, i, j):
         k = j - i
         if self.resident:
             if self.order is None:
-                return self.x_dev[i:j], (None if self.y is None else self.y_dev[i:j])
-            idx = self.order_dev[i:j]
-            xb = self.cp.take(self.x_dev, idx, axis=0, out=self.xb_dev[:k])
-            yb = None if self.y is None else self.cp.take(self.y_dev, idx, axis=0, out=self.yb_dev[:k])
-            return xb, yb
+                return self.x_dev[i:j]
+            return self.cp.take(self.x_dev, self.order_dev[i:j], axis=0, out=self.xb_dev[:k])
         if self.order is None and not self.on_gpu:
-            return self.x[i:j], (None if self.y is None else self.y[i:j])
-        xb, yb = self.xb[:k], (None if self.y is None else self.yb[:k])
+            return self.x[i:j]
+        xb = self.xb[:k]
         if self.order is None:
             xb[...] = self.x[i:j]
-            if yb is not None:
-                yb[...] = self.y[i:j]
         else:
-            idx = self.order[i:j]
-            # mode='clip' (idx is always in range): with the default 'raise', numpy gathers into
-            # a temporary batch and copies it to out, an allocation per step
-            np.take(self.x, idx, axis=0, out=xb, mode="clip")
-            if yb is not None:
-                np.take(self.y, idx, axis=0, out=yb, mode="clip")
+            # mode='clip' (the indices are always in range): with the default 'raise', numpy
+            # gathers into a temporary batch and copies it to out, an allocation per step
+            self.x.take(self.order[i:j], axis=0, out=xb, mode="clip")
         if not self.on_gpu:
-            return xb, yb
+            return xb
         self.xb_dev[:k].set(xb)
-        if yb is not None:
-            self.yb_dev[:k].set(yb)
-        return self.xb_dev[:k], (None if yb is None else self.yb_dev[:k])
+        return self.xb_dev[:k]
 
 
 class _Buffers:
