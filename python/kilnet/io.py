@@ -20,7 +20,9 @@ import tempfile
 
 import numpy as np
 
-__all__ = ["save_model", "load_model", "model_from_config", "load_weights_into", "layer_entry"]
+from kilnet import serialization
+
+__all__ = ["save_model", "load_model", "model_from_config", "load_weights_into"]
 
 LAYOUT_KERAS_VERSION = "3.15.1"    # the Keras .h5 layout we follow
 MAX_WEIGHT_ELEMENTS = 1 << 31      # a single weight larger than this is refused as absurd
@@ -36,14 +38,6 @@ def _h5py():
     except ImportError as e:  # pragma: no cover - h5py is a dependency
         raise ImportError("saving and loading models needs h5py: pip install h5py") from e
     return h5py
-
-
-def layer_entry(layer) -> dict:
-    entry = {"module": "keras.layers", "class_name": type(layer).__name__, "config": layer.get_config(),
-             "registered_name": None}
-    if layer.built:
-        entry["build_config"] = {"input_shape": list(layer.input_shape)}
-    return entry
 
 
 # ---------------------------------------------------------------------------------- save
@@ -97,10 +91,11 @@ def _write_weights(g, model):
     g.attrs["keras_version"] = LAYOUT_KERAS_VERSION
     for layer in model.layers:
         lg = g.create_group(layer.name)
-        names = [f"{model.name}/{_weight_path(layer, s.attr)}" for s in layer._specs]
+        variables = layer.variables
+        names = [f"{model.name}/{_weight_path(layer, v.name)}" for v in variables]
         lg.attrs["weight_names"] = np.array([n.encode() for n in names], dtype="S")
-        for n, s in zip(names, layer._specs):
-            lg.create_dataset(n, data=_host(getattr(layer, s.attr)))
+        for n, v in zip(names, variables):
+            lg.create_dataset(n, data=_host(v.value))
     top = g.create_group("top_level_model_weights")
     top.attrs["weight_names"] = np.array([], dtype="S")
 
@@ -124,15 +119,19 @@ def _weight_path(layer, attr):
 
 
 def _named_slices(model):
-    """The flat buffer's (layer, weight, offset, size) with each weight under the model layer
-    Keras names it by (a TimeDistributed wrapper rather than the layer it wraps)."""
+    """(model layer, weight name, offset, size, shape) of each trainable Variable in the optimizer's
+    flat state, which follows model.trainable_variables; a weight is named under the model
+    layer that holds it (a TimeDistributed wrapper rather than the layer it wraps)."""
     top = {}
     for layer in model.layers:
-        top[id(layer)] = layer
-        inner = getattr(layer, "layer", None)
-        if inner is not None:
-            top.setdefault(id(inner), layer)
-    return [(top.get(id(owner), owner), attr, off, size) for owner, attr, off, size in model._slices]
+        for v in layer.variables:
+            top.setdefault(id(v), layer)
+    out, off = [], 0
+    for v in model.trainable_variables:
+        size = math.prod(v.shape)
+        out.append((top[id(v)], v.name, off, size, tuple(v.shape)))
+        off += size
+    return out
 
 
 def _write_optimizer(g, model):
@@ -141,10 +140,10 @@ def _write_optimizer(g, model):
     g.create_dataset(names[0], data=np.int64(opt.iterations))
     lr = opt.learning_rate(opt.iterations) if callable(opt.learning_rate) else opt.learning_rate
     g.create_dataset(names[1], data=np.float32(lr))
-    for layer, attr, off, size in _named_slices(model):
+    for layer, attr, off, size, shape in _named_slices(model):
         for slot, flat in opt.state.items():
             name = _slot_name(opt, model, layer, attr, slot)
-            g.create_dataset(name, data=_host(flat[off:off + size]).reshape(getattr(layer, attr).shape))
+            g.create_dataset(name, data=_host(flat[off:off + size]).reshape(shape))
             names.append(name)
     g.attrs["weight_names"] = np.array([n.encode() for n in names], dtype="S")
 
@@ -207,66 +206,24 @@ def _json_attr(f, key, path):
 
 
 def model_from_config(cfg):
-    """Rebuild a Sequential from its JSON config, accepting only registered layer types."""
-    from kilnet import layers as layers_mod
-    from kilnet.models import Sequential
-    if not isinstance(cfg, dict) or cfg.get("class_name") != "Sequential":
-        name = cfg.get("class_name") if isinstance(cfg, dict) else type(cfg).__name__
-        raise ModelFileError(f"load_model: only Sequential models are supported, the file holds {name!r}")
-    config = cfg.get("config")
-    if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
-        raise ModelFileError("load_model: model_config has no layer list")
-    name = config.get("name")
-    model = Sequential(name=name if isinstance(name, str) and name and "/" not in name else None)
-    model._auto_build = False   # built below without initializers
-    input_shape = config.get("build_input_shape")
-    for entry in config["layers"]:
-        if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
-            raise ModelFileError(f"load_model: malformed layer entry {str(entry)[:100]!r}")
-        cls_name = entry.get("class_name")
-        try:
-            cls = layers_mod.get(cls_name)
-        except ValueError as e:
-            raise ModelFileError(f"load_model: {e}") from None
-        lcfg = _known_args(cls, dict(entry["config"]))
-        try:
-            layer = cls.from_config(lcfg)
-        except (TypeError, ValueError) as e:
-            raise ModelFileError(f"load_model: layer {lcfg.get('name', '?')!r} ({cls_name}) has an invalid "
-                                 f"or unsupported config: {e}") from None
-        model.add(layer)
-    model._auto_build = True
-    if not model.layers:
-        raise ModelFileError("load_model: the model has no layers")
-    if input_shape is None:
-        input_shape = (None, *model._declared_input) if model._declared_input else None
-    if input_shape is None:
-        raise ModelFileError("load_model: the file does not say the model's input shape")
+    """A model from its JSON config {"class_name", "config"}: the class must be a registered
+    model type (kilnet.models registers Sequential), whose from_config checks the layers."""
+    if not isinstance(cfg, dict):
+        raise ModelFileError(f"load_model: model_config is a {type(cfg).__name__}, not an object")
     try:
-        shape = (None, *[int(s) for s in list(input_shape)[1:]])
-    except (TypeError, ValueError):
-        raise ModelFileError(f"load_model: bad input shape {input_shape!r}") from None
-    if any(s < 1 for s in shape[1:]) or math.prod(shape[1:]) > MAX_WEIGHT_ELEMENTS:
-        raise ModelFileError(f"load_model: absurd input shape {input_shape!r}")
-    # Weights are read from the file next: build without drawing from the random generator, so
-    # loading leaves the global random state (and a resumed fit's shuffling) untouched.
-    model.build(shape, initialize=False)
-    return model
-
-
-def _known_args(cls, config):
-    """Drop config keys the layer class does not take when their value is an inert default
-    (None, False, empty), as newer Keras versions add such keys (quantization_config, ...).
-    A key with a real value that kilnet does not implement is kept, so the constructor refuses
-    it by name."""
-    import inspect
-    accepted = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is not None:
-            accepted |= {p.name for p in inspect.signature(init).parameters.values()
-                         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return {k: v for k, v in config.items() if k in accepted or v not in (None, False, [], {})}
+        cls = serialization.get_class(cfg.get("class_name"), "model")
+        if not getattr(cls, "_is_model_class", False):
+            raise ValueError("")
+    except ValueError:
+        if cfg.get("class_name") == "Sequential":   # kilnet.models registers it on import
+            raise ModelFileError("load_model: Sequential is not registered; load through "
+                                 "kilnet.models.load_model") from None
+        raise ModelFileError(f"load_model: only Sequential models are supported, the file holds "
+                             f"{cfg.get('class_name')!r}") from None
+    try:
+        return cls.from_config(cfg.get("config"), initialize=False)
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(f"load_model: {e}") from None
 
 
 def _hard_group(parent, name, path):
@@ -333,7 +290,7 @@ def _read_weights(f, model, path, allow_nonfinite):
     g = _hard_group(f, "model_weights", path) if "model_weights" in f else f
     layer_names = [n.decode() if isinstance(n, bytes) else str(n)
                    for n in np.asarray(g.attrs.get("layer_names", [])).reshape(-1)]
-    with_weights = [l for l in model.layers if l._specs]
+    with_weights = [l for l in model.layers if l.variables]
     file_layers = [n for n in layer_names if n in g and _names_attr(g[n], path)]
     if len(file_layers) != len(with_weights):
         raise ModelFileError(f"load_model: {path} holds weights for {len(file_layers)} layers, the "
@@ -341,10 +298,11 @@ def _read_weights(f, model, path, allow_nonfinite):
     for layer, lname in zip(with_weights, file_layers):
         lg = _hard_group(g, lname, path)
         names = _names_attr(lg, path)
-        if len(names) != len(layer._specs):
+        variables = layer.variables
+        if len(names) != len(variables):
             raise ModelFileError(f"load_model: {path}: layer {lname!r} has {len(names)} weights, "
-                                 f"{layer.name!r} needs {len(layer._specs)}")
-        values = [_read_dataset(lg, n, s.shape, path, allow_nonfinite) for n, s in zip(names, layer._specs)]
+                                 f"{layer.name!r} needs {len(variables)}")
+        values = [_read_dataset(lg, n, v.shape, path, allow_nonfinite) for n, v in zip(names, variables)]
         layer.set_weights(values)
 
 
@@ -371,12 +329,12 @@ def _read_optimizer(g, model, path, allow_nonfinite):
     it = _read_dataset(g, f"{opt.name}/iteration", (), path, allow_nonfinite)
     if it < 0 or it != int(it) or it > 2**62:
         raise ModelFileError(f"load_model: {path}: bad optimizer iteration {it}")
-    model._consolidate()
-    opt.build(model._params.size, like=model._params)
+    params = model.flat_parameters()
+    opt.build(params.size, like=params)
     for slot, flat in opt.state.items():
-        for layer, attr, off, size in _named_slices(model):
+        for layer, attr, off, size, shape in _named_slices(model):
             name = _slot_name(opt, model, layer, attr, slot)
-            value = _read_dataset(g, name, getattr(layer, attr).shape, path, allow_nonfinite).reshape(-1)
+            value = _read_dataset(g, name, shape, path, allow_nonfinite).reshape(-1)
             if isinstance(flat, np.ndarray):
                 flat[off:off + size] = value
             else:   # state on the GPU

@@ -1,4 +1,5 @@
 """Layers with Keras names, arguments, defaults and weight layouts."""
+from kilnet import serialization
 from kilnet.layers.activation import Activation
 from kilnet.layers.base import Layer
 from kilnet.layers.conv import Conv2D
@@ -26,6 +27,7 @@ REGISTRY = {cls.__name__: cls for cls in (Dense, Conv2D, Flatten, Activation, In
                                           Dropout, BatchNormalization, Reshape, ZeroPadding2D,
                                           SimpleRNN, LSTM, GRU, TimeDistributed, Add, Subtract, Multiply, Average,
                                           Maximum, Minimum, Concatenate, Dot)}
+serialization.register(*REGISTRY.values())
 
 
 def get(class_name: str):

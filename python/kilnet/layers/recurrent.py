@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kilnet import initializers
+from kilnet import initializers, serialization
 from kilnet.engine.tensor import Tensor
 from kilnet.layers.base import Layer, fused_call
 from kilnet.layers.core import _refuse_unsupported
@@ -292,7 +292,7 @@ class TimeDistributed(Layer):
     def __init__(self, layer, **kwargs):
         super().__init__(**kwargs)
         if isinstance(layer, dict):
-            layer = _layer_from_entry(layer, f"TimeDistributed {self.name!r}")
+            layer = serialization.from_entry(layer, f"TimeDistributed {self.name!r}")
         if not isinstance(layer, Layer) or type(layer).__name__ not in self._WRAPPABLE:
             raise ValueError(f"TimeDistributed {self.name!r}: can wrap {', '.join(self._WRAPPABLE)}, "
                              f"got {type(layer).__name__}")
@@ -347,16 +347,4 @@ class TimeDistributed(Layer):
         return None if dx is None else dx.reshape(B, T, *dx.shape[1:])
 
     def get_config(self):
-        from kilnet.io import layer_entry
-        return {**super().get_config(), "layer": layer_entry(self.layer)}
-
-
-def _layer_from_entry(entry, who):
-    """A layer from Keras's serialized form {"class_name": ..., "config": {...}}, registered types
-    only, with the inert config keys newer Keras versions add dropped as load_model does."""
-    from kilnet import layers as layers_mod
-    from kilnet.io import _known_args
-    if not isinstance(entry.get("config"), dict):
-        raise ValueError(f"{who}: the wrapped layer's entry has no config dict")
-    cls = layers_mod.get(entry.get("class_name"))
-    return cls.from_config(_known_args(cls, dict(entry["config"])))
+        return {**super().get_config(), "layer": serialization.layer_entry(self.layer)}

@@ -30,6 +30,7 @@ class Model(Layer):
     __init__ and a `call(inputs, training=None)` is a subclassed one (as in Keras)."""
 
     _functional_cls = None   # kilnet.models.functional registers Functional here
+    _is_model_class = True   # what a model file may name (kilnet.serialization's registry)
 
     def __new__(cls, *args, **kwargs):
         if cls is Model and (args or "inputs" in kwargs or "outputs" in kwargs):
@@ -144,6 +145,12 @@ class Model(Layer):
             opt.state = {}
         if opt is not None and opt.state:
             opt.state = {k: to_device(s, dev) for k, s in opt.state.items()}
+
+    def flat_parameters(self):
+        """The one buffer holding every trainable weight (the optimizer's state follows its
+        layout, model.trainable_variables in order)."""
+        self._consolidate()
+        return self._params
 
     # ------------------------------------------------------------------ compile
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None,

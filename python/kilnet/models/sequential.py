@@ -1,6 +1,9 @@
 """Sequential: a linear stack of layers, as a chain of calls on the one engine."""
 from __future__ import annotations
 
+import math
+
+from kilnet import serialization
 from kilnet.engine.node import KerasTensor
 from kilnet.layers.base import Layer
 from kilnet.layers.core import InputLayer
@@ -8,6 +11,8 @@ from kilnet.models.model import Model
 from kilnet.naming import unique_name
 
 __all__ = ["Sequential"]
+
+_MAX_ELEMENTS = 1 << 31    # an input shape beyond this is refused as absurd
 
 
 class Sequential(Model):
@@ -122,8 +127,47 @@ class Sequential(Model):
             self.build((None, *x.shape[1:]))
 
     # ------------------------------------------------------------------ config
+    @classmethod
+    def from_config(cls, config, initialize=True):
+        """A Sequential from its config (what get_config and Keras write), registered layer
+        types only. initialize=False builds without drawing initial values (a loader sets the
+        weights next, and the global random state is left untouched)."""
+        if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+            raise ValueError("model_config has no layer list")
+        name = config.get("name")
+        model = cls(name=name if isinstance(name, str) and name and "/" not in name else None)
+        model._auto_build = False   # built below, once
+        for entry in config["layers"]:
+            if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+                raise ValueError(f"malformed layer entry {str(entry)[:100]!r}")
+            cls_name = entry.get("class_name")
+            layer_cls = serialization.get_class(cls_name)
+            lcfg = serialization.known_args(layer_cls, dict(entry["config"]))
+            try:
+                layer = layer_cls.from_config(lcfg)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"layer {lcfg.get('name', '?')!r} ({cls_name}) has an invalid "
+                                 f"or unsupported config: {e}") from None
+            model.add(layer)
+        model._auto_build = True
+        if not model.layers_list:
+            raise ValueError("the model has no layers")
+        input_shape = config.get("build_input_shape")
+        if input_shape is None and model._declared_input:
+            input_shape = (None, *model._declared_input)
+        if input_shape is None:
+            raise ValueError("the file does not say the model's input shape")
+        try:
+            shape = (None, *[int(s) for s in list(input_shape)[1:]])
+        except (TypeError, ValueError):
+            raise ValueError(f"bad input shape {input_shape!r}") from None
+        if any(s < 1 for s in shape[1:]) or math.prod(shape[1:]) > _MAX_ELEMENTS:
+            raise ValueError(f"absurd input shape {input_shape!r}")
+        model.build(shape, initialize=initialize)
+        return model
+
     def get_config(self) -> dict:
-        from kilnet.io import layer_entry
+        layer_entry = serialization.layer_entry
         entries = []
         if self.built or self._declared_input is not None:
             shape = self.input_shape if self.built else (None, *self._declared_input)
@@ -142,3 +186,6 @@ class Sequential(Model):
         """Write layers and weights in the binary format C++ programs read (kilnet/export.py)."""
         from kilnet.export import export_weights
         export_weights(self, filepath)
+
+
+serialization.register(Sequential)
