@@ -206,14 +206,4 @@ def _output_spec(layer, args, kwargs, shapes):
     def spec(t):
         v = t.value if isinstance(t, Tensor) else np.asarray(t)
         return ((None, *v.shape[1:]) if v.ndim else (), v.dtype.name)
-    return _leaf_map(spec, res)
-
-
-def _leaf_map(fn, v):
-    if isinstance(v, list):
-        return [_leaf_map(fn, x) for x in v]
-    if isinstance(v, tuple):
-        return tuple(_leaf_map(fn, x) for x in v)
-    if isinstance(v, dict):
-        return {k: _leaf_map(fn, x) for k, x in v.items()}
-    return fn(v)
+    return map_structure(spec, res)

@@ -207,18 +207,8 @@ def var(x, axis=None, keepdims=False):
 
 
 def std(x, axis=None, keepdims=False):
-    x, xp, axes = _reduce_prep(x, axis, "std", floating=True)
-    xv = x.value
-    n = _count(xv.shape, axes)
-    c = xv - xp.mean(xv, axis=axes, keepdims=True)
-    s = xp.sqrt(xp.mean(c * c, axis=axes, keepdims=True))
-    y = wrap(xp, s if keepdims else (s.reshape(()) if axes is None else xp.squeeze(s, axes)))
-    if x._rg:
-        def bw(g, needs):
-            gx = expand_reduced(xp, g, xv.shape, axes, keepdims)
-            return (grad_like(gx * c / (n * s), xv),)
-        record((x,), (y,), bw)
-    return y
+    """Population standard deviation: sqrt(var), its gradient by composition."""
+    return sqrt(var(x, axis=axis, keepdims=keepdims))
 
 
 def _extreme(x, axis, keepdims, initial, op, fn):
