@@ -242,3 +242,17 @@ def test_bad_input_errors():
         y = t * 2.0
     with pytest.raises(ValueError, match="not a scalar"):
         tape.gradient(y, [t])
+
+
+def test_compile_after_predict_and_custom_layer_in_sequential():
+    """A subclassed model used before compile binds its losses on the first batch; a Sequential
+    holding a layer with no shape rule builds on its first call."""
+    x, y = blobs(n=64)
+    model = MLP()
+    model.predict(x[:4])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    assert set(model.fit(x, y, epochs=1, verbose=0).history) == {"loss", "accuracy"}
+    seq = keras.Sequential([layers.Dense(8, input_shape=(12,)), Scale(), layers.Dense(3, activation="softmax")])
+    seq.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    seq.fit(x, y, epochs=1, verbose=0)
+    assert seq.predict(x[:2]).shape == (2, 3) and len(seq.trainable_variables) == 6

@@ -90,6 +90,9 @@ class Model(Layer):
     def _output_names(self):
         return None
 
+    def _output_shapes(self):
+        return None   # known up front for Functional and built Sequential models
+
     # ------------------------------------------------------------------ device and flat buffers
     def to(self, device):
         """Move the model (weights, gradients, optimizer state) to 'cpu' or 'cuda'; returns the
@@ -162,7 +165,7 @@ class Model(Layer):
             raise ValueError("compile: weighted_metrics is not supported yet")
         self.optimizer = optimizers_mod.get(optimizer)
         self.compiled = CompiledLoss(loss, loss_weights, metrics)
-        if self.built:
+        if self.built and self._output_shapes() is not None:   # else bound on the first batch
             self.compiled.bind(self)
 
     def get_compile_config(self) -> dict | None:

@@ -42,7 +42,7 @@ class CompiledLoss:
         """Resolve the specs for the model's outputs: names from model._output_names() (or
         output_1, ... from y_pred's structure for subclassed models) and output shapes."""
         names = model._output_names()
-        shapes = model._output_shapes() if hasattr(model, "_output_shapes") else None
+        shapes = model._output_shapes()
         if names is None or shapes is None:
             if y_pred is None:
                 raise RuntimeError("internal: a subclassed model binds its losses from a first prediction")
