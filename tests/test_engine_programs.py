@@ -256,3 +256,28 @@ def test_compile_after_predict_and_custom_layer_in_sequential():
     seq.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     seq.fit(x, y, epochs=1, verbose=0)
     assert seq.predict(x[:2]).shape == (2, 3) and len(seq.trainable_variables) == 6
+
+
+def test_symbolic_arithmetic_and_ops_on_keras_tensors():
+    """x + shortcut, ops.tanh(x) and indexing on KerasTensors record op nodes, as in Keras 3."""
+    torch = pytest.importorskip("torch")
+    i = keras.Input((6,))
+    d = layers.Dense(6, activation="relu")
+    h = ops.tanh(d(i) + i) * 2.0
+    out = h[:, :4]
+    model = keras.Model(i, out)
+    x = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
+    k, b = (torch.tensor(np.asarray(v), dtype=torch.float64, requires_grad=True) for v in model.get_weights())
+    tx = torch.tensor(x, dtype=torch.float64)
+    tout = (torch.tanh(torch.relu(tx @ k + b) + tx) * 2.0)[:, :4]
+    tout.sum().backward()
+    with keras.GradientTape() as tape:
+        y = model(x)
+        s = ops.sum(y)
+    gk, gb = tape.gradient(s, model.trainable_variables)
+    np.testing.assert_allclose(np.asarray(y), tout.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(gk), k.grad.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gb), b.grad.numpy(), rtol=1e-4, atol=1e-5)
+    assert [type(l).__name__ for l in model.layers] == ["InputLayer", "Dense"]
+    with pytest.raises(ValueError, match=r"add on symbolic input\(s\) of shape \(None, 6\) and \(None, 3\)"):
+        i + keras.Input((3,))

@@ -41,10 +41,17 @@ def _h5py():
 
 
 # ---------------------------------------------------------------------------------- save
-def save_model(model, filepath, overwrite=True, include_optimizer=True) -> None:
+def save_model(model, filepath, overwrite=True, include_optimizer=True, weights_only=False) -> None:
+    """The whole model (architecture, weights, optimizer state) or, with weights_only, the
+    weights alone (any model: save_weights)."""
     h5py = _h5py()
     from kilnet import __version__, losses, optimizers
     path = os.fspath(filepath)
+    class_name = type(model).__name__
+    if not weights_only and not any(c.__name__ == "Sequential" for c in type(model).__mro__):
+        raise NotImplementedError(f"save: kilnet writes the architecture of Sequential models only; this is a "
+                                  f"{class_name} model. Save its weights with model.save_weights(path) and "
+                                  "rebuild it in code (functional .h5/.keras files: issue 18)")
     if not model.built:
         raise ValueError("save: the model is not built yet (give input_shape= or call fit/build first)")
     if os.path.exists(path) and not overwrite:
@@ -54,11 +61,12 @@ def save_model(model, filepath, overwrite=True, include_optimizer=True) -> None:
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
-            f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": model.get_config()})
+            if not weights_only:
+                f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": model.get_config()})
             f.attrs["keras_version"] = LAYOUT_KERAS_VERSION
             f.attrs["kilnet_version"] = __version__
             f.attrs["backend"] = "kilnet"
-            if include_optimizer and model.optimizer is not None and model.loss is not None:
+            if not weights_only and include_optimizer and model.optimizer is not None and model.loss is not None:
                 cc = model.get_compile_config()
                 loss_id = cc["loss"]
                 f.attrs["training_config"] = json.dumps({   # the keys Keras 3 writes and reads back
@@ -69,7 +77,7 @@ def save_model(model, filepath, overwrite=True, include_optimizer=True) -> None:
                     "jit_compile": False,
                     "optimizer_config": optimizers.serialize(model.optimizer)})
             _write_weights(f.create_group("model_weights"), model)
-            if include_optimizer and model.optimizer is not None and model.optimizer.state:
+            if not weights_only and include_optimizer and model.optimizer is not None and model.optimizer.state:
                 _write_optimizer(f.create_group("optimizer_weights"), model)
         with open(tmp, "rb+") as fh:   # the bytes are on disk before the rename makes them visible
             os.fsync(fh.fileno())

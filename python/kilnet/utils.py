@@ -5,7 +5,7 @@ import random as _pyrandom
 
 import numpy as np
 
-__all__ = ["set_random_seed", "get_rng", "to_float32", "lookup", "snake_case"]
+__all__ = ["set_random_seed", "get_rng", "to_float32", "lookup", "snake_case", "to_categorical"]
 
 _rng = np.random.default_rng()
 
@@ -88,3 +88,25 @@ def lookup(kind: str, registry: dict, identifier):
         valid = ", ".join(sorted(k for k in registry if isinstance(k, str)))
         raise ValueError(f"unknown {kind} {identifier!r}; valid names: {valid}")
     return registry[key]
+
+
+def to_categorical(x, num_classes=None):
+    """Class indices to one-hot rows (float32), as keras.utils.to_categorical: the last axis of
+    size 1 is replaced by num_classes (default: max index + 1)."""
+    y = np.asarray(x)
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all() or (y != np.round(y)).any():
+            raise ValueError("to_categorical: x must hold whole class indices")
+    elif y.dtype.kind not in "iub":
+        raise TypeError(f"to_categorical: x must hold class indices, got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if y.ndim > 1 and y.shape[-1] == 1:
+        y = y.reshape(y.shape[:-1])
+    if y.size and y.min() < 0:
+        raise ValueError(f"to_categorical: negative class index {int(y.min())}")
+    n = int(num_classes) if num_classes is not None else (int(y.max()) + 1 if y.size else 0)
+    if y.size and y.max() >= n:
+        raise ValueError(f"to_categorical: class index {int(y.max())} is out of range for num_classes={n}")
+    out = np.zeros(y.shape + (n,), np.float32)
+    np.put_along_axis(out, y[..., None], 1.0, axis=-1)
+    return out

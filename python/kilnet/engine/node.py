@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from kilnet.engine import tensor as _tensor_ops
+from kilnet.engine.tape import pause_recording
 from kilnet.naming import unique_name
 
-__all__ = ["KerasTensor", "Node", "Input", "any_symbolic", "symbolic_call", "map_structure",
-           "map_shapes", "flatten"]
+__all__ = ["KerasTensor", "Node", "OpCall", "Input", "any_symbolic", "symbolic_call", "symbolic_op",
+           "map_structure", "map_shapes", "flatten"]
 
 
 class KerasTensor:
@@ -32,6 +34,20 @@ class KerasTensor:
     def __repr__(self):
         return f"<KerasTensor shape={self.shape}, dtype={self.dtype}, name={self.name}>"
 
+    # Arithmetic on symbolic tensors records op nodes (x + y, x * 2, -x, x @ w, x[:, 0]).
+    def __add__(self, o): return symbolic_op(_tensor_ops.add, "add", (self, o))
+    def __radd__(self, o): return symbolic_op(_tensor_ops.add, "add", (o, self))
+    def __sub__(self, o): return symbolic_op(_tensor_ops.subtract, "subtract", (self, o))
+    def __rsub__(self, o): return symbolic_op(_tensor_ops.subtract, "subtract", (o, self))
+    def __mul__(self, o): return symbolic_op(_tensor_ops.multiply, "multiply", (self, o))
+    def __rmul__(self, o): return symbolic_op(_tensor_ops.multiply, "multiply", (o, self))
+    def __truediv__(self, o): return symbolic_op(_tensor_ops.divide, "divide", (self, o))
+    def __rtruediv__(self, o): return symbolic_op(_tensor_ops.divide, "divide", (o, self))
+    def __matmul__(self, o): return symbolic_op(_tensor_ops.matmul, "matmul", (self, o))
+    def __pow__(self, o): return symbolic_op(_tensor_ops.power, "power", (self, o))
+    def __neg__(self): return symbolic_op(_tensor_ops.negative, "negative", (self,))
+    def __getitem__(self, idx): return symbolic_op(_tensor_ops.getitem, "getitem", (self, idx))
+
     def __array__(self, *a, **k):
         raise TypeError("a KerasTensor (from kilnet.Input) has no values: it only describes the inputs of a "
                         "functional model; build the model with kilnet.Model(inputs, outputs) and call it on data")
@@ -47,6 +63,35 @@ class Node:
     def __init__(self, layer, args, kwargs, outputs):
         self.layer, self.args, self.kwargs, self.outputs = layer, args, kwargs, outputs
         self.inputs = [t for t in flatten((args, kwargs)) if isinstance(t, KerasTensor)]
+
+
+class OpCall:
+    """A kilnet.ops function (or an operator) applied to KerasTensors: a graph node without a
+    layer and without weights; the functional model runs it like a layer call."""
+
+    def __init__(self, fn, name):
+        self.fn, self.name = fn, unique_name(name)
+        self._inbound_nodes: list = []
+
+    def __call__(self, *args, **kwargs):
+        kwargs.pop("training", None)
+        return self.fn(*args, **kwargs)
+
+    def count_params(self):
+        return 0
+
+
+def symbolic_op(fn, name, args, kwargs=None):
+    """Record fn(*args, **kwargs) on KerasTensors as a node; its output specs come from running
+    fn once on zeros (batch 1) with no tape."""
+    kwargs = kwargs or {}
+    op = OpCall(fn, name)
+    try:
+        spec = _trial_spec(op, args, kwargs)
+    except (ValueError, TypeError) as e:
+        shapes = [t.shape for t in flatten((args, kwargs)) if isinstance(t, KerasTensor)]
+        raise type(e)(f"{name} on symbolic input(s) of shape {' and '.join(map(str, shapes))}: {e}") from None
+    return _make_node(op, args, kwargs, spec)
 
 
 def Input(shape=None, batch_size=None, dtype=None, sparse=None, batch_shape=None, name=None, tensor=None,
@@ -135,8 +180,11 @@ def symbolic_call(layer, args, kwargs):
     except (ValueError, TypeError) as e:
         raise type(e)(f"layer {layer.name!r} ({type(layer).__name__}) called on input(s) of shape "
                       f"{_fmt_shapes(shapes)}: {e}") from None
+    return _make_node(layer, args, kwargs, out_spec)
+
+
+def _make_node(layer, args, kwargs, out_spec):
     node = Node(layer, args, kwargs, None)
-    outs = map_structure(lambda s: s, out_spec)
     counter = [0]
 
     def make(spec):
@@ -144,10 +192,9 @@ def symbolic_call(layer, args, kwargs):
         kt = KerasTensor(shape, dtype, name=layer.name, node=node, index=counter[0])
         counter[0] += 1
         return kt
-    outputs = _map_specs(make, outs)
-    node.outputs = outputs
+    node.outputs = _map_specs(make, out_spec)
     layer._inbound_nodes.append(node)
-    return outputs
+    return node.outputs
 
 
 def _fmt_shapes(shapes):
@@ -187,21 +234,21 @@ def _output_spec(layer, args, kwargs, shapes):
         if isinstance(out, list) and out and isinstance(out[0], (tuple, list)):
             return [(tuple(o), "float32") for o in out]
         return (tuple(out), "float32")
-    # No shape rule: run the call once on zeros (batch 1, unknown sizes 1) with no tape.
-    from kilnet.engine.tensor import Tensor
+    return _trial_spec(layer, args, kwargs)   # no shape rule: a trial run
+
+
+def _trial_spec(fn, args, kwargs):
+    """Nested (shape, dtype) specs of fn's output on zeros standing for the KerasTensors
+    (batch 1, unknown sizes 1), computed with no tape recording."""
+    Tensor = _tensor_ops.Tensor
 
     def zeros(t):
         if isinstance(t, KerasTensor):
             shape = tuple(1 if s is None else s for s in t.shape)
             return Tensor(np.zeros(shape, np.dtype(t.dtype)))
         return t
-    from kilnet.engine import tape as tape_mod
-    saved = getattr(tape_mod._local, "tapes", None)
-    tape_mod._local.tapes = []
-    try:
-        res = layer(*map_structure(zeros, list(args)), **map_structure(zeros, dict(kwargs)))
-    finally:
-        tape_mod._local.tapes = saved
+    with pause_recording():
+        res = fn(*map_structure(zeros, list(args)), **map_structure(zeros, dict(kwargs)))
 
     def spec(t):
         v = t.value if isinstance(t, Tensor) else np.asarray(t)

@@ -31,6 +31,18 @@ def recording() -> bool:
     return bool(getattr(_local, "tapes", None))
 
 
+class pause_recording:
+    """`with pause_recording():` nothing is recorded on this thread (shape inference runs)."""
+
+    def __enter__(self):
+        self.saved = getattr(_local, "tapes", None)
+        _local.tapes = []
+
+    def __exit__(self, *exc):
+        _local.tapes = self.saved
+        return False
+
+
 class Entry:
     """One recorded op. backward(g, needs) gets the output gradient (an array, or a list of
     arrays/None for several outputs) and a tuple saying which inputs need a gradient; it returns

@@ -8,6 +8,7 @@ add up; a Model used as a layer is one more node.
 from __future__ import annotations
 
 from kilnet.engine.node import KerasTensor, flatten, map_structure
+from kilnet.layers.base import Layer
 from kilnet.layers.core import InputLayer
 from kilnet.models.model import Model
 
@@ -34,7 +35,7 @@ class Functional(Model):
         self._input_layers = [InputLayer(shape=t.shape[1:], name=t.name) for t in self.inputs]
         layers, seen = list(self._input_layers), set()
         for node in self._nodes:
-            if id(node.layer) not in seen:
+            if id(node.layer) not in seen and isinstance(node.layer, Layer):   # not an op on tensors
                 seen.add(id(node.layer))
                 layers.append(node.layer)
         self._layers = layers

@@ -283,8 +283,9 @@ class Model(Layer):
         save_model(self, filepath, overwrite=overwrite, include_optimizer=include_optimizer)
 
     def save_weights(self, filepath, overwrite=True) -> None:
+        """The weights alone, in Keras's legacy .h5 weights layout (any model)."""
         from kilnet.io import save_model
-        save_model(self, filepath, overwrite=overwrite, include_optimizer=False)
+        save_model(self, filepath, overwrite=overwrite, include_optimizer=False, weights_only=True)
 
     def load_weights(self, filepath) -> None:
         from kilnet.io import load_weights_into

@@ -17,7 +17,8 @@ def print_summary(model, print_fn):
             outs = [t.shape for t in _flat(node.outputs)]
             shape = str(outs[0]) if len(outs) == 1 else str(outs)
             srcs = ", ".join(f"{t.node.layer.name if t.node else t.name}[0][{t.index}]" for t in node.inputs)
-            rows.append((f"{layer.name} ({type(layer).__name__})", shape, f"{layer.count_params():,}", srcs))
+            kind = "op" if not hasattr(layer, "variables") else type(layer).__name__
+            rows.append((f"{layer.name} ({kind})", shape, f"{layer.count_params():,}", srcs))
     else:
         for layer in model.layers:
             shape = str(layer.output_shape) if layer.built and layer.output_shape is not None else "?"

@@ -6,6 +6,7 @@ ValueError), returns a kilnet Tensor, and is recorded on a recording GradientTap
 needs a gradient. Python numbers stay weak scalars (float32 * 2.0 is float32); dtypes are kept
 (float64 stays float64). See docs/ops.md for the table of ops, gradients and kernels.
 """
+from kilnet.engine.node import any_symbolic, symbolic_op
 from kilnet.engine.tensor import add, cast, divide, matmul, multiply, negative, power, subtract
 from kilnet.ops.creation import (arange, convert_to_tensor, eye, full, full_like, ones, ones_like, zeros,
                                  zeros_like)
@@ -39,3 +40,19 @@ __all__ = [
     # creation
     "convert_to_tensor", "arange", "zeros", "ones", "full", "eye", "zeros_like", "ones_like", "full_like",
 ]
+
+
+def _symbolic_aware(name, fn):
+    """The op, which on KerasTensors (a functional model being built) records a graph node."""
+    def op(*args, **kwargs):
+        if any_symbolic(args, kwargs):
+            return symbolic_op(fn, name, args, kwargs)
+        return fn(*args, **kwargs)
+    op.__name__, op.__qualname__, op.__doc__, op.__wrapped__ = fn.__name__, fn.__qualname__, fn.__doc__, fn
+    return op
+
+
+for _name in __all__:
+    if _name not in ("shape", "convert_to_tensor", "arange", "zeros", "ones", "full", "eye"):
+        globals()[_name] = _symbolic_aware(_name, globals()[_name])
+del _name
