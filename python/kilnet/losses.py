@@ -199,9 +199,9 @@ def loss_op(loss, y_pred, y_true, probs=None, grad=None, out=None):
     fused = (logits is not None and not loss.from_logits and loss.fuses_with == logits[0])
     src = logits[1] if fused else y_pred
     sv = src.value
+    xp = np if type(sv) is np.ndarray else xp_for(sv)
     if sv.dtype != np.float32 or not sv.flags.c_contiguous:
-        sv = xp_for(sv).ascontiguousarray(sv, dtype=np.float32)
-    xp = xp_for(sv)
+        sv = xp.ascontiguousarray(sv, dtype=np.float32)
     if grad is None:
         grad = xp.empty(sv.shape, np.float32)
     if fused:

@@ -52,6 +52,26 @@ def act_backward_inplace(name, y, dy):
     return dy
 
 
+class _Activated(Tensor):
+    """activation(logits), computed on first read: in fit a fused cross-entropy reads only the
+    logits (`_keras_logits`), so the softmax is not computed twice per step."""
+    __slots__ = ("_act", "_z", "_buf")
+
+    def __init__(self, act, z, buf):
+        Tensor.__init__(self, None)
+        self._act, self._z, self._buf = act, z, buf
+        self._keras_logits = (act, z)
+
+    @property
+    def value(self):
+        v = self._value
+        if v is None:
+            y = self._buf
+            y[...] = self._z.value
+            v = self._value = act_forward_inplace(self._act, y)
+        return v
+
+
 class ActivatedLayer(Layer):
     """A layer whose output is activation(linear part)."""
 
@@ -72,16 +92,13 @@ class ActivatedLayer(Layer):
             return fused_call(self, inputs, training)
         st = call_state(self)
         z = fused_call(self, inputs, training, self.forward_linear, self.backward_linear, st)
-        zv = z.value
+        n = z.value.shape[0]
         y = st.get("act")
-        if y is None or y.shape[1:] != zv.shape[1:] or y.shape[0] < zv.shape[0]:
-            y = st["act"] = self._xp.empty(zv.shape, np.float32)
-        y = y[:zv.shape[0]]
-        y[...] = zv
-        out = Tensor(act_forward_inplace(self.activation, y))
-        out._keras_logits = (self.activation, z)
+        if y is None or y.shape[1:] != z.value.shape[1:] or y.shape[0] < n:
+            y = st["act"] = self._xp.empty(z.value.shape, np.float32)
+        out = _Activated(self.activation, z, y[:n])
         name = self.activation
-        record((z,), (out,), lambda g, needs: (act_backward_inplace(name, y, g),))
+        record((z,), (out,), lambda g, needs: (act_backward_inplace(name, out.value, g),))
         return out
 
     def forward(self, x, training=False):

@@ -429,7 +429,7 @@ def fused_call(layer, x, training, forward=None, backward=None, st=None, **forwa
         raise TypeError(f"layer {layer.name!r} takes one input tensor, got {type(x).__name__}")
     xv = x.value
     if not xv.flags.c_contiguous:
-        x = cast(Tensor(layer._xp.ascontiguousarray(xv)), np.float32) if not x._rg else _contiguous(x)
+        x = _contiguous(x)
         xv = x.value
     if st is None:
         st = call_state(layer)
@@ -448,7 +448,7 @@ def fused_call(layer, x, training, forward=None, backward=None, st=None, **forwa
         try:
             walk = current_walk()
             need_dw = walk is None or walk.need_dw(layer)
-            if not g.flags.c_contiguous or g.dtype != np.float32:
+            if g.dtype is not _F32 or not g.flags.c_contiguous:
                 g = layer._xp.ascontiguousarray(g, dtype=np.float32)
             return (backward(g, needs[0], need_dw),)
         finally:

@@ -161,7 +161,7 @@ class CompiledLoss:
                 parts.append(None)
                 outs.append(p.value)
                 continue
-            shape = p.shape
+            shape = (p._keras_logits[1] if p._keras_logits is not None else p).shape   # not reading p
             lt, pred = losses_mod.loss_op(loss, p, t, bufs.get(("probs", i), shape, shape[0]), bufs.get(("grad", i), shape, shape[0]),
                                           loss_out if len(self.names) == 1 else None)
             parts.append(lt)
