@@ -683,16 +683,20 @@ def _data_digest(x, y, k=4096):
     return h.hexdigest()[:16]
 
 
-def _evaluate_sharded(model, x, ys, batch_size, evaluate_fn):
+def _evaluate_sharded(model, prepared, batch_size, evaluate_fn):
     """Validation figures over all ranks: each evaluates its contiguous slice, then a sum.
-    x: the trainer's inputs (arrays and structure), ys: prepared targets per output."""
+    prepared: the trainer's inputs (arrays and structure), prepared targets per output and
+    sample weights per output (or None)."""
     import copy
+    x, ys, sws = prepared
     n = x.n
     a, b = n * _S.rank // _S.size, n * (_S.rank + 1) // _S.size
     if b > a:
         part = copy.copy(x)
         part.arrays, part.n = [arr[a:b] for arr in x.arrays], b - a
-        vals = evaluate_fn(model, part, [None if t is None else t[a:b] for t in ys], batch_size)
+        vals = evaluate_fn(model, (part, [None if t is None else t[a:b] for t in ys],
+                                   None if sws is None else [None if w is None else w[a:b] for w in sws]),
+                           batch_size)
     else:
         vals = [0.0] * (1 + len(model.compiled_metrics))
     tot = _reduce_sum([v * (b - a) for v in vals])
@@ -793,8 +797,8 @@ class _Rank(_OneProcess):
     def epoch_end(self, model):
         average_non_trainable(model)
 
-    def evaluate(self, model, x, y, batch_size, evaluate_fn):
-        return _evaluate_sharded(model, x, y, batch_size, evaluate_fn)
+    def evaluate(self, model, prepared, batch_size, evaluate_fn):
+        return _evaluate_sharded(model, prepared, batch_size, evaluate_fn)
 
     def finish(self, model):
         model._grad_sync = None

@@ -66,22 +66,32 @@ class Loss:
         activation(logits), grad the gradient with respect to the logits."""
         raise NotImplementedError
 
+    def per_sample(self, y_pred, y_true, logits=False):
+        """The loss of each sample (float64, shape (batch,)), whose mean is compute()'s value:
+        what sample weights scale. logits: y_pred are the logits of the fused activation."""
+        raise NotImplementedError
+
     def __call__(self, y_true, y_pred, sample_weight=None):
         """Keras's call order: loss(y_true, y_pred). On a Tensor (inside a GradientTape) the
-        loss is a differentiable scalar Tensor; on arrays a float."""
-        if sample_weight is not None:
-            raise ValueError(f"{self.name}: sample_weight is not supported yet")
+        loss is a differentiable scalar Tensor; on arrays a float. sample_weight (batch,):
+        sum(weight * per-sample loss) / batch, as Keras's 'sum_over_batch_size'."""
         if isinstance(y_pred, Tensor):
             yv = y_pred.value
             yt = y_true.value if isinstance(y_true, Tensor) else y_true
             if not isinstance(yt, np.ndarray) and hasattr(yt, "get"):
                 yt = yt.get()
             target = self.prepare_targets(yt, (None,) + tuple(yv.shape[1:]))
+            sw = check_sample_weight(sample_weight, yv.shape[0], self.name)
             if not isinstance(yv, np.ndarray):
                 target = xp_for(yv).asarray(target)
-            return loss_op(self, y_pred, target)[0]
+                sw = None if sw is None else xp_for(yv).asarray(sw)
+            return loss_op(self, y_pred, target, sample_weight=sw)[0]
         y_pred = np.ascontiguousarray(y_pred, dtype=np.float32)
-        return float(self.compute(y_pred, self.prepare_targets(y_true, (None,) + y_pred.shape[1:])))
+        target = self.prepare_targets(y_true, (None,) + y_pred.shape[1:])
+        sw = check_sample_weight(sample_weight, y_pred.shape[0], self.name)
+        if sw is None:
+            return float(self.compute(y_pred, target))
+        return float(np.dot(self.per_sample(y_pred, target), sw) / y_pred.shape[0])
 
     def get_config(self):
         return {"name": self.name, "reduction": "sum_over_batch_size"}
@@ -93,12 +103,21 @@ class MeanSquaredError(Loss):
     def compute(self, y_pred, y_true, grad=None, out=None):
         return kernels_for(y_pred).mse(y_pred, y_true, grad, **_out(out))
 
+    def per_sample(self, y_pred, y_true, logits=False):
+        xp = xp_for(y_pred)
+        d = y_pred.astype(np.float64) - y_true
+        return _rows_mean(xp, d * d)
+
 
 class MeanAbsoluteError(Loss):
     name = "mean_absolute_error"
 
     def compute(self, y_pred, y_true, grad=None, out=None):
         return kernels_for(y_pred).mae(y_pred, y_true, grad, **_out(out))
+
+    def per_sample(self, y_pred, y_true, logits=False):
+        xp = xp_for(y_pred)
+        return _rows_mean(xp, xp.abs(y_pred.astype(np.float64) - y_true))
 
 
 class BinaryCrossentropy(Loss):
@@ -113,6 +132,16 @@ class BinaryCrossentropy(Loss):
 
     def compute(self, y_pred, y_true, grad=None, out=None):
         return kernels_for(y_pred).binary_crossentropy(y_pred, y_true, self.from_logits, grad, **_out(out))
+
+    def per_sample(self, y_pred, y_true, logits=False):
+        xp = xp_for(y_pred)
+        x = y_pred.astype(np.float64)
+        if logits or self.from_logits:
+            v = xp.maximum(x, 0.0) - x * y_true + xp.log1p(xp.exp(-xp.abs(x)))
+        else:
+            pc = xp.clip(x, _EPS, _ONE_MINUS_EPS)
+            v = -(y_true * xp.log(pc) + (1.0 - y_true) * xp.log(1.0 - pc))
+        return _rows_mean(xp, v)
 
     def compute_from_logits(self, logits, y_true, probs, grad, out=None):
         loss = kernels_for(logits).binary_crossentropy(logits, y_true, True, grad, **_out(out))
@@ -131,6 +160,16 @@ class CategoricalCrossentropy(Loss):
         if self.from_logits:
             return kernels_for(y_pred).softmax_crossentropy(y_pred, target=y_true, grad=grad, **_out(out))
         return kernels_for(y_pred).categorical_crossentropy(y_pred, y_true, grad, **_out(out))
+
+    def per_sample(self, y_pred, y_true, logits=False):
+        xp = xp_for(y_pred)
+        x = y_pred.astype(np.float64)
+        if logits or self.from_logits:
+            v = (y_true * (_logsumexp(xp, x) - x)).sum(axis=-1)
+        else:
+            q = xp.clip(x / x.sum(axis=-1, keepdims=True), _EPS, _ONE_MINUS_EPS)
+            v = -(y_true * xp.log(q)).sum(axis=-1)
+        return _rows_mean(xp, v)
 
     def compute_from_logits(self, logits, y_true, probs, grad, out=None):
         return kernels_for(logits).softmax_crossentropy(logits, target=y_true, probs=probs, grad=grad, **_out(out))
@@ -170,11 +209,57 @@ class SparseCategoricalCrossentropy(Loss):
             return kernels_for(y_pred).softmax_crossentropy(y_pred, labels=y_true, grad=grad, **_out(out))
         return kernels_for(y_pred).sparse_categorical_crossentropy(y_pred, y_true, grad, **_out(out))
 
+    def per_sample(self, y_pred, y_true, logits=False):
+        xp = xp_for(y_pred)
+        x = y_pred.astype(np.float64)
+        picked = xp.take_along_axis(x, xp.asarray(y_true)[..., None], axis=-1)[..., 0]
+        if logits or self.from_logits:
+            v = _logsumexp(xp, x)[..., 0] - picked
+        else:
+            v = -xp.log(xp.clip(picked / x.sum(axis=-1), _EPS, _ONE_MINUS_EPS))
+        return _rows_mean(xp, v)
+
     def compute_from_logits(self, logits, y_true, probs, grad, out=None):
         return kernels_for(logits).softmax_crossentropy(logits, labels=y_true, probs=probs, grad=grad, **_out(out))
 
     def get_config(self):
         return {**super().get_config(), "from_logits": self.from_logits}
+
+
+_EPS = float(np.float32(1e-7))
+_ONE_MINUS_EPS = float(np.float32(1 - 1e-7))   # float32 Keras's bound (1 - 2**-23), as the kernels
+
+
+def _rows_mean(xp, v):
+    """Mean over every axis but the batch axis."""
+    return v.reshape(v.shape[0], -1).mean(axis=1) if v.ndim > 1 else v
+
+
+def _logsumexp(xp, x):
+    m = x.max(axis=-1, keepdims=True)
+    return m + xp.log(xp.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def check_sample_weight(sample_weight, n, what):
+    """sample_weight as a float32 (n,) array (None stays None); a clear error otherwise."""
+    if sample_weight is None:
+        return None
+    if isinstance(sample_weight, Tensor):
+        sample_weight = sample_weight.value
+    if hasattr(sample_weight, "get") and not isinstance(sample_weight, (np.ndarray, dict)):
+        sample_weight = sample_weight.get()
+    sw = np.asarray(sample_weight)
+    if sw.dtype.kind not in "fiub":
+        raise TypeError(f"{what}: sample_weight must be numeric, got dtype {sw.dtype}")
+    if sw.ndim == 2 and sw.shape[1] == 1:
+        sw = sw[:, 0]
+    if sw.ndim != 1 or sw.shape[0] != n:
+        raise ValueError(f"{what}: sample_weight must have shape ({n},) (one weight per sample), "
+                         f"got shape {sw.shape}")
+    sw = sw.astype(np.float32)
+    if not np.isfinite(sw).all() or (sw < 0).any():
+        raise ValueError(f"{what}: sample_weight must be finite and non-negative")
+    return sw
 
 
 _ALIASES = {
@@ -188,12 +273,14 @@ _CLASSES = {c.__name__: c for c in (MeanSquaredError, MeanAbsoluteError, BinaryC
                                     CategoricalCrossentropy, SparseCategoricalCrossentropy)}
 
 
-def loss_op(loss, y_pred, y_true, probs=None, grad=None, out=None):
+def loss_op(loss, y_pred, y_true, probs=None, grad=None, out=None, sample_weight=None):
     """The mean loss of y_pred (a Tensor) against prepared targets, as a tape op. When y_pred is
     the softmax/sigmoid output the loss fuses with (its tensor remembers the logits), the loss
     is computed from the logits and its gradient goes straight to them: p - y, exact for any
     logits. probs/grad: reusable buffers (the trainer's); out: a (1,) GPU array that receives the
     loss on the device (the value is then that array, and the step never waits for the GPU).
+    sample_weight: a checked (batch,) float32 array on y_pred's device: the loss becomes
+    sum(w * per-sample loss) / batch and the gradient of each sample is scaled by its weight.
     Returns (loss Tensor, predictions for metrics)."""
     logits = y_pred._keras_logits
     fused = (logits is not None and not loss.from_logits and loss.fuses_with == logits[0])
@@ -212,6 +299,15 @@ def loss_op(loss, y_pred, y_true, probs=None, grad=None, out=None):
     else:
         val = loss.compute(sv, y_true, grad, out=out)
         pred = sv
+    if sample_weight is not None:
+        # The kernels give the mean and its gradient; weights scale both per sample.
+        w = sample_weight.reshape((-1,) + (1,) * (grad.ndim - 1))
+        grad *= w
+        weighted = (loss.per_sample(sv, y_true, logits=fused) @ sample_weight.astype(np.float64)) / sv.shape[0]
+        if out is not None:
+            out[...] = weighted
+        else:
+            val = float(weighted)
     value = out.reshape(()) if out is not None else np.array(val, np.float32)
     t = Tensor(value)
     dtype = src.value.dtype

@@ -32,8 +32,15 @@ class Metric:
         """Per-sample values for one batch (targets already prepared by the loss)."""
         raise NotImplementedError
 
-    def update(self, y_pred, y_true):
+    def update(self, y_pred, y_true, sample_weight=None):
         v = self.batch_values(y_pred, y_true)
+        if sample_weight is not None:
+            # Keras's weighted mean: sum(w * value) / sum(w), a sample's weight on each of its values
+            xp = xp_for(v)
+            w = xp.broadcast_to(xp.asarray(sample_weight, np.float64).reshape((-1,) + (1,) * (v.ndim - 1)), v.shape)
+            self.total += float((v * w).sum())
+            self.count += float(w.sum())
+            return
         if is_cuda_array(v):   # no float(): that would wait for the GPU every batch
             s = v.sum(dtype="float64")
             self._dev_total = s if self._dev_total is None else self._dev_total + s
@@ -41,9 +48,9 @@ class Metric:
             self.total += float(v.sum())
         self.count += int(v.size)
 
-    def update_state(self, y_true, y_pred):
+    def update_state(self, y_true, y_pred, sample_weight=None):
         """Keras's call order."""
-        self.update(np.asarray(y_pred, np.float32), np.asarray(y_true))
+        self.update(np.asarray(y_pred, np.float32), np.asarray(y_true), sample_weight)
 
     def result(self) -> float:
         if self._dev_total is not None:
@@ -79,9 +86,9 @@ class SparseCategoricalAccuracy(Metric):
         xp = xp_for(y_pred)
         return xp.argmax(y_pred, axis=-1) == xp.asarray(y_true).reshape(y_pred.shape[:-1])
 
-    def update(self, y_pred, y_true):   # batch_values without the temporaries
-        if is_cuda_array(y_pred):
-            return super().update(y_pred, y_true)
+    def update(self, y_pred, y_true, sample_weight=None):   # batch_values without the temporaries
+        if is_cuda_array(y_pred) or sample_weight is not None:
+            return super().update(y_pred, y_true, sample_weight)
         self._count_hits(_argmax_rows(self, "_pred", y_pred), np.asarray(y_true).reshape(-1))
 
 
@@ -92,9 +99,9 @@ class CategoricalAccuracy(Metric):
         xp = xp_for(y_pred)
         return xp.argmax(y_pred, axis=-1) == xp.argmax(y_true, axis=-1)
 
-    def update(self, y_pred, y_true):   # batch_values without the temporaries
-        if is_cuda_array(y_pred):
-            return super().update(y_pred, y_true)
+    def update(self, y_pred, y_true, sample_weight=None):   # batch_values without the temporaries
+        if is_cuda_array(y_pred) or sample_weight is not None:
+            return super().update(y_pred, y_true, sample_weight)
         self._count_hits(_argmax_rows(self, "_pred", y_pred), _argmax_rows(self, "_true", y_true))
 
 

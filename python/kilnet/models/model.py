@@ -161,10 +161,8 @@ class Model(Layer):
                 auto_scale_loss=True):
         """Configure training: optimizer, loss(es) and metrics by object or Keras name; for
         several outputs loss, loss_weights and metrics may be lists or dicts keyed by output."""
-        if weighted_metrics is not None:
-            raise ValueError("compile: weighted_metrics is not supported yet")
         self.optimizer = optimizers_mod.get(optimizer)
-        self.compiled = CompiledLoss(loss, loss_weights, metrics)
+        self.compiled = CompiledLoss(loss, loss_weights, metrics, weighted_metrics)
         if self.built and self._output_shapes() is not None:   # else bound on the first batch
             self.compiled.bind(self)
 
@@ -175,7 +173,8 @@ class Model(Layer):
         m = self.compiled.metric_spec
         return {"optimizer": self.optimizer, "loss": self.compiled.loss_spec,
                 "loss_weights": self.compiled.weight_spec,
-                "metrics": [] if m is None else ([m] if isinstance(m, str) else m)}
+                "metrics": [] if m is None else ([m] if isinstance(m, str) else m),
+                "weighted_metrics": self.compiled.weighted_spec}
 
     @property
     def loss(self):
@@ -204,11 +203,9 @@ class Model(Layer):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The compiled loss of y_pred against y (a Tensor on the tape), as Keras 3's."""
         self._require_compiled("compute_loss")
-        if sample_weight is not None:
-            raise ValueError("compute_loss: sample_weight is not supported yet")
         if not self.compiled.bound:
             self.compiled.bind(self, y_pred)
-        return self.compiled.loss_tensor(y_pred, y)
+        return self.compiled.loss_tensor(y_pred, y, sample_weight)
 
     # ------------------------------------------------------------------ training entry points
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
@@ -242,10 +239,10 @@ class Model(Layer):
         return trainer.default_test_step(self, data)
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
-        return trainer.train_on_batch(self, x, y, return_dict)
+        return trainer.train_on_batch(self, x, y, return_dict, sample_weight, class_weight)
 
     def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
-        return trainer.test_on_batch(self, x, y, return_dict)
+        return trainer.test_on_batch(self, x, y, return_dict, sample_weight)
 
     def predict_on_batch(self, x):
         return trainer.predict(self, x, None, whole=True)

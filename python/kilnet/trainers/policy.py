@@ -56,8 +56,9 @@ class _OneProcess:
     def epoch_end(self, model):
         pass
 
-    def evaluate(self, model, x, y, batch_size, evaluate_fn):
-        return evaluate_fn(model, x, y, batch_size)
+    def evaluate(self, model, prepared, batch_size, evaluate_fn):
+        """prepared: (inputs, targets per output, sample weights per output or None)."""
+        return evaluate_fn(model, prepared, batch_size)
 
     def finish(self, model):
         pass

@@ -20,6 +20,7 @@ import warnings
 import numpy as np
 
 from kilnet import regularizers as regularizers_mod
+from kilnet.losses import check_sample_weight
 from kilnet.backend import xp_of_device
 from kilnet.callbacks import Callback, CallbackList, History
 from kilnet.engine import node as node_mod
@@ -154,9 +155,10 @@ def _bind(model, inputs):
 
 # ---------------------------------------------------------------------- the steps
 def default_train_step(model, data, loss_out=None):
-    """One optimizer step on a prepared batch (x structure, list of prepared targets);
-    returns (loss or None on the GPU with loss_out, predictions per output)."""
-    x, ys = data
+    """One optimizer step on a prepared batch (x structure, list of prepared targets[, list of
+    per-output sample weights]); returns (loss or None on the GPU with loss_out, predictions
+    per output)."""
+    x, ys, sws = data if len(data) == 3 else (*data, None)
     st = _step_state(model, "train")
     model._grads.fill(0.0)   # gradients accumulate: zero explicitly
     tape = st.tape
@@ -165,7 +167,7 @@ def default_train_step(model, data, loss_out=None):
         x = Tensor(x)    # one input array: the model's call takes its fast path
     with using_pool(st.pool), tape:
         y_pred = model(x, training=True)
-        total, parts, preds = model.compiled.step_loss(y_pred, ys, st.bufs, loss_out)
+        total, parts, preds = model.compiled.step_loss(y_pred, ys, st.bufs, loss_out, sws)
     sync = model._grad_sync    # distributed: starts each bucket's reduction once backward made it
     model.compiled.last_parts = parts
     if st.layout is not model._layout_key:   # what the step walks over, found once per layout
@@ -185,11 +187,11 @@ def default_train_step(model, data, loss_out=None):
 
 
 def default_test_step(model, data, loss_out=None):
-    x, ys = data
+    x, ys, sws = data if len(data) == 3 else (*data, None)
     st = _step_state(model, "test")
     with using_pool(st.pool):
         y_pred = model(x, training=False)
-        total, _, preds = model.compiled.step_loss(y_pred, ys, st.bufs, loss_out)
+        total, _, preds = model.compiled.step_loss(y_pred, ys, st.bufs, loss_out, sws)
     return (None if loss_out is not None and model.device != "cpu" else float(total.value)), preds
 
 
@@ -199,8 +201,6 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
         class_weight, sample_weight, initial_epoch, steps_per_epoch, validation_steps, validation_batch_size,
         validation_freq, distributed):
     model._require_compiled("fit")
-    if class_weight is not None or sample_weight is not None:
-        raise ValueError("fit: class_weight and sample_weight are not supported yet")
     if steps_per_epoch is not None or validation_steps is not None:
         raise ValueError("fit: steps_per_epoch/validation_steps are not supported (pass arrays)")
     batch_size = _check_batch_size(batch_size, "fit")
@@ -213,9 +213,11 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
             raise RuntimeError("fit: this model is already training or predicting in another thread; "
                                "fit and predict/evaluate cannot run at the same time on one model")
     try:
-        data = _prepare_fit(model, x, y, float(validation_split), validation_data)
+        data = _prepare_fit(model, x, y, float(validation_split), validation_data, sample_weight, class_weight)
         run = None
         if distributed:
+            if data.sws is not None:
+                raise ValueError("fit: sample_weight/class_weight are not supported with distributed=True")
             from kilnet import distributed as dist
             run = dist.prepare_fit(model, data, batch_size, int(epochs), int(initial_epoch), shuffle)
         return train(model, run or _OneProcess(data.n, batch_size), data, batch_size, int(epochs), verbose,
@@ -225,14 +227,60 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
 
 
 class _FitData:
-    """fit's data after checks: the inputs, prepared targets per output, validation split."""
+    """fit's data after checks: the inputs, prepared targets per output, sample weights per
+    output (or None), validation split (inputs, targets, sample weights)."""
 
-    def __init__(self, inputs, ys, val):
-        self.inputs, self.ys, self.val = inputs, ys, val
+    def __init__(self, inputs, ys, val, sws=None):
+        self.inputs, self.ys, self.val, self.sws = inputs, ys, val, sws
         self.n = inputs.n
 
     def arrays(self):
-        return self.inputs.arrays + [y for y in self.ys if y is not None]
+        return _batch_arrays(self.inputs, self.ys, self.sws)
+
+
+def _batch_arrays(inputs, ys, sws):
+    """What a feed hands out per batch: inputs, the targets of outputs with a loss, then the
+    sample weights of those outputs (when given)."""
+    extra = [] if sws is None else [w if w is not None else np.ones(inputs.n, np.float32)
+                                    for w, y in zip(sws, ys) if y is not None]
+    return inputs.arrays + [y for y in ys if y is not None] + extra
+
+
+def _split_batch(batch, n_in, ys, sws):
+    """(x arrays, per-output targets, per-output sample weights or None) of one fed batch."""
+    k = sum(y is not None for y in ys)
+    ybs = _full_targets(ys, batch[n_in:n_in + k])
+    swb = None if sws is None else _full_targets(ys, batch[n_in + k:])
+    return batch[:n_in], ybs, swb
+
+
+def _sample_weights(model, ys_raw, n, sample_weight, class_weight, what):
+    """Per-output sample weights from sample_weight and/or class_weight (Keras: a dict
+    class index -> weight; one output only; the class of a one-hot row is its argmax)."""
+    compiled = model.compiled
+    sws = compiled.split_sample_weights(sample_weight, n, what)
+    if class_weight is None:
+        return sws
+    if not isinstance(class_weight, dict):
+        raise TypeError(f"{what}: class_weight must be a dict {{class index: weight}}, got {type(class_weight).__name__}")
+    if len(compiled.names) > 1:
+        raise ValueError(f"{what}: class_weight is only supported for models with a single output")
+    if sample_weight is not None:
+        raise ValueError(f"{what}: pass class_weight or sample_weight, not both")
+    y = as_numpy(ys_raw[0], "y")
+    if y.ndim > 1:
+        y = np.argmax(y, axis=-1) if y.shape[-1] != 1 else y[..., 0]
+    if y.ndim != 1:
+        raise ValueError(f"{what}: class_weight needs one class per sample (targets of shape {y.shape})")
+    try:
+        table = {int(k): float(v) for k, v in class_weight.items()}
+    except (TypeError, ValueError):
+        raise TypeError(f"{what}: class_weight keys must be class indices and values numbers") from None
+    cls = np.round(y).astype(np.int64)
+    w = np.ones(n, np.float32)
+    for c, v in table.items():
+        w[cls == c] = v
+    return [check_sample_weight(w, n, what)]
 
 
 def _prepare_targets(model, inputs, y, what):
@@ -247,21 +295,27 @@ def _prepare_targets(model, inputs, y, what):
     return model.compiled.prepare_targets(ys)
 
 
-def _prepare_xy(model, x, y, what):
+def _prepare_xy(model, x, y, what, sample_weight=None, class_weight=None):
+    """(inputs, prepared targets per output, sample weights per output or None)."""
     inputs = _Inputs(model, x, what)
     _bind(model, inputs)
-    return inputs, _prepare_targets(model, inputs, y, what)
+    ys = _prepare_targets(model, inputs, y, what)
+    if sample_weight is None and class_weight is None:
+        return inputs, ys, None
+    raw = model.compiled.split_targets(y, what)
+    return inputs, ys, _sample_weights(model, raw, inputs.n, sample_weight, class_weight, what)
 
 
-def _prepare_fit(model, x, y, validation_split, validation_data):
+def _prepare_fit(model, x, y, validation_split, validation_data, sample_weight=None, class_weight=None):
     """Check and convert the data, split off the validation set, lay out the flat parameter
     buffer and build the optimizer and metrics."""
-    inputs, ys = _prepare_xy(model, x, y, "fit")
+    inputs, ys, sws = _prepare_xy(model, x, y, "fit", sample_weight, class_weight)
     val = None
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-            raise ValueError("fit: validation_data must be a tuple (x_val, y_val)")
-        val = _prepare_xy(model, validation_data[0], validation_data[1], "fit (validation_data)")
+            raise ValueError("fit: validation_data must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight_val)")
+        vsw = validation_data[2] if len(validation_data) == 3 else None
+        val = _prepare_xy(model, validation_data[0], validation_data[1], "fit (validation_data)", vsw)
     elif validation_split > 0:
         n = inputs.n
         n_val = int(n * validation_split)
@@ -269,14 +323,16 @@ def _prepare_fit(model, x, y, validation_split, validation_data):
             raise ValueError(f"fit: validation_split={validation_split} leaves no training or validation samples")
         cut = n - n_val       # Keras takes the last samples, before shuffling
         vin = _Sliced(inputs, cut, n)
-        val = (vin, [None if t is None else t[cut:] for t in ys])
+        val = (vin, [None if t is None else t[cut:] for t in ys],
+               None if sws is None else [None if w is None else w[cut:] for w in sws])
         inputs = _Sliced(inputs, 0, cut)
         ys = [None if t is None else t[:cut] for t in ys]
+        sws = None if sws is None else [None if w is None else w[:cut] for w in sws]
     model._consolidate()
     # Where each weight starts in the flat buffer: clipnorm clips each weight on its own.
     model.optimizer.build(model._params.size, [off for _, _, off, _ in model._slices] + [model._params.size],
                           like=model._params)
-    return _FitData(inputs, ys, val)
+    return _FitData(inputs, ys, val, sws)
 
 
 class _Sliced:
@@ -339,16 +395,15 @@ def train(model, run, data, batch_size, epochs, verbose, callbacks, shuffle, ini
                 a, b = run.begin_step(step)   # this process's samples of the step, in epoch order
                 cbs.on_train_batch_begin(step, {})
                 if b > a:
-                    batch = feed.batch(a, b)
-                    xb = data.inputs.rebuild(batch[:n_in])
-                    ybs = _full_targets(data.ys, batch[n_in:])
+                    xs, ybs, swb = _split_batch(feed.batch(a, b), n_in, data.ys, data.sws)
+                    xb = data.inputs.rebuild(xs)
                     if custom:
-                        custom_logs = _logs_dict(model.train_step((xb, _user_targets(compiled, ybs))))
+                        custom_logs = _logs_dict(model.train_step(_user_data(compiled, xb, ybs, swb)))
                         loss = float(custom_logs.get("loss", 0.0))
                     else:
-                        loss, preds = default_train_step(model, (xb, ybs),
+                        loss, preds = default_train_step(model, (xb, ybs, swb),
                                                          dev_losses[step:step + 1] if on_gpu else None)
-                        _update_metrics(compiled, preds, ybs)
+                        compiled.update_metrics(metrics, preds, ybs, swb)
                         if part_sums is not None:
                             part_sums += [0.0 if p is None else float(p.value) * (b - a) for p in compiled.last_parts]
                 else:
@@ -385,8 +440,7 @@ def train(model, run, data, batch_size, epochs, verbose, callbacks, shuffle, ini
                 _warn_nan(logs["loss"], epoch, steps - 1)
             run.epoch_end(model)
             if data.val is not None and (epoch + 1) % validation_freq == 0:
-                vin, vys = data.val
-                vals = run.evaluate(model, vin, vys, val_batch_size, _evaluate_arrays)
+                vals = run.evaluate(model, data.val, val_batch_size, _evaluate_arrays)
                 logs.update({"val_" + k: v for k, v in zip(_eval_names(model), vals)})
             bar.finish(logs, time.perf_counter() - t0)
             cbs.on_epoch_end(epoch, logs)
@@ -409,16 +463,17 @@ def _user_targets(compiled, ybs):
     return ybs[0] if len(ybs) == 1 else dict(zip(compiled.names, ybs))
 
 
+def _user_data(compiled, xb, ybs, swb):
+    """What a custom train_step/test_step gets: (x, y), or (x, y, sample_weight) as in Keras."""
+    if swb is None:
+        return xb, _user_targets(compiled, ybs)
+    return xb, _user_targets(compiled, ybs), _user_targets(compiled, swb)
+
+
 def _logs_dict(logs):
     if not isinstance(logs, dict):
         raise TypeError(f"train_step/test_step must return a dict of logs, got {type(logs).__name__}")
     return {k: float(v.value if isinstance(v, Tensor) else v) for k, v in logs.items()}
-
-
-def _update_metrics(compiled, preds, ybs):
-    for ms, p, t in zip(compiled.metrics, preds, ybs):
-        for m in ms:
-            m.update(p, t)
 
 
 def _with_output_losses(compiled, logs, parts):
@@ -437,12 +492,9 @@ def _eval_names(model):
 # ---------------------------------------------------------------------- evaluate / predict
 def evaluate(model, x, y, batch_size, verbose, sample_weight, return_dict):
     model._require_compiled("evaluate")
-    if sample_weight is not None:
-        raise ValueError("evaluate: sample_weight is not supported yet")
     batch_size = _check_batch_size(batch_size, "evaluate")
     with model._guard("evaluate"):
-        inputs, ys = _prepare_xy(model, x, y, "evaluate")
-        values = _evaluate_arrays(model, inputs, ys, batch_size)
+        values = _evaluate_arrays(model, _prepare_xy(model, x, y, "evaluate", sample_weight), batch_size)
     names = _eval_names(model)
     if _verbosity(verbose):
         print(" - ".join(f"{k}: {v:.4f}" for k, v in zip(names, values)), flush=True)
@@ -451,18 +503,18 @@ def evaluate(model, x, y, batch_size, verbose, sample_weight, return_dict):
     return values[0] if len(values) == 1 else values
 
 
-def _evaluate_arrays(model, inputs, ys, batch_size):
-    """[loss, (per-output losses,) metrics...] over prepared data, in batches."""
+def _evaluate_arrays(model, prepared, batch_size):
+    """[loss, (per-output losses,) metrics...] over prepared data (inputs, targets, sample
+    weights or None), in batches."""
+    inputs, ys, sws = prepared
     compiled = model.compiled
     metrics = [type(m).__new__(type(m)) for m in compiled.metric_objects()]
     for m, src in zip(metrics, compiled.metric_objects()):
         m.__dict__.update({k: v for k, v in src.__dict__.items() if not isinstance(v, np.ndarray)})
         m.reset_state()
-    per_out = [metrics[sum(len(x) for x in compiled.metrics[:i]):][:len(ms)] for i, ms in enumerate(compiled.metrics)]
     n = inputs.n
-    on_gpu = model.device != "cpu"
     n_out = len(compiled.names)
-    feed = _Feed(inputs.arrays + [t for t in ys if t is not None], min(batch_size, n), model.device)
+    feed = _Feed(_batch_arrays(inputs, ys, sws), min(batch_size, n), model.device)
     feed.start_epoch(None)
     n_in = len(inputs.arrays)
     custom = model._overrides("test_step")
@@ -470,22 +522,19 @@ def _evaluate_arrays(model, inputs, ys, batch_size):
     st = _step_state(model, "test")
     for i in range(0, n, batch_size):
         j = min(i + batch_size, n)
-        batch = feed.batch(i, j)
-        xb = inputs.rebuild(batch[:n_in])
-        ybs = _full_targets(ys, batch[n_in:])
+        xs, ybs, swb = _split_batch(feed.batch(i, j), n_in, ys, sws)
+        xb = inputs.rebuild(xs)
         if custom:
-            logs = _logs_dict(model.test_step((xb, _user_targets(compiled, ybs))))
+            logs = _logs_dict(model.test_step(_user_data(compiled, xb, ybs, swb)))
             totals[0] += logs.get("loss", 0.0) * (j - i)
             continue
         with using_pool(st.pool):
             y_pred = model(xb, training=False)
-            total, parts, preds = compiled.step_loss(y_pred, ybs, st.bufs)
+            total, parts, preds = compiled.step_loss(y_pred, ybs, st.bufs, None, swb)
         totals[0] += float(total.value) * (j - i)
         if n_out > 1:
             totals[1:] += [0.0 if p is None else float(p.value) * (j - i) for p in parts]
-        for ms, p, t in zip(per_out, preds, ybs):
-            for m in ms:
-                m.update(p, t)
+        compiled.update_metrics(metrics, preds, ybs, swb)
     totals /= n
     penalty = regularizers_mod.penalties(model._flat_layers(), grads=False) if model.trainable else 0.0   # as Keras
     totals[0] += penalty
@@ -532,36 +581,35 @@ def _restructure(structure, leaves):
     return node_mod.map_structure(lambda _: next(it), structure)
 
 
-def train_on_batch(model, x, y, return_dict):
+def train_on_batch(model, x, y, return_dict, sample_weight=None, class_weight=None):
     model._require_compiled("train_on_batch")
     with model._state_lock:
         if model._readers or not model._busy.acquire(blocking=False):
             raise RuntimeError("train_on_batch: this model is training or predicting in another thread")
     try:
-        inputs = _Inputs(model, x, "train_on_batch")
-        _bind(model, inputs)
-        ys = _prepare_targets(model, inputs, y, "train_on_batch")
+        inputs, ys, sws = _prepare_xy(model, x, y, "train_on_batch", sample_weight, class_weight)
         model.optimizer.build(model._params.size, [off for _, _, off, _ in model._slices] + [model._params.size],
                               like=model._params)
         xb = inputs.rebuild(_on_device(model, inputs.arrays))
         ybs = _on_device(model, ys)
+        swb = None if sws is None else _on_device(model, sws)
         if model._overrides("train_step"):
-            logs = _logs_dict(model.train_step((xb, _user_targets(model.compiled, ybs))))
+            logs = _logs_dict(model.train_step(_user_data(model.compiled, xb, ybs, swb)))
         else:
             metrics = model.compiled.fresh_metrics()
-            loss, preds = default_train_step(model, (xb, ybs))
-            _update_metrics(model.compiled, preds, ybs)
+            loss, preds = default_train_step(model, (xb, ybs, swb))
+            model.compiled.update_metrics(metrics, preds, ybs, swb)
             logs = {"loss": loss, **{m.name: m.result() for m in metrics}}
     finally:
         model._busy.release()
     return logs if return_dict else (list(logs.values()) if len(logs) > 1 else next(iter(logs.values())))
 
 
-def test_on_batch(model, x, y, return_dict):
+def test_on_batch(model, x, y, return_dict, sample_weight=None):
     model._require_compiled("test_on_batch")
     with model._guard("test_on_batch"):
-        inputs, ys = _prepare_xy(model, x, y, "test_on_batch")
-        values = _evaluate_arrays(model, inputs, ys, inputs.n)
+        prepared = _prepare_xy(model, x, y, "test_on_batch", sample_weight)
+        values = _evaluate_arrays(model, prepared, prepared[0].n)
     names = _eval_names(model)
     if return_dict:
         return dict(zip(names, values))
