@@ -20,13 +20,14 @@ __all__ = ["Tensor", "Variable", "as_tensor", "value_of", "unbroadcast", "same_d
 
 
 class Tensor:
-    __slots__ = ("_value", "_rg", "_keras_logits", "__weakref__")
+    __slots__ = ("_value", "_rg", "_keras_logits", "_keras_mask", "__weakref__")
     __array_priority__ = 100      # numpy defers `array + tensor` to Tensor.__radd__
 
     def __init__(self, value, rg=False):
         self._value = value
         self._rg = rg
         self._keras_logits = None   # (activation name, logits Tensor) for a softmax/sigmoid output
+        self._keras_mask = None     # a boolean array (batch, steps): which steps are real (Keras's mask)
 
     # -------------------------------------------------------------- the array
     @property

@@ -115,6 +115,7 @@ class ActivatedLayer(Layer):
 
 class Activation(ActivatedLayer):
     """Applies an activation to its input: `Activation('relu')`."""
+    supports_masking = True   # a mask on the input passes to the output (Keras)
 
     def __init__(self, activation, **kwargs):
         super().__init__(activation=activation, **kwargs)

@@ -55,6 +55,17 @@ _takes_training: dict = {}    # class -> whether its call() takes `training` (th
 _F32 = np.dtype(np.float32)
 
 
+def _attach_masks(outputs, masks):
+    """Set each output Tensor's mask (where it has none yet) from compute_mask's result."""
+    if masks is None:
+        return
+    outs = node_mod.flatten(outputs)
+    ms = node_mod.flatten(masks) if isinstance(masks, (list, tuple, dict)) else [masks] * len(outs)
+    for t, m in zip(outs, ms):
+        if isinstance(t, Tensor) and m is not None and t._keras_mask is None:
+            t._keras_mask = m.value if isinstance(m, Tensor) else m
+
+
 def _accepts(cls, fn_name, arg) -> bool:
     """Whether cls.<fn_name> takes the keyword `arg` (cached per class)."""
     key = (cls, fn_name, arg)
@@ -181,7 +192,8 @@ class Layer:
         """Run the layer on arrays or Tensors (a Tensor back), or on KerasTensors from
         kilnet.Input (a KerasTensor back: the functional API records a node)."""
         if len(args) == 1 and type(args[0]) is Tensor and self.built and len(kwargs) <= 1 \
-                and args[0]._value.dtype is _F32 and (not kwargs or "training" in kwargs):
+                and args[0]._value.dtype is _F32 and (not kwargs or "training" in kwargs) \
+                and args[0]._keras_mask is None and type(self).compute_mask is _base_compute_mask:
             # the common case inside a model (one float32 tensor): none of the structure handling
             training = kwargs.get("training")
             ctx = _ctx
@@ -209,11 +221,32 @@ class Layer:
             self._build(node_mod.map_shapes(inputs), initialize=self._initialize)
         if _accepts(type(self), "call", "training"):
             kwargs["training"] = training
+        # Keras's masks: the first input's mask goes to a call() that takes `mask`, and the
+        # outputs get compute_mask's (a layer that does not support masking drops it).
+        prev_mask = node_mod.map_structure(lambda t: t._keras_mask, inputs)
+        has_mask = any(m is not None for m in node_mod.flatten(prev_mask))
+        if has_mask and kwargs.get("mask") is None and _accepts(type(self), "call", "mask"):
+            kwargs["mask"] = prev_mask
         _ctx.training = training
         try:
-            return self.call(inputs, *args[1:], **kwargs)
+            out = self.call(inputs, *args[1:], **kwargs)
         finally:
             _ctx.training = outer
+        if (has_mask and self.supports_masking) or self._makes_mask():
+            given = kwargs.get("mask")
+            _attach_masks(out, self.compute_mask(inputs, given if given is not None else prev_mask))
+        return out
+
+    # Masking (Keras): a layer that passes masks on sets supports_masking; one that makes or
+    # changes them overrides compute_mask.
+    supports_masking = False
+
+    def compute_mask(self, inputs, mask=None):
+        """The mask of the outputs: by default the input's, if the layer supports masking."""
+        return mask if self.supports_masking else None
+
+    def _makes_mask(self) -> bool:
+        return type(self).compute_mask is not _base_compute_mask
 
     def _to_input(self, x):
         """Inputs as float32 Tensors on the layer's device (Keras autocasts floats to float32)."""
@@ -231,7 +264,9 @@ class Layer:
             return Tensor(v)
         v = x.value
         if v.dtype != np.float32 and (v.dtype.kind == "f" or (v.dtype.kind in "iub" and self._is_fused())):
-            return cast(x, np.float32)
+            y = cast(x, np.float32)
+            y._keras_mask = x._keras_mask
+            return y
         return x
 
     def call(self, inputs, training=None):
@@ -393,6 +428,9 @@ class Layer:
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r}>"
+
+
+_base_compute_mask = Layer.compute_mask   # a layer overriding it makes masks: no fast path
 
 
 def _collect_layers(v, out, seen, depth):

@@ -19,6 +19,7 @@ class Dense(ActivatedLayer):
     Args (Keras's): units, activation=None, use_bias=True, kernel_initializer='glorot_uniform',
     bias_initializer='zeros'. kernel has shape (in, units), bias (units,).
     """
+    supports_masking = True   # a mask on the input passes to the output (Keras)
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,

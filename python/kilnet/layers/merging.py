@@ -29,6 +29,16 @@ class _Merge(Layer):
     def compute_output_shape(self, input_shape):
         return _broadcast_shapes([tuple(s) for s in input_shape], self)
 
+    def compute_mask(self, inputs, mask=None):
+        """Keras: a step is real in the output where it is real in every masked input."""
+        masks = [m for m in (mask or []) if m is not None] if isinstance(mask, (list, tuple)) else []
+        if not masks:
+            return None
+        out = masks[0]
+        for m in masks[1:]:
+            out = out & m
+        return out
+
     def call(self, inputs):
         xs = self._check(inputs)
         out = xs[0]

@@ -23,6 +23,7 @@ __all__ = ["BatchNormalization"]
 
 class BatchNormalization(Layer):
     """`BatchNormalization(axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True, ...)`."""
+    supports_masking = True   # a mask on the input passes to the output (Keras)
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones", moving_mean_initializer="zeros",

@@ -21,6 +21,7 @@ __all__ = ["Dropout"]
 
 class Dropout(Layer):
     """`Dropout(rate, noise_shape=None, seed=None)`: zero a fraction `rate` of the inputs in training."""
+    supports_masking = True   # a mask on the input passes to the output (Keras)
 
     def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
         super().__init__(**kwargs)
