@@ -377,15 +377,16 @@ class Layer:
     # ------------------------------------------------------------------ weights
     @property
     def weights(self) -> list:
-        return [v.value for v in self._all_variables()]
+        """The layer's Variables (Keras 3: `layer.weights[0].numpy()`; get_weights() for arrays)."""
+        return list(self._all_variables())
 
     @property
     def trainable_weights(self) -> list:
-        return [v.value for v in self.trainable_variables]
+        return list(self.trainable_variables)
 
     @property
     def non_trainable_weights(self) -> list:
-        return [v.value for v in self.non_trainable_variables]
+        return list(self.non_trainable_variables)
 
     def count_params(self) -> int:
         return int(sum(int(np.prod(v.shape)) for v in self._all_variables()))
