@@ -281,3 +281,43 @@ def test_symbolic_arithmetic_and_ops_on_keras_tensors():
     assert [type(l).__name__ for l in model.layers] == ["InputLayer", "Dense"]
     with pytest.raises(ValueError, match=r"add on symbolic input\(s\) of shape \(None, 6\) and \(None, 3\)"):
         i + keras.Input((3,))
+
+
+def test_fit_step_gradients_of_shared_and_skipped_dense_layers():
+    """The trainer lets Dense overwrite its gradient views on their first write in a step
+    (no zeroing): a layer called twice must still get the sum of both gradients, and one not
+    reached in a step must get zero (SGD leaves it unchanged)."""
+    class M(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.shared = layers.Dense(5, activation="tanh")
+            self.side = layers.Dense(5)
+            self.out = layers.Dense(2, activation="softmax")
+
+        def call(self, x):
+            h = self.shared(self.shared(x))
+            if x.shape[0] == 4:            # the last, partial batch skips `side`
+                return self.out(h)
+            return self.out(h + self.side(x))
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 5)).astype(np.float32)
+    y = rng.integers(0, 2, 12)
+    m = M()
+    m.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    m.predict(x[:1])
+    ref = [v.numpy().copy() for v in m.trainable_variables]
+    # the expected step on the full batches, from a GradientTape on a copy of the weights
+    with keras.GradientTape() as tape:
+        pred = m(x[:8], training=True)
+        loss = keras.losses.SparseCategoricalCrossentropy()(y[:8], pred)
+    grads = tape.gradient(loss, m.trainable_variables)
+    for v, r in zip(m.trainable_variables, ref):
+        v.assign(r)
+    m.fit(x[:8], y[:8], batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for v, r, g in zip(m.trainable_variables, ref, grads):
+        np.testing.assert_allclose(v.numpy(), r - 0.1 * np.asarray(g), rtol=1e-5, atol=1e-6)
+    side = [v.numpy().copy() for v in m.side.trainable_variables]
+    m.fit(x[8:], y[8:], batch_size=4, epochs=1, shuffle=False, verbose=0)   # `side` not reached
+    for v, s in zip(m.side.trainable_variables, side):
+        np.testing.assert_array_equal(v.numpy(), s)

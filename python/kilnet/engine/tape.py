@@ -77,11 +77,21 @@ def record(inputs, outputs, backward, layer=None) -> bool:
 
 class _Walk:
     """What a fused layer's backward asks during a walk: write weight gradients or not."""
-    __slots__ = ("wanted", "all_layers", "_cache", "on_layer_done")
+    __slots__ = ("wanted", "all_layers", "_cache", "on_layer_done", "written")
 
-    def __init__(self, wanted_ids, all_layers, on_layer_done=None):
+    def __init__(self, wanted_ids, all_layers, on_layer_done=None, written=None):
         self.wanted, self.all_layers, self._cache = wanted_ids, all_layers, {}
         self.on_layer_done = on_layer_done
+        self.written = written   # the trainer's walk: ids of layers that wrote their gradients
+
+    def first_write(self, layer) -> bool:
+        """True the first time `layer` writes its weight gradients in the trainer's walk: a
+        layer that can (Dense) then overwrites its gradient views instead of adding to them."""
+        w = self.written
+        if w is None or id(layer) in w:
+            return False
+        w.add(id(layer))
+        return True
 
     def need_dw(self, layer) -> bool:
         if not layer.trainable:
@@ -251,13 +261,16 @@ def register_tensor_type(cls) -> None:
     _tensor_type[:] = [cls]
 
 
-def walk_into_variables(entries, target, seed, variables_by_id, on_layer_done=None):
+def walk_into_variables(entries, target, seed, variables_by_id, on_layer_done=None) -> set:
     """The trainer's walk: every fused layer writes its weight gradients into the flat
-    gradient buffer (zeroed by the caller), and gradients that ops hand to Variables (layers
-    written with kilnet.ops) are added to the same views."""
+    gradient buffer, and gradients that ops hand to Variables (layers written with kilnet.ops)
+    are added to the same views. The caller zeroes the views beforehand, except those of layers
+    that overwrite theirs on their first write (`_overwrites_grads`); returns the ids of the
+    layers that wrote, so the caller can zero those that did not."""
     grads = {id(target): seed}
     prev = getattr(_local, "walk", None)
-    _local.walk = _Walk(None, True, on_layer_done)
+    written = set()
+    _local.walk = _Walk(None, True, on_layer_done, written)
     try:
         _walk(entries, grads, (), None, on_layer_done)
     finally:
@@ -267,6 +280,7 @@ def walk_into_variables(entries, target, seed, variables_by_id, on_layer_done=No
         if v is not None:
             buf = v._grad_array()
             buf += g
+    return written
 
 
 def _walk(entries, grads, src_ids, kept, on_layer_done):

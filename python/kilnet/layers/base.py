@@ -241,6 +241,12 @@ class Layer:
     # changes them overrides compute_mask.
     supports_masking = False
 
+    # A layer whose backward can overwrite its weight gradients on their first write in a
+    # training step (when _fresh_grads is set) sets _overwrites_grads: the trainer then skips
+    # zeroing its (usually large) gradient views.
+    _overwrites_grads = False
+    _fresh_grads = False
+
     def compute_mask(self, inputs, mask=None):
         """The mask of the outputs: by default the input's, if the layer supports masking."""
         return mask if self.supports_masking else None
@@ -487,6 +493,8 @@ def fused_call(layer, x, training, forward=None, backward=None, st=None, **forwa
         try:
             walk = current_walk()
             need_dw = walk is None or walk.need_dw(layer)
+            if need_dw and walk is not None and walk.first_write(layer) and layer._overwrites_grads:
+                layer._fresh_grads = True   # this backward may overwrite the views (no zeroing needed)
             if g.dtype is not _F32 or not g.flags.c_contiguous:
                 g = layer._xp.ascontiguousarray(g, dtype=np.float32)
             return (backward(g, needs[0], need_dw),)

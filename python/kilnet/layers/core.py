@@ -20,6 +20,7 @@ class Dense(ActivatedLayer):
     bias_initializer='zeros'. kernel has shape (in, units), bias (units,).
     """
     supports_masking = True   # a mask on the input passes to the output (Keras)
+    _overwrites_grads = True  # dW = x^T dz with beta 0 on the step's first write
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
@@ -63,8 +64,11 @@ class Dense(ActivatedLayer):
         x2 = self._state()["x"]
         dz2 = dz.reshape(-1, self.units)
         if need_dw and self.trainable:
-            self._k.gemm(x2, dz2, self.dkernel, trans_a=True, beta=1.0)   # dW += x^T dz
+            fresh, self._fresh_grads = self._fresh_grads, False
+            self._k.gemm(x2, dz2, self.dkernel, trans_a=True, beta=0.0 if fresh else 1.0)   # dW (+)= x^T dz
             if self.use_bias:
+                if fresh:
+                    self.dbias.fill(0.0)
                 self._k.bias_backward(dz2, self.dbias)                      # db += colsum(dz)
         if not need_dx:
             return None

@@ -160,7 +160,15 @@ def default_train_step(model, data, loss_out=None):
     per output)."""
     x, ys, sws = data if len(data) == 3 else (*data, None)
     st = _step_state(model, "train")
-    model._grads.fill(0.0)   # gradients accumulate: zero explicitly
+    if st.layout is not model._layout_key:   # what the step walks over, found once per layout
+        _plan_step(st, model)
+    # Gradients accumulate: zero the views of layers that do not overwrite theirs (one fill
+    # of the whole buffer when there are many).
+    if st.zero_views is None:
+        model._grads.fill(0.0)
+    else:
+        for a in st.zero_views:
+            a.fill(0.0)
     tape = st.tape
     tape._entries.clear()
     if type(x) is np.ndarray or hasattr(x, "__cuda_array_interface__"):
@@ -170,11 +178,12 @@ def default_train_step(model, data, loss_out=None):
         total, parts, preds = model.compiled.step_loss(y_pred, ys, st.bufs, loss_out, sws)
     sync = model._grad_sync    # distributed: starts each bucket's reduction once backward made it
     model.compiled.last_parts = parts
-    if st.layout is not model._layout_key:   # what the step walks over, found once per layout
-        st.layout, st.layers = model._layout_key, model._flat_layers()
-        st.variables = {id(v): v for v in model.trainable_variables}
-    walk_into_variables(tape._entries, total, st.one, st.variables,
-                        None if sync is None else sync.layer_object_done)
+    written = walk_into_variables(tape._entries, total, st.one, st.variables,
+                                  None if sync is None else sync.layer_object_done)
+    for layer, views in st.overwriting:
+        if id(layer) not in written:   # not reached this step: its gradient is zero
+            for a in views:
+                a.fill(0.0)
     tape._entries.clear()
     if sync is not None:
         sync.finish()   # distributed: _grads now holds the global batch's gradient
@@ -184,6 +193,19 @@ def default_train_step(model, data, loss_out=None):
     penalty = regularizers_mod.penalties(st.layers, grads=True) if model.trainable else 0.0
     model.optimizer.apply(model._params, model._grads)
     return (penalty if loss is None else loss + penalty), preds
+
+
+def _plan_step(st, model):
+    """Per parameter layout: the layers, the variables by id, the gradient views to zero before
+    each step (None: the whole buffer) and the layers that overwrite theirs instead."""
+    st.layout, st.layers = model._layout_key, model._flat_layers()
+    variables = model.trainable_variables
+    st.variables = {id(v): v for v in variables}
+    st.overwriting = [(l, [v._grad_array() for v in l._own_trainable_variables()]) for l in st.layers
+                      if l._overwrites_grads and l._has_trainable_weights()]
+    skip = {id(v) for l, _ in st.overwriting for v in l._own_trainable_variables()}
+    rest = [v._grad_array() for v in variables if id(v) not in skip]
+    st.zero_views = rest if len(rest) <= 8 else None
 
 
 def default_test_step(model, data, loss_out=None):
