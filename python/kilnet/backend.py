@@ -171,5 +171,30 @@ def cuda_compiled_module():
     return _cuda
 
 
-if "KILNET_NUM_THREADS" in os.environ:
-    set_num_threads(int(os.environ["KILNET_NUM_THREADS"]))
+def _threads_from_environment():
+    """KILNET_NUM_THREADS=n; a bad value warns and leaves the default (import never fails)."""
+    raw = os.environ.get("KILNET_NUM_THREADS")
+    if raw is None:
+        return
+    try:
+        n = int(raw.strip())
+        if n < 1 or n > 4096:
+            raise ValueError
+    except ValueError:
+        import warnings
+        warnings.warn(f"KILNET_NUM_THREADS={raw!r} is not a thread count from 1 to 4096; using the default "
+                      f"({get_num_threads()})", RuntimeWarning, stacklevel=2)
+        return
+    set_num_threads(n)
+
+
+def _check_simd_environment():
+    raw = os.environ.get("KILNET_SIMD")
+    if raw is not None and raw not in ("scalar", "avx2"):
+        import warnings
+        warnings.warn(f"KILNET_SIMD={raw!r} is not one of 'scalar', 'avx2'; ignored (running "
+                      f"{simd_level()})", RuntimeWarning, stacklevel=2)
+
+
+_threads_from_environment()
+_check_simd_environment()

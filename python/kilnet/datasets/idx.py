@@ -11,28 +11,41 @@ __all__ = ["read_idx", "find_files", "load_pair"]
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def read_idx(path) -> np.ndarray:
+# The largest data a file may declare: the biggest IDX sets (EMNIST) are well under this, and
+# reading is bounded by it, so a small compressed file cannot make us inflate gigabytes.
+MAX_IDX_BYTES = 2 << 30
+
+
+def read_idx(path, max_bytes=MAX_IDX_BYTES) -> np.ndarray:
     """Read an IDX file (.gz or plain): magic 0x0000TTDD (T type, D rank), D big-endian sizes,
-    then the data. Raises ValueError for a malformed or truncated file."""
+    then the data. The header is read first; a declared size over max_bytes, or data that does
+    not match the declared size, raises ValueError before more than that is read."""
     opener = gzip.open if str(path).endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _DTYPES:
+                raise ValueError(f"{path} is not an IDX file (bad magic number)")
+            ndim = head[3]
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise ValueError(f"{path}: truncated IDX header")
+            shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
+            dtype = np.dtype(_DTYPES[head[2]])
+            count = 1
+            for d in shape:   # Python ints: no overflow
+                count *= d
+            nbytes = count * dtype.itemsize
+            if nbytes > max_bytes:
+                raise ValueError(f"{path}: the header declares {nbytes} bytes of data (shape {shape}), over the "
+                                 f"limit of {max_bytes}; not an IDX file kilnet reads")
+            data = f.read(nbytes + 1)   # one byte more: trailing data means a corrupt file
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise ValueError(f"cannot read IDX file {path}: {e}") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number)")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_DTYPES[data[2]])
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if len(data) - header != count * dtype.itemsize:
-        raise ValueError(f"{path}: expected {count * dtype.itemsize} data bytes for shape {shape}, "
-                         f"found {len(data) - header} (truncated or corrupt)")
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    if len(data) != nbytes:
+        raise ValueError(f"{path}: expected {nbytes} data bytes for shape {shape}, found "
+                         f"{len(data) if len(data) <= nbytes else 'more'} (truncated or corrupt)")
+    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def search_dirs(name: str) -> list[str]:
@@ -40,8 +53,11 @@ def search_dirs(name: str) -> list[str]:
     Debian package's folder /usr/share/datasets/<name>, then ~/.kilnet/datasets/<name>."""
     dirs = []
     env = os.environ.get("KILNET_DATA")
-    if env:
+    if env and os.path.isdir(env):
         dirs += [os.path.join(env, name), env]
+    elif env:
+        import warnings
+        warnings.warn(f"KILNET_DATA={env!r} is not a directory; ignored", RuntimeWarning, stacklevel=3)
     dirs += [os.path.join("/usr/share/datasets", name),
              os.path.join(os.path.expanduser("~"), ".kilnet", "datasets", name)]
     return dirs
