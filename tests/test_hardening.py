@@ -69,3 +69,80 @@ def test_bad_environment_warns_and_imports(env):
     assert out.returncode == 0, out.stderr
     assert "RuntimeWarning" in out.stderr and list(env)[0] in out.stderr
     assert "threads" in out.stdout
+
+
+@pytest.mark.parametrize("layer", ["dense", "conv", "rnn"])
+def test_relu_propagates_nan(layer):
+    """ReLU maps NaN to NaN in every kernel (as IEEE and PyTorch): a model with a NaN weight
+    reports a NaN loss and TerminateOnNaN stops it."""
+    import kilnet
+    from kilnet import layers
+    from kilnet.backend import cpu
+    x = np.array([np.nan, -1.0, 2.0, 0.0], np.float32)
+    y = np.empty_like(x)
+    cpu.activation_forward("relu", x, y)
+    assert np.isnan(y[0]) and list(y[1:]) == [0.0, 2.0, 0.0]
+    kilnet.utils.set_random_seed(0)
+    if layer == "dense":
+        m = kilnet.Sequential([layers.Input((4,)), layers.Dense(3, activation="relu"), layers.Dense(2, activation="softmax")])
+        data = np.ones((8, 4), np.float32)
+    elif layer == "conv":
+        m = kilnet.Sequential([layers.Input((5, 5, 1)), layers.Conv2D(2, 3, activation="relu"), layers.Flatten(),
+                               layers.Dense(2, activation="softmax")])
+        data = np.ones((8, 5, 5, 1), np.float32)
+    else:
+        m = kilnet.Sequential([layers.Input((3, 4)), layers.SimpleRNN(3, activation="relu"),
+                               layers.Dense(2, activation="softmax")])
+        data = np.ones((8, 3, 4), np.float32)
+    w = m.get_weights()
+    w[0] = w[0].copy()
+    w[0].flat[0] = np.nan
+    m.layers[0].variables[0].assign(w[0])   # set_weights refuses NaN: write the Variable itself
+    assert np.isnan(m.predict(data, verbose=0)).all()
+    m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    h = m.fit(data, np.zeros(8), epochs=3, verbose=0, callbacks=[kilnet.callbacks.TerminateOnNaN()])
+    assert len(h.history["loss"]) == 1 and np.isnan(h.history["loss"][0])
+
+
+def test_set_weights_checks_finiteness_and_fit_arguments():
+    import kilnet
+    from kilnet import layers
+    m = kilnet.Sequential([layers.Input((3,)), layers.Dense(2)])
+    w = m.get_weights()
+    bad = [w[0].copy(), w[1]]
+    bad[0][0, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        m.set_weights(bad)
+    np.testing.assert_array_equal(m.get_weights()[0], w[0])   # nothing written
+    m.set_weights(bad, allow_nonfinite=True)
+    assert np.isinf(m.get_weights()[0][0, 0])
+    m.set_weights(w)
+    m.compile(optimizer="sgd", loss="mse")
+    x, y = np.ones((4, 3), np.float32), np.ones((4, 2), np.float32)
+    with pytest.raises(ValueError, match="validation_freq"):
+        m.fit(x, y, validation_freq=0, validation_split=0.5, verbose=0)
+    with pytest.raises(ValueError, match="initial_epoch"):
+        m.fit(x, y, initial_epoch=-3, verbose=0)
+
+
+def test_set_weights_during_predict_in_another_thread_refuses():
+    import threading
+    import kilnet
+    from kilnet import layers
+    m = kilnet.Sequential([layers.Input((3,)), layers.Dense(2)])
+    started, release = threading.Event(), threading.Event()
+
+    def reader():
+        with m._guard("predict"):   # what predict holds while it runs
+            started.set()
+            release.wait(10)
+    t = threading.Thread(target=reader)
+    t.start()
+    started.wait(10)
+    try:
+        with pytest.raises(RuntimeError, match="in use in another thread"):
+            m.set_weights(m.get_weights())
+    finally:
+        release.set()
+        t.join()
+    m.set_weights(m.get_weights())   # afterwards it runs

@@ -17,7 +17,7 @@ void activation_forward(Act act, index_t n, const float* x, float* y) {
   switch (act) {   // one loop per activation so each one vectorizes on its own
     case Act::Relu:
 #pragma omp parallel for simd num_threads(threads_for(n)) schedule(static)
-      for (index_t i = 0; i < n; ++i) y[i] = x[i] > 0.f ? x[i] : 0.f;
+      for (index_t i = 0; i < n; ++i) y[i] = x[i] < 0.f ? 0.f : x[i];   // NaN stays NaN
       break;
     case Act::Linear:
       if (x != y) std::copy(x, x + n, y);

@@ -134,7 +134,7 @@ void act_inplace(Act act, index_t n, float* y) {
   switch (act) {   // one loop per activation so that relu vectorizes
     case Act::Linear: break;
     case Act::Relu:
-      for (index_t i = 0; i < n; ++i) y[i] = y[i] > 0.f ? y[i] : 0.f;
+      for (index_t i = 0; i < n; ++i) y[i] = y[i] < 0.f ? 0.f : y[i];   // NaN stays NaN
       break;
     default:
       for (index_t i = 0; i < n; ++i) y[i] = detail::act_forward(act, y[i]);

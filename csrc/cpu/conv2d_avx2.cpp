@@ -168,7 +168,7 @@ inline __attribute__((always_inline)) void tile_kernel(const Tile& t) {
 #pragma GCC unroll 16
     for (int i = 0; i < QB; ++i)
 #pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_max_ps(acc[i][v], zero);
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_max_ps(zero, acc[i][v]);   // max(0, NaN) = NaN
   }
   const bool full = t.valid == 8 * NV;
   const __m256i m = lane_mask(t.valid - 8 * (NV - 1));

@@ -69,7 +69,7 @@ inline __m256 tanh8(__m256 x) {
 
 inline __m256 act8(Act a, __m256 x) {
   switch (a) {
-    case Act::Relu: return _mm256_max_ps(x, _mm256_setzero_ps());
+    case Act::Relu: return _mm256_max_ps(_mm256_setzero_ps(), x);   // NaN stays NaN
     case Act::Sigmoid: return sigmoid8(x);
     case Act::Tanh: return tanh8(x);
     default: return x;

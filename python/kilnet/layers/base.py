@@ -400,8 +400,9 @@ class Layer:
     def get_weights(self) -> list:
         return [_host_copy(v.value) for v in self._all_variables()]
 
-    def set_weights(self, weights) -> None:
-        """Copy values into the existing weight arrays, checking count and shape."""
+    def set_weights(self, weights, allow_nonfinite=False) -> None:
+        """Copy values into the existing weight arrays, checking count, shape and (unless
+        allow_nonfinite) that every value is finite."""
         weights = list(weights)
         variables = self._all_variables()
         if len(weights) != len(variables):
@@ -415,6 +416,9 @@ class Layer:
             if tuple(w.shape) != tuple(var.shape):
                 raise ValueError(f"layer {self.name!r}: weight {var.name!r} must have shape "
                                  f"{tuple(var.shape)}, got {tuple(w.shape)}")
+            if not allow_nonfinite and w.dtype.kind == "f" and not np.isfinite(w).all():
+                raise ValueError(f"layer {self.name!r}: weight {var.name!r} holds NaN or Inf (pass "
+                                 "allow_nonfinite=True to set it anyway)")
             converted.append(w)
         for var, w in zip(variables, converted):
             dst = var.value

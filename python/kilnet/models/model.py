@@ -49,6 +49,7 @@ class Model(Layer):
         self.history = None
         self.stop_training = False
         self._busy = threading.Lock()       # held while fit runs: predict/evaluate refuse then
+        self._busy_owner = None             # the thread holding _busy (its callbacks may use the model)
         self._state_lock = threading.Lock() # guards _readers
         self._readers = 0                   # predict/evaluate calls running now: fit refuses then
         self._layout_key = None
@@ -252,7 +253,7 @@ class Model(Layer):
         """predict/evaluate may run from many threads at once (layer state is per thread),
         but never while fit runs, and fit never starts while they run."""
         with self._state_lock:
-            if self._busy.locked():
+            if self._busy.locked() and self._busy_owner != threading.get_ident():
                 raise RuntimeError(f"{what}: this model is training in another thread; wait for fit to finish")
             self._readers += 1
         try:
@@ -261,32 +262,58 @@ class Model(Layer):
             with self._state_lock:
                 self._readers -= 1
 
+    @contextlib.contextmanager
+    def _exclusive(self, what, reentrant=True):
+        """Changing the weights (set_weights, load_weights) or training: no other thread may be
+        predicting, evaluating or training meanwhile (a clear RuntimeError, never mixed
+        results). The thread that runs fit may (its callbacks restore or load weights)."""
+        me = threading.get_ident()
+        if self._busy_owner == me:
+            if not reentrant:
+                raise RuntimeError(f"{what}: called while this model is training on this thread (from a callback?)")
+            yield
+            return
+        with self._state_lock:
+            if self._readers or not self._busy.acquire(blocking=False):
+                raise RuntimeError(f"{what}: this model is in use in another thread (fit, predict or evaluate); "
+                                   "wait for it to finish")
+            self._busy_owner = me
+        try:
+            yield
+        finally:
+            self._busy_owner = None
+            self._busy.release()
+
     # ------------------------------------------------------------------ weights and files
     def count_params(self) -> int:
         return int(sum(math.prod(v.shape) for v in self._all_variables()))
 
-    def set_weights(self, weights) -> None:
+    def set_weights(self, weights, allow_nonfinite=False) -> None:
         if not self.built:
             raise ValueError("set_weights: build the model first (model.build(input_shape) or give input_shape=)")
         weights = list(weights)
         need = len(self._all_variables())
         if len(weights) != need:
             raise ValueError(f"set_weights: the model has {need} weight arrays, got {len(weights)}")
-        super().set_weights(weights)
+        with self._exclusive("set_weights"):
+            super().set_weights(weights, allow_nonfinite=allow_nonfinite)
 
     def save(self, filepath, overwrite=True, include_optimizer=True) -> None:
         """Write the model (architecture, weights, optimizer state) to an .h5 file, atomically."""
         from kilnet.io import save_model
-        save_model(self, filepath, overwrite=overwrite, include_optimizer=include_optimizer)
+        with self._guard("save"):
+            save_model(self, filepath, overwrite=overwrite, include_optimizer=include_optimizer)
 
     def save_weights(self, filepath, overwrite=True) -> None:
         """The weights alone, in Keras's legacy .h5 weights layout (any model)."""
         from kilnet.io import save_model
-        save_model(self, filepath, overwrite=overwrite, include_optimizer=False, weights_only=True)
+        with self._guard("save_weights"):
+            save_model(self, filepath, overwrite=overwrite, include_optimizer=False, weights_only=True)
 
     def load_weights(self, filepath) -> None:
         from kilnet.io import load_weights_into
-        load_weights_into(self, filepath)
+        with self._exclusive("load_weights"):
+            load_weights_into(self, filepath)
 
     def summary(self, print_fn=None, line_length=None, positions=None, expand_nested=False,
                 show_trainable=False, layer_range=None) -> None:

@@ -230,11 +230,11 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
         raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}")
     if not 0.0 <= float(validation_split) < 1.0:
         raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
-    with model._state_lock:
-        if model._readers or not model._busy.acquire(blocking=False):
-            raise RuntimeError("fit: this model is already training or predicting in another thread; "
-                               "fit and predict/evaluate cannot run at the same time on one model")
-    try:
+    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) or initial_epoch < 0:
+        raise ValueError(f"fit: initial_epoch must be a non-negative int, got {initial_epoch!r}")
+    if isinstance(validation_freq, bool) or not isinstance(validation_freq, (int, np.integer)) or validation_freq < 1:
+        raise ValueError(f"fit: validation_freq must be a positive int (validate every n epochs), got {validation_freq!r}")
+    with model._exclusive("fit", reentrant=False):
         data = _prepare_fit(model, x, y, float(validation_split), validation_data, sample_weight, class_weight)
         run = None
         if distributed:
@@ -244,8 +244,6 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
             run = dist.prepare_fit(model, data, batch_size, int(epochs), int(initial_epoch), shuffle)
         return train(model, run or _OneProcess(data.n, batch_size), data, batch_size, int(epochs), verbose,
                      callbacks, shuffle, int(initial_epoch), validation_batch_size or batch_size, validation_freq)
-    finally:
-        model._busy.release()
 
 
 class _FitData:
@@ -605,10 +603,7 @@ def _restructure(structure, leaves):
 
 def train_on_batch(model, x, y, return_dict, sample_weight=None, class_weight=None):
     model._require_compiled("train_on_batch")
-    with model._state_lock:
-        if model._readers or not model._busy.acquire(blocking=False):
-            raise RuntimeError("train_on_batch: this model is training or predicting in another thread")
-    try:
+    with model._exclusive("train_on_batch", reentrant=False):
         inputs, ys, sws = _prepare_xy(model, x, y, "train_on_batch", sample_weight, class_weight)
         model.optimizer.build(model._params.size, [off for _, _, off, _ in model._slices] + [model._params.size],
                               like=model._params)
@@ -622,8 +617,6 @@ def train_on_batch(model, x, y, return_dict, sample_weight=None, class_weight=No
             loss, preds = default_train_step(model, (xb, ybs, swb))
             model.compiled.update_metrics(metrics, preds, ybs, swb)
             logs = {"loss": loss, **{m.name: m.result() for m in metrics}}
-    finally:
-        model._busy.release()
     return logs if return_dict else (list(logs.values()) if len(logs) > 1 else next(iter(logs.values())))
 
 

@@ -22,7 +22,7 @@ KILNET_HD float sigmoidf(float x) {
 
 KILNET_HD float act_forward(Act a, float x) {
   switch (a) {
-    case Act::Relu: return x > 0.f ? x : 0.f;
+    case Act::Relu: return x < 0.f ? 0.f : x;   // NaN stays NaN (IEEE, PyTorch)
     case Act::Sigmoid: return sigmoidf(x);
     case Act::Tanh: return tanhf(x);
     default: return x;
