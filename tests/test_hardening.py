@@ -146,3 +146,17 @@ def test_set_weights_during_predict_in_another_thread_refuses():
         release.set()
         t.join()
     m.set_weights(m.get_weights())   # afterwards it runs
+
+
+def test_cli_refuses_bad_counts_and_image_bombs(tmp_path):
+    from PIL import Image
+    from kilnet import cli
+    for argv in (["train", "--limit", "-5"], ["predict", "m.h5", "x.png", "--top", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (10000, 10000)).save(bomb)   # ~100 KB on disk, 100 M pixels declared
+    assert os.path.getsize(bomb) < 1_000_000
+    with pytest.raises(ValueError, match="decompression bomb|exceeds limit"):
+        cli.load_image(str(bomb), (28, 28, 1))

@@ -165,10 +165,15 @@ def load_image(path, shape, invert=False):
         raise ValueError("kilnet predict needs Pillow: pip install pillow (or kilnet[image])") from None
     import numpy as np
     h, w, c = shape
+    import warnings
     try:
-        img = Image.open(path)
-        img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
-    except OSError as e:
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS and raises at twice that: refuse both, the
+            # pixels are decoded only after this check (a small file can declare a huge image)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+    except (OSError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
     a = np.asarray(img, dtype=np.float32) / 255.0
     if invert:
@@ -289,6 +294,20 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _non_negative(text):
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _positive(text):
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="kilnet", description="kilnet: Keras-style deep learning on hand-written kernels")
     sub = p.add_subparsers(dest="command", required=True)
@@ -302,7 +321,7 @@ def build_parser():
     t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     t.add_argument("--out", default="model.h5", help="where to save the trained model (default model.h5; '' to skip)")
     t.add_argument("--seed", type=int, default=None, help="random seed for a repeatable run")
-    t.add_argument("--limit", type=int, default=0, help="train on the first N images only (quick checks)")
+    t.add_argument("--limit", type=_non_negative, default=0, help="train on the first N images only (quick checks)")
     t.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="fit verbosity (default 1)")
     t.add_argument("--model", default="canonical",
                    help="which model: canonical (default) or another registered name, e.g. small-cnn")
@@ -332,7 +351,7 @@ def build_parser():
     pr.add_argument("model", help="a model saved with model.save (.h5)")
     pr.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     pr.add_argument("--labels", default="", help="class names: fashion-mnist, mnist, or a comma-separated list")
-    pr.add_argument("--top", type=int, default=3, help="how many classes to print (default 3)")
+    pr.add_argument("--top", type=_positive, default=3, help="how many classes to print (default 3)")
     pr.add_argument("--invert", action="store_true", help="invert grey levels (dark objects on light ground)")
     pr.set_defaults(func=cmd_predict)
     i = sub.add_parser("info", help="print version, build flags, SIMD level, threads and CUDA status")
