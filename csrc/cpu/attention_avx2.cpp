@@ -21,29 +21,42 @@ inline __m256i tail_mask(index_t n) {   // lanes [0, n) on, n in [1, 8]
 template <int R, int NV, bool PART>
 void micro(index_t K, const float* a, index_t a_rs, index_t a_ks, const float* b, index_t b_ks,
            float* c, index_t c_rs, bool acc, __m256i msk) {
-  __m256 cr[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) {
-      if (!acc) cr[r][v] = _mm256_setzero_ps();
-      else if (PART && v == NV - 1) cr[r][v] = _mm256_maskload_ps(c + r * c_rs + 8 * v, msk);
-      else cr[r][v] = _mm256_loadu_ps(c + r * c_rs + 8 * v);
-    }
+  // Twelve named accumulators (unused ones fold away): GCC keeps a __m256 array indexed in
+  // loops on the stack, reloading and spilling it every k step.
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+         c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  const float* b1 = b + 8;
   for (index_t k = 0; k < K; ++k) {
     const float* bk = b + k * b_ks;
-    __m256 bv[NV];
-    for (int v = 0; v < NV; ++v)
-      bv[v] = (PART && v == NV - 1) ? _mm256_maskload_ps(bk + 8 * v, msk) : _mm256_loadu_ps(bk + 8 * v);
+    const __m256 bv0 = (PART && NV == 1) ? _mm256_maskload_ps(bk, msk) : _mm256_loadu_ps(bk);
+    __m256 bv1 = bv0;
+    if (NV == 2) bv1 = PART ? _mm256_maskload_ps(b1 + k * b_ks, msk) : _mm256_loadu_ps(b1 + k * b_ks);
     const float* ak = a + k * a_ks;
-    for (int r = 0; r < R; ++r) {
-      const __m256 av = _mm256_broadcast_ss(ak + r * a_rs);
-      for (int v = 0; v < NV; ++v) cr[r][v] = _mm256_fmadd_ps(av, bv[v], cr[r][v]);
+    __m256 av;
+#define KILNET_ROW(r, x0, x1)                                   \
+    if (R > r) {                                                \
+      av = _mm256_broadcast_ss(ak + r * a_rs);                  \
+      x0 = _mm256_fmadd_ps(av, bv0, x0);                        \
+      if (NV == 2) x1 = _mm256_fmadd_ps(av, bv1, x1);           \
     }
+    KILNET_ROW(0, c00, c01) KILNET_ROW(1, c10, c11) KILNET_ROW(2, c20, c21)
+    KILNET_ROW(3, c30, c31) KILNET_ROW(4, c40, c41) KILNET_ROW(5, c50, c51)
+#undef KILNET_ROW
   }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) {
-      if (PART && v == NV - 1) _mm256_maskstore_ps(c + r * c_rs + 8 * v, msk, cr[r][v]);
-      else _mm256_storeu_ps(c + r * c_rs + 8 * v, cr[r][v]);
+  // C (+)= the accumulators; the last vector of a partial panel through the lane mask.
+  auto put = [&](int r, int v, __m256 x) {
+    float* p = c + r * c_rs + 8 * v;
+    if (PART && v == NV - 1) {
+      if (acc) x = _mm256_add_ps(x, _mm256_maskload_ps(p, msk));
+      _mm256_maskstore_ps(p, msk, x);
+    } else {
+      if (acc) x = _mm256_add_ps(x, _mm256_loadu_ps(p));
+      _mm256_storeu_ps(p, x);
     }
+  };
+  const __m256 rows[6][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) put(r, v, rows[r][v]);
 }
 
 using Micro = void (*)(index_t, const float*, index_t, index_t, const float*, index_t, float*, index_t,
