@@ -6,6 +6,7 @@
 // view (a row of K, a column of P^T); B rows are loaded as vectors, the last partial vector
 // with a mask (head dims like 5 or 80 need no padding copy, and nothing past a row is read).
 #include <immintrin.h>
+#include <cmath>
 #include "attention_internal.h"
 #include "vexp_avx2.h"
 
@@ -111,10 +112,41 @@ void exp_cols_avx2(index_t M, index_t N, float* S, index_t ld, const float* shif
   }
 }
 
+void softmax_step_avx2(index_t M, index_t N, float* S, index_t ld, float* m, float* l, float* alpha) {
+  const __m256 ninf = _mm256_set1_ps(-HUGE_VALF);
+  for (index_t i = 0; i < N; i += 8) {
+    const __m256 mo = _mm256_loadu_ps(m + i);
+    __m256 mx = mo;
+    for (index_t r = 0; r < M; ++r) mx = _mm256_max_ps(mx, _mm256_loadu_ps(S + r * ld + i));
+    // no finite logit yet (mx = -inf): shift by 0 so exp(-inf - 0) = 0, never -inf - -inf
+    const __m256 sh = _mm256_blendv_ps(mx, _mm256_setzero_ps(), _mm256_cmp_ps(mx, ninf, _CMP_EQ_OQ));
+    const __m256 a = exp8(_mm256_sub_ps(mo, sh));
+    __m256 sum = _mm256_setzero_ps();
+    for (index_t r = 0; r < M; ++r) {
+      float* p = S + r * ld + i;
+      const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p), sh));
+      _mm256_storeu_ps(p, e);
+      sum = _mm256_add_ps(sum, e);
+    }
+    _mm256_storeu_ps(alpha + i, a);
+    _mm256_storeu_ps(m + i, mx);
+    _mm256_storeu_ps(l + i, _mm256_fmadd_ps(_mm256_loadu_ps(l + i), a, sum));
+  }
+}
+
+void dsoftmax_avx2(index_t M, index_t N, const float* P, float* dP, index_t ld, const float* D) {
+  for (index_t r = 0; r < M; ++r)
+    for (index_t i = 0; i < N; i += 8) {
+      float* q = dP + r * ld + i;
+      _mm256_storeu_ps(q, _mm256_mul_ps(_mm256_loadu_ps(P + r * ld + i),
+                                        _mm256_sub_ps(_mm256_loadu_ps(q), _mm256_loadu_ps(D + i))));
+    }
+}
+
 }  // namespace
 
 const TileKernels& avx2_kernels() {
-  static const TileKernels t{&gemm_avx2, &exp_cols_avx2};
+  static const TileKernels t{&gemm_avx2, &exp_cols_avx2, &softmax_step_avx2, &dsoftmax_avx2};
   return t;
 }
 

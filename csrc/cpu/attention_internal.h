@@ -17,6 +17,12 @@ struct TileKernels {
   // S[r][i] = exp(S[r][i] - shift[i]) for r < M, i < N (N % 8 == 0, row stride ld); when
   // colsum is not null, colsum[i] += sum_r of the new S[r][i].
   void (*exp_cols)(index_t M, index_t N, float* S, index_t ld, const float* shift, float* colsum);
+  // One online-softmax step over a tile of logits S (M >= 1 rows, N % 8 == 0 columns, one per
+  // query): per column, m_new = max(m, max_r S), alpha = exp(m - m_new) (0 while no finite
+  // logit was seen), S = exp(S - m_new), l = l*alpha + sum_r S, m = m_new.
+  void (*softmax_step)(index_t M, index_t N, float* S, index_t ld, float* m, float* l, float* alpha);
+  // dP[r][i] = P[r][i] * (dP[r][i] - D[i]) (N % 8 == 0)
+  void (*dsoftmax)(index_t M, index_t N, const float* P, float* dP, index_t ld, const float* D);
 };
 
 const TileKernels& portable_kernels();
