@@ -193,5 +193,6 @@ void bind_pool2d(py::module_& m, bool ref);          // issue 8: pooling
 void bind_normalization(py::module_& m, bool ref);   // issue 8: batch normalization
 void bind_dropout(py::module_& m, bool ref);         // issue 8: dropout
 void bind_peak(py::module_& m);                      // issue 3: FMA peak probe (no ref variant)
+void bind_attention(py::module_& m, bool ref);       // fused scaled-dot-product attention
 
 }  // namespace kilnet::bind

@@ -12,3 +12,4 @@
 #include "kilnet/loss.h"
 #include "kilnet/optim.h"
 #include "kilnet/peak.h"
+#include "kilnet/attention.h"

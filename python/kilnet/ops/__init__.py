@@ -8,6 +8,7 @@ needs a gradient. Python numbers stay weak scalars (float32 * 2.0 is float32); d
 """
 from kilnet.engine.node import any_symbolic, symbolic_op
 from kilnet.engine.tensor import add, cast, divide, matmul, multiply, negative, power, subtract
+from kilnet.ops.attention import dot_product_attention
 from kilnet.ops.creation import (arange, convert_to_tensor, eye, full, full_like, ones, ones_like, zeros,
                                  zeros_like)
 from kilnet.ops.linalg import einsum
@@ -34,6 +35,8 @@ __all__ = [
     # activations
     "relu", "relu6", "sigmoid", "hard_sigmoid", "tanh", "softmax", "log_softmax", "gelu", "silu", "swish",
     "leaky_relu", "elu", "softplus", "softsign",
+    # attention (fused kernel)
+    "dot_product_attention",
     # shape and array ops
     "reshape", "transpose", "swapaxes", "moveaxis", "tile", "expand_dims", "squeeze", "concatenate", "stack", "split", "take",
     "broadcast_to", "one_hot", "top_k", "shape", "stop_gradient", "einsum",

@@ -1,0 +1,192 @@
+"""Fused attention vs PyTorch (CPU): kilnet.ops.dot_product_attention against
+torch.nn.functional.scaled_dot_product_attention, forward + backward.
+
+    python benchmarks/bench_attention.py [--threads 1 2] [--T 256 1024] [--rounds 3] [--iters 2]
+    python benchmarks/bench_attention.py --memory-only [--mem-T 4096]
+
+speed: batch 8, 8 heads, head dim 64, T = Tq = Tk, causal and not. Each library runs in its own
+subprocess (a worker that times `iters` calls after a warm-up), the two alternating for `rounds`
+rounds so a change in the machine's load hits both; reported: the median over all calls of one
+forward + backward (gradients of query, key and value for a given output gradient), and of the
+forward alone. kilnet: the public op on the GradientTape (layout (B, T, N, H)); torch: tensors of
+shape (B, N, T, H) with requires_grad, .backward(grad). Arithmetic, non-causal: forward
+4·B·N·T²·H, backward 10·B·N·T²·H (recomputed scores, dV, dP, dQ, dK); causal about half.
+
+memory: the peak resident memory a fresh process gains over one forward + backward at
+T = 4096 (batch 1, 8 heads, head dim 64; inputs, outputs and gradients are allocated before the
+baseline), per library. The score matrix alone would be 8·T²·4 bytes = 512 MiB.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+B, N, H = 8, 8, 64
+
+
+def _machine():
+    model = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+
+
+# ---------------------------------------------------------------------------------- workers
+def _inputs(b, T, n, seed=0):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((b, T, n, H)).astype(np.float32) for _ in range(4)]   # q, k, v, dout
+
+
+def _kilnet_step(b, T, n, causal, threads):
+    import kilnet
+    import kilnet.ops as K
+    from kilnet.engine.tape import GradientTape
+    from kilnet.engine.tensor import Tensor
+    kilnet.set_num_threads(threads)
+    q, k, v, do = _inputs(b, T, n)
+    ts = [Tensor(a) for a in (q, k, v)]
+
+    def fwd():
+        return K.dot_product_attention(*ts, is_causal=causal)
+
+    def step():
+        with GradientTape() as tape:
+            tape.watch(ts)
+            y = K.dot_product_attention(*ts, is_causal=causal)
+        return tape.gradient(y, ts, output_gradients=do)
+    return fwd, step
+
+
+def _torch_step(b, T, n, causal, threads):
+    import torch
+    import torch.nn.functional as F
+    torch.set_num_threads(threads)
+    q, k, v, do = (torch.from_numpy(a).transpose(1, 2).contiguous() for a in _inputs(b, T, n))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+
+    def fwd():
+        with torch.no_grad():
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    def step():
+        for t in (q, k, v):
+            t.grad = None
+        F.scaled_dot_product_attention(q, k, v, is_causal=causal).backward(do)
+        return q.grad, k.grad, v.grad
+    return fwd, step
+
+
+STEPS = {"kilnet": _kilnet_step, "torch": _torch_step}
+
+
+def worker_speed(lib, T, causal, threads, iters):
+    fwd, step = STEPS[lib](B, T, N, causal, threads)
+    step()                                   # warm-up (allocations, thread team)
+    out = {"step": [], "fwd": []}
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        step()
+        t1 = time.perf_counter()
+        fwd()
+        t2 = time.perf_counter()
+        out["step"].append(t1 - t0)
+        out["fwd"].append(t2 - t1)
+    return out
+
+
+def _worker_memory_first_call(lib, T, threads):
+    """Peak RSS growth of the first forward + backward, inputs already allocated."""
+    import resource
+    import numpy as np
+    if lib == "kilnet":
+        import kilnet  # noqa: F401  (imports and thread start-up before the baseline)
+    else:
+        import torch  # noqa: F401
+    fwd, step = STEPS[lib](1, T, N, False, threads)
+    # the outputs of one step (out + 3 gradients), allocated before the baseline
+    keep = [np.ones((1, T, N, H), np.float32) for _ in range(4)]
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    del keep
+    step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"grown_bytes": max(0, peak - base) * 1024}
+
+
+def _run_worker(args_list):
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", *args_list],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"worker {args_list} failed:\n{r.stderr}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--T", type=int, nargs="+", default=[256, 1024])
+    ap.add_argument("--rounds", type=int, default=3, help="alternating worker pairs per case")
+    ap.add_argument("--iters", type=int, default=3, help="timed calls per worker")
+    ap.add_argument("--mem-T", type=int, default=4096)
+    ap.add_argument("--memory-only", action="store_true")
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        kind, lib, *rest = args.worker
+        if kind == "speed":
+            T, causal, threads, iters = int(rest[0]), rest[1] == "1", int(rest[2]), int(rest[3])
+            print(json.dumps(worker_speed(lib, T, causal, threads, iters)))
+        else:
+            print(json.dumps(_worker_memory_first_call(lib, int(rest[0]), int(rest[1]))))
+        return
+
+    print(f"# {_machine()}")
+    try:
+        print(f"# load average {os.getloadavg()}")
+    except OSError:
+        pass
+    if not args.memory_only:
+        print(f"# B={B} N={N} H={H}; median ms over {args.rounds} rounds x {args.iters} calls, each library "
+              f"in its own subprocess")
+        print("| threads | T | causal | kilnet fwd+bwd | torch fwd+bwd | speedup | kilnet fwd | torch fwd | "
+              "fwd speedup |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for threads in args.threads:
+            for T in args.T:
+                for causal in (False, True):
+                    res = {lib: {"step": [], "fwd": []} for lib in STEPS}
+                    for r in range(args.rounds):
+                        order = list(STEPS) if r % 2 == 0 else list(reversed(list(STEPS)))
+                        for lib in order:
+                            w = _run_worker(["speed", lib, str(T), "1" if causal else "0", str(threads),
+                                             str(args.iters)])
+                            for key in w:
+                                res[lib][key] += w[key]
+                    med = {lib: {k: statistics.median(v) * 1e3 for k, v in d.items()} for lib, d in res.items()}
+                    ks, ts = med["kilnet"], med["torch"]
+                    print(f"| {threads} | {T} | {'yes' if causal else 'no'} | {ks['step']:.1f} | {ts['step']:.1f} | "
+                          f"**{ts['step'] / ks['step']:.2f}x** | {ks['fwd']:.1f} | {ts['fwd']:.1f} | "
+                          f"{ts['fwd'] / ks['fwd']:.2f}x |", flush=True)
+    if not args.no_memory:
+        print(f"\n# peak RSS growth of one forward + backward, batch 1, {N} heads, H={H}, T={args.mem_T} "
+              f"(score matrix: {N * args.mem_T ** 2 * 4 / 2 ** 20:.0f} MiB)")
+        for lib in STEPS:
+            w = _run_worker(["memory", lib, str(args.mem_T), "1"])
+            print(f"{lib}: {w['grown_bytes'] / 2 ** 20:.1f} MiB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
