@@ -1,6 +1,7 @@
 """Layers with Keras names, arguments, defaults and weight layouts."""
 from kilnet import serialization
 from kilnet.layers.activation import Activation
+from kilnet.layers.attention import MultiHeadAttention
 from kilnet.layers.base import Layer
 from kilnet.layers.conv import Conv2D
 from kilnet.engine.node import Input
@@ -19,14 +20,14 @@ __all__ = ["Layer", "Dense", "Conv2D", "Flatten", "Activation", "InputLayer", "I
            "GlobalAvgPool2D", "Dropout", "BatchNormalization", "Reshape", "ZeroPadding2D",
            "SimpleRNN", "LSTM", "GRU", "TimeDistributed", "Add", "Subtract", "Multiply", "Average",
            "Maximum", "Minimum", "Concatenate", "Dot", "add", "subtract", "multiply", "average", "maximum",
-           "minimum", "concatenate", "dot"]
+           "minimum", "concatenate", "dot", "MultiHeadAttention"]
 
 # Every layer type a model file may name. Loading refuses any other class name.
 REGISTRY = {cls.__name__: cls for cls in (Dense, Conv2D, Flatten, Activation, InputLayer,
                                           MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
                                           Dropout, BatchNormalization, Reshape, ZeroPadding2D,
                                           SimpleRNN, LSTM, GRU, TimeDistributed, Add, Subtract, Multiply, Average,
-                                          Maximum, Minimum, Concatenate, Dot)}
+                                          Maximum, Minimum, Concatenate, Dot, MultiHeadAttention)}
 serialization.register(*REGISTRY.values())
 
 
