@@ -52,24 +52,30 @@ void row_forward_avx2(index_t C, const float* x, const float* gamma, const float
     s3 = _mm256_add_ps(s3, _mm256_loadu_ps(x + j + 24));
   }
   for (; j < C; j += 8) s0 = _mm256_add_ps(s0, load(x + j, j == full, mask));
-  const float mu = hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3))) / float(C);
-  // centered sum of squares (two passes: no cancellation for rows with a large mean)
-  const __m256 vmu = _mm256_set1_ps(mu);
+  const float mu0 = hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3))) / float(C);
+  // Second pass on d = x - mu0: sum d^2 and sum d. The float sum above can be off by a few
+  // ulps of a large mean; sum d corrects it (mean = mu0 + sum d / C, var = sum d^2 / C -
+  // (sum d / C)^2), so rows like 1000 + small noise keep their accuracy.
+  const __m256 vmu = _mm256_set1_ps(mu0);
   s0 = s1 = s2 = s3 = _mm256_setzero_ps();
-  for (j = 0; j + 32 <= C; j += 32) {
+  __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps();
+  for (j = 0; j + 16 <= C; j += 16) {
     const __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(x + j), vmu), d1 = _mm256_sub_ps(_mm256_loadu_ps(x + j + 8), vmu);
-    const __m256 d2 = _mm256_sub_ps(_mm256_loadu_ps(x + j + 16), vmu), d3 = _mm256_sub_ps(_mm256_loadu_ps(x + j + 24), vmu);
     s0 = _mm256_fmadd_ps(d0, d0, s0); s1 = _mm256_fmadd_ps(d1, d1, s1);
-    s2 = _mm256_fmadd_ps(d2, d2, s2); s3 = _mm256_fmadd_ps(d3, d3, s3);
+    t0 = _mm256_add_ps(t0, d0); t1 = _mm256_add_ps(t1, d1);
   }
   for (; j < C; j += 8) {
     const bool tail = j == full;
-    // masked lanes load 0: their d would be -mu, so they are masked out of the sum
+    // masked lanes load 0: their d would be -mu0, so they are masked out of the sums
     __m256 d = _mm256_sub_ps(load(x + j, tail, mask), vmu);
     if (tail) d = _mm256_and_ps(d, _mm256_castsi256_ps(mask));
-    s0 = _mm256_fmadd_ps(d, d, s0);
+    s2 = _mm256_fmadd_ps(d, d, s2);
+    t0 = _mm256_add_ps(t0, d);
   }
-  const double var = double(hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)))) / double(C);
+  const double delta = double(hsum(_mm256_add_ps(t0, t1))) / double(C);
+  const double q = double(hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), s2))) / double(C) - delta * delta;
+  const double var = q > 0.0 ? q : 0.0;
+  const float mu = float(double(mu0) + delta);
   const float is = float(1.0 / std::sqrt(var + double(eps)));
   const __m256 vc = _mm256_set1_ps(rms ? 0.f : mu), vis = _mm256_set1_ps(is), zero = _mm256_setzero_ps();
   for (j = 0; j < C; j += 8) {
