@@ -25,12 +25,14 @@ struct Arr {
   py::object obj;         // the argument itself, kept alive for the call
   void* data = nullptr;
   index_t bytes = 0;
+  int elem_bytes = 4;     // bytes per element (4: float32 or int32, 8: int64)
   std::vector<index_t> shape;
   index_t size = 1;
   int ndim() const { return int(shape.size()); }
   index_t dim(int i) const { return shape[size_t(i < 0 ? i + ndim() : i)]; }
   float* f() const { return static_cast<float*>(data); }
   std::int64_t* i64() const { return static_cast<std::int64_t*>(data); }
+  std::int32_t* i32() const { return static_cast<std::int32_t*>(data); }
   index_t nbytes() const { return bytes; }
 };
 
@@ -48,19 +50,22 @@ inline std::string shape_str(const std::vector<index_t>& s) {
 [[noreturn]] inline void fail_value(const std::string& msg) { throw py::value_error(msg); }
 
 // Whether a numpy dtype (a PyArray_Descr, as numpy and CuPy arrays both carry) is native
-// float32 (kind 'f') or int64 (kind 'l'). Read off the descriptor, with no Python attribute
+// float32 (kind 'f'), int64 (kind 'l') or int32 (kind 'i'). Read off the descriptor, with no Python attribute
 // lookups: this runs for every array of every call.
 inline bool dtype_is(PyObject* dtype, char kind) {
-  static const int want_f32 = py::dtype::of<float>().num(), want_i64 = py::dtype::of<std::int64_t>().num();
+  static const int want_f32 = py::dtype::of<float>().num(), want_i64 = py::dtype::of<std::int64_t>().num(),
+                   want_i32 = py::dtype::of<std::int32_t>().num();
   const auto* descr = py::detail::array_descriptor_proxy(dtype);
   const char order = descr->byteorder;   // '=' native, '|' not applicable, else '<' or '>'
   const uint16_t probe = 1;
   const char native = *reinterpret_cast<const char*>(&probe) ? '<' : '>';
-  return descr->type_num == (kind == 'f' ? want_f32 : want_i64) &&
+  return descr->type_num == (kind == 'f' ? want_f32 : kind == 'i' ? want_i32 : want_i64) &&
          (order == '=' || order == '|' || order == native);
 }
 
-// kind: 'f' float32, 'l' int64. ndim < 0: any rank.
+inline const char* kind_name(char kind) { return kind == 'f' ? "float32" : kind == 'i' ? "int32" : "int64"; }
+
+// kind: 'f' float32, 'l' int64, 'i' int32. ndim < 0: any rank.
 inline Arr array_arg(const char* fn, const char* name, py::handle h, char kind, int ndim,
                      bool writable) {
   if (!py::isinstance<py::array>(h) && py::hasattr(h, "__cuda_array_interface__"))
@@ -75,8 +80,8 @@ inline Arr array_arg(const char* fn, const char* name, py::handle h, char kind, 
   // Compare type numbers, not dtype objects: an unpickled float32 dtype is a different object.
   // A byte-swapped (non-native) array has the same number and is refused by the isnative test.
   if (!dtype_is(py::detail::array_proxy(h.ptr())->descr, kind))
-    fail_type(std::string(fn) + ": argument '" + name + "' must have dtype " +
-              (kind == 'f' ? "float32" : "int64") + ", got " + std::string(py::str(a.arr.dtype())));
+    fail_type(std::string(fn) + ": argument '" + name + "' must have dtype " + kind_name(kind) +
+              ", got " + std::string(py::str(a.arr.dtype())));
   if (ndim >= 0 && a.arr.ndim() != ndim)
     fail_value(std::string(fn) + ": argument '" + name + "' must be " + std::to_string(ndim) +
                "-D, got " + std::to_string(a.arr.ndim()) + "-D");
@@ -90,6 +95,7 @@ inline Arr array_arg(const char* fn, const char* name, py::handle h, char kind, 
     a.size *= index_t(a.arr.shape(i));
   }
   a.obj = py::reinterpret_borrow<py::object>(h);
+  a.elem_bytes = kind == 'l' ? 8 : 4;
   a.bytes = index_t(a.arr.nbytes());
   a.data = writable ? a.arr.mutable_data() : const_cast<void*>(a.arr.data());
   return a;
@@ -106,6 +112,17 @@ inline Arr in_i64(const char* fn, const char* name, py::handle h, int ndim = -1)
   return array_arg(fn, name, h, 'l', ndim, false);
 }
 
+// Integer ids of either width (embedding): int32 or int64, told apart by Arr::elem_bytes.
+inline Arr in_ids(const char* fn, const char* name, py::handle h, int ndim = -1) {
+  if (py::isinstance<py::array>(h) && dtype_is(py::detail::array_proxy(h.ptr())->descr, 'i')) {
+    return array_arg(fn, name, h, 'i', ndim, false);
+  }
+  if (py::isinstance<py::array>(h) && !dtype_is(py::detail::array_proxy(h.ptr())->descr, 'l'))
+    fail_type(std::string(fn) + ": argument '" + name + "' must have dtype int32 or int64, got " +
+              std::string(py::str(py::reinterpret_borrow<py::array>(h).dtype())));
+  return array_arg(fn, name, h, 'l', ndim, false);
+}
+
 // Where a call's arrays live. The argument checks of each family (args_<family>.h) take one of
 // these, so that kilnet._cpu (numpy, host_arrays) and kilnet._cuda (CuPy, device_arrays in
 // cuda_checks.h) accept and refuse exactly the same calls. `host`: the values can be read
@@ -115,8 +132,10 @@ struct Arrays {
   Arr (*out_f32)(const char* fn, const char* name, py::handle h, int ndim);
   Arr (*in_i64)(const char* fn, const char* name, py::handle h, int ndim);
   bool host;
+  Arr (*in_ids)(const char* fn, const char* name, py::handle h, int ndim);   // int32 or int64
 };
-inline const Arrays host_arrays{&kilnet::bind::in_f32, &kilnet::bind::out_f32, &kilnet::bind::in_i64, true};
+inline const Arrays host_arrays{&kilnet::bind::in_f32, &kilnet::bind::out_f32, &kilnet::bind::in_i64, true,
+                                &kilnet::bind::in_ids};
 
 inline void expect_shape(const char* fn, const char* name, const Arr& a,
                          const std::vector<index_t>& want) {
@@ -192,6 +211,8 @@ void bind_rnn(py::module_& m, bool ref);
 void bind_pool2d(py::module_& m, bool ref);          // issue 8: pooling
 void bind_normalization(py::module_& m, bool ref);   // issue 8: batch normalization
 void bind_dropout(py::module_& m, bool ref);         // issue 8: dropout
+void bind_embedding(py::module_& m, bool ref);       // embedding gather / deterministic scatter-add
+void bind_layernorm(py::module_& m, bool ref);       // layer normalization (last axes)
 void bind_peak(py::module_& m);                      // issue 3: FMA peak probe (no ref variant)
 void bind_attention(py::module_& m, bool ref);       // fused scaled-dot-product attention
 

@@ -30,5 +30,7 @@ PYBIND11_MODULE(_cpu, m) {
     bind::bind_normalization(*mod, is_ref);
     bind::bind_dropout(*mod, is_ref);
     bind::bind_attention(*mod, is_ref);
+    bind::bind_embedding(*mod, is_ref);
+    bind::bind_layernorm(*mod, is_ref);
   }
 }

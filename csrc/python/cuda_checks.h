@@ -19,7 +19,7 @@ inline int current_device() {
   return d;
 }
 
-// kind: 'f' float32, 'l' int64. ndim < 0: any rank.
+// kind: 'f' float32, 'l' int64, 'i' int32. ndim < 0: any rank.
 inline Arr dev_array_arg(const char* fn, const char* name, py::handle h, char kind, int ndim,
                          bool writable) {
   if (py::isinstance<py::array>(h))
@@ -31,10 +31,10 @@ inline Arr dev_array_arg(const char* fn, const char* name, py::handle h, char ki
               std::string(py::str(py::type::of(h).attr("__name__"))));
   py::dict cai = h.attr("__cuda_array_interface__");
   const std::string typestr = py::str(cai["typestr"]);
-  const char* want = kind == 'f' ? "<f4" : "<i8";
+  const char* want = kind == 'f' ? "<f4" : kind == 'i' ? "<i4" : "<i8";
   if (typestr != want)
-    fail_type(std::string(fn) + ": argument '" + name + "' must have dtype " +
-              (kind == 'f' ? "float32" : "int64") + ", got typestr " + typestr);
+    fail_type(std::string(fn) + ": argument '" + name + "' must have dtype " + kind_name(kind) +
+              ", got typestr " + typestr);
   Arr a;
   a.obj = py::reinterpret_borrow<py::object>(h);
   for (py::handle d : py::tuple(cai["shape"])) a.shape.push_back(d.cast<index_t>());
@@ -45,7 +45,7 @@ inline Arr dev_array_arg(const char* fn, const char* name, py::handle h, char ki
   // strides None means C-contiguous; explicit strides must equal the C-contiguous ones.
   if (cai.contains("strides") && !cai["strides"].is_none()) {
     py::tuple st(cai["strides"]);
-    index_t expect = 4 * (kind == 'f' ? 1 : 2);
+    index_t expect = kind == 'l' ? 8 : 4;
     for (int i = a.ndim() - 1; i >= 0; --i) {
       if (a.shape[size_t(i)] != 1 && st[size_t(i)].cast<index_t>() != expect)
         fail_value(std::string(fn) + ": argument '" + name +
@@ -57,7 +57,8 @@ inline Arr dev_array_arg(const char* fn, const char* name, py::handle h, char ki
   a.data = reinterpret_cast<void*>(data[0].cast<std::uintptr_t>());
   if (writable && data[1].cast<bool>())
     fail_value(std::string(fn) + ": output '" + name + "' is read-only");
-  a.bytes = a.size * (kind == 'f' ? 4 : 8);
+  a.elem_bytes = kind == 'l' ? 8 : 4;
+  a.bytes = a.size * a.elem_bytes;
   if (a.size == 0) return a;
   cudaPointerAttributes attr{};
   if (cudaPointerGetAttributes(&attr, a.data) != cudaSuccess) {
@@ -85,7 +86,19 @@ inline Arr din_i64(const char* fn, const char* name, py::handle h, int ndim = -1
   return dev_array_arg(fn, name, h, 'l', ndim, false);
 }
 
-inline const Arrays device_arrays{&din_f32, &dout_f32, &din_i64, false};
+// Integer ids of either width (embedding): int32 or int64, told apart by Arr::elem_bytes.
+inline Arr din_ids(const char* fn, const char* name, py::handle h, int ndim = -1) {
+  if (!py::isinstance<py::array>(h) && py::hasattr(h, "__cuda_array_interface__") &&
+      std::string(py::str(h.attr("__cuda_array_interface__")["typestr"])) == "<i4")
+    return dev_array_arg(fn, name, h, 'i', ndim, false);
+  if (!py::isinstance<py::array>(h) && py::hasattr(h, "__cuda_array_interface__") &&
+      std::string(py::str(h.attr("__cuda_array_interface__")["typestr"])) != "<i8")
+    fail_type(std::string(fn) + ": argument '" + name + "' must have dtype int32 or int64, got typestr " +
+              std::string(py::str(h.attr("__cuda_array_interface__")["typestr"])));
+  return dev_array_arg(fn, name, h, 'l', ndim, false);
+}
+
+inline const Arrays device_arrays{&din_f32, &dout_f32, &din_i64, false, &din_ids};
 
 // The stream a call runs on: None means CuPy's current stream (cupy.cuda.get_current_stream()),
 // an int is a raw cudaStream_t, anything with .ptr (a cupy.cuda.Stream) gives its handle.

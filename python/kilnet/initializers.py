@@ -211,7 +211,9 @@ _ALIASES = {"zeros": Zeros, "ones": Ones, "constant": Constant, "random_normal":
             "random_uniform": RandomUniform, "truncated_normal": TruncatedNormal,
             "variance_scaling": VarianceScaling, "glorot_uniform": GlorotUniform,
             "glorot_normal": GlorotNormal, "he_normal": HeNormal, "he_uniform": HeUniform,
-            "lecun_normal": LecunNormal, "lecun_uniform": LecunUniform, "orthogonal": Orthogonal}
+            "lecun_normal": LecunNormal, "lecun_uniform": LecunUniform, "orthogonal": Orthogonal,
+            # Keras 3's short names (Embedding's default embeddings_initializer is "uniform")
+            "uniform": RandomUniform, "normal": RandomNormal, "zero": Zeros, "one": Ones}
 
 
 def get(identifier) -> Initializer:

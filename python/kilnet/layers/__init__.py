@@ -6,6 +6,8 @@ from kilnet.layers.base import Layer
 from kilnet.layers.conv import Conv2D
 from kilnet.engine.node import Input
 from kilnet.layers.core import Dense, Flatten, InputLayer
+from kilnet.layers.embedding import Embedding
+from kilnet.layers.layer_normalization import LayerNormalization
 from kilnet.layers.merging import (Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract, add,
                                    average, concatenate, dot, maximum, minimum, multiply, subtract)
 from kilnet.layers.normalization import BatchNormalization
@@ -20,14 +22,14 @@ __all__ = ["Layer", "Dense", "Conv2D", "Flatten", "Activation", "InputLayer", "I
            "GlobalAvgPool2D", "Dropout", "BatchNormalization", "Reshape", "ZeroPadding2D",
            "SimpleRNN", "LSTM", "GRU", "TimeDistributed", "Add", "Subtract", "Multiply", "Average",
            "Maximum", "Minimum", "Concatenate", "Dot", "add", "subtract", "multiply", "average", "maximum",
-           "minimum", "concatenate", "dot", "MultiHeadAttention"]
+           "minimum", "concatenate", "dot", "MultiHeadAttention", "Embedding", "LayerNormalization"]
 
 # Every layer type a model file may name. Loading refuses any other class name.
 REGISTRY = {cls.__name__: cls for cls in (Dense, Conv2D, Flatten, Activation, InputLayer,
                                           MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
                                           Dropout, BatchNormalization, Reshape, ZeroPadding2D,
                                           SimpleRNN, LSTM, GRU, TimeDistributed, Add, Subtract, Multiply, Average,
-                                          Maximum, Minimum, Concatenate, Dot, MultiHeadAttention)}
+                                          Maximum, Minimum, Concatenate, Dot, MultiHeadAttention, Embedding, LayerNormalization)}
 serialization.register(*REGISTRY.values())
 
 

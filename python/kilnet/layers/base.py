@@ -86,6 +86,9 @@ class Layer:
     # Keras keys every layer config may carry; anything else a subclass does not accept is refused.
     _common_config_keys = ("name", "trainable", "dtype", "input_shape", "batch_input_shape",
                            "batch_size")
+    # A layer whose input is integer ids (Embedding): __call__ keeps them integers, casts floats
+    # to int32 as Keras does, and the tape never asks for their gradient.
+    _int_inputs = False
 
     def __init__(self, name=None, trainable=True, input_shape=None, batch_input_shape=None,
                  dtype=None, batch_size=None, input_dim=None, autocast=True, **kwargs):
@@ -255,7 +258,10 @@ class Layer:
         return type(self).compute_mask is not _base_compute_mask
 
     def _to_input(self, x):
-        """Inputs as float32 Tensors on the layer's device (Keras autocasts floats to float32)."""
+        """Inputs as float32 Tensors on the layer's device (Keras autocasts floats to float32);
+        a layer that takes integer ids (_int_inputs) gets them as int32/int64 instead."""
+        if self._int_inputs:
+            return _as_ids(self, x)
         if not isinstance(x, Tensor):
             if x is None or isinstance(x, (str, bytes)):
                 raise TypeError(f"layer {self.name!r}: inputs must be arrays or tensors, got {x!r}")
@@ -506,6 +512,27 @@ def fused_call(layer, x, training, forward=None, backward=None, st=None, **forwa
             loc.cur = prev
     record((x,), (out,), bw, layer)
     return out
+
+
+def _as_ids(layer, x):
+    """x as a Tensor of int32 or int64 ids on the layer's device: other integer widths become
+    int64, floats and bools int32 (Keras's Embedding casts to int32)."""
+    v = x.value if isinstance(x, Tensor) else x
+    if v is None or isinstance(v, (str, bytes)):
+        raise TypeError(f"layer {layer.name!r}: inputs must be arrays or tensors of integer ids, got {v!r}")
+    if not isinstance(v, np.ndarray) and not hasattr(v, "__cuda_array_interface__"):
+        v = np.asarray(v)
+    if layer.device != "cpu" or not isinstance(v, np.ndarray):
+        v = to_device(v, layer.device)
+    kind = v.dtype.kind
+    if kind in "iu":
+        if v.dtype != np.int32 and v.dtype != np.int64:
+            v = v.astype(np.int64)
+    elif kind in "fb":
+        v = v.astype(np.int32)
+    else:
+        raise TypeError(f"layer {layer.name!r}: inputs must be integer ids, got dtype {v.dtype}")
+    return x if isinstance(x, Tensor) and v is x.value else Tensor(v)
 
 
 def _contiguous(x):

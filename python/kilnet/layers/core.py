@@ -123,6 +123,9 @@ class InputLayer(Layer):
             raise ValueError("InputLayer needs shape= (or batch_shape=)")
         if sparse or ragged:
             raise ValueError("InputLayer: sparse and ragged inputs are not supported")
+        # integer inputs (ids for an Embedding) are fine: the layers below decide what they take
+        if isinstance(kwargs.get("dtype"), str) and kwargs["dtype"] in ("int32", "int64"):
+            kwargs.pop("dtype")
         super().__init__(input_shape=shape, **kwargs)
 
     def forward(self, x, training=False):

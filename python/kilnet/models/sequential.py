@@ -172,7 +172,7 @@ class Sequential(Model):
         if self.built or self._declared_input is not None:
             shape = self.input_shape if self.built else (None, *self._declared_input)
             entries.append({"module": "keras.layers", "class_name": "InputLayer",
-                            "config": {"batch_shape": list(shape), "dtype": "float32", "sparse": False,
+                            "config": {"batch_shape": list(shape), "dtype": self._input_dtype(), "sparse": False,
                                        "name": "input_layer"}, "registered_name": None})
         entries += [layer_entry(l) for l in self.layers_list]
         cfg = {"name": self.name, "trainable": self.trainable,
@@ -181,6 +181,11 @@ class Sequential(Model):
         if self.built:
             cfg["build_input_shape"] = list(self.input_shape)
         return cfg
+
+    def _input_dtype(self) -> str:
+        """What the model's InputLayer holds as Keras writes it: int32 ids for a first layer
+        that takes integer ids (Embedding), else float32."""
+        return "int32" if self.layers_list and self.layers_list[0]._int_inputs else "float32"
 
     def export_weights(self, filepath) -> None:
         """Write layers and weights in the binary format C++ programs read (kilnet/export.py)."""

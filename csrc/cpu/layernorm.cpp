@@ -1,0 +1,165 @@
+// layernorm.cpp — layer normalization forward and backward (see kilnet/layernorm.h).
+// Rows are independent, so both passes run in parallel over rows; the row work is
+// layernorm_detail::row_* (AVX2 in layernorm_avx2.cpp when the CPU has it). dgamma/dbeta are
+// column sums over rows: the rows are cut into blocks of a size fixed by (M, C) alone, each
+// block keeps float partial sums, and the blocks are added in order in double. So the result
+// has the same bits at any thread count.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+#include "kilnet/layernorm.h"
+#include "layernorm_internal.h"
+#include "parallel.h"
+
+namespace kilnet::cpu {
+
+namespace layernorm_detail {
+
+void row_forward(index_t C, const float* x, const float* gamma, const float* beta, float eps, bool rms,
+                 float* mean, float* invstd, float* y) {
+  double s = 0.0;
+  for (index_t j = 0; j < C; ++j) s += x[j];
+  const float mu = float(s / double(C));
+  double q = 0.0;
+  for (index_t j = 0; j < C; ++j) { const double d = double(x[j]) - mu; q += d * d; }
+  const float is = float(1.0 / std::sqrt(q / double(C) + double(eps)));
+  const float c = rms ? 0.f : mu;
+  for (index_t j = 0; j < C; ++j)
+    y[j] = (x[j] - c) * (gamma ? is * gamma[j] : is) + (beta ? beta[j] : 0.f);
+  *mean = mu;
+  *invstd = is;
+}
+
+void row_backward(index_t C, const float* x, const float* dy, const float* gamma, float mean, float invstd,
+                  bool rms, float* dx, float* pg, float* pb) {
+  const float c = rms ? 0.f : mean;
+  double s1 = 0.0, s2 = 0.0;   // sum g, sum g*z
+  for (index_t j = 0; j < C; ++j) {
+    const float z = (x[j] - c) * invstd;
+    const float g = gamma ? dy[j] * gamma[j] : dy[j];
+    s1 += g;
+    s2 += double(g) * z;
+    if (pg) pg[j] += dy[j] * z;
+    if (pb) pb[j] += dy[j];
+  }
+  if (!dx) return;
+  const float a = rms ? 0.f : float(s1 / double(C)), b = float(s2 / double(C));
+  for (index_t j = 0; j < C; ++j) {
+    const float g = gamma ? dy[j] * gamma[j] : dy[j];
+    dx[j] = invstd * (g - a - (x[j] - mean) * invstd * b);
+  }
+}
+
+}  // namespace layernorm_detail
+
+namespace {
+
+using RowForward = void (*)(index_t, const float*, const float*, const float*, float, bool, float*, float*, float*);
+using RowBackward = void (*)(index_t, const float*, const float*, const float*, float, float, bool, float*, float*,
+                             float*);
+
+RowForward row_forward_impl() {
+#if defined(KILNET_HAVE_AVX2_BUILD)
+  if (use_avx2()) return &layernorm_detail::row_forward_avx2;
+#endif
+  return &layernorm_detail::row_forward;
+}
+
+RowBackward row_backward_impl() {
+#if defined(KILNET_HAVE_AVX2_BUILD)
+  if (use_avx2()) return &layernorm_detail::row_backward_avx2;
+#endif
+  return &layernorm_detail::row_backward;
+}
+
+// Rows per block of the dgamma/dbeta partial sums: about 16K values, a function of C alone.
+index_t block_rows(index_t C) { return std::clamp<index_t>(16384 / C, 1, 1024); }
+
+}  // namespace
+
+void layernorm_forward(index_t M, index_t C, const float* x, const float* gamma, const float* beta,
+                       float eps, bool rms, float* mean, float* invstd, float* y) {
+  const RowForward row = row_forward_impl();
+  if (rms) beta = nullptr;
+#pragma omp parallel for num_threads(threads_for(M * C)) schedule(static)
+  for (index_t m = 0; m < M; ++m) row(C, x + m * C, gamma, beta, eps, rms, mean + m, invstd + m, y + m * C);
+}
+
+void layernorm_backward(index_t M, index_t C, const float* x, const float* dy, const float* gamma,
+                        const float* mean, const float* invstd, bool rms, float* dx, float* dgamma,
+                        float* dbeta) {
+  const RowBackward row = row_backward_impl();
+  const bool sums = dgamma || dbeta;
+  if (!sums && !dx) return;
+  const index_t R = block_rows(C), NB = (M + R - 1) / R;
+  std::vector<float> part(sums ? size_t(NB) * size_t(2 * C) : 0);
+#pragma omp parallel for num_threads(threads_for(M * C)) schedule(static)
+  for (index_t b = 0; b < NB; ++b) {
+    float* pg = sums ? part.data() + size_t(b) * size_t(2 * C) : nullptr;
+    float* pb = sums ? pg + C : nullptr;
+    if (sums) std::fill(pg, pg + 2 * C, 0.f);
+    for (index_t m = b * R; m < std::min(M, (b + 1) * R); ++m)
+      row(C, x + m * C, dy + m * C, gamma, mean[m], invstd[m], rms, dx ? dx + m * C : nullptr, pg, pb);
+  }
+  if (!sums) return;
+  const float* pp = part.data();
+#pragma omp parallel for num_threads(threads_for(NB * C)) schedule(static)
+  for (index_t j = 0; j < C; ++j) {
+    double sg = 0.0, sb = 0.0;
+    for (index_t b = 0; b < NB; ++b) {
+      sg += pp[size_t(b) * size_t(2 * C) + size_t(j)];
+      sb += pp[size_t(b) * size_t(2 * C) + size_t(C + j)];
+    }
+    if (dgamma) dgamma[j] += float(sg);
+    if (dbeta) dbeta[j] += float(sb);
+  }
+}
+
+// ------------------------------------------------------------------------- reference (plain loops)
+// Row by row, every sum in double, straight from the formulas.
+void layernorm_forward_ref(index_t M, index_t C, const float* x, const float* gamma, const float* beta,
+                           float eps, bool rms, float* mean, float* invstd, float* y) {
+  for (index_t m = 0; m < M; ++m) {
+    const float* xr = x + m * C;
+    double s = 0.0, q = 0.0;
+    for (index_t j = 0; j < C; ++j) s += xr[j];
+    const double mu = s / double(C);
+    for (index_t j = 0; j < C; ++j) q += (xr[j] - mu) * (xr[j] - mu);
+    const double is = 1.0 / std::sqrt(q / double(C) + double(eps));
+    mean[m] = float(mu);
+    invstd[m] = float(is);
+    for (index_t j = 0; j < C; ++j) {
+      const double g = gamma ? gamma[j] : 1.0, b = (beta && !rms) ? beta[j] : 0.0;
+      y[m * C + j] = float(g * (xr[j] - (rms ? 0.0 : mu)) * is + b);
+    }
+  }
+}
+
+void layernorm_backward_ref(index_t M, index_t C, const float* x, const float* dy, const float* gamma,
+                            const float* mean, const float* invstd, bool rms, float* dx, float* dgamma,
+                            float* dbeta) {
+  std::vector<double> sg(static_cast<size_t>(C), 0.0), sb(static_cast<size_t>(C), 0.0);
+  for (index_t m = 0; m < M; ++m) {
+    const float* xr = x + m * C; const float* dyr = dy + m * C;
+    const double mu = mean[m], is = invstd[m], c = rms ? 0.0 : mu;
+    double s1 = 0.0, s2 = 0.0;
+    for (index_t j = 0; j < C; ++j) {
+      const double z = (xr[j] - c) * is, g = double(dyr[j]) * (gamma ? gamma[j] : 1.0);
+      s1 += g;
+      s2 += g * z;
+      sg[size_t(j)] += dyr[j] * z;
+      sb[size_t(j)] += dyr[j];
+    }
+    if (!dx) continue;
+    for (index_t j = 0; j < C; ++j) {
+      const double g = double(dyr[j]) * (gamma ? gamma[j] : 1.0), xhat = (xr[j] - mu) * is;
+      dx[m * C + j] = float(is * (g - (rms ? 0.0 : s1 / double(C)) - xhat * s2 / double(C)));
+    }
+  }
+  for (index_t j = 0; j < C; ++j) {
+    if (dgamma) dgamma[j] += float(sg[size_t(j)]);
+    if (dbeta) dbeta[j] += float(sb[size_t(j)]);
+  }
+}
+
+}  // namespace kilnet::cpu
