@@ -414,3 +414,362 @@ def test_masking_layer_matches_keras3(keras_results):
         tape.watch(xt)
         loss = kilnet.ops.sum(layer(xt) * 3.0)
     np.testing.assert_array_equal(tape.gradient(loss, xt).numpy(), 3.0 * res[f"c{i}_mask"][..., None] * np.ones_like(x))
+
+
+# ---------------------------------------------------------------------------------- PyTorch parity
+def _to_torch_params(cell, layer):
+    """(W_ih, W_hh, b_ih, b_hh) in torch's layout from a kilnet LSTM/GRU's Keras weights."""
+    H = layer.units
+    W, U = layer.kernel.T, layer.recurrent_kernel.T
+    if cell == "lstm":
+        return W, U, layer.bias, np.zeros(4 * H, np.float32)
+    perm = np.r_[H:2 * H, 0:H, 2 * H:3 * H]          # torch r z n <- Keras z r h
+    return W[perm], U[perm], layer.bias[0][perm], layer.bias[1][perm]
+
+
+def _torch_bidirectional(cell, bi, torch):
+    H, I = bi.forward_layer.units, bi.forward_layer.kernel.shape[0]
+    mod = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(I, H, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for sub, suffix in ((bi.forward_layer, ""), (bi.backward_layer, "_reverse")):
+            for name, v in zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"), _to_torch_params(cell, sub)):
+                getattr(mod, name + suffix).copy_(torch.from_numpy(np.ascontiguousarray(v)))
+    return mod
+
+
+def _torch_weight_grads(cell, mod, suffix, H):
+    gw, gu = getattr(mod, "weight_ih_l0" + suffix).grad.numpy().T, getattr(mod, "weight_hh_l0" + suffix).grad.numpy().T
+    gbi, gbh = getattr(mod, "bias_ih_l0" + suffix).grad.numpy(), getattr(mod, "bias_hh_l0" + suffix).grad.numpy()
+    if cell == "gru":
+        perm = np.r_[H:2 * H, 0:H, 2 * H:3 * H]
+        return [gw[:, perm], gu[:, perm], np.stack([gbi[perm], gbh[perm]])]
+    return [gw, gu, gbi]
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="needs torch")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_bidirectional_matches_torch(cell, packed):
+    """Bidirectional(return_sequences, return_state) vs torch's bidirectional nn.LSTM / nn.GRU:
+    outputs, final states and every gradient. packed: right-padded sequences of odd lengths as a
+    PackedSequence in torch, a mask in kilnet (padding outputs 0 in both)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    B, T, I, H = 6, 9, 5, 7
+    bi = Bidirectional(LAYERS[cell](H, return_sequences=True, return_state=True))
+    bi._build((None, T, I))
+    for sub in (bi.forward_layer, bi.backward_layer):
+        sub.bias[...] = rand(rng, *sub.bias.shape, lo=-0.5, hi=0.5)
+    x = rand(rng, B, T, I)
+    lengths = np.array([9, 1, 4, 7, 2, 9]) if packed else np.full(B, T)
+    mask = np.arange(T)[None, :] < lengths[:, None]
+    ns = 2 if cell == "lstm" else 1
+    dy = rand(rng, B, T, 2 * H)
+    dst = [rand(rng, B, H) for _ in range(2 * ns)]
+
+    xt = Tensor(x.copy())
+    with GradientTape() as tape:
+        tape.watch(xt)
+        outs = bi(xt, mask=mask if packed else None)
+        loss = kilnet.ops.sum(outs[0] * Tensor(dy))
+        for o, d in zip(outs[1:], dst):
+            loss = loss + kilnet.ops.sum(o * Tensor(d))
+    variables = bi.trainable_variables
+    grads = tape.gradient(loss, [xt] + variables)
+
+    mod = _torch_bidirectional(cell, bi, torch)
+    xt_ = torch.from_numpy(x).requires_grad_()
+    inp = xt_
+    if packed:
+        inp = torch.nn.utils.rnn.pack_padded_sequence(xt_, torch.from_numpy(lengths), batch_first=True,
+                                                      enforce_sorted=False)
+    out, st = mod(inp)
+    if packed:
+        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T)
+    st = st if cell == "lstm" else (st,)
+    # kilnet's states: [h_fwd, (c_fwd,) h_bwd, (c_bwd)]; torch's: h_n (2, B, H) (and c_n)
+    t_states = [s[d] for d in (0, 1) for s in st]
+    t_loss = (out * torch.from_numpy(dy)).sum() + sum((s * torch.from_numpy(d)).sum() for s, d in zip(t_states, dst))
+    t_loss.backward()
+    np.testing.assert_allclose(outs[0].numpy(), out.detach().numpy(), rtol=1e-5, atol=2e-6)
+    for o, s in zip(outs[1:], t_states):
+        np.testing.assert_allclose(o.numpy(), s.detach().numpy(), rtol=1e-5, atol=2e-6)
+    _close(grads[0], xt_.grad.numpy(), "dx")
+    want = _torch_weight_grads(cell, mod, "", H) + _torch_weight_grads(cell, mod, "_reverse", H)
+    for k, (g, w) in enumerate(zip(grads[1:], want)):
+        _close(g, w, f"weight {k}")
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="needs torch")
+def test_go_backwards_returns_reversed_sequence_as_keras():
+    """go_backwards: processed from the last step, and the returned sequence is in processing
+    order (reversed), as Keras 3 returns it; the mask is read in the input's time order."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    layer = GRU(4, return_sequences=True, go_backwards=True)
+    x = rand(rng, 3, 6, 2)
+    lengths = np.array([6, 3, 1])
+    mask = np.arange(6)[None] < lengths[:, None]
+    y = layer(x, mask=mask).numpy()
+    fwd = GRU(4, return_sequences=True)
+    fwd._build((None, 6, 2))
+    fwd.set_weights(layer.get_weights())
+    for b, n in enumerate(lengths):   # skipping the padded tail = running on the reversed valid part
+        want = fwd(x[b:b + 1, :n][:, ::-1].copy()).numpy()[0]
+        np.testing.assert_allclose(y[b, 6 - n:], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(y[b, :6 - n], 0)     # before: carried zero state
+
+
+# ---------------------------------------------------------------------------------- layers: API
+def test_compute_mask_and_output_shapes():
+    m = odd_mask(4, 5)
+    assert LSTM(3, return_sequences=True).compute_mask(None, m) is m
+    assert GRU(3).compute_mask(None, m) is None
+    assert LSTM(3, return_sequences=True, return_state=True).compute_mask(None, m) == [m, None, None]
+    assert SimpleRNN(3, return_state=True).compute_mask(None, m) == [None, None]
+    assert Bidirectional(GRU(3, return_sequences=True)).compute_mask(None, m) is m
+    assert Bidirectional(GRU(3, return_sequences=True), merge_mode=None).compute_mask(None, m) == [m, m]
+    assert Bidirectional(GRU(3)).compute_mask(None, m) is None
+    assert Bidirectional(LSTM(3, return_state=True)).compute_mask(None, m) == [None] * 5
+    assert LSTM(3, return_state=True).compute_output_shape((None, 5, 2)) == [(None, 3), (None, 3), (None, 3)]
+    assert Bidirectional(LSTM(3, return_sequences=True)).compute_output_shape((None, 5, 2)) == (None, 5, 6)
+    assert Bidirectional(GRU(3, return_state=True), merge_mode=None).compute_output_shape((None, 5, 2)) == \
+        [(None, 3), (None, 3), (None, 3), (None, 3)]
+    x = np.zeros((2, 3, 4), np.float32)
+    x[0, 1, 2] = 5.0
+    x[1, 2] = 5.0
+    np.testing.assert_array_equal(Masking().compute_mask(x), [[False, True, False], [False, False, True]])
+    np.testing.assert_array_equal(Masking(5.0).compute_mask(x), [[True, True, True], [True, True, False]])
+    lay = LSTM(2, unroll=True)     # accepted, no effect (the kernel loops over time either way)
+    assert lay(np.ones((1, 3, 2), np.float32)).shape == (1, 2)
+
+
+def test_bidirectional_structure_and_weights_argument():
+    fwd = LSTM(3, return_sequences=True, name="enc")
+    bi = Bidirectional(fwd)
+    assert (bi.forward_layer.name, bi.backward_layer.name) == ("forward_enc", "backward_enc")
+    assert bi.backward_layer.go_backwards and not bi.forward_layer.go_backwards
+    assert bi.forward_layer.zero_output_for_mask and bi.backward_layer.zero_output_for_mask
+    assert not Bidirectional(GRU(2)).forward_layer.zero_output_for_mask
+    bi._build((None, 4, 2))
+    ws = bi.get_weights()
+    assert [w.shape for w in ws] == [(2, 12), (3, 12), (12,)] * 2
+    assert [v.name for v in bi.trainable_variables] == ["kernel", "recurrent_kernel", "bias"] * 2
+    new = [np.full(w.shape, k, np.float32) for k, w in enumerate(ws)]
+    bi2 = Bidirectional(LSTM(3, return_sequences=True), weights=new)
+    bi2(np.zeros((1, 4, 2), np.float32))
+    for a, b in zip(bi2.get_weights(), new):
+        np.testing.assert_array_equal(a, b)
+    back = GRU(3, activation="relu", go_backwards=True, return_sequences=True)
+    bi3 = Bidirectional(GRU(3, return_sequences=True), backward_layer=back)
+    assert bi3.backward_layer is back
+    cfg = bi3.get_config()
+    assert cfg["layer"]["config"]["name"] == "forward_" + bi3.forward_layer.name[len("forward_"):]
+    again = Bidirectional.from_config(cfg)
+    assert again.backward_layer.activation == "relu" and again.backward_layer.go_backwards
+
+
+def test_return_state_gradients_through_a_functional_encoder_decoder():
+    """Encoder LSTM(return_state) -> its [h, c] as the decoder's initial_state (functional API):
+    the tape's gradients wrt the encoder's weights and the inputs equal central differences."""
+    rng = np.random.default_rng(3)
+    enc_in, dec_in = kilnet.Input((5, 2)), kilnet.Input((4, 3))
+    enc = LSTM(3, return_state=True)
+    _, h, c = enc(enc_in)
+    dec_out = LSTM(3, return_sequences=True, go_backwards=True)(dec_in, initial_state=[h, c])
+    out = Dense(1)(dec_out)
+    model = kilnet.Model([enc_in, dec_in], out)
+    xe, xd = rand(rng, 2, 5, 2), rand(rng, 2, 4, 3)
+    dy = rand(rng, 2, 4, 1)
+    te, td = Tensor(xe), Tensor(xd)
+    with GradientTape() as tape:
+        tape.watch([te, td])
+        loss = kilnet.ops.sum(model([te, td]) * Tensor(dy))
+    g = tape.gradient(loss, [te, td] + enc.trainable_variables)
+    f = lambda: float((model([xe, xd]).numpy().astype(np.float64) * dy).sum())
+    assert_grad_close(g[0].numpy(), numeric_grad(f, xe))
+    assert_grad_close(g[1].numpy(), numeric_grad(f, xd))
+    for v, gv in zip(enc.trainable_variables, g[2:]):
+        assert_grad_close(gv.numpy(), numeric_grad(f, getattr(enc, v._attr)))
+
+
+def test_masked_layer_gradients_by_finite_differences():
+    """Through the layer API: mask + return_state + initial_state, every gradient vs central
+    differences."""
+    rng = np.random.default_rng(5)
+    for cls in (SimpleRNN, LSTM, GRU):
+        layer = cls(3, return_sequences=True, return_state=True, go_backwards=cls is GRU,
+                    zero_output_for_mask=cls is LSTM)
+        x = rand(rng, 3, 5, 2)
+        mask = np.array([[1, 1, 0, 1, 0], [0, 0, 0, 1, 1], [0, 1, 1, 0, 0]], bool)
+        states = [rand(rng, 3, 3) for _ in range(2 if cls is LSTM else 1)]
+        layer(x, mask=mask)
+        dys = [rand(rng, 3, 5, 3)] + [rand(rng, 3, 3) for _ in states]
+        xt, st = Tensor(x), [Tensor(s) for s in states]
+        with GradientTape() as tape:
+            tape.watch([xt] + st)
+            outs = layer(xt, mask=mask, initial_state=st)
+            loss = kilnet.ops.sum(outs[0] * Tensor(dys[0]))
+            for o, d in zip(outs[1:], dys[1:]):
+                loss = loss + kilnet.ops.sum(o * Tensor(d))
+        g = tape.gradient(loss, [xt] + st + layer.trainable_variables)
+
+        def f():
+            outs = layer(x, mask=mask, initial_state=states)
+            return sum(float((o.numpy().astype(np.float64) * d).sum()) for o, d in zip(outs, dys))
+        for arr, gv in zip([x] + states + [layer.kernel, layer.recurrent_kernel, layer.bias], g):
+            assert_grad_close(gv.numpy(), numeric_grad(f, arr))
+
+
+def test_layer_bad_inputs():
+    x = np.zeros((2, 4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"mask must have shape \(batch, timesteps\) = \(2, 4\) .* got mask of shape \(2, 5\)"):
+        LSTM(2)(x, mask=np.ones((2, 5), bool))
+    with pytest.raises(ValueError, match=r"got mask of shape \(2, 4, 1\)"):
+        GRU(2)(x, mask=np.ones((2, 4, 1), bool))
+    with pytest.raises(TypeError, match="mask must be a boolean array"):
+        SimpleRNN(2)(x, mask=np.array([["a"] * 4] * 2))
+    with pytest.raises(ValueError, match="stateful=True is not supported"):
+        LSTM(2, stateful=True)
+    with pytest.raises(ValueError, match="initial_state must hold 2"):
+        LSTM(2)(x, initial_state=[np.zeros((2, 2), np.float32)])
+    with pytest.raises(ValueError, match="invalid merge_mode 'max'"):
+        Bidirectional(LSTM(2), merge_mode="max")
+    with pytest.raises(ValueError, match="layer must be a SimpleRNN, LSTM or GRU layer, got Dense"):
+        Bidirectional(Dense(2))
+    with pytest.raises(ValueError, match="different go_backwards"):
+        Bidirectional(LSTM(2), backward_layer=LSTM(2))
+    with pytest.raises(ValueError, match="same return_sequences"):
+        Bidirectional(LSTM(2), backward_layer=LSTM(2, go_backwards=True, return_sequences=True))
+    with pytest.raises(ValueError, match=r"initial_state must hold 4 arrays"):
+        Bidirectional(LSTM(2))(x, initial_state=[np.zeros((2, 2), np.float32)] * 2)
+    with pytest.raises(ValueError, match="mask_value must be a number"):
+        Masking("x")
+    with pytest.raises(ValueError, match="expects 3-D input"):
+        Bidirectional(GRU(2))(np.zeros((2, 3), np.float32))
+
+
+# ---------------------------------------------------------------------------------- saving
+def test_h5_round_trip_of_bidirectional_and_masked_rnns(tmp_path):
+    rng = np.random.default_rng(0)
+    m = Sequential([kilnet.Input((6, 3)), Masking(), Bidirectional(LSTM(4, return_sequences=True)),
+                    Bidirectional(GRU(3, return_sequences=True, go_backwards=True), merge_mode="ave",
+                                  backward_layer=GRU(3, return_sequences=True, activation="relu")),
+                    SimpleRNN(2, zero_output_for_mask=True), Dense(1)])
+    m.compile(optimizer="adam", loss="mse")
+    x = rand(rng, 8, 6, 3)
+    m.fit(x, rand(rng, 8, 1), epochs=2, verbose=0)
+    m.save(tmp_path / "m.h5")
+    m2 = load_model(tmp_path / "m.h5")
+    assert [type(l).__name__ for l in m2.layers] == ["Masking", "Bidirectional", "Bidirectional", "SimpleRNN", "Dense"]
+    assert m2.layers[3].zero_output_for_mask and m2.layers[2].merge_mode == "ave"
+    assert not m2.layers[2].backward_layer.go_backwards and m2.layers[2].forward_layer.go_backwards
+    assert m2.layers[2].backward_layer.activation == "relu"
+    np.testing.assert_array_equal(m2.predict(x), m.predict(x))
+    assert m2.optimizer.iterations == m.optimizer.iterations
+
+    def masked(model, x):     # the mask passed by hand (the engine does not propagate it yet)
+        mk = model.layers[0].compute_mask(x)
+        h = model.layers[0](x)
+        for layer in model.layers[1:4]:
+            h, mk = layer(h, mask=mk), layer.compute_mask(h, mk)
+        return model.layers[4](h).numpy()
+    xp = x.copy()
+    xp[odd_mask(8, 6, seed=1)] = 0.0
+    np.testing.assert_array_equal(masked(m2, xp), masked(m, xp))
+    m2.fit(x, rand(rng, 8, 1), epochs=1, verbose=0)    # training resumes from the saved state
+
+
+KERAS_H5_SCRIPT = r"""
+import os, sys, numpy as np
+os.environ["KERAS_BACKEND"] = "jax"
+import keras
+from keras import layers as L
+mode, path, xpath, out = sys.argv[1:5]
+x = np.load(xpath)
+xp = x.copy(); xp[:, -2:] = 0.0; xp[1, :3] = 0.0
+if mode == "write":
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input(x.shape[1:]), L.Masking(), L.Bidirectional(L.LSTM(5, return_sequences=True)),
+                          L.Bidirectional(L.GRU(3), merge_mode="sum"), L.Dense(2, activation="softmax")])
+    m.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    m.fit(x, np.arange(len(x)) % 2, epochs=2, verbose=0)
+    m.save(path)
+else:
+    m = keras.models.load_model(path)
+    print("iterations", int(m.optimizer.iterations))
+np.savez(out, plain=m.predict(x, verbose=0), padded=m.predict(xp, verbose=0))
+"""
+
+
+def _keras_h5(tmp_path, mode, path, x):
+    if not _have_keras():
+        pytest.skip("keras 3 with the jax backend is not installed")
+    (tmp_path / "kh5.py").write_text(KERAS_H5_SCRIPT)
+    np.save(tmp_path / "x.npy", x)
+    r = subprocess.run([sys.executable, str(tmp_path / "kh5.py"), mode, str(path), str(tmp_path / "x.npy"),
+                        str(tmp_path / "p.npz")], capture_output=True, text=True, timeout=600, env=_keras_env())
+    assert r.returncode == 0, r.stderr[-4000:]
+    return dict(np.load(tmp_path / "p.npz")), r.stdout
+
+
+def test_keras3_bidirectional_files_both_ways(tmp_path):
+    """Keras 3 writes Masking + Bidirectional(LSTM) + Bidirectional(GRU, sum): kilnet loads it with
+    Keras's predictions (padded inputs too, the mask passed by hand); Keras 3 loads kilnet's file
+    back (weights under forward_/backward_ paths, optimizer state) with kilnet's predictions."""
+    x = np.random.default_rng(0).uniform(0.1, 1.0, size=(6, 7, 3)).astype(np.float32)
+    xp = x.copy()
+    xp[:, -2:] = 0.0
+    xp[1, :3] = 0.0
+    expected, _ = _keras_h5(tmp_path, "write", tmp_path / "keras.h5", x)
+    m = load_model(tmp_path / "keras.h5")
+    assert [type(l).__name__ for l in m.layers] == ["Masking", "Bidirectional", "Bidirectional", "Dense"]
+    np.testing.assert_allclose(m.predict(x), expected["plain"], rtol=1e-5, atol=1e-6)
+    mask = m.layers[0].compute_mask(xp)
+    h = m.layers[1](m.layers[0](xp), mask=mask)
+    h = m.layers[2](h, mask=m.layers[1].compute_mask(h, mask))
+    np.testing.assert_allclose(m.layers[3](h).numpy(), expected["padded"], rtol=1e-5, atol=1e-6)
+    m.fit(x, np.zeros(6), epochs=1, verbose=0)
+    m.save(tmp_path / "kilnet.h5")
+    got, out = _keras_h5(tmp_path, "read", tmp_path / "kilnet.h5", x)
+    np.testing.assert_allclose(got["plain"], m.predict(x), rtol=1e-5, atol=1e-6)
+    assert "iterations 3" in out
+
+
+# ---------------------------------------------------------------------------------- a classifier
+CLASSIFIER = r"""
+import os, sys, numpy as np
+lib = sys.argv[1]
+if lib == "keras":
+    os.environ["KERAS_BACKEND"] = "jax"
+    import keras as K
+    K.utils.set_random_seed(0)
+else:
+    import kilnet as K
+    K.utils.set_random_seed(0)
+# token sequences as one-hot floats; the label: is the first token the last one? (the forward
+# direction ends next to the last token, the backward one next to the first)
+r = np.random.default_rng(0)
+V, T, N = 3, 8, 1200
+tok = r.integers(0, V, size=(N, T))
+y = (tok[:, 0] == tok[:, -1]).astype(np.int64)
+x = np.eye(V, dtype=np.float32)[tok]
+L = K.layers
+m = K.Sequential([K.Input((T, V)), L.Bidirectional(L.LSTM(16)), L.Dense(2, activation="softmax")])
+m.compile(optimizer=K.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+m.fit(x[:1000], y[:1000], epochs=12, batch_size=32, verbose=0)
+print("accuracy", m.evaluate(x[1000:], y[1000:], verbose=0)[1])
+"""
+
+
+def test_bidirectional_lstm_classifier_reaches_keras3_accuracy(tmp_path):
+    if not _have_keras():
+        pytest.skip("keras 3 with the jax backend is not installed")
+    (tmp_path / "c.py").write_text(CLASSIFIER)
+    acc = {}
+    for lib in ("kilnet", "keras"):
+        r = subprocess.run([sys.executable, str(tmp_path / "c.py"), lib], capture_output=True, text=True,
+                           timeout=600, env=_keras_env())
+        assert r.returncode == 0, r.stderr[-3000:]
+        acc[lib] = float(r.stdout.split("accuracy")[-1])
+    assert acc["kilnet"] >= 0.9 and acc["kilnet"] >= acc["keras"] - 0.03, acc
