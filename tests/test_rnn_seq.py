@@ -773,3 +773,44 @@ def test_bidirectional_lstm_classifier_reaches_keras3_accuracy(tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         acc[lib] = float(r.stdout.split("accuracy")[-1])
     assert acc["kilnet"] >= 0.9 and acc["kilnet"] >= acc["keras"] - 0.03, acc
+
+
+# ---------------------------------------------------------------------------------- CUDA (needs a GPU)
+@pytest.mark.cuda
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("B,T,I,H", [(5, 7, 3, 9), (1, 1, 2, 3), (13, 6, 5, 33)])
+def test_cuda_masked_kernels_match_reference(gpu, cell, B, T, I, H):
+    """kilnet._cuda's masked forward/backward (final states out, their gradients in) against
+    the CPU reference, every option; outputs start as NaN."""
+    cp, k = gpu.cp, gpu.k
+    for i, (seq, back, zero) in enumerate(OPTIONS):
+        p = problem(cell, B, T, I, H, seed=B + T + i, states=i % 2 == 0)
+        mask = odd_mask(B, T, seed=i)
+        yr, wsr, hr, cr = k_forward(_cpu.ref, cell, p, seq, back, mask, zero)
+        r = np.random.default_rng(i)
+        dy, dhl = rand(r, *yr.shape), rand(r, B, H)
+        dcl = rand(r, B, H) if cell == "lstm" else None
+        gr = k_backward(_cpu.ref, cell, p, wsr, dy, back, mask, zero, dhl, dcl)
+        d = {n: gpu.dev(v) for n, v in p.items()}
+        ws_n, sc_n = k.rnn_workspace_size(cell, B, T, I, H)
+        ws, y = gpu.poisoned(ws_n), gpu.poisoned(yr.shape)
+        hl = gpu.poisoned((B, H))
+        cl = gpu.poisoned((B, H)) if cell == "lstm" else None
+        dm = gpu.dev(mask.astype(np.float32))
+        k.rnn_forward(cell, d["x"], d["w"], d["u"], d["b"], y, ws, d["h0"], d["c0"], "tanh", "sigmoid", back,
+                      mask=dm, zero_output_for_mask=zero, h_last=hl, c_last=cl)
+        np.testing.assert_allclose(gpu.host(y), yr, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(gpu.host(hl), hr, rtol=1e-4, atol=1e-5)
+        if cell == "lstm":
+            np.testing.assert_allclose(gpu.host(cl), cr, rtol=1e-4, atol=1e-5)
+        g = {"x": gpu.poisoned(p["x"].shape), "w": cp.zeros(p["w"].shape, cp.float32),
+             "u": cp.zeros(p["u"].shape, cp.float32), "b": cp.zeros(p["b"].shape, cp.float32),
+             "h0": gpu.poisoned((B, H)) if p["h0"] is not None else None,
+             "c0": gpu.poisoned((B, H)) if p["c0"] is not None else None}
+        k.rnn_backward(cell, gpu.dev(dy), d["x"], d["w"], d["u"], ws, gpu.poisoned(sc_n), g["x"], g["w"], g["u"],
+                       g["b"], g["h0"], g["c0"], "tanh", "sigmoid", back, mask=dm, zero_output_for_mask=zero,
+                       dh_last=gpu.dev(dhl), dc_last=gpu.dev(dcl))
+        for name in gr:
+            scale = max(1.0, float(np.abs(gr[name]).max()))
+            np.testing.assert_allclose(gpu.host(g[name]), gr[name], rtol=1e-4, atol=5e-5 * scale,
+                                       err_msg=f"{cell} d{name} case {i}")

@@ -5,7 +5,10 @@
 //             per step t: pre-activations += h_{t-1} U               GEMM (beta = 1)
 //                         gate math                                  one elementwise kernel
 //             (GRU: hu = h_{t-1} U + b_rec into a B x 3H buffer, read by the gate kernel)
+//             (mask: then masked rows copy h_{t-1} and c_{t-1}: the states are carried)
 //   backward  per step t from the last: dh = dr_{t+1} U^T            GEMM
+//             (mask / dh_last: + pass, the gradient that crossed masked steps; masked rows are
+//             held before the gate kernel and fixed after it: dz = 0, states passed through)
 //                         gate derivatives -> dz_t (GRU: also dr_t)  one elementwise kernel
 //             dh0 = dr_0 U^T (+ carry), dU += hs[0:T]^T dr, dW += xs^T dz, db += colsums,
 //             dx = dz W^T then back to batch-major                  one GEMM each
@@ -332,7 +335,7 @@ void rnn_backward(const RnnShape& s, const float* dy, const float* W, const floa
     else if (t == T - 1) dyr = dy;
     const index_t row = t * B;   // first row of step t in the time-major blocks
     if (pass && (mask || have_dh)) {
-      mask_hold_kernel<<<grid, kBlock, 0, st>>>(B, mask ? T : 1, H, mask ? t : 0, s.go_backwards, s.zero_output_for_mask,
+      mask_hold_kernel<<<grid, kBlock, 0, st>>>(B, T, H, t, s.go_backwards, s.zero_output_for_mask,
                                                 mask, have_dh ? dh : nullptr, pass, dyr, ldy, carry, gru, lstm,
                                                 held, held ? held + B * H : nullptr);
       KILNET_CHECK_LAUNCH("mask_hold_kernel");
@@ -351,7 +354,7 @@ void rnn_backward(const RnnShape& s, const float* dy, const float* W, const floa
       KILNET_CHECK_LAUNCH("gru_bwd_step_kernel");
     }
     if (pass) {
-      mask_fix_kernel<<<grid, kBlock, 0, st>>>(B, mask ? T : 1, H, GH / H, mask ? t : 0, s.go_backwards, mask, pass,
+      mask_fix_kernel<<<grid, kBlock, 0, st>>>(B, T, H, GH / H, t, s.go_backwards, mask, pass,
                                                held, held ? held + B * H : nullptr, dz + row * GH,
                                                gru ? dr + row * GH : nullptr, carry, gru, lstm);
       KILNET_CHECK_LAUNCH("mask_fix_kernel");
