@@ -2,6 +2,7 @@
 
     python benchmarks/bench_rnn.py speed [--threads 1 2] [--rounds 6]
     python benchmarks/bench_rnn.py accuracy [--epochs 5] [--batch-size 64] [--threads 1] [--limit N]
+    python benchmarks/bench_rnn.py mask [--threads 1 2] [--rounds 6]
     pytest benchmarks/bench_rnn.py --benchmark-only        (the speed shapes, all threads)
 
 speed: forward + backward of one layer over the whole sequence, for batch 64, T 28, input 28,
@@ -12,6 +13,10 @@ gradient (the layer is the model's first, as in training). kilnet and torch are 
 alternating rounds, so a change in the machine's load hits both; the reported time is the median
 of all rounds. Arithmetic per call, G gates: forward 2·B·T·(I+H)·G·H, backward twice that
 (dW, dU, and dh through U^T) — 6·B·T·(I+H)·G·H minus the input projection's dx: 2·B·T·I·G·H.
+
+mask: what masking costs: the same fwd+bwd unmasked, with an all-ones mask and with right padding
+(a quarter of the steps masked on average: lengths uniform in [T/2, T]), interleaved in rounds;
+torch's packed sequence (pack_padded_sequence, the same lengths) alongside as the yardstick.
 
 accuracy: row-by-row Fashion-MNIST (28 steps of 28 pixels), SimpleRNN(128)+Dense(10) and
 LSTM(128)+Dense(10), Adam(lr 1e-3), the same batch size, epochs and initial weights (kilnet's
@@ -154,6 +159,67 @@ def run_speed(args):
     return rows
 
 
+# ---------------------------------------------------------------------------------- mask cost
+def mask_case(name, shape, threads, rounds):
+    """Median ms of fwd+bwd: unmasked, all-ones mask, right-padded mask, torch packed."""
+    import kilnet
+    import torch
+    from kilnet import layers
+    B, T, I, H = shape
+    _, torch_name, _ = CELLS[name]
+    kilnet.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    layer = getattr(layers, name)(H, return_sequences=True)
+    layer._build((None, T, I))
+    x = rng.uniform(-1, 1, (B, T, I)).astype(np.float32)
+    dy = rng.uniform(-1, 1, (B, T, H)).astype(np.float32)
+    lengths = rng.integers(T // 2, T + 1, size=B)
+    padded = np.arange(T)[None] < lengths[:, None]
+    ones = np.ones((B, T), bool)
+
+    def step(mask):
+        def f():
+            layer.forward(x, True, mask=mask)
+            layer.backward(dy, need_dx=False)
+        return f
+    mod = getattr(torch.nn, torch_name)(I, H, batch_first=True)
+    torch_copy_weights(layer, mod)
+    xt, dyt, lt = torch.from_numpy(x), torch.from_numpy(dy), torch.from_numpy(lengths)
+
+    def t_packed():
+        mod.zero_grad(set_to_none=True)
+        packed = torch.nn.utils.rnn.pack_padded_sequence(xt, lt, batch_first=True, enforce_sorted=False)
+        out, _ = mod(packed)
+        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T)
+        out.backward(dyt)
+    fns = [step(None), step(ones), step(padded), t_packed]
+    for f in fns:
+        for _ in range(3):
+            f()
+    iters = max(2, int(0.15 / max(1e-4, _once(fns[0]))))
+    return [statistics.median(t) * 1e3 for t in time_rounds(fns, rounds, iters)]
+
+
+def run_mask(args):
+    import kilnet
+    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f} at start")
+    print(f"kilnet {kilnet.__version__} ({kilnet.simd_level()}); torch {__import__('torch').__version__}; fwd+bwd "
+          f"(all outputs, weight gradients, no input gradient), medians of {args.rounds} alternating rounds\n")
+    print(f"{'layer':<10}{'B,T,I,H':<16}{'thr':>4}{'no mask':>10}{'ones':>10}{'padded':>10}{'torch packed':>14}"
+          f"{'ones/none':>11}")
+    rows = []
+    for t in args.threads:
+        for name in args.layers:
+            for shape in SHAPES:
+                none, ones, padded, tp = mask_case(name, shape, t, args.rounds)
+                rows.append({"layer": name, "shape": shape, "threads": t, "none_ms": none, "ones_ms": ones,
+                             "padded_ms": padded, "torch_packed_ms": tp})
+                print(f"{name:<10}{','.join(map(str, shape)):<16}{t:>4}{none:>10.2f}{ones:>10.2f}{padded:>10.2f}"
+                      f"{tp:>14.2f}{ones / none:>10.2f}x", flush=True)
+    return rows
+
+
 # ---------------------------------------------------------------------------------- accuracy
 def load(limit=0):
     from kilnet.datasets import fashion_mnist
@@ -262,6 +328,10 @@ def main(argv=None):
                     help="cpu: process CPU time, which other processes on a shared machine do not inflate")
     sp.add_argument("--no-torch", action="store_true")
     sp.add_argument("--layers", nargs="+", default=list(CELLS), choices=list(CELLS))
+    mk = sub.add_parser("mask")
+    mk.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    mk.add_argument("--rounds", type=int, default=6)
+    mk.add_argument("--layers", nargs="+", default=list(CELLS), choices=list(CELLS))
     ac = sub.add_parser("accuracy")
     ac.add_argument("--layers", nargs="+", default=["SimpleRNN", "LSTM"], choices=list(CELLS))
     ac.add_argument("--units", type=int, default=128)
@@ -271,7 +341,7 @@ def main(argv=None):
     ac.add_argument("--limit", type=int, default=0)
     ac.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    return run_speed(args) if args.what == "speed" else run_accuracy(args)
+    return {"speed": run_speed, "mask": run_mask, "accuracy": run_accuracy}[args.what](args)
 
 
 # pytest-benchmark entry point: the speed table at all cores (results in extra_info)

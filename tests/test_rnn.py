@@ -585,7 +585,7 @@ def test_layer_bad_input_errors():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"return_state": True}, "return_state=True"), ({"stateful": True}, "stateful=True"),
+    ({"stateful": True}, "stateful=True"),
     ({"dropout": 0.2}, "dropout=0.2 is not supported"), ({"recurrent_dropout": 0.1}, "recurrent_dropout"),
     ({"dropout": 1.5}, r"in \[0, 1\)"), ({"activation": "softmax"}, "activation='softmax' is not supported"),
     ({"recurrent_activation": "hard_sigmoid"}, "recurrent_activation='hard_sigmoid'"),

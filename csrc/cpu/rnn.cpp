@@ -66,13 +66,31 @@ void init_state(float* dst, const float* src, index_t n) {
   else std::fill(dst, dst + n, 0.f);
 }
 
+// Whether batch row n takes part in processing step t (mask nullptr: every step does).
+inline bool kept(const RnnShape& s, const float* mask, index_t n, index_t t) {
+  return !mask || mask[n * s.T + (s.go_backwards ? s.T - 1 - t : t)] != 0.f;
+}
+
 // y for batch rows [n0, n1): every h_t (B, T, H) with return_sequences, else the last (B, H).
-void copy_outputs(const RnnShape& s, const float* hs, index_t n0, index_t n1, float* y) {
+// A masked step's h_t is h_{t-1} already (carried); with zero_output_for_mask its output is 0.
+void copy_outputs(const RnnShape& s, const float* hs, const float* mask, index_t n0, index_t n1, float* y) {
   const index_t T = s.T, H = s.H;
+  const bool zero = s.zero_output_for_mask && mask;
   for (index_t n = n0; n < n1; ++n)
-    for (index_t t = s.return_sequences ? 0 : T - 1; t < T; ++t)
-      std::memcpy(y + (s.return_sequences ? (n * T + t) * H : n * H), hs + ((t + 1) * s.B + n) * H,
-                  size_t(H) * sizeof(float));
+    for (index_t t = s.return_sequences ? 0 : T - 1; t < T; ++t) {
+      float* dst = y + (s.return_sequences ? (n * T + t) * H : n * H);
+      if (zero && !kept(s, mask, n, t)) std::fill(dst, dst + H, 0.f);
+      else std::memcpy(dst, hs + ((t + 1) * s.B + n) * H, size_t(H) * sizeof(float));
+    }
+}
+
+// h_last / c_last rows [n0, n1): the states after the last step (hs[T], cs[T]).
+void copy_last_states(const RnnShape& s, const float* ws, index_t n0, index_t n1, float* h_last,
+                      float* c_last) {
+  const detail::RnnLayout L = detail::rnn_layout(s);
+  const size_t off = size_t((s.T * s.B + n0) * s.H), n = size_t((n1 - n0) * s.H);
+  if (h_last) std::memcpy(h_last + n0 * s.H, ws + L.hs + off, n * sizeof(float));
+  if (c_last && s.cell == Cell::LSTM) std::memcpy(c_last + n0 * s.H, ws + L.cs + off, n * sizeof(float));
 }
 
 }  // namespace
@@ -82,7 +100,8 @@ void copy_outputs(const RnnShape& s, const float* hs, index_t n0, index_t n1, fl
 // (the textbook BPTT the fast path's single GEMMs must agree with).
 
 void rnn_forward_ref(const RnnShape& s, const float* x, const float* W, const float* U,
-                     const float* b, const float* h0, const float* c0, float* y, float* ws) {
+                     const float* b, const float* h0, const float* c0, float* y, float* ws,
+                     const float* mask, float* h_last, float* c_last) {
   const Layout L = layout(s);
   const index_t B = s.B, T = s.T, I = s.I, H = s.H, GH = rnn_gates(s.cell) * H;
   float* xs = ws + L.xs;
@@ -125,13 +144,19 @@ void rnn_forward_ref(const RnnShape& s, const float* x, const float* W, const fl
           g[j] = z; g[H + j] = r; g[2 * H + j] = hh;
         }
       }
+      if (!kept(s, mask, n, t)) {   // a masked step carries the states
+        std::memcpy(h, hp, size_t(H) * sizeof(float));
+        if (s.cell == Cell::LSTM)
+          std::memcpy(ws + L.cs + ((t + 1) * B + n) * H, ws + L.cs + (t * B + n) * H, size_t(H) * sizeof(float));
+      }
     }
-  copy_outputs(s, hs, 0, B, y);
+  copy_outputs(s, hs, mask, 0, B, y);
+  copy_last_states(s, ws, 0, B, h_last, c_last);
 }
 
 void rnn_backward_ref(const RnnShape& s, const float* dy, const float* W, const float* U,
                       const float* ws, float* scratch, float* dx, float* dW, float* dU, float* db,
-                      float* dh0, float* dc0) {
+                      float* dh0, float* dc0, const float* mask, const float* dh_last, const float* dc_last) {
   const Layout L = layout(s);
   const index_t B = s.B, T = s.T, I = s.I, H = s.H, GH = rnn_gates(s.cell) * H;
   const bool gru = s.cell == Cell::GRU;
@@ -139,13 +164,25 @@ void rnn_backward_ref(const RnnShape& s, const float* dy, const float* W, const 
   const float* hs = ws + L.hs;
   float* dz = scratch + L.dz;
   float* dr = gru ? scratch + L.dhu : dz;          // gradient wrt h_{t-1} U (+ b_rec)
+  // dh: the gradient wrt h_t from later steps (dh_last at the end); carry: LSTM dc (dc_last at
+  // the end), GRU dh z.
   std::vector<float> dh(size_t(B * H), 0.f), carry(size_t(B * H), 0.f);
+  if (dh_last) std::copy(dh_last, dh_last + B * H, dh.begin());
+  if (dc_last && s.cell == Cell::LSTM) std::copy(dc_last, dc_last + B * H, carry.begin());
   for (index_t t = T - 1; t >= 0; --t) {
     for (index_t n = 0; n < B; ++n) {
       const float* dyr = s.return_sequences ? dy + (n * T + t) * H : (t == T - 1 ? dy + n * H : nullptr);
       float* d = dh.data() + n * H;
-      if (dyr) for (index_t j = 0; j < H; ++j) d[j] += dyr[j];
       float* z = dz + (t * B + n) * GH;
+      if (!kept(s, mask, n, t)) {
+        // h_t = h_{t-1} and c_t = c_{t-1}: their gradients pass unchanged; the output is h_{t-1}
+        // (its gradient joins) or a constant 0 (zero_output_for_mask).
+        if (dyr && !s.zero_output_for_mask) for (index_t j = 0; j < H; ++j) d[j] += dyr[j];
+        std::fill(z, z + GH, 0.f);
+        if (gru) std::fill(dr + (t * B + n) * GH, dr + (t * B + n + 1) * GH, 0.f);
+        continue;
+      }
+      if (dyr) for (index_t j = 0; j < H; ++j) d[j] += dyr[j];
       const float* h = hs + ((t + 1) * B + n) * H;
       if (s.cell == Cell::SimpleRNN) {
         for (index_t j = 0; j < H; ++j) z[j] = act_backward(s.act, h[j], d[j]);
@@ -382,7 +419,8 @@ void weight_grads(index_t rows, index_t GH, const float* dz, std::initializer_li
 
 // ================================================================================ fast path
 void rnn_forward(const RnnShape& s, const float* x, const float* W, const float* U, const float* b,
-                 const float* h0, const float* c0, float* y, float* ws) {
+                 const float* h0, const float* c0, float* y, float* ws, const float* mask, float* h_last,
+                 float* c_last) {
   const Layout L = layout(s);
   const index_t B = s.B, T = s.T, I = s.I, H = s.H, GH = rnn_gates(s.cell) * H, TB = T * B;
   const rnn_detail::StepKernels& K = step_kernels();
@@ -436,15 +474,23 @@ void rnn_forward(const RnnShape& s, const float* x, const float* W, const float*
             for (index_t j = 0; j < GH; ++j) hu[i * GH + j] = b_rec ? b_rec[j] : 0.f;
           K.gru_fwd(m, H, s.act, s.rec_act, g, hu, hp, ws + L.huh + row * H, h);
         }
+        if (mask)   // masked rows carry their states (computed above and discarded: rows are few)
+          for (index_t i = 0; i < m; ++i)
+            if (!kept(s, mask, r + i, t)) {
+              std::memcpy(h + i * H, hp + i * H, size_t(H) * sizeof(float));
+              if (s.cell == Cell::LSTM)
+                std::memcpy(ws + L.cs + (row + B + i) * H, ws + L.cs + (row + i) * H, size_t(H) * sizeof(float));
+            }
       });
     }
-    copy_outputs(s, hs, r0, r1, y);
+    copy_outputs(s, hs, mask, r0, r1, y);
+    copy_last_states(s, ws, r0, r1, h_last, c_last);
   }
 }
 
 void rnn_backward(const RnnShape& s, const float* dy, const float* W, const float* U,
                   const float* ws, float* scratch, float* dx, float* dW, float* dU, float* db,
-                  float* dh0, float* dc0) {
+                  float* dh0, float* dc0, const float* mask, const float* dh_last, const float* dc_last) {
   const Layout L = layout(s);
   const index_t B = s.B, T = s.T, I = s.I, H = s.H, GH = rnn_gates(s.cell) * H, TB = T * B;
   const bool gru = s.cell == Cell::GRU;
@@ -454,6 +500,10 @@ void rnn_backward(const RnnShape& s, const float* dy, const float* W, const floa
   float* dz = scratch + L.dz;
   float* dr = gru ? scratch + L.dhu : dz;   // gradient wrt h_{t-1} U (+ b_rec): what U^T multiplies
   float* carry = scratch + L.carry;
+  // pass: the gradient wrt h_t that reached it around masked steps (and dh_last at the end); it
+  // joins dz_{t+1} U^T. Without a mask or dh_last it stays zero and is not touched.
+  float* pass = scratch + L.pass;
+  const bool use_pass = mask || dh_last;
 
   thread_local std::vector<float> packed;
   packed.resize(size_t(packed_floats(GH, H)));
@@ -465,9 +515,15 @@ void rnn_backward(const RnnShape& s, const float* dy, const float* W, const floa
     const int tid = omp_get_thread_num(), n_thr = omp_get_num_threads();
     const index_t r0 = B * tid / n_thr, r1 = B * (tid + 1) / n_thr;
     pack_panels(GH, H, U, GH, true, UTp);   // U^T: GH x H
-    thread_local std::vector<float> tmp;
+    thread_local std::vector<float> tmp, held;
     tmp.resize(size_t(MR * H));
-    std::fill(carry + r0 * H, carry + r1 * H, 0.f);
+    if (mask) held.resize(size_t(2 * MR * H));
+    if (dc_last && s.cell == Cell::LSTM) std::memcpy(carry + r0 * H, dc_last + r0 * H, size_t((r1 - r0) * H) * sizeof(float));
+    else std::fill(carry + r0 * H, carry + r1 * H, 0.f);
+    if (use_pass) {
+      if (dh_last) std::memcpy(pass + r0 * H, dh_last + r0 * H, size_t((r1 - r0) * H) * sizeof(float));
+      else std::fill(pass + r0 * H, pass + r1 * H, 0.f);
+    }
     for (index_t t = T - 1; t >= 0; --t) {
       for_row_blocks(r0, r1, [&](index_t r, index_t m) {
         const float* dyr = nullptr;
@@ -488,6 +544,24 @@ void rnn_backward(const RnnShape& s, const float* dy, const float* W, const floa
           K.gemm_rows(m, H, GH, dr + ((t + 1) * B + r) * GH, GH, 0, nullptr, 0, UTp, GH, nullptr, 0, tmp.data(), H);
           dh = tmp.data();
         }
+        float* ps = pass + r * H;
+        if (use_pass) {
+          if (dh) for (index_t i = 0; i < m * H; ++i) tmp[size_t(i)] += ps[i];
+          else dh = ps;
+        }
+        // A masked row: the whole gradient wrt h_t (and its c_t) goes on to h_{t-1} (c_{t-1}); kept
+        // in `held` while the gate kernel below computes (and the fix-up after it discards) the row.
+        float* g_held = held.data();
+        float* c_held = g_held + MR * H;
+        if (mask)
+          for (index_t i = 0; i < m; ++i) {
+            if (kept(s, mask, r + i, t)) continue;
+            float* g = g_held + i * H;
+            for (index_t j = 0; j < H; ++j) g[j] = dh ? dh[i * H + j] : 0.f;
+            if (dyr && !s.zero_output_for_mask) for (index_t j = 0; j < H; ++j) g[j] += dyr[i * ldy + j];
+            if (gru) for (index_t j = 0; j < H; ++j) g[j] += carry[(r + i) * H + j];
+            if (s.cell == Cell::LSTM) std::memcpy(c_held + i * H, carry + (r + i) * H, size_t(H) * sizeof(float));
+          }
         if (s.cell == Cell::SimpleRNN)
           K.rnn_bwd(m, H, s.act, dh, dyr, ldy, hs + (row + B) * H, dz + row * GH);
         else if (s.cell == Cell::LSTM)
@@ -496,12 +570,27 @@ void rnn_backward(const RnnShape& s, const float* dy, const float* W, const floa
         else
           K.gru_bwd(m, H, s.act, s.rec_act, dh, dyr, ldy, ws + L.gates + row * GH, ws + L.huh + row * H,
                     hs + row * H, carry + r * H, dz + row * GH, dr + row * GH);
+        if (use_pass)
+          for (index_t i = 0; i < m; ++i) {
+            float* p = ps + i * H;
+            if (kept(s, mask, r + i, t)) { std::fill(p, p + H, 0.f); continue; }   // now inside dz
+            std::memcpy(p, g_held + i * H, size_t(H) * sizeof(float));
+            std::fill(dz + (row + i) * GH, dz + (row + i + 1) * GH, 0.f);
+            if (gru) {
+              std::fill(dr + (row + i) * GH, dr + (row + i + 1) * GH, 0.f);
+              std::fill(carry + (r + i) * H, carry + (r + i + 1) * H, 0.f);
+            }
+            if (s.cell == Cell::LSTM) std::memcpy(carry + (r + i) * H, c_held + i * H, size_t(H) * sizeof(float));
+          }
       });
     }
-    if (dh0)   // dh_{-1} = dz_0 U^T (+ dh_0 z_0 for the GRU)
+    if (dh0) {   // dh_{-1} = dz_0 U^T (+ dh_0 z_0 for the GRU) (+ what passed step 0)
       for_row_blocks(r0, r1, [&](index_t r, index_t m) {
         K.gemm_rows(m, H, GH, dr + r * GH, GH, 0, nullptr, 0, UTp, GH, gru ? carry + r * H : nullptr, H, dh0 + r * H, H);
       });
+      if (use_pass)
+        for (index_t i = r0 * H; i < r1 * H; ++i) dh0[i] += pass[i];
+    }
     if (dc0 && s.cell == Cell::LSTM) std::memcpy(dc0 + r0 * H, carry + r0 * H, size_t((r1 - r0) * H) * sizeof(float));
   }
 

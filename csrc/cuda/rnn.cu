@@ -5,7 +5,10 @@
 //             per step t: pre-activations += h_{t-1} U               GEMM (beta = 1)
 //                         gate math                                  one elementwise kernel
 //             (GRU: hu = h_{t-1} U + b_rec into a B x 3H buffer, read by the gate kernel)
+//             (mask: then masked rows copy h_{t-1} and c_{t-1}: the states are carried)
 //   backward  per step t from the last: dh = dr_{t+1} U^T            GEMM
+//             (mask / dh_last: + pass, the gradient that crossed masked steps; masked rows are
+//             held before the gate kernel and fixed after it: dz = 0, states passed through)
 //                         gate derivatives -> dz_t (GRU: also dr_t)  one elementwise kernel
 //             dh0 = dr_0 U^T (+ carry), dU += hs[0:T]^T dr, dW += xs^T dz, db += colsums,
 //             dx = dz W^T then back to batch-major                  one GEMM each
@@ -50,17 +53,80 @@ __global__ void from_time_major_kernel(index_t B, index_t T, index_t I, bool bac
   }
 }
 
-// y (B, T, H) = every h_t, or y (B, H) = the last one; hs[t+1] = h_t.
-__global__ void copy_outputs_kernel(index_t B, index_t T, index_t H, bool seq,
-                                    const float* __restrict__ hs, float* __restrict__ y) {
+// Whether row n takes part in processing step t (mask (B, T) in x's time order; nullptr: all).
+__device__ __forceinline__ bool kept(const float* mask, index_t T, bool back, index_t n, index_t t) {
+  return !mask || mask[n * T + (back ? T - 1 - t : t)] != 0.f;
+}
+
+// y (B, T, H) = every h_t, or y (B, H) = the last one; hs[t+1] = h_t (a masked step's h_t is
+// h_{t-1}, carried); zero: masked steps output 0 (zero_output_for_mask).
+__global__ void copy_outputs_kernel(index_t B, index_t T, index_t H, bool seq, bool back, bool zero,
+                                    const float* __restrict__ mask, const float* __restrict__ hs,
+                                    float* __restrict__ y) {
   if (seq) {
     KILNET_GRID_STRIDE(i, B * T * H) {
       const index_t j = i % H, r = i / H, t = r % T, n = r / T;
-      y[i] = hs[((t + 1) * B + n) * H + j];
+      y[i] = (zero && !kept(mask, T, back, n, t)) ? 0.f : hs[((t + 1) * B + n) * H + j];
     }
   } else {
-    KILNET_GRID_STRIDE(i, B * H) y[i] = hs[T * B * H + i];
+    KILNET_GRID_STRIDE(i, B * H) y[i] = (zero && !kept(mask, T, back, i / H, T - 1)) ? 0.f : hs[T * B * H + i];
   }
+}
+
+// Masked rows of step t carry their states: h = h_prev (and c = c_prev for the LSTM).
+__global__ void mask_carry_kernel(index_t B, index_t T, index_t H, index_t t, bool back,
+                                  const float* __restrict__ mask, const float* __restrict__ h_prev,
+                                  float* __restrict__ h, const float* __restrict__ c_prev,
+                                  float* __restrict__ c) {
+  KILNET_GRID_STRIDE(i, B * H) {
+    if (kept(mask, T, back, i / H, t)) continue;
+    h[i] = h_prev[i];
+    if (c) c[i] = c_prev[i];
+  }
+}
+
+// Backward, before step t's gate kernel: for masked rows, the whole gradient wrt h_t (dh, the
+// output's dy unless zero, the GRU's carry) into held, and the LSTM's dc into c_held; they go
+// on to h_{t-1} / c_{t-1} unchanged. Also adds pass (what crossed later masked steps) into dh.
+__global__ void mask_hold_kernel(index_t B, index_t T, index_t H, index_t t, bool back, bool zero,
+                                 const float* __restrict__ mask, float* __restrict__ dh,
+                                 const float* __restrict__ pass, const float* __restrict__ dy, index_t ldy,
+                                 const float* __restrict__ carry, bool gru, bool lstm,
+                                 float* __restrict__ held, float* __restrict__ c_held) {
+  KILNET_GRID_STRIDE(i, B * H) {
+    const index_t r = i / H, j = i % H;
+    if (dh && pass) dh[i] += pass[i];
+    if (kept(mask, T, back, r, t)) continue;
+    float g = dh ? dh[i] : (pass ? pass[i] : 0.f);
+    if (dy && !zero) g += dy[r * ldy + j];
+    if (gru) g += carry[i];
+    held[i] = g;
+    if (lstm) c_held[i] = carry[i];
+  }
+}
+
+// After step t's gate kernel: kept rows' pass is now inside dz (pass = 0); masked rows get
+// dz = 0 (and the GRU's dr = 0, carry = 0; the LSTM's dc restored) and pass = held.
+__global__ void mask_fix_kernel(index_t B, index_t T, index_t H, index_t G, index_t t, bool back,
+                                const float* __restrict__ mask, float* __restrict__ pass,
+                                const float* __restrict__ held, const float* __restrict__ c_held,
+                                float* __restrict__ dz, float* __restrict__ dr, float* __restrict__ carry,
+                                bool gru, bool lstm) {
+  KILNET_GRID_STRIDE(i, B * H) {
+    const index_t r = i / H, j = i % H;
+    if (kept(mask, T, back, r, t)) { pass[i] = 0.f; continue; }
+    pass[i] = held[i];
+    for (index_t k = 0; k < G; ++k) {
+      dz[r * G * H + k * H + j] = 0.f;
+      if (gru) dr[r * G * H + k * H + j] = 0.f;
+    }
+    if (gru) carry[i] = 0.f;
+    if (lstm) carry[i] = c_held[i];
+  }
+}
+
+__global__ void add_kernel(index_t n, const float* __restrict__ a, float* __restrict__ y) {
+  KILNET_GRID_STRIDE(i, n) y[i] += a[i];
 }
 
 // ---- forward steps: one thread per (row r, unit j) of the step, i = r*H + j ------------------
@@ -172,7 +238,8 @@ void copy_or_zero(float* dst, const float* src, index_t n, cudaStream_t st, cons
 }  // namespace
 
 void rnn_forward(const RnnShape& s, const float* x, const float* W, const float* U, const float* b,
-                 const float* h0, const float* c0, float* y, float* ws, void* stream) {
+                 const float* h0, const float* c0, float* y, float* ws, void* stream, const float* mask,
+                 float* h_last, float* c_last) {
   const detail::RnnLayout L = detail::rnn_layout(s);
   const index_t B = s.B, T = s.T, I = s.I, H = s.H, GH = detail::rnn_gate_count(s.cell) * H, TB = T * B;
   if (B <= 0 || T <= 0 || I <= 0 || H <= 0) return;
@@ -213,15 +280,30 @@ void rnn_forward(const RnnShape& s, const float* x, const float* W, const float*
                                                    ws + L.huh + t * B * H, h);
       KILNET_CHECK_LAUNCH("gru_fwd_step_kernel");
     }
+    if (mask) {
+      const bool lstm = s.cell == Cell::LSTM;
+      mask_carry_kernel<<<grid, kBlock, 0, st>>>(B, T, H, t, s.go_backwards, mask, hp, h,
+                                                 lstm ? ws + L.cs + t * B * H : nullptr,
+                                                 lstm ? ws + L.cs + (t + 1) * B * H : nullptr);
+      KILNET_CHECK_LAUNCH("mask_carry_kernel");
+    }
   }
   const index_t ny = s.return_sequences ? B * T * H : B * H;
-  copy_outputs_kernel<<<grid_for(ny, kBlock), kBlock, 0, st>>>(B, T, H, s.return_sequences, hs, y);
+  copy_outputs_kernel<<<grid_for(ny, kBlock), kBlock, 0, st>>>(B, T, H, s.return_sequences, s.go_backwards,
+                                                               s.zero_output_for_mask && mask, mask, hs, y);
   KILNET_CHECK_LAUNCH("copy_outputs_kernel");
+  if (h_last)
+    check(cudaMemcpyAsync(h_last, hs + T * B * H, size_t(B * H) * sizeof(float), cudaMemcpyDeviceToDevice, st),
+          "rnn_forward: h_last");
+  if (c_last && s.cell == Cell::LSTM)
+    check(cudaMemcpyAsync(c_last, ws + L.cs + T * B * H, size_t(B * H) * sizeof(float), cudaMemcpyDeviceToDevice, st),
+          "rnn_forward: c_last");
 }
 
 void rnn_backward(const RnnShape& s, const float* dy, const float* W, const float* U,
                   const float* ws, float* scratch, float* dx, float* dW, float* dU, float* db,
-                  float* dh0, float* dc0, void* stream) {
+                  float* dh0, float* dc0, void* stream, const float* mask, const float* dh_last,
+                  const float* dc_last) {
   const detail::RnnLayout L = detail::rnn_layout(s);
   const index_t B = s.B, T = s.T, I = s.I, H = s.H, GH = detail::rnn_gate_count(s.cell) * H, TB = T * B;
   if (B <= 0 || T <= 0 || I <= 0 || H <= 0) return;
@@ -232,20 +314,32 @@ void rnn_backward(const RnnShape& s, const float* dy, const float* W, const floa
   float* dz = scratch + L.dz;
   float* dr = gru ? scratch + L.dhu : dz;   // gradient wrt h_{t-1} U (+ b_rec): what U^T multiplies
   float* carry = scratch + L.carry;         // LSTM: dc; GRU: dh z
+  // pass: the gradient wrt h_t that reached it around masked steps (and dh_last at the end).
+  float* pass = (mask || dh_last) ? scratch + L.pass : nullptr;
+  const bool lstm = s.cell == Cell::LSTM;
 
   StreamBuffer<float> dh_buf(size_t(B * H), st, "cudaMallocAsync (rnn_backward buffer)");
   float* dh = dh_buf.get();   // dh_t = dr_{t+1} U^T of one step
-  check(cudaMemsetAsync(carry, 0, size_t(B * H) * sizeof(float), st), "rnn_backward: carry");
+  StreamBuffer<float> held_buf(mask ? size_t(2 * B * H) : 0, st, "cudaMallocAsync (rnn_backward mask buffer)");
+  float* held = held_buf.get();
+  copy_or_zero(carry, lstm ? dc_last : nullptr, B * H, st, "rnn_backward: carry");
+  if (pass) copy_or_zero(pass, dh_last, B * H, st, "rnn_backward: pass");
   const unsigned grid = grid_for(B * H, kBlock);
   for (index_t t = T - 1; t >= 0; --t) {
     const bool have_dh = t < T - 1;
     if (have_dh) gemm(false, true, B, H, GH, 1.f, dr + (t + 1) * B * GH, GH, U, GH, 0.f, dh, H, nullptr, stream);
-    const float* dhp = have_dh ? dh : nullptr;
+    const float* dhp = have_dh ? dh : pass;
     const float* dyr = nullptr;
     index_t ldy = H;
     if (s.return_sequences) { dyr = dy + t * H; ldy = T * H; }   // row r at dy[(r*T + t)*H]
     else if (t == T - 1) dyr = dy;
     const index_t row = t * B;   // first row of step t in the time-major blocks
+    if (pass && (mask || have_dh)) {
+      mask_hold_kernel<<<grid, kBlock, 0, st>>>(B, T, H, t, s.go_backwards, s.zero_output_for_mask,
+                                                mask, have_dh ? dh : nullptr, pass, dyr, ldy, carry, gru, lstm,
+                                                held, held ? held + B * H : nullptr);
+      KILNET_CHECK_LAUNCH("mask_hold_kernel");
+    }
     if (s.cell == Cell::SimpleRNN) {
       rnn_bwd_step_kernel<<<grid, kBlock, 0, st>>>(B, H, s.act, dhp, dyr, ldy, hs + (row + B) * H, dz + row * GH);
       KILNET_CHECK_LAUNCH("rnn_bwd_step_kernel");
@@ -259,11 +353,21 @@ void rnn_backward(const RnnShape& s, const float* dy, const float* W, const floa
                                                    dr + row * GH);
       KILNET_CHECK_LAUNCH("gru_bwd_step_kernel");
     }
+    if (pass) {
+      mask_fix_kernel<<<grid, kBlock, 0, st>>>(B, T, H, GH / H, t, s.go_backwards, mask, pass,
+                                               held, held ? held + B * H : nullptr, dz + row * GH,
+                                               gru ? dr + row * GH : nullptr, carry, gru, lstm);
+      KILNET_CHECK_LAUNCH("mask_fix_kernel");
+    }
   }
-  if (dh0) {   // dh_{-1} = dr_0 U^T (+ dh_0 z_0 for the GRU, the carry)
+  if (dh0) {   // dh_{-1} = dr_0 U^T (+ dh_0 z_0 for the GRU, the carry) (+ what passed step 0)
     if (gru)
       check(cudaMemcpyAsync(dh0, carry, size_t(B * H) * sizeof(float), cudaMemcpyDeviceToDevice, st), "rnn_backward: dh0");
     gemm(false, true, B, H, GH, 1.f, dr, GH, U, GH, gru ? 1.f : 0.f, dh0, H, nullptr, stream);
+    if (pass) {
+      add_kernel<<<grid, kBlock, 0, st>>>(B * H, pass, dh0);
+      KILNET_CHECK_LAUNCH("add_kernel");
+    }
   }
   if (dc0 && s.cell == Cell::LSTM)
     check(cudaMemcpyAsync(dc0, carry, size_t(B * H) * sizeof(float), cudaMemcpyDeviceToDevice, st), "rnn_backward: dc0");

@@ -97,17 +97,38 @@ inline std::pair<index_t, index_t> rnn_workspace_sizes(const std::string& cell, 
 
 struct RnnForwardArgs {
   RnnShape s;
-  Arr x, w, u, y, ws, b, h0, c0;
+  Arr x, w, u, y, ws, b, h0, c0, mask, h_last, c_last;
   const float* bp = nullptr;    // the optional inputs, nullptr for None
   const float* h0p = nullptr;
   const float* c0p = nullptr;
+  const float* maskp = nullptr;
+  float* h_lastp = nullptr;     // the optional outputs
+  float* c_lastp = nullptr;
 };
+
+// The optional mask: float32 (B, T), 0 = skip the step.
+inline const float* mask_arg(const Arrays& A, const char* fn, const py::object& o, Arr& a, const RnnShape& s) {
+  if (o.is_none()) return nullptr;
+  a = A.in_f32(fn, "mask", o, -1);
+  if (a.shape != std::vector<index_t>{s.B, s.T})
+    fail_value(std::string(fn) + ": argument 'mask' must have shape (batch, timesteps) = " +
+               shape_str({s.B, s.T}) + ", got " + shape_str(a.shape));
+  return a.f();
+}
+
+inline void lstm_only(const char* fn, const char* what, const py::object& o, Cell cell, const std::string& name) {
+  if (!o.is_none() && cell != Cell::LSTM)
+    fail_value(std::string(fn) + ": " + what + " is an LSTM state; pass None for " + name);
+}
 
 inline RnnForwardArgs rnn_forward_args(const Arrays& A, const std::string& cell_name, const py::object& x_,
                                        const py::object& w_, const py::object& u_, const py::object& b_,
                                        const py::object& y_, const py::object& ws_, const py::object& h0_,
                                        const py::object& c0_, const std::string& activation,
-                                       const std::string& recurrent_activation, bool go_backwards) {
+                                       const std::string& recurrent_activation, bool go_backwards,
+                                       const py::object& mask_ = py::none(), bool zero_output_for_mask = false,
+                                       const py::object& h_last_ = py::none(),
+                                       const py::object& c_last_ = py::none()) {
   const char* fn = "rnn_forward";
   const Cell cell = parse_cell(cell_name);
   RnnForwardArgs a;
@@ -122,14 +143,23 @@ inline RnnForwardArgs rnn_forward_args(const Arrays& A, const std::string& cell_
   a.h0p = optional_arg(A, fn, "h0", h0_, a.h0, {s.B, s.H}, false);
   if (!c0_.is_none() && cell != Cell::LSTM) fail_value(std::string(fn) + ": c0 is an LSTM state; pass None for " + cell_name);
   a.c0p = optional_arg(A, fn, "c0", c0_, a.c0, {s.B, s.H}, false);
-  check_aliasing(fn, {{"y", &a.y}, {"ws", &a.ws}},
-                 {{"x", &a.x}, {"w", &a.w}, {"u", &a.u}, {"b", &a.b}, {"h0", &a.h0}, {"c0", &a.c0}});
+  s.zero_output_for_mask = zero_output_for_mask;
+  a.maskp = mask_arg(A, fn, mask_, a.mask, s);
+  a.h_lastp = optional_arg(A, fn, "h_last", h_last_, a.h_last, {s.B, s.H}, true);
+  lstm_only(fn, "c_last", c_last_, cell, cell_name);
+  a.c_lastp = optional_arg(A, fn, "c_last", c_last_, a.c_last, {s.B, s.H}, true);
+  check_aliasing(fn, {{"y", &a.y}, {"ws", &a.ws}, {"h_last", &a.h_last}, {"c_last", &a.c_last}},
+                 {{"x", &a.x}, {"w", &a.w}, {"u", &a.u}, {"b", &a.b}, {"h0", &a.h0}, {"c0", &a.c0},
+                  {"mask", &a.mask}});
   return a;
 }
 
 struct RnnBackwardArgs {
   RnnShape s;
-  Arr dy, x, w, u, ws, scratch, dx, dw, du, db, dh0, dc0;
+  Arr dy, x, w, u, ws, scratch, dx, dw, du, db, dh0, dc0, mask, dh_last, dc_last;
+  const float* maskp = nullptr;
+  const float* dh_lastp = nullptr;
+  const float* dc_lastp = nullptr;
   float* dxp = nullptr;         // the optional outputs, nullptr for None
   float* dwp = nullptr;
   float* dup = nullptr;
@@ -144,7 +174,10 @@ inline RnnBackwardArgs rnn_backward_args(const Arrays& A, const std::string& cel
                                          const py::object& dw_, const py::object& du_, const py::object& db_,
                                          const py::object& dh0_, const py::object& dc0_,
                                          const std::string& activation, const std::string& recurrent_activation,
-                                         bool go_backwards) {
+                                         bool go_backwards, const py::object& mask_ = py::none(),
+                                         bool zero_output_for_mask = false,
+                                         const py::object& dh_last_ = py::none(),
+                                         const py::object& dc_last_ = py::none()) {
   const char* fn = "rnn_backward";
   const Cell cell = parse_cell(cell_name);
   RnnBackwardArgs a;
@@ -166,9 +199,15 @@ inline RnnBackwardArgs rnn_backward_args(const Arrays& A, const std::string& cel
   a.dh0p = optional_arg(A, fn, "dh0", dh0_, a.dh0, {s.B, s.H}, true);
   if (!dc0_.is_none() && cell != Cell::LSTM) fail_value(std::string(fn) + ": dc0 is an LSTM state; pass None for " + cell_name);
   a.dc0p = optional_arg(A, fn, "dc0", dc0_, a.dc0, {s.B, s.H}, true);
+  s.zero_output_for_mask = zero_output_for_mask;
+  a.maskp = mask_arg(A, fn, mask_, a.mask, s);
+  a.dh_lastp = optional_arg(A, fn, "dh_last", dh_last_, a.dh_last, {s.B, s.H}, false);
+  lstm_only(fn, "dc_last", dc_last_, cell, cell_name);
+  a.dc_lastp = optional_arg(A, fn, "dc_last", dc_last_, a.dc_last, {s.B, s.H}, false);
   check_aliasing(fn, {{"scratch", &a.scratch}, {"dx", &a.dx}, {"dw", &a.dw}, {"du", &a.du}, {"db", &a.db},
                       {"dh0", &a.dh0}, {"dc0", &a.dc0}},
-                 {{"dy", &a.dy}, {"x", &a.x}, {"w", &a.w}, {"u", &a.u}, {"ws", &a.ws}});
+                 {{"dy", &a.dy}, {"x", &a.x}, {"w", &a.w}, {"u", &a.u}, {"ws", &a.ws}, {"mask", &a.mask},
+                  {"dh_last", &a.dh_last}, {"dc_last", &a.dc_last}});
   return a;
 }
 

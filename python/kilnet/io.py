@@ -100,7 +100,7 @@ def _write_weights(g, model):
     for layer in model.layers:
         lg = g.create_group(layer.name)
         variables = layer.variables
-        names = [f"{model.name}/{_weight_path(layer, v.name)}" for v in variables]
+        names = [f"{model.name}/{_weight_path(layer, v)}" for v in variables]
         lg.attrs["weight_names"] = np.array([n.encode() for n in names], dtype="S")
         for n, v in zip(names, variables):
             lg.create_dataset(n, data=_host(v.value))
@@ -113,21 +113,25 @@ def _write_weights(g, model):
 _KERAS_SLOT = {"m": "momentum", "v": "velocity"}
 
 
-def _slot_name(opt, model, layer, attr, slot):
-    path = _weight_path(layer, attr).replace("/", "_")
+def _slot_name(opt, model, layer, var, slot):
+    path = _weight_path(layer, var).replace("/", "_")
     return f"{opt.name}/{model.name}_{path}_{_KERAS_SLOT.get(slot, slot)}"
 
 
-def _weight_path(layer, attr):
-    """A weight's variable path inside the model as Keras names it: <layer>/<weight>, or
+def _weight_path(layer, var):
+    """A weight's (Variable's) path inside the model as Keras names it: <layer>/<weight>, or
     <layer>/<scope>/<weight> for layers whose weights live in a sub-layer (an RNN's cell, the
-    layer TimeDistributed wraps), which say so with `keras_weight_scope`."""
+    layer TimeDistributed wraps), which say so with `keras_weight_scope`; a layer with weights
+    in several sub-layers (Bidirectional) names each with `keras_weight_path(var)`."""
+    per_weight = getattr(layer, "keras_weight_path", None)
+    if per_weight is not None:
+        return f"{layer.name}/{per_weight(var)}"
     scope = getattr(layer, "keras_weight_scope", None)
-    return f"{layer.name}/{scope}/{attr}" if scope else f"{layer.name}/{attr}"
+    return f"{layer.name}/{scope}/{var.name}" if scope else f"{layer.name}/{var.name}"
 
 
 def _named_slices(model):
-    """(model layer, weight name, offset, size, shape) of each trainable Variable in the optimizer's
+    """(model layer, Variable, offset, size, shape) of each trainable Variable in the optimizer's
     flat state, which follows model.trainable_variables; a weight is named under the model
     layer that holds it (a TimeDistributed wrapper rather than the layer it wraps)."""
     top = {}
@@ -137,7 +141,7 @@ def _named_slices(model):
     out, off = [], 0
     for v in model.trainable_variables:
         size = math.prod(v.shape)
-        out.append((top[id(v)], v.name, off, size, tuple(v.shape)))
+        out.append((top[id(v)], v, off, size, tuple(v.shape)))
         off += size
     return out
 
@@ -148,9 +152,9 @@ def _write_optimizer(g, model):
     g.create_dataset(names[0], data=np.int64(opt.iterations))
     lr = opt.learning_rate(opt.iterations) if callable(opt.learning_rate) else opt.learning_rate
     g.create_dataset(names[1], data=np.float32(lr))
-    for layer, attr, off, size, shape in _named_slices(model):
+    for layer, var, off, size, shape in _named_slices(model):
         for slot, flat in opt.state.items():
-            name = _slot_name(opt, model, layer, attr, slot)
+            name = _slot_name(opt, model, layer, var, slot)
             g.create_dataset(name, data=_host(flat[off:off + size]).reshape(shape))
             names.append(name)
     g.attrs["weight_names"] = np.array([n.encode() for n in names], dtype="S")
@@ -340,8 +344,8 @@ def _read_optimizer(g, model, path, allow_nonfinite):
     params = model.flat_parameters()
     opt.build(params.size, like=params)
     for slot, flat in opt.state.items():
-        for layer, attr, off, size, shape in _named_slices(model):
-            name = _slot_name(opt, model, layer, attr, slot)
+        for layer, var, off, size, shape in _named_slices(model):
+            name = _slot_name(opt, model, layer, var, slot)
             value = _read_dataset(g, name, shape, path, allow_nonfinite).reshape(-1)
             if isinstance(flat, np.ndarray):
                 flat[off:off + size] = value

@@ -14,6 +14,8 @@ from kilnet.layers.normalization import BatchNormalization
 from kilnet.layers.pooling import (AveragePooling2D, AvgPool2D, GlobalAveragePooling2D, GlobalAvgPool2D,
                                    MaxPool2D, MaxPooling2D)
 from kilnet.layers.recurrent import GRU, LSTM, SimpleRNN, TimeDistributed
+from kilnet.layers.bidirectional import Bidirectional
+from kilnet.layers.masking import Masking
 from kilnet.layers.regularization import Dropout
 from kilnet.layers.reshape import Reshape, ZeroPadding2D
 
@@ -22,14 +24,14 @@ __all__ = ["Layer", "Dense", "Conv2D", "Flatten", "Activation", "InputLayer", "I
            "GlobalAvgPool2D", "Dropout", "BatchNormalization", "Reshape", "ZeroPadding2D",
            "SimpleRNN", "LSTM", "GRU", "TimeDistributed", "Add", "Subtract", "Multiply", "Average",
            "Maximum", "Minimum", "Concatenate", "Dot", "add", "subtract", "multiply", "average", "maximum",
-           "minimum", "concatenate", "dot", "MultiHeadAttention", "Embedding", "LayerNormalization"]
+           "minimum", "concatenate", "dot", "MultiHeadAttention", "Embedding", "LayerNormalization", "Bidirectional", "Masking"]
 
 # Every layer type a model file may name. Loading refuses any other class name.
 REGISTRY = {cls.__name__: cls for cls in (Dense, Conv2D, Flatten, Activation, InputLayer,
                                           MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
                                           Dropout, BatchNormalization, Reshape, ZeroPadding2D,
                                           SimpleRNN, LSTM, GRU, TimeDistributed, Add, Subtract, Multiply, Average,
-                                          Maximum, Minimum, Concatenate, Dot, MultiHeadAttention, Embedding, LayerNormalization)}
+                                          Maximum, Minimum, Concatenate, Dot, MultiHeadAttention, Embedding, LayerNormalization, Bidirectional, Masking)}
 serialization.register(*REGISTRY.values())
 
 

@@ -6,14 +6,23 @@ GRU computes x W + b for all steps in one GEMM first), and backpropagation throu
 accumulates the weight and bias gradients of all steps in one GEMM (two for the GRU). Weights have Keras's names, shapes and gate order, so Keras-trained weights load as they
 are: kernel (in, G*units), recurrent_kernel (units, G*units), bias (G*units,) — GRU (2, 3*units)
 — with gate blocks i, f, c, o (LSTM) and z, r, h (GRU, reset_after=True).
+
+Masks follow Keras 3 (keras/src/backend/jax/rnn.py): `layer(x, mask=m)`, m (batch, timesteps)
+bool; at a masked step the states are carried and the output is the previous h (0 with
+zero_output_for_mask); the kernels do it, forward and backward. `compute_mask` says what mask
+the output carries. return_state=True returns [output, h] ([output, h, c] for the LSTM), and the
+states' gradients flow back through the same kernel call; so do initial_state's.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from kilnet import initializers, serialization
+from kilnet.backend import to_device
+from kilnet.engine.state import call_state
+from kilnet.engine.tape import current_walk, record
 from kilnet.engine.tensor import Tensor
-from kilnet.layers.base import Layer, fused_call
+from kilnet.layers.base import Layer
 from kilnet.layers.core import _refuse_unsupported
 
 __all__ = ["SimpleRNN", "LSTM", "GRU", "TimeDistributed"]
@@ -61,11 +70,9 @@ class _Recurrent(Layer):
             if value:
                 raise ValueError(f"{who}: {arg}={value!r} is not supported yet (only 0); "
                                  "put a Dropout layer between layers instead")
-        if return_state:
-            raise ValueError(f"{who}: return_state=True gives several outputs, which a Sequential model "
-                             "cannot pass on; use return_state=False")
         if stateful:
-            raise ValueError(f"{who}: stateful=True is not supported (every batch starts from zero state)")
+            raise ValueError(f"{who}: stateful=True is not supported (every batch starts from zero state); "
+                             "pass the states between calls with return_state=True and initial_state=")
         if time_major:
             raise ValueError(f"{who}: time_major=True is not supported; inputs are (batch, timesteps, features)")
         if use_cudnn not in ("auto", True, False):
@@ -79,9 +86,12 @@ class _Recurrent(Layer):
         self.bias_initializer = initializers.get(bias_initializer)
         self.seed = seed
         self.return_sequences = bool(return_sequences)
+        self.return_state = bool(return_state)
         self.go_backwards = bool(go_backwards)
+        self.stateful = False
         self.unroll = bool(unroll)                 # no effect: the kernel loops over time either way
-        self.zero_output_for_mask = bool(zero_output_for_mask)   # no masks here: no effect
+        self.zero_output_for_mask = bool(zero_output_for_mask)   # masked steps output 0, not the last h
+        self.supports_masking = True
 
     # ------------------------------------------------------------------ building
     def _bias_shape(self):
@@ -100,20 +110,34 @@ class _Recurrent(Layer):
         if self.use_bias:
             self._add_weight("bias", self._bias_shape(), self.bias_initializer, initialize=init)
 
+    @property
+    def _n_states(self):
+        return 2 if self._cell == "lstm" else 1
+
     def compute_output_shape(self, input_shape):
         if self.return_sequences:
-            return (input_shape[0], input_shape[1], self.units)
-        return (input_shape[0], self.units)
+            out = (input_shape[0], input_shape[1], self.units)
+        else:
+            out = (input_shape[0], self.units)
+        if self.return_state:
+            return [out] + [(input_shape[0], self.units)] * self._n_states
+        return out
+
+    def compute_mask(self, inputs, mask=None):
+        """Keras's: the output keeps the input's mask with return_sequences, else has none
+        (and the returned states have none)."""
+        out = mask if self.return_sequences else None
+        if self.return_state:
+            return [out] + [None] * self._n_states
+        return out
 
     # ------------------------------------------------------------------ compute
-    def call(self, inputs, training=None, initial_state=None):
-        """One op on the tape. initial_state: [h0] (SimpleRNN, GRU) or [h0, c0] (LSTM), each
-        (batch, units); None = zeros (constants: no gradient flows into them here)."""
-        if initial_state is not None:
-            states = initial_state if isinstance(initial_state, (list, tuple)) else [initial_state]
-            initial_state = [s.value if isinstance(s, Tensor) else s for s in states]
-            return fused_call(self, inputs, training, initial_state=initial_state)
-        return fused_call(self, inputs, training)
+    def call(self, sequences, initial_state=None, mask=None, training=None):
+        """One op on the tape (Keras 3's signature). initial_state: [h0] (SimpleRNN, GRU) or
+        [h0, c0] (LSTM), each (batch, units), arrays or Tensors (gradients flow into Tensors);
+        None = zeros. mask: (batch, timesteps) bool, True = use the step. Returns the output, or
+        [output, h] / [output, h, c] with return_state."""
+        return _recurrent_call(self, sequences, initial_state, mask, training)
 
     def _check_input(self, x):
         who = f"{type(self).__name__} {self.name!r}"
@@ -147,24 +171,57 @@ class _Recurrent(Layer):
             out.append(st)
         return out[0], (out[1] if n == 2 else None)
 
-    def forward(self, x, training=False, initial_state=None):
+    def _mask_array(self, mask, B, T):
+        """The mask as the kernel takes it: float32 (B, T) on the layer's device, 1 = use the step."""
+        if mask is None:
+            return None
+        who = f"{type(self).__name__} {self.name!r}"
+        if isinstance(mask, Tensor):
+            mask = mask.value
+        if not hasattr(mask, "shape"):
+            mask = np.asarray(mask)
+        if getattr(mask, "dtype", None) is None or mask.dtype.kind not in "biuf":
+            raise TypeError(f"{who}: mask must be a boolean array of shape (batch, timesteps), got "
+                            f"{type(mask).__name__} of dtype {getattr(mask, 'dtype', None)}")
+        if tuple(mask.shape) != (B, T):
+            raise ValueError(f"{who}: mask must have shape (batch, timesteps) = ({B}, {T}) for inputs of "
+                             f"shape ({B}, {T}, ...), got mask of shape {tuple(mask.shape)}")
+        m = self._buffer("mask", (B, T))
+        m[...] = to_device(mask, self.device) != 0
+        return m
+
+    def forward(self, x, training=False, initial_state=None, mask=None):
         self._check_input(x)
         x = self._xp.ascontiguousarray(x, dtype=np.float32)
         B, T, _ = x.shape
         h0, c0 = self._initial_states(initial_state, B)
+        m = self._mask_array(mask, B, T)
         ws_n, _ = self._k.rnn_workspace_size(self._cell, B, T, x.shape[2], self.units)
         ws = self._buffer("ws", (ws_n,))
         y = self._buffer("y", (B, T, self.units) if self.return_sequences else (B, self.units))
+        h_last = c_last = None
+        if self.return_state:
+            h_last = self._buffer("h_last", (B, self.units))
+            c_last = self._buffer("c_last", (B, self.units)) if self._cell == "lstm" else None
+        extra = {}
+        if m is not None or h_last is not None:   # the plain call keeps the plain signature
+            extra = dict(mask=m, zero_output_for_mask=self.zero_output_for_mask, h_last=h_last, c_last=c_last)
         self._k.rnn_forward(self._cell, x, self.kernel, self.recurrent_kernel, self.bias if self.use_bias else None,
-                         y, ws, h0, c0, self.activation, self.recurrent_activation, self.go_backwards)
+                            y, ws, h0, c0, self.activation, self.recurrent_activation, self.go_backwards, **extra)
         st = self._state()
-        st["x"], st["ws"], st["has_initial_state"] = x, ws, h0 is not None
+        st["x"], st["ws"], st["has_initial_state"], st["mask"] = x, ws, h0 is not None, m
+        st["last_states"] = [s for s in (h_last, c_last) if s is not None]
         return y
 
-    def backward(self, dy, need_dx=True, need_dw=True):
+    def backward(self, dy, need_dx=True, need_dw=True, d_states=None, need_d_initial=True):
+        """dy: the output's gradient (None: zero); d_states: the returned states' gradients
+        (return_state; None entries are zero). need_d_initial: compute initial_state_grads."""
         st = self._state()
         x, ws = st["x"], st["ws"]
         B, T, n_in = x.shape
+        if dy is None:
+            dy = self._buffer("dy0", (B, T, self.units) if self.return_sequences else (B, self.units))
+            dy[...] = 0
         dy = self._xp.ascontiguousarray(dy, dtype=np.float32)
         _, scratch_n = self._k.rnn_workspace_size(self._cell, B, T, n_in, self.units)
         scratch = self._buffer("scratch", (scratch_n,))
@@ -174,14 +231,22 @@ class _Recurrent(Layer):
             dw, du = self.dkernel, self.drecurrent_kernel
             db = self.dbias if self.use_bias else None
         dh0 = dc0 = None
-        if st["has_initial_state"]:   # gradients of the initial states, for direct calls
+        if st["has_initial_state"] and need_d_initial:   # gradients of the initial states
             dh0 = self._buffer("dh0", (B, self.units))
             dc0 = self._buffer("dc0", (B, self.units)) if self._cell == "lstm" else None
             st["initial_state_grads"] = [dh0] + ([dc0] if dc0 is not None else [])
         if dx is None and dw is None and dh0 is None:
             return None
+        d_last = [None, None]
+        for i, g in enumerate(d_states or ()):
+            if g is not None:
+                d_last[i] = self._xp.ascontiguousarray(g, dtype=np.float32)
+        extra = {}
+        if st["mask"] is not None or d_last[0] is not None or d_last[1] is not None:
+            extra = dict(mask=st["mask"], zero_output_for_mask=self.zero_output_for_mask, dh_last=d_last[0],
+                         dc_last=d_last[1] if self._cell == "lstm" else None)
         self._k.rnn_backward(self._cell, dy, x, self.kernel, self.recurrent_kernel, ws, scratch, dx, dw, du, db,
-                          dh0, dc0, self.activation, self.recurrent_activation, self.go_backwards)
+                             dh0, dc0, self.activation, self.recurrent_activation, self.go_backwards, **extra)
         return dx
 
     @property
@@ -196,7 +261,7 @@ class _Recurrent(Layer):
 
     # ------------------------------------------------------------------ config
     def get_config(self):
-        return {**super().get_config(), "return_sequences": self.return_sequences, "return_state": False,
+        return {**super().get_config(), "return_sequences": self.return_sequences, "return_state": self.return_state,
                 "go_backwards": self.go_backwards, "stateful": False, "unroll": self.unroll,
                 "zero_output_for_mask": self.zero_output_for_mask, "units": self.units,
                 "activation": self.activation, "use_bias": self.use_bias,
@@ -208,12 +273,60 @@ class _Recurrent(Layer):
                 "bias_constraint": None, "dropout": 0.0, "recurrent_dropout": 0.0, "seed": self.seed}
 
 
+def _state_tensor(layer, s):
+    if isinstance(s, Tensor):
+        return s if s.value.dtype == np.float32 else Tensor(s.value.astype(np.float32))
+    if s is None or isinstance(s, (str, bytes)):
+        raise TypeError(f"{type(layer).__name__} {layer.name!r}: initial_state entries must be arrays or "
+                        f"tensors, got {s!r}")
+    return Tensor(layer._xp.ascontiguousarray(to_device(np.asarray(s) if isinstance(s, (list, float, int))
+                                                        else s, layer.device), dtype=np.float32))
+
+
+def _recurrent_call(layer, x, initial_state, mask, training):
+    """One call of a recurrent layer as one tape op: inputs x and the initial states (Tensors,
+    so gradients reach them), outputs y and, with return_state, the final states. Its backward
+    is one rnn_backward call given the gradients of all of them. (base.fused_call, with several
+    inputs and outputs.)"""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"layer {layer.name!r} takes one input tensor, got {type(x).__name__}")
+    states = []
+    if initial_state is not None:
+        states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+        states = [_state_tensor(layer, s) for s in states]
+    st = call_state(layer)
+    loc = layer._local
+    prev = getattr(loc, "cur", None)
+    loc.cur = st
+    try:
+        y = layer.forward(x.value, training, initial_state=[s.value for s in states] if states else None, mask=mask)
+        outs = [Tensor(y)] + [Tensor(s) for s in st["last_states"]]
+    finally:
+        loc.cur = prev
+
+    def bw(g, needs):
+        g = list(g) if isinstance(g, (list, tuple)) else [g]
+        prev = getattr(loc, "cur", None)
+        loc.cur = st
+        try:
+            walk = current_walk()
+            need_dw = walk is None or walk.need_dw(layer)
+            need_states = any(needs[1:])
+            dx = layer.backward(g[0], needs[0], need_dw, d_states=g[1:], need_d_initial=need_states)
+            grads = st.get("initial_state_grads") if need_states else None
+            return (dx, *(grads if grads else [None] * len(states)))
+        finally:
+            loc.cur = prev
+    record((x, *states), tuple(outs), bw, layer)
+    return outs if layer.return_state else outs[0]
+
+
 class SimpleRNN(_Recurrent):
     """Fully connected RNN: h_t = activation(x_t · kernel + h_{t-1} · recurrent_kernel + bias).
 
     Args (Keras's): units, activation='tanh', use_bias=True, kernel_initializer='glorot_uniform',
     recurrent_initializer='orthogonal', bias_initializer='zeros', return_sequences=False,
-    return_state=False (True is refused), go_backwards=False.
+    return_state=False, go_backwards=False, zero_output_for_mask=False.
     """
 
     _cell = "simple_rnn"
@@ -231,7 +344,7 @@ class LSTM(_Recurrent):
     Args (Keras's): units, activation='tanh', recurrent_activation='sigmoid', use_bias=True,
     kernel_initializer='glorot_uniform', recurrent_initializer='orthogonal',
     bias_initializer='zeros', unit_forget_bias=True (the forget gate's bias starts at 1),
-    return_sequences=False, return_state=False (True is refused), go_backwards=False.
+    return_sequences=False, return_state=False, go_backwards=False, zero_output_for_mask=False.
     """
 
     _cell = "lstm"
@@ -260,7 +373,7 @@ class GRU(_Recurrent):
     Args (Keras's): units, activation='tanh', recurrent_activation='sigmoid', use_bias=True,
     kernel_initializer='glorot_uniform', recurrent_initializer='orthogonal',
     bias_initializer='zeros', reset_after=True (False is refused), return_sequences=False,
-    return_state=False (True is refused), go_backwards=False.
+    return_state=False, go_backwards=False, zero_output_for_mask=False.
     """
 
     _cell = "gru"

@@ -20,7 +20,7 @@ inline index_t rnn_up16(index_t n) { return (n + 15) / 16 * 16; }
 // Offsets (in floats) of the blocks of ws and scratch; -1 for blocks a cell does not have.
 struct RnnLayout {
   index_t xs = 0, hs = 0, gates = -1, cs = -1, tcs = -1, huh = -1, ws_total = 0;
-  index_t dz = 0, dhu = -1, dxs = 0, carry = 0, scratch_total = 0;
+  index_t dz = 0, dhu = -1, dxs = 0, carry = 0, pass = 0, scratch_total = 0;
 };
 
 inline RnnLayout rnn_layout(const RnnShape& s) {
@@ -39,6 +39,7 @@ inline RnnLayout rnn_layout(const RnnShape& s) {
   if (s.cell == Cell::GRU) { L.dhu = o; o += rnn_up16(TB * GH); }
   L.dxs = o; o += rnn_up16(TB * s.I);
   L.carry = o; o += rnn_up16(s.B * s.H);
+  L.pass = o; o += rnn_up16(s.B * s.H);   // gradient wrt h that skipped masked steps (and dh_last)
   L.scratch_total = o;
   return L;
 }
