@@ -192,6 +192,7 @@ void bind_rnn(py::module_& m, bool ref);
 void bind_pool2d(py::module_& m, bool ref);          // issue 8: pooling
 void bind_normalization(py::module_& m, bool ref);   // issue 8: batch normalization
 void bind_dropout(py::module_& m, bool ref);         // issue 8: dropout
+void bind_depthwise(py::module_& m, bool ref);     // depthwise convolution
 void bind_peak(py::module_& m);                      // issue 3: FMA peak probe (no ref variant)
 
 }  // namespace kilnet::bind

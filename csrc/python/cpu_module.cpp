@@ -29,5 +29,6 @@ PYBIND11_MODULE(_cpu, m) {
     bind::bind_pool2d(*mod, is_ref);
     bind::bind_normalization(*mod, is_ref);
     bind::bind_dropout(*mod, is_ref);
+    bind::bind_depthwise(*mod, is_ref);
   }
 }
