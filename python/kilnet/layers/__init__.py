@@ -3,6 +3,7 @@ from kilnet import serialization
 from kilnet.layers.activation import Activation
 from kilnet.layers.base import Layer
 from kilnet.layers.conv import Conv2D
+from kilnet.layers.conv1d import Conv1D, Convolution1D
 from kilnet.engine.node import Input
 from kilnet.layers.core import Dense, Flatten, InputLayer
 from kilnet.layers.merging import (Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract, add,
@@ -19,7 +20,7 @@ __all__ = ["Layer", "Dense", "Conv2D", "Flatten", "Activation", "InputLayer", "I
            "GlobalAvgPool2D", "Dropout", "BatchNormalization", "Reshape", "ZeroPadding2D",
            "SimpleRNN", "LSTM", "GRU", "TimeDistributed", "Add", "Subtract", "Multiply", "Average",
            "Maximum", "Minimum", "Concatenate", "Dot", "add", "subtract", "multiply", "average", "maximum",
-           "minimum", "concatenate", "dot"]
+           "minimum", "concatenate", "dot", "Conv1D", "Convolution1D"]
 
 # Every layer type a model file may name. Loading refuses any other class name.
 REGISTRY = {cls.__name__: cls for cls in (Dense, Conv2D, Flatten, Activation, InputLayer,
@@ -27,6 +28,7 @@ REGISTRY = {cls.__name__: cls for cls in (Dense, Conv2D, Flatten, Activation, In
                                           Dropout, BatchNormalization, Reshape, ZeroPadding2D,
                                           SimpleRNN, LSTM, GRU, TimeDistributed, Add, Subtract, Multiply, Average,
                                           Maximum, Minimum, Concatenate, Dot)}
+REGISTRY.update({cls.__name__: cls for cls in (Conv1D,)})
 serialization.register(*REGISTRY.values())
 
 
