@@ -58,6 +58,9 @@ class _DepthwiseBase(ActivatedLayer):
         self._pq, self._pad = (p, q), (ph, pw)
 
     def _depthwise_forward(self, x, w, b, key):
+        if not hasattr(self._k, "depthwise2d_forward"):
+            raise NotImplementedError(f"{type(self).__name__} {self.name!r}: the depthwise kernels are CPU-only "
+                                      f"for now (no CUDA kernel); keep this model on the CPU")
         t = self._buffer(key, (x.shape[0], *self._pq, x.shape[3] * self.depth_multiplier))
         self._k.depthwise2d_forward(x, w, b, t, self.strides, self._pad, self.dilation_rate)
         return t
