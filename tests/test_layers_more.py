@@ -376,3 +376,15 @@ def test_bad_input_shapes_are_refused():
         layers.DepthwiseConv2D(3)(np.zeros((2, 8, 3), np.float32))
     with pytest.raises(ValueError, match="out of range"):
         layers.PReLU(shared_axes=[3])(np.zeros((2, 4, 3), np.float32))
+
+
+def test_mask_in_a_functional_model():
+    x, m = kilnet.Input((6, 3)), kilnet.Input((6,))
+    y = layers.GlobalAveragePooling1D()(x, mask=m)
+    assert tuple(y.shape) == (None, 3)
+    model = kilnet.Model([x, m], y)
+    xv = np.random.default_rng(0).standard_normal((2, 6, 3)).astype(np.float32)
+    mv = np.array([[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], np.float32)
+    out = model.predict([xv, mv])
+    np.testing.assert_allclose(out[0], xv[0, :2].mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(out[1], xv[1].mean(axis=0), rtol=1e-6)
