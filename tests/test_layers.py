@@ -118,8 +118,8 @@ def test_keras_default_initializers():
 
 
 def test_layer_bad_arguments():
-    with pytest.raises(ValueError, match="unknown activation 'gelu'; valid names"):
-        Dense(3, activation="gelu")
+    with pytest.raises(ValueError, match="unknown activation 'gleu'; valid names"):
+        Dense(3, activation="gleu")
     with pytest.raises(ValueError, match="units"):
         Dense(0)
     with pytest.raises(ValueError, match="padding"):

@@ -18,6 +18,8 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
                     Act act);
 void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, const float* w,
                      float* dx, float* dw, float* db, Act act, const float* y);
+void conv2d_backward_input(const Conv2dShape& s, const float* dy, const float* w, float* dx, Act act,
+                           const float* y);
 }  // namespace avx2
 #endif
 
@@ -71,6 +73,28 @@ void conv2d_backward_ref(const Conv2dShape& s, const float* dy, const float* x, 
         }
   for (size_t i = 0; i < dwd.size(); ++i) dw[i] += float(dwd[i]);
   if (db) for (index_t k = 0; k < s.K; ++k) db[k] += float(dbd[k]);
+}
+
+void conv2d_backward_input_ref(const Conv2dShape& s, const float* dy, const float* w, float* dx, Act act,
+                               const float* y) {
+  std::fill(dx, dx + s.N * s.H * s.W * s.C, 0.f);
+  for (index_t n = 0; n < s.N; ++n)
+    for (index_t p = 0; p < s.P; ++p)
+      for (index_t q = 0; q < s.Q; ++q)
+        for (index_t k = 0; k < s.K; ++k) {
+          const index_t yi = ((n * s.P + p) * s.Q + q) * s.K + k;
+          const float g = act == Act::Linear ? dy[yi] : detail::act_backward(act, y[yi], dy[yi]);
+          for (index_t r = 0; r < s.R; ++r) {
+            const index_t h = p * s.stride_h - s.pad_h + r * s.dilation_h;
+            if (h < 0 || h >= s.H) continue;
+            for (index_t t = 0; t < s.S; ++t) {
+              const index_t ww = q * s.stride_w - s.pad_w + t * s.dilation_w;
+              if (ww < 0 || ww >= s.W) continue;
+              for (index_t c = 0; c < s.C; ++c)
+                dx[((n * s.H + h) * s.W + ww) * s.C + c] += g * w[((r * s.S + t) * s.C + c) * s.K + k];
+            }
+          }
+        }
 }
 
 // ------------------------------------------------------------------------- general path
@@ -181,6 +205,9 @@ void general_forward(const Conv2dShape& s, const float* x, const float* w, const
   });
 }
 
+void general_backward_input(const Conv2dShape& s, const float* dy, const float* w, float* dx, Act act,
+                            const float* y);
+
 // dw += cols^T · dz per chunk; when the chunks run in parallel, into per-thread partial sums
 // (race-free) added to dw at the end. dx = col2im(dz · w^T), parallel over images so each image
 // of dx has one writer. dz = act'(y) * dy is formed per chunk (dz_rows), and then db is summed
@@ -216,7 +243,14 @@ void general_backward(const Conv2dShape& s, const float* dy, const float* x, con
         for (index_t k = 0; k < s.K; ++k) db[k] += part[size_t(t * part_size + RSC * s.K + k)];
     }
 
-  if (!dx) return;
+  if (dx) general_backward_input(s, dy, w, dx, act, y);
+}
+
+// dx = col2im(dz · w^T), parallel over images so each image of dx has one writer.
+void general_backward_input(const Conv2dShape& s, const float* dy, const float* w, float* dx, Act act,
+                            const float* y) {
+  const index_t PQ = s.P * s.Q, RSC = s.R * s.S * s.C, HWC = s.H * s.W * s.C, M0 = chunk_pixels(s);
+  const bool fused = act != Act::Linear;
   std::vector<float> wt(size_t(s.K * RSC));   // w^T (K x RSC), so gemm needs no transpose
   for (index_t i = 0; i < RSC; ++i)
     for (index_t k = 0; k < s.K; ++k) wt[size_t(k * RSC + i)] = w[i * s.K + k];
@@ -282,6 +316,20 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
   if (use_avx2() && !force_general()) return avx2::conv2d_backward(s, dy, x, w, dx, dw, db, act, y);
 #endif
   general_backward(s, dy, x, w, dx, dw, db, act, y);
+}
+
+void conv2d_backward_input(const Conv2dShape& s, const float* dy, const float* w, float* dx, Act act,
+                           const float* y) {
+  if (act == Act::Softmax) throw std::invalid_argument("conv2d_backward_input: softmax is not elementwise; use softmax_backward");
+  if (act != Act::Linear && !y) throw std::invalid_argument("conv2d_backward_input: y (the forward output) is required unless act is Linear");
+  if (s.N == 0 || s.P == 0 || s.Q == 0 || s.K == 0) {
+    std::fill(dx, dx + s.N * s.H * s.W * s.C, 0.f);
+    return;
+  }
+#if defined(KILNET_HAVE_AVX2_BUILD)
+  if (use_avx2() && !force_general()) return avx2::conv2d_backward_input(s, dy, w, dx, act, y);
+#endif
+  general_backward_input(s, dy, w, dx, act, y);
 }
 
 }  // namespace kilnet::cpu

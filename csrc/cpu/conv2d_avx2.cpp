@@ -696,5 +696,10 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
   if (dx) backward_input(s, dy, w, dx, act, y);
 }
 
+void conv2d_backward_input(const Conv2dShape& s, const float* dy, const float* w, float* dx, Act act,
+                           const float* y) {
+  backward_input(s, dy, w, dx, act, y);
+}
+
 }  // namespace kilnet::cpu::avx2
 #endif

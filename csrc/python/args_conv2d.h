@@ -121,4 +121,33 @@ inline Conv2dBackwardArgs conv2d_backward_args(const Arrays& A, const py::object
   return a;
 }
 
+struct Conv2dBackwardInputArgs {
+  Conv2dShape s;
+  Act act;
+  Arr dy, w, dx, y;
+  const float* yp = nullptr;   // y when act is not linear
+};
+
+// conv2d_backward_input: dx (overwritten) gives the input shape N, H, W, C.
+inline Conv2dBackwardInputArgs conv2d_backward_input_args(const Arrays& A, const py::object& dy_,
+                                                          const py::object& w_, const py::object& dx_,
+                                                          Pair stride, Pair padding, Pair dilation,
+                                                          const std::string& act, const py::object& y_) {
+  const char* fn = "conv2d_backward_input";
+  Conv2dBackwardInputArgs a;
+  a.act = parse_act(act);
+  a.dy = A.in_f32(fn, "dy", dy_, 4); a.w = A.in_f32(fn, "w", w_, 4); a.dx = A.out_f32(fn, "dx", dx_, 4);
+  a.s = conv_shape(fn, a.dx, a.w, a.dy, stride, padding, dilation);
+  no_alias(fn, "dx", a.dx, "dy", a.dy); no_alias(fn, "dx", a.dx, "w", a.w);
+  if (!y_.is_none()) {
+    a.y = A.in_f32(fn, "y", y_, 4);
+    expect_shape(fn, "y", a.y, a.dy.shape);
+    no_alias(fn, "dx", a.dx, "y", a.y);
+    a.yp = a.y.f();
+  } else if (a.act != Act::Linear) {
+    fail_value(std::string(fn) + ": act='" + act + "' needs 'y', the forward output");
+  }
+  return a;
+}
+
 }  // namespace kilnet::bind

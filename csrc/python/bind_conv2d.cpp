@@ -16,6 +16,8 @@ void kilnet::bind::bind_conv2d(py::module_& m, bool ref) {
                          float*, Act, const float*);
   const FwdFn conv_fwd = ref ? &cpu::conv2d_forward_ref : &cpu::conv2d_forward;
   const BwdFn conv_bwd = ref ? &cpu::conv2d_backward_ref : &cpu::conv2d_backward;
+  using BwdInFn = void (*)(const Conv2dShape&, const float*, const float*, float*, Act, const float*);
+  const BwdInFn conv_bwd_in = ref ? &cpu::conv2d_backward_input_ref : &cpu::conv2d_backward_input;
   m.def("conv2d_forward", [=](py::object x_, py::object w_, py::object b_, py::object y_,
                               Pair stride, Pair padding, Pair dilation, const std::string& act) {
     auto a = conv2d_forward_args(host_arrays, x_, w_, b_, y_, stride, padding, dilation, act);
@@ -38,4 +40,15 @@ void kilnet::bind::bind_conv2d(py::module_& m, bool ref) {
      "gradients of y = act(conv2d(x, w) + b) given dy, using dz = act'(y) * dy on the fly (y, the "
      "forward output, is required unless act is linear): dx = grad wrt x (overwritten, None to "
      "skip); dw += grad wrt w; db += grad wrt b (None to skip)");
+
+  m.def("conv2d_backward_input", [=](py::object dy_, py::object w_, py::object dx_, Pair stride,
+                                     Pair padding, Pair dilation, const std::string& act, py::object y_) {
+    auto a = conv2d_backward_input_args(host_arrays, dy_, w_, dx_, stride, padding, dilation, act, y_);
+    py::gil_scoped_release nogil;
+    conv_bwd_in(a.s, a.dy.f(), a.w.f(), a.dx.f(), a.act, a.yp);
+  }, arg("dy"), arg("w"), arg("dx"), arg("stride") = Pair{1, 1}, arg("padding") = Pair{0, 0},
+     arg("dilation") = Pair{1, 1}, arg("act") = "linear", arg("y") = py::none(),
+     "dx = the input gradient of y = act(conv2d(x, w) + b) given dy (overwritten; its shape gives "
+     "x's): conv2d_backward without the weight gradient. Also the forward of a transposed "
+     "convolution (its input as dy, its output as dx)");
 }

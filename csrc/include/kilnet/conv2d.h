@@ -43,6 +43,14 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
 void conv2d_backward_ref(const Conv2dShape& s, const float* dy, const float* x, const float* w,
                          float* dx, float* dw, float* db, Act act = Act::Linear, const float* y = nullptr);
 
+// The input gradient alone (dx overwritten), as conv2d_backward computes it, without the weight
+// gradient: what a layer needs when its weights are frozen, and the forward pass of a
+// transposed convolution (x of Conv2DTranspose as dy here, its output as dx).
+void conv2d_backward_input(const Conv2dShape& s, const float* dy, const float* w, float* dx,
+                           Act act = Act::Linear, const float* y = nullptr);
+void conv2d_backward_input_ref(const Conv2dShape& s, const float* dy, const float* w, float* dx,
+                               Act act = Act::Linear, const float* y = nullptr);
+
 }  // namespace kilnet::cpu
 
 namespace kilnet::cuda {

@@ -4,6 +4,15 @@ from kilnet.layers.activation import Activation
 from kilnet.layers.attention import MultiHeadAttention
 from kilnet.layers.base import Layer
 from kilnet.layers.conv import Conv2D
+from kilnet.layers.conv1d import Conv1D, Convolution1D
+from kilnet.layers.conv_transpose import Conv2DTranspose, Convolution2DTranspose
+from kilnet.layers.depthwise import DepthwiseConv2D, SeparableConv2D, SeparableConvolution2D
+from kilnet.layers.pooling1d import AveragePooling1D, AvgPool1D, MaxPool1D, MaxPooling1D
+from kilnet.layers.global_pooling import (GlobalAveragePooling1D, GlobalAvgPool1D, GlobalMaxPool1D, GlobalMaxPool2D,
+                                          GlobalMaxPooling1D, GlobalMaxPooling2D)
+from kilnet.layers.resampling import Cropping2D, UpSampling1D, UpSampling2D
+from kilnet.layers.rescaling import Rescaling
+from kilnet.layers.activation_layers import ELU, LeakyReLU, PReLU, ReLU, Softmax
 from kilnet.engine.node import Input
 from kilnet.layers.core import Dense, Flatten, InputLayer
 from kilnet.layers.embedding import Embedding
@@ -24,14 +33,21 @@ __all__ = ["Layer", "Dense", "Conv2D", "Flatten", "Activation", "InputLayer", "I
            "GlobalAvgPool2D", "Dropout", "BatchNormalization", "Reshape", "ZeroPadding2D",
            "SimpleRNN", "LSTM", "GRU", "TimeDistributed", "Add", "Subtract", "Multiply", "Average",
            "Maximum", "Minimum", "Concatenate", "Dot", "add", "subtract", "multiply", "average", "maximum",
-           "minimum", "concatenate", "dot", "MultiHeadAttention", "Embedding", "LayerNormalization", "Bidirectional", "Masking"]
+           "minimum", "concatenate", "dot", "MultiHeadAttention", "Embedding", "LayerNormalization",
+           "Bidirectional", "Masking", "Conv1D", "Convolution1D", "Conv2DTranspose", "Convolution2DTranspose",
+           "DepthwiseConv2D", "SeparableConv2D", "SeparableConvolution2D", "MaxPooling1D", "AveragePooling1D",
+           "MaxPool1D", "AvgPool1D", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
+           "GlobalAvgPool1D", "GlobalMaxPool1D", "GlobalMaxPool2D", "UpSampling1D", "UpSampling2D", "Cropping2D",
+           "Rescaling", "ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax"]
 
 # Every layer type a model file may name. Loading refuses any other class name.
-REGISTRY = {cls.__name__: cls for cls in (Dense, Conv2D, Flatten, Activation, InputLayer,
-                                          MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
-                                          Dropout, BatchNormalization, Reshape, ZeroPadding2D,
-                                          SimpleRNN, LSTM, GRU, TimeDistributed, Add, Subtract, Multiply, Average,
-                                          Maximum, Minimum, Concatenate, Dot, MultiHeadAttention, Embedding, LayerNormalization, Bidirectional, Masking)}
+REGISTRY = {cls.__name__: cls for cls in (
+    Dense, Conv2D, Flatten, Activation, InputLayer, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
+    Dropout, BatchNormalization, Reshape, ZeroPadding2D, SimpleRNN, LSTM, GRU, TimeDistributed, Add, Subtract,
+    Multiply, Average, Maximum, Minimum, Concatenate, Dot, MultiHeadAttention, Embedding, LayerNormalization,
+    Bidirectional, Masking, Conv1D, Conv2DTranspose, DepthwiseConv2D, SeparableConv2D, MaxPooling1D,
+    AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, GlobalMaxPooling2D, UpSampling1D, UpSampling2D,
+    Cropping2D, Rescaling, ReLU, LeakyReLU, ELU, PReLU, Softmax)}
 serialization.register(*REGISTRY.values())
 
 

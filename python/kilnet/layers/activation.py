@@ -1,14 +1,19 @@
-"""Activations: the `activation=` argument of Dense/Conv2D and the Activation layer.
+"""Activations: the `activation=` argument of Dense/Conv1D/Conv2D/... and the Activation layer.
 
 ActivatedLayer splits a layer into its linear part (forward_linear/backward_linear) and the
 activation applied in place on top of it. The split lets a model fuse the last softmax (or
 sigmoid) with the cross-entropy loss: it calls forward_linear to get logits and hands the
 loss's gradient straight to backward_linear.
+
+linear/relu/sigmoid/tanh/softmax run on the elementwise kernels in place (y overwrites z); the
+other Keras names (gelu, silu, elu, ...: kilnet.activations.NAMES) apply their array rule into a
+second buffer and keep z, since their gradient needs the input.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from kilnet import activations as _activations
 from kilnet.backend import kernels_for
 from kilnet.engine.state import call_state
 from kilnet.engine.tape import record
@@ -17,21 +22,24 @@ from kilnet.layers.base import Layer, fused_call
 
 __all__ = ["Activation", "ActivatedLayer", "ACTIVATIONS", "get_activation"]
 
-ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
+ACTIVATIONS = _activations.NAMES
 
 
 def get_activation(activation) -> str:
-    """Validate an activation identifier; None means linear (Keras's default)."""
+    """Validate an activation identifier (a Keras name, or a keras/kilnet activation function);
+    None means linear (Keras's default). Returns the name a config records."""
     if activation is None:
         return "linear"
+    if isinstance(activation, dict) and activation.get("class_name") == "function":
+        activation = activation.get("config")   # Keras 3's serialized form of a function
     if callable(activation) and getattr(activation, "__name__", None) in ACTIVATIONS:
-        return activation.__name__
+        return _activations.canonical(activation.__name__)
     if not isinstance(activation, str):
         raise TypeError(f"activation must be one of {', '.join(ACTIVATIONS)} (a string), got {activation!r}")
     name = activation.lower()
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; valid names: {', '.join(ACTIVATIONS)}")
-    return name
+    return _activations.canonical(name)
 
 
 def act_forward_inplace(name, z):
@@ -102,12 +110,22 @@ class ActivatedLayer(Layer):
         return out
 
     def forward(self, x, training=False):
-        y = act_forward_inplace(self.activation, self.forward_linear(x, training))
-        self._state()["y"] = y
+        z = self.forward_linear(x, training)
+        st = self._state()
+        if self.activation in _activations.KERNEL_ACTIVATIONS:
+            y = st["y"] = act_forward_inplace(self.activation, z)
+            return y
+        y = self._buffer("act_out", z.shape)
+        y[...] = _activations.array_rule(self.activation)[0](z)
+        st["z"], st["y"] = z, y
         return y
 
     def backward(self, dy, need_dx=True, need_dw=True):
-        return self.backward_linear(act_backward_inplace(self.activation, self._state()["y"], dy), need_dx, need_dw)
+        st = self._state()
+        if self.activation in _activations.KERNEL_ACTIVATIONS:
+            return self.backward_linear(act_backward_inplace(self.activation, st["y"], dy), need_dx, need_dw)
+        dz = _activations.array_rule(self.activation)[1](dy, st["z"], st["y"])
+        return self.backward_linear(self._xp.ascontiguousarray(dz, dtype=np.float32), need_dx, need_dw)
 
     def get_config(self):
         return {**super().get_config(), "activation": self.activation}

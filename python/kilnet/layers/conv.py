@@ -9,7 +9,25 @@ from kilnet.layers.activation import ActivatedLayer
 from kilnet.layers.base import normalize_tuple
 from kilnet.layers.core import _refuse_unsupported
 
-__all__ = ["Conv2D", "conv_output_length"]
+__all__ = ["Conv2D", "conv_output_length", "conv2d_input_grad"]
+
+
+def conv2d_input_grad(k, dy, w, dx, strides, pad, dilation, act, y, x_like, dw_scratch):
+    """dx = conv2d's input gradient alone (dx's shape is the convolution input's). The CPU
+    module has conv2d_backward_input; on a module without it (the CUDA one) conv2d_backward runs
+    with x_like (an array of the input's shape; its values only feed the weight gradient) and
+    the weight gradient sent to dw_scratch() (a buffer of w's shape)."""
+    if hasattr(k, "conv2d_backward_input"):
+        k.conv2d_backward_input(dy, w, dx, strides, pad, dilation, act, y)
+        return dx
+    dw = dw_scratch()
+    dw.fill(0.0)
+    k.conv2d_backward(dy, x_like(), w, dx, dw, None, strides, pad, dilation, act, y)
+    return dx
+    dw = scratch() if scratch is not None else k_empty_like(dx, w)
+    dw.fill(0.0)
+    k.conv2d_backward(dy, dx, w, dx, dw, None, strides, pad, dilation, act, y)
+    return dx
 
 
 def conv_output_length(size, kernel, stride, dilation, padding):
@@ -124,11 +142,9 @@ class Conv2D(ActivatedLayer):
             self._k.conv2d_backward(dy, x, self.kernel, dx, self.dkernel,
                                  self.dbias if self.use_bias else None,
                                  self.strides, self._pad, self.dilation_rate, act, y)
-        elif need_dx:   # input gradient only: the kernel's weight gradient goes to scratch
-            scratch = self._buffer("dw_scratch", self.kernel.shape)
-            scratch.fill(0.0)
-            self._k.conv2d_backward(dy, x, self.kernel, dx, scratch, None, self.strides, self._pad,
-                                 self.dilation_rate, act, y)
+        elif need_dx:   # input gradient only (frozen weights)
+            conv2d_input_grad(self._k, dy, self.kernel, dx, self.strides, self._pad, self.dilation_rate, act, y,
+                              lambda: x, lambda: self._buffer("dw_scratch", self.kernel.shape))
         return dx
 
     def get_config(self):
