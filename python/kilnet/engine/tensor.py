@@ -335,6 +335,12 @@ def matmul(a, b):
     def bw(g, needs):
         if av.ndim == 1 and bv.ndim == 1:   # a dot product: g is 0-d
             return (g * bv if needs[0] else None), (g * av if needs[1] else None)
+        if bv.ndim == 2 and av.ndim >= 2 and _gemm_ok(av, bv, g):
+            # (..., K) @ (K, N), the layers' case: both gradients are single GEMMs over the
+            # flattened rows (no batched products, no reduction over a broadcast batch)
+            da = _mm_nt(xp, g, bv).reshape(av.shape) if needs[0] else None
+            db = _mm_tn(xp, av.reshape(-1, av.shape[-1]), g.reshape(-1, g.shape[-1])) if needs[1] else None
+            return da, db
         a2 = av[None, :] if av.ndim == 1 else av
         b2 = bv[:, None] if bv.ndim == 1 else bv
         g2 = g
@@ -354,15 +360,36 @@ def matmul(a, b):
     return y
 
 
+def _gemm_ok(*arrays) -> bool:
+    return all(x.dtype == np.float32 and x.size for x in arrays)
+
+
 def _mm(xp, a, b):
-    if (a.ndim == 2 and b.ndim == 2 and a.dtype == np.float32 and b.dtype == np.float32
-            and a.shape[0] and a.shape[1] and b.shape[1]):
+    """a @ b; float32 (..., K) @ (K, N) runs as one GEMM of our own over the flattened rows."""
+    if a.ndim >= 2 and b.ndim == 2 and _gemm_ok(a, b):
         from kilnet.backend import kernels_for
-        k = kernels_for(a)
-        c = xp.empty((a.shape[0], b.shape[1]), np.float32)
-        k.gemm(xp.ascontiguousarray(a), xp.ascontiguousarray(b), c)
-        return c
+        a2 = xp.ascontiguousarray(a).reshape(-1, a.shape[-1])
+        c = xp.empty((a2.shape[0], b.shape[1]), np.float32)
+        kernels_for(a).gemm(a2, xp.ascontiguousarray(b), c)
+        return c.reshape(a.shape[:-1] + (b.shape[1],))
     return xp.matmul(a, b)
+
+
+def _mm_nt(xp, g, b):
+    """g @ b.T for float32 g (..., N) and b (K, N), one GEMM."""
+    from kilnet.backend import kernels_for
+    g2 = xp.ascontiguousarray(g).reshape(-1, g.shape[-1])
+    c = xp.empty((g2.shape[0], b.shape[0]), np.float32)
+    kernels_for(g).gemm(g2, xp.ascontiguousarray(b), c, trans_b=True)
+    return c
+
+
+def _mm_tn(xp, a2, g2):
+    """a2.T @ g2 for float32 a2 (M, K) and g2 (M, N), one GEMM."""
+    from kilnet.backend import kernels_for
+    c = xp.empty((a2.shape[1], g2.shape[1]), np.float32)
+    kernels_for(a2).gemm(xp.ascontiguousarray(a2), xp.ascontiguousarray(g2), c, trans_a=True)
+    return c
 
 
 def getitem(a, idx):
