@@ -214,6 +214,7 @@ void bind_dropout(py::module_& m, bool ref);         // issue 8: dropout
 void bind_embedding(py::module_& m, bool ref);       // embedding gather / deterministic scatter-add
 void bind_layernorm(py::module_& m, bool ref);       // layer normalization (last axes)
 void bind_depthwise(py::module_& m, bool ref);     // depthwise convolution
+void bind_gelu(py::module_& m, bool ref);           // GELU (exact and tanh)
 void bind_peak(py::module_& m);                      // issue 3: FMA peak probe (no ref variant)
 void bind_attention(py::module_& m, bool ref);       // fused scaled-dot-product attention
 

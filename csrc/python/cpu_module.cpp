@@ -32,6 +32,7 @@ PYBIND11_MODULE(_cpu, m) {
     bind::bind_attention(*mod, is_ref);
     bind::bind_embedding(*mod, is_ref);
     bind::bind_layernorm(*mod, is_ref);
+    bind::bind_gelu(*mod, is_ref);
     bind::bind_depthwise(*mod, is_ref);
   }
 }

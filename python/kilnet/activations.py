@@ -18,7 +18,6 @@ import math
 from kilnet.engine.tensor import same_device
 from kilnet.ops import nn as _nn
 from kilnet.ops._base import unary
-from kilnet.ops.math import _erf
 
 __all__ = ["get", "serialize", "deserialize", "array_rule", "KERNEL_ACTIVATIONS", "linear", "relu", "sigmoid",
            "tanh", "softmax", "log_softmax", "gelu", "silu", "swish", "elu", "selu", "softplus", "softsign",
@@ -42,23 +41,11 @@ def _sigmoid(v):
 # name -> (fwd(v) -> y, grad(g, v, y) -> dL/dv); v the input, y the output, g dL/dy.
 
 def _gelu_exact():
-    def fwd(v):
-        return 0.5 * v * (1 + _erf(v / math.sqrt(2)))
-
-    def grad(g, v, y):
-        xp = same_device(v)
-        return g * (0.5 * (1 + _erf(v / math.sqrt(2))) + v * xp.exp(-0.5 * v * v) / math.sqrt(2 * math.pi))
-    return fwd, grad
+    return _nn.gelu_rules(False)
 
 
 def _gelu_tanh():
-    def fwd(v):
-        return 0.5 * v * (1 + same_device(v).tanh(_SQRT_2_PI * (v + 0.044715 * v ** 3)))
-
-    def grad(g, v, y):
-        t = same_device(v).tanh(_SQRT_2_PI * (v + 0.044715 * v ** 3))
-        return g * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * _SQRT_2_PI * (1 + 3 * 0.044715 * v * v))
-    return fwd, grad
+    return _nn.gelu_rules(True)
 
 
 def _elu(alpha):

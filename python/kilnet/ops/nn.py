@@ -8,6 +8,7 @@ import math as _math
 
 import numpy as np
 
+from kilnet.backend import cpu as _cpu
 from kilnet.engine.tape import record
 from kilnet.engine.tensor import same_device
 from kilnet.ops._base import float_tensor, grad_like, kernels, kernels_ok, norm_axes, unary, wrap
@@ -122,27 +123,37 @@ def log_softmax(x, axis=-1):
 _C = _math.sqrt(2 / _math.pi)
 
 
+def gelu_rules(approximate):
+    """(fwd(v), rule(g, v, y)) of GELU on arrays: the C++ kernels for float32 host arrays (the
+    Transformer MLP's hot activation), numpy/CuPy formulas otherwise."""
+    def fwd(v):
+        if type(v) is np.ndarray and v.dtype == np.float32:
+            y = np.empty_like(v)
+            _cpu.gelu_forward(np.ascontiguousarray(v), y, approximate)
+            return y
+        xp = same_device(v)
+        if approximate:
+            return 0.5 * v * (1 + xp.tanh(_C * (v + 0.044715 * v ** 3)))
+        return 0.5 * v * (1 + _erf(v / _math.sqrt(2)))
+
+    def rule(g, v, y):
+        if type(v) is np.ndarray and v.dtype == np.float32 and type(g) is np.ndarray and g.dtype == np.float32:
+            dx = np.empty_like(v)
+            _cpu.gelu_backward(np.ascontiguousarray(v), np.ascontiguousarray(g), dx, approximate)
+            return dx
+        xp = same_device(v)
+        if approximate:
+            t = xp.tanh(_C * (v + 0.044715 * v ** 3))
+            return g * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * _C * (1 + 3 * 0.044715 * v * v))
+        return g * (0.5 * (1 + _erf(v / _math.sqrt(2))) + v * xp.exp(-0.5 * v * v) / _math.sqrt(2 * _math.pi))
+    return fwd, rule
+
+
 def gelu(x, approximate=True):
     """Gaussian error linear unit: the tanh approximation (approximate=True, Keras's default)
     or the exact 0.5 * x * (1 + erf(x / sqrt(2)))."""
-    if approximate:
-        def fwd(v):
-            xp = same_device(v)
-            return 0.5 * v * (1 + xp.tanh(_C * (v + 0.044715 * v ** 3)))
-
-        def rule(g, v, y):
-            xp = same_device(v)
-            t = xp.tanh(_C * (v + 0.044715 * v ** 3))
-            return g * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * _C * (1 + 3 * 0.044715 * v * v))
-        return unary(x, fwd, rule)
-
-    def fwd_exact(v):
-        return 0.5 * v * (1 + _erf(v / _math.sqrt(2)))
-
-    def rule_exact(g, v, y):
-        xp = same_device(v)
-        return g * (0.5 * (1 + _erf(v / _math.sqrt(2))) + v * xp.exp(-0.5 * v * v) / _math.sqrt(2 * _math.pi))
-    return unary(x, fwd_exact, rule_exact)
+    fwd, rule = gelu_rules(bool(approximate))
+    return unary(x, fwd, rule)
 
 
 def silu(x):
