@@ -65,10 +65,24 @@ def save_model(model, filepath, overwrite=True, include_optimizer=True, weights_
             f.attrs["backend"] = "kilnet"
             with_opt = not weights_only and include_optimizer and model.optimizer is not None
             if with_opt and model.compiled is not None:
-                f.attrs["training_config"] = json.dumps(compile_config(model, optimizer_key="optimizer_config"))
+                tcfg = compile_config(model, optimizer_key="optimizer_config")
+                tcfg["loss"] = _nested_loss_objects(tcfg["loss"])
+                f.attrs["training_config"] = json.dumps(tcfg)
             _write_weights(f.create_group("model_weights"), model)
             if with_opt and model.optimizer.state:
                 _write_optimizer(f.create_group("optimizer_weights"), model)
+
+
+def _nested_loss_objects(spec):
+    """Loss names inside a list or dict written as loss objects: Keras 3's legacy .h5 loader
+    cannot read names there (it fails on its own files), objects it reads."""
+    if not isinstance(spec, (list, dict)):
+        return spec
+    from kilnet import losses
+
+    def obj(v):
+        return losses.serialize(losses.get(v)) if isinstance(v, str) else v
+    return {k: obj(v) for k, v in spec.items()} if isinstance(spec, dict) else [obj(v) for v in spec]
 
 
 def _host(a):
