@@ -255,3 +255,22 @@ def test_kilnet_reads_keras3_functional_h5(tmp_path):
     for v in m.trainable_variables:
         key = next(k for k in d if k.startswith("after/") and k.endswith("/" + v.path))
         np.testing.assert_allclose(v.numpy(), d[key], rtol=1e-4, atol=2e-5, err_msg=v.path)
+
+
+def test_refusals_name_the_problem(tmp_path):
+    """Ops on symbolic tensors cannot be named in a file; a malformed graph config is refused."""
+    a, b = kilnet.Input((3,), name="a"), kilnet.Input((3,), name="b")
+    m = kilnet.Model([a, b], L.Dense(2, name="d")(a + b))
+    with pytest.raises(ValueError, match="applies the op"):
+        m.save(tmp_path / "op.keras")
+    good, _, _ = trained(epochs=1)
+    cfg = good.get_config()
+    broken = json.loads(json.dumps(cfg))
+    broken["layers"][2]["inbound_nodes"][0]["args"][0]["config"]["keras_history"] = ["nowhere", 0, 0]
+    with pytest.raises(ValueError, match="'nowhere'"):
+        kilnet.Model.from_config(broken)
+    cyc = json.loads(json.dumps(cfg))
+    pb = next(e for e in cyc["layers"] if e["name"] == "pb")
+    pb["inbound_nodes"][0]["args"][0]["config"]["keras_history"] = ["shared", 1, 0]   # pb feeds itself via shared
+    with pytest.raises(ValueError, match="cycle"):
+        kilnet.Model.from_config(cyc)
