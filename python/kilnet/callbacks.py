@@ -157,7 +157,9 @@ class EarlyStopping(_Monitor):
 class ModelCheckpoint(_Monitor):
     """Save the model (atomically: the last good file survives a crash mid-save) after every
     epoch, or only when `monitor` improves with save_best_only. `filepath` may hold format
-    fields such as {epoch:02d} and {val_loss:.2f}."""
+    fields such as {epoch:02d} and {val_loss:.2f}. As in Keras 3 the suffix picks the format:
+    save_weights_only=True writes `.weights.h5` (Keras 3's weights layout; a plain `.h5` gets
+    the legacy layout), otherwise `.keras` (the archive) or `.h5` (the legacy model file)."""
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
                  save_weights_only=False, mode="auto", save_freq="epoch", initial_value_threshold=None):
@@ -166,6 +168,12 @@ class ModelCheckpoint(_Monitor):
             raise ValueError("ModelCheckpoint: only save_freq='epoch' is supported")
         self.filepath, self.verbose = _os.fspath(filepath), verbose
         self.save_best_only, self.save_weights_only = save_best_only, save_weights_only
+        if save_weights_only and not self.filepath.endswith((".weights.h5", ".h5")):
+            raise ValueError("ModelCheckpoint: with save_weights_only=True the filepath must end in `.weights.h5` "
+                             f"(Keras weights format), got {self.filepath!r}")
+        if not save_weights_only and not self.filepath.endswith((".keras", ".h5")):
+            raise ValueError(f"ModelCheckpoint: the filepath must end in `.keras` (Keras model format) or `.h5`, "
+                             f"got {self.filepath!r}")
         if initial_value_threshold is not None:
             self.best = float(initial_value_threshold)
 

@@ -6,10 +6,11 @@ from kilnet.models.sequential import Sequential
 __all__ = ["Model", "Sequential", "Functional", "load_model"]
 
 
-def load_model(filepath, compile=True, custom_objects=None, safe_mode=True, allow_nonfinite=False):
-    """Load a model saved by `model.save` (kilnet or Keras .h5 layout). allow_nonfinite=True
-    loads weights that hold NaN or Inf (refused by default)."""
-    if custom_objects:
-        raise ValueError("load_model: custom_objects are not supported yet (only built-in layer types load)")
-    from kilnet.io import load_model as _load
-    return _load(filepath, compile=compile, allow_nonfinite=allow_nonfinite)
+def load_model(filepath, custom_objects=None, compile=True, safe_mode=True, allow_nonfinite=False):
+    """Load a model saved by `model.save`: a .keras archive or a legacy .h5 file (kilnet's,
+    Keras 3's or tf.keras 2's). custom_objects maps class names in the file to your classes
+    (classes registered with kilnet.saving.register_keras_serializable resolve by themselves);
+    allow_nonfinite=True loads weights that hold NaN or Inf (refused by default)."""
+    from kilnet.saving.saving_api import load_model as _load
+    return _load(filepath, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode,
+                 allow_nonfinite=allow_nonfinite)

@@ -7,15 +7,20 @@ add up; a Model used as a layer is one more node.
 """
 from __future__ import annotations
 
+from kilnet import serialization
 from kilnet.engine.node import KerasTensor, flatten, map_structure
 from kilnet.layers.base import Layer
 from kilnet.layers.core import InputLayer
+from kilnet.models.functional_config import functional_from_config, functional_get_config, keras_operation_order
 from kilnet.models.model import Model
 
 __all__ = ["Functional"]
 
 
 class Functional(Model):
+    _keras_module = "keras.src.models.functional"   # what Keras 3 writes in a file's "module"
+    _keras_registered_name = "Functional"
+
     def __init__(self, inputs=None, outputs=None, name=None, trainable=True, **kwargs):
         super().__init__(name=name, trainable=trainable, **kwargs)
         if inputs is None or outputs is None:
@@ -33,12 +38,10 @@ class Functional(Model):
                 raise ValueError(f"Model: input {t.name!r} is a layer's output, not a kilnet.Input")
         self._nodes = _topological_nodes(self.inputs, self.outputs)
         self._input_layers = [InputLayer(shape=t.shape[1:], name=t.name) for t in self.inputs]
-        layers, seen = list(self._input_layers), set()
-        for node in self._nodes:
-            if id(node.layer) not in seen and isinstance(node.layer, Layer):   # not an op on tensors
-                seen.add(id(node.layer))
-                layers.append(node.layer)
-        self._layers = layers
+        # Keras's order of the layers (by depth from the outputs): model.layers, the weights'
+        # layout and the groups of a .keras file follow it
+        self._operations = keras_operation_order(self.inputs, self.outputs, self._input_layers)
+        self._layers = [op for op in self._operations if isinstance(op, Layer)]   # not ops on tensors
         self.built = True
         self.input_shape = self.inputs[0].shape if len(self.inputs) == 1 else [t.shape for t in self.inputs]
         outs = [t.shape for t in self.outputs]
@@ -70,6 +73,17 @@ class Functional(Model):
 
     def build(self, input_shape=None):
         pass
+
+    # ------------------------------------------------------------------ config
+    def get_config(self) -> dict:
+        """The graph in Keras 3's form: layers with their calls, input_layers, output_layers."""
+        return functional_get_config(self)
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None, initialize=True):
+        """A functional model from its config (Keras 3 or tf.keras 2 form)."""
+        with serialization.custom_objects_scope(custom_objects):
+            return functional_from_config(cls, config, initialize=initialize)
 
     def compute_output_shape(self, input_shape):
         outs = [t.shape for t in self.outputs]
@@ -153,3 +167,5 @@ def _topological_nodes(inputs, outputs):
 
 
 Model._functional_cls = Functional
+serialization.register(Functional)
+serialization.register_alias("Model", Functional)   # tf.keras 2 and older files

@@ -298,22 +298,39 @@ class Model(Layer):
         with self._exclusive("set_weights"):
             super().set_weights(weights, allow_nonfinite=allow_nonfinite)
 
-    def save(self, filepath, overwrite=True, include_optimizer=True) -> None:
-        """Write the model (architecture, weights, optimizer state) to an .h5 file, atomically."""
-        from kilnet.io import save_model
+    def save(self, filepath, overwrite=True, zipped=None, include_optimizer=True, **kwargs) -> None:
+        """Write the model (architecture, weights, optimizer state), atomically: `.keras` (the
+        Keras 3 archive) or `.h5` (the legacy HDF5 file), by the suffix (docs/saving.md)."""
+        from kilnet.saving.saving_api import save_model
         with self._guard("save"):
-            save_model(self, filepath, overwrite=overwrite, include_optimizer=include_optimizer)
+            save_model(self, filepath, overwrite=overwrite, zipped=zipped, include_optimizer=include_optimizer,
+                       **kwargs)
 
-    def save_weights(self, filepath, overwrite=True) -> None:
-        """The weights alone, in Keras's legacy .h5 weights layout (any model)."""
-        from kilnet.io import save_model
+    def save_weights(self, filepath, overwrite=True, max_shard_size=None) -> None:
+        """The weights alone: `.weights.h5` in Keras 3's layout, `.h5` in the legacy one."""
+        from kilnet.saving.saving_api import save_weights
         with self._guard("save_weights"):
-            save_model(self, filepath, overwrite=overwrite, include_optimizer=False, weights_only=True)
+            save_weights(self, filepath, overwrite=overwrite, max_shard_size=max_shard_size)
 
-    def load_weights(self, filepath) -> None:
-        from kilnet.io import load_weights_into
+    def load_weights(self, filepath, skip_mismatch=False, by_name=False, allow_nonfinite=False) -> None:
+        """Weights from a .weights.h5, a .keras archive or a legacy .h5 file (by_name and
+        skip_mismatch as in Keras)."""
+        from kilnet.saving.saving_api import load_weights
         with self._exclusive("load_weights"):
-            load_weights_into(self, filepath)
+            load_weights(self, filepath, skip_mismatch=skip_mismatch, by_name=by_name,
+                         allow_nonfinite=allow_nonfinite)
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        """A model from its config: a functional graph (layers, input_layers, output_layers)
+        becomes a Functional model, as in Keras; a subclassed model gets cls(**config)."""
+        from kilnet import serialization
+        graph = isinstance(config, dict) and {"layers", "input_layers", "output_layers"} <= set(config)
+        if graph and (cls is Model or issubclass(cls, Model._functional_cls)):
+            target = Model._functional_cls if cls is Model else cls
+            return target.from_config(config, custom_objects=custom_objects)
+        with serialization.custom_objects_scope(custom_objects):
+            return cls(**config)
 
     def summary(self, print_fn=None, line_length=None, positions=None, expand_nested=False,
                 show_trainable=False, layer_range=None) -> None:

@@ -17,6 +17,7 @@ _MAX_ELEMENTS = 1 << 31    # an input shape beyond this is refused as absurd
 
 class Sequential(Model):
     """`Sequential([Conv2D(...), Flatten(), Dense(10)])`."""
+    _keras_module = "keras"   # what Keras 3 writes in a file's "module"
 
     def __init__(self, layers=None, name=None, trainable=True):
         super().__init__(name=name or unique_name("sequential"), trainable=trainable)
@@ -128,26 +129,30 @@ class Sequential(Model):
 
     # ------------------------------------------------------------------ config
     @classmethod
-    def from_config(cls, config, initialize=True):
-        """A Sequential from its config (what get_config and Keras write), registered layer
-        types only. initialize=False builds without drawing initial values (a loader sets the
-        weights next, and the global random state is left untouched)."""
+    def from_config(cls, config, custom_objects=None, initialize=True):
+        """A Sequential from its config (what get_config and Keras write): registered layer
+        types, registered user classes and custom_objects only. initialize=False builds
+        without drawing initial values (a loader sets the weights next, and the global random
+        state is left untouched)."""
+        with serialization.custom_objects_scope(custom_objects):
+            return cls._from_config(config, initialize)
+
+    @classmethod
+    def _from_config(cls, config, initialize):
         if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
             raise ValueError("model_config has no layer list")
         name = config.get("name")
-        model = cls(name=name if isinstance(name, str) and name and "/" not in name else None)
+        model = cls(name=name if isinstance(name, str) and name and "/" not in name else None,
+                    trainable=bool(config.get("trainable", True)))
         model._auto_build = False   # built below, once
         for entry in config["layers"]:
             if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
                 raise ValueError(f"malformed layer entry {str(entry)[:100]!r}")
-            cls_name = entry.get("class_name")
-            layer_cls = serialization.get_class(cls_name)
-            lcfg = serialization.known_args(layer_cls, dict(entry["config"]))
             try:
-                layer = layer_cls.from_config(lcfg)
+                layer = serialization.from_entry(entry, "Sequential")
             except (TypeError, ValueError) as e:
-                raise ValueError(f"layer {lcfg.get('name', '?')!r} ({cls_name}) has an invalid "
-                                 f"or unsupported config: {e}") from None
+                raise ValueError(f"layer {entry['config'].get('name', '?')!r} ({entry.get('class_name')}) has "
+                                 f"an invalid or unsupported config: {e}") from None
             model.add(layer)
         model._auto_build = True
         if not model.layers_list:

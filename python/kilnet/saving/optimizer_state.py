@@ -1,0 +1,112 @@
+"""An optimizer's variables in Keras's order, for both file layouts.
+
+Keras 3 keeps them as one list: iterations, learning_rate (absent when it is a schedule), then
+the slot variables that each `add_optimizer_variables(vars, names)` call of the optimizer's
+build() made, one call after another; a call with several names interleaves them per weight
+(Adam: m_0, v_0, m_1, v_1, ...), separate calls do not (RMSprop: all velocities, then all
+momentums). tf.keras 2 writes the same order without learning_rate. kilnet keeps each slot
+as one flat buffer laid out like model.trainable_variables, so this maps (weight, slot) to a
+slice of it. Reading goes by position, never by name, as Keras does.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from kilnet.saving.errors import ModelFileError
+
+__all__ = ["slot_groups", "optimizer_values", "restore_optimizer", "KERAS_SLOT_NAMES"]
+
+KERAS_SLOT_NAMES = {"m": "momentum", "v": "velocity"}
+_INTERLEAVED = {"Adam": (("m", "v"),), "AdamW": (("m", "v"),)}   # one build() call with two names
+
+
+def slot_groups(opt):
+    """The slots of `opt` grouped as Keras's build() creates them."""
+    groups = getattr(opt, "keras_slot_groups", None) or _INTERLEAVED.get(type(opt).__name__)
+    if groups is None:
+        groups = tuple((s,) for s in opt.slots)
+    return [g for g in groups if all(s in opt.slots for s in g)]
+
+
+def _slices(model):
+    """(variable, offset, size) of each trainable variable in the optimizer's flat state."""
+    out, off = [], 0
+    for v in model.trainable_variables:
+        size = math.prod(v.shape)
+        out.append((v, off, size))
+        off += size
+    return out
+
+
+def _host(a):
+    return np.asarray(a if isinstance(a, np.ndarray) else a.get(), np.float32)
+
+
+def _has_schedule(opt):
+    return not isinstance(opt._learning_rate, (int, float))
+
+
+def optimizer_values(model, var_path):
+    """[(name, array)] in Keras's order; var_path(variable) names a weight ("dense/kernel")."""
+    opt = model.optimizer
+    out = [("iteration", np.int64(opt.iterations))]
+    if not _has_schedule(opt):
+        out.append(("learning_rate", np.float32(opt.learning_rate)))
+    if not opt.state:
+        return out
+    for group in slot_groups(opt):
+        for v, off, size in _slices(model):
+            for slot in group:
+                name = f"{var_path(v).replace('/', '_')}_{KERAS_SLOT_NAMES.get(slot, slot)}"
+                out.append((name, _host(opt.state[slot][off:off + size]).reshape(v.shape)))
+    return out
+
+
+def restore_optimizer(model, values, where):
+    """Set iterations, learning rate and slots from `values`: the arrays in Keras's order
+    (iteration first; learning_rate second when the file has it). A count that fits no
+    layout of this optimizer raises ModelFileError."""
+    opt = model.optimizer
+    slices = _slices(model)
+    groups = slot_groups(opt)
+    n_slots = sum(len(g) for g in groups) * len(slices)
+    values = list(values)
+    if len(values) == 1 + n_slots:
+        has_lr = False
+    elif len(values) == 2 + n_slots:
+        has_lr = True
+    elif len(values) in (1, 2):   # a file saved before the first step: no slots yet
+        has_lr, n_slots = len(values) == 2, 0
+    else:
+        raise ModelFileError(f"{where}: the file holds {len(values)} optimizer variables; a "
+                             f"{type(opt).__name__} for this model has {2 + n_slots} (iteration, learning "
+                             f"rate, {n_slots} slot variables)")
+    it = np.asarray(values[0])
+    if it.shape != () or not np.isfinite(it) or it < 0 or it > 2**62 or int(it) != it:
+        raise ModelFileError(f"{where}: bad optimizer iteration {values[0]!r}")
+    lr = None
+    if has_lr:
+        lr = np.asarray(values[1], np.float64)
+        if lr.shape != () or not np.isfinite(lr) or lr < 0:
+            raise ModelFileError(f"{where}: bad optimizer learning rate {values[1]!r}")
+    rest = iter(values[2 if has_lr else 1:])
+    if n_slots:
+        params = model.flat_parameters()
+        opt.build(params.size, like=params)
+        for group in groups:
+            for v, off, size in slices:
+                for slot in group:
+                    value = np.asarray(next(rest), np.float32)
+                    if value.shape != tuple(v.shape):
+                        raise ModelFileError(f"{where}: optimizer slot {slot!r} of {v.path!r} has shape "
+                                             f"{value.shape}, the weight has {tuple(v.shape)}")
+                    flat = opt.state[slot]
+                    if isinstance(flat, np.ndarray):
+                        flat[off:off + size] = value.reshape(-1)
+                    else:   # state on the GPU
+                        flat[off:off + size].set(np.ascontiguousarray(value.reshape(-1)))
+    opt.iterations = int(it)
+    if lr is not None and not _has_schedule(opt) and np.float32(lr) != np.float32(opt.learning_rate):
+        opt.learning_rate = float(np.float32(lr))   # changed while training (ReduceLROnPlateau)
