@@ -74,7 +74,7 @@ namespace {
 
 using attn_detail::TileKernels;
 constexpr index_t BQ = 64;   // query columns of a tile (a multiple of 8: exp_cols' lanes)
-constexpr index_t BK = 64;   // key rows of a tile (128 in the forward measured no faster)
+constexpr index_t BK = 64;   // key rows of a tile (48/96/128 and 48/96 query columns: no faster)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kPosInf = std::numeric_limits<float>::infinity();
 
@@ -190,7 +190,7 @@ void forward_tiled(const TileKernels& kern, const AttnShape& s, const float* q, 
       pack_rows(kmax, H, vb, ldk, Vp.data());
       vmean.clear();
       for (index_t i0 = qt0 * BQ; i0 < qt1 * BQ && i0 < s.Tq; i0 += BQ) {
-        const index_t mq = std::min(BQ, s.Tq - i0);
+        const index_t mq = std::min(BQ, s.Tq - i0), mqp = (mq + 7) / 8 * 8;   // columns computed
         pack_transposed(H, mq, qb + i0 * ldq, ldq, s.scale, qt.data());
         std::fill(mrow.begin(), mrow.end(), kNegInf);
         std::fill(lrow.begin(), lrow.end(), 0.f);
@@ -198,9 +198,9 @@ void forward_tiled(const TileKernels& kern, const AttnShape& s, const float* q, 
         const index_t kend = key_end(s, i0, mq);
         for (index_t j0 = 0; j0 < kend; j0 += BK) {
           const index_t nk = std::min(BK, kend - j0);
-          kern.gemm(nk, BQ, H, Kp.data() + j0 * H, H, 1, qt.data(), BQ, S.data(), BQ, false);
+          kern.gemm(nk, mqp, H, Kp.data() + j0 * H, H, 1, qt.data(), BQ, S.data(), BQ, false);
           apply_masks(s, msk, b, n, i0, mq, j0, nk, S.data(), BQ);
-          kern.softmax_step(nk, BQ, S.data(), BQ, mrow.data(), lrow.data(), alpha.data());
+          kern.softmax_step(nk, mqp, S.data(), BQ, mrow.data(), lrow.data(), alpha.data());
           for (index_t i = 0; i < mq; ++i)   // rescale the output rows whose max moved
             if (alpha[size_t(i)] != 1.f) {
               float* orow = O.data() + i * H;
@@ -255,7 +255,7 @@ void backward_tiled(const TileKernels& kern, const AttnShape& s, const float* q,
       for (index_t n = kh * G; n < (kh + 1) * G; ++n) {
         const index_t hoff = (b * s.Tq * s.N + n) * H;
         for (index_t i0 = 0; i0 < s.Tq; i0 += BQ) {
-          const index_t mq = std::min(BQ, s.Tq - i0);
+          const index_t mq = std::min(BQ, s.Tq - i0), mqp = (mq + 7) / 8 * 8;   // columns computed
           const float* dor = dout + hoff + i0 * ldq;
           const float* orr = out + hoff + i0 * ldq;
           const float* lr = lse + (b * s.N + n) * s.Tq + i0;
@@ -278,14 +278,14 @@ void backward_tiled(const TileKernels& kern, const AttnShape& s, const float* q,
             const index_t nk = std::min(BK, kend - j0);
             const float* kt = Kp.data() + j0 * H;
             // P^T = exp(K Q^T * scale + bias - lse), masked entries 0
-            kern.gemm(nk, BQ, H, kt, H, 1, qt.data(), BQ, S.data(), BQ, false);
+            kern.gemm(nk, mqp, H, kt, H, 1, qt.data(), BQ, S.data(), BQ, false);
             apply_masks(s, msk, b, n, i0, mq, j0, nk, S.data(), BQ);
-            kern.exp_cols(nk, BQ, S.data(), BQ, lrow.data(), nullptr);
+            kern.exp_cols(nk, mqp, S.data(), BQ, lrow.data(), nullptr);
             // dV += P^T dO
             kern.gemm(nk, H, mq, S.data(), BQ, 1, dOp.data(), H, dVa.data() + j0 * H, H, true);
             // dP^T = V dO^T;  dS^T = P^T * (dP^T - D)
-            kern.gemm(nk, BQ, H, Vp.data() + j0 * H, H, 1, dot.data(), BQ, dP.data(), BQ, false);
-            kern.dsoftmax(nk, BQ, S.data(), dP.data(), BQ, Drow.data());
+            kern.gemm(nk, mqp, H, Vp.data() + j0 * H, H, 1, dot.data(), BQ, dP.data(), BQ, false);
+            kern.dsoftmax(nk, mqp, S.data(), dP.data(), BQ, Drow.data());
             // dK += dS^T Q (times scale at the end);  dQ += dS K (likewise)
             kern.gemm(nk, H, mq, dP.data(), BQ, 1, Qp.data(), H, dKa.data() + j0 * H, H, true);
             kern.gemm(mq, H, nk, dP.data(), 1, BQ, kt, H, dQ.data(), H, true);
