@@ -2,6 +2,7 @@
 torch.nn.functional.scaled_dot_product_attention, forward + backward.
 
     python benchmarks/bench_attention.py [--threads 1 2] [--T 256 1024] [--rounds 3] [--iters 2]
+    python benchmarks/bench_attention.py --threads 1 --clock cpu     (CPU time: steadier on a busy machine)
     python benchmarks/bench_attention.py --memory-only [--mem-T 4096]
 
 speed: batch 8, 8 heads, head dim 64, T = Tq = Tk, causal and not. Each library runs in its own
@@ -91,16 +92,17 @@ def _torch_step(b, T, n, causal, threads):
 STEPS = {"kilnet": _kilnet_step, "torch": _torch_step}
 
 
-def worker_speed(lib, T, causal, threads, iters):
+def worker_speed(lib, T, causal, threads, iters, clock):
     fwd, step = STEPS[lib](B, T, N, causal, threads)
     step()                                   # warm-up (allocations, thread team)
     out = {"step": [], "fwd": []}
+    now = time.process_time if clock == "cpu" else time.perf_counter
     for _ in range(iters):
-        t0 = time.perf_counter()
+        t0 = now()
         step()
-        t1 = time.perf_counter()
+        t1 = now()
         fwd()
-        t2 = time.perf_counter()
+        t2 = now()
         out["step"].append(t1 - t0)
         out["fwd"].append(t2 - t1)
     return out
@@ -139,6 +141,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3, help="alternating worker pairs per case")
     ap.add_argument("--iters", type=int, default=3, help="timed calls per worker")
     ap.add_argument("--mem-T", type=int, default=4096)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: process CPU time (1 thread only; less sensitive to other processes on a busy machine)")
     ap.add_argument("--memory-only", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -147,8 +151,8 @@ def main(argv=None):
     if args.worker:
         kind, lib, *rest = args.worker
         if kind == "speed":
-            T, causal, threads, iters = int(rest[0]), rest[1] == "1", int(rest[2]), int(rest[3])
-            print(json.dumps(worker_speed(lib, T, causal, threads, iters)))
+            T, causal, threads, iters, clock = int(rest[0]), rest[1] == "1", int(rest[2]), int(rest[3]), rest[4]
+            print(json.dumps(worker_speed(lib, T, causal, threads, iters, clock)))
         else:
             print(json.dumps(_worker_memory_first_call(lib, int(rest[0]), int(rest[1]))))
         return
@@ -159,8 +163,10 @@ def main(argv=None):
     except OSError:
         pass
     if not args.memory_only:
-        print(f"# B={B} N={N} H={H}; median ms over {args.rounds} rounds x {args.iters} calls, each library "
-              f"in its own subprocess")
+        if args.clock == "cpu" and args.threads != [1]:
+            raise SystemExit("--clock cpu measures one thread: pass --threads 1")
+        print(f"# B={B} N={N} H={H}; median ms ({args.clock} clock) over {args.rounds} rounds x {args.iters} calls, "
+              f"each library in its own subprocess")
         print("| threads | T | causal | kilnet fwd+bwd | torch fwd+bwd | speedup | kilnet fwd | torch fwd | "
               "fwd speedup |")
         print("|---|---|---|---|---|---|---|---|---|")
@@ -172,7 +178,7 @@ def main(argv=None):
                         order = list(STEPS) if r % 2 == 0 else list(reversed(list(STEPS)))
                         for lib in order:
                             w = _run_worker(["speed", lib, str(T), "1" if causal else "0", str(threads),
-                                             str(args.iters)])
+                                             str(args.iters), args.clock])
                             for key in w:
                                 res[lib][key] += w[key]
                     med = {lib: {k: statistics.median(v) * 1e3 for k, v in d.items()} for lib, d in res.items()}

@@ -3,11 +3,11 @@
 //
 // Tiles are computed transposed: a tile holds S^T = K_tile Q_tile^T, keys as rows and BQ query
 // columns. Then every per-query quantity of the online softmax (running max m, sum l, lse, D)
-// is a vector along a row, the softmax passes are vertical (8 queries per AVX2 lane set), and
-// the products read k, v, q and dout rows straight from the BTNH arrays: only Q (and dO in the
-// backward) is copied, transposed, once per query tile. Work items are (batch, head, query
-// tile) in the forward; (batch, key head) in the backward, which owns that head's dk and dv
-// rows, so threads never write the same memory.
+// is a vector along a row and the softmax passes are vertical (8 queries per AVX2 lane set).
+// A head's keys and values are copied contiguous once per work item (see pack_rows), Q (and dO
+// in the backward) once per query tile, also transposed. Work items are (batch, head, run of
+// query tiles) in the forward; (batch, key head) in the backward, which owns that head's dk and
+// dv rows, so threads never write the same memory and results do not depend on the team size.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -74,7 +74,7 @@ namespace {
 
 using attn_detail::TileKernels;
 constexpr index_t BQ = 64;   // query columns of a tile (a multiple of 8: exp_cols' lanes)
-constexpr index_t BK = 64;   // key rows of a tile (128 in the forward measured no faster)
+constexpr index_t BK = 64;   // key rows of a tile (48/96/128 and 48/96 query columns: no faster)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kPosInf = std::numeric_limits<float>::infinity();
 
@@ -155,58 +155,79 @@ int team_size(index_t tasks, index_t work) {
   return int(std::max<index_t>(1, std::min<index_t>(tasks, t)));
 }
 
+// Rows [0, T) of one head of a BTNH array (row stride ld) copied contiguous (T x H). The arrays'
+// row stride is N*H floats: for N*H*4 a multiple of 2 KiB every other row maps to the same L1
+// sets, so a strided 64-row tile would not stay in L1; the copy does.
+void pack_rows(index_t T, index_t H, const float* src, index_t ld, float* dst) {
+  for (index_t r = 0; r < T; ++r) std::copy(src + r * ld, src + r * ld + H, dst + r * H);
+}
+
 void forward_tiled(const TileKernels& kern, const AttnShape& s, const float* q, const float* k,
                    const float* v, const AttnMask& msk, float* out, float* lse) {
   const index_t H = s.H, G = s.N / s.Nk, nqt = (s.Tq + BQ - 1) / BQ;
-  const index_t ldq = s.N * H, ldk = s.Nk * H, tasks = s.B * s.N * nqt;
-#pragma omp parallel num_threads(team_size(tasks, s.B * s.N * s.Tq * s.Tk * H))
+  const index_t ldq = s.N * H, ldk = s.Nk * H;
+  // A work item is (batch, head, run of query tiles): it packs that head's keys and values once.
+  // Runs are split only as far as needed to give every thread a few items.
+  const int team = team_size(s.B * s.N * nqt, s.B * s.N * s.Tq * s.Tk * H);
+  const index_t runs = std::min(nqt, std::max<index_t>(1, (4 * team + s.B * s.N - 1) / (s.B * s.N)));
+  const index_t per_run = (nqt + runs - 1) / runs, tasks = s.B * s.N * runs;
+#pragma omp parallel num_threads(team)
   {
     std::vector<float> qt(size_t(H * BQ)), S(size_t(BK * BQ)), O(size_t(BQ * H)), vmean;
-    std::vector<float> mrow(BQ), lrow(BQ), alpha(BQ);
+    std::vector<float> mrow(BQ), lrow(BQ), alpha(BQ), Kp, Vp;
 #pragma omp for schedule(dynamic, 1)
     for (index_t t = 0; t < tasks; ++t) {
-      const index_t b = t / (s.N * nqt), n = (t / nqt) % s.N, i0 = (t % nqt) * BQ;
-      const index_t mq = std::min(BQ, s.Tq - i0);
+      const index_t b = t / (s.N * runs), n = (t / runs) % s.N, run = t % runs;
+      const index_t qt0 = run * per_run, qt1 = std::min(nqt, qt0 + per_run);
+      if (qt0 >= qt1) continue;
       const float* qb = q + (b * s.Tq * s.N + n) * H;
       const float* kb = k + (b * s.Tk * s.Nk + n / G) * H;
       const float* vb = v + (b * s.Tk * s.Nk + n / G) * H;
-      pack_transposed(H, mq, qb + i0 * ldq, ldq, s.scale, qt.data());
-      std::fill(mrow.begin(), mrow.end(), kNegInf);
-      std::fill(lrow.begin(), lrow.end(), 0.f);
-      std::fill(O.begin(), O.end(), 0.f);
-      const index_t kend = key_end(s, i0, mq);
-      for (index_t j0 = 0; j0 < kend; j0 += BK) {
-        const index_t nk = std::min(BK, kend - j0);
-        kern.gemm(nk, BQ, H, kb + j0 * ldk, ldk, 1, qt.data(), BQ, S.data(), BQ, false);
-        apply_masks(s, msk, b, n, i0, mq, j0, nk, S.data(), BQ);
-        kern.softmax_step(nk, BQ, S.data(), BQ, mrow.data(), lrow.data(), alpha.data());
-        for (index_t i = 0; i < mq; ++i)   // rescale the output rows whose max moved
-          if (alpha[size_t(i)] != 1.f) {
-            float* orow = O.data() + i * H;
-            const float a = alpha[size_t(i)];
-            for (index_t h = 0; h < H; ++h) orow[h] *= a;
+      const index_t kmax = key_end(s, (qt1 - 1) * BQ, std::min(BQ, s.Tq - (qt1 - 1) * BQ));
+      Kp.resize(size_t(kmax * H));
+      Vp.resize(size_t(kmax * H));
+      pack_rows(kmax, H, kb, ldk, Kp.data());
+      pack_rows(kmax, H, vb, ldk, Vp.data());
+      vmean.clear();
+      for (index_t i0 = qt0 * BQ; i0 < qt1 * BQ && i0 < s.Tq; i0 += BQ) {
+        const index_t mq = std::min(BQ, s.Tq - i0), mqp = (mq + 7) / 8 * 8;   // columns computed
+        pack_transposed(H, mq, qb + i0 * ldq, ldq, s.scale, qt.data());
+        std::fill(mrow.begin(), mrow.end(), kNegInf);
+        std::fill(lrow.begin(), lrow.end(), 0.f);
+        std::fill(O.begin(), O.end(), 0.f);
+        const index_t kend = key_end(s, i0, mq);
+        for (index_t j0 = 0; j0 < kend; j0 += BK) {
+          const index_t nk = std::min(BK, kend - j0);
+          kern.gemm(nk, mqp, H, Kp.data() + j0 * H, H, 1, qt.data(), BQ, S.data(), BQ, false);
+          apply_masks(s, msk, b, n, i0, mq, j0, nk, S.data(), BQ);
+          kern.softmax_step(nk, mqp, S.data(), BQ, mrow.data(), lrow.data(), alpha.data());
+          for (index_t i = 0; i < mq; ++i)   // rescale the output rows whose max moved
+            if (alpha[size_t(i)] != 1.f) {
+              float* orow = O.data() + i * H;
+              const float a = alpha[size_t(i)];
+              for (index_t h = 0; h < H; ++h) orow[h] *= a;
+            }
+          kern.gemm(mq, H, nk, S.data(), 1, BQ, Vp.data() + j0 * H, H, O.data(), H, true);
+        }
+        float* ob = out + (b * s.Tq * s.N + n) * H + i0 * ldq;
+        float* lb = lse + (b * s.N + n) * s.Tq + i0;
+        for (index_t i = 0; i < mq; ++i) {
+          float* orow = ob + i * ldq;
+          const float l = lrow[size_t(i)];
+          if (l > 0.f) {
+            const float inv = 1.f / l;
+            for (index_t h = 0; h < H; ++h) orow[h] = O[size_t(i * H + h)] * inv;
+            lb[i] = mrow[size_t(i)] + std::log(l);
+          } else {   // no allowed key: the mean of v over all keys, as Keras
+            if (vmean.empty()) {
+              vmean.resize(size_t(H));
+              mean_rows(s.Tk, H, vb, ldk, vmean.data());
+            }
+            std::copy(vmean.begin(), vmean.end(), orow);
+            lb[i] = kPosInf;
           }
-        kern.gemm(mq, H, nk, S.data(), 1, BQ, vb + j0 * ldk, ldk, O.data(), H, true);
-      }
-      float* ob = out + (b * s.Tq * s.N + n) * H + i0 * ldq;
-      float* lb = lse + (b * s.N + n) * s.Tq + i0;
-      for (index_t i = 0; i < mq; ++i) {
-        float* orow = ob + i * ldq;
-        const float l = lrow[size_t(i)];
-        if (l > 0.f) {
-          const float inv = 1.f / l;
-          for (index_t h = 0; h < H; ++h) orow[h] = O[size_t(i * H + h)] * inv;
-          lb[i] = mrow[size_t(i)] + std::log(l);
-        } else {   // no allowed key: the mean of v, as Keras
-          if (vmean.empty()) {
-            vmean.resize(size_t(H));
-            mean_rows(s.Tk, H, vb, ldk, vmean.data());
-          }
-          std::copy(vmean.begin(), vmean.end(), orow);
-          lb[i] = kPosInf;
         }
       }
-      vmean.clear();
     }
   }
 }
@@ -218,53 +239,56 @@ void backward_tiled(const TileKernels& kern, const AttnShape& s, const float* q,
   const index_t ldq = s.N * H, ldk = s.Nk * H, tasks = s.B * s.Nk;
 #pragma omp parallel num_threads(team_size(tasks, s.B * s.N * s.Tq * s.Tk * H))
   {
-    std::vector<float> dKa(size_t(s.Tk * H)), dVa(size_t(s.Tk * H)), qt(size_t(H * BQ)), dot(size_t(H * BQ));
+    std::vector<float> dKa(size_t(s.Tk * H)), dVa(size_t(s.Tk * H)), Kp(size_t(s.Tk * H)), Vp(size_t(s.Tk * H));
+    std::vector<float> qt(size_t(H * BQ)), dot(size_t(H * BQ)), Qp(size_t(BQ * H)), dOp(size_t(BQ * H));
     std::vector<float> S(size_t(BK * BQ)), dP(size_t(BK * BQ)), dQ(size_t(BQ * H));
     std::vector<float> Drow(BQ), lrow(BQ);
     std::vector<double> uni(static_cast<size_t>(H));
 #pragma omp for schedule(dynamic, 1)
     for (index_t t = 0; t < tasks; ++t) {
       const index_t b = t / s.Nk, kh = t % s.Nk;
-      const float* kb = k + (b * s.Tk * s.Nk + kh) * H;
-      const float* vb = v + (b * s.Tk * s.Nk + kh) * H;
+      pack_rows(s.Tk, H, k + (b * s.Tk * s.Nk + kh) * H, ldk, Kp.data());
+      pack_rows(s.Tk, H, v + (b * s.Tk * s.Nk + kh) * H, ldk, Vp.data());
       std::fill(dKa.begin(), dKa.end(), 0.f);
       std::fill(dVa.begin(), dVa.end(), 0.f);
       std::fill(uni.begin(), uni.end(), 0.0);
       for (index_t n = kh * G; n < (kh + 1) * G; ++n) {
         const index_t hoff = (b * s.Tq * s.N + n) * H;
         for (index_t i0 = 0; i0 < s.Tq; i0 += BQ) {
-          const index_t mq = std::min(BQ, s.Tq - i0);
-          const float* qr = q + hoff + i0 * ldq;
+          const index_t mq = std::min(BQ, s.Tq - i0), mqp = (mq + 7) / 8 * 8;   // columns computed
           const float* dor = dout + hoff + i0 * ldq;
           const float* orr = out + hoff + i0 * ldq;
           const float* lr = lse + (b * s.N + n) * s.Tq + i0;
-          pack_transposed(H, mq, qr, ldq, s.scale, qt.data());
-          pack_transposed(H, mq, dor, ldq, 1.f, dot.data());
+          pack_rows(mq, H, q + hoff + i0 * ldq, ldq, Qp.data());
+          pack_rows(mq, H, dor, ldq, dOp.data());
+          pack_transposed(H, mq, Qp.data(), H, s.scale, qt.data());
+          pack_transposed(H, mq, dOp.data(), H, 1.f, dot.data());
           for (index_t i = 0; i < BQ; ++i) {
             if (i >= mq) { Drow[size_t(i)] = 0.f; lrow[size_t(i)] = kPosInf; continue; }   // padding: P = 0
             float d = 0.f;
-            for (index_t h = 0; h < H; ++h) d += dor[i * ldq + h] * orr[i * ldq + h];
+            for (index_t h = 0; h < H; ++h) d += dOp[size_t(i * H + h)] * orr[i * ldq + h];
             Drow[size_t(i)] = d;
             lrow[size_t(i)] = lr[i];
             if (lr[i] == kPosInf)   // a row with no allowed key: out = mean(v), dv_j += dout_i / Tk
-              for (index_t h = 0; h < H; ++h) uni[size_t(h)] += dor[i * ldq + h];
+              for (index_t h = 0; h < H; ++h) uni[size_t(h)] += dOp[size_t(i * H + h)];
           }
           std::fill(dQ.begin(), dQ.end(), 0.f);
           const index_t kend = key_end(s, i0, mq);
           for (index_t j0 = 0; j0 < kend; j0 += BK) {
             const index_t nk = std::min(BK, kend - j0);
+            const float* kt = Kp.data() + j0 * H;
             // P^T = exp(K Q^T * scale + bias - lse), masked entries 0
-            kern.gemm(nk, BQ, H, kb + j0 * ldk, ldk, 1, qt.data(), BQ, S.data(), BQ, false);
+            kern.gemm(nk, mqp, H, kt, H, 1, qt.data(), BQ, S.data(), BQ, false);
             apply_masks(s, msk, b, n, i0, mq, j0, nk, S.data(), BQ);
-            kern.exp_cols(nk, BQ, S.data(), BQ, lrow.data(), nullptr);
+            kern.exp_cols(nk, mqp, S.data(), BQ, lrow.data(), nullptr);
             // dV += P^T dO
-            kern.gemm(nk, H, mq, S.data(), BQ, 1, dor, ldq, dVa.data() + j0 * H, H, true);
+            kern.gemm(nk, H, mq, S.data(), BQ, 1, dOp.data(), H, dVa.data() + j0 * H, H, true);
             // dP^T = V dO^T;  dS^T = P^T * (dP^T - D)
-            kern.gemm(nk, BQ, H, vb + j0 * ldk, ldk, 1, dot.data(), BQ, dP.data(), BQ, false);
-            kern.dsoftmax(nk, BQ, S.data(), dP.data(), BQ, Drow.data());
+            kern.gemm(nk, mqp, H, Vp.data() + j0 * H, H, 1, dot.data(), BQ, dP.data(), BQ, false);
+            kern.dsoftmax(nk, mqp, S.data(), dP.data(), BQ, Drow.data());
             // dK += dS^T Q (times scale at the end);  dQ += dS K (likewise)
-            kern.gemm(nk, H, mq, dP.data(), BQ, 1, qr, ldq, dKa.data() + j0 * H, H, true);
-            kern.gemm(mq, H, nk, dP.data(), 1, BQ, kb + j0 * ldk, ldk, dQ.data(), H, true);
+            kern.gemm(nk, H, mq, dP.data(), BQ, 1, Qp.data(), H, dKa.data() + j0 * H, H, true);
+            kern.gemm(mq, H, nk, dP.data(), 1, BQ, kt, H, dQ.data(), H, true);
           }
           float* dqr = dq + hoff + i0 * ldq;
           for (index_t i = 0; i < mq; ++i)
