@@ -388,3 +388,17 @@ def test_mask_in_a_functional_model():
     out = model.predict([xv, mv])
     np.testing.assert_allclose(out[0], xv[0, :2].mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(out[1], xv[1].mean(axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kw", [dict(max_value=1.5, negative_slope=0.1, threshold=0.2), dict(threshold=-0.5),
+                                dict(negative_slope=0.3, max_value=2.0)])
+def test_general_relu_matches_finite_differences_float64(kw):
+    x = np.random.default_rng(5).uniform(-3, 3, size=(40,))
+    x = x[np.min(np.abs(x[:, None] - np.array([0.0, 0.2, -0.5, 1.5, 2.0])), axis=1) > 0.05]   # off the kinks
+    xt = kilnet.Tensor(x.copy())
+    with kilnet.GradientTape() as tape:
+        tape.watch(xt)
+        y = kilnet.activations.relu(xt, **kw)
+    g = tape.gradient(y, xt, output_gradients=kilnet.Tensor(np.ones_like(x))).numpy()
+    f = lambda v: kilnet.activations.relu(kilnet.Tensor(v), **kw).numpy()   # noqa: E731
+    np.testing.assert_allclose(g, (f(x + 1e-6) - f(x - 1e-6)) / 2e-6, rtol=1e-6, atol=1e-8)

@@ -87,23 +87,23 @@ def _mish():
 
 
 def _relu_general(negative_slope, max_value, threshold):
-    """Keras 3's relu(x, negative_slope, max_value, threshold): x above the threshold (clipped
-    to max_value), negative_slope * (x - threshold) at or below it."""
+    """Keras 3's relu(x, negative_slope, max_value, threshold), in its order of steps: x where
+    x > threshold (plain relu when threshold is 0), clipped to [0, max_value], minus
+    negative_slope * relu(threshold - x)."""
     def fwd(v):
         xp = same_device(v)
-        pos = xp.where(v > threshold, v, 0)
-        pos = xp.maximum(pos, 0)
+        pos = xp.where(v > threshold, v, 0) if threshold != 0 else xp.maximum(v, 0)
         if max_value is not None:
-            pos = xp.minimum(pos, max_value)
+            pos = xp.clip(pos, 0, max_value)
         if negative_slope:
             pos = pos - negative_slope * xp.maximum(threshold - v, 0)
         return pos.astype(v.dtype, copy=False)
 
     def grad(g, v, y):
         xp = same_device(v)
-        on = (v > threshold) & (v > 0)
+        on = v > threshold if threshold != 0 else v > 0
         if max_value is not None:
-            on &= v < max_value
+            on &= (v > 0) & (v < max_value)
         d = xp.where(on, g, 0)
         if negative_slope:
             d = d + xp.where(v < threshold, g * negative_slope, 0)

@@ -83,8 +83,8 @@ class UpSampling2D(Layer):
     def build(self, input_shape):
         _expect_rank(self, input_shape, 4, "(batch, height, width, channels)")
         if self.interpolation == "bilinear":
-            self._ah = self._xp.asarray(_bilinear_matrix(input_shape[1], self.size[0]))
-            self._aw = self._xp.asarray(_bilinear_matrix(input_shape[2], self.size[1]))
+            self._ah = _bilinear_matrix(input_shape[1], self.size[0])   # host arrays
+            self._aw = _bilinear_matrix(input_shape[2], self.size[1])
 
     def compute_output_shape(self, input_shape):
         n, h, w, c = input_shape
@@ -92,9 +92,9 @@ class UpSampling2D(Layer):
 
     def _matrices(self, h, w):
         if self._ah.shape[1] != h or self._aw.shape[1] != w:   # called on another image size
-            self._ah = self._xp.asarray(_bilinear_matrix(h, self.size[0]))
-            self._aw = self._xp.asarray(_bilinear_matrix(w, self.size[1]))
-        return self._ah, self._aw
+            self._ah = _bilinear_matrix(h, self.size[0])
+            self._aw = _bilinear_matrix(w, self.size[1])
+        return self._xp.asarray(self._ah), self._xp.asarray(self._aw)   # on the layer's device
 
     def forward(self, x, training=False):
         n, h, w, c = x.shape
