@@ -106,14 +106,15 @@ def _as_input(a, name):
     return np.ascontiguousarray(a)
 
 
-def _memmap_input(a, name, rows_per_check=1 << 14):
-    """A file-backed array stays on disk: checked in blocks of rows, never converted whole
-    (_ArrayFeed converts each batch to float32 as it gathers it)."""
+def _memmap_input(a, name, block_bytes=1 << 22):
+    """A file-backed array stays on disk: checked in blocks of rows (about 4 MiB), never
+    converted whole (_ArrayFeed converts each batch to float32 as it gathers it)."""
     if a.dtype.kind not in "fiub":
         raise TypeError(f"{name} must be numeric, got an array of dtype {a.dtype}")
     if a.ndim == 0 or a.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {a.shape}); need at least one sample")
     if a.dtype.kind == "f":
+        rows_per_check = max(1, block_bytes // max(1, a[:1].nbytes))
         for i in range(0, a.shape[0], rows_per_check):
             if not np.isfinite(a[i:i + rows_per_check]).all():
                 raise ValueError(f"{name} contains NaN or Inf")
