@@ -23,8 +23,8 @@ from __future__ import annotations
 import collections
 import itertools
 import multiprocessing
-import queue
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -197,34 +197,43 @@ _END = "end"
 class _Prefetcher:
     """Reads one pass in a background thread: raw batch -> (x, y, sw) numpy -> prepare(...)
     once `prepare` is set, into a bounded queue. An exception (the user's data code, a bad
-    batch) is queued and raised by get() on the caller's thread; the thread then ends."""
+    batch) is queued and raised by get() on the caller's thread; the thread then ends.
+
+    The thread sleeps when the queue is full and is woken only once it is down to half: each
+    wake-up hands the GIL between threads, which costs the training step far more than the
+    batch's own conversion when the cores are busy."""
 
     def __init__(self, it, owned, depth, what, prepare):
-        self.q = queue.Queue(maxsize=depth)
-        self.stop = threading.Event()
+        self.items = collections.deque()
+        self.cond = threading.Condition(threading.Lock())
+        self.depth, self.low = depth, depth // 2
+        self.stopping = False
         self.what, self.prepare = what, prepare
         self.thread = threading.Thread(target=self._run, args=(it, owned), name="kilnet-data", daemon=True)
         self.thread.start()
 
     def _put(self, item) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
+        with self.cond:
+            while len(self.items) >= self.depth and not self.stopping:
+                self.cond.wait(0.5)
+            if self.stopping:
+                return False
+            self.items.append(item)
+            self.cond.notify_all()   # a get() waiting for a batch
+            return True
 
     def _run(self, it, owned):
         index = 0
         try:
-            while not self.stop.is_set():
+            while not self.stopping:
                 try:
                     raw = next(it)
                 except StopIteration:
                     self._put((_END, None, None))
                     return
+                time.sleep(0)    # hand the GIL back between stages: the training step waits less for it
                 batch = unpack_batch(raw, index, self.what)
+                time.sleep(0)
                 prepare = self.prepare   # set by the caller once the model is built
                 if not self._put(("ok", index, (batch, None if prepare is None else prepare(batch, index)))):
                     return
@@ -237,28 +246,27 @@ class _Prefetcher:
 
     def get(self):
         """(index, (batch, prepared or None)), or None at the end of the pass."""
-        while True:
-            try:
-                kind, index, value = self.q.get(timeout=1.0)
-                break
-            except queue.Empty:
-                if not self.thread.is_alive() and self.q.empty():
-                    raise RuntimeError(f"{self.what}: the data thread ended without a result") from None
-        if kind == _END:
-            self.q.put_nowait((_END, None, None))   # a later get() sees the end again
-            return None
+        with self.cond:
+            while not self.items:
+                if not self.thread.is_alive():
+                    raise RuntimeError(f"{self.what}: the data thread ended without a result")
+                self.cond.wait(1.0)
+            kind, index, value = self.items[0]
+            if kind == _END:
+                return None    # left in place: a later get() sees the end again
+            self.items.popleft()
+            if len(self.items) <= self.low:
+                self.cond.notify_all()   # the thread refills from half empty
         if kind == "error":
             self.thread.join()
             raise value
         return index, value
 
     def close(self, timeout=10.0):
-        self.stop.set()
-        while True:    # unblock a put() in progress
-            try:
-                self.q.get_nowait()
-            except queue.Empty:
-                break
+        with self.cond:
+            self.stopping = True
+            self.items.clear()
+            self.cond.notify_all()
         self.thread.join(timeout)
         if self.thread.is_alive():
             warnings.warn(f"{self.what}: the data thread is still inside your data code after {timeout:.0f}s; "
