@@ -6,7 +6,6 @@ import itertools
 import os
 import threading
 import tracemalloc
-import warnings
 
 import numpy as np
 import pytest
@@ -160,14 +159,13 @@ def test_torch_dataloader_with_workers_trains_a_conv_model():
     m = kilnet.models.Sequential([layers.Conv2D(4, 3, activation="relu", input_shape=(8, 8, 1)), layers.Flatten(),
                                   layers.Dense(4, activation="softmax")])
     m.compile("sgd", "sparse_categorical_crossentropy")
-    w0 = m.get_weights() if m.built else None
+    w0 = m.get_weights()    # built by input_shape
     m.fit(loader, epochs=2, verbose=0)
     kilnet.utils.set_random_seed(0)
     ref = kilnet.models.Sequential([layers.Conv2D(4, 3, activation="relu", input_shape=(8, 8, 1)), layers.Flatten(),
                                     layers.Dense(4, activation="softmax")])
     ref.compile("sgd", "sparse_categorical_crossentropy")
-    if w0 is not None:
-        ref.set_weights(w0)
+    ref.set_weights(w0)
     ref.fit(x.transpose(0, 2, 3, 1), y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     _same_weights(ref, m)
 

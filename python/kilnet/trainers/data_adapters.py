@@ -32,10 +32,10 @@ import numpy as np
 from kilnet.py_dataset import PyDataset
 from kilnet.utils import as_numpy, get_rng
 
-__all__ = ["is_stream", "DataStream", "unpack_batch"]
+__all__ = ["is_stream", "DataStream", "unpack_batch", "INTERRUPTED"]
 
 _DEFAULT_QUEUE = 10
-_INTERRUPTED = ("Your input ran out of data; interrupting training. Make sure that your dataset or generator "
+INTERRUPTED = ("Your input ran out of data; interrupting training. Make sure that your dataset or generator "
                 "can generate at least `steps_per_epoch * epochs` batches.")
 
 
@@ -330,13 +330,13 @@ class DataStream:
         n = 0
         while limit is None or n < limit:
             if self.num_batches and self._seen >= self.num_batches:
-                warnings.warn(_INTERRUPTED, UserWarning, stacklevel=4)   # steps > the data's length
+                warnings.warn(INTERRUPTED, UserWarning, stacklevel=4)   # steps > the data's length
                 break
             got = self._pass.get()
             if got is None:
                 self._close_pass()
                 if self.steps is not None and n > 0:
-                    warnings.warn(_INTERRUPTED, UserWarning, stacklevel=4)
+                    warnings.warn(INTERRUPTED, UserWarning, stacklevel=4)
                 break
             self._seen += 1
             n += 1

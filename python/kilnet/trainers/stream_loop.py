@@ -20,7 +20,7 @@ from kilnet.callbacks import CallbackList, History
 from kilnet.engine import node as node_mod
 from kilnet.engine.state import using_pool
 from kilnet.trainers import trainer as tr
-from kilnet.trainers.data_adapters import _INTERRUPTED, DataStream, is_stream
+from kilnet.trainers.data_adapters import INTERRUPTED, DataStream, is_stream
 from kilnet.trainers.policy import _verbosity
 from kilnet.trainers.progress import _Progress
 
@@ -229,7 +229,7 @@ def _train(model, stream, class_weight, epochs, verbose, callbacks, initial_epoc
         if seen == 0:
             if not trained:
                 raise ValueError(f"fit: the {stream.kind} yielded no batches")
-            warnings.warn(_INTERRUPTED, UserWarning, stacklevel=3)
+            warnings.warn(INTERRUPTED, UserWarning, stacklevel=3)
             break
         trained = True
         steps_done = step + 1
