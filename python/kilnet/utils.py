@@ -5,7 +5,8 @@ import random as _pyrandom
 
 import numpy as np
 
-__all__ = ["set_random_seed", "get_rng", "to_float32", "lookup", "snake_case", "to_categorical"]
+__all__ = ["set_random_seed", "get_rng", "to_float32", "lookup", "snake_case", "to_categorical", "PyDataset",
+           "image_dataset_from_directory"]
 
 _rng = np.random.default_rng()
 
@@ -110,3 +111,8 @@ def to_categorical(x, num_classes=None):
     out = np.zeros(y.shape + (n,), np.float32)
     np.put_along_axis(out, y[..., None], 1.0, axis=-1)
     return out
+
+
+# Data pipelines (their own modules; here for the keras.utils names).
+from kilnet.py_dataset import PyDataset  # noqa: E402
+from kilnet.image_dataset import image_dataset_from_directory  # noqa: E402

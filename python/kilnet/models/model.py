@@ -19,7 +19,7 @@ from kilnet import optimizers as optimizers_mod
 from kilnet.backend import current_device, normalize_device, to_device, xp_of_device
 from kilnet.layers.base import Layer
 from kilnet.naming import unique_name
-from kilnet.trainers import trainer
+from kilnet.trainers import stream_loop, trainer
 from kilnet.trainers.compile_utils import CompiledLoss
 
 __all__ = ["Model"]
@@ -215,20 +215,38 @@ class Model(Layer):
             validation_batch_size=None, validation_freq=1, distributed=False):
         """Train for `epochs` epochs; returns a History whose .history holds the per-epoch logs.
         distributed=True: synchronous data parallelism over the ranks of an MPI job, batch_size
-        per rank (kilnet.distributed, docs/distributed.md); one process without MPI."""
-        return trainer.fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split,
-                           validation_data, shuffle, class_weight, sample_weight, initial_epoch,
-                           steps_per_epoch, validation_steps, validation_batch_size, validation_freq,
-                           distributed)
+        per rank (kilnet.distributed, docs/distributed.md); one process without MPI.
+        x may also be a generator/iterator of batches, a kilnet.utils.PyDataset or a torch
+        DataLoader (trainers/stream_loop.py), as may validation_data."""
+        if stream_loop.is_stream(x):
+            return stream_loop.fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split,
+                                   validation_data, shuffle, class_weight, sample_weight, initial_epoch,
+                                   steps_per_epoch, validation_steps, validation_batch_size, validation_freq,
+                                   distributed)
+        val_stream = None
+        if stream_loop.is_stream(validation_data):
+            validation_data = val_stream = stream_loop.StreamValidation(validation_data, validation_steps)
+        try:
+            return trainer.fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split,
+                               validation_data, shuffle, class_weight, sample_weight, initial_epoch,
+                               steps_per_epoch, validation_steps, validation_batch_size, validation_freq,
+                               distributed)
+        finally:
+            if val_stream is not None:
+                val_stream.close()
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
                  steps=None, callbacks=None, return_dict=False):
         """Loss and metrics on (x, y): a scalar when there are no metrics, else [loss, *metrics]."""
+        if stream_loop.is_stream(x):
+            return stream_loop.evaluate(self, x, y, verbose, sample_weight, steps, return_dict)
         return trainer.evaluate(self, x, y, batch_size, verbose, sample_weight, return_dict)
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         """Outputs for x, computed in batches: a float32 numpy array (a list or dict of them for
         several outputs)."""
+        if stream_loop.is_stream(x):
+            return stream_loop.predict(self, x, steps)
         return trainer.predict(self, x, batch_size)
 
     def train_step(self, data):

@@ -10,7 +10,8 @@ __all__ = ["_Progress"]
 class _Progress:
     """Training feedback per epoch. verbose=1 on a terminal: a live tqdm bar (steps, ETA, running
     loss and metrics; a plain refreshing line when tqdm is not installed). verbose=1 off a
-    terminal (CI logs) and verbose=2: one line per epoch. verbose=0: nothing."""
+    terminal (CI logs) and verbose=2: one line per epoch. verbose=0: nothing. steps=None: not
+    known yet (a generator's first epoch)."""
 
     def __init__(self, epoch, epochs, steps, verbose):
         self.verbose, self.steps = verbose, steps
@@ -32,24 +33,30 @@ class _Progress:
 
     def due(self, step) -> bool:
         """Whether update() would redraw now (so the GPU loop only builds logs then)."""
-        return self.live and (time.perf_counter() - self.last >= 0.1 or step >= self.steps)
+        return self.live and (time.perf_counter() - self.last >= 0.1 or step == self.steps)
 
     def update(self, step, logs):
         if not self.live:
             return
         now = time.perf_counter()
-        if now - self.last < 0.1 and step < self.steps:
+        if now - self.last < 0.1 and step != self.steps:
             return
         self.last = now
         if self.bar is not None:
             self.bar.n = step
             self.bar.set_postfix_str(_fmt(logs), refresh=True)
             return
-        eta = (now - self.t0) / step * (self.steps - step)
-        sys.stdout.write(f"\r{step}/{self.steps} - ETA: {eta:.0f}s - " + _fmt(logs))
+        if self.steps is None:
+            sys.stdout.write(f"\r{step}/Unknown - " + _fmt(logs))
+        else:
+            eta = (now - self.t0) / step * (self.steps - step)
+            sys.stdout.write(f"\r{step}/{self.steps} - ETA: {eta:.0f}s - " + _fmt(logs))
         sys.stdout.flush()
 
-    def finish(self, logs, seconds):
+    def finish(self, logs, seconds, steps=None):
+        """steps: how many ran, where that differs from the total given (a stream)."""
+        if steps is not None:
+            self.steps = steps
         if not self.verbose:
             return
         per_step = seconds / max(self.steps, 1) * 1e3

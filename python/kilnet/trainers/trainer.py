@@ -12,6 +12,7 @@ kilnet.distributed._Rank) says what differs per process.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -91,6 +92,8 @@ def _is_list_of_arrays(x, names):
 
 def _as_input(a, name):
     a = as_numpy(a, name)
+    if isinstance(a, np.memmap):
+        return _memmap_input(a, name)
     if a.dtype.kind == "f" or a.dtype.kind == "b":
         a = to_float32(a, name)
         if not np.isfinite(a).all():
@@ -101,6 +104,21 @@ def _as_input(a, name):
     if a.ndim == 0 or a.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {a.shape}); need at least one sample")
     return np.ascontiguousarray(a)
+
+
+def _memmap_input(a, name, block_bytes=1 << 22):
+    """A file-backed array stays on disk: checked in blocks of rows (about 4 MiB), never
+    converted whole (_ArrayFeed converts each batch to float32 as it gathers it)."""
+    if a.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be numeric, got an array of dtype {a.dtype}")
+    if a.ndim == 0 or a.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {a.shape}); need at least one sample")
+    if a.dtype.kind == "f":
+        rows_per_check = max(1, block_bytes // max(1, a[:1].nbytes))
+        for i in range(0, a.shape[0], rows_per_check):
+            if not np.isfinite(a[i:i + rows_per_check]).all():
+                raise ValueError(f"{name} contains NaN or Inf")
+    return a
 
 
 class _Feed:
@@ -223,8 +241,12 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
         class_weight, sample_weight, initial_epoch, steps_per_epoch, validation_steps, validation_batch_size,
         validation_freq, distributed):
     model._require_compiled("fit")
-    if steps_per_epoch is not None or validation_steps is not None:
-        raise ValueError("fit: steps_per_epoch/validation_steps are not supported (pass arrays)")
+    if steps_per_epoch is not None:
+        raise ValueError("fit: steps_per_epoch applies to generators, PyDatasets and other iterables of batches; "
+                         "with arrays, batch_size sets the steps")
+    if validation_steps is not None and not callable(validation_data):
+        raise ValueError("fit: validation_steps applies to validation_data given as a generator, PyDataset or "
+                         "other iterable of batches")
     batch_size = _check_batch_size(batch_size, "fit")
     if not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}")
@@ -238,6 +260,9 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
         data = _prepare_fit(model, x, y, float(validation_split), validation_data, sample_weight, class_weight)
         run = None
         if distributed:
+            if callable(data.val):
+                raise ValueError("fit: validation_data from a generator or PyDataset is not supported with "
+                                 "distributed=True")
             if data.sws is not None:
                 raise ValueError("fit: sample_weight/class_weight are not supported with distributed=True")
             from kilnet import distributed as dist
@@ -319,6 +344,12 @@ def _prepare_xy(model, x, y, what, sample_weight=None, class_weight=None):
     """(inputs, prepared targets per output, sample weights per output or None)."""
     inputs = _Inputs(model, x, what)
     _bind(model, inputs)
+    return _prepare_bound(model, inputs, y, what, sample_weight, class_weight)
+
+
+def _prepare_bound(model, inputs, y, what, sample_weight=None, class_weight=None):
+    """_prepare_xy's rest once the model is bound: reads the model only, so a data thread may
+    run it while the model trains (trainers/stream_loop.py)."""
     ys = _prepare_targets(model, inputs, y, what)
     if sample_weight is None and class_weight is None:
         return inputs, ys, None
@@ -331,7 +362,9 @@ def _prepare_fit(model, x, y, validation_split, validation_data, sample_weight=N
     buffer and build the optimizer and metrics."""
     inputs, ys, sws = _prepare_xy(model, x, y, "fit", sample_weight, class_weight)
     val = None
-    if validation_data is not None:
+    if callable(validation_data):    # batches from a stream: stream_loop evaluates them
+        val = validation_data
+    elif validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
             raise ValueError("fit: validation_data must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight_val)")
         vsw = validation_data[2] if len(validation_data) == 3 else None
@@ -460,8 +493,10 @@ def train(model, run, data, batch_size, epochs, verbose, callbacks, shuffle, ini
                 _warn_nan(logs["loss"], epoch, steps - 1)
             run.epoch_end(model)
             if data.val is not None and (epoch + 1) % validation_freq == 0:
-                vals = run.evaluate(model, data.val, val_batch_size, _evaluate_arrays)
-                logs.update({"val_" + k: v for k, v in zip(_eval_names(model), vals)})
+                vals = data.val(model, val_batch_size) if callable(data.val) else \
+                    run.evaluate(model, data.val, val_batch_size, _evaluate_arrays)
+                if vals is not None:   # None: a validation stream with nothing left (it warned)
+                    logs.update({"val_" + k: v for k, v in zip(_eval_names(model), vals)})
             bar.finish(logs, time.perf_counter() - t0)
             cbs.on_epoch_end(epoch, logs)
             model.stop_training = run.any_rank(model.stop_training)
@@ -528,10 +563,7 @@ def _evaluate_arrays(model, prepared, batch_size):
     weights or None), in batches."""
     inputs, ys, sws = prepared
     compiled = model.compiled
-    metrics = [type(m).__new__(type(m)) for m in compiled.metric_objects()]
-    for m, src in zip(metrics, compiled.metric_objects()):
-        m.__dict__.update({k: v for k, v in src.__dict__.items() if not isinstance(v, np.ndarray)})
-        m.reset_state()
+    metrics = _metric_copies(compiled)
     n = inputs.n
     n_out = len(compiled.names)
     feed = _Feed(_batch_arrays(inputs, ys, sws), min(batch_size, n), model.device)
@@ -548,9 +580,7 @@ def _evaluate_arrays(model, prepared, batch_size):
             logs = _logs_dict(model.test_step(_user_data(compiled, xb, ybs, swb)))
             totals[0] += logs.get("loss", 0.0) * (j - i)
             continue
-        with using_pool(st.pool):
-            y_pred = model(xb, training=False)
-            total, parts, preds = compiled.step_loss(y_pred, ybs, st.bufs, None, swb)
+        total, parts, preds = _test_batch(model, st, xb, ybs, swb)
         totals[0] += float(total.value) * (j - i)
         if n_out > 1:
             totals[1:] += [0.0 if p is None else float(p.value) * (j - i) for p in parts]
@@ -559,6 +589,22 @@ def _evaluate_arrays(model, prepared, batch_size):
     penalty = regularizers_mod.penalties(model._flat_layers(), grads=False) if model.trainable else 0.0   # as Keras
     totals[0] += penalty
     return [float(v) for v in totals] + [m.result() for m in metrics]
+
+
+def _metric_copies(compiled):
+    """Fresh copies of the compiled metrics: evaluating leaves fit's running metrics alone."""
+    metrics = [type(m).__new__(type(m)) for m in compiled.metric_objects()]
+    for m, src in zip(metrics, compiled.metric_objects()):
+        m.__dict__.update({k: v for k, v in src.__dict__.items() if not isinstance(v, np.ndarray)})
+        m.reset_state()
+    return metrics
+
+
+def _test_batch(model, st, xb, ybs, swb):
+    """(total loss Tensor, per-output loss Tensors, per-output predictions) of one batch."""
+    with using_pool(st.pool):
+        y_pred = model(xb, training=False)
+        return model.compiled.step_loss(y_pred, ybs, st.bufs, None, swb)
 
 
 def predict(model, x, batch_size, whole=False):
@@ -648,16 +694,20 @@ class _ArrayFeed:
     def __init__(self, x, batch, device):
         self.x, self.device = x, device
         self.on_gpu = device != "cpu"
-        self.xb = np.empty((batch,) + x.shape[1:], x.dtype)
+        # A memmap (np.memmap, _memmap_input) is read batch by batch into xb, float64 or bool
+        # ones converted to float32 on the way; its slices are never handed out.
+        self.cast = x.dtype.kind in "fb" and x.dtype != np.float32
+        self.copy = isinstance(x, np.memmap)
+        self.xb = np.empty((batch,) + x.shape[1:], np.float32 if self.cast else x.dtype)
         self.resident = False
         if self.on_gpu:
             import cupy
             self.cp = cupy
             free, _ = cupy.cuda.runtime.memGetInfo()
-            if x.nbytes < 0.25 * free:
+            if x.nbytes < 0.25 * free and not self.cast:
                 self.x_dev = cupy.asarray(x)
                 self.resident = True
-            self.xb_dev = cupy.empty(self.xb.shape, x.dtype)
+            self.xb_dev = cupy.empty(self.xb.shape, self.xb.dtype)
 
     def start_epoch(self, order, order_dev=None):
         """order: a permutation of the samples, or None for x's own order (order_dev: the same
@@ -670,11 +720,13 @@ class _ArrayFeed:
             if self.order is None:
                 return self.x_dev[i:j]
             return self.cp.take(self.x_dev, self.order_dev[i:j], axis=0, out=self.xb_dev[:k])
-        if self.order is None and not self.on_gpu:
+        if self.order is None and not self.on_gpu and not self.copy:
             return self.x[i:j]
         xb = self.xb[:k]
         if self.order is None:
             xb[...] = self.x[i:j]
+        elif self.cast:
+            xb[...] = self.x.take(self.order[i:j], axis=0)
         else:
             # mode='clip' (the indices are always in range): with the default 'raise', numpy
             # gathers into a temporary batch and copies it to out, an allocation per step
