@@ -9,7 +9,10 @@ _cpu.embedding_forward into a reused buffer; torch F.embedding, which allocates 
 backward: the dense weight gradient. torch's is aten.embedding_dense_backward (what autograd
 runs for nn.Embedding): it returns a freshly zeroed (V, D) gradient with the rows added; kilnet's
 is dW.fill(0) followed by _cpu.embedding_backward (deterministic scatter-add), so both do the
-same work: zero 15 MB and add 8,192 rows. Reported: medians over runs of each run's median.
+same work: zero 15 MB and add 8,192 rows. Zeroing alone (numpy fill, torch.zeros) is timed too,
+and the scatter ratio compares torch's bwd minus its zeroing with kilnet's scatter-add alone
+(what the layer runs: the trainer zeroes the model's whole gradient buffer once per step).
+Reported: medians over runs of each run's median.
 """
 from __future__ import annotations
 
@@ -49,12 +52,14 @@ def worker(lib, threads):
             res[f"{dist}_fwd"] = time_call(lambda: _cpu.embedding_forward(ids, W, out))
             res[f"{dist}_bwd"] = time_call(bwd)
             res[f"{dist}_scatter"] = time_call(lambda: _cpu.embedding_backward(ids, dy, dW))
+            res[f"{dist}_zeros"] = time_call(lambda: dW.fill(0))
         else:
             import torch
             Wt, idt, dyt = torch.from_numpy(W), torch.from_numpy(ids), torch.from_numpy(dy)
             with torch.no_grad():
                 res[f"{dist}_fwd"] = time_call(lambda: torch.nn.functional.embedding(idt, Wt))
                 res[f"{dist}_bwd"] = time_call(lambda: torch.ops.aten.embedding_dense_backward(dyt, idt, V, -1, False))
+                res[f"{dist}_zeros"] = time_call(lambda: torch.zeros((V, D)))   # its share of bwd
     print(json.dumps(res))
 
 
@@ -72,15 +77,19 @@ def main():
     print(f"kilnet {kilnet.__version__} ({kilnet.simd_level()}), torch {torch.__version__}; V={V}, D={D}, "
           f"tokens={SHAPE[0] * SHAPE[1]}; ms, medians of {args.runs} runs (one process per library and run)\n")
     res = run_workers(os.path.abspath(__file__), ["kilnet", "torch"], args.threads, args.runs)
+    print("bwd = zero the (V, D) gradient + add the rows; (zero) = its zeroing part alone; "
+          "scatter = bwd - zero\n")
     print(f"{'ids':<9}{'thr':>4}{'fwd kilnet':>12}{'fwd torch':>11}{'torch/kil':>10}"
-          f"{'bwd kilnet':>12}{'(scatter)':>10}{'bwd torch':>11}{'torch/kil':>10}")
+          f"{'bwd kilnet':>12}{'(zero)':>8}{'bwd torch':>11}{'(zero)':>8}{'torch/kil':>10}{'scatter t/k':>13}")
     for dist in ("uniform", "zipf"):
         for t in args.threads:
             k, tt = res[("kilnet", t)], res[("torch", t)]
             kf, tf = medians(k, f"{dist}_fwd") * 1e3, medians(tt, f"{dist}_fwd") * 1e3
             kb, tb = medians(k, f"{dist}_bwd") * 1e3, medians(tt, f"{dist}_bwd") * 1e3
             ks = medians(k, f"{dist}_scatter") * 1e3
-            print(f"{dist:<9}{t:>4}{kf:>12.3f}{tf:>11.3f}{tf / kf:>9.2f}x{kb:>12.3f}{ks:>10.3f}{tb:>11.3f}{tb / kb:>9.2f}x")
+            kz, tz = medians(k, f"{dist}_zeros") * 1e3, medians(tt, f"{dist}_zeros") * 1e3
+            print(f"{dist:<9}{t:>4}{kf:>12.3f}{tf:>11.3f}{tf / kf:>9.2f}x{kb:>12.3f}{kz:>8.3f}{tb:>11.3f}{tz:>8.3f}"
+                  f"{tb / kb:>9.2f}x{max(tb - tz, 0) / ks:>12.2f}x")
 
 
 if __name__ == "__main__":
