@@ -203,7 +203,12 @@ def mask_case(name, shape, threads, rounds):
 
 def run_mask(args):
     import kilnet
-    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f} at start")
+    global CLOCK
+    if args.clock == "cpu":
+        if args.threads != [1]:
+            raise SystemExit("--clock cpu sums the CPU time of all threads: use it with --threads 1")
+        CLOCK = time.process_time
+    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f} at start; clock: {args.clock}")
     print(f"kilnet {kilnet.__version__} ({kilnet.simd_level()}); torch {__import__('torch').__version__}; fwd+bwd "
           f"(all outputs, weight gradients, no input gradient), medians of {args.rounds} alternating rounds\n")
     print(f"{'layer':<10}{'B,T,I,H':<16}{'thr':>4}{'no mask':>10}{'ones':>10}{'padded':>10}{'torch packed':>14}"
@@ -332,6 +337,7 @@ def main(argv=None):
     mk.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     mk.add_argument("--rounds", type=int, default=6)
     mk.add_argument("--layers", nargs="+", default=list(CELLS), choices=list(CELLS))
+    mk.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     ac = sub.add_parser("accuracy")
     ac.add_argument("--layers", nargs="+", default=["SimpleRNN", "LSTM"], choices=list(CELLS))
     ac.add_argument("--units", type=int, default=128)
