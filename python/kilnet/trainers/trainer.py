@@ -12,7 +12,6 @@ kilnet.distributed._Rank) says what differs per process.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import time
