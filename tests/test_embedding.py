@@ -284,3 +284,15 @@ def test_embedding_keras3_files_both_ways(tmp_path):
     # configs as Keras 3 writes them (after build: LayerNormalization's axis is a list)
     for ours, theirs in zip(k.layers[:2], res["keras_configs"][:2]):
         assert ours.get_config() == theirs
+
+
+def test_embedding_regularizer_adds_its_penalty():
+    from kilnet import regularizers
+    x = np.random.default_rng(0).integers(0, 10, (8, 3))
+    m = Sequential([Embedding(10, 4, embeddings_regularizer=regularizers.L2(0.5), input_shape=(3,)), Flatten(),
+                    Dense(1)])
+    m.compile(optimizer="sgd", loss="mse")
+    loss = m.evaluate(x, np.zeros((8, 1), np.float32), verbose=0)
+    penalty = 0.5 * float((m.layers[0].embeddings.astype(np.float64) ** 2).sum())
+    np.testing.assert_allclose(loss, float((m.predict(x).astype(np.float64) ** 2).mean()) + penalty, rtol=1e-5)
+    assert m.layers[0].get_config()["embeddings_regularizer"]["class_name"] == "L2"
