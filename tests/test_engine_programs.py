@@ -321,3 +321,27 @@ def test_fit_step_gradients_of_shared_and_skipped_dense_layers():
     m.fit(x[8:], y[8:], batch_size=4, epochs=1, shuffle=False, verbose=0)   # `side` not reached
     for v, s in zip(m.side.trainable_variables, side):
         np.testing.assert_array_equal(v.numpy(), s)
+
+
+def test_wrapped_dense_gradients_in_fit_and_tape():
+    """TimeDistributed(Dense): the wrapper's backward writes the wrapped Dense's gradients
+    (not on the tape itself): fit's SGD step equals the GradientTape gradient, which is not None."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6, 4, 3)).astype(np.float32)
+    y = rng.normal(size=(6, 4, 2)).astype(np.float32)
+    m = keras.Sequential([layers.Input((4, 3)), layers.TimeDistributed(layers.Dense(2))])
+    m.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    ref = [v.numpy().copy() for v in m.trainable_variables]
+    with keras.GradientTape() as tape:
+        loss = keras.losses.MeanSquaredError()(y, m(x, training=True))
+    grads = tape.gradient(loss, m.trainable_variables)
+    assert all(g is not None for g in grads)
+    for _ in range(2):   # the second step checks that nothing stale accumulates
+        before = [v.numpy().copy() for v in m.trainable_variables]
+        with keras.GradientTape() as tape:
+            loss = keras.losses.MeanSquaredError()(y, m(x, training=True))
+        grads = tape.gradient(loss, m.trainable_variables)
+        m.train_on_batch(x, y)
+        for v, b, g in zip(m.trainable_variables, before, grads):
+            np.testing.assert_allclose(v.numpy(), b - 0.1 * np.asarray(g), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(ref[0], m.trainable_variables[0].numpy())

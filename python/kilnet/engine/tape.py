@@ -100,7 +100,7 @@ class _Walk:
             return True
         hit = self._cache.get(id(layer))
         if hit is None:
-            hit = self._cache[id(layer)] = any(id(v) in self.wanted for v in layer._own_trainable_variables())
+            hit = self._cache[id(layer)] = any(id(v) in self.wanted for v in layer.trainable_variables)
         return hit
 
 
@@ -220,7 +220,7 @@ def backward(entries, targets, seeds, sources=(), variables=(), zero_layers=Fals
             if layer is not None and id(layer) not in seen:
                 seen.add(id(layer))
                 if walk.need_dw(layer):
-                    for v in layer._own_trainable_variables():
+                    for v in layer.trainable_variables:   # a wrapper's include the wrapped layer's
                         v._grad_array().fill(0)
     src_ids = {id(s) for s in sources}
     grads, kept = {}, {}
@@ -245,7 +245,7 @@ def backward(entries, targets, seeds, sources=(), variables=(), zero_layers=Fals
             if keep_variable_grads:
                 out.append(buf)
                 continue
-            touched = g is not None or any(e.layer is not None and any(v is s for v in e.layer._own_trainable_variables())
+            touched = g is not None or any(e.layer is not None and any(v is s for v in e.layer.trainable_variables)
                                            for e in entries)
             out.append(buf.copy() if touched else None)
         else:

@@ -218,8 +218,11 @@ def _plan_step(st, model):
     st.layout, st.layers = model._layout_key, model._flat_layers()
     variables = model.trainable_variables
     st.variables = {id(v): v for v in variables}
+    # A layer run inside another fused layer's kernels (TimeDistributed(Dense)) is not on the
+    # tape itself: its wrapper's backward accumulates into its views, which must be zeroed.
+    inner = {id(s) for l in st.layers if l._is_fused() for s in l._flat_layers() if s is not l}
     st.overwriting = [(l, [v._grad_array() for v in l._own_trainable_variables()]) for l in st.layers
-                      if l._overwrites_grads and l._has_trainable_weights()]
+                      if l._overwrites_grads and l._has_trainable_weights() and id(l) not in inner]
     skip = {id(v) for l, _ in st.overwriting for v in l._own_trainable_variables()}
     rest = [v._grad_array() for v in variables if id(v) not in skip]
     st.zero_views = rest if len(rest) <= 8 else None
