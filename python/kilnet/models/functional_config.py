@@ -83,13 +83,13 @@ def keras_operation_order(inputs, outputs, input_layers):
 # ------------------------------------------------------------------------ writing
 def functional_get_config(model) -> dict:
     from kilnet.layers.base import Layer
-    from kilnet.models.functional import Functional
     own = {id(n) for n in model._nodes}
     in_names = {id(t): t.name for t in model.inputs}
 
     def node_index(layer, node):
         kept = [n for n in layer._inbound_nodes if id(n) in own]
-        return (1 if isinstance(layer, Functional) else 0) + kept.index(node)
+        # a nested functional model (it has its own graph) counts its own creation as node 0, as Keras
+        return (1 if getattr(layer, "_nodes", None) is not None else 0) + kept.index(node)
 
     def history(t):
         if id(t) in in_names:
@@ -179,8 +179,7 @@ def functional_from_config(cls, config, initialize=True):
         layer = created[lname]
         if not getattr(layer, "_is_model_class", False):
             return 0
-        from kilnet.models.functional import Functional
-        if isinstance(layer, Functional):
+        if getattr(layer, "_nodes", None) is not None:   # a nested functional model
             return 1
         return 1 if keras2 and getattr(layer, "_declared_input", None) is not None else 0
 
