@@ -1,6 +1,6 @@
 // peak.cpp — the FMA peak probe (kilnet/peak.h): one thread per OpenMP thread runs independent
 // multiply-add chains for about `seconds`; the result is the sum of the threads' GFLOP/s.
-// The AVX2/FMA chains live in peak_avx2.cpp; this file holds the portable chains and dispatch.
+// The AVX2/FMA chains live in peak_avx2.cpp, the AVX-512 ones in peak_avx512.cpp; this file holds the portable chains and dispatch.
 #include "peak_internal.h"
 #include <omp.h>
 #include <cstddef>
@@ -36,15 +36,23 @@ double fma_chains_portable(double seconds, double* elapsed) {
 
 }  // namespace peak_detail
 
-double fma_peak_gflops(int threads, double seconds) {
+double fma_peak_gflops(int threads, double seconds) { return fma_peak_gflops(threads, seconds, simd()); }
+
+double fma_peak_gflops(int threads, double seconds, Simd level) {
   if (threads < 1) threads = 1;
+  if (static_cast<int>(level) > static_cast<int>(simd())) level = simd();   // never above what runs
   std::vector<double> rate(std::size_t(threads), 0.0);
 #pragma omp parallel num_threads(threads)
   {
     const int id = omp_get_thread_num();
     double elapsed = 0.0, flops = 0.0;
+#if defined(KILNET_HAVE_AVX512_BUILD)
+    if (level == Simd::Avx512)
+      flops = peak_detail::fma_chains_avx512(seconds, &elapsed);
+    else
+#endif
 #if defined(KILNET_HAVE_AVX2_BUILD)
-    if (use_avx2())
+    if (level != Simd::Scalar)
       flops = peak_detail::fma_chains_avx2(seconds, &elapsed);
     else
 #endif

@@ -11,6 +11,9 @@ double fma_chains_portable(double seconds, double* elapsed);
 #if defined(KILNET_HAVE_AVX2_BUILD)
 double fma_chains_avx2(double seconds, double* elapsed);   // peak_avx2.cpp; only when use_avx2()
 #endif
+#if defined(KILNET_HAVE_AVX512_BUILD)
+double fma_chains_avx512(double seconds, double* elapsed);   // peak_avx512.cpp; only when use_avx512()
+#endif
 }  // namespace peak_detail
 
 }  // namespace kilnet::cpu

@@ -6,25 +6,86 @@
 #include <omp.h>
 #include "kilnet/common.h"
 
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#define KILNET_X86_PROBE 1
+#endif
+
 namespace kilnet::cpu {
 
-static bool detect_avx2() {
-#if defined(KILNET_HAVE_AVX2_BUILD) && (defined(__GNUC__) || defined(__clang__))
-  const char* force = std::getenv("KILNET_SIMD");   // KILNET_SIMD=scalar forces the portable path
-  if (force && std::strcmp(force, "scalar") == 0) return false;
+namespace {
+
+#if defined(KILNET_X86_PROBE)
+// XCR0: which register states the OS saves on a context switch. A CPUID feature bit alone is
+// not enough: an OS (or hypervisor) that does not enable the zmm state faults on the first
+// AVX-512 instruction.
+unsigned long long xcr0() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE)) return 0;
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (static_cast<unsigned long long>(hi) << 32) | lo;
+}
+#endif
+
+Simd detect_machine() {
+#if defined(KILNET_X86_PROBE) && defined(KILNET_HAVE_AVX2_BUILD)
+  const unsigned long long x = xcr0();
+  const bool ymm_state = (x & 0x6) == 0x6;                 // SSE + AVX state
+  const bool zmm_state = ymm_state && (x & 0xE0) == 0xE0;  // opmask + ZMM_Hi256 + Hi16_ZMM
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx2 = ymm_state && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (!avx2) return Simd::Scalar;
+#if defined(KILNET_HAVE_AVX512_BUILD)
+  if (zmm_state && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return Simd::Avx512;
 #else
-  return false;
+  (void)zmm_state;
+#endif
+  return Simd::Avx2;
+#else
+  return Simd::Scalar;
 #endif
 }
 
-bool use_avx2() {
-  static const bool yes = detect_avx2();   // decided once; thread-safe static init
-  return yes;
+Simd detect() {
+  const Simd best = machine_simd();
+  // KILNET_SIMD lowers the level, never raises it (a level the machine lacks would crash);
+  // an unknown value is ignored here and warned about by the Python package.
+  const char* force = std::getenv("KILNET_SIMD");
+  if (!force) return best;
+  Simd want = best;
+  if (std::strcmp(force, "scalar") == 0) want = Simd::Scalar;
+  else if (std::strcmp(force, "avx2") == 0) want = Simd::Avx2;
+  else if (std::strcmp(force, "avx512") == 0) want = Simd::Avx512;
+  return static_cast<int>(want) < static_cast<int>(best) ? want : best;
 }
 
-const char* simd_level() { return use_avx2() ? "avx2" : "scalar"; }
+}  // namespace
+
+Simd machine_simd() {
+  static const Simd s = detect_machine();   // decided once; thread-safe static init
+  return s;
+}
+
+Simd simd() {
+  static const Simd s = detect();
+  return s;
+}
+
+bool use_avx2() { return simd() != Simd::Scalar; }
+bool use_avx512() { return simd() == Simd::Avx512; }
+
+const char* simd_name(Simd s) {
+  switch (s) {
+    case Simd::Avx512: return "avx512";
+    case Simd::Avx2: return "avx2";
+    default: return "scalar";
+  }
+}
+
+const char* simd_level() { return simd_name(simd()); }
 
 int get_num_threads() { return omp_get_max_threads(); }
 
@@ -38,10 +99,16 @@ const char* build_info() {
                                   " build=" + KILNET_BUILD_TYPE +
                                   " openmp=" + std::to_string(_OPENMP) +
 #if defined(KILNET_HAVE_AVX2_BUILD)
-                                  " avx2_kernels=compiled";
+                                  " avx2_kernels=compiled" +
 #else
-                                  " avx2_kernels=absent";
+                                  " avx2_kernels=absent" +
 #endif
+#if defined(KILNET_HAVE_AVX512_BUILD)
+                                  " avx512_kernels=compiled" +
+#else
+                                  " avx512_kernels=absent" +
+#endif
+                                  " machine=" + simd_name(machine_simd());
   return info.c_str();
 }
 

@@ -11,14 +11,26 @@ using namespace kilnet;
 using namespace kilnet::bind;
 
 void kilnet::bind::bind_peak(py::module_& m) {
-  m.def("fma_peak_gflops", [](int threads, double seconds) {
-    if (threads < 1)
-      fail_value("fma_peak_gflops: threads must be >= 1, got " + std::to_string(threads));
+  m.def("fma_peak_gflops", [](int threads, double seconds, const std::string& simd) {
+    // A cap on threads: 200000 OpenMP threads exhaust the address space (a crash, not an error).
+    if (threads < 1 || threads > 1024)
+      fail_value("fma_peak_gflops: threads must be in [1, 1024], got " + std::to_string(threads));
+    cpu::Simd level = cpu::simd();
+    if (!simd.empty()) {
+      if (simd == "scalar") level = cpu::Simd::Scalar;
+      else if (simd == "avx2") level = cpu::Simd::Avx2;
+      else if (simd == "avx512") level = cpu::Simd::Avx512;
+      else fail_value("fma_peak_gflops: simd must be 'scalar', 'avx2' or 'avx512', got '" + simd + "'");
+      if (static_cast<int>(level) > static_cast<int>(cpu::simd()))
+        fail_value("fma_peak_gflops: simd='" + simd + "' is above the level in use, '" +
+                   cpu::simd_level() + "'");
+    }
     if (!(seconds > 0.0 && seconds <= 10.0))
       fail_value("fma_peak_gflops: seconds must be in (0, 10], got " + std::to_string(seconds));
     py::gil_scoped_release nogil;
-    return cpu::fma_peak_gflops(threads, seconds);
-  }, py::arg("threads") = 1, py::arg("seconds") = 0.2,
+    return cpu::fma_peak_gflops(threads, seconds, level);
+  }, py::arg("threads") = 1, py::arg("seconds") = 0.2, py::arg("simd") = "",
      "Measured FMA peak in GFLOP/s (summed over `threads` OpenMP threads, 2 flops per FMA lane), "
-     "from independent FMA chains run for about `seconds`");
+     "from independent FMA chains run for about `seconds` at SIMD level `simd` ('scalar', "
+     "'avx2', 'avx512'; default: the level in use, simd_level(); never above it)");
 }

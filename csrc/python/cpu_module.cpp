@@ -13,7 +13,9 @@ PYBIND11_MODULE(_cpu, m) {
 #ifdef KILNET_VERSION
   m.attr("__version__") = KILNET_VERSION;
 #endif
-  m.def("simd_level", &cpu::simd_level, "'avx2' or 'scalar': the kernel path in use");
+  m.def("simd_level", &cpu::simd_level, "'avx512', 'avx2' or 'scalar': the kernel path in use");
+  m.def("machine_simd_level", [] { return cpu::simd_name(cpu::machine_simd()); },
+        "the best level this build runs on this machine (what KILNET_SIMD can lower)");
   m.def("get_num_threads", &cpu::get_num_threads);
   m.def("set_num_threads", &cpu::set_num_threads, py::arg("n"));
   m.def("build_info", &cpu::build_info);

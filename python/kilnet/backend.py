@@ -152,7 +152,8 @@ def set_num_threads(n: int) -> None:
 
 
 def simd_level() -> str:
-    """'avx2' when the AVX2/FMA kernels run, 'scalar' for the portable fallback."""
+    """The kernel path in use: 'avx512' (AVX-512 F/BW/VL/DQ enabled by the CPU and the OS),
+    'avx2' (AVX2 + FMA) or 'scalar' (portable). KILNET_SIMD=avx2|scalar lowers it."""
     return _cpu.simd_level()
 
 
@@ -190,10 +191,16 @@ def _threads_from_environment():
 
 def _check_simd_environment():
     raw = os.environ.get("KILNET_SIMD")
-    if raw is not None and raw not in ("scalar", "avx2"):
-        import warnings
-        warnings.warn(f"KILNET_SIMD={raw!r} is not one of 'scalar', 'avx2'; ignored (running "
+    levels = ("scalar", "avx2", "avx512")
+    if raw is None:
+        return
+    import warnings
+    if raw not in levels:
+        warnings.warn(f"KILNET_SIMD={raw!r} is not one of 'scalar', 'avx2', 'avx512'; ignored (running "
                       f"{simd_level()})", RuntimeWarning, stacklevel=2)
+    elif levels.index(raw) > levels.index(simd_level()):
+        warnings.warn(f"KILNET_SIMD={raw!r} is above what this machine and build run "
+                      f"({_cpu.machine_simd_level()}); running {simd_level()}", RuntimeWarning, stacklevel=2)
 
 
 _threads_from_environment()

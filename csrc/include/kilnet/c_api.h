@@ -62,7 +62,7 @@ KILNET_API const char* kilnet_status_name(int status);
 
 KILNET_API const char* kilnet_version(void);      /* "0.1.0" */
 KILNET_API int kilnet_c_api_version(void);        /* KILNET_C_API_VERSION of the library */
-KILNET_API const char* kilnet_simd_level(void);   /* "avx2" or "scalar": the kernel path in use */
+KILNET_API const char* kilnet_simd_level(void);   /* "avx512", "avx2" or "scalar": the kernel path in use */
 KILNET_API const char* kilnet_build_info(void);   /* compiler, build type, OpenMP version */
 KILNET_API int kilnet_get_num_threads(void);      /* OpenMP threads the kernels use */
 /* n >= 1: threads for the kernels called from this thread afterwards (OpenMP's nthreads-var;

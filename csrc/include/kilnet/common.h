@@ -17,8 +17,16 @@ enum class Act : int { Linear = 0, Relu = 1, Sigmoid = 2, Tanh = 3, Softmax = 4 
 namespace kilnet::cpu {
 
 // Runtime facts of the CPU backend.
-const char* simd_level();          // "avx2" when the CPU has AVX2+FMA (and KILNET_SIMD != scalar), else "scalar"
-bool use_avx2();                   // same test as a bool, cached after the first call
+// The SIMD level the kernels run at, decided once per process: the best level that was compiled
+// in, that the CPU reports (CPUID) and that the OS saves on context switches (XGETBV), lowered
+// (never raised) by KILNET_SIMD=avx512|avx2|scalar.
+enum class Simd : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+Simd simd();
+const char* simd_level();          // "avx512", "avx2" or "scalar"
+const char* simd_name(Simd s);     // the same names for any level
+Simd machine_simd();               // the best level this build and machine could run (ignores KILNET_SIMD)
+bool use_avx2();                   // simd() >= Avx2: the AVX2/FMA kernels may run (AVX-512 CPUs too)
+bool use_avx512();                 // simd() == Avx512
 int  get_num_threads();
 void set_num_threads(int n);       // n >= 1
 const char* build_info();          // compiler, flags, OpenMP version

@@ -1,5 +1,5 @@
 // peak.h — a probe of this machine's floating-point peak, for `kilnet bench` and the benchmarks.
-//   fma_peak_gflops(threads, seconds): runs independent FMA chains (AVX2/FMA: 12 ymm accumulators,
+//   fma_peak_gflops(threads, seconds): runs independent FMA chains (AVX-512: 24 zmm accumulators; AVX2/FMA: 12 ymm ones,
 //   unrolled; elsewhere: scalar multiply-add chains) on `threads` OpenMP threads for about
 //   `seconds` and returns the measured GFLOP/s summed over the threads (2 flops per FMA lane).
 //   The figure is what "% of peak" in `kilnet bench` divides by: measured, not a data-sheet number.
@@ -9,6 +9,9 @@
 
 namespace kilnet::cpu {
 
-double fma_peak_gflops(int threads, double seconds);
+double fma_peak_gflops(int threads, double seconds);   // at the level that runs, simd()
+// The same at a given level (AVX-512: 24 zmm chains), lowered to simd() if above it: the
+// benchmarks measure the peak of every level whose kernels they time.
+double fma_peak_gflops(int threads, double seconds, Simd level);
 
 }  // namespace kilnet::cpu

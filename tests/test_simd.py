@@ -1,0 +1,85 @@
+"""Runtime SIMD dispatch: the level in use, KILNET_SIMD lowering it (never raising it), the
+measured FMA peak at each level."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kilnet import _cpu
+
+LEVELS = ["scalar", "avx2", "avx512"]
+MACHINE = _cpu.machine_simd_level()
+AVAILABLE = LEVELS[: LEVELS.index(MACHINE) + 1]
+
+
+def _level_in_child(value):
+    env = dict(os.environ)
+    env.pop("KILNET_SIMD", None)
+    if value is not None:
+        env["KILNET_SIMD"] = value
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c",
+                        "from kilnet import _cpu; print(_cpu.simd_level(), _cpu.machine_simd_level())"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+def test_level_names():
+    assert _cpu.simd_level() in LEVELS and MACHINE in LEVELS
+    assert LEVELS.index(_cpu.simd_level()) <= LEVELS.index(MACHINE)
+    assert ("machine=" + MACHINE) in _cpu.build_info()
+
+
+@pytest.mark.parametrize("want", LEVELS)
+def test_kilnet_simd_lowers_never_raises(want):
+    used, machine = _level_in_child(want)
+    assert machine == MACHINE
+    expect = want if LEVELS.index(want) <= LEVELS.index(MACHINE) else MACHINE
+    assert used == expect
+
+
+def test_default_is_the_machine_level():
+    assert _level_in_child(None) == [MACHINE, MACHINE]
+
+
+def test_kilnet_simd_above_the_machine_warns():
+    if MACHINE == "avx512":
+        pytest.skip("this machine runs every level")
+    env = dict(os.environ, KILNET_SIMD="avx512")
+    r = subprocess.run([sys.executable, "-c", "import kilnet"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "above what this machine" in r.stderr
+
+
+@pytest.mark.parametrize("level", AVAILABLE)
+def test_peak_per_level(level):
+    if LEVELS.index(level) > LEVELS.index(_cpu.simd_level()):
+        pytest.skip("KILNET_SIMD lowered the level in use")
+    g = _cpu.fma_peak_gflops(1, 0.02, level)
+    assert 0 < g < 1e5
+
+
+def test_peak_levels_are_ordered():
+    """Wider vectors, more flops: each level's peak is well above the one below it."""
+    used = LEVELS.index(_cpu.simd_level())
+    peaks = [max(_cpu.fma_peak_gflops(1, 0.05, lv) for _ in range(3)) for lv in LEVELS[: used + 1]]
+    for lo, hi in zip(peaks, peaks[1:]):
+        assert hi > 1.3 * lo, peaks
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(simd="avx9"), "simd must be"),
+    (dict(threads=200000), "threads must be"),
+    (dict(threads=0), "threads must be"),
+])
+def test_peak_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _cpu.fma_peak_gflops(**kwargs)
+
+
+def test_peak_above_the_level_in_use_is_refused():
+    if _cpu.simd_level() == "avx512":
+        pytest.skip("nothing is above avx512")
+    with pytest.raises(ValueError, match="above the level in use"):
+        _cpu.fma_peak_gflops(1, 0.01, "avx512")
