@@ -1,7 +1,8 @@
 """SGEMM: the fast kernel (kilnet._cpu.gemm) against the naive reference (kilnet._cpu.ref.gemm),
 numpy in float64 and torch; the AVX-512, AVX2 and portable paths, 1 and 2 threads; the binding's
 argument checks. Shapes straddle the micro-tiles (AVX2 and portable: MR=6, NR=16, MC=144,
-KC=384; AVX-512, for N > 16: MR=12, NR=32, MC=144, KC=256; NC=4096) of csrc/cpu/gemm.cpp."""
+KC=384, NC=4096; AVX-512, for N > 16: MR=12, NR=32, MC=144, KC=256, NC from the L2 size)
+of csrc/cpu/gemm.cpp."""
 import itertools
 import os
 import subprocess

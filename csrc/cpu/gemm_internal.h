@@ -61,6 +61,7 @@ using PackSliver = void (*)(const float* src, index_t rs, index_t cs, int w, ind
 struct KernelSpec {
   int mr, nr;                // register block; packed slivers are mr rows / nr columns wide
   index_t mc, kc, nc;        // cache blocks (mc a multiple of mr, nc of nr)
+  index_t small_panel;       // a B panel of at most this many floats is swept row by row (L2)
   MicroKernel uk;
   PackBT pack_bt;            // full transposed B sliver (nr == 16 only), or null
   PackSliver pack_a;         // or null
