@@ -18,10 +18,11 @@ import sys
 
 import numpy as np
 
+from machine_info import machine   # benchmarks/ is on sys.path
+
 
 def load_fashion_mnist():
     try:
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
         from kilnet.datasets import fashion_mnist
         return fashion_mnist.load_data()
     except ImportError:   # a Keras-only environment: read the IDX files directly
@@ -58,6 +59,7 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--epochs", type=int, default=10)
     args = ap.parse_args()
+    print(f"# machine: {machine()}", file=sys.stderr)   # stdout holds only the JSON lines
     (x_train, y_train), (x_test, y_test) = load_fashion_mnist()
     # the canonical program's preprocessing, verbatim
     x_train = (x_train / 255.0).reshape(-1, 28, 28, 1)
