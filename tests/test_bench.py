@@ -82,3 +82,28 @@ def test_bench_bad_options(capsys):
     assert main(["bench", "--only", "nosuch"]) == 2
     assert "unknown family nosuch" in capsys.readouterr().err
     assert main(["bench", "--threads", "0"]) == 2
+
+
+def test_info_prints_levels_and_peaks():
+    """kilnet info: the level in use, the machine's best, and the measured peak of each level
+    this process can run (a lowered level says the ones above it were not measured)."""
+    levels = ["scalar", "avx2", "avx512"]
+    for env_level in (None, "scalar"):
+        env = {k: v for k, v in os.environ.items() if k != "KILNET_SIMD"}
+        if env_level:
+            env["KILNET_SIMD"] = env_level
+        r = subprocess.run([sys.executable, "-W", "ignore", "-m", "kilnet", "info"], capture_output=True,
+                           text=True, timeout=60, env=env)
+        assert r.returncode == 0, r.stderr
+        lines = {l.split(":", 1)[0]: l.split(":", 1)[1] for l in r.stdout.splitlines() if ":" in l}
+        machine = _cpu.machine_simd_level()
+        used = env_level or machine
+        assert lines["simd level in use"].split()[0] == used
+        assert lines["machine simd level"].strip() == machine
+        peaks = lines["measured FMA peak, 1 thread"]
+        for lv in levels[:levels.index(used) + 1]:
+            value = float(peaks.split(lv + " ", 1)[1].split(",")[0].split()[0])
+            assert value > 0, r.stdout
+        if used != machine:
+            assert "not measured, above the level in use" in peaks
+        assert "cpu" in lines and "flags" in lines["cpu"]
