@@ -71,10 +71,12 @@ def machine():
 LEVELS = ("scalar", "avx2", "avx512")
 
 
-def fma_peak(threads, simd=None, seconds=0.2, probes=2):
+def fma_peak(threads, simd=None, seconds=0.02, probes=10):
     """Measured FMA peak in GFLOP/s over `threads` threads at SIMD level `simd` (default: the
-    level in use, whose kernels are timed). The best of `probes` probes: on a shared machine a
-    probe that lost its core for a while would understate the peak and inflate "% of peak".
+    level in use, whose kernels are timed). The best of `probes` short probes: on a shared
+    machine a probe that lost its core for a while understates the peak and inflates "% of
+    peak" (one 0.2 s probe read 64 GFLOP/s for AVX2 where ten of 0.02 s read 132), just as the
+    benchmarks time many short calls and keep the median.
     A level above the one in use (KILNET_SIMD lowered it; the peers, numpy and torch, still run
     the machine's best) is probed in a child process without KILNET_SIMD."""
     from kilnet import _cpu
@@ -90,9 +92,10 @@ def fma_peak(threads, simd=None, seconds=0.2, probes=2):
     return max(_cpu.fma_peak_gflops(int(threads), seconds, level) for _ in range(max(1, probes)))
 
 
-def peaks(threads_list, simd=None, seconds=0.2):
-    """{threads: measured peak GFLOP/s} for each thread count, at the level in use."""
-    return {int(t): fma_peak(t, simd, seconds) for t in dict.fromkeys(threads_list)}
+def peaks(threads_list, simd=None, seconds=0.02, probes=10):
+    """{threads: measured peak GFLOP/s} for each thread count, at the level in use (about
+    seconds x probes each)."""
+    return {int(t): fma_peak(t, simd, seconds, probes) for t in dict.fromkeys(threads_list)}
 
 
 def peak_line(peak_by_threads, simd=None):

@@ -87,6 +87,14 @@ def set_threads(n, torch):
 
 # ---- machine facts -------------------------------------------------------------------------------
 
+def measured_peak(threads, level, quick):
+    """The FMA peak of `threads` threads at SIMD level `level`: the best of several short probes.
+    It is probed before and after the cases and the larger kept: on a shared machine a probe
+    that lost its core for a while would understate it (and inflate "% peak"); many short
+    probes (like the cases' many short calls) find the moments the core was ours."""
+    return max(_cpu.fma_peak_gflops(threads, 0.02, level) for _ in range(4 if quick else 10))
+
+
 SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "amx_tile", "amx_bf16")
 
 
@@ -524,11 +532,8 @@ def run(threads=None, quick=False, only=None, out=print):
 def _run_threads(n, fams, quick, np_, torch, rows, out):
     """One thread count: the peak, then every case; prints the table."""
     hdr = ("family", "shape", "kilnet ms", "rate", "unit", "% peak", "numpy ms", "np/kl", "torch ms", "torch/kl")
-    # The peak is probed before and after the cases and the larger kept: on a shared machine a
-    # probe that lost its core for a while would understate it (and inflate "% peak").
-    probe_s = 0.05 if quick else 0.3
     level = _cpu.simd_level()   # the level of the kernels timed below
-    peak = _cpu.fma_peak_gflops(n, probe_s, level)
+    peak = measured_peak(n, level, quick)
     timed = []
     for fam in fams:
         for case in CASES[fam](quick, torch):
@@ -538,10 +543,10 @@ def _run_threads(n, fams, quick, np_, torch, rows, out):
                     fn = None
                 t[lib] = None if fn is None else median_seconds(fn, quick)
             timed.append((fam, case, t))
-    peak = max(peak, _cpu.fma_peak_gflops(n, probe_s, level))
+    peak = max(peak, measured_peak(n, level, quick))
     out("")
-    out(f"threads {n}: measured FMA peak {peak:.1f} GFLOP/s ({level}, "
-        f"({peak / n:.1f} per thread); ratios are peer time / kilnet time (> 1: kilnet faster)")
+    out(f"threads {n}: measured FMA peak {peak:.1f} GFLOP/s ({level}, {peak / n:.1f} per thread); "
+        "ratios are peer time / kilnet time (> 1: kilnet faster)")
     table = []
     for fam, case, t in timed:
         k = t["kilnet"]
