@@ -107,3 +107,22 @@ def test_info_prints_levels_and_peaks():
         if used != machine:
             assert "not measured, above the level in use" in peaks
         assert "cpu" in lines and "flags" in lines["cpu"]
+
+
+def test_bench_peak_is_measured_at_the_level_in_use():
+    """KILNET_SIMD lowers the kernels, and "% peak" divides by the peak of that level (measured,
+    in this run), not the machine's best; the header names the CPU's SIMD flags."""
+    env = {k: v for k, v in os.environ.items() if k != "KILNET_SIMD"}
+    env["KILNET_SIMD"] = "scalar"
+    r = subprocess.run([sys.executable, "-W", "ignore", "-m", "kilnet", "bench", "--quick", "--threads", "1",
+                        "--only", "gemm"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "CPU flags" in r.stdout and "kilnet SIMD scalar" in r.stdout, r.stdout
+    if _cpu.machine_simd_level() != "scalar":
+        assert "lowered by KILNET_SIMD" in r.stdout
+    _, peaks = _rows(r.stdout)
+    assert peaks and 0 < peaks[0], r.stdout
+    assert "GFLOP/s (scalar," in r.stdout, r.stdout
+    if _cpu.simd_level() == _cpu.machine_simd_level() != "scalar":
+        # the portable multiply-add chains are far below this process's vector peak
+        assert peaks[0] < 0.5 * max(_cpu.fma_peak_gflops(1, 0.02) for _ in range(5))
