@@ -18,10 +18,11 @@ import sys
 
 import numpy as np
 
+from machine_info import machine   # benchmarks/ is on sys.path
+
 
 def load_fashion_mnist():
     try:
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
         from kilnet.datasets import fashion_mnist
         return fashion_mnist.load_data()
     except ImportError:   # a Keras-only environment: read the IDX files directly
@@ -57,11 +58,15 @@ def main():
     ap.add_argument("--library", choices=["kilnet", "keras"], default="kilnet")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--limit", type=int, default=0, help="train on the first N images only (a quick check)")
     args = ap.parse_args()
+    print(f"# machine: {machine()}", file=sys.stderr)   # stdout holds only the JSON lines
     (x_train, y_train), (x_test, y_test) = load_fashion_mnist()
     # the canonical program's preprocessing, verbatim
     x_train = (x_train / 255.0).reshape(-1, 28, 28, 1)
     x_test = (x_test / 255.0).reshape(-1, 28, 28, 1)
+    if args.limit:
+        x_train, y_train = x_train[:args.limit], y_train[:args.limit]
     for seed in args.seeds:
         if args.library == "keras":
             import keras

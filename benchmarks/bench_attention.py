@@ -22,25 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
+from machine_info import machine   # benchmarks/ is on sys.path
+
 B, N, H = 8, 8, 64
-
-
-def _machine():
-    model = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
 
 
 # ---------------------------------------------------------------------------------- workers
@@ -157,11 +146,7 @@ def main(argv=None):
             print(json.dumps(_worker_memory_first_call(lib, int(rest[0]), int(rest[1]))))
         return
 
-    print(f"# {_machine()}")
-    try:
-        print(f"# load average {os.getloadavg()}")
-    except OSError:
-        pass
+    print(f"# {machine()}")
     if not args.memory_only:
         if args.clock == "cpu" and args.threads != [1]:
             raise SystemExit("--clock cpu measures one thread: pass --threads 1")

@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from machine_info import machine   # benchmarks/ is on sys.path
+
 
 def run_kilnet(a, weights_out):
     import kilnet
@@ -139,8 +141,8 @@ def main():
         res = run_kilnet(a, a.weights) if a.one == "kilnet" else run_torch(a, a.weights)
         print("RESULT " + json.dumps(res))
         return
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    print(f"CPU: {cpu}; steps {a.steps}, batch {a.batch}, context {a.context}, width {a.width}, "
+    print(f"machine: {machine()}")
+    print(f"steps {a.steps}, batch {a.batch}, context {a.context}, width {a.width}, "
           f"heads {a.heads}, blocks {a.blocks}")
     with tempfile.TemporaryDirectory() as d:
         wpath = os.path.join(d, "init.npz")

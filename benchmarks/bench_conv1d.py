@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
+
+from machine_info import machine   # benchmarks/ is on sys.path
 
 # name: (B, T, C, F, k, padding, dilation)
 CASES = {
@@ -90,17 +91,6 @@ def run_torch(case, threads, reps):
     return {"fwd": median_ms(fwd, reps), "fwdbwd": median_ms(fwdbwd, reps)}
 
 
-def machine():
-    model, cores = platform.processor() or "?", str(os.cpu_count())
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-        model, cores = info.get("Model name", model).strip(), info.get("CPU(s)", cores).strip()
-    except OSError:
-        pass
-    return f"{model}, {cores} logical CPUs"
-
-
 def worker(lib, case, threads, reps):
     """Runs in a fresh process: the thread counts are set before any work."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -131,8 +121,8 @@ def main(argv=None):
 
     import torch
     import kilnet
-    print(f"# {machine()}; kilnet {kilnet.__version__} simd={kilnet.simd_level()}; torch {torch.__version__}")
-    print(f"# load average at start: {os.getloadavg()[0]:.2f}; medians of {args.rounds} subprocesses x "
+    print(f"# {machine()}")
+    print(f"# kilnet {kilnet.__version__} simd={kilnet.simd_level()}; torch {torch.__version__}; medians of {args.rounds} subprocesses x "
           f"{args.reps} calls")
     print("| case | threads | op | kilnet ms | torch ms | torch / kilnet |")
     print("|---|---|---|---|---|---|")

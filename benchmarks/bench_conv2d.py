@@ -18,25 +18,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
-from kilnet import _cpu  # noqa: E402
+from kilnet import _cpu
+from machine_info import machine, peak_line, peaks   # benchmarks/ is on sys.path
 
 try:
     import torch
 except ImportError:  # the kilnet rows still run
     torch = None
-
-PEAK_PER_CORE = 99.0   # GFLOP/s: 2 FMA pipes x 8 fp32 lanes x 2 flops x ~3.1 GHz
-
 
 # name: (N, H, W, C, K, R, S, stride, padding (top, left), needs dx, activation)
 CASES = {
@@ -142,19 +136,10 @@ def median_ms(fn, reps):
     return statistics.median(ts) * 1e3
 
 
-def machine():
-    model = platform.processor() or "?"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-        model = info.get("Model name", model).strip()
-        cores = info.get("CPU(s)", "?").strip()
-    except OSError:
-        cores = str(os.cpu_count())
+def libraries():
     tv = torch.__version__ if torch is not None else "not installed"
     path = "im2col+gemm" if os.environ.get("KILNET_CONV_PATH") == "gemm" else "default dispatch"
-    return (f"{model}, {cores} cores; kilnet {_cpu.build_info()} simd={_cpu.simd_level()} "
-            f"conv path={path}; torch {tv}")
+    return f"kilnet {_cpu.build_info()} simd={_cpu.simd_level()} conv path={path}; torch {tv}"
 
 
 def main(argv=None):
@@ -165,7 +150,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     print(f"# {machine()}")
-    print(f"# load average at start: {os.getloadavg()[0]:.2f}; peak {PEAK_PER_CORE:.0f} GFLOP/s per core")
+    print(f"# {libraries()}")
+    peak = peaks(args.threads)
+    print(f"# {peak_line(peak)}; % peak = kilnet's GFLOP/s / that")
     print("| case | threads | op | kilnet ms | GFLOP/s | % peak | torch ms | torch / kilnet | unfused ms |")
     print("|---|---|---|---|---|---|---|---|---|")
     old = _cpu.get_num_threads()
@@ -187,7 +174,7 @@ def main(argv=None):
                 t = statistics.median(ts) if ts else float("nan")
                 u = f"{statistics.median(us):.3f}" if us else "-"
                 print(f"| {name} | {nt} | {'fwd' if op == 'fwd' else 'fwd+bwd'} | {k:.3f} | {gf:.1f} | "
-                      f"{100 * gf / (PEAK_PER_CORE * nt):.0f}% | {t:.3f} | {t / k:.2f}x | {u} |", flush=True)
+                      f"{100 * gf / peak[nt]:.0f}% | {t:.3f} | {t / k:.2f}x | {u} |", flush=True)
     set_threads(old)
     print(f"# load average at end: {os.getloadavg()[0]:.2f}")
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
+
+from machine_info import machine   # benchmarks/ is on sys.path
 
 CHILD = r"""
 import json, sys, time
@@ -86,10 +86,8 @@ def main():
     ap.add_argument("--samples", type=int, default=19200)
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    print(f"CPU: {cpu}; {args.samples} samples per epoch, batch 32; medians over {args.rounds} interleaved "
-          f"epochs per form; load average {os.getloadavg()[0]:.1f}")
+    print(f"machine: {machine()}")
+    print(f"{args.samples} samples per epoch, batch 32; medians over {args.rounds} interleaved epochs per form")
     for threads in args.threads:
         r = subprocess.run([sys.executable, "-c", CHILD, str(threads), str(args.samples), str(args.rounds)],
                            capture_output=True, text=True, timeout=3600)

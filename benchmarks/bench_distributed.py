@@ -31,9 +31,7 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-KILNET_HOME = os.path.join(ROOT, "python")
+from machine_info import machine   # benchmarks/ is on sys.path
 
 CONFIGS = [  # name, ranks, threads per rank, batch per rank, extra environment
     ("1x2 b64", 1, 2, 64, {}),
@@ -94,9 +92,10 @@ def worker(args):
 
 
 def run_config(name, ranks, threads, batch, extra, args):
+    # The ranks import the kilnet this process imports: the installed one, or the in-place build
+    # when run with PYTHONPATH=python (the environment, PYTHONPATH included, goes to the ranks).
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               KILNET_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
-               PYTHONPATH=KILNET_HOME + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+               KILNET_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), **extra)
     cmd = [shutil.which("mpirun"), "-n", str(ranks), "--oversubscribe", "--bind-to", "none",
            sys.executable, os.path.abspath(__file__), "--worker", "--batch", str(batch),
            "--limit", str(args.limit), "--epochs", str(args.epochs)]
@@ -123,12 +122,7 @@ def main():
         return worker(args)
     if shutil.which("mpirun") is None:
         sys.exit("needs Open MPI's mpirun (apt-get install openmpi-bin libopenmpi-dev) and mpi4py")
-    global KILNET_HOME
-    import glob
-    if not glob.glob(os.path.join(ROOT, "python", "kilnet", "_cpu*")):
-        # no in-place build in this tree (bash .ci/dev_build.sh): the installed kilnet
-        import kilnet
-        KILNET_HOME = os.path.dirname(os.path.dirname(os.path.abspath(kilnet.__file__)))
+    print(f"machine: {machine()}", flush=True)
     configs = [c for c in CONFIGS if args.only is None or c[0] in args.only]
     results = {c[0]: [] for c in configs}
     alone = {c[0]: [] for c in configs}

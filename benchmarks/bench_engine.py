@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
+
+from machine_info import machine   # benchmarks/ is on sys.path
 
 CHILD = r"""
 import json, resource, sys, time
@@ -66,9 +67,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3, help="timed epochs per process")
     args = ap.parse_args()
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    print(f"CPU: {cpu}; {args.samples} samples per epoch; medians over {args.rounds} rounds x {args.reps} epochs")
+    print(f"machine: {machine()}")
+    print(f"{args.samples} samples per epoch; medians over {args.rounds} rounds x {args.reps} epochs")
     configs = [("this", None, "sequential"), ("this", None, "functional")]
     if args.against:
         configs.insert(0, ("against", args.against, "sequential"))

@@ -5,7 +5,8 @@ batch 32) on Fashion-MNIST, in kilnet and in PyTorch (CPU) in the same run, at 1
     pytest benchmarks/bench_epoch.py --benchmark-only      (one epoch each, 2 threads)
 
 Reports seconds per epoch (median of the epochs after the first, which warms up), the
-kilnet/PyTorch ratio, and the achieved GFLOP/s against the machine's FMA peak. On a shared
+kilnet/PyTorch ratio, and the achieved GFLOP/s against the FMA peak of that many threads measured
+at the start of the run (machine_info.py: kilnet._cpu.fma_peak_gflops at the SIMD level in use). On a shared
 machine it also prints the process CPU seconds of each epoch: at 1 thread these are what the
 wall time would be without the other processes (at 2 threads they add up both threads). The arithmetic:
 per sample, conv forward 2·26·26·32·9, dense forward 2·21632·10, backward about twice each
@@ -15,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
 import numpy as np
 
+from machine_info import machine, peak_line, peaks   # benchmarks/ is on sys.path; bench_rnn and
+                                                      # bench_small_cnn import machine from here
 FLOP_PER_SAMPLE = (2 * 26 * 26 * 32 * 9) * 2 + (2 * 21632 * 10) * 3   # conv fwd+dW, dense fwd+dW+dX
-PEAK_PER_CORE = 2 * 8 * 2 * 3.1e9      # 2 FMA pipes x 8 lanes x 2 flop x ~3.1 GHz (Zen 3 here)
 
 
 def load(limit=0):
@@ -99,18 +100,6 @@ def steady(times):
     return statistics.median(times[1:] if len(times) > 1 else times)
 
 
-def machine():
-    model = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=3, help="epochs per framework and thread count (first is warm-up)")
@@ -125,6 +114,8 @@ def main(argv=None):
     print(f"machine: {machine()}")
     import kilnet
     print(f"kilnet {kilnet.__version__} ({kilnet.simd_level()}); {n} images/epoch, batch 32, {args.epochs} epochs each")
+    peak = peaks(args.threads)
+    print(peak_line(peak))
     rows = []
     for t in args.threads:
         kt, kacc, kc = kilnet_epochs(data, t, args.epochs)
@@ -141,7 +132,7 @@ def main(argv=None):
         rows.append(row)
         gflops = FLOP_PER_SAMPLE * n / row["kilnet_s"] / 1e9
         line = (f"threads={t}: kilnet {row['kilnet_s']:.2f} s/epoch ({gflops:.1f} GFLOP/s, "
-                f"{100 * gflops * 1e9 / (PEAK_PER_CORE * t):.0f}% of {t}-core peak), test acc {kacc:.4f}")
+                f"{100 * gflops / peak[t]:.0f}% of the {t}-thread peak), test acc {kacc:.4f}")
         if "torch_s" in row:
             line += (f" | torch {row['torch_s']:.2f} s/epoch, test acc {row['torch_acc']:.4f}"
                      f" | torch/kilnet = {row['torch_s'] / row['kilnet_s']:.2f}x")

@@ -2,11 +2,12 @@
 and 2 threads, on square sizes and the shapes the canonical model runs (Dense forward, weight
 gradient X^T·dY, input gradient dY·W^T; conv-as-GEMM forward and weight gradient).
 
-    python benchmarks/bench_gemm.py [--threads 1 2] [--rounds 7] [--ghz 3.1] [--only dense]
+    python benchmarks/bench_gemm.py [--threads 1 2] [--rounds 7] [--only dense]
     pytest benchmarks/bench_gemm.py --benchmark-only
 
-Reports the median time per call, GFLOP/s, % of one core's (or n cores') FMA peak
-(2 FMA pipes x 8 lanes x 2 flop x GHz) and the speed ratio kilnet/other (> 1: kilnet faster).
+Reports the median time per call, GFLOP/s, % of the FMA peak of n threads measured at the start
+of the run (kilnet._cpu.fma_peak_gflops at the SIMD level in use, machine_info.py) and the speed
+ratio kilnet/other (> 1: kilnet faster).
 The script interleaves the libraries round by round and pauses after each OpenBLAS/torch block,
 because their idle worker threads keep spinning for a while and would steal the second core.
 
@@ -28,15 +29,14 @@ if __name__ == "__main__" and any(v in os.environ for v in _BAD_ENV):   # before
 
 import argparse
 import ctypes
-import platform
 import statistics
-import subprocess
 import time
 
 import numpy as np
 import pytest
 
 from kilnet import _cpu
+from machine_info import machine, peak_line, peaks, simd_levels   # benchmarks/ is on sys.path
 
 try:
     import torch
@@ -127,20 +127,13 @@ def gflops(M, N, K, seconds):
 
 # ---- script mode: a table ----------------------------------------------------------------------
 
-def machine_info():
-    model = platform.processor() or "?"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
-    except (OSError, StopIteration):
-        pass
+def libraries_info():
     blas = "OpenBLAS"
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
     except Exception:   # older numpy: no dict mode
         pass
-    return (f"CPU {model}, {os.cpu_count()} cores; kilnet {_cpu.simd_level()} "
-            f"[{_cpu.build_info()}]; numpy {np.__version__} ({blas}); "
+    return (f"kilnet {_cpu.simd_level()} [{_cpu.build_info()}]; numpy {np.__version__} ({blas}); "
             f"torch {torch.__version__ if torch else 'absent'}")
 
 
@@ -149,16 +142,20 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds per case")
     ap.add_argument("--seconds", type=float, default=0.08, help="timing per library per round")
-    ap.add_argument("--ghz", type=float, default=3.1, help="clock for the FMA peak")
     ap.add_argument("--only", default="", help="run only the shapes whose name contains this")
     args = ap.parse_args(argv)
     libs = [l for l in LIBS if l != "torch" or torch is not None]
-    peak_core = 2 * 8 * 2 * args.ghz   # GFLOP/s per core
-    print(machine_info())
-    if hasattr(os, "getloadavg"):   # the machine may be shared: say how busy it was
-        print("load average at start: %.2f %.2f %.2f" % os.getloadavg())
-    print(f"peak = 2 FMA x 8 lanes x 2 flop x {args.ghz} GHz = {peak_core:.1f} GFLOP/s per core; "
-          f"median of {args.rounds} interleaved rounds; ratio = other time / kilnet time\n")
+    print(f"machine: {machine()}")
+    print(libraries_info())
+    peak = peaks(args.threads)   # before any library's threads start spinning
+    print(peak_line(peak))
+    used, best = simd_levels()
+    peer_peak = peak   # numpy and torch run the machine's best level even when KILNET_SIMD lowers kilnet's
+    if best != used:
+        peer_peak = peaks(args.threads, simd=best)
+        print(peak_line(peer_peak, best) + " (numpy's and torch's %pk)")
+    print(f"%pk = GFLOP/s / measured peak of that thread count; median of {args.rounds} interleaved rounds; "
+          f"ratio = other time / kilnet time\n")
     head = f"{'shape':18s} {'M x N x K':>17s} {'thr':>3s}"
     for lib in libs:
         head += f" {lib + ' ms':>10s} {'GF/s':>6s} {'%pk':>4s}"
@@ -185,7 +182,7 @@ def main(argv=None):
             row = f"{name:18s} {dims:>17s} {nt:3d}"
             for lib in libs:
                 g = gflops(M, N, K, med[lib])
-                row += f" {med[lib] * 1e3:10.4f} {g:6.1f} {100 * g / (peak_core * nt):4.0f}"
+                row += f" {med[lib] * 1e3:10.4f} {g:6.1f} {100 * g / (peak if lib == 'kilnet' else peer_peak)[nt]:4.0f}"
             row += "".join(f" {med[l] / med['kilnet']:9.2f}" for l in libs[1:])
             if not blas_ok and nt != 1:
                 row += "  (numpy threads not limited)"

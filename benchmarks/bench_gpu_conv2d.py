@@ -18,6 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_timing import HEADER, cuda_time_ms, fmt_row, torch_cuda_time_ms  # noqa: E402
+from machine_info import machine  # noqa: E402  (the host line of the header)
 
 # name: (N, H, W, C, K, R, S, padding (top, left), needs dx, activation)
 CASES = [
@@ -121,6 +122,7 @@ def _rows(tf32):
 
 
 if __name__ == "__main__":
+    print(f"# host: {machine()}")
     print(fmt_row(HEADER))
     for r in rows():
         print(fmt_row(r), flush=True)

@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from gpu_timing import HEADER, fmt_row
+from machine_info import machine  # noqa: E402  (the host line of the header)
 
 
 def load(samples):
@@ -101,6 +102,7 @@ if __name__ == "__main__":
     ap.add_argument("--samples", type=int, default=60000)
     ap.add_argument("--epochs", type=int, default=3)
     a = ap.parse_args()
+    print(f"# host: {machine()}")
     print(fmt_row(HEADER))
     for r in rows(a.samples, a.epochs):
         print(fmt_row(r), flush=True)

@@ -7,6 +7,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_timing import HEADER, cuda_time_ms, fmt_row, torch_cuda_time_ms  # noqa: E402
+from machine_info import machine  # noqa: E402  (the host line of the header)
 
 # The canonical model's Dense layer at batch 32: forward, weight gradient, input gradient.
 NN_SHAPES = [("dense fwd 32x10x5408", 32, 10, 5408, False, False),
@@ -106,6 +107,7 @@ def rows():
 
 
 if __name__ == "__main__":
+    print(f"# host: {machine()}")
     print(fmt_row(HEADER))
     for r in rows():
         print(fmt_row(r), flush=True)

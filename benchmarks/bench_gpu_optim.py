@@ -12,6 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_timing import HEADER, cuda_time_ms, fmt_row, torch_cuda_time_ms  # noqa: E402
+from machine_info import machine  # noqa: E402  (the host line of the header)
 
 N_PARAMS = 64 * 1024 * 1024
 ADAM_BYTES = 28   # per parameter: read p, g, m, v (16) + write p, m, v (12)
@@ -102,6 +103,7 @@ def rows():
 
 
 if __name__ == "__main__":
+    print(f"# host: {machine()}")
     print(fmt_row(HEADER))
     for r in rows():
         print(fmt_row(r), flush=True)

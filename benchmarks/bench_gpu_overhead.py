@@ -13,6 +13,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_timing import HEADER, fmt_row  # noqa: E402
+from machine_info import machine  # noqa: E402  (the host line of the header)
 
 CALLS = 2000
 
@@ -78,6 +79,7 @@ def rows():
 
 
 def main():
+    print(f"# host: {machine()}")
     print(fmt_row(HEADER))
     print(fmt_row(["---"] * len(HEADER)))
     for r in rows():

@@ -17,6 +17,8 @@ import json
 import subprocess
 import sys
 
+from machine_info import machine   # benchmarks/ is on sys.path
+
 KILNET = r"""
 import json, resource, sys
 def rss():   # current resident set (MiB), from /proc
@@ -80,6 +82,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--limit", type=int, default=0)
     a = ap.parse_args(argv)
+    print(f"machine: {machine()}")
     k = run(KILNET, a.epochs, a.threads, a.limit)
     print(f"kilnet train : peak {k['peak_mib']:.0f} MiB (after imports {k['import_mib']:.0f} MiB)")
     try:

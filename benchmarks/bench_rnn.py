@@ -31,11 +31,10 @@ import time
 
 import numpy as np
 
-from bench_epoch import machine     # benchmarks/ is on sys.path when this file runs
+from machine_info import machine, peak_line, peaks   # benchmarks/ is on sys.path when this file runs
 
 SHAPES = [(64, 28, 28, 128), (32, 100, 64, 256)]          # B, T, I, H
 CELLS = {"SimpleRNN": ("simple_rnn", "RNN", 1), "LSTM": ("lstm", "LSTM", 4), "GRU": ("gru", "GRU", 3)}
-PEAK_PER_CORE = 2 * 8 * 2 * 3.6e9    # 2 FMA pipes x 8 lanes x 2 flop x ~3.6 GHz (measured 115 GFLOP/s)
 
 
 def flops(G, B, T, I, H):
@@ -132,9 +131,11 @@ def run_speed(args):
         if args.threads != [1]:
             raise SystemExit("--clock cpu sums the CPU time of all threads: use it with --threads 1")
         CLOCK = time.process_time
-    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f} at start; clock: {args.clock}")
+    print(f"machine: {machine()}; clock: {args.clock}")
     print(f"kilnet {kilnet.__version__} ({kilnet.simd_level()}); torch: "
           f"{'no' if args.no_torch else __import__('torch').__version__}")
+    peak = peaks(args.threads)
+    print(peak_line(peak) + "; %peak = GFLOP/s / that")
     print("fwd+bwd of the whole sequence (all outputs, weight gradients, no input gradient); "
           f"medians of {args.runs} run(s) of {args.rounds} alternating rounds\n")
     cases = [(t, name, shape) for t in args.threads for name in args.layers for shape in SHAPES]
@@ -149,7 +150,7 @@ def run_speed(args):
         med = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k.endswith("_ms") or k == "gflops"}
         row = {"layer": name, "shape": shape, "threads": t, **med}
         line = (f"{name:<10}{','.join(map(str, shape)):<16}{t:>4}{med['fwd_ms']:>8.2f}{med['kilnet_ms']:>12.2f}"
-                f"{med['gflops']:>9.1f}{100 * med['gflops'] * 1e9 / (PEAK_PER_CORE * t):>6.0f}%")
+                f"{med['gflops']:>9.1f}{100 * med['gflops'] / peak[t]:>6.0f}%")
         if "torch_ms" in med:
             row["speedup"] = med["torch_ms"] / med["kilnet_ms"]
             each = lambda key: ", ".join(f"{r[key]:.2f}" for r in rs)
@@ -208,7 +209,7 @@ def run_mask(args):
         if args.threads != [1]:
             raise SystemExit("--clock cpu sums the CPU time of all threads: use it with --threads 1")
         CLOCK = time.process_time
-    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f} at start; clock: {args.clock}")
+    print(f"machine: {machine()}; clock: {args.clock}")
     print(f"kilnet {kilnet.__version__} ({kilnet.simd_level()}); torch {__import__('torch').__version__}; fwd+bwd "
           f"(all outputs, weight gradients, no input gradient), medians of {args.rounds} alternating rounds\n")
     print(f"{'layer':<10}{'B,T,I,H':<16}{'thr':>4}{'no mask':>10}{'ones':>10}{'padded':>10}{'torch packed':>14}"

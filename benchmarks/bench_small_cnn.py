@@ -173,6 +173,7 @@ def main(argv=None):
     ap.add_argument("--profile", action="store_true", help="only print kilnet's per-layer time for one step")
     args = ap.parse_args(argv)
     if args.profile:
+        print(f"machine: {machine()}")
         return profile_layers(args.batch_size, threads=args.threads)
     import kilnet
     data = load(args.limit)

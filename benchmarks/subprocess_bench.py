@@ -1,7 +1,8 @@
 """Shared by the kernel benchmarks that time each library in its own process
 (bench_embedding.py, bench_layernorm.py): a worker times callables and prints JSON; the driver
 starts one worker per (library, thread count), alternating the libraries over several runs so
-that a change in the machine's load hits both, and reports medians."""
+that a change in the machine's load hits both, and reports medians. machine() is
+machine_info.machine, the header line every script prints."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from machine_info import machine  # noqa: F401  (the header line; benchmarks/ is on sys.path)
 
 
 def time_call(fn, min_seconds=0.25, warmup=3):
@@ -54,15 +57,3 @@ def run_workers(script, libs, threads_list, runs, extra=()):
 
 def medians(results, key):
     return statistics.median(r[key] for r in results)
-
-
-def machine():
-    model = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at start"

@@ -82,3 +82,47 @@ def test_bench_bad_options(capsys):
     assert main(["bench", "--only", "nosuch"]) == 2
     assert "unknown family nosuch" in capsys.readouterr().err
     assert main(["bench", "--threads", "0"]) == 2
+
+
+def test_info_prints_levels_and_peaks():
+    """kilnet info: the level in use, the machine's best, and the measured peak of each level
+    this process can run (a lowered level says the ones above it were not measured)."""
+    levels = ["scalar", "avx2", "avx512"]
+    for env_level in (None, "scalar"):
+        env = {k: v for k, v in os.environ.items() if k != "KILNET_SIMD"}
+        if env_level:
+            env["KILNET_SIMD"] = env_level
+        r = subprocess.run([sys.executable, "-W", "ignore", "-m", "kilnet", "info"], capture_output=True,
+                           text=True, timeout=60, env=env)
+        assert r.returncode == 0, r.stderr
+        lines = {l.split(":", 1)[0]: l.split(":", 1)[1] for l in r.stdout.splitlines() if ":" in l}
+        machine = _cpu.machine_simd_level()
+        used = env_level or machine
+        assert lines["simd level in use"].split()[0] == used
+        assert lines["machine simd level"].strip() == machine
+        peaks = lines["measured FMA peak, 1 thread"]
+        for lv in levels[:levels.index(used) + 1]:
+            value = float(peaks.split(lv + " ", 1)[1].split(",")[0].split()[0])
+            assert value > 0, r.stdout
+        if used != machine:
+            assert "not measured, above the level in use" in peaks
+        assert "cpu" in lines and "flags" in lines["cpu"]
+
+
+def test_bench_peak_is_measured_at_the_level_in_use():
+    """KILNET_SIMD lowers the kernels, and "% peak" divides by the peak of that level (measured,
+    in this run), not the machine's best; the header names the CPU's SIMD flags."""
+    env = {k: v for k, v in os.environ.items() if k != "KILNET_SIMD"}
+    env["KILNET_SIMD"] = "scalar"
+    r = subprocess.run([sys.executable, "-W", "ignore", "-m", "kilnet", "bench", "--quick", "--threads", "1",
+                        "--only", "gemm"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "CPU flags" in r.stdout and "kilnet SIMD scalar" in r.stdout, r.stdout
+    if _cpu.machine_simd_level() != "scalar":
+        assert "lowered by KILNET_SIMD" in r.stdout
+    _, peaks = _rows(r.stdout)
+    assert peaks and 0 < peaks[0], r.stdout
+    assert "GFLOP/s (scalar," in r.stdout, r.stdout
+    if _cpu.simd_level() == _cpu.machine_simd_level() != "scalar":
+        # the portable multiply-add chains are far below this process's vector peak
+        assert peaks[0] < 0.5 * max(_cpu.fma_peak_gflops(1, 0.02) for _ in range(5))

@@ -2,7 +2,8 @@
 machine's measured FMA peak and, when installed, numpy and PyTorch on the same data.
 
 For each thread count: the FMA peak is measured with kilnet._cpu.fma_peak_gflops (independent FMA
-chains, kilnet/peak.h), then each case is timed as the median of several calls after a warm-up
+chains, kilnet/peak.h) at the SIMD level the kernels run (simd_level(); KILNET_SIMD lowers it),
+never taken from a clock-rate constant, then each case is timed as the median of several calls after a warm-up
 (time.perf_counter). Compute-bound cases report GFLOP/s and % of that peak; memory-bound ones
 (activation, loss, Adam, pooling, batch norm) report GB/s of the bytes they must move. A peer's
 ratio is its time / kilnet's time (> 1: kilnet faster). Shapes and FLOP formulas follow
@@ -86,15 +87,39 @@ def set_threads(n, torch):
 
 # ---- machine facts -------------------------------------------------------------------------------
 
-def cpu_model():
+def measured_peak(threads, level, quick):
+    """The FMA peak of `threads` threads at SIMD level `level`: the best of several short probes.
+    It is probed before and after the cases and the larger kept: on a shared machine a probe
+    that lost its core for a while would understate it (and inflate "% peak"); many short
+    probes (like the cases' many short calls) find the moments the core was ours."""
+    return max(_cpu.fma_peak_gflops(threads, 0.02, level) for _ in range(4 if quick else 10))
+
+
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def _cpuinfo(field):
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model():
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def simd_flags():
+    """The flags of SIMD_FLAGS that /proc/cpuinfo lists, joined by spaces ('unknown' without it)."""
+    flags = _cpuinfo("flags")
+    if flags is None:
+        return "unknown"
+    have = set(flags.split())
+    return " ".join(f for f in SIMD_FLAGS if f in have) or "none"
 
 
 def numpy_blas():
@@ -487,7 +512,9 @@ def run(threads=None, quick=False, only=None, out=print):
     np_ = _import_peer("numpy")
     torch = _import_peer("torch")
     blas = numpy_blas()
-    out(f"kilnet bench: {cpu_model()}, {os.cpu_count()} logical cores; kilnet SIMD {_cpu.simd_level()}; "
+    level, best = _cpu.simd_level(), _cpu.machine_simd_level()
+    out(f"kilnet bench: {cpu_model()}, {os.cpu_count()} logical cores; CPU flags {simd_flags()}; "
+        f"kilnet SIMD {level}" + ("" if level == best else f" (machine best {best}, lowered by KILNET_SIMD)") + "; "
         f"numpy {np_.__version__ if np_ else '-'}{' (' + blas + ')' if blas else ''}; "
         f"torch {torch.__version__ if torch else '-'}" + ("; quick" if quick else ""))
     if any(v in os.environ for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")):
@@ -505,10 +532,8 @@ def run(threads=None, quick=False, only=None, out=print):
 def _run_threads(n, fams, quick, np_, torch, rows, out):
     """One thread count: the peak, then every case; prints the table."""
     hdr = ("family", "shape", "kilnet ms", "rate", "unit", "% peak", "numpy ms", "np/kl", "torch ms", "torch/kl")
-    # The peak is probed before and after the cases and the larger kept: on a shared machine a
-    # probe that lost its core for a while would understate it (and inflate "% peak").
-    probe_s = 0.05 if quick else 0.3
-    peak = _cpu.fma_peak_gflops(n, probe_s)
+    level = _cpu.simd_level()   # the level of the kernels timed below
+    peak = measured_peak(n, level, quick)
     timed = []
     for fam in fams:
         for case in CASES[fam](quick, torch):
@@ -518,10 +543,10 @@ def _run_threads(n, fams, quick, np_, torch, rows, out):
                     fn = None
                 t[lib] = None if fn is None else median_seconds(fn, quick)
             timed.append((fam, case, t))
-    peak = max(peak, _cpu.fma_peak_gflops(n, probe_s))
+    peak = max(peak, measured_peak(n, level, quick))
     out("")
-    out(f"threads {n}: measured FMA peak {peak:.1f} GFLOP/s "
-        f"({peak / n:.1f} per thread); ratios are peer time / kilnet time (> 1: kilnet faster)")
+    out(f"threads {n}: measured FMA peak {peak:.1f} GFLOP/s ({level}, {peak / n:.1f} per thread); "
+        "ratios are peer time / kilnet time (> 1: kilnet faster)")
     table = []
     for fam, case, t in timed:
         k = t["kilnet"]
