@@ -47,6 +47,8 @@ atexit.register(_kilnet_source_guard)
 CASE = {
     "bench_gemm.py": (["--threads", "1", "--rounds", "1", "--seconds", "0.01", "--only", "conv fwd"], (),
                       ["measured FMA peak", "conv fwd"]),
+    "bench_gemm_bf16.py": (["--threads", "1", "--rounds", "1", "--seconds", "0.01", "--sizes", "64"], (),
+                           ["measured FMA peak", "kilnet bf16 path"]),
     "bench_conv2d.py": (["--reps", "1", "--rounds", "1", "--threads", "1"], (), ["measured FMA peak", "| mid "]),
     "bench_rnn.py": (["speed", "--threads", "1", "--rounds", "1", "--layers", "SimpleRNN", "--no-torch"], (),
                      ["measured FMA peak", "SimpleRNN"]),

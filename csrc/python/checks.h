@@ -203,6 +203,7 @@ inline Act parse_act(const std::string& name) {
 
 // One function per kernel family binds it into a module; ref selects the reference kernels.
 void bind_gemm(py::module_& m, bool ref);
+void bind_gemm_bf16(py::module_& m, bool ref);       // bfloat16 GEMM (AMX), conversions
 void bind_conv2d(py::module_& m, bool ref);
 void bind_activation(py::module_& m, bool ref);
 void bind_loss(py::module_& m, bool ref);

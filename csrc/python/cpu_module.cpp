@@ -23,6 +23,7 @@ PYBIND11_MODULE(_cpu, m) {
   py::module_ ref = m.def_submodule("ref", "naive reference kernels: plain loops, for tests");
   for (auto [mod, is_ref] : {std::pair<py::module_*, bool>{&m, false}, {&ref, true}}) {
     bind::bind_gemm(*mod, is_ref);
+    bind::bind_gemm_bf16(*mod, is_ref);
     bind::bind_conv2d(*mod, is_ref);
     bind::bind_activation(*mod, is_ref);
     bind::bind_loss(*mod, is_ref);

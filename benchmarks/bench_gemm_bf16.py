@@ -1,0 +1,83 @@
+"""bfloat16 GEMM with float32 accumulation: kilnet._cpu.gemm_bf16 (AMX tiles where the CPU has
+them) against PyTorch's bfloat16 torch.mm, in one process, at 1 and 2 threads.
+
+    python benchmarks/bench_gemm_bf16.py [--threads 1 2] [--sizes 256 1024 2048] [--rounds 5]
+
+Columns (GFLOP/s, median call of the best round): kilnet with bfloat16 operands (uint16 bits),
+kilnet with float32 operands (rounded while packing: no separate conversion pass), torch.mm on
+bfloat16 tensors (its result is bfloat16), and torch.mm followed by .float() (a float32 result,
+as kilnet returns). The libraries alternate round by round. kilnet's float32 SGEMM at the same
+size is shown for scale, with the measured FMA peak of the SIMD level in use.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from machine_info import machine, pct, peak_line, peaks   # benchmarks/ is on sys.path
+
+
+def median_call(fn, seconds):
+    fn()
+    times, end = [], time.perf_counter() + seconds
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        t1 = time.perf_counter()
+        times.append(t1 - t0)
+        if t1 > end and len(times) >= 3:
+            return statistics.median(times)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 2048])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=0.15, help="timing per library per round")
+    args = ap.parse_args(argv)
+    from kilnet import _cpu
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    print(machine())
+    pk = peaks(args.threads)
+    print(peak_line(pk))
+    print(f"kilnet bf16 path: {_cpu.bf16_level()}; torch {torch.__version__ if torch else 'absent'}")
+    print(f"{'n':>5} {'thr':>3} {'kil bf16':>9} {'kil f32in':>9} {'torch bf16':>10} {'torch->f32':>10} "
+          f"{'vs torch':>8} {'kil sgemm':>9} {'%pk':>4}")
+    for t in args.threads:
+        _cpu.set_num_threads(t)
+        if torch is not None:
+            torch.set_num_threads(t)
+        for n in args.sizes:
+            rng = np.random.default_rng(n)
+            a32 = rng.uniform(-1, 1, (n, n)).astype(np.float32)
+            b32 = rng.uniform(-1, 1, (n, n)).astype(np.float32)
+            a, b = _cpu.to_bfloat16(a32), _cpu.to_bfloat16(b32)
+            c = np.empty((n, n), np.float32)
+            calls = {"kil bf16": lambda: _cpu.gemm_bf16(a, b, c),
+                     "kil f32in": lambda: _cpu.gemm_bf16(a32, b32, c),
+                     "kil sgemm": lambda: _cpu.gemm(a32, b32, c)}
+            if torch is not None:
+                ta, tb = torch.from_numpy(a32).bfloat16(), torch.from_numpy(b32).bfloat16()
+                calls["torch bf16"] = lambda: torch.mm(ta, tb)
+                calls["torch->f32"] = lambda: torch.mm(ta, tb).float()
+            best = {}
+            for _ in range(args.rounds):
+                for name, fn in calls.items():
+                    g = 2.0 * n ** 3 / median_call(fn, args.seconds) / 1e9
+                    best[name] = max(best.get(name, 0.0), g)
+            tb16 = best.get("torch bf16")
+            ratio = f"{best['kil bf16'] / tb16:.2f}" if tb16 else "-"
+            print(f"{n:>5} {t:>3} {best['kil bf16']:>9.0f} {best['kil f32in']:>9.0f} "
+                  f"{best.get('torch bf16', float('nan')):>10.0f} {best.get('torch->f32', float('nan')):>10.0f} "
+                  f"{ratio:>8} {best['kil sgemm']:>9.0f} {pct(best['kil sgemm'], pk[t]):>4}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+// gemm_bf16.cpp — bfloat16 GEMM (kilnet/gemm_bf16.h): AMX detection, packing (with the float32
+// -> bfloat16 rounding), the blocking and threading around the tile kernel of
+// gemm_bf16_amx.cpp, the float32 fallback and the reference.
+#include "kilnet/gemm_bf16.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <vector>
+#include <omp.h>
+
+#include "gemm_bf16_internal.h"
+#include "kilnet/gemm.h"
+
+#if defined(__linux__) && (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define KILNET_AMX_PROBE 1
+#endif
+
+namespace kilnet::cpu {
+
+namespace {
+
+using namespace bf16_detail;
+
+// Round to nearest even on the 16 dropped bits; a NaN keeps a quiet-NaN pattern (rounding could
+// carry its payload into the exponent and make it inf).
+inline std::uint16_t to_bf16(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return std::uint16_t((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return std::uint16_t(u >> 16);
+}
+
+inline float from_bf16(std::uint16_t h) {
+  const std::uint32_t u = std::uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// Element (i, j) of op(X) as bfloat16 bits (i < rows of op(X), j < its columns).
+inline std::uint16_t elem(const Bf16Matrix& X, bool trans, index_t i, index_t j) {
+  const index_t off = trans ? j * X.ld + i : i * X.ld + j;
+  return X.bf16 ? static_cast<const std::uint16_t*>(X.data)[off]
+                : to_bf16(static_cast<const float*>(X.data)[off]);
+}
+
+bool detect_amx() {
+#if defined(KILNET_AMX_PROBE) && defined(KILNET_HAVE_AMX_BUILD)
+  if (simd() != Simd::Avx512) return false;   // KILNET_SIMD=avx2|scalar turns AMX off too
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const bool amx_bf16 = d & (1u << 22), amx_tile = d & (1u << 24);
+  if (!amx_bf16 || !amx_tile) return false;
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if ((lo & (3u << 17)) != (3u << 17)) return false;   // XTILECFG + XTILEDATA enabled by the OS
+  // Linux (5.16+) hands the 8 KB tile state to a process only on request.
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
+bool use_amx() {
+  static const bool yes = detect_amx();
+  return yes;
+}
+
+// Packing buffers, per thread, grown on demand (64-byte aligned: tile loads like it).
+struct Buf16 {
+  std::uint16_t* p = nullptr;
+  size_t n = 0;
+  ~Buf16() { std::free(p); }
+  std::uint16_t* get(size_t want) {
+    if (want > n) {
+      std::free(p);
+      p = static_cast<std::uint16_t*>(std::aligned_alloc(64, (want * 2 + 63) / 64 * 64));
+      n = p ? want : 0;
+    }
+    return p;
+  }
+};
+
+// Cache blocks: a B panel of kKC x kNC bfloat16 (256 KB) stays in L2 and an A block of 32 rows
+// (16 KB) in L1 while the B blocks pass under it; A is packed again for each panel, N / kNC
+// times in all. (KC 256 / 512 / 1024 measured within noise of each other on a shared machine.)
+constexpr index_t kKC = 256;   // multiple of kStep
+constexpr index_t kNC = 512;    // multiple of kBlock
+constexpr index_t kMC = 128;    // multiple of kBlock
+
+struct Problem {
+  bool ta, tb;
+  index_t M, N, K;
+  float alpha, beta;
+  Bf16Matrix A, B;
+  float* C;
+  index_t ldc;
+  const float* bias;
+};
+
+#if defined(KILNET_HAVE_AMX_BUILD)
+// The blocked loops over C[m0:m1, n0:n1] on this thread. A full 32x32 block whose epilogue is
+// only "+ bias" or "+ C" (alpha == 1, beta in {0, 1}: every call a layer makes) goes straight
+// between C and the tiles; other blocks go through a 32x32 buffer and a scalar epilogue.
+bool amx_rect(const Problem& p, index_t m0, index_t m1, index_t n0, index_t n1) {
+  const index_t Kp = (p.K + kStep - 1) / kStep * kStep;
+  const index_t kc_max = std::min(kKC, Kp);
+  thread_local Buf16 abuf, bbuf;
+  std::uint16_t* Ap = abuf.get(size_t(kMC * kc_max));
+  std::uint16_t* Bp = bbuf.get(size_t(kNC * kc_max));
+  if (!Ap || !Bp) return false;
+  alignas(64) float ct[kBlock * kBlock];
+  const bool plain = p.alpha == 1.f && (p.beta == 0.f || p.beta == 1.f);
+  amx_begin();
+  for (index_t jc = n0; jc < n1; jc += kNC) {
+    const index_t nc = std::min(kNC, n1 - jc);
+    for (index_t pc = 0; pc < Kp; pc += kc_max) {
+      const index_t kc = std::min(kc_max, Kp - pc);
+      const bool first = pc == 0;
+      for (index_t jb = 0; jb < nc; jb += kBlock)
+        amx_pack_b(p.B.data, p.B.bf16, p.tb, p.B.ld, jc + jb, std::min<index_t>(kBlock, nc - jb),
+                   p.K, pc, kc, Bp + (jb / kBlock) * kc * kBlock);
+      for (index_t ic = m0; ic < m1; ic += kMC) {
+        const index_t mc = std::min(kMC, m1 - ic);
+        for (index_t ib = 0; ib < mc; ib += kBlock)
+          amx_pack_a(p.A.data, p.A.bf16, p.ta, p.A.ld, ic + ib, std::min<index_t>(kBlock, mc - ib),
+                       p.K, pc, kc, Ap + (ib / kBlock) * kc * kBlock);
+        for (index_t ib = 0; ib < mc; ib += kBlock) {
+          const index_t rows = std::min<index_t>(kBlock, mc - ib);
+          // A packed even when it is bfloat16 already: tile rows 2-4 KB apart (A read in place)
+          // fall into few cache sets, and ran slower than packing from 1024 columns on.
+          const AmxA a{Ap + (ib / kBlock) * kc * kBlock, 64, 512, kStepValues};
+          for (index_t jb = 0; jb < nc; jb += kBlock) {
+            const index_t cols = std::min<index_t>(kBlock, nc - jb);
+            const std::uint16_t* b = Bp + (jb / kBlock) * kc * kBlock;
+            float* cb = p.C + (ic + ib) * p.ldc + jc + jb;
+            if (plain && rows == kBlock && cols == kBlock) {
+              const AmxInit init = !first || p.beta == 1.f ? AmxInit::LoadC
+                                   : p.bias ? AmxInit::Bias : AmxInit::Zero;
+              // (beta == 1 with a bias on the first block: C is loaded, the bias added below.)
+              amx_block_32x32(a, b, kc / kStep, cb, p.ldc, init, p.bias ? p.bias + jc + jb : nullptr);
+              if (first && p.beta == 1.f && p.bias)
+                for (index_t r = 0; r < kBlock; ++r)
+                  for (index_t c = 0; c < kBlock; ++c) cb[r * p.ldc + c] += p.bias[jc + jb + c];
+              continue;
+            }
+            amx_block_32x32(a, b, kc / kStep, ct, kBlock, AmxInit::Zero, nullptr);
+            for (index_t r = 0; r < rows; ++r) {   // the valid corner: alpha, beta, bias
+              float* crow = cb + r * p.ldc;
+              const float* trow = ct + r * kBlock;
+              const float* brow = first && p.bias ? p.bias + jc + jb : nullptr;
+              for (index_t c = 0; c < cols; ++c) {
+                float v = p.alpha * trow[c];
+                if (brow) v += brow[c];
+                if (!first) v += crow[c];
+                else if (p.beta != 0.f) v += p.beta * crow[c];
+                crow[c] = v;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  amx_end();
+  return true;
+}
+#endif
+
+// Without AMX: the operands rounded to bfloat16 and widened back to float32, then the float32
+// GEMM. The products are the same exact values; only the summation order differs.
+void gemm_fp32_path(const Problem& p) {
+  const index_t ar = p.ta ? p.K : p.M, ac = p.ta ? p.M : p.K;   // A as stored
+  const index_t br = p.tb ? p.N : p.K, bc = p.tb ? p.K : p.N;
+  std::vector<float> a(size_t(ar * ac)), b(size_t(br * bc));
+  for (index_t i = 0; i < ar; ++i)
+    for (index_t j = 0; j < ac; ++j) a[size_t(i * ac + j)] = from_bf16(elem(p.A, false, i, j));
+  for (index_t i = 0; i < br; ++i)
+    for (index_t j = 0; j < bc; ++j) b[size_t(i * bc + j)] = from_bf16(elem(p.B, false, i, j));
+  gemm(p.ta, p.tb, p.M, p.N, p.K, p.alpha, a.data(), ac, b.data(), bc, p.beta, p.C, p.ldc, p.bias);
+}
+
+}  // namespace
+
+const char* bf16_level() { return use_amx() ? "amx" : "fp32"; }
+
+void float_to_bf16(index_t n, const float* x, std::uint16_t* y) {
+#pragma omp parallel for num_threads(n > (1 << 18) ? omp_get_max_threads() : 1) schedule(static)
+  for (index_t i = 0; i < n; ++i) y[i] = to_bf16(x[i]);
+}
+
+void bf16_to_float(index_t n, const std::uint16_t* x, float* y) {
+#pragma omp parallel for num_threads(n > (1 << 18) ? omp_get_max_threads() : 1) schedule(static)
+  for (index_t i = 0; i < n; ++i) y[i] = from_bf16(x[i]);
+}
+
+void gemm_bf16(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, Bf16Matrix A,
+               Bf16Matrix B, float beta, float* C, index_t ldc, const float* bias) {
+  if (M <= 0 || N <= 0) return;
+  const Problem p{ta, tb, M, N, K, alpha, beta, A, B, C, ldc, bias};
+  if (K <= 0 || !use_amx()) {   // (K == 0: the float32 GEMM's C = beta*C + bias)
+    gemm_fp32_path(p);
+    return;
+  }
+#if defined(KILNET_HAVE_AMX_BUILD)
+  // Threads: C cut into column strips (or row strips when it is tall), on 32 boundaries.
+  const index_t flops = 2 * M * N * K;
+  const bool by_cols = N >= M;
+  const index_t blocks = ((by_cols ? N : M) + kBlock - 1) / kBlock;
+  const int nt = int(std::max<index_t>(1, std::min<index_t>({index_t(omp_get_max_threads()), blocks,
+                                                              flops / (index_t(1) << 22) + 1})));
+  bool failed = false;
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num(), n = omp_get_num_threads();
+    const index_t b0 = blocks * t / n * kBlock, b1 = std::min((by_cols ? N : M), blocks * (t + 1) / n * kBlock);
+    bool ok = true;
+    if (b0 < b1) ok = by_cols ? amx_rect(p, 0, M, b0, b1) : amx_rect(p, b0, b1, 0, N);
+    if (!ok) {
+#pragma omp atomic write
+      failed = true;
+    }
+  }
+  if (failed) throw std::bad_alloc();
+#endif
+}
+
+void gemm_bf16_ref(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, Bf16Matrix A,
+                   Bf16Matrix B, float beta, float* C, index_t ldc, const float* bias) {
+  for (index_t i = 0; i < M; ++i)
+    for (index_t j = 0; j < N; ++j) {
+      double acc = 0.0;
+      for (index_t k = 0; k < K; ++k)
+        acc += double(from_bf16(elem(A, ta, i, k))) * double(from_bf16(elem(B, tb, k, j)));
+      double v = double(alpha) * acc + (bias ? bias[j] : 0.f);
+      if (beta != 0.f) v += double(beta) * C[i * ldc + j];
+      C[i * ldc + j] = float(v);
+    }
+}
+
+}  // namespace kilnet::cpu

@@ -1,0 +1,36 @@
+// gemm_bf16.h — bfloat16 matrix multiply with float32 accumulation (mixed precision).
+//   C = alpha * op(A)·op(B) + beta * C (+ bias),  C float32 row-major (M x N, row stride ldc).
+// A and B are either float32 (rounded to bfloat16, to nearest even, while they are packed) or
+// bfloat16 bit patterns (uint16, the upper half of a float32), row-major with leading dimensions
+// lda / ldb, op() transposing when ta / tb. Products of two bfloat16 values are exact in float32;
+// the sums are float32 (the AMX unit's own accumulation order inside a 32-long k step).
+// Runs on AMX tiles where the CPU and the OS allow it (bf16_level() == "amx"), else through the
+// float32 GEMM on the rounded operands (same numbers up to float32 summation order).
+// beta == 0: C is not read. Kernels trust their arguments (the bindings check them).
+#pragma once
+#include <cstdint>
+#include "kilnet/common.h"
+
+namespace kilnet::cpu {
+
+struct Bf16Matrix {
+  const void* data;
+  bool bf16;     // true: uint16 bfloat16 bits; false: float32 (rounded while packing)
+  index_t ld;    // row stride in elements
+};
+
+void gemm_bf16(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, Bf16Matrix A,
+               Bf16Matrix B, float beta, float* C, index_t ldc, const float* bias);
+// Plain loops, double accumulation of the bfloat16-rounded operands: the test reference.
+void gemm_bf16_ref(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, Bf16Matrix A,
+                   Bf16Matrix B, float beta, float* C, index_t ldc, const float* bias);
+
+// "amx" when the AMX-BF16 tile kernel runs (CPUID, XCR0 and the Linux permission request for
+// the tile state all agree, and KILNET_SIMD has not lowered the level below avx512), else "fp32".
+const char* bf16_level();
+
+// float32 -> bfloat16 bits, round to nearest even; NaN stays NaN (quiet), inf stays inf.
+void float_to_bf16(index_t n, const float* x, std::uint16_t* y);
+void bf16_to_float(index_t n, const std::uint16_t* x, float* y);
+
+}  // namespace kilnet::cpu

@@ -1,0 +1,111 @@
+// bind_gemm_bf16.cpp — Python bindings of the bfloat16 GEMM (kilnet/gemm_bf16.h) and of the
+// float32 <-> bfloat16 conversions. A bfloat16 array is a 2-byte array: numpy uint16 holding the
+// bits, or ml_dtypes.bfloat16 (the dtype JAX and TensorFlow use), read as the same bits.
+#include <pybind11/pybind11.h>
+#include <string>
+#include "checks.h"
+#include "kilnet/gemm_bf16.h"
+
+namespace py = pybind11;
+using namespace kilnet;
+using namespace kilnet::bind;
+using py::arg;
+
+namespace {
+
+bool is_bf16_dtype(const py::array& a) {
+  const py::dtype dt = a.dtype();
+  if (dt.itemsize() != 2) return false;
+  if (dt.kind() == 'u') return true;   // uint16 bits
+  return std::string(py::str(dt)) == "bfloat16";
+}
+
+// A GEMM operand: float32, or bfloat16 bits (uint16 / ml_dtypes.bfloat16); 2-D, C-contiguous.
+struct Operand {
+  Arr arr;
+  bool bf16 = false;
+};
+
+Operand operand(const char* fn, const char* name, py::handle h) {
+  Operand o;
+  if (py::isinstance<py::array>(h) && is_bf16_dtype(py::reinterpret_borrow<py::array>(h))) {
+    py::array a = py::reinterpret_borrow<py::array>(h);
+    if (a.ndim() != 2)
+      fail_value(std::string(fn) + ": argument '" + name + "' must be 2-D, got " + std::to_string(a.ndim()) + "-D");
+    if (!(a.flags() & py::array::c_style))
+      fail_value(std::string(fn) + ": argument '" + name + "' must be C-contiguous (use numpy.ascontiguousarray)");
+    o.arr.arr = a;
+    o.arr.obj = py::reinterpret_borrow<py::object>(h);
+    o.arr.shape = {index_t(a.shape(0)), index_t(a.shape(1))};
+    o.arr.size = o.arr.shape[0] * o.arr.shape[1];
+    o.arr.elem_bytes = 2;
+    o.arr.bytes = index_t(a.nbytes());
+    o.arr.data = const_cast<void*>(a.data());
+    o.bf16 = true;
+    return o;
+  }
+  if (py::isinstance<py::array>(h) && !dtype_is(py::detail::array_proxy(h.ptr())->descr, 'f'))
+    fail_type(std::string(fn) + ": argument '" + name + "' must be float32 or bfloat16 (uint16 bits or "
+              "ml_dtypes.bfloat16), got " + std::string(py::str(py::reinterpret_borrow<py::array>(h).dtype())));
+  o.arr = in_f32(fn, name, h, 2);
+  return o;
+}
+
+}  // namespace
+
+void kilnet::bind::bind_gemm_bf16(py::module_& m, bool ref) {
+  const auto gemm = ref ? &cpu::gemm_bf16_ref : &cpu::gemm_bf16;
+  m.def("gemm_bf16", [=](py::object a_, py::object b_, py::object c_, bool trans_a, bool trans_b,
+                         float alpha, float beta, py::object bias_) {
+    const char* fn = "gemm_bf16";
+    Operand a = operand(fn, "a", a_), b = operand(fn, "b", b_);
+    Arr c = out_f32(fn, "c", c_, 2);
+    const index_t M = trans_a ? a.arr.dim(1) : a.arr.dim(0), K = trans_a ? a.arr.dim(0) : a.arr.dim(1);
+    const index_t Kb = trans_b ? b.arr.dim(1) : b.arr.dim(0), N = trans_b ? b.arr.dim(0) : b.arr.dim(1);
+    if (K != Kb)
+      fail_value("gemm_bf16: inner dimensions differ: op(a) is " + shape_str({M, K}) + ", op(b) is " + shape_str({Kb, N}));
+    expect_shape(fn, "c", c, {M, N});
+    no_alias(fn, "c", c, "a", a.arr);
+    no_alias(fn, "c", c, "b", b.arr);
+    const float* bp = nullptr;
+    Arr bias;
+    if (!bias_.is_none()) {
+      bias = in_f32(fn, "bias", bias_, 1);
+      expect_shape(fn, "bias", bias, {N});
+      no_alias(fn, "c", c, "bias", bias);
+      bp = bias.f();
+    }
+    const cpu::Bf16Matrix A{a.arr.data, a.bf16, a.arr.dim(1)}, B{b.arr.data, b.bf16, b.arr.dim(1)};
+    py::gil_scoped_release nogil;
+    gemm(trans_a, trans_b, M, N, K, alpha, A, B, beta, c.f(), N, bp);
+  }, arg("a"), arg("b"), arg("c"), arg("trans_a") = false, arg("trans_b") = false,
+     arg("alpha") = 1.0f, arg("beta") = 0.0f, arg("bias") = py::none(),
+     "c = alpha * op(a) @ op(b) + beta * c (+ bias) with bfloat16 products and float32 sums. a, b: "
+     "float32 (rounded to bfloat16, nearest even) or bfloat16 (uint16 bits / ml_dtypes.bfloat16); "
+     "c, bias: float32. AMX tiles where bf16_level() == 'amx'.");
+  if (ref) return;
+  m.def("bf16_level", &cpu::bf16_level, "'amx' when the AMX-BF16 kernel runs, else 'fp32'");
+  m.def("to_bfloat16", [](py::object x_) {
+    Arr x = in_f32("to_bfloat16", "x", x_, -1);
+    py::array_t<std::uint16_t> y(x.arr.request().shape);
+    auto* yp = y.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      cpu::float_to_bf16(x.size, x.f(), yp);
+    }
+    return y;
+  }, arg("x"), "float32 -> bfloat16 bits (uint16), round to nearest even; NaN stays NaN");
+  m.def("from_bfloat16", [](py::array x_) {
+    if (!is_bf16_dtype(x_)) fail_type("from_bfloat16: argument 'x' must be uint16 bits or ml_dtypes.bfloat16");
+    py::array x = py::array::ensure(x_, py::array::c_style);
+    py::array_t<float> y(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+    auto* yp = y.mutable_data();
+    const auto* xp = static_cast<const std::uint16_t*>(x.data());
+    const index_t n = index_t(x.size());
+    {
+      py::gil_scoped_release nogil;
+      cpu::bf16_to_float(n, xp, yp);
+    }
+    return y;
+  }, arg("x"), "bfloat16 bits (uint16 or ml_dtypes.bfloat16) -> float32 (exact)");
+}

@@ -1,0 +1,131 @@
+"""bfloat16 GEMM (kilnet._cpu.gemm_bf16): AMX tiles where bf16_level() == 'amx', else the float32
+GEMM on the rounded operands. Checked against the reference (double sums of the same
+bfloat16-rounded operands: the products are exact, so only float32 summation separates them),
+against PyTorch's bfloat16 rounding, on odd shapes that straddle the 32x32 blocks and 32-long
+k steps, every transpose, float32 and bfloat16 operands, alpha/beta/bias, 1 and 2 threads."""
+import itertools
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import HAVE_TORCH
+from kilnet import _cpu
+
+SHAPES = [(1, 1, 1), (32, 32, 32), (33, 47, 71), (31, 33, 32), (64, 96, 257), (100, 300, 1030),
+          (70, 600, 20), (5, 530, 3), (530, 7, 64)]
+EPILOGUES = [(1.0, 0.0, False), (1.0, 0.0, True), (1.0, 1.0, True), (1.0, 1.0, False), (0.5, -2.0, True)]
+
+
+@pytest.fixture
+def threads():
+    old = _cpu.get_num_threads()
+    yield _cpu.set_num_threads
+    _cpu.set_num_threads(old)
+
+
+def operands(rng, M, N, K, ta, tb, bf16):
+    a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
+    if bf16:
+        a, b = _cpu.to_bfloat16(a), _cpu.to_bfloat16(b)
+    return a, b
+
+
+def rounded(x):
+    """The float32 values a float32 or bfloat16-bits operand stands for after rounding."""
+    return _cpu.from_bfloat16(x if x.dtype == np.uint16 else _cpu.to_bfloat16(x)).astype(np.float64)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("ta,tb", list(itertools.product([False, True], repeat=2)))
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_matches_reference(threads, nthreads, bf16, ta, tb, M, N, K):
+    threads(nthreads)
+    rng = np.random.default_rng(M * 7919 + N * 31 + K)
+    a, b = operands(rng, M, N, K, ta, tb, bf16)
+    for alpha, beta, with_bias in EPILOGUES:
+        c0 = rng.standard_normal((M, N)).astype(np.float32)
+        bias = rng.standard_normal(N).astype(np.float32) if with_bias else None
+        c = np.full((M, N), np.nan, np.float32) if beta == 0 else c0.copy()
+        r = c0.copy()
+        _cpu.gemm_bf16(a, b, c, ta, tb, alpha, beta, bias)
+        _cpu.ref.gemm_bf16(a, b, r, ta, tb, alpha, beta, bias)
+        # float32 sums of K exact products of size <= ~16: error ~ K * 2**-24 * sum |terms|.
+        oa = rounded(a).T if ta else rounded(a)
+        ob = rounded(b).T if tb else rounded(b)
+        scale = np.abs(oa) @ np.abs(ob) * abs(alpha) + np.abs(c0) * abs(beta) + 1.0
+        np.testing.assert_array_less(np.abs(c.astype(np.float64) - r), 2e-7 * (K + 4) * scale)
+
+
+def test_reference_is_the_rounded_product():
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((9, 13)).astype(np.float32), rng.standard_normal((13, 5)).astype(np.float32)
+    r = np.zeros((9, 5), np.float32)
+    _cpu.ref.gemm_bf16(a, b, r)
+    np.testing.assert_allclose(r, rounded(a) @ rounded(b), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed")
+def test_rounding_matches_torch():
+    import torch
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.standard_normal(10000).astype(np.float32) * 10.0 ** rng.integers(-30, 30, 10000),
+                        np.array([0.0, -0.0, np.inf, -np.inf, 1e-45, 3.4e38, 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8],
+                                 np.float32)]).astype(np.float32)
+    ours = _cpu.to_bfloat16(x)
+    theirs = torch.from_numpy(x).bfloat16().view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(ours, theirs)
+    nan = _cpu.to_bfloat16(np.array([np.nan, -np.nan], np.float32))
+    assert np.isnan(_cpu.from_bfloat16(nan)).all()
+
+
+def test_ml_dtypes_bfloat16_accepted():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(3)
+    a32, b32 = rng.standard_normal((40, 50)).astype(np.float32), rng.standard_normal((50, 33)).astype(np.float32)
+    a, b = a32.astype(ml_dtypes.bfloat16), b32.astype(ml_dtypes.bfloat16)
+    c, r = np.empty((40, 33), np.float32), np.empty((40, 33), np.float32)
+    _cpu.gemm_bf16(a, b, c)
+    _cpu.gemm_bf16(_cpu.to_bfloat16(a32), _cpu.to_bfloat16(b32), r)
+    np.testing.assert_array_equal(c, r)
+    np.testing.assert_array_equal(_cpu.from_bfloat16(a), a.astype(np.float32))
+
+
+def test_bad_input():
+    a, b, c = np.ones((4, 5), np.float32), np.ones((5, 6), np.float32), np.ones((4, 6), np.float32)
+    with pytest.raises(TypeError, match="float32 or bfloat16"):
+        _cpu.gemm_bf16(a.astype(np.float64), b, c)
+    with pytest.raises(ValueError, match="inner dimensions"):
+        _cpu.gemm_bf16(a, b.T.copy(), c)
+    with pytest.raises(ValueError, match="'c' must have shape"):
+        _cpu.gemm_bf16(a, b, np.ones((4, 7), np.float32))
+    with pytest.raises(ValueError, match="2-D"):
+        _cpu.gemm_bf16(_cpu.to_bfloat16(np.ones(5, np.float32)), b, c)
+    with pytest.raises(TypeError, match="uint16"):
+        _cpu.from_bfloat16(np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="bias"):
+        _cpu.gemm_bf16(a, b, c, bias=np.ones(5, np.float32))
+
+
+def test_level_and_fallback_in_subprocess():
+    """KILNET_SIMD=avx2 turns AMX off: the float32 path answers, with the same numbers up to
+    float32 summation order."""
+    assert _cpu.bf16_level() in ("amx", "fp32")
+    code = ("import numpy as np; from kilnet import _cpu; assert _cpu.bf16_level() == 'fp32';"
+            "r = np.random.default_rng(0); a = r.standard_normal((37, 70)).astype(np.float32);"
+            "b = r.standard_normal((70, 45)).astype(np.float32); c = np.empty((37, 45), np.float32);"
+            "_cpu.gemm_bf16(a, b, c); import sys; sys.stdout.buffer.write(c.tobytes())")
+    env = dict(os.environ, KILNET_SIMD="avx2" if _cpu.machine_simd_level() != "scalar" else "scalar")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    c_fp32 = np.frombuffer(out.stdout, np.float32).reshape(37, 45)
+    r = np.random.default_rng(0)
+    a = r.standard_normal((37, 70)).astype(np.float32)
+    b = r.standard_normal((70, 45)).astype(np.float32)
+    c = np.empty((37, 45), np.float32)
+    _cpu.gemm_bf16(a, b, c)
+    np.testing.assert_allclose(c, c_fp32, rtol=1e-5, atol=1e-4)
