@@ -216,3 +216,18 @@ def test_interop_lime_package_image(fashion):
     assert ours.target == label
     assert np.corrcoef(ours.weights, tw)[0, 1] > 0.8
     assert len(set(ours.top(5, positive_only=True)) & set(np.argsort(-tw)[:5])) >= 3
+
+
+def test_cli_explain_lime_writes_png(tmp_path, fashion):
+    pytest.importorskip("matplotlib")
+    import subprocess
+    import sys
+    model, _ = fashion
+    path = tmp_path / "m.h5"
+    model.save(path)
+    out = tmp_path / "lime.png"
+    r = subprocess.run([sys.executable, "-m", "kilnet", "explain", str(path), "--method", "lime", "--index", "3",
+                        "--samples", "300", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "lime for" in r.stdout and "superpixels" in r.stdout
