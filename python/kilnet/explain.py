@@ -276,7 +276,6 @@ def slic(image, n_segments=50, compactness=0.2, max_iter=10, min_size_factor=0.2
     ys = np.arange(step / 2, H, step)
     xs = np.arange(step / 2, W, step)
     cy, cx = [a.ravel() for a in np.meshgrid(ys, xs, indexing="ij")]
-    pix = img.reshape(-1, C)
     py, px = [a.ravel().astype(np.float64) for a in np.meshgrid(np.arange(H), np.arange(W), indexing="ij")]
     # start each centre at the lowest-gradient pixel of its 3x3 neighbourhood (less likely an edge)
     gy, gx = np.gradient(img.sum(-1))
@@ -287,24 +286,39 @@ def slic(image, n_segments=50, compactness=0.2, max_iter=10, min_size_factor=0.2
         j = np.argmin(grad[y1:y2, x1:x2])
         cy[i], cx[i] = y1 + j // (x2 - x1), x1 + j % (x2 - x1)
     cc = img[cy.astype(int), cx.astype(int)]
-    labels = np.zeros(H * W, np.int64)
+    K = len(cy)
+    pix = img.reshape(-1, C)
+    labels = np.zeros((H, W), np.int64)
+    m2 = (compactness / step) ** 2
+    r = int(np.ceil(2 * step))
     for it in range(max_iter):
-        dy = py[:, None] - cy[None]
-        dx = px[:, None] - cx[None]
-        near = (np.abs(dy) <= 2 * step) & (np.abs(dx) <= 2 * step)
-        d = ((pix[:, None, :] - cc[None]) ** 2).sum(-1) + (compactness / step) ** 2 * (dy * dy + dx * dx)
-        d[~near] = np.inf
-        new = d.argmin(1)
-        cnt = np.bincount(new, minlength=len(cy)).astype(np.float64)
-        keep = cnt > 0
+        # each centre competes for the pixels of its 2-step window only (the SLIC search region)
+        best = np.full((H, W), np.inf)
+        new = np.zeros((H, W), np.int64)
+        for k in range(K):
+            y0, x0 = int(round(cy[k])), int(round(cx[k]))
+            y1, y2, x1, x2 = max(0, y0 - r), min(H, y0 + r + 1), max(0, x0 - r), min(W, x0 + r + 1)
+            if y1 >= y2 or x1 >= x2:
+                continue
+            win = img[y1:y2, x1:x2]
+            dy = (np.arange(y1, y2) - cy[k])[:, None]
+            dx = (np.arange(x1, x2) - cx[k])[None, :]
+            d = ((win - cc[k]) ** 2).sum(-1) + m2 * (dy * dy + dx * dx)
+            b = best[y1:y2, x1:x2]
+            closer = d < b
+            b[closer] = d[closer]
+            new[y1:y2, x1:x2][closer] = k
         if it > 0 and (new == labels).all():
             break
         labels = new
+        flat = labels.ravel()
+        cnt = np.bincount(flat, minlength=K).astype(np.float64)
+        keep = cnt > 0
         c = np.maximum(cnt, 1)
-        cy = np.where(keep, np.bincount(labels, py, len(cy)) / c, cy)
-        cx = np.where(keep, np.bincount(labels, px, len(cy)) / c, cx)
-        cc = np.stack([np.where(keep, np.bincount(labels, pix[:, k], len(cy)) / c, cc[:, k]) for k in range(C)], 1)
-    return _connected_relabel(labels.reshape(H, W), max(1, int(min_size_factor * H * W / n_segments)))
+        cy = np.where(keep, np.bincount(flat, py, K) / c, cy)
+        cx = np.where(keep, np.bincount(flat, px, K) / c, cx)
+        cc = np.stack([np.where(keep, np.bincount(flat, pix[:, j], K) / c, cc[:, j]) for j in range(C)], 1)
+    return _connected_relabel(labels, max(1, int(min_size_factor * H * W / n_segments)))
 
 
 def _connected_relabel(labels, min_size):
