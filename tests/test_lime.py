@@ -162,6 +162,10 @@ def test_image_options(fashion):
     np.testing.assert_array_equal(e.segments, seg)
     e2 = explain.lime(model, x[0], mode="image", num_samples=100, target=3, seed=0)
     assert e2.target == 3
+    # a batch of one, and an (H, W) image for an (H, W, 1) model, give the same explanation
+    for xi in (x[:1], x[0, ..., 0]):
+        e3 = explain.lime(model, xi, mode="image", num_samples=100, target=3, seed=0)
+        np.testing.assert_array_equal(e3.weights, e2.weights)
 
 
 def test_bad_input(table):

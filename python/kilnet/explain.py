@@ -403,9 +403,9 @@ def lime(model, x, num_samples=1000, mode="tabular", target=None, training_data=
     f = _predict_fn(model, batch_size)
     x = to_float32(x, "x")
     want = getattr(model, "input_shape", None)
-    if isinstance(want, tuple) and len(want) >= 2 and tuple(x.shape) == tuple(want):   # (1, ...) batch of one
-        x = x[0]
-    elif x.ndim >= 2 and x.shape[0] == 1 and (mode == "tabular" and x.ndim == 2):
+    want = tuple(want[1:]) if isinstance(want, tuple) and len(want) >= 2 and None not in want[1:] else None
+    if x.shape[:1] == (1,) and (x.ndim == (2 if mode == "tabular" else 4) or
+                                (want is not None and x.shape[1:] == want)):   # a batch of one
         x = x[0]
     if not np.isfinite(x).all():
         raise ValueError("lime: x contains NaN or Inf")
@@ -480,6 +480,8 @@ def lime(model, x, num_samples=1000, mode="tabular", target=None, training_data=
         else:
             keep = design[i:i + chunk][:, segs][..., None].astype(bool)      # (b, H, W, 1)
             xb = np.where(keep, img[None], fill[None]).reshape((-1,) + x.shape)
+        if want is not None and xb.shape[1:] != want and int(np.prod(want)) == x.size:
+            xb = xb.reshape((-1,) + want)           # e.g. an (H, W) image for an (H, W, 1) model
         outs.append(f(np.ascontiguousarray(xb, dtype=np.float32)))
     y_all = np.concatenate(outs)
     t = _choose_target(y_all[0], target)
