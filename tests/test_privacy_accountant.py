@@ -124,3 +124,25 @@ def test_against_opacus():
         warnings.simplefilter("ignore")
         theirs = opacus_gnm(target_epsilon=3.0, target_delta=1e-5, sample_rate=0.004, epochs=60, accountant="rdp")
     assert get_noise_multiplier(3.0, 1e-5, 0.004, epochs=60) == pytest.approx(theirs, abs=0.01)
+
+
+def test_privacy_accountant_callback_writes_history():
+    from kilnet.layers import Dense
+    from kilnet.models import Sequential
+    from kilnet.utils import set_random_seed
+    set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    m = Sequential([Dense(2, activation="softmax", input_shape=(3,))])
+    m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    cb = privacy.PrivacyAccountant(noise_multiplier=1.1, sample_rate=0.1, delta=1e-5)
+    h = m.fit(x, y, batch_size=10, epochs=3, verbose=0, callbacks=[cb])
+    eps = h.history["epsilon"]
+    assert len(eps) == 3 and eps[0] < eps[1] < eps[2]
+    assert eps[2] == pytest.approx(compute_epsilon(30, 1.1, 0.1, 1e-5))
+    m.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[cb])     # privacy spent accumulates
+    assert cb.steps == 40 and cb.epsilon == pytest.approx(compute_epsilon(40, 1.1, 0.1, 1e-5))
+    with pytest.raises(ValueError, match="delta"):
+        privacy.PrivacyAccountant(1.0, 0.1, delta=2.0)
+    with pytest.raises(ValueError, match="noise_multiplier"):
+        privacy.PrivacyAccountant(-1.0, 0.1, delta=1e-5)
