@@ -91,6 +91,26 @@ def test_tabular_without_training_data_samples_around_x():
     assert set(explain.lime(Linear(), x, feature_mean=0.0, feature_std=2.0, seed=0).top(3)) == {0, 2, 4}
 
 
+def test_tabular_categorical_feature(table):
+    """Column 5 is a category in {0, 1, 2}; the model adds 4 when it is 2."""
+    rng = np.random.default_rng(2)
+    td = table.copy()
+    td[:, 5] = rng.integers(0, 3, len(td))
+    f = lambda a: a[:, 0] + 4.0 * (a[:, 5] == 2)                    # noqa: E731
+    x = td[0].copy()
+    x[5] = 2
+    e = explain.lime(f, x, training_data=td, categorical_features=[5], seed=0, alpha=1e-3)
+    assert list(e.top(2)) == [5, 0]
+    assert e.weights[5] == pytest.approx(4.0, rel=0.05)       # keeping x's category is worth +4
+    x[5] = 1
+    e = explain.lime(f, x, training_data=td, categorical_features=[5], seed=0, alpha=1e-3)
+    assert e.weights[5] == pytest.approx(-2.0, rel=0.15)      # vs. the others: 2 with prob 1/2
+    with pytest.raises(ValueError, match="training_data"):
+        explain.lime(f, x, categorical_features=[5])
+    with pytest.raises(ValueError, match="out of range"):
+        explain.lime(f, x, training_data=td, categorical_features=[9])
+
+
 def test_same_seed_same_explanation(table):
     a = explain.lime(Linear(), table[0], training_data=table, seed=3)
     b = explain.lime(Linear(), table[0], training_data=table, seed=3)

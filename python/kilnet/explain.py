@@ -368,7 +368,7 @@ def _connected_relabel(labels, min_size):
 
 
 def lime(model, x, num_samples=1000, mode="tabular", target=None, training_data=None,
-         feature_mean=None, feature_std=None, kernel_width=None, alpha=1.0, num_features=None,
+         feature_mean=None, feature_std=None, categorical_features=None, kernel_width=None, alpha=1.0, num_features=None,
          feature_names=None, segments=None, n_segments=50, compactness=0.2, fill_value=0.0,
          segmenter="slic", seed=None, batch_size=256):
     """LIME (Ribeiro et al. 2016): explain the model's output for one input x by a weighted
@@ -380,7 +380,9 @@ def lime(model, x, num_samples=1000, mode="tabular", target=None, training_data=
     sqrt(exp(-dist^2 / kernel_width^2)) with dist the Euclidean distance to x in standardised
     units and kernel_width 0.75 * sqrt(d) by default (the lime package's defaults, without its
     quartile discretisation). The surrogate is fitted on the standardised features, so a weight
-    is the output change per standard deviation.
+    is the output change per standard deviation. categorical_features (column indices, with
+    training_data): values drawn with their training frequencies, and the surrogate's feature is
+    "equals x's category" (1/0), as in the lime package.
 
     mode="image": x is one (H, W) or (H, W, C) image. It is cut into superpixels (`segments`
     given, or SLIC of our own with about n_segments; segmenter="skimage" uses scikit-image's
@@ -429,6 +431,20 @@ def lime(model, x, num_samples=1000, mode="tabular", target=None, training_data=
         z[0] = (x - mean) / std
         samples = (z * std + mean).astype(np.float32)
         samples[0] = x
+        cats = [] if categorical_features is None else sorted({int(c) for c in categorical_features})
+        if cats and training_data is None:
+            raise ValueError("categorical_features need training_data (their values are drawn "
+                             "with the training frequencies)")
+        for c in cats:
+            if not 0 <= c < d:
+                raise ValueError(f"categorical feature index {c} is out of range for {d} features")
+            # lime's way: draw the category with its training frequency; the surrogate sees
+            # 1 where it equals x's category, 0 elsewhere
+            values, counts = np.unique(td[:, c], return_counts=True)
+            col = rng.choice(values, size=num_samples, p=counts / counts.sum())
+            col[0] = x[c]
+            samples[:, c] = col
+            z[:, c] = (col == x[c]).astype(np.float64)
         dist = np.sqrt(((z - z[0]) ** 2).sum(1))
         width = 0.75 * np.sqrt(d) if kernel_width is None else float(kernel_width)
         design, segs = z, None
