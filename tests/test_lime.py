@@ -182,6 +182,13 @@ def test_image_options(fashion):
     np.testing.assert_array_equal(e.segments, seg)
     e2 = explain.lime(model, x[0], mode="image", num_samples=100, target=3, seed=0)
     assert e2.target == 3
+    try:
+        import skimage  # noqa: F401
+        e4 = explain.lime(model, x[0], mode="image", num_samples=100, segmenter="skimage", n_segments=30,
+                          compactness=0.1, seed=0)
+        assert e4.weights.shape == (e4.segments.max() + 1,) and e4.segments.shape == (28, 28)
+    except ImportError:
+        pass
     # a batch of one, and an (H, W) image for an (H, W, 1) model, give the same explanation
     for xi in (x[:1], x[0, ..., 0]):
         e3 = explain.lime(model, xi, mode="image", num_samples=100, target=3, seed=0)
@@ -205,6 +212,12 @@ def test_bad_input(table):
         explain.lime(Linear(), np.zeros((4, 4)), mode="image", segments=np.zeros((3, 3), int))
     with pytest.raises(ValueError, match="fill_value"):
         explain.lime(Linear(), np.zeros((4, 4)), mode="image", fill_value="blur")
+    with pytest.raises(ValueError, match="kernel_width"):
+        explain.lime(Linear(), table[0], kernel_width=0)
+    with pytest.raises(ValueError, match="num_features"):
+        explain.lime(Linear(), table[0], num_features=0)
+    with pytest.raises(ValueError, match="segmenter"):
+        explain.lime(Linear(), np.zeros((4, 4)), mode="image", segmenter="quickshift")
     with pytest.raises(TypeError, match="model"):
         explain.lime(object(), table[0])
 

@@ -399,8 +399,12 @@ def lime(model, x, num_samples=1000, mode="tabular", target=None, training_data=
         raise ValueError(f"mode must be 'tabular' or 'image', got {mode!r}")
     if not isinstance(num_samples, (int, np.integer)) or num_samples < 2:
         raise ValueError(f"num_samples must be an int >= 2, got {num_samples!r}")
-    if alpha < 0:
+    if not alpha >= 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if kernel_width is not None and not kernel_width > 0:
+        raise ValueError(f"kernel_width must be > 0, got {kernel_width}")
+    if num_features is not None and (not isinstance(num_features, (int, np.integer)) or num_features < 1):
+        raise ValueError(f"num_features must be a positive int, got {num_features!r}")
     rng = np.random.default_rng(seed) if seed is not None else get_rng()
     f = _predict_fn(model, batch_size)
     x = to_float32(x, "x")
@@ -465,6 +469,7 @@ def lime(model, x, num_samples=1000, mode="tabular", target=None, training_data=
             from skimage.segmentation import slic as sk_slic
             segs = sk_slic(x.astype(np.float64), n_segments=n_segments, compactness=compactness,
                            channel_axis=-1 if x.ndim == 3 else None, start_label=0)
+            segs = np.unique(segs, return_inverse=True)[1].reshape(x.shape[:2])
         elif segmenter == "slic":
             segs = slic(x, n_segments, compactness)
         else:
@@ -505,8 +510,6 @@ def lime(model, x, num_samples=1000, mode="tabular", target=None, training_data=
     w = np.sqrt(np.exp(-(dist ** 2) / width ** 2))
     coef, intercept, score = weighted_ridge(design, y, w, alpha)
     if num_features is not None and num_features < design.shape[1]:
-        if not isinstance(num_features, (int, np.integer)) or num_features < 1:
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
         used = np.argsort(-np.abs(coef), kind="stable")[:num_features]
         c2, intercept, score = weighted_ridge(design[:, used], y, w, alpha)
         coef = np.zeros_like(coef)
