@@ -276,8 +276,9 @@ def cmd_info(args) -> int:
     return 0
 
 
-def draw_attribution(image, attribution, title, out):
-    """Save the input beside its attribution heat map (matplotlib, an optional extra)."""
+def draw_attribution(image, attribution, title, out, segments=None):
+    """Save the input beside its attribution heat map (matplotlib, an optional extra). With
+    `segments` (LIME's superpixel labels, (H, W)) their boundaries are drawn on the input."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -291,6 +292,15 @@ def draw_attribution(image, attribution, title, out):
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.4))
     axes[0].imshow(img.squeeze(), cmap="gray")
     axes[0].set_title("input")
+    if segments is not None:
+        seg = np.asarray(segments)
+        edge = np.zeros(seg.shape, bool)
+        edge[:-1] |= seg[:-1] != seg[1:]
+        edge[:, :-1] |= seg[:, :-1] != seg[:, 1:]
+        overlay = np.zeros(seg.shape + (4,), np.float32)
+        overlay[edge] = (1.0, 0.8, 0.0, 0.45)           # superpixel boundaries in yellow
+        axes[0].imshow(overlay)
+        axes[0].set_title("input, superpixels")
     im = axes[1].imshow(att, cmap="RdBu_r", vmin=-lim, vmax=lim)
     axes[1].set_title("attribution")
     fig.colorbar(im, ax=axes[1], fraction=0.046)
@@ -303,6 +313,7 @@ def draw_attribution(image, attribution, title, out):
 
 
 def cmd_explain(args) -> int:
+    import numpy as np
 
     from kilnet import explain
     from kilnet.datasets import fashion_mnist
@@ -316,7 +327,13 @@ def cmd_explain(args) -> int:
     probs = model.predict(x, verbose=0)[0]
     pred = int(probs.argmax())
     target = pred if args.target is None else args.target
-    if args.method == "saliency":
+    segments = None
+    if args.method == "lime":
+        e = explain.lime(model, x[0], mode="image", num_samples=args.samples, target=target,
+                         n_segments=args.segments, seed=0)
+        segments = e.segments
+        att = np.repeat(e.heatmap()[..., None], x.shape[-1], -1)[None] / x.shape[-1]
+    elif args.method == "saliency":
         att = explain.saliency(model, x, target=target)
     elif args.method == "smoothgrad":
         att = explain.smoothgrad(model, x, target=target, seed=0)
@@ -325,8 +342,11 @@ def cmd_explain(args) -> int:
     name = lambda c: CLASS_NAMES[c] if len(probs) == len(CLASS_NAMES) else str(c)
     title = (f"test #{args.index}: true {name(int(y_test[args.index]))}, predicted {name(pred)} "
              f"({probs[pred]:.2f}); {args.method} for {name(target)}")
-    draw_attribution(x[0], att[0], title, args.out)
+    draw_attribution(x[0], att[0], title, args.out, segments)
     print(title)
+    if args.method == "lime":
+        top = ", ".join(f"{i} ({e.weights[i]:+.3f})" for i in e.top(5, positive_only=True))
+        print(f"lime: {e.weights.size} superpixels, local R^2 {e.score:.3f}; top superpixels: {top}")
     print(f"wrote {args.out}")
     return 0
 
@@ -384,10 +404,13 @@ def build_parser():
     e.add_argument("model", help="a model saved with model.save (.h5)")
     e.add_argument("--index", type=int, default=0, help="test image index (default 0)")
     e.add_argument("--out", default="explain.png", help="output PNG (default explain.png)")
-    e.add_argument("--method", choices=("ig", "saliency", "smoothgrad"), default="ig",
-                   help="attribution method (default ig: integrated gradients)")
+    e.add_argument("--method", choices=("ig", "saliency", "smoothgrad", "lime"), default="ig",
+                   help="attribution method (default ig: integrated gradients; lime: superpixels "
+                        "masked in and out, a weighted linear surrogate)")
     e.add_argument("--steps", type=int, default=50, help="integration steps for ig (default 50)")
     e.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted one)")
+    e.add_argument("--samples", type=_positive, default=1000, help="perturbed samples for lime (default 1000)")
+    e.add_argument("--segments", type=_positive, default=50, help="about how many superpixels for lime (default 50)")
     e.set_defaults(func=cmd_explain)
     pr = sub.add_parser("predict", help="classify image files with a saved model",
                         description="Classify image files with a saved model and print the top classes "

@@ -12,7 +12,9 @@ from kilnet.backend import is_cuda_array, xp_for
 from kilnet.utils import lookup
 
 __all__ = ["Metric", "Accuracy", "SparseCategoricalAccuracy", "CategoricalAccuracy",
-           "BinaryAccuracy", "MeanAbsoluteError", "MeanSquaredError", "get"]
+           "BinaryAccuracy", "MeanAbsoluteError", "MeanSquaredError", "get", "confusion_matrix",
+           "classification_report", "per_group", "PerGroupReport", "group_rates",
+           "demographic_parity_difference", "equalized_odds_difference"]
 
 
 class Metric:
@@ -232,27 +234,160 @@ def classification_report(y_true, y_pred, num_classes=None, target_names=None, o
     return "\n".join(lines)
 
 
-def per_group(model, x, y, groups, batch_size=256) -> dict:
+# ------------------------------------------------------------------------ group fairness
+def _groups(groups, n, what="groups"):
+    """One hashable label per sample, as a 1-D array (an (n, 1) column is accepted)."""
+    g = np.asarray(groups)
+    if g.ndim == 2 and g.shape[1] == 1:
+        g = g[:, 0]
+    if g.ndim != 1:
+        raise ValueError(f"{what} must give one group label per sample (a 1-D array), got shape {g.shape}")
+    if len(g) != n:
+        raise ValueError(f"{what} has {len(g)} entries for {n} samples; it needs one label per sample")
+    if n == 0:
+        raise ValueError(f"{what}: no samples")
+    if g.dtype.kind == "f" and np.isnan(g).any():
+        raise ValueError(f"{what} contains NaN")
+    if g.dtype.kind == "O" and any(v is None for v in g):
+        raise ValueError(f"{what} contains None")
+    return g
+
+
+def _binary(y, what, pos_label=1, threshold=0.5):
+    """Whether each sample is (predicted / labelled) the positive class, as a bool array.
+
+    Class indices, one-hot or probability rows (argmax), or a single probability per sample
+    (column of shape (n,) or (n, 1) with values in [0, 1] that are not all 0/1: > threshold)."""
+    a = np.asarray(y)
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim == 1 and a.dtype.kind == "f":
+        if not np.isfinite(a).all():
+            raise ValueError(f"{what} contains NaN or Inf")
+        if (a != np.round(a)).any():
+            if a.min() < 0 or a.max() > 1:
+                raise ValueError(f"{what}: scores outside [0, 1] are neither labels nor probabilities")
+            return a > threshold
+    return _labels(a, what) == pos_label
+
+
+def _key(g):
+    return g.item() if hasattr(g, "item") else g
+
+
+def group_rates(y_true, y_pred, groups, pos_label=1, threshold=0.5) -> dict:
+    """Per group: count, selection rate P(pred positive), true positive rate P(pred + | true +),
+    false positive rate P(pred + | true -), accuracy, and the numbers of true positives and
+    negatives. A rate with no sample to measure it on is NaN.
+
+    y_true, y_pred: class indices (the positive class is pos_label; others are negative),
+    one-hot / probability rows, or one probability per sample (thresholded). groups: one label
+    per sample."""
+    t = _binary(y_true, "y_true", pos_label, threshold)
+    p = _binary(y_pred, "y_pred", pos_label, threshold)
+    if len(t) != len(p):
+        raise ValueError(f"y_true and y_pred have different lengths ({len(t)} and {len(p)})")
+    g = _groups(groups, len(t))
+    out = {}
+    for v in np.unique(g):
+        m = g == v
+        tm, pm = t[m], p[m]
+        npos, nneg = int(tm.sum()), int((~tm).sum())
+        out[_key(v)] = {
+            "count": int(m.sum()),
+            "selection_rate": float(pm.mean()),
+            "tpr": float((pm & tm).sum() / npos) if npos else float("nan"),
+            "fpr": float((pm & ~tm).sum() / nneg) if nneg else float("nan"),
+            "accuracy": float((pm == tm).mean()),
+            "positives": npos, "negatives": nneg}
+    return out
+
+
+def _spread(values):
+    v = np.array([x for x in values if not np.isnan(x)])
+    return float(v.max() - v.min()) if v.size else float("nan")
+
+
+def demographic_parity_difference(y_true, y_pred, groups, pos_label=1, threshold=0.5) -> float:
+    """Largest minus smallest selection rate P(pred positive | group) over the groups (0: parity).
+    y_true is not used (it may be None); kept first for fairlearn's argument order."""
+    p = _binary(y_pred, "y_pred", pos_label, threshold)
+    if y_true is not None and len(np.asarray(y_true)) != len(p):
+        raise ValueError(f"y_true and y_pred have different lengths ({len(np.asarray(y_true))} and {len(p)})")
+    g = _groups(groups, len(p))
+    return _spread([p[g == v].mean() for v in np.unique(g)])
+
+
+def equalized_odds_difference(y_true, y_pred, groups, pos_label=1, threshold=0.5) -> float:
+    """The larger of the spreads of the true positive rate and of the false positive rate over
+    the groups (fairlearn's definition; 0: equalized odds). Groups without positives (or
+    negatives) don't enter the rate they cannot measure."""
+    r = group_rates(y_true, y_pred, groups, pos_label, threshold)
+    return max(_spread([v["tpr"] for v in r.values()]), _spread([v["fpr"] for v in r.values()]))
+
+
+class PerGroupReport(dict):
+    """per_group's result: a dict, printed as one table (str(report) or report.table())."""
+
+    def table(self) -> str:
+        groups = self["groups"]
+        fair = "demographic_parity_difference" in self
+        cols = [("count", "{:>8d}", 8), ("accuracy", "{:>10.4f}", 10)]
+        if fair:
+            cols += [("selection_rate", "{:>10.4f}", 10), ("tpr", "{:>8.4f}", 8), ("fpr", "{:>8.4f}", 8)]
+        names = [str(k) for k in groups]
+        w = max(8, max(len(n) for n in names) + 2)
+        head = {"selection_rate": "selected"}
+        lines = [f"{'group':<{w}}" + "".join(f"{head.get(c, c):>{width}}" for c, _, width in cols)]
+        for name, v in zip(names, groups.values()):
+            lines.append(f"{name:<{w}}" + "".join(fmt.format(v[c]) for c, fmt, _ in cols))
+        total = sum(v["count"] for v in groups.values())
+        lines.append(f"{'overall':<{w}}{total:>8d}{self['overall']:>10.4f}")
+        lines.append(f"accuracy gap {self['max_gap']:.4f} (best {self['best']}, worst {self['worst']})")
+        if fair:
+            lines.append(f"demographic parity difference {self['demographic_parity_difference']:.4f}, "
+                         f"equalized odds difference {self['equalized_odds_difference']:.4f}")
+        return "\n".join(lines)
+
+    __str__ = table
+
+
+def per_group(model, x, y, groups, batch_size=256, pos_label=None, threshold=0.5, verbose=False) -> dict:
     """Accuracy of `model` within each group of samples, and the largest gap between groups.
 
     groups: one label per sample (any hashable values: ints, strings). Returns
     {"groups": {g: {"accuracy", "count"}}, "overall": acc, "max_gap": best - worst,
-     "best": g, "worst": g}."""
-    groups = np.asarray(groups)
-    if groups.ndim != 1:
-        groups = groups.reshape(-1)
-    if len(groups) != len(x) or len(y) != len(x):
-        raise ValueError(f"x, y and groups need one entry per sample (got {len(x)}, {len(y)}, {len(groups)})")
+     "best": g, "worst": g}, as a PerGroupReport (a dict whose str() is a table).
+
+    For a binary classifier (one sigmoid output or two classes), or any classifier given
+    pos_label (that class against the rest), each group also gets "selection_rate", "tpr",
+    "fpr", "positives", "negatives", and the report "demographic_parity_difference" and
+    "equalized_odds_difference". verbose=True prints the table."""
+    n = len(x)
+    g = _groups(groups, n)
+    if len(y) != n:
+        raise ValueError(f"x, y and groups need one entry per sample (got {n}, {len(y)}, {len(g)})")
     pred = model.predict(x, batch_size=batch_size, verbose=0)
-    p = (pred.reshape(len(x), -1) > 0.5).astype(np.int64).reshape(-1) if pred.shape[-1] == 1 else pred.argmax(-1).reshape(-1)
+    single = pred.shape[-1] == 1
+    p = (pred.reshape(n, -1) > threshold).astype(np.int64).reshape(-1) if single else pred.argmax(-1).reshape(-1)
     t = _labels(y, "y")
     correct = p == t
     out = {}
-    for g in np.unique(groups):
-        mask = groups == g
-        key = g.item() if hasattr(g, "item") else g
-        out[key] = {"accuracy": float(correct[mask].mean()), "count": int(mask.sum())}
-    accs = {g: v["accuracy"] for g, v in out.items()}
+    for v in np.unique(g):
+        mask = g == v
+        out[_key(v)] = {"accuracy": float(correct[mask].mean()), "count": int(mask.sum())}
+    accs = {k: v["accuracy"] for k, v in out.items()}
     best, worst = max(accs, key=accs.get), min(accs, key=accs.get)
-    return {"groups": out, "overall": float(correct.mean()), "max_gap": accs[best] - accs[worst],
-            "best": best, "worst": worst}
+    rep = PerGroupReport(groups=out, overall=float(correct.mean()), max_gap=accs[best] - accs[worst],
+                         best=best, worst=worst)
+    if pos_label is not None or single or pred.shape[-1] == 2:
+        pl = 1 if pos_label is None else pos_label
+        rates = group_rates(t, p, g, pl)
+        for k, v in rates.items():
+            out[k].update({c: v[c] for c in ("selection_rate", "tpr", "fpr", "positives", "negatives")})
+        rep["demographic_parity_difference"] = _spread([v["selection_rate"] for v in rates.values()])
+        rep["equalized_odds_difference"] = max(_spread([v["tpr"] for v in rates.values()]),
+                                               _spread([v["fpr"] for v in rates.values()]))
+    if verbose:
+        print(rep.table())
+    return rep
