@@ -13,7 +13,8 @@ __all__ = ["__version__", "get_num_threads", "set_num_threads", "simd_level", "c
            "load_model", "GradientTape", "Tensor", "Variable"]
 
 _SUBMODULES = ("models", "layers", "losses", "optimizers", "metrics", "initializers", "datasets", "ops",
-               "utils", "callbacks", "io", "cli", "regularizers", "schedules", "explain", "activations", "saving")
+               "utils", "callbacks", "io", "cli", "regularizers", "schedules", "explain", "activations", "saving",
+               "privacy", "fairness")
 _NAMES = {"Sequential": "kilnet.models", "Model": "kilnet.models", "load_model": "kilnet.models",
           "Input": "kilnet.engine.node", "GradientTape": "kilnet.engine.tape",
           "Tensor": "kilnet.engine.tensor", "Variable": "kilnet.engine.tensor",
