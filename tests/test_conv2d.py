@@ -318,8 +318,10 @@ def test_fused_bad_arguments(rng):
 
 # ------------------------------------------------------------------------- odd shapes, every kernel
 # K with tails of every kind for 16-lane (AVX-512) and 8-lane (AVX2) vectors, C = 1 (the first
-# layer's segments of S values), 3, 7; strides, dilation, both paddings, one image (row-block
-# items, private dx copies at 2 threads) and three.
+# layer's segments of S values), 3, 7, 16; strides, dilation, both paddings, one image (row-block
+# items, private dx copies at 2 threads) and three. On an AVX-512 machine K <= 8 (forward) and
+# dx column groups narrower than 16 run the AVX2 kernels; K = 12, 17, 33, 64 and C = 7, 16 reach
+# the AVX-512 ones.
 ODD_GEOMETRY = [(1, 1, "same"), (2, 1, "valid"), (2, 1, "same"), (1, 2, "valid"), (1, 2, "same"),
                 (2, 2, "same")]
 
@@ -343,8 +345,8 @@ def assert_backward_input_matches_ref(x, w, b, yshape, kw, rng, act="linear"):
 @pytest.mark.parametrize("N", [1, 3])
 @pytest.mark.parametrize("geo", range(len(ODD_GEOMETRY)),
                          ids=[f"s{s}-d{d}-{p}" for s, d, p in ODD_GEOMETRY])
-@pytest.mark.parametrize("C", [1, 3, 7])
-@pytest.mark.parametrize("K", [1, 5, 17, 33])
+@pytest.mark.parametrize("C", [1, 3, 7, 16])
+@pytest.mark.parametrize("K", [1, 5, 12, 17, 33, 64])
 def test_odd_shapes_match_reference(K, C, geo, N, threads, rng):
     case = odd_case(rng, K, C, geo, N)
     for nthreads in (1, 2):
@@ -361,8 +363,8 @@ def test_odd_shapes_match_reference(K, C, geo, N, threads, rng):
 @pytest.mark.parametrize("N", [1, 3])
 @pytest.mark.parametrize("geo", range(len(ODD_GEOMETRY)),
                          ids=[f"s{s}-d{d}-{p}" for s, d, p in ODD_GEOMETRY])
-@pytest.mark.parametrize("C", [1, 3, 7])
-@pytest.mark.parametrize("K", [1, 5, 17, 33])
+@pytest.mark.parametrize("C", [1, 3, 7, 16])
+@pytest.mark.parametrize("K", [1, 5, 12, 17, 33, 64])
 def test_odd_shapes_match_torch(K, C, geo, N, rng):
     import torch
     x, w, b, yshape, kw = odd_case(rng, K, C, geo, N)

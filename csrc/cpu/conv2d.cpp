@@ -304,7 +304,8 @@ bool force_general() {
 // the current gemm against ~105 for the direct kernel (benchmarks/RESULTS.md), and the direct
 // kernel never copies the patches. Re-measure with KILNET_CONV_PATH=gemm when gemm() changes.
 // With AVX-512 the same design runs on 16-lane vectors (conv2d_avx512.cpp: tiles of 24 zmm
-// accumulators, masked K tails); KILNET_SIMD=avx2 selects the AVX2 kernels on such a machine.
+// accumulators, masked K tails), except for very narrow outputs (K <= 8, or dx column groups
+// under 16), which it hands to the AVX2 kernels; KILNET_SIMD=avx2 selects the AVX2 kernels.
 // Without AVX2 (or with KILNET_SIMD=scalar) the general im2col + gemm path runs.
 // The activation is fused on every path: applied to each tile (AVX2) or chunk (general) as it
 // is stored, and its derivative applied to each chunk of dy as the backward kernels read it.
