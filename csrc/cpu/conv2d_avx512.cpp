@@ -134,6 +134,14 @@ struct Items {
 constexpr index_t kItemPixels = 4096;
 constexpr index_t kChunk = 384;   // pixels per sweep of the panels (a multiple of 6, 8 and 12)
 
+// Chunks of about `target` pixels (a multiple of `mult`) that split npix evenly: no short last
+// chunk whose tiles would load and store their accumulators for a few pixels only.
+index_t balanced_chunk(index_t npix, index_t target, index_t mult) {
+  const index_t n = (npix + target - 1) / target;
+  const index_t c = (npix + n - 1) / n;
+  return imin(target, (c + mult - 1) / mult * mult);
+}
+
 Items items_of(const Conv2dShape& s, int threads) {
   Items it;
   it.per_image = s.N >= 4 * threads ? 1 : imin(s.P, (4 * threads + s.N - 1) / s.N);
@@ -531,10 +539,11 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
         a[i] = base + (p - p0) * s.stride_h * L.row_ld + q * s.stride_w * s.C;
         out[i] = y + ((n * s.P + p) * s.Q + q) * s.K;
       }
-    for (index_t i0 = 0; i0 < npix; i0 += kChunk)   // the chunk's windows stay in cache
+    const index_t chunk = balanced_chunk(npix, kChunk, 24);
+    for (index_t i0 = 0; i0 < npix; i0 += chunk)   // the chunk's windows stay in cache
       for (const Panel& p : panels) {
         Tile t{a + i0, seg, nseg, seg_len, wp + RSC * p.col0, out + i0, p.col0, bp + p.col0, p.valid, act};
-        tile_sweep<false>(t, imin(kChunk, npix - i0), p.nv);
+        tile_sweep<false>(t, imin(chunk, npix - i0), p.nv);
       }
   }
 }
@@ -552,7 +561,7 @@ static void backward_weights(const Conv2dShape& s, const float* dy, const float*
     for (index_t t = 0; t < s.S; ++t)
       for (index_t c = 0; c < s.C; ++c, ++i) moff[i] = r * s.dilation_h * L.row_ld + t * s.dilation_w * s.C + c;
   const DwShape ds = dw_shape(s);
-  const index_t chunk = 64;   // pixels per pass over the tiles: the chunk's dy and x stay in L1
+  const index_t kDwChunk = 64;   // pixels per pass over the tiles: the chunk's dy and x stay in L1
   // The copy of dy into an aligned, zero-padded buffer: every 64-byte load of an unaligned dy
   // splits a cache line, and the copy is where dz = act'(y) * dy is formed. Skipped for few rsc
   // rows (C=1), where each dy vector is reused only a few times.
@@ -588,6 +597,7 @@ static void backward_weights(const Conv2dShape& s, const float* dy, const float*
       index_t* off = sc.off.get(npix);
       for (index_t p = p0, i = 0; p < p1; ++p)
         for (index_t q = 0; q < s.Q; ++q, ++i) off[i] = (p - p0) * s.stride_h * L.row_ld + q * s.stride_w * s.C;
+      const index_t chunk = balanced_chunk(npix, kDwChunk, 1);
       float* g = copy_dy ? sc.dy.get(chunk * Kp) : nullptr;
       for (index_t i0 = 0; i0 < npix; i0 += chunk) {
         const index_t nc = imin(chunk, npix - i0);
@@ -697,11 +707,12 @@ static void backward_input(const Conv2dShape& s, const float* dy, const float* w
           a[i] = dy + ((n * s.P + p) * s.Q + q) * s.K;
           out[i] = acc + p * s.stride_h * L.row_ld + q * s.stride_w * s.C;
         }
-      for (index_t i0 = 0; i0 < npix; i0 += kChunk) {   // the chunk's rows of dx stay in cache
-        const index_t nc = imin(kChunk, npix - i0);
+      const index_t chunk = balanced_chunk(npix, kChunk, 24);
+      for (index_t i0 = 0; i0 < npix; i0 += chunk) {   // the chunk's rows of dx stay in cache
+        const index_t nc = imin(chunk, npix - i0);
         if (act != Act::Linear) {   // the chunk's dz rows, and A reads them instead of dy
           const index_t o = ((n * s.P + p0) * s.Q + i0) * s.K;
-          float* dz = sc.dy.get(kChunk * Kp);
+          float* dz = sc.dy.get(chunk * Kp);
           dz_rows(act, dy + o, y + o, nc, s.K, Kp, dz);
           for (index_t i = 0; i < nc; ++i) a[i0 + i] = dz + i * Kp;
         }
