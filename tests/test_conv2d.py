@@ -316,6 +316,99 @@ def test_fused_bad_arguments(rng):
         _cpu.conv2d_backward(dy, x, w, None, dw, buf[:4], act="relu", y=y_in)
 
 
+# ------------------------------------------------------------------------- odd shapes, every kernel
+# K with tails of every kind for 16-lane (AVX-512) and 8-lane (AVX2) vectors, C = 1 (the first
+# layer's segments of S values), 3, 7, 16; strides, dilation, both paddings, one image (row-block
+# items, private dx copies at 2 threads) and three. On an AVX-512 machine K <= 8 (forward) and
+# dx column groups narrower than 16 run the AVX2 kernels; K = 12, 17, 33, 64 and C = 7, 16 reach
+# the AVX-512 ones.
+ODD_GEOMETRY = [(1, 1, "same"), (2, 1, "valid"), (2, 1, "same"), (1, 2, "valid"), (1, 2, "same"),
+                (2, 2, "same")]
+
+
+def odd_case(rng, K, C, geo, N):
+    stride, dil, padding = ODD_GEOMETRY[geo]
+    return make_case(rng, N, 11, 9, C, K, 3, 3, stride, dil, padding)
+
+
+def assert_backward_input_matches_ref(x, w, b, yshape, kw, rng, act="linear"):
+    y = np.empty(yshape, np.float32)
+    _cpu.ref.conv2d_forward(x, w, b, y, **kw, act=act)
+    dy = rand(rng, *yshape)
+    dx, dx_ref = np.full(x.shape, np.nan, np.float32), np.empty_like(x)
+    _cpu.conv2d_backward_input(dy, w, dx, **kw, act=act, y=y)
+    _cpu.ref.conv2d_backward_input(dy, w, dx_ref, **kw, act=act, y=y)
+    R, S, C, K = w.shape
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=8e-6 * max(1.0, np.sqrt(R * S * K)), err_msg="dx")
+
+
+@pytest.mark.parametrize("N", [1, 3])
+@pytest.mark.parametrize("geo", range(len(ODD_GEOMETRY)),
+                         ids=[f"s{s}-d{d}-{p}" for s, d, p in ODD_GEOMETRY])
+@pytest.mark.parametrize("C", [1, 3, 7, 16])
+@pytest.mark.parametrize("K", [1, 5, 12, 17, 33, 64])
+def test_odd_shapes_match_reference(K, C, geo, N, threads, rng):
+    case = odd_case(rng, K, C, geo, N)
+    for nthreads in (1, 2):
+        _cpu.set_num_threads(nthreads)
+        assert_matches_ref(*case, rng)
+        assert_matches_ref(*case, rng, with_dx=False)
+        assert_backward_input_matches_ref(*case, rng)
+        act = ACTS[(K + C + geo) % 4]
+        assert_fused_matches(*case, act, rng)
+        assert_backward_input_matches_ref(*case, rng, act=act)
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed")
+@pytest.mark.parametrize("N", [1, 3])
+@pytest.mark.parametrize("geo", range(len(ODD_GEOMETRY)),
+                         ids=[f"s{s}-d{d}-{p}" for s, d, p in ODD_GEOMETRY])
+@pytest.mark.parametrize("C", [1, 3, 7, 16])
+@pytest.mark.parametrize("K", [1, 5, 12, 17, 33, 64])
+def test_odd_shapes_match_torch(K, C, geo, N, rng):
+    import torch
+    x, w, b, yshape, kw = odd_case(rng, K, C, geo, N)
+    (pt, pl), (st, _), (dl, _) = kw["padding"], kw["stride"], kw["dilation"]
+    # 'same' here is symmetric (odd_case keeps only such shapes), so torch pads (pt, pl) on both sides
+    tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+    tw = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous().requires_grad_(True)
+    tb = torch.from_numpy(b).requires_grad_(True)
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=st, padding=(pt, pl), dilation=dl)
+    y_t = ty.detach().permute(0, 2, 3, 1).numpy()
+    assert y_t.shape == yshape
+    dy = rand(rng, *yshape)
+    ty.backward(torch.from_numpy(dy).permute(0, 3, 1, 2))
+    y = np.empty(yshape, np.float32)
+    _cpu.conv2d_forward(x, w, b, y, **kw)
+    dx, dw, db = np.empty_like(x), np.zeros_like(w), np.zeros_like(b)
+    _cpu.conv2d_backward(dy, x, w, dx, dw, db, **kw)
+    dx2 = np.empty_like(x)
+    _cpu.conv2d_backward_input(dy, w, dx2, **kw)
+    np.testing.assert_allclose(y, y_t, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, tx.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(dx2, dx)   # the same kernel
+    np.testing.assert_allclose(dw, tw.grad.permute(2, 3, 1, 0).numpy(), rtol=1e-4, atol=2e-4)
+    np.testing.assert_allclose(db, tb.grad.numpy(), rtol=1e-4, atol=2e-4)
+
+
+def test_deterministic_for_a_thread_count(threads, rng):
+    # dw/db are summed per thread and then in thread order: repeated calls give the same bits
+    x, w, b, yshape, kw = make_case(rng, 3, 28, 28, 16, 33, 3, 3, 1, 1, "same")
+    dy = rand(rng, *yshape)
+    for nthreads in (1, 2):
+        _cpu.set_num_threads(nthreads)
+        outs = []
+        for _ in range(3):
+            y = np.empty(yshape, np.float32)
+            _cpu.conv2d_forward(x, w, b, y, **kw)
+            dx, dw, db = np.empty_like(x), np.zeros_like(w), np.zeros_like(b)
+            _cpu.conv2d_backward(dy, x, w, dx, dw, db, **kw)
+            outs.append((y, dx, dw, db))
+        for o in outs[1:]:
+            for a, b_ in zip(outs[0], o):
+                np.testing.assert_array_equal(a, b_)
+
+
 # ------------------------------------------------------------------------- every dispatch path
 _PATH_SCRIPT = r"""
 import sys, numpy as np
@@ -337,8 +430,8 @@ print(_cpu.simd_level(), "ok")
 """
 
 
-@pytest.mark.parametrize("env", [{"KILNET_SIMD": "scalar"}, {"KILNET_CONV_PATH": "gemm"}],
-                         ids=["scalar", "general-path"])
+@pytest.mark.parametrize("env", [{"KILNET_SIMD": "scalar"}, {"KILNET_SIMD": "avx2"}, {"KILNET_CONV_PATH": "gemm"}],
+                         ids=["scalar", "avx2", "general-path"])
 def test_other_paths_match_reference(env):
     # the path is chosen once per process, so each one runs in a child process
     full_env = dict(os.environ, **env)
@@ -348,8 +441,62 @@ def test_other_paths_match_reference(env):
     res = subprocess.run([sys.executable, "-c", _PATH_SCRIPT.format(root=ROOT)], env=full_env,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
-    if "KILNET_SIMD" in env:
-        assert res.stdout.startswith("scalar")
+    if "KILNET_SIMD" in env and res.stdout.split()[0] != env["KILNET_SIMD"]:
+        # KILNET_SIMD only lowers the level: avx2 on a machine without AVX2 runs scalar
+        assert env["KILNET_SIMD"] == "avx2" and res.stdout.startswith("scalar")
+
+
+# The AVX-512 kernels against the AVX2 ones on the same data: y, dx, dw, db of odd shapes from a
+# child process at KILNET_SIMD=avx2 (the level is read once per process), compared here.
+_AVX2_SCRIPT = r"""
+import sys, numpy as np
+sys.path.insert(0, {root!r} + "/tests")
+from test_conv2d import ACTS, ODD_GEOMETRY, odd_case, make_case
+from kilnet import _cpu
+cases = [(K, C, geo, N) for K in (1, 5, 17, 33, 64) for C in (1, 3, 7, 32) for geo in range(len(ODD_GEOMETRY))
+         for N in (1, 3)]
+out = {{}}
+for nthreads in (1, 2):
+    _cpu.set_num_threads(nthreads)
+    for i, (K, C, geo, N) in enumerate(cases):
+        rng = np.random.default_rng(i)
+        x, w, b, yshape, kw = odd_case(rng, K, C, geo, N)
+        act = ACTS[i % 4]
+        y = np.empty(yshape, np.float32)
+        _cpu.conv2d_forward(x, w, b, y, **kw, act=act)
+        dy = rng.standard_normal(yshape).astype(np.float32)
+        dx, dw, db = np.empty_like(x), np.zeros_like(w), np.zeros_like(b)
+        _cpu.conv2d_backward(dy, x, w, dx, dw, db, **kw, act=act, y=y)
+        dx2 = np.empty_like(x)
+        _cpu.conv2d_backward_input(dy, w, dx2, **kw, act=act, y=y)
+        for name, a in (("y", y), ("dx", dx), ("dw", dw), ("db", db), ("dx2", dx2)):
+            out[f"{{nthreads}}-{{i}}-{{name}}"] = a
+np.savez(sys.argv[1], level=_cpu.simd_level(), **out)
+"""
+
+
+def test_avx2_level_matches_avx512(tmp_path):
+    if _cpu.simd_level() != "avx512":
+        pytest.skip("needs an AVX-512 machine (this one runs " + _cpu.simd_level() + ")")
+    pkg_parent = os.path.dirname(os.path.dirname(_cpu.__file__))
+    script = _AVX2_SCRIPT.format(root=ROOT)
+    res = {}
+    for level in ("avx2", "avx512"):
+        env = dict(os.environ, KILNET_SIMD=level)
+        env["PYTHONPATH"] = os.pathsep.join([pkg_parent, env.get("PYTHONPATH", "")])
+        path = str(tmp_path / f"{level}.npz")
+        r = subprocess.run([sys.executable, "-c", script, path], env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        res[level] = np.load(path)
+        assert str(res[level]["level"]) == level
+    a, b = res["avx2"], res["avx512"]
+    keys = [k for k in a.files if k != "level"]
+    assert keys and sorted(keys) == sorted(k for k in b.files if k != "level")
+    for k in keys:
+        # y and dx sum R*S*C or R*S*K terms, dw and db whole batches: float32 rounding differs
+        # only in the order of the sums
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=2e-5, err_msg=k)
 
 
 # ------------------------------------------------------------------------- against PyTorch

@@ -1,5 +1,6 @@
 // conv2d.cpp — NHWC convolution forward and backward: the dispatch, the general (im2col +
-// gemm) path, and the reference loops. The AVX2 direct kernels are in conv2d_avx2.cpp.
+// gemm) path, and the reference loops. The direct kernels are in conv2d_avx2.cpp and
+// conv2d_avx512.cpp.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -21,6 +22,17 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
 void conv2d_backward_input(const Conv2dShape& s, const float* dy, const float* w, float* dx, Act act,
                            const float* y);
 }  // namespace avx2
+#endif
+
+#if defined(KILNET_HAVE_AVX512_BUILD)
+namespace avx512 {   // conv2d_avx512.cpp
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
+                    Act act);
+void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, const float* w,
+                     float* dx, float* dw, float* db, Act act, const float* y);
+void conv2d_backward_input(const Conv2dShape& s, const float* dy, const float* w, float* dx, Act act,
+                           const float* y);
+}  // namespace avx512
 #endif
 
 // ------------------------------------------------------------------------- reference (plain loops)
@@ -291,6 +303,9 @@ bool force_general() {
 // For larger C we measured the alternative, im2col of pixel blocks + gemm(): 19 GFLOP/s with
 // the current gemm against ~105 for the direct kernel (benchmarks/RESULTS.md), and the direct
 // kernel never copies the patches. Re-measure with KILNET_CONV_PATH=gemm when gemm() changes.
+// With AVX-512 the same design runs on 16-lane vectors (conv2d_avx512.cpp: tiles of 24 zmm
+// accumulators, masked K tails), except for very narrow outputs (K <= 8, or dx column groups
+// under 16), which it hands to the AVX2 kernels; KILNET_SIMD=avx2 selects the AVX2 kernels.
 // Without AVX2 (or with KILNET_SIMD=scalar) the general im2col + gemm path runs.
 // The activation is fused on every path: applied to each tile (AVX2) or chunk (general) as it
 // is stored, and its derivative applied to each chunk of dy as the backward kernels read it.
@@ -298,6 +313,9 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
                     Act act) {
   if (act == Act::Softmax) throw std::invalid_argument("conv2d_forward: softmax is not elementwise; use softmax_forward");
   if (s.N == 0 || s.P == 0 || s.Q == 0 || s.K == 0) return;   // nothing to write; the tiled paths divide by these
+#if defined(KILNET_HAVE_AVX512_BUILD)
+  if (use_avx512() && !force_general()) return avx512::conv2d_forward(s, x, w, b, y, act);
+#endif
 #if defined(KILNET_HAVE_AVX2_BUILD)
   if (use_avx2() && !force_general()) return avx2::conv2d_forward(s, x, w, b, y, act);
 #endif
@@ -312,6 +330,9 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
     if (dx) std::fill(dx, dx + s.N * s.H * s.W * s.C, 0.f);
     return;
   }
+#if defined(KILNET_HAVE_AVX512_BUILD)
+  if (use_avx512() && !force_general()) return avx512::conv2d_backward(s, dy, x, w, dx, dw, db, act, y);
+#endif
 #if defined(KILNET_HAVE_AVX2_BUILD)
   if (use_avx2() && !force_general()) return avx2::conv2d_backward(s, dy, x, w, dx, dw, db, act, y);
 #endif
@@ -326,6 +347,9 @@ void conv2d_backward_input(const Conv2dShape& s, const float* dy, const float* w
     std::fill(dx, dx + s.N * s.H * s.W * s.C, 0.f);
     return;
   }
+#if defined(KILNET_HAVE_AVX512_BUILD)
+  if (use_avx512() && !force_general()) return avx512::conv2d_backward_input(s, dy, w, dx, act, y);
+#endif
 #if defined(KILNET_HAVE_AVX2_BUILD)
   if (use_avx2() && !force_general()) return avx2::conv2d_backward_input(s, dy, w, dx, act, y);
 #endif
