@@ -120,6 +120,8 @@ class Layer:
         returns its Variable."""
         init = initializers.get(initializer)
         shape = tuple(int(s) for s in shape)
+        from kilnet.saving.budget import charge   # a load's weight budget, checked before allocating
+        charge(shape, f"layer {self.name!r}")
         value = init(shape) if initialize else np.zeros(shape, np.float32)
         setattr(self, attr, np.ascontiguousarray(value, dtype=np.float32))
         if trainable:
