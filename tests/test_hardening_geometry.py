@@ -29,7 +29,7 @@ FUZZ = textwrap.dedent(r"""
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))   # the soft limit: threads() raises it
     import numpy as np
     from hypothesis import given, settings, strategies as st, HealthCheck
-    from kilnet import _cpu
+    from kilnet import _cpu, layers
 
     big = st.sampled_from(BIG_VALUES)
     geom = st.one_of(st.integers(-3, 9), big, st.integers(-2**63, 2**63 - 1),
@@ -101,7 +101,7 @@ FUZZ = textwrap.dedent(r"""
     def rnn_sizes(cell, B, T, I, H):
         call("rnn_workspace_size", _cpu.rnn_workspace_size, cell, B, T, I, H)
 
-    @cfg
+    @settings(cfg, max_examples=min(40, int(os.environ["FUZZ_EXAMPLES"])))   # up to 1024 threads a call
     @given(geom)
     def threads(n):
         # Up to 1024 threads of 8 MB stacks: this one runs with a larger address-space limit.
@@ -133,6 +133,46 @@ FUZZ = textwrap.dedent(r"""
         L.kilnet_conv2d_forward(ctypes.byref(shape), p(x), p(w), p(b), p(y))
         L.kilnet_conv2d_backward(ctypes.byref(shape), p(y), p(x), p(w), p(arr(*x.shape)), p(arr(*w.shape)), p(arr(K)))
 
+    LAYERS = {   # name: (input shape without batch, constructor of one value)
+        "conv2d_strides": ((6, 6, 2), lambda v, w: layers.Conv2D(2, 3, strides=v, padding=w)),
+        "conv2d_dilation": ((6, 6, 2), lambda v, w: layers.Conv2D(2, 2, dilation_rate=v, padding=w)),
+        "conv2d_kernel": ((6, 6, 2), lambda v, w: layers.Conv2D(2, v, padding=w)),
+        "conv2d_filters": ((6, 6, 2), lambda v, w: layers.Conv2D(v, 2, padding=w)),
+        "conv1d_dilation": ((6, 2), lambda v, w: layers.Conv1D(2, 2, dilation_rate=v,
+                                                               padding="causal" if w == "valid" else w)),
+        "conv1d_strides": ((6, 2), lambda v, w: layers.Conv1D(2, 3, strides=v, padding=w)),
+        "convT_strides": ((3, 3, 2), lambda v, w: layers.Conv2DTranspose(2, 2, strides=v, padding=w)),
+        "convT_dilation": ((3, 3, 2), lambda v, w: layers.Conv2DTranspose(2, 2, dilation_rate=v, padding=w)),
+        "depthwise_dilation": ((6, 6, 2), lambda v, w: layers.DepthwiseConv2D(2, dilation_rate=v, padding=w)),
+        "depthwise_multiplier": ((6, 6, 2), lambda v, w: layers.DepthwiseConv2D(2, depth_multiplier=v, padding=w)),
+        "separable_dilation": ((6, 6, 2), lambda v, w: layers.SeparableConv2D(2, 2, dilation_rate=v, padding=w)),
+        "maxpool_size": ((6, 6, 2), lambda v, w: layers.MaxPooling2D(pool_size=v, padding=w)),
+        "avgpool_strides": ((6, 6, 2), lambda v, w: layers.AveragePooling2D(2, strides=v, padding=w)),
+        "maxpool1d_size": ((6, 2), lambda v, w: layers.MaxPooling1D(pool_size=v, strides=1, padding=w)),
+        "upsampling2d": ((6, 6, 2), lambda v, w: layers.UpSampling2D(size=v)),
+        "zeropadding2d": ((6, 6, 2), lambda v, w: layers.ZeroPadding2D(padding=v)),
+        "cropping2d": ((6, 6, 2), lambda v, w: layers.Cropping2D(cropping=v)),
+        "dense_units": ((6,), lambda v, w: layers.Dense(v)),
+        "embedding": ((6,), lambda v, w: layers.Embedding(v, 2)),
+        "lstm_units": ((4, 3), lambda v, w: layers.LSTM(v)),
+    }
+
+    @cfg
+    @given(st.sampled_from(sorted(LAYERS)), geom, st.sampled_from(["valid", "same"]))
+    def layer_ctors(kind, v, pad):
+        import kilnet
+        shape, make = LAYERS[kind]
+        print("layer", kind, v, pad, file=sys.stderr, flush=True)
+        try:
+            layer = make(v, pad)
+            m = kilnet.models.Sequential([kilnet.Input(shape), layer])
+            x = np.ones((1, *shape), np.float32) if kind != "embedding" else np.zeros((1, *shape), np.int32)
+            m.predict(x, verbose=0)
+        except (ValueError, TypeError, MemoryError):
+            # MemoryError: a layer whose weights or output cannot fit (Dense(2**40)) when built
+            # directly; loading a file refuses those before allocating (test_hardening_files).
+            pass
+
     for t in sys.argv[1:]:
         globals()[t]()
     print("FUZZ-OK", file=sys.stderr, flush=True)
@@ -149,7 +189,7 @@ def run_fuzz(tests, examples=int(os.environ.get("KILNET_FUZZ_EXAMPLES", "150")),
         f"fuzz of {tests} ended with status {out.returncode}; last lines:\n" + "\n".join(last))
 
 
-@pytest.mark.parametrize("tests", [["conv"], ["depthwise", "pool"], ["rnn_sizes", "threads"]])
+@pytest.mark.parametrize("tests", [["conv"], ["depthwise", "pool"], ["rnn_sizes", "threads"], ["layer_ctors"]])
 def test_kernel_geometry_fuzz(tests):
     pytest.importorskip("hypothesis")
     run_fuzz(tests)
