@@ -127,6 +127,16 @@ def make_all(folder):
         lambda g, n, s: g.create_dataset(n, data=np.zeros((2**24,), np.float32), chunks=(2**20,),
                                          compression="gzip", compression_opts=9)),
         "declares .* bytes but stores")
+    up = kilnet.models.Sequential([layers.UpSampling2D(2, interpolation="bilinear", input_shape=(4, 4, 1))])
+
+    def big_bilinear(cfg):   # the interpolation matrix would be 4e7 x 4e4 values (no weights at all)
+        for l in cfg["config"]["layers"]:
+            if l["class_name"] == "InputLayer":
+                l["config"]["batch_shape"] = [None, 40000, 1, 1]
+        cfg["config"]["build_input_shape"] = [None, 40000, 1, 1]
+        _layer(cfg, 0)["size"] = [1000, 1]
+    add("bilinear_upsampling_matrix", _edit_config(_base(folder, "bilinear", None, model=up), big_bilinear),
+        "interpolation matrix")
     # ------------------------------------------------------------------ time bombs
     add("15000_layers", _edit_config(_base(folder, "many", None), _many_layers(15000)), "more than 10000 layers")
     add("keras_15000_layers", _edit_keras_config(_base(folder, "k_many", None, suffix=".keras"), _many_layers(15000)),

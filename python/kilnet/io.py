@@ -180,6 +180,8 @@ def load_model(filepath, compile=True, allow_nonfinite=False, custom_objects=Non
             raise ModelFileError(f"{where} is damaged or incomplete: {e}") from None
         except (OverflowError, TypeError, RecursionError) as e:   # odd values in the config
             raise ModelFileError(f"{where}: the file holds values kilnet cannot use: {type(e).__name__}: {e}") from None
+        except MemoryError:   # a structure the weight budget does not cover, too big for this machine
+            raise ModelFileError(f"{where}: the model the file describes does not fit in memory") from None
     return model
 
 

@@ -94,6 +94,8 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True, allo
                     compiled = restore_compile(model, cfg["compile_config"], where)
         except (OverflowError, TypeError, RecursionError) as e:   # odd values in the config
             raise ModelFileError(f"{where}: the file holds values kilnet cannot use: {type(e).__name__}: {e}") from None
+        except MemoryError:   # a structure the weight budget does not cover, too big for this machine
+            raise ModelFileError(f"{where}: the model the file describes does not fit in memory") from None
         _read_weights_member(zf, members, model, where, load_optimizer=compiled, allow_nonfinite=allow_nonfinite)
     return model
 
