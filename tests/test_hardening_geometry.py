@@ -295,3 +295,29 @@ def test_layer_constructors_refuse_extreme_geometry(bad):
         with pytest.raises((ValueError, TypeError)):
             make(bad)
     layers.Conv2D(1, 3, strides=3.0)   # an integral float (a JSON config) is an int
+
+
+def test_c_api_geometry_status_codes():
+    import ctypes
+    lib = _libkilnet()
+    if lib is None:
+        pytest.skip("no libkilnet.so built")
+    L = ctypes.CDLL(lib)
+    L.kilnet_last_error.restype = ctypes.c_char_p
+    x, w, y = _a(1, 6, 6, 1), _a(2, 2, 1, 1), _a(1, 6, 6, 1)
+    p = lambda a: a.ctypes.data_as(ctypes.c_void_p)   # noqa: E731
+    # N H W C K R S P Q stride_h stride_w pad_h pad_w dil_h dil_w
+    cases = [((1, 6, 6, 1, 1, 2, 2, 6, 6, 1, 1, 2**39, 2**39, 2**40, 2**40), 2, "'dilation'"),
+             ((1, 6, 6, 1, 1, 2, 2, 6, 6, 1, 1, 2**20, 2**20, 2**21, 2**21), 2, "padded image"),
+             ((1, 6, 6, 1, 1, 2, 2, 6, 6, 2**62, 1, 0, 0, 1, 1), 2, "'strides'"),
+             ((1, 6, 6, 1, 1, 2, 2, 6, 7, 1, 1, 0, 0, 1, 1), 3, "output must have shape")]
+    for vals, status, word in cases:
+        shape = (ctypes.c_int64 * 15)(*vals)
+        y[...] = 7.0
+        assert L.kilnet_conv2d_forward(ctypes.byref(shape), p(x), p(w), None, p(y)) == status, vals
+        assert word in L.kilnet_last_error().decode(), L.kilnet_last_error()
+        assert (y == 7.0).all()
+    shape = (ctypes.c_int64 * 15)()
+    I64 = ctypes.c_int64
+    rc = L.kilnet_conv2d_shape_init(ctypes.byref(shape), *(I64(v) for v in (1, 6, 6, 1, 1, 2, 2, 1, 1, 2**40, 2**40)), 1)
+    assert rc == 2 and b"dilation" in L.kilnet_last_error()
