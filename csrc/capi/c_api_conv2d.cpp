@@ -2,6 +2,7 @@
 #include <algorithm>
 #include "capi_internal.h"
 #include "kilnet/conv2d.h"
+#include "kilnet/detail/geometry.h"
 
 using namespace kilnet;
 using namespace kilnet::capi;
@@ -11,9 +12,10 @@ namespace {
 // Kernel extent along one axis: (R - 1) * dilation + 1.
 int64_t extent(int64_t r, int64_t dilation) { return mul(r - 1, dilation) + 1; }
 
-// The checks of csrc/python/bind_conv2d.cpp: sizes, strides, padding, and an output size that
-// the kernel can compute (the bottom/right padding P and Q imply is at most
-// max(top padding, extent - 1)). Returns the C++ shape.
+// The checks of csrc/python/args_conv2d.h, through the same rules (kilnet/detail/geometry.h):
+// sizes, strides, padding and dilation in range with no overflow in the index arithmetic, an
+// output size that the kernel can compute (the bottom/right padding P and Q imply is at most
+// max(top padding, extent - 1)), and a padded image bounded by the image. Returns the C++ shape.
 Conv2dShape checked(const kilnet_conv2d_shape* s) {
   need("s", s);
   positive("s->N", s->N); positive("s->H", s->H); positive("s->W", s->W); positive("s->C", s->C);
@@ -22,19 +24,19 @@ Conv2dShape checked(const kilnet_conv2d_shape* s) {
   positive("s->dilation_h", s->dilation_h); positive("s->dilation_w", s->dilation_w);
   if (s->pad_h < 0 || s->pad_w < 0)
     fail(KILNET_ERR_INVALID_VALUE, "padding must be >= 0, got pad_h = ", s->pad_h, ", pad_w = ", s->pad_w);
-  const int64_t eff_r = extent(s->R, s->dilation_h), eff_s = extent(s->S, s->dilation_w);
-  const int64_t span_h = s->H + s->pad_h + std::max(s->pad_h, eff_r - 1) - eff_r;
-  const int64_t span_w = s->W + s->pad_w + std::max(s->pad_w, eff_s - 1) - eff_s;
-  const int64_t max_p = span_h < 0 ? 0 : span_h / s->stride_h + 1;
-  const int64_t max_q = span_w < 0 ? 0 : span_w / s->stride_w + 1;
-  if (s->P < 1 || s->Q < 1 || s->P > max_p || s->Q > max_q)
-    fail(KILNET_ERR_SHAPE, "output size P x Q = ", s->P, " x ", s->Q, " is impossible: for H x W = ",
-         s->H, " x ", s->W, ", a ", s->R, " x ", s->S, " kernel, strides ", s->stride_h, ",",
-         s->stride_w, ", dilation ", s->dilation_h, ",", s->dilation_w, " and top/left padding ",
-         s->pad_h, ",", s->pad_w, " it must be 1 <= P <= ", max_p, " and 1 <= Q <= ", max_q,
-         " (kilnet_conv2d_shape_init computes Keras's)");
   // Every buffer's size must be representable.
   product({s->N, s->H, s->W, s->C}); product({s->R, s->S, s->C, s->K}); product({s->N, s->P, s->Q, s->K});
+  detail::ConvAxis ah, aw;
+  std::string e = detail::conv_axis(0, s->H, s->R, s->stride_h, s->pad_h, s->dilation_h, s->P, &ah);
+  if (e.empty()) e = detail::conv_axis(1, s->W, s->S, s->stride_w, s->pad_w, s->dilation_w, s->Q, &aw);
+  if (e.empty()) e = detail::conv_image(ah, aw, s->N, s->H, s->W, s->C, s->P, s->Q, s->K, s->R, s->S);
+  if (!e.empty()) {
+    // An impossible P or Q is a shape error (as before); everything else an invalid value.
+    if (e.rfind(detail::kGeomShapeError, 0) == 0)
+      fail(KILNET_ERR_SHAPE, "output size P x Q = ", s->P, " x ", s->Q, " is impossible: ", e,
+           " (kilnet_conv2d_shape_init computes Keras's)");
+    fail(KILNET_ERR_INVALID_VALUE, e);
+  }
   Conv2dShape c;
   c.N = s->N; c.H = s->H; c.W = s->W; c.C = s->C;
   c.K = s->K; c.R = s->R; c.S = s->S; c.P = s->P; c.Q = s->Q;
@@ -47,6 +49,13 @@ Conv2dShape checked(const kilnet_conv2d_shape* s) {
 // Keras's output length and top/left padding of one axis (layers/conv.py conv_output_length).
 void keras_axis(const char* axis, int64_t size, int64_t kernel, int64_t stride, int64_t dilation,
                 int padding, int64_t* out, int64_t* pad) {
+  // The ranges of kilnet/detail/geometry.h first, so that the arithmetic below cannot overflow.
+  for (const std::string& e : {detail::geom_range("strides", axis[0] == 'H' ? 0 : 1, stride, 1),
+                               detail::geom_range("dilation", axis[0] == 'H' ? 0 : 1, dilation, 1)})
+    if (!e.empty()) fail(KILNET_ERR_INVALID_VALUE, e);
+  if (size > detail::kGeomMax || kernel > detail::kGeomMax)
+    fail(KILNET_ERR_INVALID_VALUE, "input ", axis, " = ", size, " or its kernel size ", kernel, " exceeds ",
+         detail::kGeomMax);
   const int64_t eff = extent(kernel, dilation);
   if (padding == KILNET_PADDING_VALID) {
     if (size < eff)

@@ -8,19 +8,22 @@
 #include <vector>
 #include "checks.h"
 #include "kilnet/conv2d.h"
+#include "kilnet/detail/geometry.h"
 
 namespace kilnet::bind {
 
 using Pair = std::array<index_t, 2>;
 
-// Checks shared by the forward and backward convolution; returns the shape.
+// Checks shared by the forward and backward convolution; returns the shape. The geometry
+// (strides, padding, dilation, the output size P x Q) follows kilnet/detail/geometry.h: no
+// overflow in the index arithmetic, an output the input can produce, and a padded image bounded
+// by the image, all checked before the kernel runs or allocates anything.
+// pad_h/pad_w are the top/left padding; P and Q imply the bottom/right padding, which may be
+// anything from none (rows left over, as in 'valid') up to the larger of the top padding
+// (symmetric explicit padding) and eff-1 (Keras 'same' puts the odd pixel at the bottom).
+// Reads outside the input are zeros, so every accepted P, Q is memory-safe.
 inline Conv2dShape conv_shape(const char* fn, const Arr& x, const Arr& w, const Arr& y, Pair stride,
                               Pair pad, Pair dil) {
-  for (int i = 0; i < 2; ++i) {
-    if (stride[i] < 1) fail_value(std::string(fn) + ": strides must be >= 1");
-    if (dil[i] < 1) fail_value(std::string(fn) + ": dilation must be >= 1");
-    if (pad[i] < 0) fail_value(std::string(fn) + ": padding must be >= 0");
-  }
   Conv2dShape s;
   s.N = x.dim(0); s.H = x.dim(1); s.W = x.dim(2); s.C = x.dim(3);
   s.R = w.dim(0); s.S = w.dim(1); s.K = w.dim(3);
@@ -29,21 +32,18 @@ inline Conv2dShape conv_shape(const char* fn, const Arr& x, const Arr& w, const 
   if (w.dim(2) != s.C)
     fail_value(std::string(fn) + ": weight 'w' has " + std::to_string(w.dim(2)) +
                " input channels but 'x' has " + std::to_string(s.C));
+  if (y.dim(0) != s.N || y.dim(3) != s.K)
+    fail_value(std::string(fn) + ": output must have shape (" + std::to_string(s.N) + ", P, Q, " +
+               std::to_string(s.K) + "), got " + shape_str(y.shape));
   s.stride_h = stride[0]; s.stride_w = stride[1];
   s.pad_h = pad[0]; s.pad_w = pad[1];
   s.dilation_h = dil[0]; s.dilation_w = dil[1];
   s.P = y.dim(1); s.Q = y.dim(2);
-  // pad_h/pad_w are the top/left padding; P and Q imply the bottom/right padding, which may be
-  // anything from none (rows left over, as in 'valid') up to the larger of the top padding
-  // (symmetric explicit padding) and eff-1 (Keras 'same' puts the odd pixel at the bottom).
-  // Reads outside the input are zeros, so every accepted P, Q is memory-safe.
-  const index_t eff_r = (s.R - 1) * s.dilation_h + 1, eff_s = (s.S - 1) * s.dilation_w + 1;
-  const index_t max_p = (s.H + s.pad_h + std::max(s.pad_h, eff_r - 1) - eff_r) / s.stride_h + 1;
-  const index_t max_q = (s.W + s.pad_w + std::max(s.pad_w, eff_s - 1) - eff_s) / s.stride_w + 1;
-  if (y.dim(0) != s.N || y.dim(3) != s.K || s.P < 1 || s.Q < 1 || s.P > max_p || s.Q > max_q)
-    fail_value(std::string(fn) + ": output must have shape (" + std::to_string(s.N) + ", P<=" +
-               std::to_string(max_p) + ", Q<=" + std::to_string(max_q) + ", " + std::to_string(s.K) +
-               "), got " + shape_str(y.shape));
+  detail::ConvAxis ah, aw;
+  std::string e = detail::conv_axis(0, s.H, s.R, s.stride_h, s.pad_h, s.dilation_h, s.P, &ah);
+  if (e.empty()) e = detail::conv_axis(1, s.W, s.S, s.stride_w, s.pad_w, s.dilation_w, s.Q, &aw);
+  if (e.empty()) e = detail::conv_image(ah, aw, s.N, s.H, s.W, s.C, s.P, s.Q, s.K, s.R, s.S);
+  if (!e.empty()) fail_value(std::string(fn) + ": " + e + " (output shape " + shape_str(y.shape) + ")");
   return s;
 }
 

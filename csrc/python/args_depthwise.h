@@ -6,6 +6,7 @@
 #include <vector>
 #include "checks.h"
 #include "kilnet/depthwise.h"
+#include "kilnet/detail/geometry.h"
 
 namespace kilnet::bind {
 
@@ -14,11 +15,6 @@ using DwPair = std::array<index_t, 2>;
 // Shared by forward and backward: x (N, H, W, C), w (R, S, C, M), y/dy (N, P, Q, C*M).
 inline Depthwise2dShape depthwise_shape(const char* fn, const Arr& x, const Arr& w, const Arr& y,
                                         DwPair stride, DwPair pad, DwPair dil) {
-  for (int i = 0; i < 2; ++i) {
-    if (stride[i] < 1) fail_value(std::string(fn) + ": strides must be >= 1");
-    if (dil[i] < 1) fail_value(std::string(fn) + ": dilation must be >= 1");
-    if (pad[i] < 0) fail_value(std::string(fn) + ": padding must be >= 0");
-  }
   Depthwise2dShape s;
   s.N = x.dim(0); s.H = x.dim(1); s.W = x.dim(2); s.C = x.dim(3);
   s.R = w.dim(0); s.S = w.dim(1); s.M = w.dim(3);
@@ -28,19 +24,20 @@ inline Depthwise2dShape depthwise_shape(const char* fn, const Arr& x, const Arr&
   if (w.dim(2) != s.C)
     fail_value(std::string(fn) + ": weight 'w' has " + std::to_string(w.dim(2)) + " input channels but 'x' has " +
                std::to_string(s.C));
+  const index_t CM = detail::geom_product({s.C, s.M});
+  if (CM < 0 || y.dim(0) != s.N || y.dim(3) != CM)
+    fail_value(std::string(fn) + ": output must have shape (" + std::to_string(s.N) + ", P, Q, " +
+               std::to_string(CM) + "), got " + shape_str(y.shape));
   s.stride_h = stride[0]; s.stride_w = stride[1];
   s.pad_h = pad[0]; s.pad_w = pad[1];
   s.dilation_h = dil[0]; s.dilation_w = dil[1];
   s.P = y.dim(1); s.Q = y.dim(2);
-  // As conv2d: bottom/right padding from none up to max(top padding, eff - 1); reads outside
-  // the input are skipped, so every accepted P, Q is memory-safe.
-  const index_t eff_r = (s.R - 1) * s.dilation_h + 1, eff_s = (s.S - 1) * s.dilation_w + 1;
-  const index_t max_p = (s.H + s.pad_h + std::max(s.pad_h, eff_r - 1) - eff_r) / s.stride_h + 1;
-  const index_t max_q = (s.W + s.pad_w + std::max(s.pad_w, eff_s - 1) - eff_s) / s.stride_w + 1;
-  if (y.dim(0) != s.N || y.dim(3) != s.C * s.M || s.P < 1 || s.Q < 1 || s.P > max_p || s.Q > max_q)
-    fail_value(std::string(fn) + ": output must have shape (" + std::to_string(s.N) + ", P<=" +
-               std::to_string(max_p) + ", Q<=" + std::to_string(max_q) + ", " + std::to_string(s.C * s.M) +
-               "), got " + shape_str(y.shape));
+  // The rules of conv2d (kilnet/detail/geometry.h); the work count is N*P*Q*(C*M)*R*S.
+  detail::ConvAxis ah, aw;
+  std::string e = detail::conv_axis(0, s.H, s.R, s.stride_h, s.pad_h, s.dilation_h, s.P, &ah);
+  if (e.empty()) e = detail::conv_axis(1, s.W, s.S, s.stride_w, s.pad_w, s.dilation_w, s.Q, &aw);
+  if (e.empty()) e = detail::conv_image(ah, aw, s.N, s.H, s.W, s.C, s.P, s.Q, s.M, s.R, s.S);
+  if (!e.empty()) fail_value(std::string(fn) + ": " + e + " (output shape " + shape_str(y.shape) + ")");
   return s;
 }
 

@@ -5,6 +5,7 @@
 #include <string>
 #include "checks.h"
 #include "kilnet/pool2d.h"
+#include "kilnet/detail/geometry.h"
 
 namespace kilnet::bind {
 
@@ -13,28 +14,23 @@ using Pair = std::array<index_t, 2>;
 // Shape of a pooling call from x (N, H, W, C) and y (N, P, Q, C). Every window must overlap the
 // input: pad < window (the first window) and P <= (H + pad_h - 1)/stride_h + 1 (the last one).
 inline Pool2dShape pool_shape(const char* fn, const Arr& x, const Arr& y, Pair pool, Pair stride, Pair pad) {
-  for (int i = 0; i < 2; ++i) {
-    if (pool[i] < 1) fail_value(std::string(fn) + ": pool_size must be >= 1");
-    if (stride[i] < 1) fail_value(std::string(fn) + ": strides must be >= 1");
-    if (pad[i] < 0 || pad[i] >= pool[i])
-      fail_value(std::string(fn) + ": padding must be >= 0 and smaller than the pool window, got (" +
-                 std::to_string(pad[0]) + ", " + std::to_string(pad[1]) + ") for pool_size (" +
-                 std::to_string(pool[0]) + ", " + std::to_string(pool[1]) + ")");
-  }
   Pool2dShape s;
   s.N = x.dim(0); s.H = x.dim(1); s.W = x.dim(2); s.C = x.dim(3);
+  if (s.N < 1 || s.H < 1 || s.W < 1 || s.C < 1)
+    fail_value(std::string(fn) + ": empty input " + shape_str(x.shape));
+  if (y.dim(0) != s.N || y.dim(3) != s.C)
+    fail_value(std::string(fn) + ": output must have shape (" + std::to_string(s.N) + ", P, Q, " +
+               std::to_string(s.C) + "), got " + shape_str(y.shape));
   s.R = pool[0]; s.S = pool[1];
   s.stride_h = stride[0]; s.stride_w = stride[1];
   s.pad_h = pad[0]; s.pad_w = pad[1];
   s.P = y.dim(1); s.Q = y.dim(2);
-  if (s.N < 1 || s.H < 1 || s.W < 1 || s.C < 1)
-    fail_value(std::string(fn) + ": empty input " + shape_str(x.shape));
-  const index_t max_p = (s.H + s.pad_h - 1) / s.stride_h + 1;
-  const index_t max_q = (s.W + s.pad_w - 1) / s.stride_w + 1;
-  if (y.dim(0) != s.N || y.dim(3) != s.C || s.P < 1 || s.Q < 1 || s.P > max_p || s.Q > max_q)
-    fail_value(std::string(fn) + ": output must have shape (" + std::to_string(s.N) + ", P<=" +
-               std::to_string(max_p) + ", Q<=" + std::to_string(max_q) + ", " + std::to_string(s.C) +
-               "), got " + shape_str(y.shape));
+  // kilnet/detail/geometry.h: sizes in range, every window overlapping the input, no overflow.
+  index_t max_p = 0, max_q = 0;
+  std::string e = detail::pool_axis(0, s.H, s.R, s.stride_h, s.pad_h, s.P, &max_p);
+  if (e.empty()) e = detail::pool_axis(1, s.W, s.S, s.stride_w, s.pad_w, s.Q, &max_q);
+  if (e.empty()) e = detail::pool_image(s.N, s.P, s.Q, s.C, s.R, s.S);
+  if (!e.empty()) fail_value(std::string(fn) + ": " + e + " (output shape " + shape_str(y.shape) + ")");
   return s;
 }
 

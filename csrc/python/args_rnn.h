@@ -88,6 +88,17 @@ inline std::pair<index_t, index_t> rnn_workspace_sizes(const std::string& cell, 
                                                        index_t features, index_t units) {
   if (batch < 1 || steps < 1 || features < 1 || units < 1)
     fail_value("rnn_workspace_size: batch, steps, features and units must be >= 1");
+  // Every block of the layout is at most (steps + 1) * batch * (features + 4 * units) floats,
+  // rounded up to 16, and there are fewer than 8: refuse sizes whose sum would overflow int64.
+  const index_t cap = (index_t(1) << 31) - 1;
+  const index_t per = features <= cap && units <= cap ? features + 4 * units + 16 : -1;
+  index_t total = 1;
+  for (index_t v : {steps <= cap ? steps + 1 : -1, batch, per, index_t(8 * 16)})
+    if (v < 0 || __builtin_mul_overflow(total, v, &total)) { total = -1; break; }
+  if (total < 0 || total > (index_t(1) << 60))
+    fail_value("rnn_workspace_size: batch " + std::to_string(batch) + " x steps " + std::to_string(steps) +
+               " x (features " + std::to_string(features) + " + units " + std::to_string(units) +
+               ") overflows the workspace size");
   RnnShape s;
   s.cell = parse_cell(cell);
   s.B = batch; s.T = steps; s.I = features; s.H = units;

@@ -2,6 +2,7 @@
 // without the GIL.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <array>
 #include <string>
 #include "args_conv2d.h"
 
@@ -40,6 +41,17 @@ void kilnet::bind::bind_conv2d(py::module_& m, bool ref) {
      "gradients of y = act(conv2d(x, w) + b) given dy, using dz = act'(y) * dy on the fly (y, the "
      "forward output, is required unless act is linear): dx = grad wrt x (overwritten, None to "
      "skip); dw += grad wrt w; db += grad wrt b (None to skip)");
+
+  // The geometry rules alone, on shapes: layers check their arguments at build with exactly the
+  // rules the kernels' calls are checked with (kilnet/detail/geometry.h).
+  m.def("conv2d_check_geometry", [](std::array<index_t, 4> x, std::array<index_t, 4> w, std::array<index_t, 4> y,
+                                    Pair stride, Pair padding, Pair dilation) {
+    Arr xa, wa, ya;
+    xa.shape.assign(x.begin(), x.end()); wa.shape.assign(w.begin(), w.end()); ya.shape.assign(y.begin(), y.end());
+    conv_shape("conv2d", xa, wa, ya, stride, padding, dilation);
+  }, arg("x_shape"), arg("w_shape"), arg("y_shape"), arg("stride"), arg("padding"), arg("dilation"),
+     "Raises ValueError when conv2d_forward would refuse these shapes and this geometry (x NHWC, "
+     "w RSCK, y NPQK; depthwise: w RSCM with y's last axis M)");
 
   m.def("conv2d_backward_input", [=](py::object dy_, py::object w_, py::object dx_, Pair stride,
                                      Pair padding, Pair dilation, const std::string& act, py::object y_) {

@@ -2,6 +2,7 @@
 // args_pool2d.h, then the kernel without the GIL.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <array>
 #include <string>
 #include "args_pool2d.h"
 
@@ -17,6 +18,15 @@ void kilnet::bind::bind_pool2d(py::module_& m, bool ref) {
   const auto avg_bwd = ref ? &cpu::avgpool2d_backward_ref : &cpu::avgpool2d_backward;
   const auto gap_fwd = ref ? &cpu::global_avgpool2d_forward_ref : &cpu::global_avgpool2d_forward;
   const auto gap_bwd = ref ? &cpu::global_avgpool2d_backward_ref : &cpu::global_avgpool2d_backward;
+
+  // The geometry rules alone, on shapes (layers check their arguments at build with these).
+  m.def("pool2d_check_geometry", [](std::array<index_t, 4> x, std::array<index_t, 4> y, Pair pool, Pair stride,
+                                    Pair pad) {
+    Arr xa, ya;
+    xa.shape.assign(x.begin(), x.end()); ya.shape.assign(y.begin(), y.end());
+    pool_shape("pool2d", xa, ya, pool, stride, pad);
+  }, arg("x_shape"), arg("y_shape"), arg("pool_size"), arg("strides"), arg("padding"),
+     "Raises ValueError when maxpool2d_forward / avgpool2d_forward would refuse these shapes and this geometry");
 
   m.def("maxpool2d_forward", [=](py::object x_, py::object y_, Pair pool, Pair stride, Pair pad) {
     auto a = pool_forward_args(host_arrays, "maxpool2d_forward", x_, y_, pool, stride, pad);

@@ -17,7 +17,13 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("machine_simd_level", [] { return cpu::simd_name(cpu::machine_simd()); },
         "the best level this build runs on this machine (what KILNET_SIMD can lower)");
   m.def("get_num_threads", &cpu::get_num_threads);
-  m.def("set_num_threads", &cpu::set_num_threads, py::arg("n"));
+  m.def("set_num_threads", [](int n) {
+    // The cap of KILNET_NUM_THREADS (kilnet/backend.py): a count far beyond any machine only
+    // exhausts the address space when the next parallel region starts its threads (a crash).
+    if (n < 1 || n > 4096)
+      bind::fail_value("set_num_threads: n must be in [1, 4096], got " + std::to_string(n));
+    cpu::set_num_threads(n);
+  }, py::arg("n"));
   m.def("build_info", &cpu::build_info);
   bind::bind_peak(m);   // no ref variant: on the main module only
   py::module_ ref = m.def_submodule("ref", "naive reference kernels: plain loops, for tests");

@@ -24,6 +24,7 @@ import numpy as np
 from kilnet import serialization
 from kilnet.saving import h5_checks
 from kilnet.saving.atomic import atomic_path
+from kilnet.saving.budget import weight_budget
 from kilnet.saving.compile_config import compile_config, restore_compile
 from kilnet.saving.errors import ModelFileError
 from kilnet.saving.h5_checks import MAX_WEIGHT_ELEMENTS  # noqa: F401  (kept importable from here)
@@ -165,13 +166,22 @@ def load_model(filepath, compile=True, allow_nonfinite=False, custom_objects=Non
             if cfg is None:
                 raise ModelFileError(f"{where} has no 'model_config' attribute: it holds no "
                                      "architecture (weights only?); build the model and call load_weights")
-            model = model_from_config(cfg, where)
+            # The weights the file really stores bound what building the architecture may allocate
+            # (saving/budget.py): checked before any layer allocates, so a small file cannot
+            # declare a huge model.
+            wg = h5_checks.hard_group(f, "model_weights", where) if "model_weights" in f else f
+            with weight_budget(h5_checks.stored_elements(wg, where), where):
+                model = model_from_config(cfg, where)
             read_legacy_weights(f, model, where, allow_nonfinite)
             tcfg = _json_attr(f, "training_config", where) if compile else None
             if tcfg is not None and restore_compile(model, tcfg, where) and "optimizer_weights" in f:
                 _read_optimizer(h5_checks.hard_group(f, "optimizer_weights", where), model, where, allow_nonfinite)
         except (KeyError, OSError, RuntimeError) as e:   # h5py's errors on damaged structures
             raise ModelFileError(f"{where} is damaged or incomplete: {e}") from None
+        except (OverflowError, TypeError, RecursionError) as e:   # odd values in the config
+            raise ModelFileError(f"{where}: the file holds values kilnet cannot use: {type(e).__name__}: {e}") from None
+        except MemoryError:   # a structure the weight budget does not cover, too big for this machine
+            raise ModelFileError(f"{where}: the model the file describes does not fit in memory") from None
     return model
 
 
@@ -241,7 +251,7 @@ def read_legacy_weights(f, model, where, allow_nonfinite=False, by_name=False, s
                 raise
             warnings.warn(f"skipping layer {layer.name!r}: {e}", stacklevel=3)
             continue
-        layer.set_weights(values)
+        layer.set_weights(values, allow_nonfinite=allow_nonfinite)
 
 
 def _read_optimizer(g, model, where, allow_nonfinite):

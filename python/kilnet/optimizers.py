@@ -208,6 +208,7 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba) in Keras's form: epsilon is added to sqrt(v) after bias correction of
     the step size."""
     slots = ("m", "v")
+    nonnegative_slots = ("v",)   # checked when state is read from a file (saving/optimizer_state.py)
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False, **kwargs):
         super().__init__(learning_rate, **kwargs)
@@ -255,6 +256,7 @@ class RMSprop(Optimizer):
         self.centered = bool(centered)
         self.slots = ("velocity",) + (("momentum",) if self.momentum > 0 else ()) + \
                      (("average_gradient",) if self.centered else ())
+        self.nonnegative_slots = ("velocity",)   # a mean square
 
     def _update(self, params, grads, lr):
         st = self.state
@@ -270,6 +272,7 @@ class Adagrad(Optimizer):
     """Adagrad, Keras's formulation: acc += g²; p -= lr*g/sqrt(acc + eps), the accumulator
     starting at initial_accumulator_value (0.1)."""
     slots = ("accumulator",)
+    nonnegative_slots = ("accumulator",)   # a sum of squares
 
     def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, **kwargs):
         super().__init__(learning_rate, **kwargs)

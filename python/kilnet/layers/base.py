@@ -120,6 +120,8 @@ class Layer:
         returns its Variable."""
         init = initializers.get(initializer)
         shape = tuple(int(s) for s in shape)
+        from kilnet.saving.budget import charge   # a load's weight budget, checked before allocating
+        charge(shape, f"layer {self.name!r}")
         value = init(shape) if initialize else np.zeros(shape, np.float32)
         setattr(self, attr, np.ascontiguousarray(value, dtype=np.float32))
         if trainable:
@@ -574,14 +576,57 @@ def _check_shape(shape, who):
     return tuple(None if s is None else int(s) for s in shape)
 
 
+# The largest stride, dilation, kernel or pool size (kilnet/detail/geometry.h's kGeomMax): the
+# kernels' index arithmetic is checked against it, so layers refuse beyond it at construction.
+GEOMETRY_MAX = 2**31 - 1
+
+
+def _geometry_int(v):
+    """An int from an int, a numpy integer or an integral float (JSON configs); else None."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)) and np.isfinite(v) and float(v).is_integer():
+        return int(v)
+    return None
+
+
 def normalize_tuple(value, n, name, who):
-    """Keras's conv argument form: an int or a tuple of n positive ints."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (int(value),) * n
+    """Keras's conv argument form: an int or a tuple of n positive ints (each at most 2**31 - 1)."""
+    if _geometry_int(value) is not None:
+        value = (_geometry_int(value),) * n
     try:
-        value = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
+        ints = tuple(_geometry_int(v) for v in value)
+    except TypeError:
+        ints = (None,)
+    if None in ints or isinstance(value, (str, bytes)):
         raise TypeError(f"{who}: {name} must be an int or a tuple of {n} ints, got {value!r}") from None
-    if len(value) != n or any(v < 1 for v in value):
-        raise ValueError(f"{who}: {name} must be {n} positive ints, got {value!r}")
-    return value
+    if len(ints) != n or any(v < 1 or v > GEOMETRY_MAX for v in ints):
+        raise ValueError(f"{who}: {name} must be {n} ints in [1, {GEOMETRY_MAX}], got {value!r}")
+    return ints
+
+
+def _batch1(shape):
+    return tuple(1 if d is None else int(d) for d in shape)
+
+
+def check_conv_geometry(who, x_shape, w_shape, y_shape, strides, padding, dilation):
+    """The kernels' geometry rules (conv2d_check_geometry: no index overflow, an output the input
+    can produce, a padded image bounded by the image) on a layer's shapes, at build: a layer, and
+    so a model file, cannot describe what the kernels would refuse. x NHWC, w RSCK (depthwise
+    RSCM), y NPQK; an unknown batch counts as 1."""
+    try:
+        _cpu.conv2d_check_geometry(_batch1(x_shape), _batch1(w_shape), _batch1(y_shape), tuple(strides),
+                                   tuple(padding), tuple(dilation))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{who}: {e}") from None
+
+
+def check_pool_geometry(who, x_shape, y_shape, pool_size, strides, padding):
+    """check_conv_geometry's counterpart for pooling (pool2d_check_geometry)."""
+    try:
+        _cpu.pool2d_check_geometry(_batch1(x_shape), _batch1(y_shape), tuple(pool_size), tuple(strides),
+                                   tuple(padding))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{who}: {e}") from None

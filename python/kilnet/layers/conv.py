@@ -6,7 +6,7 @@ import numpy as np
 from kilnet import initializers
 from kilnet import regularizers as regularizers_mod
 from kilnet.layers.activation import ActivatedLayer
-from kilnet.layers.base import normalize_tuple
+from kilnet.layers.base import check_conv_geometry, normalize_tuple
 from kilnet.layers.core import _refuse_unsupported
 
 __all__ = ["Conv2D", "conv_output_length", "conv2d_input_grad"]
@@ -100,6 +100,8 @@ class Conv2D(ActivatedLayer):
         if p < 1 or q < 1:
             raise ValueError(f"Conv2D {self.name!r}: input {input_shape[1:3]} is smaller than the "
                              f"kernel {self.kernel_size} (dilation {self.dilation_rate}) with padding='valid'")
+        check_conv_geometry(f"Conv2D {self.name!r}", input_shape, (*self.kernel_size, input_shape[3], self.filters),
+                            (input_shape[0], p, q, self.filters), self.strides, (ph, pw), self.dilation_rate)
         self._pq, self._pad = (p, q), (ph, pw)
 
     def compute_output_shape(self, input_shape):

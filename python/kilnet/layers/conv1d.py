@@ -11,7 +11,7 @@ import numpy as np
 
 from kilnet import initializers
 from kilnet import regularizers as regularizers_mod
-from kilnet.layers.base import normalize_tuple
+from kilnet.layers.base import check_conv_geometry, normalize_tuple
 from kilnet.layers.conv import Conv2D, conv2d_input_grad, conv_output_length
 from kilnet.layers.core import _refuse_unsupported
 from kilnet.layers.activation import ActivatedLayer
@@ -82,6 +82,9 @@ class Conv1D(Conv2D):
         if out < 1:
             raise ValueError(f"Conv1D {self.name!r}: {steps} steps are fewer than the kernel {k} "
                              f"(dilation {d}) with padding='valid'")
+        check_conv_geometry(f"Conv1D {self.name!r}", (input_shape[0], 1, steps, input_shape[2]),
+                            (1, k, input_shape[2], self.filters), (input_shape[0], 1, out, self.filters),
+                            (1, s), (0, left), (1, d))
         self._out_steps, self._pad = out, (0, left)
 
     def compute_output_shape(self, input_shape):

@@ -17,7 +17,7 @@ import numpy as np
 from kilnet import initializers
 from kilnet import regularizers as regularizers_mod
 from kilnet.layers.activation import ActivatedLayer
-from kilnet.layers.base import normalize_tuple
+from kilnet.layers.base import check_conv_geometry, normalize_tuple
 from kilnet.layers.conv import conv2d_input_grad
 from kilnet.layers.core import _refuse_unsupported
 
@@ -102,6 +102,13 @@ class Conv2DTranspose(ActivatedLayer):
         op = self.output_padding or (None, None)
         (ho, ph), (wo, pw) = (conv_transpose_geometry(input_shape[i + 1], self.kernel_size[i], self.strides[i],
                                                       self.dilation_rate[i], self.padding, op[i]) for i in range(2))
+        if ho < 1 or wo < 1:
+            raise ValueError(f"Conv2DTranspose {self.name!r}: output size {(ho, wo)} from input "
+                             f"{tuple(input_shape[1:3])}; it must be at least 1x1")
+        # The kernels run the convolution seen from the output side: its input is this layer's output.
+        check_conv_geometry(f"Conv2DTranspose {self.name!r}", (input_shape[0], ho, wo, self.filters),
+                            (*self.kernel_size, self.filters, input_shape[3]), input_shape, self.strides, (ph, pw),
+                            self.dilation_rate)
         self._out, self._pad = (ho, wo), (ph, pw)
 
     def compute_output_shape(self, input_shape):

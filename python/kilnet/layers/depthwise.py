@@ -13,7 +13,7 @@ import numpy as np
 from kilnet import initializers
 from kilnet import regularizers as regularizers_mod
 from kilnet.layers.activation import ActivatedLayer
-from kilnet.layers.base import normalize_tuple
+from kilnet.layers.base import check_conv_geometry, normalize_tuple
 from kilnet.layers.conv import conv_output_length
 from kilnet.layers.core import _refuse_unsupported
 
@@ -55,6 +55,9 @@ class _DepthwiseBase(ActivatedLayer):
         if p < 1 or q < 1:
             raise ValueError(f"{type(self).__name__} {self.name!r}: input {tuple(input_shape[1:3])} is smaller "
                              f"than the kernel {self.kernel_size} (dilation {self.dilation_rate}) with padding='valid'")
+        check_conv_geometry(f"{type(self).__name__} {self.name!r}", input_shape,
+                            (*self.kernel_size, input_shape[3], self.depth_multiplier),
+                            (input_shape[0], p, q, self.depth_multiplier), self.strides, (ph, pw), self.dilation_rate)
         self._pq, self._pad = (p, q), (ph, pw)
 
     def _depthwise_forward(self, x, w, b, key):

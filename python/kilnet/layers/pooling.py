@@ -9,7 +9,7 @@ PyTorch; the kernels recompute that position from the kept input, so nothing els
 from __future__ import annotations
 
 
-from kilnet.layers.base import Layer, normalize_tuple
+from kilnet.layers.base import Layer, check_pool_geometry, normalize_tuple
 from kilnet.layers.conv import conv_output_length
 
 __all__ = ["MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
@@ -51,6 +51,8 @@ class _Pooling2D(Layer):
         if p < 1 or q < 1:
             raise ValueError(f"{type(self).__name__} {self.name!r}: input {tuple(input_shape[1:3])} is "
                              f"smaller than the pool window {self.pool_size} with padding='valid'")
+        check_pool_geometry(f"{type(self).__name__} {self.name!r}", input_shape, (input_shape[0], p, q, input_shape[3]),
+                            self.pool_size, self.strides, (ph, pw))
         self._pq, self._pad = (p, q), (ph, pw)
 
     def compute_output_shape(self, input_shape):

@@ -4,7 +4,7 @@ views, so the 1-D layers share the 2-D kernels' semantics ('same' pads with the 
 right; padded steps are never a maximum and are not counted in an average)."""
 from __future__ import annotations
 
-from kilnet.layers.base import Layer, normalize_tuple
+from kilnet.layers.base import Layer, check_pool_geometry, normalize_tuple
 from kilnet.layers.conv import conv_output_length
 
 __all__ = ["MaxPooling1D", "AveragePooling1D", "MaxPool1D", "AvgPool1D"]
@@ -35,6 +35,9 @@ class _Pooling1D(Layer):
         if out < 1:
             raise ValueError(f"{type(self).__name__} {self.name!r}: {input_shape[1]} steps are fewer than the "
                              f"pool window {self.pool_size[0]} with padding='valid'")
+        check_pool_geometry(f"{type(self).__name__} {self.name!r}", (input_shape[0], 1, input_shape[1], input_shape[2]),
+                            (input_shape[0], 1, out, input_shape[2]), (1, self.pool_size[0]), (1, self.strides[0]),
+                            (0, left))
         self._out, self._pad = out, (0, left)
         self._window, self._strides2 = (1, self.pool_size[0]), (1, self.strides[0])
 

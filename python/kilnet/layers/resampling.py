@@ -57,6 +57,9 @@ class UpSampling1D(Layer):
         return {**super().get_config(), "size": self.size}
 
 
+_MAX_BILINEAR = 1 << 25   # values in one bilinear interpolation matrix
+
+
 def _bilinear_matrix(n_in, size):
     """(n_in * size, n_in) weights of Keras/jax bilinear resizing by an integer factor."""
     out = np.arange(n_in * size, dtype=np.float64)
@@ -83,6 +86,12 @@ class UpSampling2D(Layer):
     def build(self, input_shape):
         _expect_rank(self, input_shape, 4, "(batch, height, width, channels)")
         if self.interpolation == "bilinear":
+            # The dense interpolation matrices are (H*size, H) and (W*size, W): refused before
+            # they are allocated when they would be huge (a file's input shape could ask for TBs).
+            for n, s in zip(input_shape[1:3], self.size):
+                if n is not None and n * s * n > _MAX_BILINEAR:
+                    raise ValueError(f"UpSampling2D {self.name!r}: bilinear upsampling of {n} pixels by {s} needs "
+                                     f"a {n * s} x {n} interpolation matrix; at most {_MAX_BILINEAR} values")
             self._ah = _bilinear_matrix(input_shape[1], self.size[0])   # host arrays
             self._aw = _bilinear_matrix(input_shape[2], self.size[1])
 

@@ -22,13 +22,21 @@ class Sequential(Model):
     def __init__(self, layers=None, name=None, trainable=True):
         super().__init__(name=name or unique_name("sequential"), trainable=trainable)
         self.layers_list: list[Layer] = []
+        self._layer_names: set[str] = set()   # add() checks names in O(1): building is linear in the layers
         self._declared_input = None
         self._auto_build = True   # build as soon as the input shape is known, as Keras does
         if layers is not None:
             if isinstance(layers, Layer):
                 layers = [layers]
-            for layer in layers:
-                self.add(layer)
+            # Built once at the end, not after every add: construction stays linear in the layers.
+            self._auto_build = False
+            try:
+                for layer in layers:
+                    self.add(layer)
+            finally:
+                self._auto_build = True
+            if self.layers_list and self._declared_input is not None:
+                self.build()
 
     @property
     def layers(self) -> list:
@@ -49,11 +57,12 @@ class Sequential(Model):
                 raise ValueError("an InputLayer can only come first in a Sequential model")
             self._declared_input = layer._input_shape
             return
-        if any(l.name == layer.name for l in self.layers_list):
+        if layer.name in self._layer_names:
             raise ValueError(f"a layer named {layer.name!r} is already in the model; layer names must be unique")
         if not self.layers_list and layer._input_shape is not None:
             self._declared_input = layer._input_shape
         self.layers_list.append(layer)
+        self._layer_names.add(layer.name)
         self.built = False
         if self._auto_build and self._declared_input is not None:
             self.build()
@@ -62,7 +71,9 @@ class Sequential(Model):
         if not self.layers_list:
             raise ValueError("pop: the model has no layers")
         self.built = False
-        return self.layers_list.pop()
+        layer = self.layers_list.pop()
+        self._layer_names.discard(layer.name)
+        return layer
 
     def build(self, input_shape=None, initialize=True) -> None:
         """Create every layer's weights for inputs of shape (batch, *input_shape[1:]). Layers

@@ -10,9 +10,14 @@ import numpy as np
 
 from kilnet.saving.errors import ModelFileError
 
-__all__ = ["h5py", "hard_group", "read_dataset", "MAX_WEIGHT_ELEMENTS"]
+__all__ = ["h5py", "hard_group", "read_dataset", "stored_elements", "MAX_WEIGHT_ELEMENTS"]
 
 MAX_WEIGHT_ELEMENTS = 1 << 31      # a single weight larger than this is refused as absurd
+MAX_DATASETS = 1 << 20             # datasets in one file's weight groups
+# A compressed dataset may declare at most this times its stored bytes (real weights compress
+# about 1.1:1; deflate can reach 1032:1 on constant data, which would let a small file make
+# kilnet allocate a thousand times its size).
+MAX_COMPRESSION = 64
 
 
 def h5py():
@@ -72,3 +77,42 @@ def read_dataset(group, name, shape, where, allow_nonfinite=False):
         raise ModelFileError(f"{where}: weight {name!r} contains NaN or Inf "
                              "(pass allow_nonfinite=True to load it anyway)")
     return value
+
+
+def _check_storage(ds, name, where):
+    """A dataset's declared size must agree with the bytes it stores: refuses a dataset that
+    declares 10**9 values and stores none (HDF5 would read fill values), before reading it."""
+    declared = math.prod(ds.shape or ()) * ds.dtype.itemsize
+    if math.prod(ds.shape or ()) > MAX_WEIGHT_ELEMENTS:
+        raise ModelFileError(f"{where}: weight {name!r} claims {math.prod(ds.shape)} elements; refused")
+    stored = ds.id.get_storage_size()
+    filtered = ds.compression is not None or bool(getattr(ds, "_filters", None))
+    # Unfiltered data takes its full size (unwritten chunks or a never-written contiguous dataset
+    # read as fill values); compressed data at most MAX_COMPRESSION times less.
+    short = declared > stored * MAX_COMPRESSION + 4096 if filtered else declared > stored
+    if declared > 0 and short:
+        raise ModelFileError(f"{where}: dataset {name!r} declares {declared} bytes but stores {stored}; refused")
+    return declared // max(ds.dtype.itemsize, 1)
+
+
+def stored_elements(group, where):
+    """The number of values in the numeric datasets under `group` (hard links only, data in
+    the file), each checked against its storage (_check_storage): the most weights a loader
+    may allocate for this file (kilnet.saving.budget)."""
+    h5 = h5py()
+    total, count, stack = 0, 0, [(group, "")]
+    while stack:
+        g, prefix = stack.pop()
+        for key in g:
+            link = g.get(key, getlink=True)
+            if not isinstance(link, h5.HardLink):
+                continue   # links are refused where they are read
+            obj = g[key]
+            count += 1
+            if count > MAX_DATASETS:
+                raise ModelFileError(f"{where}: more than {MAX_DATASETS} objects in the weights; refused")
+            if isinstance(obj, h5.Group):
+                stack.append((obj, f"{prefix}{key}/"))
+            elif isinstance(obj, h5.Dataset) and obj.dtype.kind in "fiu" and not (obj.external or obj.is_virtual):
+                total += _check_storage(obj, prefix + key, where)
+    return total

@@ -25,6 +25,7 @@ from kilnet import serialization
 from kilnet.saving import h5_checks
 from kilnet.saving.atomic import atomic_path
 from kilnet.saving.compile_config import compile_config, restore_compile
+from kilnet.saving.budget import weight_budget
 from kilnet.saving.errors import ModelFileError
 from kilnet.saving.keras_weights import read_weights, write_weights
 from kilnet.saving.model_config import model_entry, model_from_entry
@@ -79,14 +80,22 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True, allo
             meta = _read_json(zf, members, _METADATA, LIMITS["metadata_bytes"], where)
             if not isinstance(meta, dict):
                 raise ModelFileError(f"{where}: metadata.json is not a JSON object")
-        with serialization.custom_objects_scope(custom_objects):
-            model = model_from_entry(cfg, where)
-            compiled = False
-            if compile and isinstance(cfg, dict) and cfg.get("compile_config") is not None:
-                compiled = restore_compile(model, cfg["compile_config"], where)
         if _WEIGHTS not in members:
             raise ModelFileError(f"{where}: the archive has no {_WEIGHTS}"
                                  + (" (model.weights.npz is not supported)" if "model.weights.npz" in members else ""))
+        try:
+            with serialization.custom_objects_scope(custom_objects):
+                # The weights member's size bounds what building the architecture may allocate
+                # (saving/budget.py): float32 values, 4 bytes each.
+                with weight_budget(members[_WEIGHTS].file_size // 4, where):
+                    model = model_from_entry(cfg, where)
+                compiled = False
+                if compile and isinstance(cfg, dict) and cfg.get("compile_config") is not None:
+                    compiled = restore_compile(model, cfg["compile_config"], where)
+        except (OverflowError, TypeError, RecursionError) as e:   # odd values in the config
+            raise ModelFileError(f"{where}: the file holds values kilnet cannot use: {type(e).__name__}: {e}") from None
+        except MemoryError:   # a structure the weight budget does not cover, too big for this machine
+            raise ModelFileError(f"{where}: the model the file describes does not fit in memory") from None
         _read_weights_member(zf, members, model, where, load_optimizer=compiled, allow_nonfinite=allow_nonfinite)
     return model
 

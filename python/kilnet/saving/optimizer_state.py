@@ -92,6 +92,9 @@ def restore_optimizer(model, values, where):
         if lr.shape != () or not np.isfinite(lr) or lr < 0:
             raise ModelFileError(f"{where}: bad optimizer learning rate {values[1]!r}")
     rest = iter(values[2 if has_lr else 1:])
+    # The invariants of the optimizer's state (issue 22): second moments and accumulators are
+    # sums of squares (>= 0); the iteration counter was checked above (an integer >= 0).
+    nonnegative = set(getattr(opt, "nonnegative_slots", ()))
     if n_slots:
         params = model.flat_parameters()
         opt.build(params.size, like=params)
@@ -102,11 +105,24 @@ def restore_optimizer(model, values, where):
                     if value.shape != tuple(v.shape):
                         raise ModelFileError(f"{where}: optimizer slot {slot!r} of {v.path!r} has shape "
                                              f"{value.shape}, the weight has {tuple(v.shape)}")
+                    if slot in nonnegative and (value < 0).any():
+                        raise ModelFileError(f"{where}: optimizer slot {slot!r} of {v.path!r} holds negative "
+                                             f"values ({float(value.min())}); {type(opt).__name__} keeps it "
+                                             ">= 0 (a sum of squares), and a negative one turns the weights NaN")
                     flat = opt.state[slot]
                     if isinstance(flat, np.ndarray):
                         flat[off:off + size] = value.reshape(-1)
                     else:   # state on the GPU
                         flat[off:off + size].set(np.ascontiguousarray(value.reshape(-1)))
+    if n_slots and getattr(opt, "centered", False) and "average_gradient" in opt.state:
+        # Centered RMSprop takes sqrt(v - a**2 + eps): a mean square below the squared mean
+        # (impossible for real gradients) makes the step NaN.
+        vel, avg = _host(opt.state["velocity"]), _host(opt.state["average_gradient"])
+        bad = vel - avg * avg + np.float32(opt.epsilon) < 0
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ModelFileError(f"{where}: RMSprop(centered=True) state has velocity {vel[i]} below the squared "
+                                 f"average gradient {avg[i] ** 2} (flat index {i}); refused")
     opt.iterations = int(it)
     if lr is not None and not _has_schedule(opt) and np.float32(lr) != np.float32(opt.learning_rate):
         opt.learning_rate = float(np.float32(lr))   # changed while training (ReduceLROnPlateau)
