@@ -1,5 +1,6 @@
 // rnn.cpp — SimpleRNN, LSTM and GRU over whole sequences: the workspace layout, the naive
-// reference, the BPTT driver and its portable step kernels (rnn_avx2.cpp has the AVX2 ones).
+// reference, the BPTT driver and its portable step kernels (rnn_avx2.cpp and rnn_avx512.cpp
+// have the vector ones).
 //
 // The driver (rnn_forward / rnn_backward):
 //   forward   xs = x time-major; [W; U] packed once; per step and per block of <= MR batch
@@ -326,6 +327,9 @@ const rnn_detail::StepKernels kPortable = {gemm_rows_portable, rnn_fwd_portable,
                                            gru_bwd_portable};
 
 const rnn_detail::StepKernels& step_kernels() {
+#if defined(KILNET_HAVE_AVX512_BUILD)
+  if (use_avx512()) return rnn_detail::avx512_step_kernels();
+#endif
 #if defined(KILNET_HAVE_AVX2_BUILD)
   if (use_avx2()) return rnn_detail::avx2_step_kernels();
 #endif

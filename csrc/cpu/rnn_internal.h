@@ -1,5 +1,5 @@
-// rnn_internal.h — private to rnn.cpp (the BPTT driver and the portable step kernels) and
-// rnn_avx2.cpp (the AVX2/FMA step kernels). Declarations only: an inline function defined here
+// rnn_internal.h — private to rnn.cpp (the BPTT driver and the portable step kernels),
+// rnn_avx2.cpp (the AVX2/FMA step kernels) and rnn_avx512.cpp (the AVX-512 ones). Declarations only: an inline function defined here
 // would be compiled once with and once without -mavx2, and the linker may keep either copy.
 #pragma once
 #include "kilnet/common.h"
@@ -48,7 +48,10 @@ struct StepKernels {
 };
 
 #if defined(KILNET_HAVE_AVX2_BUILD)
-const StepKernels& avx2_step_kernels();
+const StepKernels& avx2_step_kernels();     // rnn_avx2.cpp; only when use_avx2()
+#endif
+#if defined(KILNET_HAVE_AVX512_BUILD)
+const StepKernels& avx512_step_kernels();   // rnn_avx512.cpp; only when use_avx512()
 #endif
 
 }  // namespace kilnet::cpu::rnn_detail
