@@ -1,7 +1,8 @@
 """SGEMM: the fast kernel (kilnet._cpu.gemm) against the naive reference (kilnet._cpu.ref.gemm),
-numpy in float64 and torch; both the AVX2 and the portable path, 1 and 2 threads; the binding's
-argument checks. Shapes straddle the micro-tile (MR=6, NR=16) and cache blocks (MC=144,
-KC=384, NC=4096) of csrc/cpu/gemm.cpp."""
+numpy in float64 and torch; the AVX-512, AVX2 and portable paths, 1 and 2 threads; the binding's
+argument checks. Shapes straddle the micro-tiles (AVX2 and portable: MR=6, NR=16, MC=144,
+KC=384, NC=4096; AVX-512, for N > 16: MR=12, NR=32, MC=144, KC=256, NC from the L2 size)
+of csrc/cpu/gemm.cpp."""
 import itertools
 import os
 import subprocess
@@ -184,13 +185,38 @@ def test_nn_shapes(rng, threads, nthreads, M, N, K, ta, tb):
     check(c, expected(a, b, c0, ta, tb, 1.0, 1.0, bias), K)
 
 
-SCALAR_SCRIPT = textwrap.dedent("""
-    import itertools, numpy as np
+# Edges of the AVX-512 12x32 tile and its blocks: M around 12 and MC, N from 17 (the smallest
+# N it takes) across 32 and 64 to packed panels (N > 256), K around KC = 256.
+AVX512_SHAPES = [(11, 17, 5), (12, 32, 256), (13, 33, 257), (25, 63, 255), (37, 65, 513),
+                 (145, 257, 300), (1, 300, 40), (2, 31, 1), (24, 64, 9), (169, 96, 288),
+                 (157, 520, 33), (5, 4130, 7)]
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("alpha,beta,with_bias", [(1.0, 0.0, True), (1.0, 1.0, False), (0.5, -2.0, True)])
+@pytest.mark.parametrize("ta,tb", TRANS)
+@pytest.mark.parametrize("M,N,K", AVX512_SHAPES)
+def test_avx512_tile_edges(rng, threads, nthreads, M, N, K, ta, tb, alpha, beta, with_bias):
+    threads(nthreads)
+    a, b = operands(rng, M, N, K, ta, tb)
+    c0 = rand(rng, M, N)
+    bias = rand(rng, N) if with_bias else None
+    if beta == 0.0:   # C is not read: NaN in it must not leak
+        c = np.full((M, N), np.nan, np.float32)
+        _cpu.gemm(a, b, c, ta, tb, alpha, beta, bias)
+    else:
+        c = c0.copy()
+        _cpu.gemm(a, b, c, ta, tb, alpha, beta, bias)
+    check(c, expected(a, b, c0, ta, tb, alpha, beta, bias), K)
+
+
+LEVEL_SCRIPT = textwrap.dedent("""
+    import itertools, sys, numpy as np
     from kilnet import _cpu
-    assert _cpu.simd_level() == "scalar", _cpu.simd_level()
+    assert _cpu.simd_level() == sys.argv[1], _cpu.simd_level()
     rng = np.random.default_rng(7)
     for (M, N, K), (ta, tb), nt in itertools.product(
-            [(1, 1, 1), (7, 17, 33), (65, 127, 300), (13, 200, 40), (300, 33, 9)],
+            [(1, 1, 1), (7, 17, 33), (65, 127, 300), (13, 200, 40), (300, 33, 9), (25, 63, 257)],
             itertools.product([False, True], [False, True]), [1, 2]):
         _cpu.set_num_threads(nt)
         a = rng.uniform(-1, 1, (K, M) if ta else (M, K)).astype(np.float32)
@@ -207,13 +233,19 @@ SCALAR_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_portable_path_in_subprocess():
-    """KILNET_SIMD=scalar is read once per process, so the fallback kernel runs in a child."""
-    env = dict(os.environ, KILNET_SIMD="scalar")
+LEVELS = ["scalar", "avx2", "avx512"]
+
+
+@pytest.mark.parametrize("level", ["scalar", "avx2"])
+def test_lower_level_in_subprocess(level):
+    """KILNET_SIMD is read once per process, so a lower level's kernels run in a child."""
+    if LEVELS.index(level) > LEVELS.index(_cpu.machine_simd_level()):
+        pytest.skip(f"this machine has no {level}")
+    env = dict(os.environ, KILNET_SIMD=level)
     here = os.path.dirname(os.path.abspath(__file__))
     env["PYTHONPATH"] = os.pathsep.join(
         [os.path.dirname(os.path.dirname(_cpu.__file__))] + env.get("PYTHONPATH", "").split(os.pathsep))
-    r = subprocess.run([sys.executable, "-c", SCALAR_SCRIPT], env=env, cwd=here,
+    r = subprocess.run([sys.executable, "-c", LEVEL_SCRIPT, level], env=env, cwd=here,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 

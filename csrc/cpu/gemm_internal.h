@@ -1,5 +1,5 @@
-// gemm_internal.h — private to gemm.cpp (driver, packing, portable kernel) and gemm_avx2.cpp
-// (the AVX2/FMA micro-kernel). Declarations and constants only: an inline function defined here
+// gemm_internal.h — private to gemm.cpp (driver, packing, portable kernel), gemm_avx2.cpp
+// (the AVX2/FMA micro-kernel) and gemm_avx512.cpp (the AVX-512 one and its packers). Declarations and constants only: an inline function defined here
 // would be compiled once with and once without -mavx2, and the linker may keep either copy,
 // which would put AVX2 instructions on the portable path.
 #pragma once
@@ -7,10 +7,16 @@
 
 namespace kilnet::cpu::gemm_detail {
 
-// Register block: a 6x16 tile of C lives in 12 ymm accumulators (6 rows x 2 vectors of 8), plus
-// 2 registers for a row of B and 1 for a broadcast element of A: 15 of the 16 ymm registers.
+// Register block of the AVX2 and portable kernels: a 6x16 tile of C lives in 12 ymm accumulators
+// (6 rows x 2 vectors of 8), plus 2 registers for a row of B and 1 for a broadcast element of A:
+// 15 of the 16 ymm registers.
 constexpr int MR = 6;
 constexpr int NR = 16;
+// Register block of the AVX-512 kernel: 12x32, 24 zmm accumulators (12 rows x 2 vectors of 16),
+// 2 for a row of B and 1 for a broadcast element of A. (14x32 would fill all 32 registers but
+// GCC then spills an accumulator inside the k loop.)
+constexpr int MR512 = 12;
+constexpr int NR512 = 32;
 
 // What the micro-kernel does when it writes its tile:  C = alpha*acc + beta*C + bias.
 // beta == 0 means C is not read (it may hold NaN). bias points at the tile's first column, or
@@ -45,10 +51,33 @@ using MicroKernel = void (*)(index_t kc, const float* a, index_t rs_a, index_t c
 // routine (the portable path), pack_b's own loops do it.
 using PackBT = void (*)(const float* src, index_t cs, index_t kc, float* dst);
 
+// Packs one sliver of op(A) or op(B) whole: element (i, k) of op(A) (or (k, j) of op(B)) is at
+// src + i*rs + k*cs; `w` <= the sliver width rows (columns) are valid, the rest are zero-filled.
+// dst gets kc groups of `width` values. Null: the driver's portable loops do it.
+using PackSliver = void (*)(const float* src, index_t rs, index_t cs, int w, index_t kc, float* dst);
+
+// Everything the driver needs to know about one micro-kernel: its register block, its cache
+// blocking and its packers.
+struct KernelSpec {
+  int mr, nr;                // register block; packed slivers are mr rows / nr columns wide
+  index_t mc, kc, nc;        // cache blocks (mc a multiple of mr, nc of nr)
+  index_t small_panel;       // a B panel of at most this many floats is swept row by row (L2)
+  MicroKernel uk;
+  PackBT pack_bt;            // full transposed B sliver (nr == 16 only), or null
+  PackSliver pack_a;         // or null
+  PackSliver pack_b;         // or null
+};
+
 #if defined(KILNET_HAVE_AVX2_BUILD)
 void pack_bt_16_avx2(const float* src, index_t cs, index_t kc, float* dst);
 void ukernel_6x16_avx2(index_t kc, const float* a, index_t rs_a, index_t cs_a, const float* b,
                        float* c, index_t ldc, int m, int n, const Epilogue& ep, const Sweep& sw);
+#endif
+#if defined(KILNET_HAVE_AVX512_BUILD)
+void ukernel_12x32_avx512(index_t kc, const float* a, index_t rs_a, index_t cs_a, const float* b,
+                          float* c, index_t ldc, int m, int n, const Epilogue& ep, const Sweep& sw);
+void pack_a_12_avx512(const float* src, index_t rs, index_t cs, int w, index_t kc, float* dst);
+void pack_b_32_avx512(const float* src, index_t rs, index_t cs, int w, index_t kc, float* dst);
 #endif
 
 }  // namespace kilnet::cpu::gemm_detail
