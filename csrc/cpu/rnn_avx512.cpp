@@ -132,7 +132,7 @@ constexpr int kPanels = 4;   // panels per register tile
 template <int M, int P>
 __attribute__((always_inline)) inline void accumulate(index_t k, const float* A, index_t lda, const float* bp,
                                                       index_t ps, __m512 (&c)[M][P]) {
-#pragma GCC unroll 2
+#pragma GCC unroll 4
   for (index_t q = 0; q < k; ++q) {
     __m512 b[P];
 #pragma GCC unroll 4
