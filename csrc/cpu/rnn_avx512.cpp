@@ -124,6 +124,10 @@ inline void with_acts(Act a, Act s, F&& body) {
 // rows of a step are contiguous, so past the block's last row this is the next block's first).
 // PREFETCHW is on every AVX-512 CPU; GCC emits it for __builtin_prefetch only with -mprfchw.
 inline void prefetch_w(const float* p) { asm volatile("prefetchw %0" : : "m"(*reinterpret_cast<const char*>(p))); }
+// The same for reading: the backward kernels' inputs were written during the forward, long
+// evicted to L3 or memory. One row ahead is ~500 cycles of gate math: an L3 hit's latency
+// several times over (StepKernels::prefetches_ahead: the driver's burst is then skipped).
+inline void prefetch_r(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }
 
 // Calls body(io, j) for j = 0, 16, 32, ... < n with full vectors, then once for the tail.
 template <class F>
@@ -272,6 +276,8 @@ void rnn_bwd(index_t m, index_t H, Act act, const float* dh, const float* dy, in
     for (index_t r = 0; r < m; ++r, h += H, dz += H) {
       for_vectors(H, [&](auto io, index_t j) {
         prefetch_w(dz + H + j);
+        prefetch_r(h + H + j);
+        if (dy) prefetch_r(dy + ldy + j);
         io.st(dz + j, a.df(io.ld(h + j), grad_in(io, dh, dy, j)));
       });
       if (dh) dh += H;
@@ -287,6 +293,9 @@ void lstm_bwd(index_t m, index_t H, Act act, Act rec, const float* dh, const flo
       for_vectors(H, [&](auto io, index_t j) {
         const __m512 d = grad_in(io, dh, dy, j);
         prefetch_w(dz + 4 * H + j); prefetch_w(dz + 5 * H + j); prefetch_w(dz + 6 * H + j); prefetch_w(dz + 7 * H + j);
+        prefetch_r(g + 4 * H + j); prefetch_r(g + 5 * H + j); prefetch_r(g + 6 * H + j); prefetch_r(g + 7 * H + j);
+        prefetch_r(cp + H + j); prefetch_r(tcp + H + j);
+        if (dy) prefetch_r(dy + ldy + j);
         const __m512 i = io.ld(g + j), f = io.ld(g + H + j), gg = io.ld(g + 2 * H + j), o = io.ld(g + 3 * H + j);
         const __m512 tc = io.ld(tcp + j);
         const __m512 dct = _mm512_add_ps(io.ld(dc + j), a.df(tc, _mm512_mul_ps(d, o)));
@@ -311,6 +320,9 @@ void gru_bwd(index_t m, index_t H, Act act, Act rec, const float* dh, const floa
         const __m512 d = _mm512_add_ps(grad_in(io, dh, dy, j), io.ld(carry + j));
         prefetch_w(dz + 3 * H + j); prefetch_w(dz + 4 * H + j); prefetch_w(dz + 5 * H + j);
         prefetch_w(dhu + 3 * H + j); prefetch_w(dhu + 4 * H + j); prefetch_w(dhu + 5 * H + j);
+        prefetch_r(g + 3 * H + j); prefetch_r(g + 4 * H + j); prefetch_r(g + 5 * H + j);
+        prefetch_r(huh + H + j); prefetch_r(hp + H + j);
+        if (dy) prefetch_r(dy + ldy + j);
         const __m512 z = io.ld(g + j), rr = io.ld(g + H + j), hh = io.ld(g + 2 * H + j);
         const __m512 dxz = s.df(z, _mm512_mul_ps(d, _mm512_sub_ps(io.ld(hp + j), hh)));
         const __m512 dxh = a.df(hh, _mm512_mul_ps(d, _mm512_sub_ps(one, z)));
@@ -325,7 +337,7 @@ void gru_bwd(index_t m, index_t H, Act act, Act rec, const float* dh, const floa
   });
 }
 
-const StepKernels kAvx512 = {gemm_rows, rnn_fwd, lstm_fwd, gru_fwd, rnn_bwd, lstm_bwd, gru_bwd};
+const StepKernels kAvx512 = {gemm_rows, rnn_fwd, lstm_fwd, gru_fwd, rnn_bwd, lstm_bwd, gru_bwd, true};
 
 }  // namespace
 

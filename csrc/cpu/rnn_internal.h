@@ -45,6 +45,10 @@ struct StepKernels {
   void (*gru_bwd)(index_t m, index_t H, Act a, Act s, const float* dh, const float* dy, index_t ldy,
                   const float* gates, const float* huh, const float* h_prev, float* carry,
                   float* dz, float* dhu);
+
+  // true: the backward gate kernels ask for the next row's inputs (and output lines) as they go,
+  // so the driver does not prefetch each row block's inputs in one burst before its dh GEMM.
+  bool prefetches_ahead;
 };
 
 #if defined(KILNET_HAVE_AVX2_BUILD)
