@@ -7,7 +7,9 @@
 //               vector loaded feeds 6 FMAs and each broadcast of A 4: the loads stay under the
 //               2 FMAs a cycle. The last panel's columns past n are masked off.
 //   *_fwd/_bwd  the gate math 16 units at a time, the row's tail through masked loads/stores,
-//               with Keras' default activations fixed at compile time
+//               with Keras' default activations fixed at compile time; each row asks for the
+//               next row's output lines (PREFETCHW) and, backward, its inputs
+//               (StepKernels::prefetches_ahead)
 // Everything here is vector code or file-local: no inline function shared with another build.
 #include "rnn_internal.h"
 

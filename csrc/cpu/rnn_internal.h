@@ -1,6 +1,7 @@
 // rnn_internal.h — private to rnn.cpp (the BPTT driver and the portable step kernels),
-// rnn_avx2.cpp (the AVX2/FMA step kernels) and rnn_avx512.cpp (the AVX-512 ones). Declarations only: an inline function defined here
-// would be compiled once with and once without -mavx2, and the linker may keep either copy.
+// rnn_avx2.cpp (the AVX2/FMA step kernels) and rnn_avx512.cpp (the AVX-512 ones). Declarations
+// only: an inline function defined here would be compiled once with and once without the vector
+// flags, and the linker may keep either copy.
 #pragma once
 #include "kilnet/common.h"
 
