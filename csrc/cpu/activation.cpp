@@ -1,8 +1,10 @@
 // activation.cpp — elementwise activations and row softmax, forward and backward.
-// Memory-bound loops: the compiler vectorizes them; OpenMP only for large arrays.
+// Memory-bound loops: the compiler vectorizes them; OpenMP only for large arrays. Sigmoid and
+// tanh forward call libm per element here; with AVX-512 they go to activation_avx512.cpp.
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+#include "activation_internal.h"
 #include "softmax_internal.h"
 #include "kilnet/activation.h"
 #include "kilnet/detail/elementwise.h"
@@ -23,6 +25,9 @@ void activation_forward(Act act, index_t n, const float* x, float* y) {
       if (x != y) std::copy(x, x + n, y);
       break;
     default:
+#if defined(KILNET_HAVE_AVX512_BUILD)
+      if (use_avx512() && activation_detail::forward_avx512(act, n, x, y)) return;
+#endif
 #pragma omp parallel for num_threads(threads_for(n, 4096)) schedule(static)
       for (index_t i = 0; i < n; ++i) y[i] = act_forward(act, x[i]);
   }

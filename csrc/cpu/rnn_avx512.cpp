@@ -15,6 +15,7 @@
 
 #if defined(KILNET_HAVE_AVX512_BUILD) && defined(__AVX512F__)
 #include <immintrin.h>
+#include "vact_avx512.h"   // sigmoid16, tanh16
 #include "vexp_avx512.h"   // exp16
 
 // GCC 12's avx512fintrin.h passes _mm512_undefined_ps() as the unused merge source of
@@ -40,39 +41,6 @@ struct Part {
   __m512 ld(const float* p) const { return _mm512_maskz_loadu_ps(m, p); }
   void st(float* p, __m512 v) const { _mm512_mask_storeu_ps(p, m, v); }
 };
-
-// 1/d: the 14-bit estimate and one Newton step. d is in [1, inf) (sigmoid) or [4.9e-3, 1]
-// (tanh's denominator): no zero or NaN.
-inline __m512 recip16(__m512 d) {
-  const __m512 r = _mm512_rcp14_ps(d);
-  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.f)));
-}
-
-inline __m512 sigmoid16(__m512 x) {
-  return recip16(_mm512_add_ps(_mm512_set1_ps(1.f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
-}
-
-// tanh as the 13/6 rational function of tanh8 (rnn_avx2.cpp) on [-7.9, 7.9], x itself for tiny |x|.
-inline __m512 tanh16(__m512 x) {
-  const __m512 c = _mm512_set1_ps(7.90531110763549805f);
-  const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_sub_ps(_mm512_setzero_ps(), c)), c);
-  const __m512 x2 = _mm512_mul_ps(xc, xc);
-  __m512 p = _mm512_set1_ps(-2.76076847742355e-16f);
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.00018790482477e-13f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-8.60467152213735e-11f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(5.12229709037114e-08f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(1.48572235717979e-05f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(6.37261928875436e-04f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(4.89352455891786e-03f));
-  p = _mm512_mul_ps(p, xc);
-  __m512 q = _mm512_set1_ps(1.19825839466702e-06f);
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(1.18534705686654e-04f));
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(2.26843463243900e-03f));
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(4.89352518554385e-03f));
-  const __m512 r = _mm512_mul_ps(p, recip16(q));
-  const __m512 abs_x = _mm512_abs_ps(x);
-  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(abs_x, _mm512_set1_ps(4e-4f), _CMP_LT_OQ), r, x);
-}
 
 inline __m512 act16(Act a, __m512 x) {
   switch (a) {
