@@ -444,3 +444,42 @@ def test_softmax_propagates_nan():
     y = np.empty_like(x)
     _cpu.softmax_forward(x, y)
     assert np.isnan(y[0]).all() and np.isfinite(y[1]).all()
+
+
+def test_avx2_level_matches_avx512_level():
+    """Sigmoid and tanh forward at 16 lanes (activation_avx512.cpp, polynomial exp and rational
+    tanh) against the avx2 level's per-element libm loop, in child processes (KILNET_SIMD is read
+    once per process): odd sizes, saturation, NaN."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    code = """
+import sys
+import numpy as np
+from kilnet import _cpu
+out = {"level": np.array(_cpu.simd_level())}
+r = np.random.default_rng(0)
+for n in (1, 7, 15, 17, 33, 1000, 100003):
+    x = r.uniform(-12, 12, n).astype(np.float32)
+    x[: min(n, 4)] = np.array([np.nan, 0.0, -100.0, 100.0], np.float32)[: min(n, 4)]
+    for act in ("sigmoid", "tanh"):
+        y = np.empty_like(x)
+        _cpu.activation_forward(act, x, y)
+        out[f"{act}_{n}"] = y
+np.savez(sys.argv[1], **out)
+"""
+    res = {}
+    with tempfile.TemporaryDirectory() as d:
+        for level in ("avx512", "avx2"):
+            path = os.path.join(d, level + ".npz")
+            p = subprocess.run([sys.executable, "-c", code, path], env=dict(os.environ, KILNET_SIMD=level),
+                               capture_output=True, text=True, timeout=120)
+            assert p.returncode == 0, p.stderr[-2000:]
+            with np.load(path) as z:
+                res[level] = {k: z[k] for k in z.files}
+    if str(res["avx512"].pop("level")) != "avx512":
+        pytest.skip("no AVX-512 on this machine")
+    assert str(res["avx2"].pop("level")) == "avx2"
+    for k, hi in res["avx512"].items():
+        np.testing.assert_allclose(res["avx2"][k], hi, rtol=1e-6, atol=1e-7, err_msg=k)   # NaN == NaN

@@ -295,3 +295,55 @@ def test_layernorm_matches_keras3(tmp_path, rng):
         assert [v.name for v in layer.variables] == got["names"]
         assert [list(v.shape) for v in layer.variables] == got["shapes"]
         assert layer.get_config() == {**got["config"], "name": layer.name}
+
+
+def _at_level(level, body):
+    """Runs `body` (Python that fills the dict `out` with arrays) in a child process at SIMD
+    level `level` (KILNET_SIMD is read once per process); its arrays, or None when the machine
+    lacks the level."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    code = ("import sys\nimport numpy as np\nfrom kilnet import _cpu\nout = {}\n" + body +
+            "\nnp.savez(sys.argv[1], level=np.array(_cpu.simd_level()), **out)\nprint('ok')\n")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "r.npz")
+        res = subprocess.run([sys.executable, "-c", code, path], env=dict(os.environ, KILNET_SIMD=level),
+                             capture_output=True, text=True, timeout=180)
+        assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+        with np.load(path) as z:
+            r = {k: z[k] for k in z.files}
+    return r if str(r.pop("level")) == level else None
+
+
+def _avx2_and_avx512(body):
+    hi = _at_level("avx512", body)
+    if hi is None:
+        pytest.skip("no AVX-512 on this machine")
+    lo = _at_level("avx2", body)
+    assert lo is not None and lo.keys() == hi.keys()
+    return lo, hi
+
+
+def test_avx2_level_matches_avx512_level():
+    """The AVX-512 row passes against the AVX2 ones: rows with 16-lane tails of 1..15, forward
+    (y, mean, invstd) and backward (dx, dgamma, dbeta), plain and rms."""
+    body = """
+r = np.random.default_rng(0)
+for C in (1, 7, 15, 17, 33, 100, 129):
+    x = (r.standard_normal((9, C)) + 3).astype(np.float32)
+    gamma, beta = r.standard_normal(C).astype(np.float32), r.standard_normal(C).astype(np.float32)
+    dy = r.standard_normal((9, C)).astype(np.float32)
+    for rms in (False, True):
+        y, mean, inv = np.empty_like(x), np.empty(9, np.float32), np.empty(9, np.float32)
+        _cpu.layernorm_forward(x, gamma, beta, mean, inv, y, 1e-3, rms)
+        dx, dg, db = np.empty_like(x), np.zeros(C, np.float32), np.zeros(C, np.float32)
+        _cpu.layernorm_backward(x, dy, gamma, mean, inv, dx, dg, db, rms)
+        for k, v in dict(y=y, mean=mean, inv=inv, dx=dx, dg=dg, db=db).items():
+            out[f"{k}_{C}_{rms}"] = v
+"""
+    lo, hi = _avx2_and_avx512(body)
+    for k in hi:
+        scale = max(1.0, float(np.abs(hi[k]).max()))
+        np.testing.assert_allclose(lo[k], hi[k], rtol=1e-5, atol=1e-6 * scale, err_msg=k)

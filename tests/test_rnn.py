@@ -207,6 +207,68 @@ print("ok")
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("H", [1, 7, 17, 33, 129])
+def test_odd_hidden_sizes_match_reference(cell, H):
+    """Hidden sizes around the 16-lane vectors and the 4-panel (64-column) register tiles of the
+    AVX-512 kernels (and the AVX2 ones): masked tails of 1..15 units, partial panels, partial
+    panel groups; B = 13: row blocks of 6, 6 and 1 (5, 4, 4 balanced) rows."""
+    for seq, back, states in [(True, False, True), (False, True, False)]:
+        p = problem(cell, 13, 6, 19, H, seed=H, scale=0.4, states=states)
+        yf, wsf = k_forward(_cpu, cell, p, seq, back)
+        yr, wsr = k_forward(_cpu.ref, cell, p, seq, back)
+        np.testing.assert_allclose(yf, yr, rtol=1e-5, atol=1e-5)
+        dy = rand(np.random.default_rng(H + 1), *yf.shape)
+        gf, gr = k_backward(_cpu, cell, p, wsf, dy, back), k_backward(_cpu.ref, cell, p, wsr, dy, back)
+        for k in gf:
+            scale = max(1.0, float(np.abs(gr[k]).max()))
+            np.testing.assert_allclose(gf[k], gr[k], rtol=1e-4, atol=2e-5 * scale, err_msg=f"{cell} H={H} d{k}")
+
+
+def _level_results(level):
+    """Outputs and gradients of every cell on odd shapes, computed at a SIMD level in a child
+    process (KILNET_SIMD is read once per process); None when the machine lacks the level."""
+    code = f"""
+import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
+import numpy as np
+from kilnet import _cpu
+import test_rnn as t
+out = {{"level": np.array(_cpu.simd_level())}}
+for cell in t.CELLS:
+    for H in (7, 33, 129):
+        p = t.problem(cell, 13, 5, 9, H, seed=H, scale=0.4, states=True)
+        y, ws = t.k_forward(_cpu, cell, p, True)
+        g = t.k_backward(_cpu, cell, p, ws, t.rand(np.random.default_rng(H), *y.shape))
+        out[f"{{cell}}_{{H}}_y"] = y
+        for k, v in g.items():
+            out[f"{{cell}}_{{H}}_d{{k}}"] = v
+np.savez(sys.argv[1], **out)
+print("ok")
+"""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "r.npz")
+        env = dict(os.environ, KILNET_SIMD=level)
+        res = subprocess.run([sys.executable, "-c", code, path], env=env, capture_output=True, text=True, timeout=180)
+        assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+        with np.load(path) as z:
+            r = {k: z[k] for k in z.files}
+    return r if str(r.pop("level")) == level else None
+
+
+def test_avx2_level_matches_avx512_level():
+    """KILNET_SIMD=avx2 on an AVX-512 machine: the AVX2 step kernels (what an AVX2-only CPU runs)
+    agree with the AVX-512 ones, output by output, gradient by gradient."""
+    hi = _level_results("avx512")
+    if hi is None:
+        pytest.skip("no AVX-512 on this machine")
+    lo = _level_results("avx2")
+    assert lo is not None and lo.keys() == hi.keys()
+    for k in hi:
+        scale = max(1.0, float(np.abs(hi[k]).max()))
+        np.testing.assert_allclose(lo[k], hi[k], rtol=1e-5, atol=1e-5 * scale, err_msg=k)
+
+
 # ---------------------------------------------------------------------------------- kernel bad input
 def test_kernel_rejects_bad_arguments():
     p = problem("lstm", 2, 3, 4, 5)
@@ -664,6 +726,15 @@ def test_matches_torch(cell, seq, B, T, I, H):
             [(f"dstate{i}", d, s.grad.numpy()[0]) for i, (d, s) in enumerate(zip(dstates, st))]:
         scale = max(1.0, float(np.abs(theirs).max()))
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5 * scale, err_msg=f"{cell} {name}")
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="needs torch")
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("H", [1, 17, 129])
+def test_odd_hidden_sizes_match_torch(cell, H):
+    """Forward and every gradient against torch where the vector kernels have tails (B = 7: row
+    blocks of 4 and 3; T = 11)."""
+    test_matches_torch(cell, True, 7, 11, 13, H)
 
 
 @pytest.mark.skipif(not HAVE_TORCH, reason="needs torch")

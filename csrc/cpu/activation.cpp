@@ -1,8 +1,10 @@
 // activation.cpp — elementwise activations and row softmax, forward and backward.
-// Memory-bound loops: the compiler vectorizes them; OpenMP only for large arrays.
+// Memory-bound loops: the compiler vectorizes them; OpenMP only for large arrays. Sigmoid and
+// tanh forward call libm per element here; with AVX-512 they go to activation_avx512.cpp.
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+#include "activation_internal.h"
 #include "softmax_internal.h"
 #include "kilnet/activation.h"
 #include "kilnet/detail/elementwise.h"
@@ -23,6 +25,9 @@ void activation_forward(Act act, index_t n, const float* x, float* y) {
       if (x != y) std::copy(x, x + n, y);
       break;
     default:
+#if defined(KILNET_HAVE_AVX512_BUILD)
+      if (use_avx512() && activation_detail::forward_avx512(act, n, x, y)) return;
+#endif
 #pragma omp parallel for num_threads(threads_for(n, 4096)) schedule(static)
       for (index_t i = 0; i < n; ++i) y[i] = act_forward(act, x[i]);
   }
@@ -61,10 +66,14 @@ void activation_backward_ref(Act act, index_t n, const float* y, const float* dy
   for (index_t i = 0; i < n; ++i) dx[i] = act_backward(act, y[i], dy[i]);
 }
 
-// The two passes of a softmax row (softmax_internal.h): vector code with AVX2, else these loops.
+// The two passes of a softmax row (softmax_internal.h): vector code with AVX-512 or AVX2, else
+// these loops.
 namespace softmax_detail {
 
 float row_max(index_t n, const float* x) {
+#if defined(KILNET_HAVE_AVX512_BUILD)
+  if (use_avx512()) return row_max_avx512(n, x);
+#endif
 #if defined(KILNET_HAVE_AVX2_BUILD)
   if (use_avx2()) return row_max_avx2(n, x);
 #endif
@@ -80,6 +89,9 @@ double exp_shift_sum(index_t n, const float* x, float shift, float* out) {
     for (index_t j = 0; j < n; j += 256) sum += exp_shift_sum(std::min<index_t>(256, n - j), x + j, shift, buf);
     return sum;
   }
+#if defined(KILNET_HAVE_AVX512_BUILD)
+  if (use_avx512()) return exp_shift_sum_avx512(n, x, shift, out);
+#endif
 #if defined(KILNET_HAVE_AVX2_BUILD)
   if (use_avx2()) return exp_shift_sum_avx2(n, x, shift, out);
 #endif

@@ -1,5 +1,6 @@
 // gelu.cpp — GELU, exact or tanh-approximate: the portable loops, the double-precision
-// reference, and the dispatch to the AVX2 blocks (gelu_avx2.cpp). OpenMP over elements.
+// reference, and the dispatch to the AVX-512 and AVX2 blocks (gelu_avx512.cpp, gelu_avx2.cpp).
+// OpenMP over elements.
 #include <cmath>
 #include "kilnet/gelu.h"
 #include "gelu_internal.h"
@@ -25,12 +26,18 @@ template <class T> T gelu_d(T x, bool approx) {
 }  // namespace
 
 void gelu_forward(index_t n, const float* x, float* y, bool approximate) {
+#if defined(KILNET_HAVE_AVX512_BUILD)
+  if (use_avx512()) return gelu_detail::forward_avx512(n, x, y, approximate);
+#endif
   if (use_avx2()) return gelu_detail::forward_avx2(n, x, y, approximate);
 #pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
   for (index_t i = 0; i < n; ++i) y[i] = gelu_f(x[i], approximate);
 }
 
 void gelu_backward(index_t n, const float* x, const float* dy, float* dx, bool approximate) {
+#if defined(KILNET_HAVE_AVX512_BUILD)
+  if (use_avx512()) return gelu_detail::backward_avx512(n, x, dy, dx, approximate);
+#endif
   if (use_avx2()) return gelu_detail::backward_avx2(n, x, dy, dx, approximate);
 #pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
   for (index_t i = 0; i < n; ++i) dx[i] = dy[i] * gelu_d(x[i], approximate);

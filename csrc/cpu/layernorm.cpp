@@ -1,9 +1,9 @@
 // layernorm.cpp — layer normalization forward and backward (see kilnet/layernorm.h).
 // Rows are independent, so both passes run in parallel over rows; the row work is
-// layernorm_detail::row_* (AVX2 in layernorm_avx2.cpp when the CPU has it). dgamma/dbeta are
-// column sums over rows: the rows are cut into blocks of a size fixed by (M, C) alone, each
-// block keeps float partial sums, and the blocks are added in order in double. So the result
-// has the same bits at any thread count.
+// layernorm_detail::row_* (AVX-512 or AVX2 in layernorm_avx512.cpp / layernorm_avx2.cpp when
+// the CPU has it). dgamma/dbeta are column sums over rows: the rows are cut into blocks of a
+// size fixed by (M, C) alone, each block keeps float partial sums, and the blocks are added in
+// order in double. So the result has the same bits at any thread count.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -59,6 +59,9 @@ using RowBackward = void (*)(index_t, const float*, const float*, const float*, 
                              float*);
 
 RowForward row_forward_impl() {
+#if defined(KILNET_HAVE_AVX512_BUILD)
+  if (use_avx512()) return &layernorm_detail::row_forward_avx512;
+#endif
 #if defined(KILNET_HAVE_AVX2_BUILD)
   if (use_avx2()) return &layernorm_detail::row_forward_avx2;
 #endif
@@ -66,6 +69,9 @@ RowForward row_forward_impl() {
 }
 
 RowBackward row_backward_impl() {
+#if defined(KILNET_HAVE_AVX512_BUILD)
+  if (use_avx512()) return &layernorm_detail::row_backward_avx512;
+#endif
 #if defined(KILNET_HAVE_AVX2_BUILD)
   if (use_avx2()) return &layernorm_detail::row_backward_avx2;
 #endif

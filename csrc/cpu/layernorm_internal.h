@@ -1,6 +1,6 @@
 // layernorm_internal.h — the per-row work of layer normalization, shared by the driver
-// (layernorm.cpp: threads, row blocks, the column-sum reduction) and its AVX2 version
-// (layernorm_avx2.cpp). Not public.
+// (layernorm.cpp: threads, row blocks, the column-sum reduction) and its AVX2 and AVX-512
+// versions (layernorm_avx2.cpp, layernorm_avx512.cpp). Not public.
 #pragma once
 #include "kilnet/common.h"
 
@@ -19,6 +19,12 @@ void row_forward_avx2(index_t C, const float* x, const float* gamma, const float
                       float* mean, float* invstd, float* y);
 void row_backward_avx2(index_t C, const float* x, const float* dy, const float* gamma, float mean,
                        float invstd, bool rms, float* dx, float* pg, float* pb);
+#endif
+#if defined(KILNET_HAVE_AVX512_BUILD)
+void row_forward_avx512(index_t C, const float* x, const float* gamma, const float* beta, float eps, bool rms,
+                        float* mean, float* invstd, float* y);
+void row_backward_avx512(index_t C, const float* x, const float* dy, const float* gamma, float mean,
+                         float invstd, bool rms, float* dx, float* pg, float* pb);
 #endif
 
 }  // namespace kilnet::cpu::layernorm_detail

@@ -149,13 +149,23 @@ double softmax_crossentropy(index_t rows, index_t cols, const float* x, const st
     if (!e) return loss;
     // (p - t) is formed before scaling: for a sample the model already gets right p ~ t and
     // the difference is exact, where p*scale - t*scale would keep only its rounding error.
-    for (index_t j = 0; j < cols; ++j) {
-      const float pj = e[j] * inv;
-      if (probs) probs[i * cols + j] = pj;
-      if (grad) {
-        const float tj = labels ? (j == labels[i] ? 1.f : 0.f) : t[i * cols + j];
-        grad[i * cols + j] = (pj * tsumf - tj) * scale;
-      }
+    // Branch-free loops (each vectorizes); with labels, t is 0 but at the label, so the row is
+    // (p tsum - 0) scale = (p tsum) scale everywhere, and the label's entry is redone after.
+    float* pr = probs ? probs + i * cols : nullptr;
+    float* gr = grad ? grad + i * cols : nullptr;
+    const index_t y = labels ? index_t(labels[i]) : 0;
+    const float p_label = labels ? e[y] * inv : 0.f;   // before the loops overwrite e
+    if (pr)
+      for (index_t j = 0; j < cols; ++j) pr[j] = e[j] * inv;   // e == pr: in place
+    if (!gr) return loss;
+    if (labels) {
+      if (pr) for (index_t j = 0; j < cols; ++j) gr[j] = (pr[j] * tsumf) * scale;
+      else for (index_t j = 0; j < cols; ++j) gr[j] = ((gr[j] * inv) * tsumf) * scale;   // e == gr
+      gr[y] = (p_label * tsumf - 1.f) * scale;
+    } else {
+      const float* tr = t + i * cols;
+      if (pr) for (index_t j = 0; j < cols; ++j) gr[j] = (pr[j] * tsumf - tr[j]) * scale;
+      else for (index_t j = 0; j < cols; ++j) gr[j] = ((gr[j] * inv) * tsumf - tr[j]) * scale;
     }
     return loss;
   });

@@ -1,16 +1,41 @@
 // optim.cpp — SGD, Adam, RMSprop, Adagrad, AdamW over one flat parameter buffer, gradient
 // clipping and L1/L2 penalties (see optim.h).
 // One pass over memory per step: param, grad and state are streamed once, in parallel.
+// This file is built without AVX flags (its loops run 4 lanes wide); with AVX-512 the updates
+// go to optim_avx512.cpp, whose results are the same bit for bit (optim_internal.h).
 #include <algorithm>
 #include <cmath>
 #include "kilnet/optim.h"
 #include "kilnet/detail/elementwise.h"
+#include "optim_internal.h"
 #include "parallel.h"
 
 namespace kilnet::cpu {
 
+#if defined(KILNET_HAVE_AVX512_BUILD)
+// Calls f(i0, len) on each thread's share of [0, n), the shares whole 64-byte lines of floats.
+template <class F>
+static void over_shares(index_t n, F&& f) {
+#pragma omp parallel num_threads(threads_for(n))
+  {
+    const index_t lines = (n + 15) / 16, t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const index_t i0 = std::min(n, lines * t / nt * 16), i1 = std::min(n, lines * (t + 1) / nt * 16);
+    if (i1 > i0) f(i0, i1 - i0);
+  }
+}
+#define KILNET_OPTIM_AVX512(call)                              \
+  if (use_avx512()) {                                          \
+    over_shares(n, [&](index_t i0, index_t len) { call; });    \
+    return;                                                    \
+  }
+#else
+#define KILNET_OPTIM_AVX512(call)
+#endif
+
 void sgd_update(index_t n, float* p, const float* g, float* vel, float lr, float momentum,
                 bool nesterov) {
+  KILNET_OPTIM_AVX512(optim_detail::sgd_avx512(len, p + i0, g + i0, (momentum == 0.f || !vel) ? nullptr : vel + i0,
+                                               lr, momentum, nesterov))
   if (momentum == 0.f || !vel) {
 #pragma omp parallel for simd num_threads(threads_for(n)) schedule(static)
     for (index_t i = 0; i < n; ++i) p[i] -= lr * g[i];
@@ -33,6 +58,7 @@ void adam_update(index_t n, float* p, const float* g, float* m, float* v, float 
                  float b2, float eps, index_t step) {
   const float alpha = adam_alpha(lr, b1, b2, step);
   const float c1 = 1.f - b1, c2 = 1.f - b2;
+  KILNET_OPTIM_AVX512(optim_detail::adam_avx512(len, p + i0, g + i0, m + i0, v + i0, alpha, c1, c2, eps, false, 0.f))
 #pragma omp parallel for simd num_threads(threads_for(n)) schedule(static)
   for (index_t i = 0; i < n; ++i) {
     const float gi = g[i];
@@ -91,6 +117,8 @@ static void rmsprop_loop(index_t n, float* p, const float* g, float* v, float* a
 void rmsprop_update(index_t n, float* p, const float* g, float* v, float* avg, float* mom, float lr,
                     float rho, float momentum, float eps, float weight_decay) {
   const float wdl = weight_decay * lr;
+  KILNET_OPTIM_AVX512(optim_detail::rmsprop_avx512(len, p + i0, g + i0, v + i0, avg ? avg + i0 : nullptr,
+                                                   mom ? mom + i0 : nullptr, lr, rho, momentum, eps, wdl))
   if (avg && mom) rmsprop_loop<true, true>(n, p, g, v, avg, mom, lr, rho, momentum, eps, wdl);
   else if (avg) rmsprop_loop<true, false>(n, p, g, v, avg, mom, lr, rho, momentum, eps, wdl);
   else if (mom) rmsprop_loop<false, true>(n, p, g, v, avg, mom, lr, rho, momentum, eps, wdl);
@@ -100,6 +128,7 @@ void rmsprop_update(index_t n, float* p, const float* g, float* v, float* avg, f
 void adagrad_update(index_t n, float* p, const float* g, float* acc, float lr, float eps,
                     float weight_decay) {
   const float wdl = weight_decay * lr;
+  KILNET_OPTIM_AVX512(optim_detail::adagrad_avx512(len, p + i0, g + i0, acc + i0, lr, eps, wdl))
 #pragma omp parallel for simd num_threads(threads_for(n)) schedule(static)
   for (index_t i = 0; i < n; ++i) {
     const float gi = g[i];
@@ -113,6 +142,7 @@ void adamw_update(index_t n, float* p, const float* g, float* m, float* v, float
                   float b2, float eps, float weight_decay, index_t step) {
   const float alpha = adam_alpha(lr, b1, b2, step);
   const float c1 = 1.f - b1, c2 = 1.f - b2, wdl = weight_decay * lr;
+  KILNET_OPTIM_AVX512(optim_detail::adam_avx512(len, p + i0, g + i0, m + i0, v + i0, alpha, c1, c2, eps, true, wdl))
 #pragma omp parallel for simd num_threads(threads_for(n)) schedule(static)
   for (index_t i = 0; i < n; ++i) {
     const float gi = g[i];

@@ -1,5 +1,6 @@
 // rnn.cpp — SimpleRNN, LSTM and GRU over whole sequences: the workspace layout, the naive
-// reference, the BPTT driver and its portable step kernels (rnn_avx2.cpp has the AVX2 ones).
+// reference, the BPTT driver and its portable step kernels (rnn_avx2.cpp and rnn_avx512.cpp
+// have the vector ones).
 //
 // The driver (rnn_forward / rnn_backward):
 //   forward   xs = x time-major; [W; U] packed once; per step and per block of <= MR batch
@@ -323,9 +324,12 @@ void gru_bwd_portable(index_t m, index_t H, Act a, Act s, const float* dh, const
 
 const rnn_detail::StepKernels kPortable = {gemm_rows_portable, rnn_fwd_portable, lstm_fwd_portable,
                                            gru_fwd_portable,   rnn_bwd_portable, lstm_bwd_portable,
-                                           gru_bwd_portable};
+                                           gru_bwd_portable,   false};
 
 const rnn_detail::StepKernels& step_kernels() {
+#if defined(KILNET_HAVE_AVX512_BUILD)
+  if (use_avx512()) return rnn_detail::avx512_step_kernels();
+#endif
 #if defined(KILNET_HAVE_AVX2_BUILD)
   if (use_avx2()) return rnn_detail::avx2_step_kernels();
 #endif
@@ -533,11 +537,13 @@ void rnn_backward(const RnnShape& s, const float* dy, const float* W, const floa
         const index_t row = t * B + r;
         // The gate kernel's inputs were written long ago (forward) and sit in L3 or memory: they
         // arrive during the dh GEMM instead of stalling the gate math (~half its time on loads).
-        if (dyr) prefetch_rows(dyr, m, H, ldy);
-        if (s.cell != Cell::SimpleRNN) prefetch_rows(ws + L.gates + row * GH, 1, m * GH, 0);
-        if (s.cell == Cell::LSTM) {
-          prefetch_rows(ws + L.cs + row * H, 1, m * H, 0);
-          prefetch_rows(ws + L.tcs + row * H, 1, m * H, 0);
+        if (!K.prefetches_ahead) {
+          if (dyr) prefetch_rows(dyr, m, H, ldy);
+          if (s.cell != Cell::SimpleRNN) prefetch_rows(ws + L.gates + row * GH, 1, m * GH, 0);
+          if (s.cell == Cell::LSTM) {
+            prefetch_rows(ws + L.cs + row * H, 1, m * H, 0);
+            prefetch_rows(ws + L.tcs + row * H, 1, m * H, 0);
+          }
         }
         const float* dh = nullptr;
         if (t < T - 1) {   // dh_t = dz_{t+1} U^T

@@ -299,7 +299,7 @@ void gru_bwd(index_t m, index_t H, Act act, Act rec, const float* dh, const floa
   });
 }
 
-const StepKernels kAvx2 = {gemm_rows, rnn_fwd, lstm_fwd, gru_fwd, rnn_bwd, lstm_bwd, gru_bwd};
+const StepKernels kAvx2 = {gemm_rows, rnn_fwd, lstm_fwd, gru_fwd, rnn_bwd, lstm_bwd, gru_bwd, false};
 
 }  // namespace
 

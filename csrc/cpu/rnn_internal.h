@@ -1,6 +1,7 @@
-// rnn_internal.h — private to rnn.cpp (the BPTT driver and the portable step kernels) and
-// rnn_avx2.cpp (the AVX2/FMA step kernels). Declarations only: an inline function defined here
-// would be compiled once with and once without -mavx2, and the linker may keep either copy.
+// rnn_internal.h — private to rnn.cpp (the BPTT driver and the portable step kernels),
+// rnn_avx2.cpp (the AVX2/FMA step kernels) and rnn_avx512.cpp (the AVX-512 ones). Declarations
+// only: an inline function defined here would be compiled once with and once without the vector
+// flags, and the linker may keep either copy.
 #pragma once
 #include "kilnet/common.h"
 
@@ -45,10 +46,17 @@ struct StepKernels {
   void (*gru_bwd)(index_t m, index_t H, Act a, Act s, const float* dh, const float* dy, index_t ldy,
                   const float* gates, const float* huh, const float* h_prev, float* carry,
                   float* dz, float* dhu);
+
+  // true: the backward gate kernels ask for the next row's inputs (and output lines) as they go,
+  // so the driver does not prefetch each row block's inputs in one burst before its dh GEMM.
+  bool prefetches_ahead;
 };
 
 #if defined(KILNET_HAVE_AVX2_BUILD)
-const StepKernels& avx2_step_kernels();
+const StepKernels& avx2_step_kernels();     // rnn_avx2.cpp; only when use_avx2()
+#endif
+#if defined(KILNET_HAVE_AVX512_BUILD)
+const StepKernels& avx512_step_kernels();   // rnn_avx512.cpp; only when use_avx512()
 #endif
 
 }  // namespace kilnet::cpu::rnn_detail
