@@ -8,6 +8,7 @@ import pytest
 import kilnet as keras
 from kilnet import layers
 from kilnet.privacy import DPAdam, DPSGD, compute_epsilon, make_private
+from kilnet.privacy.dpsgd import gaussian
 
 SEED = 7
 
@@ -29,7 +30,7 @@ def _reference_update(model, x, y, loss_fn, clip, sigma, seed, denom=None):
         g = _flat(tape.gradient(loss, model.trainable_variables))
         g *= min(1.0, clip / max(np.linalg.norm(g), 1e-30))
         total = g if total is None else total + g
-    noise = np.random.default_rng(seed).standard_normal(total.size, dtype=np.float32).astype(np.float64)
+    noise = gaussian(np.random.default_rng(seed), total.size).astype(np.float64)
     return (total + noise * sigma * clip) / (denom or n)
 
 
@@ -171,6 +172,19 @@ def test_poisson_order_draws_bernoulli_batches():
         a, b = run.begin_step(s)
         assert len(set(order[a:b])) == b - a           # no repeats within a batch
     assert isinstance(run, _DPProcess)
+
+
+def test_gaussian_noise_is_standard_normal():
+    z = gaussian(np.random.default_rng(0), 200001)
+    assert z.shape == (200001,) and z.dtype == np.float32
+    z = z.astype(np.float64)
+    assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
+    # the normal's quantiles: P(|z| > 1) = 0.3173, P(|z| > 2) = 0.0455, P(|z| > 3) = 0.0027
+    for k, p in ((1, 0.3173), (2, 0.0455), (3, 0.0027)):
+        assert abs((np.abs(z) > k).mean() - p) < 4 * np.sqrt(p * (1 - p) / z.size)
+    # the two halves (cos and sin of the same radius) are uncorrelated
+    a, b = z[:100000], z[100001:200001]
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.01
 
 
 @pytest.mark.parametrize("clip,noise", [(0, 1.0), (-1, 1.0), (float("nan"), 1.0), (1.0, -0.5),

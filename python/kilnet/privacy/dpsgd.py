@@ -25,9 +25,10 @@ trainers/trainer.py). Two ways to the clipped sum:
   at a time through the model and the tape, its flat gradient clipped and accumulated. Slow,
   but exact for any model.
 
-Noise: one standard normal draw per trainable parameter per step, in the order of the model's
-flat parameter buffer (model.trainable_variables), from `np.random.default_rng(seed)` when a
-seed is given, else kilnet.utils' generator, scaled by noise_multiplier * l2_norm_clip.
+Noise: one standard normal draw per trainable parameter per step (`gaussian(rng, n)`, Box-Muller),
+in the order of the model's flat parameter buffer (model.trainable_variables), from
+`np.random.default_rng(seed)` when a seed is given, else kilnet.utils' generator, scaled by
+noise_multiplier * l2_norm_clip.
 (numpy's PCG64 is not a cryptographically secure generator; see docs/responsible.md.)
 
 Poisson sampling (poisson_sampling=True, the default, as the accountant assumes): in fit each
@@ -47,7 +48,7 @@ from kilnet.callbacks import Callback
 from kilnet.privacy.accountant import _check_delta, compute_rdp, get_privacy_spent, DEFAULT_ORDERS
 from kilnet.trainers.policy import _OneProcess
 
-__all__ = ["DPOptimizer", "DPSGD", "DPAdam", "make_private"]
+__all__ = ["DPOptimizer", "DPSGD", "DPAdam", "make_private", "gaussian"]
 
 
 def _check_clip_noise(l2_norm_clip, noise_multiplier, who):
@@ -163,14 +164,20 @@ class DPOptimizer(optimizers_mod.Optimizer):
         if rng is None:
             from kilnet.utils import get_rng
             rng = get_rng()
-        z = rng.standard_normal(n, dtype=np.float32)
+        work = self.__dict__.setdefault("_noise_work", {})
+        buf = work.get("z")
+        if buf is None or buf.size != 2 * ((n + 1) // 2):
+            buf = work["z"] = np.empty(2 * ((n + 1) // 2), np.float32)
+        z = gaussian(rng, n, buf, work)
         return z if xp is np else xp.asarray(z)
 
     def _finish(self, model, acc_in_grads, batch):
         """model._grads holds the clipped sum: add noise, divide, regularize, update."""
         g = model._grads
         if self.noise_multiplier > 0:
-            g += self._noise(g.size, _xp(g)) * np.float32(self.noise_multiplier * self.l2_norm_clip)
+            z = self._noise(g.size, _xp(g))
+            z *= np.float32(self.noise_multiplier * self.l2_norm_clip)
+            g += z
         denom = self.expected_batch_size or batch
         g *= np.float32(1.0 / max(denom, 1))
         self._count_step()
@@ -249,6 +256,35 @@ def make_private(optimizer, l2_norm_clip, noise_multiplier, poisson_sampling=Tru
 
 
 # ---------------------------------------------------------------------- helpers
+def gaussian(rng, n, out=None, work=None):
+    """n standard normal float32 values from the numpy Generator rng, by Box-Muller: radii
+    sqrt(-2 log u) from float64 uniforms u in (0, 1] (tails to 8.5 sigma), angles from float32
+    uniforms, numpy's SIMD sin/cos. The noise of every DP step is gaussian(rng, n_params):
+    twice as fast as rng.standard_normal(dtype=float32) (the ziggurat), which at 200k
+    parameters cost as much as a whole training step of the canonical CNN at batch 32.
+    out: a float32 buffer of >= n values (2*ceil(n/2) used); work: a dict of scratch buffers
+    kept between calls (no page faults on fresh arrays each step)."""
+    h = (n + 1) // 2
+    work = {} if work is None else work
+    r64, r32, t = work.get("r64"), work.get("r32"), work.get("t")
+    if r64 is None or r64.size != h:
+        r64, r32, t = work["r64"], work["r32"], work["t"] = (np.empty(h), np.empty(h, np.float32),
+                                                              np.empty(h, np.float32))
+    z = out if out is not None and out.size >= 2 * h else np.empty(2 * h, np.float32)
+    rng.random(out=r64)
+    np.log1p(np.negative(r64, out=r64), out=r64)    # log(1 - u), u in [0, 1): log of (0, 1]
+    r64 *= -2.0
+    np.sqrt(r64, out=r64)
+    r32[...] = r64
+    rng.random(out=t, dtype=np.float32)
+    t *= np.float32(2 * np.pi)
+    np.cos(t, out=z[:h])
+    np.sin(t, out=z[h:2 * h])
+    z[:h] *= r32
+    z[h:2 * h] *= r32
+    return z[:n]
+
+
 def _xp(a):
     return np if isinstance(a, np.ndarray) else __import__("cupy")
 
@@ -382,7 +418,7 @@ def _fast_clipped_sum(model, st, x, ys, sws, clip, opt):
                                          row[:k_el].reshape(kshape), row[k_el:] if layer.use_bias else None,
                                          layer.strides, layer._pad, layer.dilation_rate, act,
                                          None if y is None else y[i:i + 1])
-            sq += xp.einsum("ij,ij->i", per, per, dtype=np.float64)
+            sq += xp.einsum("ij,ij->i", per, per).astype(np.float64)
             work.append((layer, "conv", per))
         else:   # Dense: x2 (rows, in), dz (rows, units); rows = n * t
             if act != "linear":   # only Conv2D keeps the activation for its kernel
@@ -390,8 +426,8 @@ def _fast_clipped_sum(model, st, x, ys, sws, clip, opt):
             dz2 = dz.reshape(-1, layer.units)
             t = xin.shape[0] // n
             if t == 1:   # ghost norm: nothing per example materialised
-                xs = xp.einsum("ij,ij->i", xin, xin, dtype=np.float64)
-                gs = xp.einsum("ij,ij->i", dz2, dz2, dtype=np.float64)
+                xs = xp.einsum("ij,ij->i", xin, xin).astype(np.float64)   # float32 sums: 5x faster
+                gs = xp.einsum("ij,ij->i", dz2, dz2).astype(np.float64)
                 sq += xs * gs + (gs if layer.use_bias else 0.0)
             else:
                 x3, g3 = xin.reshape(n, t, -1), dz2.reshape(n, t, -1)
