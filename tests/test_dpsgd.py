@@ -101,6 +101,14 @@ def test_functional_two_inputs():
     assert m.optimizer._plan(m).fast
 
 
+def test_time_distributed_dense_falls_back():
+    x, y = _data((3, 4), n=5)
+    m = keras.Sequential([layers.Input((3, 4)), layers.TimeDistributed(layers.Dense(6, activation="relu")),
+                          layers.Flatten(), layers.Dense(4, activation="softmax")])
+    _check_step(m, x, y)
+    assert not m.optimizer._plan(m).fast
+
+
 def test_functional_shared_layer_falls_back():
     a, b = keras.Input((4,)), keras.Input((4,))
     shared = layers.Dense(5, activation="tanh")
@@ -210,3 +218,20 @@ def test_bad_input_other():
     m.compile(optimizer=DPSGD(1.0, 1.0), loss="sparse_categorical_crossentropy")
     with pytest.raises(ValueError, match="BatchNormalization"):
         m.train_on_batch(np.ones((4, 4), np.float32), np.array([0, 1, 0, 1]))
+
+
+def test_save_and_load_keeps_the_optimizer_and_the_privacy_spent(tmp_path):
+    x, y = _data((4,), n=40, classes=3)
+    m = keras.Sequential([layers.Input((4,)), layers.Dense(3, activation="softmax")])
+    m.compile(optimizer=DPAdam(1.0, 1.0, learning_rate=0.01), loss="sparse_categorical_crossentropy")
+    m.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    m.save(tmp_path / "m.keras")
+    m2 = keras.models.load_model(tmp_path / "m.keras")
+    assert isinstance(m2.optimizer, keras.privacy.DPOptimizer)
+    assert isinstance(m2.optimizer.inner, keras.optimizers.Adam)
+    assert m2.optimizer.epsilon() == pytest.approx(m.optimizer.epsilon()) and m.optimizer.epsilon() > 0
+    assert m2.optimizer.iterations == m.optimizer.iterations
+    for k in ("m", "v"):
+        np.testing.assert_allclose(m2.optimizer.state[k], m.optimizer.state[k])
+    m2.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert m2.optimizer.epsilon() > m.optimizer.epsilon()

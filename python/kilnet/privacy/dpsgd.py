@@ -98,6 +98,9 @@ class DPOptimizer(optimizers_mod.Optimizer):
     global_clipnorm = property(lambda self: self.inner.global_clipnorm)
     weight_decay = property(lambda self: self.inner.weight_decay)
     slots = property(lambda self: self.inner.slots)
+    _learning_rate = property(lambda self: self.inner._learning_rate)
+    keras_slot_groups = property(lambda self: getattr(self.inner, "keras_slot_groups", None) or (
+        (("m", "v"),) if type(self.inner).__name__ in ("Adam", "AdamW") else None))
 
     @property
     def learning_rate(self):
@@ -134,11 +137,17 @@ class DPOptimizer(optimizers_mod.Optimizer):
     def get_config(self):
         return {"name": self.name, "optimizer": optimizers_mod.serialize(self.inner),
                 "l2_norm_clip": self.l2_norm_clip, "noise_multiplier": self.noise_multiplier,
-                "poisson_sampling": self.poisson_sampling, "delta": self.delta, "seed": self.seed}
+                "poisson_sampling": self.poisson_sampling, "delta": self.delta, "seed": self.seed,
+                # the privacy already spent travels with a saved model: [noise, sample rate, steps]
+                "accounted_steps": [[s, q, n] for (s, q), n in self._steps.items()]}
 
     @classmethod
     def from_config(cls, config):
-        return DPOptimizer(**config)
+        cfg = dict(config)
+        spent = cfg.pop("accounted_steps", None) or []
+        opt = DPOptimizer(**cfg)
+        opt._steps = {(float(s), float(q)): int(n) for s, q, n in spent}
+        return opt
 
     # ------------------------------------------------------------------ privacy spent
     def epsilon(self, delta=None):
@@ -255,6 +264,11 @@ def make_private(optimizer, l2_norm_clip, noise_multiplier, poisson_sampling=Tru
     return DPOptimizer(optimizer, l2_norm_clip, noise_multiplier, poisson_sampling, delta, seed)
 
 
+# model.save / load_model find the classes by name, as the other optimizers
+for _cls in (DPOptimizer, DPSGD, DPAdam):
+    optimizers_mod._CLASSES.setdefault(_cls.__name__, _cls)
+
+
 # ---------------------------------------------------------------------- helpers
 def gaussian(rng, n, out=None, work=None):
     """n standard normal float32 values from the numpy Generator rng, by Box-Muller: radii
@@ -306,14 +320,17 @@ class _Plan:
         from kilnet.layers.core import Dense
         self.key = key
         self.fast = True
-        for layer in model._flat_layers():
+        layers = model._flat_layers()
+        # a layer run inside another fused layer's kernels (TimeDistributed(Dense)) is not on the tape
+        inner = {id(s) for l in layers if l._is_fused() for s in l._flat_layers() if s is not l}
+        for layer in layers:
             kind = type(layer).__name__
             if kind in ("BatchNormalization", "SyncBatchNormalization"):
                 raise ValueError(f"DP-SGD: layer {layer.name!r} ({kind}) mixes the examples of a batch, so "
                                  "per-example gradients are not defined; use LayerNormalization instead")
             if layer is model or not layer._own_trainable_variables():
                 continue
-            if type(layer) not in (Dense, Conv2D) or not layer.trainable:
+            if type(layer) not in (Dense, Conv2D) or not layer.trainable or id(layer) in inner:
                 self.fast = False
 
 
@@ -545,6 +562,10 @@ class _DPProcess(_OneProcess):
 
     def empty_step(self, model):
         return self.opt._empty_step(model)
+
+    def finish(self, model):
+        # outside fit (train_on_batch): divide by the actual batch, count no steps for epsilon
+        self.opt.expected_batch_size = self.opt.sample_rate = None
 
 
 class _EpsilonLog(Callback):
