@@ -157,7 +157,14 @@ class DPOptimizer(optimizers_mod.Optimizer):
         if not self._steps:
             return 0.0
         orders = np.asarray(DEFAULT_ORDERS, np.float64)
-        rdp = sum(compute_rdp(n, s, q, orders) for (s, q), n in self._steps.items())
+        cache = self.__dict__.setdefault("_rdp_one", {})   # one step's RDP per (noise, rate): RDP adds up
+        rdp = 0.0
+        for (s, q), n in self._steps.items():
+            one = cache.get((s, q))
+            if one is None:
+                one = cache[s, q] = compute_rdp(1, s, q, orders)
+            with np.errstate(invalid="ignore"):
+                rdp = rdp + np.where(np.isinf(one) & (n == 0), 0.0, one * n)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return get_privacy_spent(orders, rdp, delta)[0]
