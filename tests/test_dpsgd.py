@@ -235,3 +235,14 @@ def test_save_and_load_keeps_the_optimizer_and_the_privacy_spent(tmp_path):
         np.testing.assert_allclose(m2.optimizer.state[k], m.optimizer.state[k])
     m2.fit(x, y, batch_size=8, epochs=1, verbose=0)
     assert m2.optimizer.epsilon() > m.optimizer.epsilon()
+
+
+def test_fit_with_empty_poisson_batches():
+    x, y = _data((3,), n=30, classes=2)
+    m = keras.Sequential([layers.Input((3,)), layers.Dense(2, activation="softmax")])
+    opt = DPSGD(1.0, 1.0, learning_rate=0.1, seed=3)
+    m.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    h = m.fit(x, y, batch_size=1, epochs=2, verbose=0)   # q = 1/30: about a third of the steps are empty
+    assert opt.iterations == 60                          # every step updates, empty ones with noise only
+    assert np.isfinite(h.history["loss"]).all() and len(h.history["epsilon"]) == 2
+    assert opt.expected_batch_size is None and opt.sample_rate is None   # cleared after fit
