@@ -261,16 +261,17 @@ def register_tensor_type(cls) -> None:
     _tensor_type[:] = [cls]
 
 
-def walk_into_variables(entries, target, seed, variables_by_id, on_layer_done=None) -> set:
+def walk_into_variables(entries, target, seed, variables_by_id, on_layer_done=None, walk=None) -> set:
     """The trainer's walk: every fused layer writes its weight gradients into the flat
     gradient buffer, and gradients that ops hand to Variables (layers written with kilnet.ops)
     are added to the same views. The caller zeroes the views beforehand, except those of layers
     that overwrite theirs on their first write (`_overwrites_grads`); returns the ids of the
-    layers that wrote, so the caller can zero those that did not."""
+    layers that wrote, so the caller can zero those that did not. walk: another object with
+    _Walk's methods for the layers to ask (DP-SGD's, which keeps per-example inputs)."""
     grads = {id(target): seed}
     prev = getattr(_local, "walk", None)
     written = set()
-    _local.walk = _Walk(None, True, on_layer_done, written)
+    _local.walk = _Walk(None, True, on_layer_done, written) if walk is None else walk
     try:
         _walk(entries, grads, (), None, on_layer_done)
     finally:

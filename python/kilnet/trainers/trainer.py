@@ -175,6 +175,9 @@ def default_train_step(model, data, loss_out=None):
     """One optimizer step on a prepared batch (x structure, list of prepared targets[, list of
     per-output sample weights]); returns (loss or None on the GPU with loss_out, predictions
     per output)."""
+    private = getattr(model.optimizer, "_private_train_step", None)
+    if private is not None:   # DP-SGD (kilnet.privacy): per-example clipping and noise
+        return private(model, data, loss_out)
     x, ys, sws = data if len(data) == 3 else (*data, None)
     st = _step_state(model, "train")
     if st.layout is not model._layout_key:   # what the step walks over, found once per layout
@@ -261,6 +264,11 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
     with model._exclusive("fit", reentrant=False):
         data = _prepare_fit(model, x, y, float(validation_split), validation_data, sample_weight, class_weight)
         run = None
+        private_run = getattr(model.optimizer, "_fit_run", None)   # DP-SGD: Poisson batches, epsilon
+        if private_run is not None and distributed:
+            raise ValueError("fit: DP-SGD (a kilnet.privacy optimizer) is not supported with distributed=True")
+        if private_run is not None:
+            run = private_run(data.n, batch_size, callbacks)
         if distributed:
             if callable(data.val):
                 raise ValueError("fit: validation_data from a generator or PyDataset is not supported with "
@@ -718,6 +726,10 @@ class _ArrayFeed:
 
     def batch(self, i, j):
         k = j - i
+        if k > self.xb.shape[0]:   # a Poisson batch (DP-SGD) larger than batch_size
+            self.xb = np.empty((k,) + self.xb.shape[1:], self.xb.dtype)
+            if self.on_gpu:
+                self.xb_dev = self.cp.empty(self.xb.shape, self.xb.dtype)
         if self.resident:
             if self.order is None:
                 return self.x_dev[i:j]
