@@ -30,6 +30,7 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N training images (a quick run)")
     args = ap.parse_args(argv)
     import kilnet
     from kilnet.cli import canonical_model
@@ -40,6 +41,8 @@ def main(argv=None):
     (xt, yt), (xe, ye) = fashion_mnist.load_data()
     xt = (xt / 255.0).reshape(-1, 28, 28, 1).astype(np.float32)
     xe = (xe / 255.0).reshape(-1, 28, 28, 1).astype(np.float32)
+    if args.limit:
+        xt, yt = xt[:args.limit], yt[:args.limit]
     n = len(xt)
     q = args.batch / n
     steps = args.epochs * int(1 / q)           # what fit takes under Poisson sampling

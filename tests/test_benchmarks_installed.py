@@ -72,6 +72,9 @@ CASE = {
                            ["kilnet: "]),
     "bench_distributed.py": (["--limit", "128", "--epochs", "2", "--rounds", "1", "--only", "1x2 b32"],
                              ("data", "mpi"), ["| 1x2 b32 |"]),
+    "bench_dpsgd.py": (["--limit", "256", "--epochs", "1", "--batch", "32"], ("data", "torch"),
+                       ["batch   32: kilnet plain"]),
+    "dp_accuracy.py": (["--epochs", "1", "--limit", "512", "--batch", "64"], ("data",), ["epoch  1: epsilon"]),
     "accuracy_seeds.py": (["--epochs", "1", "--limit", "128"], ("data",), ['"library": "kilnet"']),
 }
 HELPERS = ["machine_info.py", "subprocess_bench.py", "gpu_timing.py"]   # imported by the scripts
