@@ -122,6 +122,17 @@ def test_vector_activations_at_extremes(act):
     np.testing.assert_allclose(y, want, rtol=4e-7, atol=3e-7)
 
 
+@pytest.mark.parametrize("act", ["sigmoid", "tanh", "relu"])
+def test_vector_activations_keep_nan(act):
+    """A NaN input comes out NaN from the vector activations (as in IEEE arithmetic and PyTorch),
+    never as a finite number that hides a broken input; run at every SIMD level by CI."""
+    v = np.array([np.nan, 1.0, -np.nan, 0.5, np.nan, -3.0, 0.0, np.nan, 2.0] * 3, np.float32)
+    p = {"x": v.reshape(-1, 1, 1), "w": np.ones((1, 1), np.float32), "u": np.zeros((1, 1), np.float32),
+         "b": None, "h0": None, "c0": None}
+    y = k_forward(_cpu, "simple_rnn", p, False, act=act)[0][:, 0]
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(v))
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("T", [1, 3, 17])
 @pytest.mark.parametrize("seq", [False, True])

@@ -48,7 +48,9 @@ inline __m256 sigmoid8(__m256 x) {
 // for tiny |x| where the rational's relative error would show.
 inline __m256 tanh8(__m256 x) {
   const __m256 c = _mm256_set1_ps(7.90531110763549805f);
-  const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_sub_ps(_mm256_setzero_ps(), c)), c);
+  // x second: max/min return their second operand when either is NaN, so a NaN stays NaN
+  // (it used to come out as -1 here, hiding a broken input).
+  const __m256 xc = _mm256_min_ps(c, _mm256_max_ps(_mm256_sub_ps(_mm256_setzero_ps(), c), x));
   const __m256 x2 = _mm256_mul_ps(xc, xc);
   __m256 p = _mm256_set1_ps(-2.76076847742355e-16f);
   p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(2.00018790482477e-13f));
