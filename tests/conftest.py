@@ -77,3 +77,34 @@ class _Gpu:
 def gpu():
     """For tests marked `cuda` (skipped without a GPU): cupy, kilnet._cuda and copies."""
     return _Gpu()
+
+
+# Kernel results at two SIMD levels, for the tests that compare the AVX-512 kernels with the AVX2
+# ones (test_gelu, test_layernorm, test_loss, test_optim).
+def at_simd_level(level, body):
+    """Runs `body` (Python that fills the dict `out` with arrays) in a child process at SIMD
+    level `level` (KILNET_SIMD is read once per process); its arrays, or None when the machine
+    lacks the level."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    code = ("import sys\nimport numpy as np\nfrom kilnet import _cpu\nout = {}\n" + body +
+            "\nnp.savez(sys.argv[1], level=np.array(_cpu.simd_level()), **out)\nprint('ok')\n")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "r.npz")
+        res = subprocess.run([sys.executable, "-c", code, path], env=dict(os.environ, KILNET_SIMD=level),
+                             capture_output=True, text=True, timeout=180)
+        assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+        with np.load(path) as z:
+            r = {k: z[k] for k in z.files}
+    return r if str(r.pop("level")) == level else None
+
+
+def avx2_and_avx512(body):
+    hi = at_simd_level("avx512", body)
+    if hi is None:
+        pytest.skip("no AVX-512 on this machine")
+    lo = at_simd_level("avx2", body)
+    assert lo is not None and lo.keys() == hi.keys()
+    return lo, hi

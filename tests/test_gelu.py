@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import avx2_and_avx512
+
 from kilnet import ops
 from kilnet.backend import cpu
 
@@ -42,35 +44,6 @@ def test_gelu_edges_and_finite_differences(approx):
         cpu.gelu_forward(x, np.empty(3, np.float32), approx)
 
 
-def _at_level(level, body):
-    """Runs `body` (Python that fills the dict `out` with arrays) in a child process at SIMD
-    level `level` (KILNET_SIMD is read once per process); its arrays, or None when the machine
-    lacks the level."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
-    code = ("import sys\nimport numpy as np\nfrom kilnet import _cpu\nout = {}\n" + body +
-            "\nnp.savez(sys.argv[1], level=np.array(_cpu.simd_level()), **out)\nprint('ok')\n")
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "r.npz")
-        res = subprocess.run([sys.executable, "-c", code, path], env=dict(os.environ, KILNET_SIMD=level),
-                             capture_output=True, text=True, timeout=180)
-        assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
-        with np.load(path) as z:
-            r = {k: z[k] for k in z.files}
-    return r if str(r.pop("level")) == level else None
-
-
-def _avx2_and_avx512(body):
-    hi = _at_level("avx512", body)
-    if hi is None:
-        pytest.skip("no AVX-512 on this machine")
-    lo = _at_level("avx2", body)
-    assert lo is not None and lo.keys() == hi.keys()
-    return lo, hi
-
-
 def test_avx2_level_matches_avx512_level():
     """The AVX-512 blocks (masked tails, reciprocal + Newton for the divisions) agree with the
     AVX2 ones, forward and backward, exact and tanh, on sizes with every tail: to a few ulp of
@@ -86,6 +59,6 @@ for n in (1, 7, 15, 17, 33, 129, 1001):
         _cpu.gelu_backward(x, dy, dx, ap)
         out[f"y_{n}_{ap}"], out[f"dx_{n}_{ap}"] = y, dx
 """
-    lo, hi = _avx2_and_avx512(body)
+    lo, hi = avx2_and_avx512(body)
     for k in hi:
         np.testing.assert_allclose(lo[k], hi[k], rtol=2e-6, atol=4e-6, err_msg=k)

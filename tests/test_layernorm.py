@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import assert_grad_close, numeric_grad, rand
+from conftest import assert_grad_close, numeric_grad, rand, avx2_and_avx512
 from kilnet import _cpu
 from kilnet.layers import Dense, Flatten, LayerNormalization
 from kilnet.models import Sequential, load_model
@@ -297,35 +297,6 @@ def test_layernorm_matches_keras3(tmp_path, rng):
         assert layer.get_config() == {**got["config"], "name": layer.name}
 
 
-def _at_level(level, body):
-    """Runs `body` (Python that fills the dict `out` with arrays) in a child process at SIMD
-    level `level` (KILNET_SIMD is read once per process); its arrays, or None when the machine
-    lacks the level."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
-    code = ("import sys\nimport numpy as np\nfrom kilnet import _cpu\nout = {}\n" + body +
-            "\nnp.savez(sys.argv[1], level=np.array(_cpu.simd_level()), **out)\nprint('ok')\n")
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "r.npz")
-        res = subprocess.run([sys.executable, "-c", code, path], env=dict(os.environ, KILNET_SIMD=level),
-                             capture_output=True, text=True, timeout=180)
-        assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
-        with np.load(path) as z:
-            r = {k: z[k] for k in z.files}
-    return r if str(r.pop("level")) == level else None
-
-
-def _avx2_and_avx512(body):
-    hi = _at_level("avx512", body)
-    if hi is None:
-        pytest.skip("no AVX-512 on this machine")
-    lo = _at_level("avx2", body)
-    assert lo is not None and lo.keys() == hi.keys()
-    return lo, hi
-
-
 def test_avx2_level_matches_avx512_level():
     """The AVX-512 row passes against the AVX2 ones: rows with 16-lane tails of 1..15, forward
     (y, mean, invstd) and backward (dx, dgamma, dbeta), plain and rms."""
@@ -343,7 +314,7 @@ for C in (1, 7, 15, 17, 33, 100, 129):
         for k, v in dict(y=y, mean=mean, inv=inv, dx=dx, dg=dg, db=db).items():
             out[f"{k}_{C}_{rms}"] = v
 """
-    lo, hi = _avx2_and_avx512(body)
+    lo, hi = avx2_and_avx512(body)
     for k in hi:
         scale = max(1.0, float(np.abs(hi[k]).max()))
         np.testing.assert_allclose(lo[k], hi[k], rtol=1e-5, atol=1e-6 * scale, err_msg=k)

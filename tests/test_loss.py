@@ -8,7 +8,7 @@ divides each row by its sum first. Every grad is d(loss)/d(input), already divid
 import numpy as np
 import pytest
 
-from conftest import assert_grad_close, numeric_grad, rand
+from conftest import assert_grad_close, numeric_grad, rand, avx2_and_avx512
 from kilnet import _cpu
 
 MODULES = [pytest.param(_cpu, id="fast"), pytest.param(_cpu.ref, id="ref")]
@@ -657,35 +657,6 @@ def test_results_independent_of_thread_count(rng):
         _cpu.set_num_threads(old)
 
 
-def _at_level(level, body):
-    """Runs `body` (Python that fills the dict `out` with arrays) in a child process at SIMD
-    level `level` (KILNET_SIMD is read once per process); its arrays, or None when the machine
-    lacks the level."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
-    code = ("import sys\nimport numpy as np\nfrom kilnet import _cpu\nout = {}\n" + body +
-            "\nnp.savez(sys.argv[1], level=np.array(_cpu.simd_level()), **out)\nprint('ok')\n")
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "r.npz")
-        res = subprocess.run([sys.executable, "-c", code, path], env=dict(os.environ, KILNET_SIMD=level),
-                             capture_output=True, text=True, timeout=180)
-        assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
-        with np.load(path) as z:
-            r = {k: z[k] for k in z.files}
-    return r if str(r.pop("level")) == level else None
-
-
-def _avx2_and_avx512(body):
-    hi = _at_level("avx512", body)
-    if hi is None:
-        pytest.skip("no AVX-512 on this machine")
-    lo = _at_level("avx2", body)
-    assert lo is not None and lo.keys() == hi.keys()
-    return lo, hi
-
-
 def test_softmax_avx2_level_matches_avx512_level():
     """The softmax row passes at 16 lanes (softmax_avx512.cpp) against 8 (softmax_avx2.cpp):
     softmax forward and the fused softmax cross-entropy (loss, probabilities, gradient) on row
@@ -701,6 +672,6 @@ for cols in (1, 7, 15, 16, 17, 33, 129, 300, 100003):
     loss = _cpu.softmax_crossentropy(x, labels=lab, probs=pr, grad=g)
     out[f"y_{cols}"], out[f"p_{cols}"], out[f"g_{cols}"], out[f"l_{cols}"] = y, pr, g, np.array(loss)
 """
-    lo, hi = _avx2_and_avx512(body)
+    lo, hi = avx2_and_avx512(body)
     for k in hi:
         np.testing.assert_allclose(lo[k], hi[k], rtol=2e-6, atol=1e-8, err_msg=k)

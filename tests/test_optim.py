@@ -9,7 +9,7 @@ Fast kernels vs `_cpu.ref` vs float64 numpy, PyTorch parity, bad input."""
 import numpy as np
 import pytest
 
-from conftest import rand
+from conftest import rand, avx2_and_avx512
 from kilnet import _cpu
 
 MODULES = [pytest.param(_cpu, id="fast"), pytest.param(_cpu.ref, id="ref")]
@@ -330,35 +330,6 @@ def test_optim_any_rank(rng, K):
     np.testing.assert_array_equal(p.reshape(-1), q)
 
 
-def _at_level(level, body):
-    """Runs `body` (Python that fills the dict `out` with arrays) in a child process at SIMD
-    level `level` (KILNET_SIMD is read once per process); its arrays, or None when the machine
-    lacks the level."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
-    code = ("import sys\nimport numpy as np\nfrom kilnet import _cpu\nout = {}\n" + body +
-            "\nnp.savez(sys.argv[1], level=np.array(_cpu.simd_level()), **out)\nprint('ok')\n")
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "r.npz")
-        res = subprocess.run([sys.executable, "-c", code, path], env=dict(os.environ, KILNET_SIMD=level),
-                             capture_output=True, text=True, timeout=180)
-        assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
-        with np.load(path) as z:
-            r = {k: z[k] for k in z.files}
-    return r if str(r.pop("level")) == level else None
-
-
-def _avx2_and_avx512(body):
-    hi = _at_level("avx512", body)
-    if hi is None:
-        pytest.skip("no AVX-512 on this machine")
-    lo = _at_level("avx2", body)
-    assert lo is not None and lo.keys() == hi.keys()
-    return lo, hi
-
-
 def test_avx2_level_matches_avx512_level_bit_for_bit():
     """The AVX-512 updates (optim_avx512.cpp) do the portable loops' operations in the same
     order without FMA: every optimizer variant gives the same bits at both levels, on sizes with
@@ -386,6 +357,6 @@ for n in (1, 7, 15, 16, 17, 33, 1000, 100003):
             f(S)
         out[f"{name}_{n}"] = np.concatenate(S)
 """
-    lo, hi = _avx2_and_avx512(body)
+    lo, hi = avx2_and_avx512(body)
     for k in hi:
         np.testing.assert_array_equal(lo[k].view(np.uint32), hi[k].view(np.uint32), err_msg=k)
