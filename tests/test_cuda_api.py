@@ -9,7 +9,10 @@ from kilnet import _cpu
 
 _cuda = pytest.importorskip("kilnet._cuda", reason="kilnet was built without CUDA")
 
-HOST_ONLY = {"build_info", "get_num_threads", "set_num_threads", "simd_level", "ref", "fma_peak_gflops"}
+# Facts of the host and checks that need no device: the SIMD and bfloat16 levels, the geometry
+# rules the layers apply at build (the same C++ rules every binding of both modules calls).
+HOST_ONLY = {"build_info", "get_num_threads", "set_num_threads", "simd_level", "ref", "fma_peak_gflops",
+             "machine_simd_level", "bf16_level", "conv2d_check_geometry", "pool2d_check_geometry"}
 
 
 def _kernels():
@@ -44,7 +47,7 @@ def _params(fn):
 # Kernels written this far for the CPU only (the layers refuse the GPU clearly or fall back to
 # other CUDA kernels there); each is a known gap, listed so a new one cannot slip in silently.
 CPU_ONLY = {"conv2d_backward_input", "depthwise2d_forward", "depthwise2d_backward", "gelu_forward",
-            "gelu_backward"}
+            "gelu_backward", "gemm_bf16", "to_bfloat16", "from_bfloat16"}
 
 
 def test_every_cpu_kernel_exists_on_cuda():
