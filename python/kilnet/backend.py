@@ -11,7 +11,7 @@ import numpy as np
 
 from kilnet import _cpu
 
-__all__ = ["cpu", "get_num_threads", "set_num_threads", "simd_level", "cuda_available", "cuda_module",
+__all__ = ["cpu", "get_num_threads", "set_num_threads", "simd_level", "machine_simd_level", "fma_peak_gflops", "cuda_available", "cuda_module",
            "device", "current_device", "normalize_device", "kernels_for", "xp_for", "device_of", "to_device"]
 
 cpu = _cpu
@@ -155,6 +155,17 @@ def simd_level() -> str:
     """The kernel path in use: 'avx512' (AVX-512 F/BW/VL/DQ enabled by the CPU and the OS),
     'avx2' (AVX2 + FMA) or 'scalar' (portable). KILNET_SIMD=avx2|scalar lowers it."""
     return _cpu.simd_level()
+
+
+def machine_simd_level() -> str:
+    """The best level this build runs on this machine (what KILNET_SIMD can lower)."""
+    return _cpu.machine_simd_level()
+
+
+def fma_peak_gflops(threads: int = 1, seconds: float = 0.2, simd: str = "") -> float:
+    """Measured FMA peak in GFLOP/s over `threads` threads at SIMD level `simd` (default: the
+    level in use; never above it)."""
+    return _cpu.fma_peak_gflops(threads, seconds, simd)
 
 
 def build_info() -> str:

@@ -245,9 +245,8 @@ def cmd_info(args) -> int:
     print(f"python {platform.python_version()} ({sys.executable}), numpy {np.__version__}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs")
     print(f"build: {backend.build_info()}")
-    from kilnet import _cpu
     from kilnet.bench import cpu_model, simd_flags
-    level, best = backend.simd_level(), _cpu.machine_simd_level()
+    level, best = backend.simd_level(), backend.machine_simd_level()
     print(f"cpu: {cpu_model()}; flags {simd_flags()}")
     print(f"simd level in use: {level}" + (f" (lowered by KILNET_SIMD={os.environ.get('KILNET_SIMD')})"
                                            if level != best else ""))
@@ -256,7 +255,7 @@ def cmd_info(args) -> int:
     # The FMA peak of one thread at each level this process can run (levels above the one in
     # use are refused: KILNET_SIMD lowered it), 0.05 s each.
     levels = ("scalar", "avx2", "avx512")
-    peaks = [f"{lv} {_cpu.fma_peak_gflops(1, 0.05, lv):.1f}" for lv in levels[:levels.index(level) + 1]]
+    peaks = [f"{lv} {backend.fma_peak_gflops(1, 0.05, lv):.1f}" for lv in levels[:levels.index(level) + 1]]
     above = levels[levels.index(level) + 1:levels.index(best) + 1]
     print("measured FMA peak, 1 thread: " + ", ".join(peaks) + " GFLOP/s"
           + (f" ({', '.join(above)}: not measured, above the level in use)" if above else ""))
