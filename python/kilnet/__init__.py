@@ -9,16 +9,17 @@ from kilnet.backend import cuda_available, device, get_num_threads, set_num_thre
 
 __all__ = ["__version__", "get_num_threads", "set_num_threads", "simd_level", "cuda_available", "device",
            "models", "layers", "losses", "optimizers", "metrics", "initializers", "datasets", "ops",
-           "utils", "callbacks", "regularizers", "schedules", "explain", "Sequential", "Model", "Input",
+           "utils", "callbacks", "regularizers", "schedules", "explain", "mixed_precision", "dtype_policies",
+           "Sequential", "Model", "Input",
            "load_model", "GradientTape", "Tensor", "Variable"]
 
 _SUBMODULES = ("models", "layers", "losses", "optimizers", "metrics", "initializers", "datasets", "ops",
                "utils", "callbacks", "io", "cli", "regularizers", "schedules", "explain", "activations", "saving",
-               "privacy", "fairness")
+               "privacy", "fairness", "mixed_precision", "dtype_policies")
 _NAMES = {"Sequential": "kilnet.models", "Model": "kilnet.models", "load_model": "kilnet.models",
           "Input": "kilnet.engine.node", "GradientTape": "kilnet.engine.tape",
           "Tensor": "kilnet.engine.tensor", "Variable": "kilnet.engine.tensor",
-          "KerasTensor": "kilnet.engine.node"}
+          "KerasTensor": "kilnet.engine.node", "DTypePolicy": "kilnet.dtype_policies"}
 
 
 def __getattr__(name):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from kilnet.backend import kernels_for, xp_for
+from kilnet.engine import precision
 from kilnet.engine.tape import record
 from kilnet.engine.tensor import Tensor
 from kilnet.utils import as_numpy, lookup
@@ -287,7 +288,9 @@ def loss_op(loss, y_pred, y_true, probs=None, grad=None, out=None, sample_weight
     src = logits[1] if fused else y_pred
     sv = src.value
     xp = np if type(sv) is np.ndarray else xp_for(sv)
-    if sv.dtype != np.float32 or not sv.flags.c_contiguous:
+    if sv.dtype != np.float32:   # Keras computes losses in float32 (bfloat16/float16 outputs too)
+        sv = precision.convert(sv, np.dtype(np.float32))
+    if not sv.flags.c_contiguous:
         sv = xp.ascontiguousarray(sv, dtype=np.float32)
     if grad is None:
         grad = xp.empty(sv.shape, np.float32)
@@ -315,7 +318,7 @@ def loss_op(loss, y_pred, y_true, probs=None, grad=None, out=None, sample_weight
     def bw(g, needs):
         if isinstance(g, np.ndarray) and g.size == 1 and float(g) == 1.0 and dtype == np.float32:
             return (grad,)
-        return ((grad * g).astype(dtype, copy=False),)
+        return (precision.convert(grad * g, dtype),)
     record((src,), (t,), bw)
     return t, pred
 

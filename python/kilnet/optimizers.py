@@ -146,6 +146,14 @@ class Optimizer:
         for (_, v), a, b in zip(pairs, offsets[:-1], offsets[1:]):
             v.value[...] = params[a:b].reshape(v.shape)
 
+    def scale_loss(self, loss):
+        """Keras 3: the loss the gradients are taken of (a LossScaleOptimizer scales it)."""
+        return loss
+
+    def _loss_scale_seed(self):
+        """The factor fit seeds the backward walk with (None: 1); LossScaleOptimizer's scale."""
+        return None
+
     def apply_gradients(self, grads_and_vars) -> None:
         """TensorFlow's form: `apply_gradients(zip(grads, variables))`."""
         pairs = list(grads_and_vars)
@@ -301,6 +309,9 @@ def get(identifier) -> Optimizer:
         return lookup("optimizer", _ALIASES, identifier)()
     if isinstance(identifier, dict):
         name = str(identifier.get("class_name", "")).replace("Custom>", "")
+        if name == "LossScaleOptimizer":
+            from kilnet.loss_scale_optimizer import LossScaleOptimizer
+            return LossScaleOptimizer.from_config(identifier.get("config") or {})
         cls = lookup("optimizer class", _CLASSES, name)
         try:
             return cls.from_config(identifier.get("config") or {})
@@ -312,3 +323,12 @@ def get(identifier) -> Optimizer:
 def serialize(opt: Optimizer) -> dict:
     return {"module": "keras.optimizers", "class_name": type(opt).__name__,
             "config": opt.get_config(), "registered_name": None}
+
+
+def __getattr__(name):
+    # kilnet.optimizers.LossScaleOptimizer, as keras.optimizers.LossScaleOptimizer (its module
+    # imports this one)
+    if name == "LossScaleOptimizer":
+        from kilnet.loss_scale_optimizer import LossScaleOptimizer
+        return LossScaleOptimizer
+    raise AttributeError(f"module 'kilnet.optimizers' has no attribute {name!r}")

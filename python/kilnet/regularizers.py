@@ -109,10 +109,11 @@ def serialize(reg):
             "registered_name": None}
 
 
-def penalties(layers, grads=True) -> float:
+def penalties(layers, grads=True, grad_scale=None) -> float:
     """Sum of the penalties on the trainable weights of `layers` (Keras: only trainable weights,
     of trainable layers, are regularized). With grads=True each penalty's gradient is added to
-    the weight's gradient d<attr>."""
+    the weight's gradient d<attr> (times grad_scale: a LossScaleOptimizer's loss scale, as the
+    penalty is part of the scaled loss)."""
     total = 0.0
     for layer in layers:
         if not layer.trainable:
@@ -121,5 +122,13 @@ def penalties(layers, grads=True) -> float:
             reg = getattr(layer, spec.attr + "_regularizer", None) if spec.trainable else None
             if reg is not None:
                 w = getattr(layer, spec.attr)
-                total += reg.add_gradient(w, getattr(layer, "d" + spec.attr)) if grads else reg(w)
+                if not grads:
+                    total += reg(w)
+                elif grad_scale is None:
+                    total += reg.add_gradient(w, getattr(layer, "d" + spec.attr))
+                else:
+                    tmp = layer._xp.zeros_like(w)
+                    total += reg.add_gradient(w, tmp)
+                    dw = getattr(layer, "d" + spec.attr)
+                    dw += tmp * np.float32(grad_scale)
     return total

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kilnet.engine import precision
 from kilnet.engine import tensor as _tensor_ops
 from kilnet.engine.tape import pause_recording
 from kilnet.naming import unique_name
@@ -24,7 +25,7 @@ class KerasTensor:
 
     def __init__(self, shape, dtype="float32", name=None, node=None, index=0):
         self.shape = tuple(None if s is None else int(s) for s in shape)
-        self.dtype = np.dtype(dtype).name if dtype is not None else "float32"
+        self.dtype = precision.dtype_name(precision.np_dtype(dtype)) if dtype is not None else "float32"
         self.name, self.node, self.index = name, node, index
 
     @property
@@ -231,9 +232,10 @@ def _output_spec(layer, args, kwargs, shapes):
     """Nested (shape, dtype) specs of the layer's output."""
     if layer._has_shape_rule():
         out = layer.compute_output_shape(_batchless(shapes))
+        dtype = layer._output_dtype()
         if isinstance(out, list) and out and isinstance(out[0], (tuple, list)):
-            return [(tuple(o), "float32") for o in out]
-        return (tuple(out), "float32")
+            return [(tuple(o), dtype) for o in out]
+        return (tuple(out), dtype)
     return _trial_spec(layer, args, kwargs)   # no shape rule: a trial run
 
 
@@ -245,12 +247,12 @@ def _trial_spec(fn, args, kwargs):
     def zeros(t):
         if isinstance(t, KerasTensor):
             shape = tuple(1 if s is None else s for s in t.shape)
-            return Tensor(np.zeros(shape, np.dtype(t.dtype)))
+            return Tensor(np.zeros(shape, precision.np_dtype(t.dtype)))
         return t
     with pause_recording():
         res = fn(*map_structure(zeros, list(args)), **map_structure(zeros, dict(kwargs)))
 
     def spec(t):
         v = t.value if isinstance(t, Tensor) else np.asarray(t)
-        return ((None, *v.shape[1:]) if v.ndim else (), v.dtype.name)
+        return ((None, *v.shape[1:]) if v.ndim else (), precision.dtype_name(v.dtype))
     return map_structure(spec, res)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import numpy as np
 
 from kilnet.backend import device_of, xp_for
+from kilnet.engine import precision
 from kilnet.engine.tape import record, register_tensor_type
 
-__all__ = ["Tensor", "Variable", "as_tensor", "value_of", "unbroadcast", "same_device"]
+__all__ = ["Tensor", "Variable", "as_tensor", "value_of", "unbroadcast", "same_device", "cast", "compute_cast",
+           "round_through"]
 
 
 class Tensor:
@@ -330,6 +332,9 @@ def matmul(a, b):
     if av.shape[-1] != bv.shape[-2 if bv.ndim > 1 else 0]:
         raise ValueError(f"matmul: shapes {av.shape} and {bv.shape} do not fit (inner sizes "
                          f"{av.shape[-1]} and {bv.shape[-2 if bv.ndim > 1 else 0]})")
+    low = _bf16_gemm_dtype(av, bv)
+    if low is not None:
+        return _matmul_bf16(a, b, low)
     y = Tensor(_mm(xp, av, bv))
 
     def bw(g, needs):
@@ -355,6 +360,55 @@ def matmul(a, b):
         if needs[1]:
             db = _mm(xp, xp.swapaxes(a2, -1, -2), g2)
             db = unbroadcast(db, b2.shape).reshape(bv.shape)
+        return da, db
+    record((a, b), (y,), bw)
+    return y
+
+
+def _bf16_gemm_dtype(av, bv):
+    """bfloat16 when this product runs on the bfloat16 GEMM: numpy operands (..., K) @ (K, N),
+    both bfloat16, or both float inside a layer call under a bfloat16 policy (Keras autocasts
+    them); else None."""
+    if type(av) is not np.ndarray or type(bv) is not np.ndarray or av.ndim < 2 or bv.ndim != 2 \
+            or not av.size or not bv.size:
+        return None
+    da, db = av.dtype, bv.dtype
+    if precision.is_bf16(da) and precision.is_bf16(db):
+        return da
+    auto = precision.autocast_dtype()
+    if auto is not None and precision.is_bf16(auto) and precision.is_float(da) and precision.is_float(db) \
+            and da.itemsize <= 4 and db.itemsize <= 4:
+        return auto
+    return None
+
+
+def _gemm_bf16(a2, b2, trans_a=False, trans_b=False):
+    """op(a2) @ op(b2) with bfloat16 products and float32 sums (float32 result); float32
+    operands are rounded to bfloat16 while packed."""
+    from kilnet.backend import cpu
+    a2, b2 = _bf16_operand(a2), _bf16_operand(b2)
+    m = a2.shape[1] if trans_a else a2.shape[0]
+    n = b2.shape[0] if trans_b else b2.shape[1]
+    c = np.empty((m, n), np.float32)
+    cpu.gemm_bf16(a2, b2, c, trans_a, trans_b)
+    return c
+
+
+def _bf16_operand(x):
+    x = np.ascontiguousarray(x)
+    return x if x.dtype == np.float32 or precision.is_bf16(x.dtype) else x.astype(np.float32)
+
+
+def _matmul_bf16(a, b, low):
+    """matmul on the bfloat16 GEMM: result in bfloat16, gradients in each operand's dtype."""
+    av, bv = a.value, b.value
+    a2 = av.reshape(-1, av.shape[-1])
+    y = Tensor(precision.convert(_gemm_bf16(a2, bv), low).reshape(av.shape[:-1] + (bv.shape[1],)))
+
+    def bw(g, needs):
+        g2 = g.reshape(-1, g.shape[-1])
+        da = precision.convert(_gemm_bf16(g2, bv, trans_b=True), av.dtype).reshape(av.shape) if needs[0] else None
+        db = precision.convert(_gemm_bf16(a2, g2, trans_a=True), bv.dtype) if needs[1] else None
         return da, db
     record((a, b), (y,), bw)
     return y
@@ -445,9 +499,35 @@ def transpose(a, axes=None):
 
 
 def cast(a, dtype):
+    """a as dtype (a copy); between float dtypes (bfloat16 included) the gradient flows back,
+    cast to a's dtype."""
     a = as_tensor(a)
-    dtype = np.dtype(dtype)
-    y = Tensor(a.value.astype(dtype))
-    if dtype.kind == "f" and a.dtype.kind == "f":
-        record((a,), (y,), lambda g, needs: (g.astype(a.dtype),))
+    dtype = precision.np_dtype(dtype)
+    src = a.value.dtype
+    y = Tensor(precision.convert(a.value, dtype) if src != dtype else a.value.copy())
+    if precision.is_float(dtype) and precision.is_float(src):
+        record((a,), (y,), lambda g, needs: (precision.convert(g, src),))
+    return y
+
+
+def compute_cast(a, dtype):
+    """A layer boundary's cast to its compute dtype (no copy when a has it already)."""
+    if a.value.dtype == dtype:
+        return a
+    return cast(a, dtype)
+
+
+def round_through(a, dtype):
+    """a's values rounded to the low dtype (bfloat16/float16), as float32: what a layer without a
+    kernel for that dtype computes on. The gradient is rounded the same way (it is the
+    gradient of a tensor of that dtype), then given a's dtype."""
+    f32 = np.dtype(np.float32)
+    v = a.value
+    y = Tensor(precision.convert(v, f32) if v.dtype == dtype else precision.round_through(precision.convert(v, f32), dtype))
+    src = v.dtype
+
+    def bw(g, needs):
+        gl = precision.convert(precision.convert(g, f32), dtype)
+        return (precision.convert(gl, src),)
+    record((a,), (y,), bw)
     return y

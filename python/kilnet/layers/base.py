@@ -25,13 +25,14 @@ import threading
 
 import numpy as np
 
-from kilnet import initializers
+from kilnet import dtype_policies, initializers
 from kilnet.backend import cpu as _cpu
 from kilnet.backend import to_device, xp_of_device
 from kilnet.engine import node as node_mod
 from kilnet.engine.state import call_state
 from kilnet.engine.tape import current_walk, record
-from kilnet.engine.tensor import Tensor, Variable, cast
+from kilnet.engine import precision
+from kilnet.engine.tensor import Tensor, Variable, cast, compute_cast, round_through
 from kilnet.naming import reset_name_counters, unique_name
 from kilnet.utils import snake_case
 
@@ -94,8 +95,7 @@ class Layer:
                  dtype=None, batch_size=None, input_dim=None, autocast=True, **kwargs):
         if kwargs:
             raise TypeError(f"{type(self).__name__}: unexpected argument(s) {', '.join(sorted(kwargs))}")
-        if dtype is not None and _dtype_name(dtype) != "float32":
-            raise ValueError(f"{type(self).__name__}: kilnet computes in float32; dtype={dtype!r} is not supported")
+        self._set_policy(dtype)
         if name is not None and (not isinstance(name, str) or not name or "/" in name):
             raise ValueError(f"layer name must be a non-empty string without '/', got {name!r}")
         self.name = name or unique_name(snake_case(type(self).__name__))
@@ -113,6 +113,57 @@ class Layer:
         self._local = threading.local()
         self._inbound_nodes: list = []
         self._initialize = True
+
+    # ------------------------------------------------------------------ dtype policy
+    # Keras 3's: the policy says the compute dtype (inputs are cast to it, outputs have it) and
+    # the variable dtype. kilnet's variables stay float32 (the flat parameter buffer); a layer
+    # whose compute dtype is bfloat16/float16 (_low) runs its bfloat16 kernel where it has one
+    # (_computes_low_natively: Dense), else float32 on inputs rounded to the compute dtype, and
+    # casts its outputs to it (see docs/mixed_precision.md).
+    _low = None   # the compute dtype's name when it is below float32, else None
+
+    def _set_policy(self, dtype):
+        try:
+            policy = dtype_policies.get(dtype)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{type(self).__name__}: dtype={dtype!r}: {e}") from None
+        self._dtype_policy = policy
+        cd = policy.compute_dtype
+        self._low = None if cd == "float32" or getattr(self, "_is_model_class", False) else cd
+
+    @property
+    def dtype_policy(self):
+        return self._dtype_policy
+
+    @dtype_policy.setter
+    def dtype_policy(self, value):
+        self._set_policy(value)
+
+    @property
+    def dtype(self) -> str:
+        """Keras 3: an alias of variable_dtype."""
+        return self._dtype_policy.variable_dtype
+
+    @property
+    def compute_dtype(self) -> str:
+        return self._dtype_policy.compute_dtype
+
+    @property
+    def variable_dtype(self) -> str:
+        return self._dtype_policy.variable_dtype
+
+    @property
+    def input_dtype(self) -> str:
+        return self._dtype_policy.compute_dtype
+
+    def _computes_low_natively(self) -> bool:
+        """Whether the layer's own kernels take inputs in its low compute dtype (bfloat16 Dense
+        on the CPU); otherwise it computes in float32 on rounded inputs."""
+        return False
+
+    def _output_dtype(self) -> str:
+        """The dtype of the layer's float outputs (a KerasTensor's dtype)."""
+        return self._low or "float32"
 
     # ------------------------------------------------------------------ building
     def _add_weight(self, attr, shape, initializer="zeros", trainable=True, initialize=True, name=None):
@@ -197,7 +248,7 @@ class Layer:
         """Run the layer on arrays or Tensors (a Tensor back), or on KerasTensors from
         kilnet.Input (a KerasTensor back: the functional API records a node)."""
         if len(args) == 1 and type(args[0]) is Tensor and self.built and len(kwargs) <= 1 \
-                and args[0]._value.dtype is _F32 and (not kwargs or "training" in kwargs) \
+                and args[0]._value.dtype is _F32 and self._low is None and (not kwargs or "training" in kwargs) \
                 and args[0]._keras_mask is None and type(self).compute_mask is _base_compute_mask:
             # the common case inside a model (one float32 tensor): none of the structure handling
             training = kwargs.get("training")
@@ -213,11 +264,21 @@ class Layer:
                 return self.call(args[0], training=training) if takes else self.call(args[0])
             finally:
                 ctx.training = outer
+        if self._low is not None:
+            return self._call_low(args, kwargs)
+        return self._call_impl(args, kwargs, None)
+
+    def _call_impl(self, args, kwargs, low_mode):
+        """The call on concrete or symbolic inputs; low_mode (under a low policy): None, or
+        whether the layer's kernels take the compute dtype (True) or rounded float32 (False)."""
         if node_mod.any_symbolic(args, kwargs):
             return node_mod.symbolic_call(self, args, kwargs)
         if not args:
             raise TypeError(f"layer {self.name!r} called without inputs")
-        inputs = node_mod.map_structure(self._to_input, args[0])
+        if low_mode is None:
+            inputs = node_mod.map_structure(self._to_input, args[0])
+        else:
+            inputs = node_mod.map_structure(lambda x: self._to_input(x, low_mode), args[0])
         training = kwargs.pop("training", None)
         outer = _ctx.training
         if training is None:
@@ -242,6 +303,21 @@ class Layer:
             _attach_masks(out, self.compute_mask(inputs, given if given is not None else prev_mask))
         return out
 
+    def _call_low(self, args, kwargs):
+        """A call under a bfloat16/float16 policy: inputs rounded to the compute dtype (kept in it
+        for a layer that computes in it natively), float outputs cast to it. The final
+        softmax/sigmoid keeps its float32 logits, so the loss still fuses with them in float32."""
+        if node_mod.any_symbolic(args, kwargs):
+            return node_mod.symbolic_call(self, args, kwargs)
+        low = precision.np_dtype(self._low)
+        native = self._computes_low_natively()
+        token = precision.enter_autocast(None if self._is_fused() else low)
+        try:
+            out = self._call_impl(args, dict(kwargs), native)
+        finally:
+            precision.exit_autocast(token)
+        return node_mod.map_structure(lambda t: _cast_output(t, low), out)
+
     # Masking (Keras): a layer that passes masks on sets supports_masking; one that makes or
     # changes them overrides compute_mask.
     supports_masking = False
@@ -259,7 +335,7 @@ class Layer:
     def _makes_mask(self) -> bool:
         return type(self).compute_mask is not _base_compute_mask
 
-    def _to_input(self, x):
+    def _to_input(self, x, low_mode=None):
         """Inputs as float32 Tensors on the layer's device (Keras autocasts floats to float32);
         a layer that takes integer ids (_int_inputs) gets them as int32/int64 instead."""
         if self._int_inputs:
@@ -271,17 +347,32 @@ class Layer:
             if self.device != "cpu" or not isinstance(v, np.ndarray):
                 v = to_device(v if hasattr(v, "__cuda_array_interface__") or isinstance(v, np.ndarray)
                               else np.asarray(v), self.device)
-            if v.dtype.kind in "fiub" and v.dtype != np.float32 and (v.dtype.kind == "f" or self._is_fused()):
+            dt = v.dtype
+            low = None if low_mode is None else precision.np_dtype(self._low)
+            if low is not None and precision.is_float(dt):
+                v = precision.convert(v, low) if low_mode else precision.round_through(
+                    precision.convert(v, np.dtype(np.float32)), low)
+            elif dt.kind in "fiub" and dt != np.float32 and (dt.kind == "f" or self._is_fused()):
                 v = v.astype(np.float32)
-            elif v.dtype.kind not in "fiub":
+            elif precision.is_bf16(dt):
+                v = precision.convert(v, np.dtype(np.float32))
+            elif dt.kind not in "fiub":
                 raise TypeError(f"layer {self.name!r}: inputs must be numeric, got dtype {v.dtype}")
             return Tensor(v)
         v = x.value
-        if v.dtype != np.float32 and (v.dtype.kind == "f" or (v.dtype.kind in "iub" and self._is_fused())):
+        dt = v.dtype
+        low = None if low_mode is None else precision.np_dtype(self._low)
+        if low is not None and precision.is_float(dt):
+            # native: the kernels take the compute dtype itself (and round float32 while packing)
+            y = (compute_cast(x, low) if dt != low and dt != np.float32 else x) if low_mode \
+                else round_through(x, low)
+        elif dt != np.float32 and (precision.is_float(dt) or (dt.kind in "iub" and self._is_fused())):
             y = cast(x, np.float32)
-            y._keras_mask = x._keras_mask
-            return y
-        return x
+        else:
+            return x
+        y._keras_mask = x._keras_mask
+        return y
+
 
     def call(self, inputs, training=None):
         """A fused layer: one op on the tape whose backward is the layer's backward kernel."""
@@ -438,8 +529,7 @@ class Layer:
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict:
         return {"name": self.name, "trainable": self.trainable,
-                "dtype": {"module": "keras", "class_name": "DTypePolicy",
-                          "config": {"name": "float32"}, "registered_name": None}}
+                "dtype": dtype_policies.serialize(self._dtype_policy)}
 
     @classmethod
     def from_config(cls, config: dict):
@@ -450,6 +540,20 @@ class Layer:
 
 
 _base_compute_mask = Layer.compute_mask   # a layer overriding it makes masks: no fast path
+
+
+def _cast_output(t, low):
+    """A float output Tensor of a layer under a low policy, cast to the compute dtype. A
+    softmax/sigmoid output keeps its float32 logits for a fused loss."""
+    if not isinstance(t, Tensor):
+        return t
+    v = t.value
+    if v.dtype == low or not precision.is_float(v.dtype):
+        return t
+    y = compute_cast(t, low)
+    y._keras_logits = t._keras_logits
+    y._keras_mask = t._keras_mask
+    return y
 
 
 def _collect_layers(v, out, seen, depth):
@@ -507,9 +611,14 @@ def fused_call(layer, x, training, forward=None, backward=None, st=None, **forwa
             need_dw = walk is None or walk.need_dw(layer)
             if need_dw and walk is not None and walk.first_write(layer) and layer._overwrites_grads:
                 layer._fresh_grads = True   # this backward may overwrite the views (no zeroing needed)
-            if g.dtype is not _F32 or not g.flags.c_contiguous:
+            if g.dtype is not _F32:
+                g = precision.convert(g, _F32)
+            if not g.flags.c_contiguous:
                 g = layer._xp.ascontiguousarray(g, dtype=np.float32)
-            return (backward(g, needs[0], need_dw),)
+            dx = backward(g, needs[0], need_dw)
+            if dx is not None and dx.dtype != xv.dtype and precision.is_float(xv.dtype):
+                dx = precision.convert(dx, xv.dtype)   # a bfloat16 input's gradient is bfloat16
+            return (dx,)
         finally:
             loc.cur = prev
     record((x,), (out,), bw, layer)

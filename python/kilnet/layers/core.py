@@ -52,11 +52,22 @@ class Dense(ActivatedLayer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
 
+    def _computes_low_natively(self) -> bool:
+        # bfloat16 policies on the CPU: the three GEMMs run on gemm_bf16 (bfloat16 products,
+        # float32 sums; AMX tiles where the CPU has them), the bias and activation in float32
+        return self._dtype_policy.compute_dtype == "bfloat16" and self.device == "cpu"
+
+    def _gemm(self, a, b, c, trans_a=False, trans_b=False, beta=0.0, bias=None):
+        if self._computes_low_natively():
+            self._k.gemm_bf16(a, b, c, trans_a, trans_b, 1.0, beta, bias)
+        else:
+            self._k.gemm(a, b, c, trans_a=trans_a, trans_b=trans_b, beta=beta, bias=bias)
+
     def forward_linear(self, x, training=False):
         n_in = self.kernel.shape[0]
         x2 = x.reshape(-1, n_in)
         z = self._buffer("z", (x2.shape[0], self.units))
-        self._k.gemm(x2, self.kernel, z, bias=self.bias if self.use_bias else None)
+        self._gemm(x2, self.kernel, z, bias=self.bias if self.use_bias else None)
         self._state()["x"] = x2
         return z.reshape(x.shape[:-1] + (self.units,))
 
@@ -65,7 +76,7 @@ class Dense(ActivatedLayer):
         dz2 = dz.reshape(-1, self.units)
         if need_dw and self.trainable:
             fresh, self._fresh_grads = self._fresh_grads, False
-            self._k.gemm(x2, dz2, self.dkernel, trans_a=True, beta=0.0 if fresh else 1.0)   # dW (+)= x^T dz
+            self._gemm(x2, dz2, self.dkernel, trans_a=True, beta=0.0 if fresh else 1.0)   # dW (+)= x^T dz
             if self.use_bias:
                 if fresh:
                     self.dbias.fill(0.0)
@@ -73,7 +84,7 @@ class Dense(ActivatedLayer):
         if not need_dx:
             return None
         dx = self._buffer("dx", x2.shape)
-        self._k.gemm(dz2, self.kernel, dx, trans_b=True)                    # dx = dz W^T
+        self._gemm(dz2, self.kernel, dx, trans_b=True)                      # dx = dz W^T
         return dx.reshape(dz.shape[:-1] + (x2.shape[1],))
 
     def get_config(self):
@@ -126,6 +137,7 @@ class InputLayer(Layer):
         # integer inputs (ids for an Embedding) are fine: the layers below decide what they take
         if isinstance(kwargs.get("dtype"), str) and kwargs["dtype"] in ("int32", "int64"):
             kwargs.pop("dtype")
+        kwargs["dtype"] = kwargs.get("dtype") or "float32"   # the input's dtype, not the global policy
         super().__init__(input_shape=shape, **kwargs)
 
     def forward(self, x, training=False):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from kilnet import serialization
+from kilnet import dtype_policies, serialization
 from kilnet.engine.node import KerasTensor
 from kilnet.layers.base import Layer
 from kilnet.layers.core import InputLayer
@@ -156,6 +156,11 @@ class Sequential(Model):
         model = cls(name=name if isinstance(name, str) and name and "/" not in name else None,
                     trainable=bool(config.get("trainable", True)))
         model._auto_build = False   # built below, once
+        if config.get("dtype") is not None:   # the model's own policy (compile's loss scaling reads it)
+            try:
+                model.dtype_policy = config["dtype"]
+            except ValueError as e:
+                raise ValueError(f"model {name!r}: {e}") from None
         for entry in config["layers"]:
             if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
                 raise ValueError(f"malformed layer entry {str(entry)[:100]!r}")
@@ -192,8 +197,7 @@ class Sequential(Model):
                                        "name": "input_layer"}, "registered_name": None})
         entries += [layer_entry(l) for l in self.layers_list]
         cfg = {"name": self.name, "trainable": self.trainable,
-               "dtype": {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"},
-                         "registered_name": None}, "layers": entries}
+               "dtype": dtype_policies.serialize(self.dtype_policy), "layers": entries}
         if self.built:
             cfg["build_input_shape"] = list(self.input_shape)
         return cfg

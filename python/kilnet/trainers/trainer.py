@@ -198,7 +198,11 @@ def default_train_step(model, data, loss_out=None):
         total, parts, preds = model.compiled.step_loss(y_pred, ys, st.bufs, loss_out, sws)
     sync = model._grad_sync    # distributed: starts each bucket's reduction once backward made it
     model.compiled.last_parts = parts
-    written = walk_into_variables(tape._entries, total, st.one, st.variables,
+    # A LossScaleOptimizer's scale seeds the walk: the gradients of scale * loss (float16 ones
+    # stay above underflow); its apply() unscales them or skips the step.
+    scale = model.optimizer._loss_scale_seed()
+    seed = st.one if scale is None else st.one * np.float32(scale)
+    written = walk_into_variables(tape._entries, total, seed, st.variables,
                                   None if sync is None else sync.layer_object_done)
     for layer, views in st.overwriting:
         if id(layer) not in written:   # not reached this step: its gradient is zero
@@ -210,7 +214,7 @@ def default_train_step(model, data, loss_out=None):
     loss = None if loss_out is not None and model.device != "cpu" else float(total.value)
     # Weight penalties (kernel_regularizer=...): Keras adds them to the loss, so their gradients
     # join the weights' before the optimizer clips and applies them.
-    penalty = regularizers_mod.penalties(st.layers, grads=True) if model.trainable else 0.0
+    penalty = regularizers_mod.penalties(st.layers, grads=True, grad_scale=scale) if model.trainable else 0.0
     model.optimizer.apply(model._params, model._grads)
     return (penalty if loss is None else loss + penalty), preds
 
@@ -639,7 +643,9 @@ def predict(model, x, batch_size, whole=False):
             leaves = node_mod.flatten(y)
             if outs is None:
                 structure = y
-                outs = [np.empty((inputs.n,) + tuple(t.shape[1:]), t.dtype if t.dtype.kind != "f" else np.float32)
+                # float outputs as float32, or as the bfloat16/float16 a mixed-precision output has (Keras)
+                outs = [np.empty((inputs.n,) + tuple(t.shape[1:]),
+                                 t.dtype if t.dtype.kind != "f" or t.dtype == np.float16 else np.float32)
                         for t in leaves]
             for o, t in zip(outs, leaves):
                 v = t.value
