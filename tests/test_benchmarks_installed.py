@@ -49,6 +49,8 @@ CASE = {
                       ["measured FMA peak", "conv fwd"]),
     "bench_gemm_bf16.py": (["--threads", "1", "--rounds", "1", "--seconds", "0.01", "--sizes", "64"], (),
                            ["measured FMA peak", "kilnet bf16 path"]),
+    "bench_mixed_precision.py": (["--threads", "1", "--rounds", "1", "--steps", "1", "--batch", "8", "--units", "16",
+                                  "32", "4"], ("torch",), ["kilnet bf16 path", "| 1 | "]),
     "bench_conv2d.py": (["--reps", "1", "--rounds", "1", "--threads", "1"], (), ["measured FMA peak", "| mid "]),
     "bench_rnn.py": (["speed", "--threads", "1", "--rounds", "1", "--layers", "SimpleRNN", "--no-torch"], (),
                      ["measured FMA peak", "SimpleRNN"]),

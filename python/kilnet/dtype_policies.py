@@ -8,8 +8,8 @@ its variables have.
   "float16"         compute float16,  variables float16 in Keras
 
 kilnet keeps every variable in float32 (the model's one flat parameter buffer): under the
-"bfloat16"/"float16" policies `variable_dtype` reports Keras's name, the weights are rounded
-to it where a layer computes with them, and the optimizer updates them in float32. The global
+"bfloat16"/"float16" policies `variable_dtype` reports Keras's name, the layers compute as under
+the mixed policies, and the optimizer updates the weights in float32. The global
 policy (set_dtype_policy) is what a layer built without `dtype=` takes, as in Keras. This
 module imports nothing else from kilnet.
 """

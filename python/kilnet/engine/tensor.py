@@ -334,7 +334,7 @@ def matmul(a, b):
                          f"{av.shape[-1]} and {bv.shape[-2 if bv.ndim > 1 else 0]})")
     low = _bf16_gemm_dtype(av, bv)
     if low is not None:
-        return _matmul_bf16(a, b, low)
+        return _matmul_bf16(a, b, low, precision.is_bf16(av.dtype) and precision.is_bf16(bv.dtype))
     y = Tensor(_mm(xp, av, bv))
 
     def bw(g, needs):
@@ -399,11 +399,16 @@ def _bf16_operand(x):
     return x if x.dtype == np.float32 or precision.is_bf16(x.dtype) else x.astype(np.float32)
 
 
-def _matmul_bf16(a, b, low):
-    """matmul on the bfloat16 GEMM: result in bfloat16, gradients in each operand's dtype."""
+def _matmul_bf16(a, b, low, as_low):
+    """matmul on the bfloat16 GEMM, gradients in each operand's dtype. as_low (two bfloat16
+    operands): a bfloat16 result; else (autocast) float32 holding bfloat16-rounded values, so
+    that the float32 ops after it in the layer's call() keep running on their kernels."""
     av, bv = a.value, b.value
     a2 = av.reshape(-1, av.shape[-1])
-    y = Tensor(precision.convert(_gemm_bf16(a2, bv), low).reshape(av.shape[:-1] + (bv.shape[1],)))
+    c = precision.convert(_gemm_bf16(a2, bv), low)
+    if not as_low:
+        c = precision.convert(c, np.dtype(np.float32))
+    y = Tensor(c.reshape(av.shape[:-1] + (bv.shape[1],)))
 
     def bw(g, needs):
         g2 = g.reshape(-1, g.shape[-1])

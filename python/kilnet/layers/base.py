@@ -309,6 +309,9 @@ class Layer:
         softmax/sigmoid keeps its float32 logits, so the loss still fuses with them in float32."""
         if node_mod.any_symbolic(args, kwargs):
             return node_mod.symbolic_call(self, args, kwargs)
+        if self.device != "cpu":
+            raise ValueError(f"layer {self.name!r}: the {self._dtype_policy.name} policy runs on the CPU only for "
+                             "now (no bfloat16/float16 GPU kernels); use the float32 policy on the GPU")
         low = precision.np_dtype(self._low)
         native = self._computes_low_natively()
         token = precision.enter_autocast(None if self._is_fused() else low)

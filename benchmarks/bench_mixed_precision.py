@@ -1,0 +1,128 @@
+"""Mixed precision training step on the CPU: an MLP under kilnet's float32 and mixed_bfloat16
+policies against PyTorch in float32 and under torch.autocast("cpu", torch.bfloat16), in one
+process, at 1 and 2 threads.
+
+    python benchmarks/bench_mixed_precision.py [--threads 1 2] [--batch 256]
+        [--units 784 2048 2048 10] [--steps 10] [--rounds 3] [--no-torch]
+
+The model: Dense(relu) layers of the given widths, a float32 softmax output (the pattern Keras
+recommends), sparse categorical cross-entropy, SGD. A step is forward, backward and the update
+(kilnet: model.train_on_batch on one prepared batch; torch: zero_grad, forward, loss, backward,
+step). Columns: median ms per step of the best round (the libraries alternate round by round),
+and the ratios. kilnet's bfloat16 GEMMs run on AMX tiles where `kilnet._cpu.bf16_level()` says
+'amx', else as float32 GEMMs on rounded operands (no speed-up expected there).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from machine_info import machine, peak_line, peaks   # benchmarks/ is on sys.path
+
+
+def median_step(step, steps):
+    step()   # warm: buffers, packing, autocast caches
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def kilnet_step(policy, units, x, y):
+    import kilnet
+    from kilnet import layers
+    kilnet.mixed_precision.set_global_policy(policy)
+    try:
+        kilnet.utils.set_random_seed(0)
+        hidden = [layers.Dense(u, activation="relu") for u in units[1:-1]]
+        model = kilnet.Sequential([kilnet.Input((units[0],)), *hidden,
+                                   layers.Dense(units[-1], activation="softmax", dtype="float32")])
+    finally:
+        kilnet.mixed_precision.set_global_policy("float32")
+    model.compile(kilnet.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+    return lambda: model.train_on_batch(x, y)
+
+
+def torch_step(autocast, units, x, y):
+    import torch
+    torch.manual_seed(0)
+    mods = []
+    for a, b in zip(units[:-2], units[1:-1]):
+        mods += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*mods, torch.nn.Linear(units[-2], units[-1]))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        if autocast:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = model(xt)
+            loss = loss_fn(logits.float(), yt)    # the loss in float32, as Keras and kilnet
+        else:
+            loss = loss_fn(model(xt), yt)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--units", type=int, nargs="+", default=[784, 2048, 2048, 10])
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per library per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-torch", action="store_true")
+    args = ap.parse_args(argv)
+    if len(args.units) < 3:
+        ap.error("--units needs an input width, at least one hidden width and the number of classes")
+    import kilnet
+    from kilnet.backend import cpu
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+    print(machine())
+    print(peak_line(peaks(args.threads)))
+    print(f"kilnet bf16 path: {cpu.bf16_level()}; torch {torch.__version__ if torch else 'absent'}; "
+          f"MLP {'-'.join(map(str, args.units))}, batch {args.batch}")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch, args.units[0])).astype(np.float32)
+    y = rng.integers(0, args.units[-1], args.batch)
+    flops = 6.0 * args.batch * sum(a * b for a, b in zip(args.units[:-1], args.units[1:]))
+    cols = ["kilnet f32", "kilnet bf16"] + (["torch f32", "torch autocast"] if torch else [])
+    print("| thr | " + " | ".join(f"{c} ms" for c in cols) + " | bf16/f32 kilnet | kilnet bf16 vs torch autocast "
+          "| kilnet bf16 GFLOP/s |")
+    print("|---" * (len(cols) + 4) + "|")
+    for t in args.threads:
+        kilnet.set_num_threads(t)
+        if torch is not None:
+            torch.set_num_threads(t)
+        steps = {"kilnet f32": kilnet_step("float32", args.units, x, y),
+                 "kilnet bf16": kilnet_step("mixed_bfloat16", args.units, x, y)}
+        if torch is not None:
+            steps["torch f32"] = torch_step(False, args.units, x, y)
+            steps["torch autocast"] = torch_step(True, args.units, x, y)
+        best = {}
+        for _ in range(args.rounds):
+            for name, fn in steps.items():
+                best[name] = min(best.get(name, float("inf")), median_step(fn, args.steps))
+        ta = best.get("torch autocast")
+        vs = f"{ta / best['kilnet bf16']:.2f}x" if ta else "-"
+        print(f"| {t} | " + " | ".join(f"{best[c] * 1e3:.1f}" for c in cols)
+              + f" | {best['kilnet f32'] / best['kilnet bf16']:.2f}x | {vs} | "
+              f"{flops / best['kilnet bf16'] / 1e9:.0f} |", flush=True)
+    print("(ratios: time of the first over the second, >1 means kilnet bf16 is faster)")
+
+
+if __name__ == "__main__":
+    main()
