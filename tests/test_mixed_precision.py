@@ -20,6 +20,8 @@ from keras_ref import HAVE_KERAS
 import ml_dtypes
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
+# said once per process (kilnet has no float16 CPU kernel); test_no_amx_warns_once checks the wording
+pytestmark = pytest.mark.filterwarnings("ignore:float16 policies:RuntimeWarning")
 U = 2.0 ** -8    # bfloat16's unit roundoff (round to nearest: half an ulp of 2**-7)
 
 
@@ -80,6 +82,18 @@ np.save(os.path.join(out_dir, "k_x.npy"), x)
 np.save(os.path.join(out_dir, "k_y.npy"), np.asarray(m.predict(x, verbose=0), np.float32))
 res["config_dense"] = m.get_config()["layers"][1]["config"]["dtype"]
 
+# a LossScaleOptimizer's state in a .keras file
+lm = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+lm.compile(keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(), dynamic_growth_steps=3),
+           "sparse_categorical_crossentropy")
+lm.fit(np.ones((8, 4), np.float32), np.zeros(8), epochs=4, batch_size=8, verbose=0)
+lm.save(os.path.join(out_dir, "lso.keras"))
+res["lso_state"] = [int(np.asarray(lm.optimizer.step_counter)), float(np.asarray(lm.optimizer.dynamic_scale)),
+                    int(np.asarray(lm.optimizer.iterations))]
+kl = keras.saving.load_model(kilnet_file.replace("kilnet_model", "kilnet_lso"))
+res["kilnet_lso_state"] = [int(np.asarray(kl.optimizer.step_counter)), float(np.asarray(kl.optimizer.dynamic_scale)),
+                           int(np.asarray(kl.optimizer.inner_optimizer.iterations))]
+
 # a file kilnet wrote, read by Keras
 km = keras.saving.load_model(kilnet_file)
 res["kilnet_file_policies"] = [l.dtype_policy.name for l in km.layers]
@@ -103,6 +117,15 @@ def _kilnet_mixed_model(seed=1):
     return m
 
 
+def _lso_model(growth):
+    """A model trained 4 steps under a LossScaleOptimizer growing every `growth` steps."""
+    m = kilnet.Sequential([kilnet.Input((4,)), layers.Dense(3, activation="softmax")])
+    m.compile(mp.LossScaleOptimizer(kilnet.optimizers.Adam(), dynamic_growth_steps=growth),
+              "sparse_categorical_crossentropy")
+    m.fit(np.ones((8, 4), np.float32), np.zeros(8), epochs=4, batch_size=8, verbose=0)
+    return m
+
+
 @pytest.fixture(scope="module")
 def keras_ref(tmp_path_factory):
     if not (HAVE_KERAS and HAVE_TORCH):
@@ -113,6 +136,7 @@ def keras_ref(tmp_path_factory):
     m.save(kf)
     x = np.random.default_rng(5).standard_normal((7, 6)).astype(np.float32)
     np.save(kf + ".x.npy", x)
+    _lso_model(growth=3).save(str(d / "kilnet_lso.keras"))
     script = d / "k.py"
     script.write_text(_KERAS)
     r = subprocess.run([sys.executable, str(script), str(d), kf], capture_output=True, text=True, timeout=600,
@@ -174,6 +198,25 @@ def test_import_kilnet_does_not_load_ml_dtypes():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+def test_no_amx_warns_once_and_still_computes():
+    """Without AMX-BF16 (KILNET_SIMD=avx2 turns it off) the bfloat16 policy computes the same
+    values on float32 GEMMs, and says so once."""
+    code = ("import warnings, numpy as np, kilnet, ml_dtypes; from kilnet import _cpu\n"
+            "warnings.simplefilter('always')\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    d = kilnet.layers.Dense(3, dtype='mixed_bfloat16'); x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)\n"
+            "    y = d(x); d(x); d2 = kilnet.layers.Dense(2, dtype='mixed_float16'); d2(x); d2(x)\n"
+            "ref = (x.astype(ml_dtypes.bfloat16).astype(np.float64) @ d.kernel.astype(ml_dtypes.bfloat16).astype(np.float64))\n"
+            "print(_cpu.bf16_level(), len(w), np.abs(y.numpy().astype(np.float64) - ref).max() < 0.02)\n"
+            "print('|'.join(str(m.message)[:16] for m in w))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "KILNET_SIMD": "avx2"})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split("\n")
+    assert lines[0] == "fp32 2 True", r.stdout
+    assert lines[1] == "bfloat16 policie|float16 policies", r.stdout
 
 
 # ---------------------------------------------------------------------- dtypes through a model
@@ -471,6 +514,20 @@ def test_loads_keras_mixed_files(keras_ref, ext):
     x, want = np.load(d / "k_x.npy"), np.load(d / "k_y.npy")
     # Keras computes the hidden layer in bfloat16 too; the sums differ in order and precision
     np.testing.assert_allclose(m.predict(x, verbose=0), want, atol=2e-2)
+
+
+def test_loss_scale_state_in_files(keras_ref, tmp_path):
+    res, d, _, _ = keras_ref
+    m = kilnet.models.load_model(str(d / "lso.keras"))    # written by Keras
+    o = m.optimizer
+    assert isinstance(o, mp.LossScaleOptimizer) and [o.step_counter, o.dynamic_scale, o.iterations] == res["lso_state"]
+    assert res["kilnet_lso_state"] == [1, 65536.0, 4]     # kilnet's file, read by Keras
+    src = _lso_model(growth=3)
+    for ext in (".keras", ".h5"):
+        src.save(str(tmp_path / f"l{ext}"))
+        o = kilnet.models.load_model(str(tmp_path / f"l{ext}")).optimizer
+        assert (o.step_counter, o.dynamic_scale, o.iterations, o.dynamic_growth_steps) == (1, 65536.0, 4, 3)
+        np.testing.assert_array_equal(o.state["m"], src.optimizer.state["m"])
 
 
 def test_keras_reads_kilnet_mixed_file(keras_ref):

@@ -142,8 +142,7 @@ def _write_optimizer(g, model):
     opt = model.optimizer
     paths = _variable_names(model)
     names = []
-    for name, value in optimizer_values(model, lambda v: paths.get(id(v), v.name)):
-        full = f"{opt.name}/{name}"
+    for full, value in optimizer_values(model, lambda v: paths.get(id(v), v.name), qualified=True):
         g.create_dataset(full, data=value)
         names.append(full)
     g.attrs["weight_names"] = np.array([n.encode() for n in names], dtype="S")

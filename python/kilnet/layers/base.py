@@ -312,6 +312,7 @@ class Layer:
         if self.device != "cpu":
             raise ValueError(f"layer {self.name!r}: the {self._dtype_policy.name} policy runs on the CPU only for "
                              "now (no bfloat16/float16 GPU kernels); use the float32 policy on the GPU")
+        precision.warn_if_no_speedup(self._low)
         low = precision.np_dtype(self._low)
         native = self._computes_low_natively()
         token = precision.enter_autocast(None if self._is_fused() else low)

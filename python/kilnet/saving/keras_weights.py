@@ -148,6 +148,12 @@ def write_weights(f, model, include_optimizer=True):
         paths = _variable_paths(model)
         for i, (_, value) in enumerate(optimizer_values(model, lambda v: paths.get(id(v), v.name))):
             g.create_dataset(str(i), data=value)
+        inner = getattr(opt, "inner_optimizer", None)
+        if inner is not None:   # Keras 3 also writes a LossScaleOptimizer's inner optimizer on its own
+            g = f.create_group("optimizer/inner_optimizer/vars")
+            g.attrs["name"] = inner.name
+            for i, (_, value) in enumerate(optimizer_values(model, lambda v: paths.get(id(v), v.name), opt=inner)):
+                g.create_dataset(str(i), data=value)
 
 
 def _variable_paths(model):

@@ -48,9 +48,26 @@ def _has_schedule(opt):
     return not isinstance(opt._learning_rate, (int, float))
 
 
-def optimizer_values(model, var_path):
-    """[(name, array)] in Keras's order; var_path(variable) names a weight ("dense/kernel")."""
-    opt = model.optimizer
+def _loss_scaled(opt):
+    return hasattr(opt, "inner_optimizer") and hasattr(opt, "dynamic_scale")
+
+
+def optimizer_values(model, var_path, qualified=False, opt=None):
+    """[(name, array)] in Keras's order; var_path(variable) names a weight ("dense/kernel").
+    qualified: names start with "<optimizer name>/" (the .h5 layout). A LossScaleOptimizer is
+    Keras 3's layout: its own iteration, learning_rate (both 0), step_counter and dynamic_scale,
+    then the inner optimizer's variables."""
+    opt = model.optimizer if opt is None else opt
+    if _loss_scaled(opt):
+        pre = f"{opt.name}/" if qualified else ""
+        own = [(pre + "iteration", np.int64(0)), (pre + "learning_rate", np.float32(0.0)),
+               (pre + "step_counter", np.int64(opt.step_counter)), (pre + "dynamic_scale", np.float32(opt.dynamic_scale))]
+        return own + optimizer_values(model, var_path, qualified, opt.inner_optimizer)
+    out = _plain_values(model, opt, var_path)
+    return [(f"{opt.name}/{n}", v) for n, v in out] if qualified else out
+
+
+def _plain_values(model, opt, var_path):
     out = [("iteration", np.int64(opt.iterations))]
     if not _has_schedule(opt):
         out.append(("learning_rate", np.float32(opt.learning_rate)))
@@ -64,11 +81,27 @@ def optimizer_values(model, var_path):
     return out
 
 
-def restore_optimizer(model, values, where):
+def restore_optimizer(model, values, where, opt=None):
     """Set iterations, learning rate and slots from `values`: the arrays in Keras's order
     (iteration first; learning_rate second when the file has it). A count that fits no
-    layout of this optimizer raises ModelFileError."""
-    opt = model.optimizer
+    layout of this optimizer raises ModelFileError. A LossScaleOptimizer reads its four
+    variables, then its inner optimizer's (Keras 3's layout)."""
+    opt = model.optimizer if opt is None else opt
+    values = list(values)
+    if _loss_scaled(opt):
+        if len(values) < 4:
+            raise ModelFileError(f"{where}: the file holds {len(values)} optimizer variables; a LossScaleOptimizer "
+                                 "has 4 (iteration, learning_rate, step_counter, dynamic_scale) before its inner "
+                                 "optimizer's")
+        counter, scale = np.asarray(values[2], np.float64), np.asarray(values[3], np.float64)
+        if counter.shape != () or not np.isfinite(counter) or counter < 0 or int(counter) != counter \
+                or counter >= opt.dynamic_growth_steps:
+            raise ModelFileError(f"{where}: bad LossScaleOptimizer step_counter {values[2]!r}")
+        if scale.shape != () or not np.isfinite(scale) or scale <= 0:
+            raise ModelFileError(f"{where}: bad LossScaleOptimizer dynamic_scale {values[3]!r}")
+        restore_optimizer(model, values[4:], where, opt.inner_optimizer)
+        opt.step_counter, opt.dynamic_scale = int(counter), float(scale)
+        return
     slices = _slices(model)
     groups = slot_groups(opt)
     n_slots = sum(len(g) for g in groups) * len(slices)
