@@ -234,6 +234,10 @@ def test_output_and_variable_dtypes():
     assert all(v.dtype == np.float32 for v in m.trainable_variables)
     assert m.flat_parameters().dtype == np.float32
     assert m.predict(x, verbose=0).dtype == np.float32
+    mixed_out = kilnet.Sequential([kilnet.Input((6, 6, 2)), layers.Flatten(), layers.Dense(3)])
+    p = mixed_out.predict(x, batch_size=3, verbose=0)     # a bfloat16 output, as Keras with JAX returns it
+    assert p.dtype == BF16 and p.shape == (4, 3)
+    np.testing.assert_array_equal(p, mixed_out(x).numpy())
     mp.set_global_policy("mixed_float16")
     d = layers.Dense(5)
     assert d(x.reshape(4, -1)).dtype == np.float16 and d.kernel.dtype == np.float32
