@@ -3,7 +3,7 @@ policies against PyTorch in float32 and under torch.autocast("cpu", torch.bfloat
 process, at 1 and 2 threads.
 
     python benchmarks/bench_mixed_precision.py [--threads 1 2] [--batch 256]
-        [--units 784 2048 2048 10] [--steps 10] [--rounds 3] [--no-torch]
+        [--units 784 2048 2048 10] [--steps 10] [--rounds 3] [--no-torch] [--cnn]
 
 The model: Dense(relu) layers of the given widths, a float32 softmax output (the pattern Keras
 recommends), sparse categorical cross-entropy, SGD. A step is forward, backward and the update
@@ -80,6 +80,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=10, help="timed steps per library per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--cnn", action="store_true", help="also time the canonical CNN under both policies")
+    ap.add_argument("--cnn-batch", type=int, default=32)
     args = ap.parse_args(argv)
     if len(args.units) < 3:
         ap.error("--units needs an input width, at least one hidden width and the number of classes")
@@ -122,6 +124,30 @@ def main(argv=None):
               + f" | {best['kilnet f32'] / best['kilnet bf16']:.2f}x | {vs} | "
               f"{flops / best['kilnet bf16'] / 1e9:.0f} |", flush=True)
     print("(ratios: time of the first over the second, >1 means kilnet bf16 is faster)")
+    if args.cnn:
+        # the canonical CNN (Conv2D 32 3x3 relu -> Flatten -> Dense 10 softmax, Adam): its Conv2D has
+        # no bfloat16 kernel, so under mixed_bfloat16 it computes float32 on rounded values
+        from kilnet._canonical import canonical_model
+        xc = rng.standard_normal((args.cnn_batch, 28, 28, 1)).astype(np.float32)
+        yc = rng.integers(0, 10, args.cnn_batch)
+        print(f"canonical CNN, batch {args.cnn_batch}: ms per training step")
+        print("| thr | float32 | mixed_bfloat16 | bf16/f32 |\n|---|---|---|---|")
+        for t in args.threads:
+            kilnet.set_num_threads(t)
+            models = {}
+            for policy in ("float32", "mixed_bfloat16"):
+                kilnet.mixed_precision.set_global_policy(policy)
+                try:
+                    m = canonical_model()
+                finally:
+                    kilnet.mixed_precision.set_global_policy("float32")
+                models[policy] = (lambda m=m: m.train_on_batch(xc, yc))
+            best = {}
+            for _ in range(args.rounds):
+                for name, fn in models.items():
+                    best[name] = min(best.get(name, float("inf")), median_step(fn, args.steps))
+            print(f"| {t} | {best['float32'] * 1e3:.2f} | {best['mixed_bfloat16'] * 1e3:.2f} | "
+                  f"{best['float32'] / best['mixed_bfloat16']:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -316,10 +316,11 @@ def loss_op(loss, y_pred, y_true, probs=None, grad=None, out=None, sample_weight
     dtype = src.value.dtype
 
     def bw(g, needs):
-        if isinstance(g, np.ndarray) and g.size == 1 and float(g) == 1.0 and dtype == np.float32:
+        if isinstance(g, np.ndarray) and g.size == 1 and float(g) == 1.0 and (dtype == np.float32 or
+                                                                              precision.is_low(dtype)):
             return (grad,)
         with np.errstate(over="ignore"):   # a LossScaleOptimizer's scale may overflow: it skips that step
-            return (precision.convert(grad * g, dtype),)
+            return (precision.grad_as(grad * g, dtype),)
     record((src,), (t,), bw)
     return t, pred
 

@@ -69,6 +69,15 @@ def convert(a, dt):
     return a.astype(dt)
 
 
+def grad_as(g, dt):
+    """The gradient g for a tensor of dtype dt: cast to dt, except that the gradient of a
+    bfloat16/float16 tensor stays float32 (gradients between layers are not rounded: more
+    precise than Keras's bfloat16 gradients, and two conversion passes fewer per layer)."""
+    if g.dtype == dt or (is_low(dt) and g.dtype == _F32):
+        return g
+    return convert(g, dt)
+
+
 def round_through(a, dt):
     """float32 a rounded to dt (bfloat16/float16) and back: float32 values that dt holds exactly
     (what a layer without a kernel for dt computes on)."""

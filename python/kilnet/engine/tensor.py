@@ -400,7 +400,7 @@ def _bf16_operand(x):
 
 
 def _matmul_bf16(a, b, low, as_low):
-    """matmul on the bfloat16 GEMM, gradients in each operand's dtype. as_low (two bfloat16
+    """matmul on the bfloat16 GEMM (gradients float32, see precision.grad_as). as_low (two bfloat16
     operands): a bfloat16 result; else (autocast) float32 holding bfloat16-rounded values, so
     that the float32 ops after it in the layer's call() keep running on their kernels."""
     av, bv = a.value, b.value
@@ -412,8 +412,8 @@ def _matmul_bf16(a, b, low, as_low):
 
     def bw(g, needs):
         g2 = g.reshape(-1, g.shape[-1])
-        da = precision.convert(_gemm_bf16(g2, bv, trans_b=True), av.dtype).reshape(av.shape) if needs[0] else None
-        db = precision.convert(_gemm_bf16(a2, g2, trans_a=True), bv.dtype) if needs[1] else None
+        da = precision.grad_as(_gemm_bf16(g2, bv, trans_b=True), av.dtype).reshape(av.shape) if needs[0] else None
+        db = precision.grad_as(_gemm_bf16(a2, g2, trans_a=True), bv.dtype) if needs[1] else None
         return da, db
     record((a, b), (y,), bw)
     return y
@@ -511,7 +511,7 @@ def cast(a, dtype):
     src = a.value.dtype
     y = Tensor(precision.convert(a.value, dtype) if src != dtype else a.value.copy())
     if precision.is_float(dtype) and precision.is_float(src):
-        record((a,), (y,), lambda g, needs: (precision.convert(g, src),))
+        record((a,), (y,), lambda g, needs: (precision.grad_as(g, src),))
     return y
 
 
@@ -525,14 +525,10 @@ def compute_cast(a, dtype):
 def round_through(a, dtype):
     """a's values rounded to the low dtype (bfloat16/float16), as float32: what a layer without a
     kernel for that dtype computes on. The gradient is rounded the same way (it is the
-    gradient of a tensor of that dtype), then given a's dtype."""
+    gradient passes through in float32 (precision.grad_as)."""
     f32 = np.dtype(np.float32)
     v = a.value
     y = Tensor(precision.convert(v, f32) if v.dtype == dtype else precision.round_through(precision.convert(v, f32), dtype))
     src = v.dtype
-
-    def bw(g, needs):
-        gl = precision.convert(precision.convert(g, f32), dtype)
-        return (precision.convert(gl, src),)
-    record((a,), (y,), bw)
+    record((a,), (y,), lambda g, needs: (precision.grad_as(g, src),))
     return y

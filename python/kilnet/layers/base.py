@@ -156,10 +156,14 @@ class Layer:
     def input_dtype(self) -> str:
         return self._dtype_policy.compute_dtype
 
+    # A layer that only moves values (Flatten, Reshape) sets _moves_values: under a low policy
+    # it works on the compute dtype itself, forward and backward (no conversions).
+    _moves_values = False
+
     def _computes_low_natively(self) -> bool:
         """Whether the layer's own kernels take inputs in its low compute dtype (bfloat16 Dense
         on the CPU); otherwise it computes in float32 on rounded inputs."""
-        return False
+        return self._moves_values
 
     def _output_dtype(self) -> str:
         """The dtype of the layer's float outputs (a KerasTensor's dtype)."""
@@ -615,14 +619,12 @@ def fused_call(layer, x, training, forward=None, backward=None, st=None, **forwa
             need_dw = walk is None or walk.need_dw(layer)
             if need_dw and walk is not None and walk.first_write(layer) and layer._overwrites_grads:
                 layer._fresh_grads = True   # this backward may overwrite the views (no zeroing needed)
-            if g.dtype is not _F32:
+            if g.dtype is not _F32 and not (layer._moves_values and g.dtype == xv.dtype):
                 g = precision.convert(g, _F32)
             if not g.flags.c_contiguous:
-                g = layer._xp.ascontiguousarray(g, dtype=np.float32)
-            dx = backward(g, needs[0], need_dw)
-            if dx is not None and dx.dtype != xv.dtype and precision.is_float(xv.dtype):
-                dx = precision.convert(dx, xv.dtype)   # a bfloat16 input's gradient is bfloat16
-            return (dx,)
+                g = layer._xp.ascontiguousarray(g)
+            # (a bfloat16 input's gradient stays float32: precision.grad_as)
+            return (backward(g, needs[0], need_dw),)
         finally:
             loc.cur = prev
     record((x,), (out,), bw, layer)

@@ -18,6 +18,7 @@ __all__ = ["Reshape", "ZeroPadding2D"]
 
 class Reshape(Layer):
     """`Reshape(target_shape)`: each sample to target_shape (one entry may be -1, inferred)."""
+    _moves_values = True   # any float dtype as it is (a bfloat16 policy converts nothing)
 
     def __init__(self, target_shape, **kwargs):
         super().__init__(**kwargs)
