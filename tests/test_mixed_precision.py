@@ -248,6 +248,47 @@ def test_output_and_variable_dtypes():
     assert t.dtype == "bfloat16"
 
 
+_IMG = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype(np.float32)
+_SEQ = np.random.default_rng(1).standard_normal((2, 6, 5)).astype(np.float32)
+_EVERY_LAYER = [
+    (lambda: layers.Conv2D(4, 3, padding="same"), _IMG), (lambda: layers.Conv1D(4, 3), _SEQ),
+    (lambda: layers.Conv2DTranspose(4, 3), _IMG), (lambda: layers.DepthwiseConv2D(3), _IMG),
+    (lambda: layers.SeparableConv2D(4, 3), _IMG), (lambda: layers.MaxPooling2D(), _IMG),
+    (lambda: layers.AveragePooling2D(), _IMG), (lambda: layers.GlobalAveragePooling2D(), _IMG),
+    (lambda: layers.GlobalMaxPooling1D(), _SEQ), (lambda: layers.MaxPooling1D(), _SEQ),
+    (lambda: layers.BatchNormalization(), _IMG), (lambda: layers.LayerNormalization(), _SEQ),
+    (lambda: layers.Dropout(0.3), _SEQ), (lambda: layers.ZeroPadding2D(1), _IMG), (lambda: layers.UpSampling2D(), _IMG),
+    (lambda: layers.Cropping2D(1), _IMG), (lambda: layers.Rescaling(0.5), _IMG), (lambda: layers.ReLU(), _SEQ),
+    (lambda: layers.LeakyReLU(), _SEQ), (lambda: layers.ELU(), _SEQ), (lambda: layers.PReLU(), _SEQ),
+    (lambda: layers.Softmax(), _SEQ), (lambda: layers.Activation("gelu"), _SEQ), (lambda: layers.SimpleRNN(4), _SEQ),
+    (lambda: layers.LSTM(4, return_sequences=True), _SEQ), (lambda: layers.GRU(4), _SEQ),
+    (lambda: layers.Bidirectional(layers.LSTM(3)), _SEQ), (lambda: layers.TimeDistributed(layers.Dense(40)), _SEQ),
+    (lambda: layers.Masking(0.0), _SEQ), (lambda: layers.Reshape((30,)), _SEQ), (lambda: layers.UpSampling1D(), _SEQ),
+    (lambda: layers.Dense(40, activation="gelu"), _SEQ), (lambda: layers.Dense(40, activation="softmax"), _SEQ),
+    (lambda: layers.MultiHeadAttention(2, 4), _SEQ),
+]
+
+
+def test_every_layer_runs_under_mixed_bfloat16():
+    """Each layer type: a bfloat16 output, finite float32 gradients for its input and weights."""
+    mp.set_global_policy("mixed_bfloat16")
+    for make, x in _EVERY_LAYER:
+        layer = make()
+        xt = Tensor(x)
+        with GradientTape() as tape:
+            tape.watch(xt)
+            y = layer(xt, xt, training=True) if isinstance(layer, layers.MultiHeadAttention) else layer(xt, training=True)
+            loss = ops.sum(ops.cast(y, "float32") ** 2)
+        grads = tape.gradient(loss, [xt] + layer.trainable_variables)
+        assert y.dtype == BF16, type(layer).__name__
+        for g in grads:
+            assert g.dtype == np.float32 and np.isfinite(g.numpy()).all(), type(layer).__name__
+    a, b = layers.Dense(40)(_SEQ), layers.Dense(40)(_SEQ)
+    for cls in (layers.Add, layers.Multiply, layers.Concatenate, layers.Average, layers.Maximum, layers.Subtract):
+        assert cls()([a, b]).dtype == BF16
+    assert layers.Embedding(10, 4)(np.array([[1, 2]])).dtype == BF16
+
+
 def test_conv_computes_float32_on_rounded_values():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 7, 7, 3)).astype(np.float32)
