@@ -17,7 +17,7 @@ from kilnet import mixed_precision as mp
 from conftest import HAVE_TORCH
 from keras_ref import HAVE_KERAS
 
-import ml_dtypes
+ml_dtypes = pytest.importorskip("ml_dtypes")
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 # said once per process (kilnet has no float16 CPU kernel); test_no_amx_warns_once checks the wording

@@ -22,7 +22,11 @@ _bf16: list = []
 def bfloat16() -> np.dtype:
     """numpy's dtype for ml_dtypes.bfloat16 (imports ml_dtypes on the first call)."""
     if not _bf16:
-        import ml_dtypes
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise ImportError("bfloat16 arrays need the ml_dtypes package (pip install ml_dtypes, or "
+                              "pip install 'kilnet[mixed]'); the float32 and float16 policies run without it") from None
         _bf16.append(np.dtype(ml_dtypes.bfloat16))
     return _bf16[0]
 
