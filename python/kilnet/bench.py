@@ -10,9 +10,9 @@ ratio is its time / kilnet's time (> 1: kilnet faster). Shapes and FLOP formulas
 benchmarks/bench_gemm.py, bench_conv2d.py, bench_rnn.py and bench_epoch.py.
 
 Other libraries' thread pools must not time each other (issue 23): each row is the median over
-several rounds, the libraries take turns in an order that rotates every round, and each
-library's block starts only once the others' pools are idle (kilnet.fair_timing.wait_idle), or,
-with per_process=True (`--per-process`), in a fresh process of its own. A time whose round
+several rounds, the libraries take turns case by case in an order that rotates every round, and
+each library's turn starts only once the others' pools are idle (kilnet.fair_timing.wait_idle),
+or, with per_process=True (`--per-process`), in a fresh process of its own. A time whose round
 medians spread by more than fair_timing.STALL_SPREAD is printed with "!" (a stall or a busy
 machine). `python -m kilnet.bench --worker LIB` is that per-process worker.
 
@@ -62,7 +62,7 @@ class Case:
 def median_seconds(fn, quick):
     """Median seconds per call of fn after warm-up (fair_timing.median_seconds): at least
     `min_reps` calls and about `budget` s."""
-    warm, min_reps, budget, max_reps = (1, 3, 0.01, 10) if quick else (2, 5, 0.08, 60)
+    warm, min_reps, budget, max_reps = (1, 5, 0.02, 20) if quick else (2, 5, 0.08, 60)
     return fair_timing.median_seconds(fn, warm, min_reps, budget, max_reps)
 
 
@@ -520,8 +520,8 @@ def run(threads=None, quick=False, only=None, out=print, per_process=False, roun
     """Run the benchmark and print the tables; returns the rows as dicts.
 
     Each row's time is the median over `rounds` rounds of each round's median; the libraries take
-    turns in an order that rotates from round to round. In one process (default) each library's
-    block starts once the other libraries' pools are idle (fair_timing.wait_idle);
+    turns case by case in an order that rotates from round to round. In one process (default)
+    each library's turn starts once the other libraries' pools are idle (fair_timing.wait_idle);
     per_process=True times each library in a fresh process of its own per round instead."""
     threads = parse_threads(threads)
     fams = parse_only(only)
@@ -530,7 +530,8 @@ def run(threads=None, quick=False, only=None, out=print, per_process=False, roun
     torch = _import_peer("torch")
     blas = numpy_blas()
     level, best = _cpu.simd_level(), _cpu.machine_simd_level()
-    mode = "one process per library and round" if per_process else "one process, pools idle before each library"
+    mode = ("one process per library and round" if per_process
+            else "one process, libraries alternating case by case, pools idle before each")
     out(f"kilnet bench: {cpu_model()}, {os.cpu_count()} logical cores; CPU flags {simd_flags()}; "
         f"kilnet SIMD {level}" + ("" if level == best else f" (machine best {best}, lowered by KILNET_SIMD)") + "; "
         f"numpy {np_.__version__ if np_ else '-'}{' (' + blas + ')' if blas else ''}; "
@@ -565,17 +566,23 @@ def _time_lib(cases, lib, quick):
 
 def _time_in_process(n, fams, quick, rounds, libs, torch):
     """All libraries in this process: ({(case index, lib): [round medians]}, peak, idle) where
-    idle is False when some library's block started with another pool still running."""
+    idle is False when some library started with another pool still running. The libraries
+    take turns case by case (so that a change in the machine's load between them is short),
+    in an order that rotates every round, each after the others' pools went idle."""
     level = _cpu.simd_level()
     cases = _build_cases(fams, quick, torch)
     peak = measured_peak(n, level, quick)
-    samples, idle = {}, True
+    samples, idle, last = {}, True, None
     for r in range(rounds):
-        for lib in fair_timing.rotate(libs, r):
-            if fair_timing.wait_idle() is False:
-                idle = False
-            for i, t in _time_lib(cases, lib, quick).items():
-                samples.setdefault((i, lib), []).append(t)
+        for i, case in enumerate(cases):
+            for lib in fair_timing.rotate(libs, r + i):
+                fn = case.fns.get(lib)
+                if fn is None:
+                    continue
+                if lib != last and fair_timing.wait_idle() is False:
+                    idle = False
+                samples.setdefault((i, lib), []).append(median_seconds(fn, quick))
+                last = lib
     peak = max(peak, measured_peak(n, level, quick))
     return (cases, samples), peak, idle
 

@@ -4,8 +4,8 @@ in benchmarks/ that compare libraries.
 Why: numpy's OpenBLAS, PyTorch's and kilnet's OpenMP teams keep idle workers spinning for a while
 after a call; a library timed right after another one then waits for a core, and on a 2-core
 machine one call measured 50x its real time. Three defences:
-  * wait_idle(): before a library's block, wait until no other thread of this process is running
-    (their states in /proc/self/task), so that its block starts with the neighbours' pools idle;
+  * wait_idle(): before a library's turn, wait until no other thread of this process is running
+    (their states in /proc/self/task), so that it starts with the neighbours' pools idle;
   * rotate(): the order of the libraries changes from round to round, so that a slow moment of
     the machine does not always hit the same one;
   * stalled(): a row whose per-round medians spread by more than STALL_SPREAD (max/min) is
@@ -19,8 +19,8 @@ import time
 __all__ = ["STALL_SPREAD", "spread", "stalled", "rotate", "busy_threads", "wait_idle", "median_seconds"]
 
 # Round medians of one row farther apart than this (max/min) are not plausible for a fixed
-# computation on fixed data: quiet reruns of `kilnet bench` stay within about 1.2x
-# (benchmarks/RESULTS.md, "Sharing the cores").
+# computation on fixed data that has its cores: something else ran (a stalled thread pool, or
+# another process; benchmarks/RESULTS.md, "Sharing the cores").
 STALL_SPREAD = 1.5
 
 
