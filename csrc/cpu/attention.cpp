@@ -8,6 +8,7 @@
 // dv rows, so threads never write the same memory and results do not depend on the team size.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <vector>
 #include "attention_driver.h"
@@ -98,6 +99,16 @@ const Items& items() {
   return attn_detail::portable_items();
 }
 
+// One thread's scratch block, its start on a 64-byte line (malloc gives 16 bytes).
+struct Scratch {
+  std::vector<float> buf;
+  float* data;
+  explicit Scratch(index_t n) : buf(size_t(n) + 16) {
+    const auto a = reinterpret_cast<std::uintptr_t>(buf.data());
+    data = buf.data() + ((64 - a % 64) % 64) / sizeof(float);
+  }
+};
+
 int team_size(index_t tasks, index_t work) {
   const int t = threads_for(work, 1 << 14);
   return int(std::max<index_t>(1, std::min<index_t>(tasks, t)));
@@ -113,12 +124,12 @@ void forward_tiled(const Items& it, const AttnShape& s, const float* q, const fl
   const index_t per_run = (nqt + runs - 1) / runs, tasks = s.B * s.N * runs;
 #pragma omp parallel num_threads(team)
   {
-    std::vector<float> work(size_t(attn_detail::forward_scratch_floats(s)));
+    Scratch work(attn_detail::forward_scratch_floats(s));
 #pragma omp for schedule(dynamic, 1)
     for (index_t t = 0; t < tasks; ++t) {
       const index_t b = t / (s.N * runs), n = (t / runs) % s.N, run = t % runs;
       const index_t qt0 = run * per_run, qt1 = std::min(nqt, qt0 + per_run);
-      if (qt0 < qt1) it.forward(s, q, k, v, msk, out, lse, b, n, qt0, qt1, work.data());
+      if (qt0 < qt1) it.forward(s, q, k, v, msk, out, lse, b, n, qt0, qt1, work.data);
     }
   }
 }
@@ -131,10 +142,10 @@ void backward_tiled(const Items& it, const AttnShape& s, const float* q, const f
   const index_t tasks = s.B * s.Nk;
 #pragma omp parallel num_threads(team_size(tasks, s.B * s.N * s.Tq * s.Tk * s.H))
   {
-    std::vector<float> work(size_t(attn_detail::backward_scratch_floats(s)));
+    Scratch work(attn_detail::backward_scratch_floats(s));
 #pragma omp for schedule(dynamic, 1)
     for (index_t t = 0; t < tasks; ++t)
-      it.backward(s, q, k, v, msk, out, lse, dout, dq, dk, dv, t / s.Nk, t % s.Nk, work.data());
+      it.backward(s, q, k, v, msk, out, lse, dout, dq, dk, dv, t / s.Nk, t % s.Nk, work.data);
   }
 }
 

@@ -25,6 +25,15 @@ constexpr float kPosInf = std::numeric_limits<float>::infinity();
 // compiled with this file's ISA flags and could be the copy the linker keeps for every file.
 inline index_t mn(index_t a, index_t b) { return a < b ? a : b; }
 
+// The next n floats of a scratch block, each part starting on a 64-byte line (the block itself is
+// 64-byte aligned): a zmm row load that straddles two lines costs two loads.
+inline float* carve(float*& p, index_t n) {
+  float* r = p;
+  p += (n + 15) / 16 * 16;
+  return r;
+}
+inline index_t rounded(index_t n) { return (n + 15) / 16 * 16; }
+
 // Adds the bias to the tile S^T (nk key rows from j0, mq query columns from i0, row stride ld)
 // and writes -inf where the mask or causality forbids the pair. Broadcast axes have stride 0:
 // a per-key value (stride over i is 0) is one scalar for the whole row.
@@ -96,8 +105,9 @@ void forward_item(const AttnShape& s, const float* q, const float* k, const floa
   const index_t H = s.H, G = s.N / s.Nk;
   const index_t ldq = s.N * H, ldk = s.Nk * H;
   // work (forward_scratch_floats): qt H*BQ | S BK*BQ | O BQ*H | m, l, alpha BQ each | vmean H | K, V Tk*H each
-  float *qt = work, *S = qt + H * BQ, *O = S + BK * BQ, *mrow = O + BQ * H, *lrow = mrow + BQ;
-  float *alpha = lrow + BQ, *vmean = alpha + BQ, *Kp = vmean + H, *Vp = Kp + s.Tk * H;
+  float *qt = carve(work, H * BQ), *S = carve(work, BK * BQ), *O = carve(work, BQ * H);
+  float *mrow = carve(work, BQ), *lrow = carve(work, BQ), *alpha = carve(work, BQ), *vmean = carve(work, H);
+  float *Kp = carve(work, s.Tk * H), *Vp = carve(work, s.Tk * H);
   bool have_mean = false;
   const float* qb = q + (b * s.Tq * s.N + n) * H;
   const float* kb = k + (b * s.Tk * s.Nk + n / G) * H;
@@ -149,11 +159,11 @@ void forward_item(const AttnShape& s, const float* q, const float* k, const floa
 }
 
 inline index_t forward_scratch_floats(const AttnShape& s) {
-  return s.H * BQ + BK * BQ + BQ * s.H + 3 * BQ + s.H + 2 * s.Tk * s.H;
+  return 2 * s.H * BQ + BK * BQ + 3 * BQ + rounded(s.H) + 2 * rounded(s.Tk * s.H);
 }
 
 inline index_t backward_scratch_floats(const AttnShape& s) {
-  return 4 * s.Tk * s.H + 5 * s.H * BQ + 2 * BK * BQ + 2 * BQ + s.H;
+  return 4 * rounded(s.Tk * s.H) + 5 * s.H * BQ + 2 * BK * BQ + 2 * BQ + rounded(s.H);
 }
 
 template <class Kern>
@@ -164,9 +174,11 @@ void backward_item(const AttnShape& s, const float* q, const float* k, const flo
   const index_t ldq = s.N * H, ldk = s.Nk * H;
   // work (backward_scratch_floats): dK, dV, K, V Tk*H each | qt, dOt, Q, dO, dQ H*BQ each |
   // S, dP BK*BQ each | D, lse BQ each | uni H
-  float *dKa = work, *dVa = dKa + s.Tk * H, *Kp = dVa + s.Tk * H, *Vp = Kp + s.Tk * H;
-  float *qt = Vp + s.Tk * H, *dot = qt + H * BQ, *Qp = dot + H * BQ, *dOp = Qp + H * BQ, *dQ = dOp + H * BQ;
-  float *S = dQ + H * BQ, *dP = S + BK * BQ, *Drow = dP + BK * BQ, *lrow = Drow + BQ, *uni = lrow + BQ;
+  float *dKa = carve(work, s.Tk * H), *dVa = carve(work, s.Tk * H), *Kp = carve(work, s.Tk * H);
+  float *Vp = carve(work, s.Tk * H), *qt = carve(work, H * BQ), *dot = carve(work, H * BQ);
+  float *Qp = carve(work, H * BQ), *dOp = carve(work, H * BQ), *dQ = carve(work, H * BQ);
+  float *S = carve(work, BK * BQ), *dP = carve(work, BK * BQ), *Drow = carve(work, BQ), *lrow = carve(work, BQ);
+  float* uni = carve(work, H);
   for (index_t h = 0; h < H; ++h) uni[h] = 0.f;
   pack_rows(s.Tk, H, k + (b * s.Tk * s.Nk + kh) * H, ldk, Kp);
   pack_rows(s.Tk, H, v + (b * s.Tk * s.Nk + kh) * H, ldk, Vp);
