@@ -62,6 +62,7 @@ void dsoftmax_portable(index_t M, index_t N, const float* P, float* dP, index_t 
 }
 
 struct Portable {
+  static constexpr auto transpose = &pack_transposed;
   static constexpr auto gemm = &gemm_portable;
   static constexpr auto exp_cols = &exp_cols_portable;
   static constexpr auto softmax_step = &softmax_step_portable;

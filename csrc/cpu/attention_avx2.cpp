@@ -146,6 +146,7 @@ void dsoftmax_avx2(index_t M, index_t N, const float* P, float* dP, index_t ld, 
 }
 
 struct Avx2 {
+  static constexpr auto transpose = &pack_transposed;
   static constexpr auto gemm = &gemm_avx2;
   static constexpr auto exp_cols = &exp_cols_avx2;
   static constexpr auto softmax_step = &softmax_step_avx2;

@@ -168,7 +168,59 @@ void dsoftmax_avx512(index_t M, index_t N, const float* P, float* dP, index_t ld
     }
 }
 
+// In-register transpose of 16 rows of 16 floats: r[c] becomes column c.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  auto pd = [](__m512 x) { return _mm512_castps_pd(x); };
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {   // r[4i + j], 128-bit lane L: column 4L + j of rows 4i .. 4i+3
+    r[4 * i + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[4 * i + 0]), pd(t[4 * i + 2])));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[4 * i + 0]), pd(t[4 * i + 2])));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[4 * i + 1]), pd(t[4 * i + 3])));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[4 * i + 1]), pd(t[4 * i + 3])));
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {   // gather the four 128-bit lanes of each column
+    t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
+    t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xdd);
+    t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
+    t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xdd);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+    r[4 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0x88);
+    r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
+    r[12 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xdd);
+  }
+}
+
+// pack_transposed (attention_driver.h) by 16 x 16 blocks: t[h][i] = src[i][h] * mul for i < mq,
+// 0 for mq <= i < BQ. The scalar version stores every float separately 256 bytes apart.
+void transpose_avx512(index_t H, index_t mq, const float* src, index_t ld, float mul, float* t) {
+  const __m512 m = _mm512_set1_ps(mul);
+  for (index_t h0 = 0; h0 < H; h0 += 16) {
+    const index_t nh = H - h0 < 16 ? H - h0 : 16;
+    const __mmask16 hk = lanes(nh);
+    for (index_t i0 = 0; i0 < BQ; i0 += 16) {
+      __m512 r[16];
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i)
+        r[i] = i0 + i < mq ? _mm512_mul_ps(m, _mm512_maskz_loadu_ps(hk, src + (i0 + i) * ld + h0))
+                           : _mm512_setzero_ps();
+      transpose16(r);
+      for (index_t h = 0; h < nh; ++h) _mm512_storeu_ps(t + (h0 + h) * BQ + i0, r[h]);
+    }
+  }
+}
+
 struct Avx512 {
+  static constexpr auto transpose = &transpose_avx512;
   static constexpr auto gemm = &gemm_avx512;
   static constexpr auto exp_cols = &exp_cols_avx512;
   static constexpr auto softmax_step = &softmax_step_avx512;

@@ -8,8 +8,8 @@
 // Tiles are computed transposed: a tile holds S^T = K_tile Q_tile^T, keys as rows and BQ query
 // columns. Then every per-query quantity of the online softmax (running max m, sum l, lse, D)
 // is a vector along a row and the softmax passes are vertical (8 or 16 queries per lane set).
-// Kern provides static gemm, exp_cols, softmax_step and dsoftmax with the contracts of
-// attention_internal.h's TileKernels.
+// Kern provides static gemm, exp_cols, softmax_step and dsoftmax with the contracts in
+// attention_internal.h, and transpose with pack_transposed's.
 #pragma once
 #include <cmath>
 #include <limits>
@@ -117,7 +117,7 @@ void forward_item(const AttnShape& s, const float* q, const float* k, const floa
   pack_rows(kmax, H, vb, ldk, Vp);
   for (index_t i0 = qt0 * BQ; i0 < qt1 * BQ && i0 < s.Tq; i0 += BQ) {
     const index_t mq = mn(BQ, s.Tq - i0), mqp = (mq + 7) / 8 * 8;   // columns computed
-    pack_transposed(H, mq, qb + i0 * ldq, ldq, s.scale, qt);
+    Kern::transpose(H, mq, qb + i0 * ldq, ldq, s.scale, qt);
     for (index_t i = 0; i < BQ; ++i) { mrow[i] = kNegInf; lrow[i] = 0.f; }
     const index_t kend = key_end(s, i0, mq);
     for (index_t j0 = 0; j0 < kend; j0 += BK) {
@@ -192,14 +192,19 @@ void backward_item(const AttnShape& s, const float* q, const float* k, const flo
       const float* lr = lse + (b * s.N + n) * s.Tq + i0;
       pack_rows(mq, H, q + hoff + i0 * ldq, ldq, Qp);
       pack_rows(mq, H, dor, ldq, dOp);
-      pack_transposed(H, mq, Qp, H, s.scale, qt);
-      pack_transposed(H, mq, dOp, H, 1.f, dot);
+      Kern::transpose(H, mq, Qp, H, s.scale, qt);
+      Kern::transpose(H, mq, dOp, H, 1.f, dot);
       for (index_t i = 0; i < BQ; ++i) {
         if (i >= mq) { Drow[i] = 0.f; lrow[i] = kPosInf; continue; }   // padding: P = 0
-        float d = 0.f;
         const float* g = dOp + i * H;
         const float* o = orr + i * ldq;
-        for (index_t h = 0; h < H; ++h) d += g[h] * o[h];
+        float part[16] = {};   // 16 running sums (one vector), so the dot product vectorises
+        index_t h = 0;
+        for (; h + 16 <= H; h += 16)
+          for (int l = 0; l < 16; ++l) part[l] += g[h + l] * o[h + l];
+        float d = 0.f;
+        for (; h < H; ++h) d += g[h] * o[h];
+        for (int l = 0; l < 16; ++l) d += part[l];
         Drow[i] = d;
         lrow[i] = lr[i];
         if (lr[i] == kPosInf)   // a row with no allowed key: out = mean(v), dv_j += dout_i / Tk
