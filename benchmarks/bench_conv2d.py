@@ -24,7 +24,7 @@ import time
 import numpy as np
 import pytest
 
-from kilnet import _cpu
+from kilnet import _cpu, fair_timing
 from machine_info import machine, peak_line, peaks   # benchmarks/ is on sys.path
 
 try:
@@ -163,18 +163,23 @@ def main(argv=None):
             for op in ("fwd", "fwdbwd"):
                 flops = c.flops_fwd if op == "fwd" else c.flops_fwdbwd
                 ks, ts, us = [], [], []
-                for _ in range(args.rounds):   # interleave so all see the same machine load
-                    ks.append(median_ms(getattr(c, f"kilnet_{op}"), args.reps))
-                    if torch is not None:
-                        ts.append(median_ms(getattr(c, f"torch_{op}"), args.reps))
-                    if c.act != "linear":
-                        us.append(median_ms(getattr(c, f"unfused_{op}"), args.reps))
+                turns = [(ks, getattr(c, f"kilnet_{op}"))]
+                if torch is not None:
+                    turns.append((ts, getattr(c, f"torch_{op}")))
+                if c.act != "linear":
+                    turns.append((us, getattr(c, f"unfused_{op}")))
+                for r in range(args.rounds):   # interleave so all see the same machine load,
+                    for out, fn in fair_timing.rotate(turns, r):   # in a rotating order (issue 23),
+                        fair_timing.wait_idle()                    # each after the others' pools idled
+                        out.append(median_ms(fn, args.reps))
                 k = statistics.median(ks)
                 gf = flops / k / 1e6
                 t = statistics.median(ts) if ts else float("nan")
                 u = f"{statistics.median(us):.3f}" if us else "-"
                 print(f"| {name} | {nt} | {'fwd' if op == 'fwd' else 'fwd+bwd'} | {k:.3f} | {gf:.1f} | "
-                      f"{100 * gf / peak[nt]:.0f}% | {t:.3f} | {t / k:.2f}x | {u} |", flush=True)
+                      f"{100 * gf / peak[nt]:.0f}% | {t:.3f} | {t / k:.2f}x | {u} |"
+                      + (" ! stall" if any(len(v) > 1 and fair_timing.stalled(v) for v in (ks, ts, us)) else ""),
+                      flush=True)
     set_threads(old)
     print(f"# load average at end: {os.getloadavg()[0]:.2f}")
 

@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from subprocess_bench import machine, medians, run_workers, set_threads, time_call   # benchmarks/ is on sys.path
+from subprocess_bench import machine, medians, run_workers, set_threads, stall_mark, time_call   # benchmarks/ is on sys.path
 
 V, D, SHAPE = 30_000, 128, (64, 128)
 
@@ -89,7 +89,8 @@ def main():
             ks = medians(k, f"{dist}_scatter") * 1e3
             kz, tz = medians(k, f"{dist}_zeros") * 1e3, medians(tt, f"{dist}_zeros") * 1e3
             print(f"{dist:<9}{t:>4}{kf:>12.3f}{tf:>11.3f}{tf / kf:>9.2f}x{kb:>12.3f}{kz:>8.3f}{tb:>11.3f}{tz:>8.3f}"
-                  f"{tb / kb:>9.2f}x{max(tb - tz, 0) / ks:>12.2f}x")
+                  f"{tb / kb:>9.2f}x{max(tb - tz, 0) / ks:>12.2f}x"
+                  + (" ! stall" if any(stall_mark(r, q) for r in (k, tt) for q in [f"{dist}_fwd", f"{dist}_bwd"]) else ""))
 
 
 if __name__ == "__main__":

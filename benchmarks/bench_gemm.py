@@ -8,8 +8,10 @@ gradient X^T·dY, input gradient dY·W^T; conv-as-GEMM forward and weight gradie
 Reports the median time per call, GFLOP/s, % of the FMA peak of n threads measured at the start
 of the run (kilnet._cpu.fma_peak_gflops at the SIMD level in use, machine_info.py) and the speed
 ratio kilnet/other (> 1: kilnet faster).
-The script interleaves the libraries round by round and pauses after each OpenBLAS/torch block,
-because their idle worker threads keep spinning for a while and would steal the second core.
+The script interleaves the libraries round by round, in an order that rotates every round, and
+starts each library's block only once the other pools' idle workers stopped spinning
+(kilnet.fair_timing.wait_idle; they would steal the second core); a row whose round medians
+spread by more than fair_timing.STALL_SPREAD is flagged "! stall" (issue 23).
 
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, when set in the environment, pin OpenBLAS to a slower
 kernel; the script re-executes itself without them (as `env -u` would). Under pytest numpy is
@@ -35,7 +37,7 @@ import time
 import numpy as np
 import pytest
 
-from kilnet import _cpu
+from kilnet import _cpu, fair_timing
 from machine_info import machine, peak_line, peaks, simd_levels   # benchmarks/ is on sys.path
 
 try:
@@ -170,13 +172,14 @@ def main(argv=None):
             calls = {lib: make_call(lib, M, N, K, ta, tb) for lib in libs}
             times = {lib: [] for lib in libs}
             best = {lib: float("inf") for lib in libs}   # least-contended round's median
-            for _ in range(args.rounds):
-                for lib in libs:
+            rounds = {lib: [] for lib in libs}
+            for r in range(args.rounds):
+                for lib in fair_timing.rotate(libs, r):   # the order changes every round
+                    fair_timing.wait_idle()   # the other library's spinning workers are asleep
                     t = time_calls(calls[lib], args.seconds)
                     times[lib] += t
-                    best[lib] = min(best[lib], statistics.median(t))
-                    if lib != "kilnet":
-                        time.sleep(0.1)   # let the other library's spinning workers go to sleep
+                    rounds[lib].append(statistics.median(t))
+                    best[lib] = min(best[lib], rounds[lib][-1])
             med = {lib: statistics.median(times[lib]) for lib in libs}
             dims = f"{M}x{N}x{K}" + ("" if not (ta or tb) else " " + ("T" if ta else "N") + ("T" if tb else "N"))
             row = f"{name:18s} {dims:>17s} {nt:3d}"
@@ -186,6 +189,9 @@ def main(argv=None):
             row += "".join(f" {med[l] / med['kilnet']:9.2f}" for l in libs[1:])
             if not blas_ok and nt != 1:
                 row += "  (numpy threads not limited)"
+            stalled = [l for l in libs if fair_timing.stalled(rounds[l])]
+            if stalled:
+                row += f"  ! stall: {', '.join(stalled)} (round medians spread > {fair_timing.STALL_SPREAD}x)"
             print(row, flush=True)
             best_rows.append(f"{name:18s} {dims:>17s} {nt:3d}"
                              + "".join(f" {gflops(M, N, K, best[l]):8.1f}" for l in libs)
@@ -216,7 +222,7 @@ def test_gemm(benchmark, name, M, N, K, ta, tb, lib, threads):
                        warmup_rounds=2)
     med = benchmark.stats.stats.median
     benchmark.extra_info["GFLOP/s"] = round(gflops(M, N, K, med), 1)
-    time.sleep(0.05 if lib == "kilnet" else 0.1)   # see the module docstring
+    fair_timing.wait_idle()   # see the module docstring
 
 
 if __name__ == "__main__":

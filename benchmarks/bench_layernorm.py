@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from subprocess_bench import machine, medians, run_workers, set_threads, time_call   # benchmarks/ is on sys.path
+from subprocess_bench import machine, medians, run_workers, set_threads, stall_mark, time_call   # benchmarks/ is on sys.path
 
 SHAPES = [(8192, 128), (4096, 768), (1000, 300)]
 EPS = 1e-3
@@ -75,7 +75,8 @@ def main():
             kf, tf = medians(k, key + "_fwd") * 1e3, medians(tt, key + "_fwd") * 1e3
             kb, tb = medians(k, key + "_bwd") * 1e3, medians(tt, key + "_bwd") * 1e3
             print(f"{key:<11}{t:>4}{kf:>12.3f}{tf:>11.3f}{kb:>12.3f}{tb:>11.3f}{kf + kb:>12.3f}{tf + tb:>11.3f}"
-                  f"{(tf + tb) / (kf + kb):>13.2f}x")
+                  f"{(tf + tb) / (kf + kb):>13.2f}x"
+                  + (" ! stall" if any(stall_mark(r, q) for r in (k, tt) for q in [key + "_fwd", key + "_bwd"]) else ""))
 
 
 if __name__ == "__main__":

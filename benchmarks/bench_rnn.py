@@ -10,7 +10,9 @@ hidden 128 and batch 32, T 100, input 64, hidden 256, SimpleRNN / LSTM / GRU aga
 torch.nn.RNN / LSTM / GRU. Both compute every step's output (return_sequences, batch_first) and
 backpropagate a given gradient of all outputs into the weights; neither computes the input
 gradient (the layer is the model's first, as in training). kilnet and torch are timed in
-alternating rounds, so a change in the machine's load hits both; the reported time is the median
+alternating rounds (in an order that rotates every round, each callable's turn starting once the
+other library's idle workers stopped spinning: kilnet.fair_timing), so a change in the machine's
+load hits both; the reported time is the median
 of all rounds. Arithmetic per call, G gates: forward 2·B·T·(I+H)·G·H, backward twice that
 (dW, dU, and dh through U^T) — 6·B·T·(I+H)·G·H minus the input projection's dx: 2·B·T·I·G·H.
 
@@ -31,6 +33,7 @@ import time
 
 import numpy as np
 
+from kilnet import fair_timing
 from machine_info import machine, peak_line, peaks   # benchmarks/ is on sys.path when this file runs
 
 SHAPES = [(64, 28, 28, 128), (32, 100, 64, 256)]          # B, T, I, H
@@ -66,8 +69,10 @@ CLOCK = time.perf_counter    # --clock cpu: time.process_time (1 thread only: im
 def time_rounds(fns, rounds, iters):
     """Alternate the callables in `rounds` rounds of `iters` calls; per-call times per callable."""
     out = [[] for _ in fns]
-    for _ in range(rounds):
-        for f, times in zip(fns, out):
+    for r in range(rounds):
+        for j in fair_timing.rotate(range(len(fns)), r):   # the order changes every round (issue 23)
+            f, times = fns[j], out[j]
+            fair_timing.wait_idle()   # the other library's idle workers stopped spinning
             for _ in range(iters):
                 t0 = CLOCK()
                 f()

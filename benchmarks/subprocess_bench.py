@@ -1,7 +1,8 @@
 """Shared by the kernel benchmarks that time each library in its own process
 (bench_embedding.py, bench_layernorm.py): a worker times callables and prints JSON; the driver
-starts one worker per (library, thread count), alternating the libraries over several runs so
-that a change in the machine's load hits both, and reports medians. machine() is
+starts one worker per (library, thread count), alternating the libraries over several runs (in
+an order that rotates every run) so that a change in the machine's load hits both, and reports
+medians; stall_mark flags a value whose runs spread implausibly (kilnet.fair_timing, issue 23). machine() is
 machine_info.machine, the header line every script prints."""
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import time
 
 from machine_info import machine  # noqa: F401  (the header line; benchmarks/ is on sys.path)
+from kilnet import fair_timing
 
 
 def time_call(fn, min_seconds=0.25, warmup=3):
@@ -44,9 +46,9 @@ def set_threads(lib, threads):
 def run_workers(script, libs, threads_list, runs, extra=()):
     """{(lib, threads): [result dict of each run]}: one fresh process per (run, threads, lib)."""
     out = {}
-    for _ in range(runs):
+    for run in range(runs):
         for t in threads_list:
-            for lib in libs:
+            for lib in fair_timing.rotate(libs, run):   # the order changes every run (issue 23)
                 r = subprocess.run([sys.executable, script, "--worker", lib, "--threads", str(t), *extra],
                                    capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(t)})
                 if r.returncode != 0:
@@ -57,3 +59,10 @@ def run_workers(script, libs, threads_list, runs, extra=()):
 
 def medians(results, key):
     return statistics.median(r[key] for r in results)
+
+
+def stall_mark(results, key):
+    """"!" when the runs' values of `key` spread by more than fair_timing.STALL_SPREAD (max/min):
+    a stalled or disturbed run, not a property of the kernel; "" otherwise."""
+    vals = [r[key] for r in results]
+    return "!" if len(vals) > 1 and fair_timing.stalled(vals) else ""

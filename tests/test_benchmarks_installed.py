@@ -78,6 +78,8 @@ CASE = {
                        ["batch   32: kilnet plain"]),
     "dp_accuracy.py": (["--epochs", "1", "--limit", "512", "--batch", "64"], ("data",), ["epoch  1: epsilon"]),
     "accuracy_seeds.py": (["--epochs", "1", "--limit", "128"], ("data",), ['"library": "kilnet"']),
+    "bench_neighbours.py": (["--quick", "--threads", "1", "--policies", "after"], (), ["| 1 | after | numpy+kilnet |"]),
+    "bench_agreement.py": (["--threads", "1", "--only", "activation", "--rounds", "1"], (), ["agreement: "]),
 }
 HELPERS = ["machine_info.py", "subprocess_bench.py", "gpu_timing.py"]   # imported by the scripts
 

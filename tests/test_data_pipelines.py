@@ -75,6 +75,57 @@ class Reiterable:
         return _batches(self.x, self.y)
 
 
+@pytest.fixture(autouse=True, params=["auto", "thread"])
+def read_mode(request, monkeypatch):
+    """Every test twice: as fit decides (cheap batches here: read inline) and with the
+    background thread taking over after the first batch (as for slow data code)."""
+    if request.param == "thread":
+        from kilnet.trainers import data_adapters
+        monkeypatch.setattr(data_adapters._Prefetcher, "PROBE", 1)
+        monkeypatch.setattr(data_adapters._Prefetcher, "THREAD_SHARE", -1.0)
+        monkeypatch.setattr(data_adapters._Prefetcher, "THREAD_MIN_S", -1.0)
+    return request.param
+
+
+def test_cheap_batches_are_read_inline_and_slow_ones_by_a_thread(read_mode):
+    """The first batches are read on fit's thread and timed; data code that takes a real share
+    of the step moves to the background thread (prefetching hides it), cheap code stays inline
+    (no GIL hand-overs)."""
+    if read_mode != "auto":
+        pytest.skip("the decision itself")
+    import time as _time
+    x, y = _data(n=200)
+
+    def gen(delay):
+        for i in range(0, len(x), B):
+            if delay:
+                _time.sleep(delay)
+            yield x[i:i + B], y[i:i + B]
+    m = _model()
+    seen = []
+
+    class Where(kilnet.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(threading.current_thread().name)
+    threads = []
+    orig = threading.Thread.start
+
+    def spy(self):
+        threads.append(self.name)
+        return orig(self)
+    threading.Thread.start = spy
+    try:
+        m.fit(gen(0.0), verbose=0, callbacks=[Where()])
+        cheap = list(threads)
+        m.fit(gen(0.005), verbose=0)
+        slow = threads[len(cheap):]
+    finally:
+        threading.Thread.start = orig
+    assert "kilnet-data" not in cheap
+    assert slow == ["kilnet-data"]
+    assert set(seen) == {"MainThread"}
+
+
 def _no_data_threads():
     return [t for t in threading.enumerate() if t.name.startswith("kilnet-")]
 

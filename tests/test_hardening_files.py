@@ -116,7 +116,7 @@ def test_allow_nonfinite_on_every_load_model(tmp_path, loader):
 
 
 def test_weight_budget_counts_only_inside_a_load():
-    from kilnet.saving.budget import weight_budget
+    from kilnet.weight_budget import weight_budget
     with weight_budget(10, "test"):
         with pytest.raises(ModelFileError, match="more weights than the file holds"):
             layers.Dense(10**6)._build((None, 100), initialize=False)
@@ -184,7 +184,7 @@ def test_killed_save_leaves_a_temp_file_that_the_next_save_removes(tmp_path):
             "def die(*args, **kw):\n"
             "    g = orig(*args, **kw); tmp = next(g); os._exit(9)\n"
             "a.atomic_path = die\n"
-            "import kilnet.io as io; io.atomic_path = die\n"
+            "import kilnet.saving.legacy_h5 as io; io.atomic_path = die\n"
             f"m.save({str(tmp_path / 'm.h5')!r})\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})

@@ -63,7 +63,7 @@ def test_atomic_save_keeps_old_file_on_failure(saved, monkeypatch):
 
     def boom(*a, **k):
         raise OSError("disk full")
-    monkeypatch.setattr("kilnet.io._write_weights", boom)
+    monkeypatch.setattr("kilnet.saving.legacy_h5._write_weights", boom)
     with pytest.raises(OSError, match="disk full"):
         m.save(p)
     assert p.read_bytes() == before

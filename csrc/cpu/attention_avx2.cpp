@@ -1,4 +1,5 @@
-// attention_avx2.cpp — the attention tile kernels (attention_internal.h) on 8 lanes with FMA.
+// attention_avx2.cpp — the attention tile kernels (attention_internal.h) on 8 lanes with FMA, and
+// the work items of attention_driver.h built on them.
 // Compiled with -mavx2 -mfma; used only when use_avx2().
 //
 // gemm: register tiles of up to 6 rows x 16 columns (12 accumulators, 2 B vectors and one
@@ -7,6 +8,7 @@
 // with a mask (head dims like 5 or 80 need no padding copy, and nothing past a row is read).
 #include <immintrin.h>
 #include <cmath>
+#include "attention_driver.h"
 #include "attention_internal.h"
 #include "vexp_avx2.h"
 
@@ -143,10 +145,18 @@ void dsoftmax_avx2(index_t M, index_t N, const float* P, float* dP, index_t ld, 
     }
 }
 
+struct Avx2 {
+  static constexpr auto transpose = &pack_transposed;
+  static constexpr auto gemm = &gemm_avx2;
+  static constexpr auto exp_cols = &exp_cols_avx2;
+  static constexpr auto softmax_step = &softmax_step_avx2;
+  static constexpr auto dsoftmax = &dsoftmax_avx2;
+};
+
 }  // namespace
 
-const TileKernels& avx2_kernels() {
-  static const TileKernels t{&gemm_avx2, &exp_cols_avx2, &softmax_step_avx2, &dsoftmax_avx2};
+const Items& avx2_items() {
+  static const Items t{&forward_item<Avx2>, &backward_item<Avx2>};
   return t;
 }
 

@@ -6,6 +6,11 @@ Input, layers, ops, ...) load on first use, which keeps `import kilnet` fast.
 """
 from kilnet._version import __version__
 from kilnet.backend import cuda_available, device, get_num_threads, set_num_threads, simd_level
+from kilnet import persistence as _persistence
+
+# The root knows every part: it tells the models where the saving code is, and the loaders where
+# kilnet's classes are, so that neither imports the other (kilnet/persistence.py).
+_persistence.install("kilnet.saving.saving_api", ("kilnet.layers", "kilnet.models"))
 
 __all__ = ["__version__", "get_num_threads", "set_num_threads", "simd_level", "cuda_available", "device",
            "models", "layers", "losses", "optimizers", "metrics", "initializers", "datasets", "ops",

@@ -9,21 +9,32 @@ never taken from a clock-rate constant, then each case is timed as the median of
 ratio is its time / kilnet's time (> 1: kilnet faster). Shapes and FLOP formulas follow
 benchmarks/bench_gemm.py, bench_conv2d.py, bench_rnn.py and bench_epoch.py.
 
+Other libraries' thread pools must not time each other (issue 23): each row is the median over
+several rounds, the libraries take turns case by case in an order that rotates every round, and
+each library's turn starts only once the others' pools are idle (kilnet.fair_timing.wait_idle),
+or, with per_process=True (`--per-process`), in a fresh process of its own. A time whose round
+medians spread by more than fair_timing.STALL_SPREAD is printed with "!" (a stall or a busy
+machine). `python -m kilnet.bench --worker LIB` is that per-process worker.
+
 Self-contained: numpy is the only import at load time of the kernels' data; torch is imported
 lazily (_import_peer) and a missing peer prints "-". Performance is measured here, never asserted.
 """
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import platform
 import statistics
-import time
+import subprocess
+import sys
 
 import numpy as np
 
+from kilnet import fair_timing
 from kilnet.backend import cpu as _cpu
 
+LIBS = ("kilnet", "numpy", "torch")
 FAMILIES = ("gemm", "conv2d", "activation", "softmax_ce", "adam", "pooling", "batchnorm", "rnn",
             "train_step")
 
@@ -49,17 +60,10 @@ class Case:
 # ---- timing --------------------------------------------------------------------------------------
 
 def median_seconds(fn, quick):
-    """Median seconds per call of fn after warm-up: at least `min_reps` calls and about `budget` s."""
-    warm, min_reps, budget, max_reps = (1, 3, 0.03, 20) if quick else (2, 5, 0.25, 200)
-    for _ in range(warm):
-        fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_reps or (time.perf_counter() - start < budget and len(times) < max_reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds per call of fn after warm-up (fair_timing.median_seconds): at least
+    `min_reps` calls and about `budget` s."""
+    warm, min_reps, budget, max_reps = (1, 5, 0.02, 20) if quick else (2, 5, 0.08, 60)
+    return fair_timing.median_seconds(fn, warm, min_reps, budget, max_reps)
 
 
 def set_threads(n, torch):
@@ -505,63 +509,156 @@ def parse_only(value):
     return fams
 
 
-def run(threads=None, quick=False, only=None, out=print):
-    """Run the benchmark and print the tables; returns the rows as dicts."""
+def _rounds(rounds, quick):
+    n = (3 if quick else 5) if rounds is None else int(rounds)
+    if n < 1:
+        raise ValueError(f"--rounds must be >= 1, got {n}")
+    return n
+
+
+def run(threads=None, quick=False, only=None, out=print, per_process=False, rounds=None):
+    """Run the benchmark and print the tables; returns the rows as dicts.
+
+    Each row's time is the median over `rounds` rounds of each round's median; the libraries take
+    turns case by case in an order that rotates from round to round. In one process (default)
+    each library's turn starts once the other libraries' pools are idle (fair_timing.wait_idle);
+    per_process=True times each library in a fresh process of its own per round instead."""
     threads = parse_threads(threads)
     fams = parse_only(only)
+    rounds = _rounds(rounds, quick)
     np_ = _import_peer("numpy")
     torch = _import_peer("torch")
     blas = numpy_blas()
     level, best = _cpu.simd_level(), _cpu.machine_simd_level()
+    mode = ("one process per library and round" if per_process
+            else "one process, libraries alternating case by case, pools idle before each")
     out(f"kilnet bench: {cpu_model()}, {os.cpu_count()} logical cores; CPU flags {simd_flags()}; "
         f"kilnet SIMD {level}" + ("" if level == best else f" (machine best {best}, lowered by KILNET_SIMD)") + "; "
         f"numpy {np_.__version__ if np_ else '-'}{' (' + blas + ')' if blas else ''}; "
-        f"torch {torch.__version__ if torch else '-'}" + ("; quick" if quick else ""))
+        f"torch {torch.__version__ if torch else '-'}" + ("; quick" if quick else "")
+        + (f"; load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""))
+    out(f"timing: {rounds} rounds, libraries in rotating order, {mode}")
     if any(v in os.environ for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")):
         out("note: OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set: numpy's column is not OpenBLAS's own kernel")
+    libs = [lib for lib, mod in (("kilnet", True), ("numpy", np_), ("torch", torch)) if mod is not None]
     rows = []
     for n in threads:
-        restore = set_threads(n, torch)
-        try:
-            _run_threads(n, fams, quick, np_, torch, rows, out)
-        finally:
-            restore()
+        if per_process:
+            timed, peak, idle = _time_processes(n, fams, quick, rounds, libs, torch)
+        else:
+            restore = set_threads(n, torch)
+            try:
+                timed, peak, idle = _time_in_process(n, fams, quick, rounds, libs, torch)
+            finally:
+                restore()
+        _table(n, timed, peak, idle, rows, out)
     return rows
 
 
-def _run_threads(n, fams, quick, np_, torch, rows, out):
-    """One thread count: the peak, then every case; prints the table."""
-    hdr = ("family", "shape", "kilnet ms", "rate", "unit", "% peak", "numpy ms", "np/kl", "torch ms", "torch/kl")
-    level = _cpu.simd_level()   # the level of the kernels timed below
+def _build_cases(fams, quick, torch):
+    return [case for fam in fams for case in CASES[fam](quick, torch)]
+
+
+def _time_lib(cases, lib, quick):
+    """{case index: seconds} for every case that `lib` can run."""
+    return {i: median_seconds(c.fns[lib], quick) for i, c in enumerate(cases) if c.fns.get(lib) is not None}
+
+
+def _time_in_process(n, fams, quick, rounds, libs, torch):
+    """All libraries in this process: ({(case index, lib): [round medians]}, peak, idle) where
+    idle is False when some library started with another pool still running. The libraries
+    take turns case by case (so that a change in the machine's load between them is short),
+    in an order that rotates every round, each after the others' pools went idle."""
+    level = _cpu.simd_level()
+    cases = _build_cases(fams, quick, torch)
     peak = measured_peak(n, level, quick)
-    timed = []
-    for fam in fams:
-        for case in CASES[fam](quick, torch):
-            t = {}
-            for lib, fn in case.fns.items():
-                if lib == "numpy" and np_ is None:
-                    fn = None
-                t[lib] = None if fn is None else median_seconds(fn, quick)
-            timed.append((fam, case, t))
+    samples, idle, last = {}, True, None
+    for r in range(rounds):
+        for i, case in enumerate(cases):
+            for lib in fair_timing.rotate(libs, r + i):
+                fn = case.fns.get(lib)
+                if fn is None:
+                    continue
+                if lib != last and fair_timing.wait_idle() is False:
+                    idle = False
+                samples.setdefault((i, lib), []).append(median_seconds(fn, quick))
+                last = lib
     peak = max(peak, measured_peak(n, level, quick))
+    return (cases, samples), peak, idle
+
+
+def _time_processes(n, fams, quick, rounds, libs, torch):
+    """Each library in its own fresh process, one per round, in rotating order."""
+    samples, peak = {}, 0.0
+    for r in range(rounds):
+        for lib in fair_timing.rotate(libs, r):
+            res = _spawn_worker(lib, n, fams, quick)
+            peak = max(peak, res.get("peak", 0.0))
+            for i, t in res["times"]:
+                samples.setdefault((int(i), lib), []).append(t)
+    cases = _build_cases(fams, quick, torch)   # names, work and units only: nothing is called here
+    return (cases, samples), peak, True
+
+
+def _spawn_worker(lib, n, fams, quick):
+    cmd = [sys.executable, "-m", "kilnet.bench", "--worker", lib, "--threads", str(n), "--only", ",".join(fams)]
+    if quick:
+        cmd.append("--quick")
+    env = {**os.environ, "OMP_NUM_THREADS": str(n)}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"kilnet bench: the {lib} worker (threads {n}) failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def worker(lib, n, fams, quick):
+    """One library's cases in this process (`python -m kilnet.bench --worker LIB`): prints JSON
+    {"times": [[case index, seconds], ...], "peak": GFLOP/s (kilnet's worker only)}."""
+    torch = _import_peer("torch") if lib == "torch" else None
+    if lib == "torch" and torch is None:
+        raise SystemExit("kilnet bench worker: torch is not installed")
+    restore = set_threads(n, torch)
+    try:
+        cases = _build_cases(fams, quick, torch)
+        res = {"times": sorted(_time_lib(cases, lib, quick).items())}
+        if lib == "kilnet":
+            res["peak"] = measured_peak(n, _cpu.simd_level(), quick)
+    finally:
+        restore()
+    print(json.dumps(res))
+
+
+def _table(n, timed, peak, idle, rows, out):
+    """Print one thread count's table; append its rows (dicts) to `rows`."""
+    cases, samples = timed
+    hdr = ("family", "shape", "kilnet ms", "rate", "unit", "% peak", "numpy ms", "np/kl", "torch ms", "torch/kl")
+    level = _cpu.simd_level()
     out("")
     out(f"threads {n}: measured FMA peak {peak:.1f} GFLOP/s ({level}, {peak / n:.1f} per thread); "
         "ratios are peer time / kilnet time (> 1: kilnet faster)")
-    table = []
-    for fam, case, t in timed:
+    table, flagged = [], False
+    for i, case in enumerate(cases):
+        t, flag = {}, {}
+        for lib in LIBS:
+            s = samples.get((i, lib))
+            t[lib] = statistics.median(s) if s else None
+            flag[lib] = bool(s) and fair_timing.stalled(s)
+        flagged = flagged or any(flag.values())
         k = t["kilnet"]
         rate = case.work / k * 1e-9
         pct = f"{100 * rate / peak:.0f}" if case.unit == "GFLOP/s" and peak > 0 else "-"
-        row = {"threads": n, "family": fam, "shape": case.shape, "kilnet_s": k, "rate": rate,
-               "unit": case.unit, "peak_gflops": peak, "numpy_s": t["numpy"], "torch_s": t["torch"]}
-        rows.append(row)
+        rows.append({"threads": n, "family": case.family, "shape": case.shape, "kilnet_s": k, "rate": rate,
+                     "unit": case.unit, "peak_gflops": peak, "numpy_s": t["numpy"], "torch_s": t["torch"],
+                     "spread": {lib: fair_timing.spread(samples[(i, lib)]) for lib in LIBS if samples.get((i, lib))},
+                     "stalled": sorted(lib for lib in LIBS if flag[lib])})
         shape = case.shape
         if case.note == "samples/s":
             shape += f" ({32 / k:,.0f} samples/s" + (f", torch {32 / t['torch']:,.0f}" if t["torch"] else "") + ")"
         elif case.note:
             shape += f" ({case.note})"
-        table.append((fam, shape, _fmt_ms(k), f"{rate:.1f}", case.unit, pct, _fmt_ms(t["numpy"]),
-                      _fmt_ratio(t["numpy"], k), _fmt_ms(t["torch"]), _fmt_ratio(t["torch"], k)))
+        ms = lambda lib: _fmt_ms(t[lib]) + ("!" if flag[lib] else "")
+        table.append((case.family, shape, ms("kilnet"), f"{rate:.1f}", case.unit, pct, ms("numpy"),
+                      _fmt_ratio(t["numpy"], k), ms("torch"), _fmt_ratio(t["torch"], k)))
     widths = [max(len(str(r[i])) for r in [hdr] + table) for i in range(len(hdr))]
     left = {0, 1, 4}
     fmt = lambda r: "  ".join(str(c).ljust(w) if i in left else str(c).rjust(w)
@@ -570,4 +667,24 @@ def _run_threads(n, fams, quick, np_, torch, rows, out):
     out("  ".join("-" * w for w in widths))
     for r in table:
         out(fmt(r))
+    if flagged:
+        out(f"! stall: that time's round medians spread by more than {fair_timing.STALL_SPREAD}x (max/min); "
+            "the machine was busy or a thread pool stalled it: rerun before reading it")
+    if not idle:
+        out("note: some library started while another pool's threads were still running after 1 s")
     return table
+
+
+def _main(argv=None):
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m kilnet.bench", description="kilnet bench's worker process")
+    ap.add_argument("--worker", choices=LIBS, required=True)
+    ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args(argv)
+    worker(a.worker, a.threads, parse_only(a.only), a.quick)
+
+
+if __name__ == "__main__":
+    _main()

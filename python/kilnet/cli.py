@@ -352,7 +352,8 @@ def cmd_explain(args) -> int:
 
 def cmd_bench(args) -> int:
     from kilnet import bench
-    bench.run(threads=args.threads, quick=args.quick, only=args.only)
+    bench.run(threads=args.threads, quick=args.quick, only=args.only, per_process=args.per_process,
+              rounds=args.rounds)
     return 0
 
 
@@ -434,6 +435,12 @@ def build_parser():
     b.add_argument("--only", default="", metavar="FAMILY[,FAMILY]",
                    help="only these families: gemm, conv2d, activation, softmax_ce, adam, pooling, "
                         "batchnorm, rnn, train_step")
+    b.add_argument("--rounds", type=_positive, default=None,
+                   help="rounds of every library in rotating order; each time is the median over rounds "
+                        "(default 3 with --quick, else 5)")
+    b.add_argument("--per-process", action="store_true",
+                   help="time each library in a fresh process of its own, per round (slower to start; "
+                        "no thread pool of another library can be in the way)")
     b.set_defaults(func=cmd_bench)
     return p
 

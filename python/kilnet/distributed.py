@@ -55,7 +55,7 @@ import time
 
 import numpy as np
 
-from kilnet.trainers.policy import _OneProcess, _verbosity
+from kilnet.trainers.policy import OneProcess, verbosity
 
 __all__ = ["init", "rank", "size", "local_rank", "is_main", "is_initialized", "barrier",
            "allreduce_mean", "check_model", "fit", "comm_seconds", "comm_timers", "use_local_gpu"]
@@ -730,7 +730,7 @@ def prepare_fit(model, data, batch_size, epochs, initial_epoch, shuffle):
     return _Rank(n, batch_size)
 
 
-class _Rank(_OneProcess):
+class _Rank(OneProcess):
     """One rank's side of fit's epoch loop: batch_size is per rank, so a step is a global batch
     of batch_size * size() samples of which this rank trains on its slice (_shard)."""
 
@@ -740,7 +740,7 @@ class _Rank(_OneProcess):
         self.order_buf = np.empty(n, np.int64)
 
     def verbosity(self, verbose):
-        verbose = _verbosity(verbose)
+        verbose = verbosity(verbose)
         return verbose if _S.rank == 0 else 0   # only rank 0 prints
 
     def callbacks(self, cbs):

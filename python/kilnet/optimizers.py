@@ -87,6 +87,12 @@ class Optimizer:
         lr = self._learning_rate
         return float(lr(self.iterations)) if isinstance(lr, schedules_mod.LearningRateSchedule) else lr
 
+    @property
+    def learning_rate_schedule(self):
+        """The LearningRateSchedule the optimizer was given, or None for a fixed rate."""
+        lr = self._learning_rate
+        return lr if isinstance(lr, schedules_mod.LearningRateSchedule) else None
+
     @learning_rate.setter
     def learning_rate(self, value):
         if isinstance(self._learning_rate, schedules_mod.LearningRateSchedule):

@@ -6,7 +6,7 @@ import random as _pyrandom
 import numpy as np
 
 __all__ = ["set_random_seed", "get_rng", "to_float32", "lookup", "snake_case", "to_categorical", "PyDataset",
-           "image_dataset_from_directory"]
+           "image_dataset_from_directory", "blas_threads"]
 
 _rng = np.random.default_rng()
 
@@ -116,3 +116,5 @@ def to_categorical(x, num_classes=None):
 # Data pipelines (their own modules; here for the keras.utils names).
 from kilnet.py_dataset import PyDataset  # noqa: E402
 from kilnet.image_dataset import image_dataset_from_directory  # noqa: E402
+# Other libraries' BLAS pools next to kilnet's threads (issue 23).
+from kilnet.blas_threads import blas_threads  # noqa: E402

@@ -175,7 +175,7 @@ class Layer:
         returns its Variable."""
         init = initializers.get(initializer)
         shape = tuple(int(s) for s in shape)
-        from kilnet.saving.budget import charge   # a load's weight budget, checked before allocating
+        from kilnet.weight_budget import charge   # a load's weight budget, checked before allocating
         charge(shape, f"layer {self.name!r}")
         value = init(shape) if initialize else np.zeros(shape, np.float32)
         setattr(self, attr, np.ascontiguousarray(value, dtype=np.float32))
@@ -436,7 +436,7 @@ class Layer:
         _walk_layers(self, out, seen)
         return out
 
-    def _own_variables(self) -> list:
+    def own_variables(self) -> list:
         """Variables this layer made (add_weight) or holds as attributes."""
         out = list(self._variables)
         ids = {id(v) for v in out}
@@ -447,7 +447,7 @@ class Layer:
         return out
 
     def _own_trainable_variables(self) -> list:
-        return [v for v in self._own_variables() if v.trainable] if self.trainable else []
+        return [v for v in self.own_variables() if v.trainable] if self.trainable else []
 
     def _has_trainable_weights(self) -> bool:
         if not self.trainable:
@@ -460,7 +460,7 @@ class Layer:
     def _all_variables(self) -> list:
         out, ids = [], set()
         for layer in self._flat_layers():
-            for v in layer._own_variables():
+            for v in layer.own_variables():
                 if id(v) not in ids:
                     ids.add(id(v))
                     out.append(v)

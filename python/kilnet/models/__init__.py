@@ -1,4 +1,5 @@
 """Models: Model (functional and subclassed), Sequential, load_model."""
+from kilnet import persistence
 from kilnet.models.functional import Functional
 from kilnet.models.model import Model
 from kilnet.models.sequential import Sequential
@@ -11,6 +12,5 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True, allo
     Keras 3's or tf.keras 2's). custom_objects maps class names in the file to your classes
     (classes registered with kilnet.saving.register_keras_serializable resolve by themselves);
     allow_nonfinite=True loads weights that hold NaN or Inf (refused by default)."""
-    from kilnet.saving.saving_api import load_model as _load
-    return _load(filepath, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode,
-                 allow_nonfinite=allow_nonfinite)
+    return persistence.saving_api().load_model(filepath, custom_objects=custom_objects, compile=compile,
+                                               safe_mode=safe_mode, allow_nonfinite=allow_nonfinite)

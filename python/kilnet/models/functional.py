@@ -62,7 +62,7 @@ class Functional(Model):
     def _input_names(self):
         return self.input_names
 
-    def _output_names(self):
+    def output_keys(self):
         names = self.output_names
         if isinstance(self._outputs_struct, dict):
             return list(self._outputs_struct)

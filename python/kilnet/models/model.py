@@ -16,6 +16,7 @@ import threading
 import numpy as np
 
 from kilnet import optimizers as optimizers_mod
+from kilnet import persistence
 from kilnet.backend import current_device, normalize_device, to_device, xp_of_device
 from kilnet.layers.base import Layer
 from kilnet.naming import unique_name
@@ -88,7 +89,9 @@ class Model(Layer):
         """Whether the model's class replaces Model.<method> (a custom train_step, say)."""
         return getattr(type(self), method) is not getattr(Model, method)
 
-    def _output_names(self):
+    def output_keys(self):
+        """The names losses, metrics and targets are keyed by (dict keys for dict outputs, else
+        the output layers' names); None while unknown (a subclassed model before its first call)."""
         return None
 
     def _output_shapes(self):
@@ -324,24 +327,22 @@ class Model(Layer):
     def save(self, filepath, overwrite=True, zipped=None, include_optimizer=True, **kwargs) -> None:
         """Write the model (architecture, weights, optimizer state), atomically: `.keras` (the
         Keras 3 archive) or `.h5` (the legacy HDF5 file), by the suffix (docs/saving.md)."""
-        from kilnet.saving.saving_api import save_model
         with self._guard("save"):
-            save_model(self, filepath, overwrite=overwrite, zipped=zipped, include_optimizer=include_optimizer,
-                       **kwargs)
+            persistence.saving_api().save_model(self, filepath, overwrite=overwrite, zipped=zipped,
+                                                include_optimizer=include_optimizer, **kwargs)
 
     def save_weights(self, filepath, overwrite=True, max_shard_size=None) -> None:
         """The weights alone: `.weights.h5` in Keras 3's layout, `.h5` in the legacy one."""
-        from kilnet.saving.saving_api import save_weights
         with self._guard("save_weights"):
-            save_weights(self, filepath, overwrite=overwrite, max_shard_size=max_shard_size)
+            persistence.saving_api().save_weights(self, filepath, overwrite=overwrite,
+                                                  max_shard_size=max_shard_size)
 
     def load_weights(self, filepath, skip_mismatch=False, by_name=False, allow_nonfinite=False) -> None:
         """Weights from a .weights.h5, a .keras archive or a legacy .h5 file (by_name and
         skip_mismatch as in Keras)."""
-        from kilnet.saving.saving_api import load_weights
         with self._exclusive("load_weights"):
-            load_weights(self, filepath, skip_mismatch=skip_mismatch, by_name=by_name,
-                         allow_nonfinite=allow_nonfinite)
+            persistence.saving_api().load_weights(self, filepath, skip_mismatch=skip_mismatch, by_name=by_name,
+                                                  allow_nonfinite=allow_nonfinite)
 
     @classmethod
     def from_config(cls, config, custom_objects=None):

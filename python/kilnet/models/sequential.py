@@ -123,7 +123,7 @@ class Sequential(Model):
     def _input_names(self):
         return ["input_layer"]
 
-    def _output_names(self):
+    def output_keys(self):
         return [self.layers_list[-1].name] if self.layers_list else None
 
     def _output_shapes(self):

@@ -46,7 +46,7 @@ import numpy as np
 from kilnet import optimizers as optimizers_mod
 from kilnet.callbacks import Callback
 from kilnet.privacy.accountant import _check_delta, compute_rdp, get_privacy_spent, DEFAULT_ORDERS
-from kilnet.trainers.policy import _OneProcess
+from kilnet.trainers.policy import OneProcess
 
 __all__ = ["DPOptimizer", "DPSGD", "DPAdam", "make_private", "gaussian"]
 
@@ -98,7 +98,7 @@ class DPOptimizer(optimizers_mod.Optimizer):
     global_clipnorm = property(lambda self: self.inner.global_clipnorm)
     weight_decay = property(lambda self: self.inner.weight_decay)
     slots = property(lambda self: self.inner.slots)
-    _learning_rate = property(lambda self: self.inner._learning_rate)
+    learning_rate_schedule = property(lambda self: self.inner.learning_rate_schedule)
     keras_slot_groups = property(lambda self: getattr(self.inner, "keras_slot_groups", None) or (
         (("m", "v"),) if type(self.inner).__name__ in ("Adam", "AdamW") else None))
 
@@ -535,7 +535,7 @@ def _loop_clipped_sum(model, x, ys, sws, clip, opt):
 
 
 # ---------------------------------------------------------------------- fit: Poisson batches, epsilon
-class _DPProcess(_OneProcess):
+class _DPProcess(OneProcess):
     """fit's process policy under DP-SGD: Poisson batches (each example in each step's batch
     with probability q, int(1/q) steps per epoch) when the optimizer asks for them, and an
     epsilon per epoch in the logs."""

@@ -76,7 +76,7 @@ def restore_compile(model, cfg, where):
     if not isinstance(cfg, dict):
         raise ModelFileError(f"{where}: the training configuration is not a JSON object")
     opt = cfg.get("optimizer", cfg.get("optimizer_config"))
-    names = _output_names(model)
+    names = _output_keys(model)
     try:
         loss = _de_loss(cfg.get("loss"), where)
         metrics = _de_metrics(cfg.get("metrics"), names, where)
@@ -102,9 +102,9 @@ class _Unsupported(Exception):
     pass
 
 
-def _output_names(model):
+def _output_keys(model):
     try:
-        return list(model._output_names() or [])
+        return list(model.output_keys() or [])
     except Exception:   # a subclassed model knows its outputs only after a call
         return []
 

@@ -1,8 +1,4 @@
-"""The one error a damaged, hostile or unsupported model file raises."""
-from __future__ import annotations
+"""ModelFileError, as kilnet.saving names it (defined in the leaf kilnet.errors)."""
+from kilnet.errors import ModelFileError
 
 __all__ = ["ModelFileError"]
-
-
-class ModelFileError(ValueError):
-    """A model file that is missing parts, corrupt, or asks for something kilnet refuses."""

@@ -98,7 +98,7 @@ def _check_storage(ds, name, where):
 def stored_elements(group, where):
     """The number of values in the numeric datasets under `group` (hard links only, data in
     the file), each checked against its storage (_check_storage): the most weights a loader
-    may allocate for this file (kilnet.saving.budget)."""
+    may allocate for this file (kilnet.weight_budget)."""
     h5 = h5py()
     total, count, stack = 0, 0, [(group, "")]
     while stack:

@@ -25,7 +25,7 @@ from kilnet import serialization
 from kilnet.saving import h5_checks
 from kilnet.saving.atomic import atomic_path
 from kilnet.saving.compile_config import compile_config, restore_compile
-from kilnet.saving.budget import weight_budget
+from kilnet.weight_budget import weight_budget
 from kilnet.saving.errors import ModelFileError
 from kilnet.saving.keras_weights import read_weights, write_weights
 from kilnet.saving.model_config import model_entry, model_from_entry
@@ -86,7 +86,7 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True, allo
         try:
             with serialization.custom_objects_scope(custom_objects):
                 # The weights member's size bounds what building the architecture may allocate
-                # (saving/budget.py): float32 values, 4 bytes each.
+                # (kilnet/weight_budget.py): float32 values, 4 bytes each.
                 with weight_budget(members[_WEIGHTS].file_size // 4, where):
                     model = model_from_entry(cfg, where)
                 compiled = False

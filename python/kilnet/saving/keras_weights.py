@@ -46,8 +46,8 @@ def _layer_cls():
     return Layer
 
 
-def _own_variables(layer):
-    own = layer._own_variables()
+def _saved_variables(layer):
+    own = layer.own_variables()
     return [v for v in own if v.trainable] + [v for v in own if not v.trainable]
 
 
@@ -96,7 +96,7 @@ def _walk(obj, path, out, visited):
         return
     visited.add(id(obj))
     sub = getattr(obj, "keras_state_path", None) or _STATE_SUBPATH.get(type(obj).__name__)
-    own = _own_variables(obj)
+    own = _saved_variables(obj)
     if sub:
         out.append((path, obj, []))
         out.append((_join(path, sub), obj, own))

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from kilnet import serialization
+from kilnet import persistence, serialization
 from kilnet.saving.errors import ModelFileError
 
 __all__ = ["model_entry", "model_from_entry"]
@@ -85,6 +85,7 @@ def model_from_entry(entry, where, initialize=False):
     if not isinstance(entry, dict):
         raise ModelFileError(f"{where}: the model config is a {type(entry).__name__}, not an object")
     _count_layers(entry, where)
+    persistence.ensure_builtin_classes()   # a load may come before any model was built here
     config = entry.get("config")
     if not isinstance(config, dict):
         raise ModelFileError(f"{where}: the model config has no 'config' object")

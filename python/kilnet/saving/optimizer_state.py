@@ -45,7 +45,7 @@ def _host(a):
 
 
 def _has_schedule(opt):
-    return not isinstance(opt._learning_rate, (int, float))
+    return opt.learning_rate_schedule is not None
 
 
 def _loss_scaled(opt):

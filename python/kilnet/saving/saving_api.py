@@ -2,7 +2,7 @@
 in Keras 3.
 
     .keras                  the zip archive (keras_archive.py)
-    .h5 / .hdf5             the legacy HDF5 model file (kilnet/io.py)
+    .h5 / .hdf5             the legacy HDF5 model file (saving/legacy_h5.py, public as kilnet.io)
     .weights.h5             weights alone in Keras 3's layout (keras_weights.py)
 load_weights also reads a .keras archive's weights and legacy .h5 weights (by_name,
 skip_mismatch), telling the two HDF5 layouts apart by their content.
@@ -40,7 +40,7 @@ def save_model(model, filepath, overwrite=True, zipped=None, include_optimizer=T
         from kilnet.saving import keras_archive
         keras_archive.save_model(model, path, overwrite=overwrite)
     elif suffix in (".h5", ".hdf5") and suffix != ".weights.h5":
-        from kilnet import io
+        from kilnet.saving import legacy_h5 as io
         io.save_model(model, path, overwrite=overwrite, include_optimizer=include_optimizer)
     else:
         raise ValueError(f"Invalid filepath extension for saving: {path!r}. Add a `.keras` extension for the "
@@ -64,7 +64,7 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True, allo
         return keras_archive.load_model(path, custom_objects=custom_objects, compile=compile,
                                         safe_mode=safe_mode, allow_nonfinite=allow_nonfinite)
     if kind == "h5":
-        from kilnet import io
+        from kilnet.saving import legacy_h5 as io
         return io.load_model(path, compile=compile, allow_nonfinite=allow_nonfinite, custom_objects=custom_objects)
     raise ModelFileError(f"load_model: {path} is neither a .keras (zip) archive nor an HDF5 (.h5) file")
 
@@ -85,7 +85,7 @@ def save_weights(model, filepath, overwrite=True, max_shard_size=None):
             with h5_checks.h5py().File(tmp, "w") as f:
                 write_weights(f, model, include_optimizer=False)
     elif suffix in (".h5", ".hdf5"):
-        from kilnet import io
+        from kilnet.saving import legacy_h5 as io
         io.save_model(model, path, overwrite=overwrite, include_optimizer=False, weights_only=True)
     else:
         raise ValueError(f"save_weights: the file name must end in `.weights.h5` (Keras 3's layout) or `.h5`, "
@@ -118,7 +118,7 @@ def load_weights(model, filepath, skip_mismatch=False, by_name=False, allow_nonf
     with f:
         legacy = "model_weights" in f or "layer_names" in f.attrs
         if legacy:
-            from kilnet import io
+            from kilnet.saving import legacy_h5 as io
             io.read_legacy_weights(f, model, f"load_weights: {path}", allow_nonfinite, by_name=by_name,
                                    skip_mismatch=skip_mismatch)
             return

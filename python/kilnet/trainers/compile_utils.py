@@ -42,9 +42,9 @@ class CompiledLoss:
 
     # -------------------------------------------------------------- resolving per output
     def bind(self, model, y_pred=None):
-        """Resolve the specs for the model's outputs: names from model._output_names() (or
+        """Resolve the specs for the model's outputs: names from model.output_keys() (or
         output_1, ... from y_pred's structure for subclassed models) and output shapes."""
-        names = model._output_names()
+        names = model.output_keys()
         shapes = model._output_shapes()
         if names is None or shapes is None:
             if y_pred is None:

@@ -195,21 +195,74 @@ _END = "end"
 
 
 class _Prefetcher:
-    """Reads one pass in a background thread: raw batch -> (x, y, sw) numpy -> prepare(...)
-    once `prepare` is set, into a bounded queue. An exception (the user's data code, a bad
-    batch) is queued and raised by get() on the caller's thread; the thread then ends.
+    """Reads one pass: raw batch -> (x, y, sw) numpy -> prepare(...) once `prepare` is set.
 
-    The thread sleeps when the queue is full and is woken only once it is down to half: each
-    wake-up hands the GIL between threads, which costs the training step far more than the
-    batch's own conversion when the cores are busy."""
+    It starts inline, on the caller's thread, timing the data code: the first PROBE batches
+    decide. Where the data code takes more than THREAD_SHARE of the time between batches and
+    more than THREAD_MIN_S per batch, a background thread takes over and reads ahead into a
+    bounded queue; otherwise the pass stays inline. A thread is not free: each hand-over of the
+    GIL between it and the training step costs more than a cheap batch's own work (x[idx] and a
+    check, ~30 us), worst when the kernels' threads occupy every core
+    (benchmarks/bench_data_pipelines.py measures both).
+    An exception (the user's data code, a bad batch) is raised by get() on the caller's thread.
 
-    def __init__(self, it, owned, depth, what, prepare):
+    The thread sleeps when the queue is full and is woken only once it is down to half."""
+
+    PROBE = 8
+    THREAD_SHARE = 0.03
+    THREAD_MIN_S = 200e-6
+
+    def __init__(self, it, owned, depth, what, prepare, mode="auto"):
+        self.it, self.owned = it, owned
         self.items = collections.deque()
         self.cond = threading.Condition(threading.Lock())
         self.depth, self.low = depth, depth // 2
         self.stopping = False
         self.what, self.prepare = what, prepare
-        self.thread = threading.Thread(target=self._run, args=(it, owned), name="kilnet-data", daemon=True)
+        self.index = 0            # the next batch's index in the pass
+        self.thread = None
+        self.mode = mode          # "auto" (probe, then decide), "inline" or "thread"
+        self.probe_data_s = 0.0
+        self.probe_t0 = None
+        if mode == "thread":
+            self._start_thread()
+
+    # -- inline
+    def _read(self):
+        """The next item, read on this thread: ("ok", index, value) or (_END, None, None)."""
+        try:
+            raw = next(self.it)
+        except StopIteration:
+            return _END, None, None
+        batch = unpack_batch(raw, self.index, self.what)
+        prepare = self.prepare   # set by the caller once the model is built
+        item = ("ok", self.index, (batch, None if prepare is None else prepare(batch, self.index)))
+        self.index += 1
+        return item
+
+    def _inline_get(self):
+        t = time.perf_counter()
+        if self.probe_t0 is None:
+            self.probe_t0 = t
+        item = self._read()
+        if self.mode == "auto":
+            now = time.perf_counter()
+            self.probe_data_s += now - t
+            if self.index >= self.PROBE or item[0] == _END:
+                wall = now - self.probe_t0
+                share = self.probe_data_s / wall if wall > 0 else 0.0
+                self.mode = "inline"
+                per_batch = self.probe_data_s / max(self.index, 1)
+                if share > self.THREAD_SHARE and per_batch > self.THREAD_MIN_S and item[0] != _END:
+                    self.items.append(item)
+                    self._start_thread()
+                    return None
+        return item
+
+    # -- background thread
+    def _start_thread(self):
+        self.mode = "thread"
+        self.thread = threading.Thread(target=self._run, name="kilnet-data", daemon=True)
         self.thread.start()
 
     def _put(self, item) -> bool:
@@ -222,43 +275,42 @@ class _Prefetcher:
             self.cond.notify_all()   # a get() waiting for a batch
             return True
 
-    def _run(self, it, owned):
-        index = 0
+    def _run(self):
         try:
             while not self.stopping:
-                try:
-                    raw = next(it)
-                except StopIteration:
-                    self._put((_END, None, None))
-                    return
                 time.sleep(0)    # hand the GIL back between stages: the training step waits less for it
-                batch = unpack_batch(raw, index, self.what)
-                time.sleep(0)
-                prepare = self.prepare   # set by the caller once the model is built
-                if not self._put(("ok", index, (batch, None if prepare is None else prepare(batch, index)))):
+                item = self._read()
+                if not self._put(item) or item[0] == _END:
                     return
-                index += 1
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-            self._put(("error", index, e))
-        finally:
-            if owned:
-                it.close()   # our own pass generator: stops its thread or process pool
+            self._put(("error", self.index, e))
 
-    def get(self):
-        """(index, (batch, prepared or None)), or None at the end of the pass."""
+    def _thread_get(self):
         with self.cond:
             while not self.items:
                 if not self.thread.is_alive():
                     raise RuntimeError(f"{self.what}: the data thread ended without a result")
                 self.cond.wait(1.0)
-            kind, index, value = self.items[0]
-            if kind == _END:
-                return None    # left in place: a later get() sees the end again
-            self.items.popleft()
-            if len(self.items) <= self.low:
-                self.cond.notify_all()   # the thread refills from half empty
-        if kind == "error":
+            item = self.items[0]
+            if item[0] != _END:
+                self.items.popleft()
+                if len(self.items) <= self.low:
+                    self.cond.notify_all()   # the thread refills from half empty
+        if item[0] == "error":
             self.thread.join()
+        return item
+
+    def get(self):
+        """(index, (batch, prepared or None)), or None at the end of the pass."""
+        item = None
+        if self.thread is None:
+            item = self._inline_get()
+        if item is None:
+            item = self._thread_get()
+        kind, index, value = item
+        if kind == _END:
+            return None    # a later get() sees the end again (inline: next() of an ended iterator)
+        if kind == "error":
             raise value
         return index, value
 
@@ -267,10 +319,14 @@ class _Prefetcher:
             self.stopping = True
             self.items.clear()
             self.cond.notify_all()
-        self.thread.join(timeout)
-        if self.thread.is_alive():
-            warnings.warn(f"{self.what}: the data thread is still inside your data code after {timeout:.0f}s; "
-                          "it will stop when that call returns", RuntimeWarning, stacklevel=3)
+        if self.thread is not None:
+            self.thread.join(timeout)
+            if self.thread.is_alive():
+                warnings.warn(f"{self.what}: the data thread is still inside your data code after {timeout:.0f}s; "
+                              "it will stop when that call returns", RuntimeWarning, stacklevel=3)
+                return
+        if self.owned:
+            self.it.close()   # our own pass generator: stops its thread or process pool
 
 
 # ---------------------------------------------------------------------- epochs

@@ -1,13 +1,13 @@
-"""What fit's epoch loop asks of the process it runs in: _OneProcess here, one rank of an MPI job
+"""What fit's epoch loop asks of the process it runs in: OneProcess here, one rank of an MPI job
 in kilnet.distributed (_Rank overrides each method)."""
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["_OneProcess", "_verbosity"]
+__all__ = ["OneProcess", "verbosity"]
 
 
-class _OneProcess:
+class OneProcess:
     """Where fit's epoch loop (trainers.trainer) depends on how many processes train: this is
     one process; kilnet.distributed._Rank overrides each method for one rank of an MPI job."""
 
@@ -18,7 +18,7 @@ class _OneProcess:
         self.steps = -(-n // global_batch)
 
     def verbosity(self, verbose):
-        return _verbosity(verbose)
+        return verbosity(verbose)
 
     def callbacks(self, cbs):
         return cbs
@@ -64,7 +64,7 @@ class _OneProcess:
         pass
 
 
-def _verbosity(verbose):
+def verbosity(verbose):
     if verbose == "auto":
         return 1
     if verbose not in (0, 1, 2):

@@ -21,7 +21,7 @@ from kilnet.engine import node as node_mod
 from kilnet.engine.state import using_pool
 from kilnet.trainers import trainer as tr
 from kilnet.trainers.data_adapters import INTERRUPTED, DataStream, is_stream
-from kilnet.trainers.policy import _verbosity
+from kilnet.trainers.policy import verbosity
 from kilnet.trainers.progress import _Progress
 
 __all__ = ["fit", "evaluate", "predict", "StreamValidation", "is_stream"]
@@ -173,7 +173,7 @@ class StreamValidation:
 
 
 def _train(model, stream, class_weight, epochs, verbose, callbacks, initial_epoch, val, validation_freq):
-    verbose = _verbosity(verbose)
+    verbose = verbosity(verbose)
     history = History()
     params = {"epochs": epochs, "steps": stream.epoch_steps, "verbose": verbose}
     cbs = CallbackList(list(callbacks or []) + [history], model, params)
@@ -261,7 +261,7 @@ def evaluate(model, x, y, verbose, sample_weight, steps, return_dict):
     if values is None:
         raise ValueError(f"evaluate: the {stream.kind} yielded no batches")
     names = tr._eval_names(model)
-    if _verbosity(verbose):
+    if verbosity(verbose):
         print(" - ".join(f"{k}: {v:.4f}" for k, v in zip(names, values)), flush=True)
     if return_dict:
         return dict(zip(names, values))

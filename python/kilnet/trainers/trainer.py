@@ -27,7 +27,7 @@ from kilnet.engine import node as node_mod
 from kilnet.engine.state import StatePool, using_pool
 from kilnet.engine.tape import GradientTape, walk_into_variables
 from kilnet.engine.tensor import Tensor
-from kilnet.trainers.policy import _OneProcess, _verbosity
+from kilnet.trainers.policy import OneProcess, verbosity
 from kilnet.trainers.progress import _Progress
 from kilnet.utils import as_numpy, get_rng, to_float32
 
@@ -281,7 +281,7 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
                 raise ValueError("fit: sample_weight/class_weight are not supported with distributed=True")
             from kilnet import distributed as dist
             run = dist.prepare_fit(model, data, batch_size, int(epochs), int(initial_epoch), shuffle)
-        return train(model, run or _OneProcess(data.n, batch_size), data, batch_size, int(epochs), verbose,
+        return train(model, run or OneProcess(data.n, batch_size), data, batch_size, int(epochs), verbose,
                      callbacks, shuffle, int(initial_epoch), validation_batch_size or batch_size, validation_freq)
 
 
@@ -413,7 +413,7 @@ class _Sliced:
 
 def train(model, run, data, batch_size, epochs, verbose, callbacks, shuffle, initial_epoch, val_batch_size,
           validation_freq):
-    """fit's epoch loop. `run` says what differs between one process (_OneProcess) and one rank
+    """fit's epoch loop. `run` says what differs between one process (OneProcess) and one rank
     of a data-parallel job (kilnet.distributed._Rank): the epoch order, which samples of each
     batch are this process's, and how the logs are summed."""
     n, steps = data.n, run.steps
@@ -565,7 +565,7 @@ def evaluate(model, x, y, batch_size, verbose, sample_weight, return_dict):
     with model._guard("evaluate"):
         values = _evaluate_arrays(model, _prepare_xy(model, x, y, "evaluate", sample_weight), batch_size)
     names = _eval_names(model)
-    if _verbosity(verbose):
+    if verbosity(verbose):
         print(" - ".join(f"{k}: {v:.4f}" for k, v in zip(names, values)), flush=True)
     if return_dict:
         return dict(zip(names, values))

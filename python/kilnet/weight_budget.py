@@ -15,7 +15,7 @@ import contextlib
 import math
 import threading
 
-from kilnet.saving.errors import ModelFileError
+from kilnet.errors import ModelFileError
 
 __all__ = ["weight_budget", "charge", "SLACK_ELEMENTS"]
 

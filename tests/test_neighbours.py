@@ -1,0 +1,151 @@
+"""Issue 23, kilnet next to other libraries' thread pools: kilnet.utils.blas_threads and the fair
+timing behind `kilnet bench` (rotation, idle pools, stall detector, one process per library). Speed is measured in
+benchmarks/bench_neighbours.py, never asserted here."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kilnet import bench, fair_timing
+from kilnet.utils import blas_threads
+
+threadpoolctl = pytest.importorskip("threadpoolctl")
+
+
+def _blas_counts():
+    return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+
+# ---- blas_threads --------------------------------------------------------------------------------
+
+def test_blas_threads_limits_and_restores():
+    before = _blas_counts()
+    if not before:
+        pytest.skip("numpy has no BLAS library that threadpoolctl can see")
+    with blas_threads(1):
+        assert _blas_counts() == [1] * len(before)
+        a = np.ones((64, 64), np.float32)
+        assert float((a @ a)[0, 0]) == 64.0
+    assert _blas_counts() == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with blas_threads(1):
+            raise RuntimeError("inside")
+    assert _blas_counts() == before   # put back after an exception too
+
+
+def test_blas_threads_nests():
+    before = _blas_counts()
+    if not before:
+        pytest.skip("numpy has no BLAS library that threadpoolctl can see")
+    with blas_threads(2):
+        with blas_threads(1):
+            assert _blas_counts() == [1] * len(before)
+        assert _blas_counts() == [2] * len(before)   # the outer block's limit is back
+    assert _blas_counts() == before
+
+
+def test_blas_threads_leaves_kilnet_threads_alone():
+    import kilnet
+    n = kilnet.get_num_threads()
+    with blas_threads(1):
+        assert kilnet.get_num_threads() == n
+
+
+@pytest.mark.parametrize("bad, err", [(0, ValueError), (-2, ValueError), (1.5, TypeError), ("2", TypeError),
+                                      (True, TypeError), (None, TypeError)])
+def test_blas_threads_bad_n(bad, err):
+    with pytest.raises(err, match="blas_threads"):
+        with blas_threads(bad):
+            pass
+
+
+def test_blas_threads_without_threadpoolctl(monkeypatch):
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)   # import fails as if not installed
+    with pytest.raises(ImportError, match="pip install threadpoolctl"):
+        with blas_threads(1):
+            pass
+
+
+# ---- fair timing ------------------------------------------------------------------------------------
+
+def test_spread_and_stall_detector():
+    assert fair_timing.spread([2.0]) == 1.0
+    assert fair_timing.spread([1.0, 3.0, 2.0]) == 3.0
+    assert not fair_timing.stalled([1.0, 1.2, 1.1])
+    assert fair_timing.stalled([1.0, 1.2, 50.0])            # one round stalled 50x
+    assert not fair_timing.stalled([1.0, 1.6], limit=2.0)
+    assert fair_timing.stalled([1.0, 1.6]) == (1.6 > fair_timing.STALL_SPREAD)
+    with pytest.raises(ValueError, match="positive"):
+        fair_timing.spread([1.0, 0.0])
+    with pytest.raises(ValueError, match="limit"):
+        fair_timing.stalled([1.0, 2.0], limit=1.0)
+
+
+def test_rotate_gives_every_library_every_place():
+    libs = ["kilnet", "numpy", "torch"]
+    orders = [fair_timing.rotate(libs, r) for r in range(3)]
+    assert orders[0] == libs and fair_timing.rotate(libs, 3) == libs
+    for place in range(3):
+        assert sorted(o[place] for o in orders) == sorted(libs)
+    assert fair_timing.rotate([], 5) == []
+
+
+def test_wait_idle_sees_openblas_spinning_workers():
+    """Right after a multi-threaded numpy product OpenBLAS's worker is still running (spinning);
+    wait_idle returns once it has gone to sleep."""
+    if fair_timing.busy_threads() is None:
+        pytest.skip("no /proc/self/task here")
+    assert fair_timing.wait_idle(timeout=2.0) in (True, False)
+    a = np.ones((512, 512), np.float32)
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        if (os.cpu_count() or 1) >= 2 and max(_blas_counts() or [1]) >= 2:
+            for _ in range(3):
+                a @ a
+            assert fair_timing.busy_threads(), "OpenBLAS's worker should still be spinning"
+    assert fair_timing.wait_idle(timeout=5.0) is True   # OpenBLAS: asleep after about 0.13 s
+
+
+def test_median_seconds_counts_calls():
+    calls = []
+    t = fair_timing.median_seconds(lambda: calls.append(1), warm=2, min_reps=4, budget=0.0, max_reps=4)
+    assert len(calls) == 6 and t >= 0
+
+
+# ---- kilnet bench -----------------------------------------------------------------------------------
+
+def test_bench_table_flags_stalled_rows():
+    case = bench.Case("gemm", "toy", kilnet=None, work=1e6)
+    samples = {(0, "kilnet"): [1e-3, 1.1e-3, 1.05e-3], (0, "numpy"): [1e-3, 9e-3, 1e-3]}
+    lines, rows = [], []
+    bench._table(1, ([case], samples), 100.0, True, rows, lines.append)
+    row = next(l for l in lines if l.startswith("gemm"))
+    assert row.split()[2] == "1.050"   # the median of kilnet's round medians, not flagged
+    assert "1.000!" in row   # numpy's round medians spread 9x
+    assert rows[0]["stalled"] == ["numpy"] and rows[0]["spread"]["numpy"] == pytest.approx(9.0)
+    assert any(l.startswith("! stall") for l in lines)
+    lines.clear()
+    bench._table(1, ([case], {(0, "kilnet"): [1e-3, 1.1e-3]}), 100.0, False, [], lines.append)
+    assert not any(l.startswith("! stall") for l in lines)
+    assert any("still running" in l for l in lines)
+
+
+def test_bench_per_process_quick(monkeypatch, capsys):
+    """--per-process: every library in its own fresh process per round (torch left out here to
+    keep the test short)."""
+    real = bench._import_peer
+    monkeypatch.setattr(bench, "_import_peer", lambda name: None if name == "torch" else real(name))
+    rows = bench.run(threads=["1"], quick=True, only="activation,gemm", per_process=True, rounds=2)
+    out = capsys.readouterr().out
+    assert "one process per library and round" in out and "2 rounds" in out
+    assert {r["family"] for r in rows} == {"activation", "gemm"} and len(rows) == 5
+    assert all(r["kilnet_s"] > 0 and r["numpy_s"] > 0 and r["torch_s"] is None for r in rows)
+    assert all(set(r["spread"]) == {"kilnet", "numpy"} for r in rows)
+    assert rows[0]["peak_gflops"] > 0
+
+
+def test_bench_worker_rejects_bad_arguments():
+    r = subprocess.run([sys.executable, "-m", "kilnet.bench", "--worker", "jax", "--threads", "1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "invalid choice" in r.stderr
