@@ -667,7 +667,7 @@ def _empty_step(model):
     from kilnet import regularizers as regularizers_mod
     model._grads.fill(0.0)
     model._grad_sync.finish()
-    loss = regularizers_mod.penalties(model.layers, grads=True, grad_scale=model.optimizer._loss_scale_seed()) \
+    loss = regularizers_mod.penalties(model.layers, grads=True, grad_scale=getattr(model.optimizer, "dynamic_scale", None)) \
         if model.trainable else 0.0
     model.optimizer.apply(model._params, model._grads)
     return loss

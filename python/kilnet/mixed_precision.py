@@ -22,6 +22,6 @@ global_policy = dtype_policy
 
 def __getattr__(name):
     if name == "LossScaleOptimizer":   # imports the optimizers only when asked for
-        from kilnet.loss_scale_optimizer import LossScaleOptimizer
+        from kilnet.optimizers import LossScaleOptimizer
         return LossScaleOptimizer
     raise AttributeError(f"module 'kilnet.mixed_precision' has no attribute {name!r}")

@@ -57,7 +57,7 @@ class Dense(ActivatedLayer):
         # float32 sums; AMX tiles where the CPU has them), the bias and activation in float32.
         # Below 32 units (the AMX tile width: a 10-class output fills a third of each tile) the
         # float32 GEMM on the rounded inputs is faster, and more precise.
-        return self._dtype_policy.compute_dtype == "bfloat16" and self.device == "cpu" and self.units >= 32
+        return self.compute_dtype == "bfloat16" and self.device == "cpu" and self.units >= 32
 
     def _gemm(self, a, b, c, trans_a=False, trans_b=False, beta=0.0, bias=None):
         if self._computes_low_natively():

@@ -166,11 +166,10 @@ class Model(Layer):
         """Configure training: optimizer, loss(es) and metrics by object or Keras name; for
         several outputs loss, loss_weights and metrics may be lists or dicts keyed by output."""
         self.optimizer = optimizers_mod.get(optimizer)
-        if auto_scale_loss and self._dtype_policy.name == "mixed_float16" and \
-                type(self.optimizer).__name__ != "LossScaleOptimizer":
+        if auto_scale_loss and self.dtype_policy.name == "mixed_float16" and \
+                not isinstance(self.optimizer, optimizers_mod.LossScaleOptimizer):
             # Keras 3 wraps the optimizer of a mixed_float16 model in dynamic loss scaling
-            from kilnet.loss_scale_optimizer import LossScaleOptimizer
-            self.optimizer = LossScaleOptimizer(self.optimizer, name="loss_scale_optimizer")
+            self.optimizer = optimizers_mod.LossScaleOptimizer(self.optimizer, name="loss_scale_optimizer")
         self.compiled = CompiledLoss(loss, loss_weights, metrics, weighted_metrics)
         if self.built and self._output_shapes() is not None:   # else bound on the first batch
             self.compiled.bind(self)

@@ -200,7 +200,7 @@ def default_train_step(model, data, loss_out=None):
     model.compiled.last_parts = parts
     # A LossScaleOptimizer's scale seeds the walk: the gradients of scale * loss (float16 ones
     # stay above underflow); its apply() unscales them or skips the step.
-    scale = model.optimizer._loss_scale_seed()
+    scale = getattr(model.optimizer, "dynamic_scale", None)   # a LossScaleOptimizer's (Keras's name)
     seed = st.one if scale is None else st.one * np.float32(scale)
     written = walk_into_variables(tape._entries, total, seed, st.variables,
                                   None if sync is None else sync.layer_object_done)
