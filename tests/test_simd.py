@@ -61,11 +61,17 @@ def test_peak_per_level(level):
 
 
 def test_peak_levels_are_ordered():
-    """Wider vectors, more flops: each level's peak is well above the one below it."""
+    """Wider vectors never fewer flops, and 8-lane AVX2 far above scalar code.
+
+    AVX-512 over AVX2 is a property of the core, not of our code: Intel cores with two 512-bit
+    FMA ports double it, AMD Zen 4 issues a 512-bit FMA as two 256-bit halves (CI measured
+    101 vs 84 GFLOP/s there), so only "not slower" is asserted between those two."""
     used = LEVELS.index(_cpu.simd_level())
     peaks = [max(_cpu.fma_peak_gflops(1, 0.05, lv) for _ in range(3)) for lv in LEVELS[: used + 1]]
-    for lo, hi in zip(peaks, peaks[1:]):
-        assert hi > 1.3 * lo, peaks
+    if len(peaks) > 1:
+        assert peaks[1] > 3 * peaks[0], peaks
+    if len(peaks) > 2:
+        assert peaks[2] > 0.8 * peaks[1], peaks
 
 
 @pytest.mark.parametrize("kwargs,match", [
