@@ -22,6 +22,6 @@ export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=lib
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1:allocator_may_return_null=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export PYTHONPATH="$PWD/$pkg"
-kernel_tests=$(ls tests/test_{gemm,conv2d,activation,loss,optim,optimizers_more,rnn,pooling,normalization,dropout_reshape,robustness,embedding,layernorm,hardening_geometry}*.py 2>/dev/null || true)
+kernel_tests=$(ls tests/test_{gemm,conv2d,conv_dense,activation,loss,optim,optimizers_more,rnn,pooling,normalization,dropout_reshape,robustness,embedding,layernorm,hardening_geometry}*.py 2>/dev/null || true)
 python3 -c "import kilnet, kilnet._cpu as c; assert kilnet.__file__.startswith('$PWD/$pkg'), kilnet.__file__; print('sanitized build:', c.build_info())"
 python3 -m pytest -q -p no:cacheprovider $kernel_tests "$@"

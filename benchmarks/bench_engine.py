@@ -4,11 +4,13 @@ with the functional API, against another kilnet tree (a build of an older commit
 run. Each configuration runs in its own process, rounds interleaved, medians reported.
 
     python benchmarks/bench_engine.py [--against /path/to/old/python] [--threads 1 2]
-                                      [--samples 19200] [--rounds 3]
+                                      [--samples 19200] [--rounds 3] [--unfused]
 
 --against: a directory that holds an importable `kilnet` (an in-place build of another commit:
 `git worktree add /tmp/old <commit> && cd /tmp/old && bash .ci/dev_build.sh`, then
-/tmp/old/python). Also prints each process's peak RSS (ru_maxrss) after its epochs.
+/tmp/old/python). --unfused: this tree again with KILNET_FUSION=0, i.e. the Conv2D -> Flatten ->
+Dense group on three layers' kernels instead of the fused one. Also prints each process's peak
+RSS (ru_maxrss) after its epochs.
 """
 from __future__ import annotations
 
@@ -48,8 +50,8 @@ print(json.dumps({"s": ts, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru
 """
 
 
-def run(pythonpath, form, threads, n, reps):
-    env = dict(os.environ)
+def run(pythonpath, form, threads, n, reps, extra_env=None):
+    env = dict(os.environ, **(extra_env or {}))
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     r = subprocess.run([sys.executable, "-c", CHILD, form, str(threads), str(n), str(reps)],
@@ -66,10 +68,14 @@ def main():
     ap.add_argument("--samples", type=int, default=19200)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3, help="timed epochs per process")
+    ap.add_argument("--unfused", action="store_true",
+                    help="also this tree with KILNET_FUSION=0 (Conv2D -> Flatten -> Dense unfused)")
     args = ap.parse_args()
     print(f"machine: {machine()}")
     print(f"{args.samples} samples per epoch; medians over {args.rounds} rounds x {args.reps} epochs")
     configs = [("this", None, "sequential"), ("this", None, "functional")]
+    if args.unfused:
+        configs.insert(0, ("unfused", None, "sequential"))
     if args.against:
         configs.insert(0, ("against", args.against, "sequential"))
     for threads in args.threads:
@@ -77,7 +83,8 @@ def main():
         rss = {c: [] for c in configs}
         for _ in range(args.rounds):      # interleaved: a noisy neighbour hits every configuration
             for c in configs:
-                out = run(c[1], c[2], threads, args.samples, args.reps)
+                out = run(c[1], c[2], threads, args.samples, args.reps,
+                          {"KILNET_FUSION": "0"} if c[0] == "unfused" else None)
                 times[c] += out["s"]
                 rss[c].append(out["rss_mb"])
         base = statistics.median(times[configs[0]])

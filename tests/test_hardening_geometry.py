@@ -81,6 +81,11 @@ FUZZ = textwrap.dedent(r"""
              stride, pad, dil, "linear", None)
         call("conv2d_backward_input", k.conv2d_backward_input, y, w, arr(N, H, W, C), stride, pad, dil,
              "linear", None)
+        wd = arr(P * Q * K, 2)   # the fused Conv2D -> Flatten -> Dense: the same geometry rules
+        call("conv_dense_forward", k.conv_dense_forward, x, w, b, wd, arr(2), arr(N, 2), stride, pad, dil,
+             (P, Q), act)
+        call("conv_dense_backward", k.conv_dense_backward, x, w, b, wd, arr(N, 2), arr(R, S, C, K), arr(K),
+             arr(P * Q * K, 2), arr(2), stride, pad, dil, (P, Q), act, True)
 
     @cfg
     @given(st.sampled_from([0, 1]), small, pos, pos, pos, pos, pos, pos, out_dim, out_dim, pair, pair, pair,

@@ -205,6 +205,7 @@ inline Act parse_act(const std::string& name) {
 void bind_gemm(py::module_& m, bool ref);
 void bind_gemm_bf16(py::module_& m, bool ref);       // bfloat16 GEMM (AMX), conversions
 void bind_conv2d(py::module_& m, bool ref);
+void bind_conv_dense(py::module_& m, bool ref);    // Conv2D -> Flatten -> Dense, fused
 void bind_activation(py::module_& m, bool ref);
 void bind_loss(py::module_& m, bool ref);
 void bind_optim(py::module_& m, bool ref);

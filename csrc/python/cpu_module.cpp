@@ -31,6 +31,7 @@ PYBIND11_MODULE(_cpu, m) {
     bind::bind_gemm(*mod, is_ref);
     bind::bind_gemm_bf16(*mod, is_ref);
     bind::bind_conv2d(*mod, is_ref);
+    bind::bind_conv_dense(*mod, is_ref);
     bind::bind_activation(*mod, is_ref);
     bind::bind_loss(*mod, is_ref);
     bind::bind_optim(*mod, is_ref);

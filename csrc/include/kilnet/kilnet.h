@@ -8,6 +8,7 @@
 #include "kilnet/common.h"
 #include "kilnet/gemm.h"
 #include "kilnet/conv2d.h"
+#include "kilnet/conv_dense.h"
 #include "kilnet/activation.h"
 #include "kilnet/loss.h"
 #include "kilnet/optim.h"

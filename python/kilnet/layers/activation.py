@@ -20,7 +20,7 @@ from kilnet.engine.tape import record
 from kilnet.engine.tensor import Tensor
 from kilnet.layers.base import Layer, fused_call
 
-__all__ = ["Activation", "ActivatedLayer", "ACTIVATIONS", "get_activation"]
+__all__ = ["Activation", "ActivatedLayer", "ACTIVATIONS", "activated_output", "get_activation"]
 
 ACTIVATIONS = _activations.NAMES
 
@@ -80,6 +80,20 @@ class _Activated(Tensor):
         return v
 
 
+def activated_output(layer, z, st):
+    """The output of a softmax or sigmoid layer given its linear part z (a Tensor): computed on
+    first read, its logits kept for a cross-entropy loss to fuse with (st: the call's state,
+    which holds the output buffer)."""
+    n = z.value.shape[0]
+    y = st.get("act")
+    if y is None or y.shape[1:] != z.value.shape[1:] or y.shape[0] < n:
+        y = st["act"] = layer._xp.empty(z.value.shape, np.float32)
+    out = _Activated(layer.activation, z, y[:n])
+    name = layer.activation
+    record((z,), (out,), lambda g, needs: (act_backward_inplace(name, out.value, g),))
+    return out
+
+
 class ActivatedLayer(Layer):
     """A layer whose output is activation(linear part)."""
 
@@ -100,14 +114,7 @@ class ActivatedLayer(Layer):
             return fused_call(self, inputs, training)
         st = call_state(self)
         z = fused_call(self, inputs, training, self.forward_linear, self.backward_linear, st)
-        n = z.value.shape[0]
-        y = st.get("act")
-        if y is None or y.shape[1:] != z.value.shape[1:] or y.shape[0] < n:
-            y = st["act"] = self._xp.empty(z.value.shape, np.float32)
-        out = _Activated(self.activation, z, y[:n])
-        name = self.activation
-        record((z,), (out,), lambda g, needs: (act_backward_inplace(name, out.value, g),))
-        return out
+        return activated_output(self, z, st)
 
     def forward(self, x, training=False):
         z = self.forward_linear(x, training)

@@ -8,7 +8,9 @@ add up; a Model used as a layer is one more node.
 from __future__ import annotations
 
 from kilnet import serialization
+from kilnet.engine import fusion
 from kilnet.engine.node import KerasTensor, flatten, map_structure
+from kilnet.layers import conv_dense
 from kilnet.layers.base import Layer
 from kilnet.layers.core import InputLayer
 from kilnet.models.functional_config import functional_from_config, functional_get_config, keras_operation_order
@@ -37,6 +39,7 @@ class Functional(Model):
             if t.node is not None:
                 raise ValueError(f"Model: input {t.name!r} is a layer's output, not a kilnet.Input")
         self._nodes = _topological_nodes(self.inputs, self.outputs)
+        self._fusion_groups = None   # {node index: (flatten's, dense's)} once the trainer asks
         self._input_layers = [InputLayer(shape=t.shape[1:], name=t.name) for t in self.inputs]
         # Keras's order of the layers (by depth from the outputs): model.layers, the weights'
         # layout and the groups of a .keras file follow it
@@ -107,7 +110,23 @@ class Functional(Model):
 
         def look(t):
             return values[id(t)] if isinstance(t, KerasTensor) else t
-        for node in self._nodes:
+        nodes = self._nodes
+        groups = None
+        if fusion.allowed():
+            groups = self._fusion_groups
+            if groups is None:   # found once: the graph never changes
+                groups = self._fusion_groups = _conv_dense_groups(nodes, self.outputs)
+        skip = ()
+        for i, node in enumerate(nodes):
+            if i in skip:
+                continue
+            if groups and i in groups:   # the trainer's step: Conv2D -> Flatten -> Dense fused
+                j, k = groups[i]
+                x = values[id(node.inputs[0])]
+                if conv_dense.group_fits(node.layer, nodes[j].layer, nodes[k].layer) and conv_dense.input_fits(x):
+                    values[id(nodes[k].outputs)] = conv_dense.call_group(node.layer, nodes[k].layer, x)
+                    skip = (*skip, j, k)
+                    continue
             out = node.layer(*map_structure(look, node.args), **map_structure(look, node.kwargs))
             for kt, v in zip(flatten(node.outputs), flatten(out)):
                 values[id(kt)] = v
@@ -134,6 +153,35 @@ class Functional(Model):
             if len(shape) != len(want) or any(w is not None and w != s for w, s in zip(want[1:], shape[1:])):
                 raise ValueError(f"model {self.name!r}: input {kt.name!r} expects shape {want}, got {shape}")
         return flat
+
+
+def _conv_dense_groups(nodes, outputs) -> dict:
+    """{i: (j, k)}: node i a Conv2D call whose output only node j (a Flatten call) reads, whose
+    output only node k (a Dense call) reads, neither a model output; i, j, k are positions in
+    `nodes`. The layers' settings are checked per call (conv_dense.group_fits)."""
+    readers: dict = {}
+    for j, node in enumerate(nodes):
+        for t in node.inputs:
+            readers.setdefault(id(t), []).append(j)
+    out_ids = {id(t) for t in outputs}
+
+    def only_reader(node):
+        outs = node.outputs
+        if not isinstance(outs, KerasTensor) or id(outs) in out_ids:
+            return None
+        r = readers.get(id(outs), [])
+        if len(r) != 1 or len(nodes[r[0]].inputs) != 1 or set(nodes[r[0]].kwargs) - {"training"}:
+            return None
+        return r[0]
+    groups = {}
+    for i, node in enumerate(nodes):
+        if len(node.inputs) != 1 or set(node.kwargs) - {"training"} or not isinstance(node.layer, Layer):
+            continue
+        j = only_reader(node)
+        k = None if j is None else only_reader(nodes[j])
+        if k is not None and conv_dense.types_fit(node.layer, nodes[j].layer, nodes[k].layer):
+            groups[i] = (j, k)
+    return groups
 
 
 def _topological_nodes(inputs, outputs):

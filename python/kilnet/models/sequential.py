@@ -4,7 +4,9 @@ from __future__ import annotations
 import math
 
 from kilnet import dtype_policies, serialization
+from kilnet.engine import fusion
 from kilnet.engine.node import KerasTensor
+from kilnet.layers import conv_dense
 from kilnet.layers.base import Layer
 from kilnet.layers.core import InputLayer
 from kilnet.models.model import Model
@@ -115,8 +117,22 @@ class Sequential(Model):
 
     def call(self, inputs, training=None):
         h = inputs
-        for layer in self.layers_list:
+        layers = self.layers_list
+        if not fusion.allowed():
+            for layer in layers:
+                h = layer(h, training=training)
+            return h
+        # the trainer's step: Conv2D -> Flatten -> Dense runs on one fused kernel where it fits
+        i, n = 0, len(layers)
+        while i < n:
+            layer = layers[i]
+            if i + 2 < n and conv_dense.group_fits(layer, layers[i + 1], layers[i + 2]) \
+                    and conv_dense.input_fits(h):
+                h = conv_dense.call_group(layer, layers[i + 2], h)
+                i += 3
+                continue
             h = layer(h, training=training)
+            i += 1
         return h
 
     # ------------------------------------------------------------------ what the trainer asks

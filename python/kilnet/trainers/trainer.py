@@ -23,6 +23,7 @@ from kilnet import regularizers as regularizers_mod
 from kilnet.losses import check_sample_weight
 from kilnet.backend import xp_of_device
 from kilnet.callbacks import Callback, CallbackList, History
+from kilnet.engine import fusion
 from kilnet.engine import node as node_mod
 from kilnet.engine.state import StatePool, using_pool
 from kilnet.engine.tape import GradientTape, walk_into_variables
@@ -193,7 +194,9 @@ def default_train_step(model, data, loss_out=None):
     tape._entries.clear()
     if type(x) is np.ndarray or hasattr(x, "__cuda_array_interface__"):
         x = Tensor(x)    # one input array: the model's call takes its fast path
-    with using_pool(st.pool), tape:
+    # Fused layer groups (engine/fusion.py) write several layers' gradients from one tape entry:
+    # right for this walk, which wants every trainable weight's gradient.
+    with using_pool(st.pool), tape, fusion.allowing(True):
         y_pred = model(x, training=True)
         total, parts, preds = model.compiled.step_loss(y_pred, ys, st.bufs, loss_out, sws)
     sync = model._grad_sync    # distributed: starts each bucket's reduction once backward made it

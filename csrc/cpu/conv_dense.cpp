@@ -1,0 +1,244 @@
+// conv_dense.cpp — Conv2D -> Flatten -> Dense fused over blocks of output rows (conv_dense.h).
+//
+// Threads take contiguous runs of row blocks. Inside the parallel region each thread sets its
+// own OpenMP thread count to 1, so the conv2d and gemm kernels it calls run on it alone with their
+// per-thread (thread_local) scratch; the Dense weight rows of a block are disjoint between
+// blocks, so dW needs no reduction, while the logits and the convolution's weight gradient are
+// per-thread partials summed in thread order (deterministic for a thread count).
+#include "kilnet/conv_dense.h"
+
+#include <omp.h>
+
+#include <cstring>
+#include <exception>
+#include <stdexcept>
+#include <vector>
+
+#include "kilnet/gemm.h"
+
+namespace kilnet::cpu::avx512 {   // conv_dense_avx512.cpp
+void narrow_forward(index_t N, index_t kb, index_t U, const float* h, const float* w, float* z, bool accumulate);
+void narrow_weight_grad(index_t N, index_t kb, index_t U, const float* h, const float* dz, float* dw,
+                        bool overwrite);
+void narrow_input_grad(index_t N, index_t kb, index_t U, const float* dz, const float* w, float* dh);
+}  // namespace kilnet::cpu::avx512
+
+namespace kilnet::cpu {
+namespace {
+
+// Up to 16 units a row of the Dense weights is one zmm: the AVX-512 narrow products, no packing.
+bool narrow(index_t U) {
+#ifdef KILNET_HAVE_AVX512_BUILD
+  return U <= 16 && use_avx512();
+#else
+  (void)U;
+  return false;
+#endif
+}
+
+// z (+)= h · w (N x kb times kb x U)
+void block_forward(index_t N, index_t kb, index_t U, const float* h, const float* w, float* z, bool accumulate) {
+#ifdef KILNET_HAVE_AVX512_BUILD
+  if (narrow(U)) return avx512::narrow_forward(N, kb, U, h, w, z, accumulate);
+#endif
+  gemm(false, false, N, U, kb, 1.0f, h, kb, w, U, accumulate ? 1.0f : 0.0f, z, U, nullptr);
+}
+
+// dw (+)= h^T dz
+void block_weight_grad(index_t N, index_t kb, index_t U, const float* h, const float* dz, float* dw, bool overwrite) {
+#ifdef KILNET_HAVE_AVX512_BUILD
+  if (narrow(U)) return avx512::narrow_weight_grad(N, kb, U, h, dz, dw, overwrite);
+#endif
+  gemm(true, false, kb, U, N, 1.0f, h, kb, dz, U, overwrite ? 0.0f : 1.0f, dw, U, nullptr);
+}
+
+// dh = dz w^T
+void block_input_grad(index_t N, index_t kb, index_t U, const float* dz, const float* w, float* dh) {
+#ifdef KILNET_HAVE_AVX512_BUILD
+  if (narrow(U)) return avx512::narrow_input_grad(N, kb, U, dz, w, dh);
+#endif
+  gemm(false, true, N, kb, U, 1.0f, dz, U, w, U, 0.0f, dh, kb, nullptr);
+}
+
+// A block of h (all images x pb rows) and the slab of x it reads stay in L2 with the Dense rows.
+constexpr index_t kBlockBytes = 256 * 1024;
+
+struct Plan {
+  index_t pb, nb;   // output rows per block, blocks
+  int nt;           // threads
+};
+
+Plan plan_of(const Conv2dShape& s) {
+  const index_t row = s.N * s.Q * s.K * index_t(sizeof(float));
+  index_t pb = kBlockBytes / (row > 0 ? row : 1);
+  if (pb < 1) pb = 1;
+  if (pb > s.P) pb = s.P;
+  index_t nb = (s.P + pb - 1) / pb;
+  const int maxt = omp_get_max_threads();
+  int nt = maxt < nb ? maxt : static_cast<int>(nb);
+  // as many blocks per thread where smaller blocks allow it (26 rows on 2 threads: 26 blocks of
+  // one row rather than 13 of two, 7 on one thread and 6 on the other)
+  while (nt > 1 && nb % nt && pb > 1) {
+    --pb;
+    nb = (s.P + pb - 1) / pb;
+  }
+  return {pb, nb, nt < 1 ? 1 : nt};
+}
+
+// Output rows [p0, p1) as a convolution of their own: the input rows they read (from *row0), with
+// the padding at the top of this slab only where the image's own padding is above it.
+Conv2dShape slab_of(const Conv2dShape& s, index_t p0, index_t p1, index_t* row0) {
+  Conv2dShape t = s;
+  const index_t first = p0 * s.stride_h - s.pad_h;
+  const index_t last = (p1 - 1) * s.stride_h - s.pad_h + (s.R - 1) * s.dilation_h;
+  const index_t lo = first < 0 ? 0 : first;
+  const index_t hi = last > s.H - 1 ? s.H - 1 : last;
+  if (hi < lo) throw std::invalid_argument("conv_dense: an output row reads only padding rows (padding beyond the kernel); use conv2d_forward and gemm");
+  t.pad_h = lo - first;
+  t.H = hi - lo + 1;
+  t.P = p1 - p0;
+  *row0 = lo;
+  return t;
+}
+
+struct Scratch {
+  std::vector<float> slab, h, dh, z, dwc, dbc;
+};
+
+float* grown(std::vector<float>& v, index_t n) {
+  if (static_cast<index_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+  return v.data();
+}
+
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+// The slab of every image into one buffer (N x t.H x W x C), so the block is one conv call.
+void stage(const Conv2dShape& s, const Conv2dShape& t, index_t row0, const float* x, float* dst) {
+  const index_t img = s.H * s.W * s.C, rows = t.H * s.W * s.C;
+  for (index_t n = 0; n < s.N; ++n)
+    std::memcpy(dst + n * rows, x + n * img + row0 * s.W * s.C, static_cast<size_t>(rows) * sizeof(float));
+}
+
+// Runs body(thread, first block, end block) on plan.nt threads, each running its kernels alone;
+// rethrows the first exception after the region.
+template <class Body>
+void run_blocks(const Plan& p, Body body) {
+  if (p.nt == 1) {
+    body(0, index_t(0), p.nb);
+    return;
+  }
+  std::exception_ptr err = nullptr;
+#pragma omp parallel num_threads(p.nt)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    try {
+      body(t, p.nb * t / nt, p.nb * (t + 1) / nt);
+    } catch (...) {
+#pragma omp critical(kilnet_conv_dense_error)
+      if (!err) err = std::current_exception();
+    }
+    omp_set_num_threads(saved);
+  }
+  if (err) std::rethrow_exception(err);
+}
+
+}  // namespace
+
+void conv_dense_forward(const Conv2dShape& s, Act act, const float* x, const float* wc, const float* bc,
+                        index_t U, const float* wd, const float* bd, float* z) {
+  const Plan p = plan_of(s);
+  const index_t row_feats = s.Q * s.K;
+  std::vector<float*> parts(static_cast<size_t>(p.nt), nullptr);
+  run_blocks(p, [&](int t, index_t b0, index_t b1) {
+    Scratch& sc = scratch();
+    float* zp = t == 0 ? z : grown(sc.z, s.N * U);
+    parts[static_cast<size_t>(t)] = zp;
+    if (b0 == b1) std::memset(zp, 0, static_cast<size_t>(s.N * U) * sizeof(float));
+    for (index_t b = b0; b < b1; ++b) {
+      const index_t p0 = b * p.pb, p1 = p0 + p.pb < s.P ? p0 + p.pb : s.P;
+      index_t row0;
+      const Conv2dShape ts = slab_of(s, p0, p1, &row0);
+      float* slab = grown(sc.slab, s.N * ts.H * s.W * s.C);
+      const index_t kb = (p1 - p0) * row_feats;
+      float* h = grown(sc.h, s.N * kb);
+      stage(s, ts, row0, x, slab);
+      conv2d_forward(ts, slab, wc, bc, h, act);
+      block_forward(s.N, kb, U, h, wd + p0 * row_feats * U, zp, b != b0);
+    }
+  });
+  for (int t = 1; t < p.nt; ++t)
+    for (index_t i = 0; i < s.N * U; ++i) z[i] += parts[static_cast<size_t>(t)][i];
+  if (bd)
+    for (index_t n = 0; n < s.N; ++n)
+      for (index_t u = 0; u < U; ++u) z[n * U + u] += bd[u];
+}
+
+void conv_dense_backward(const Conv2dShape& s, Act act, const float* x, const float* wc, const float* bc,
+                         index_t U, const float* wd, const float* dz, float* dwc, float* dbc, float* dwd,
+                         float* dbd, bool overwrite_dwd) {
+  const Plan p = plan_of(s);
+  const index_t row_feats = s.Q * s.K, nw = s.R * s.S * s.C * s.K;
+  std::vector<float*> wparts(static_cast<size_t>(p.nt), nullptr), bparts(static_cast<size_t>(p.nt), nullptr);
+  run_blocks(p, [&](int t, index_t b0, index_t b1) {
+    Scratch& sc = scratch();
+    // thread 0 adds straight into dwc/dbc; the others into zeroed partials added after
+    float* dw = t == 0 ? dwc : grown(sc.dwc, nw);
+    float* db = dbc == nullptr ? nullptr : t == 0 ? dbc : grown(sc.dbc, s.K);
+    if (t != 0) {
+      std::memset(dw, 0, static_cast<size_t>(nw) * sizeof(float));
+      if (db) std::memset(db, 0, static_cast<size_t>(s.K) * sizeof(float));
+    }
+    wparts[static_cast<size_t>(t)] = dw;
+    bparts[static_cast<size_t>(t)] = db;
+    for (index_t b = b0; b < b1; ++b) {
+      const index_t p0 = b * p.pb, p1 = p0 + p.pb < s.P ? p0 + p.pb : s.P;
+      index_t row0;
+      const Conv2dShape ts = slab_of(s, p0, p1, &row0);
+      float* slab = grown(sc.slab, s.N * ts.H * s.W * s.C);
+      const index_t kb = (p1 - p0) * row_feats;
+      float* h = grown(sc.h, s.N * kb);
+      float* dh = grown(sc.dh, s.N * kb);
+      stage(s, ts, row0, x, slab);
+      conv2d_forward(ts, slab, wc, bc, h, act);                        // h again, in cache
+      const float* wblk = wd + p0 * row_feats * U;
+      block_weight_grad(s.N, kb, U, h, dz, dwd + p0 * row_feats * U, overwrite_dwd);   // dW rows
+      block_input_grad(s.N, kb, U, dz, wblk, dh);                     // dh = dz W^T
+      conv2d_backward(ts, dh, slab, wc, nullptr, dw, db, act, h);      // act'(h) applied inside
+    }
+  });
+  for (int t = 1; t < p.nt; ++t) {
+    const float* w = wparts[static_cast<size_t>(t)];
+    for (index_t i = 0; i < nw; ++i) dwc[i] += w[i];
+    if (dbc)
+      for (index_t k = 0; k < s.K; ++k) dbc[k] += bparts[static_cast<size_t>(t)][k];
+  }
+  if (dbd) bias_backward(s.N, U, dz, dbd);
+}
+
+// ------------------------------------------------------------------------------ reference
+void conv_dense_forward_ref(const Conv2dShape& s, Act act, const float* x, const float* wc, const float* bc,
+                            index_t U, const float* wd, const float* bd, float* z) {
+  std::vector<float> h(static_cast<size_t>(s.N * s.P * s.Q * s.K));
+  conv2d_forward_ref(s, x, wc, bc, h.data(), act);
+  const index_t F = s.P * s.Q * s.K;
+  gemm_ref(false, false, s.N, U, F, 1.0f, h.data(), F, wd, U, 0.0f, z, U, bd);
+}
+
+void conv_dense_backward_ref(const Conv2dShape& s, Act act, const float* x, const float* wc, const float* bc,
+                             index_t U, const float* wd, const float* dz, float* dwc, float* dbc, float* dwd,
+                             float* dbd, bool overwrite_dwd) {
+  const index_t F = s.P * s.Q * s.K;
+  std::vector<float> h(static_cast<size_t>(s.N * F)), dh(static_cast<size_t>(s.N * F));
+  conv2d_forward_ref(s, x, wc, bc, h.data(), act);
+  gemm_ref(true, false, F, U, s.N, 1.0f, h.data(), F, dz, U, overwrite_dwd ? 0.0f : 1.0f, dwd, U, nullptr);
+  gemm_ref(false, true, s.N, F, U, 1.0f, dz, U, wd, U, 0.0f, dh.data(), F, nullptr);
+  conv2d_backward_ref(s, dh.data(), x, wc, nullptr, dwc, dbc, act, h.data());
+  if (dbd) bias_backward_ref(s.N, U, dz, dbd);
+}
+
+}  // namespace kilnet::cpu

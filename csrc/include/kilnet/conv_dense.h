@@ -1,0 +1,39 @@
+// conv_dense.h — Conv2D (+ activation) -> Flatten -> Dense (its linear part) as one kernel, forward
+// and backward, for the training step of a CNN whose convolution feeds the classifier head.
+//
+// Unfused, the convolution's output h (N x P x Q x K) makes five trips through memory per step
+// (written by the conv, read by the Dense forward, read again for dW, dh written, dh and h read
+// by the conv backward): at batch 32 for a 26x26x32 map that is ~14 MB, more than the step's
+// arithmetic takes on a core. Here the output rows are cut into blocks that fit in L2 and each
+// block of h lives only there: the forward computes it and multiplies it into the logits; the
+// backward computes it again (cheaper than storing it), takes dW of the Dense block, dh of the
+// block and the convolution's weight gradient from it. Only x, the weights and the gradients
+// touch memory.
+//
+// The convolution's input gradient is not computed (the fused pair is the model's first layers
+// or its input needs no gradient): the caller uses the unfused kernels otherwise.
+#pragma once
+#include "kilnet/common.h"
+#include "kilnet/conv2d.h"
+
+namespace kilnet::cpu {
+
+// z[N, U] = flatten(act(conv(x, wc) + bc)) · wd + bd, with wd (P*Q*K) x U in Flatten's order
+// (p, q, k). bc and bd may be nullptr. act: Linear, Relu, Sigmoid or Tanh.
+void conv_dense_forward(const Conv2dShape& s, Act act, const float* x, const float* wc, const float* bc,
+                        index_t U, const float* wd, const float* bd, float* z);
+// Given dz (N x U): dwd = h^T dz (overwrite) or dwd += h^T dz; dbd += colsum(dz); dwc += and
+// dbc += the convolution's weight and bias gradients. dbd, dbc may be nullptr (no bias). The sums
+// run in a fixed order for a given thread count.
+void conv_dense_backward(const Conv2dShape& s, Act act, const float* x, const float* wc, const float* bc,
+                         index_t U, const float* wd, const float* dz, float* dwc, float* dbc, float* dwd,
+                         float* dbd, bool overwrite_dwd);
+
+// The same from the unfused reference kernels (conv2d_*_ref, gemm_ref): for the tests.
+void conv_dense_forward_ref(const Conv2dShape& s, Act act, const float* x, const float* wc, const float* bc,
+                            index_t U, const float* wd, const float* bd, float* z);
+void conv_dense_backward_ref(const Conv2dShape& s, Act act, const float* x, const float* wc, const float* bc,
+                             index_t U, const float* wd, const float* dz, float* dwc, float* dbc, float* dwd,
+                             float* dbd, bool overwrite_dwd);
+
+}  // namespace kilnet::cpu

@@ -1,0 +1,36 @@
+"""Whether model calls on this thread may run a group of layers as one fused kernel.
+
+A fused group (layers/conv_dense.py) leaves out the tensors between its layers and writes its
+weight gradients for all of them from one tape entry. That is right for the trainer's own step
+(gradients of every trainable weight, one walk; the group reports each of its layers done, for
+distributed training's buckets), and not for what else records a tape: a user's GradientTape
+may ask for the tensors in between, and DP-SGD needs per-example inputs per layer. So the trainer
+turns fusion on around its forward pass (`with allowing(True):`) and nothing else does.
+KILNET_FUSION=0 in the environment turns it off everywhere (to compare, or to rule it out).
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+__all__ = ["allowed", "allowing"]
+
+_local = threading.local()
+_ENABLED = os.environ.get("KILNET_FUSION", "1").strip() != "0"
+
+
+def allowed() -> bool:
+    return getattr(_local, "on", False)
+
+
+class allowing:
+    def __init__(self, on: bool):
+        self.on = bool(on) and _ENABLED
+
+    def __enter__(self):
+        self.prev = getattr(_local, "on", False)
+        _local.on = self.on
+
+    def __exit__(self, *exc):
+        _local.on = self.prev
+        return False

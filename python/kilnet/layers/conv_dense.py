@@ -1,0 +1,99 @@
+"""Conv2D -> Flatten -> Dense as one tape op on the fused kernel (kilnet/conv_dense.h).
+
+In the trainer's step (engine/fusion.py) a model runs these three layers, when nothing else reads
+the tensors between them and the convolution's input needs no gradient, as one kernel that keeps
+the convolution's output in cache block by block instead of sending it through memory five times
+(write, Dense forward, dW, dh, the conv backward). The same weights, the same gradients (to float
+rounding), fewer bytes: the canonical CNN's step is bound by those bytes, not by its FLOPs.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from kilnet.engine.fusion import allowed
+from kilnet.engine.state import call_state
+from kilnet.engine.tape import current_walk, record
+from kilnet.engine.tensor import Tensor
+from kilnet.layers.activation import activated_output
+from kilnet.layers.conv import Conv2D
+from kilnet.layers.core import Dense, Flatten
+
+__all__ = ["types_fit", "group_fits", "input_fits", "call_group"]
+
+_F32 = np.dtype(np.float32)
+_DENSE_ACTIVATIONS = ("linear", "softmax", "sigmoid")   # softmax/sigmoid: kept apart for the loss
+
+
+def types_fit(conv, flatten, dense) -> bool:
+    """Exactly these classes (a subclass may change what call() does)."""
+    return type(conv) is Conv2D and type(flatten) is Flatten and type(dense) is Dense
+
+
+def group_fits(conv, flatten, dense) -> bool:
+    """Whether three built layers, in this order, can run on the fused kernel (their types and
+    settings; the input is checked per call by input_fits)."""
+    if not types_fit(conv, flatten, dense):
+        return False
+    if not (conv.built and dense.built) or conv.device != "cpu" or dense.device != "cpu":
+        return False
+    if conv._low is not None or flatten._low is not None or dense._low is not None:
+        return False   # float32 policy only (the bfloat16 Dense has its own GEMMs)
+    if not (conv._has_trainable_weights() and dense._has_trainable_weights()):
+        return False   # frozen weights: the unfused kernels skip their gradients
+    if conv.activation not in Conv2D._FUSED or dense.activation not in _DENSE_ACTIVATIONS:
+        return False
+    return dense.kernel.shape[0] == math.prod(conv._pq) * conv.filters
+
+
+def input_fits(x) -> bool:
+    """Whether this call's input allows it: fusion on (the trainer's step), one float32 NHWC
+    tensor with no mask, which needs no gradient (the kernel computes none for it)."""
+    if not allowed() or type(x) is not Tensor or x._rg or x._keras_mask is not None:
+        return False
+    v = x.value
+    return v.dtype is _F32 and v.ndim == 4 and isinstance(v, np.ndarray) and v.flags.c_contiguous
+
+
+def call_group(conv, dense, x):
+    """dense(flatten(conv(x))) on the fused kernel; one tape entry whose backward writes both
+    layers' weight gradients. Returns what dense would (its softmax/sigmoid apart from the
+    logits, for the loss)."""
+    xv = x.value
+    n = xv.shape[0]
+    st = call_state(dense)
+    z = st.get(("buf", "conv_dense_z"))   # a pool buffer like a layer's own (engine/state.py)
+    if z is None or z.shape[0] < n or z.shape[1] != dense.units:
+        z = st[("buf", "conv_dense_z")] = np.empty((n, dense.units), np.float32)
+    z = z[:n]
+    k = conv._k
+    bc = conv.bias if conv.use_bias else None
+    bd = dense.bias if dense.use_bias else None
+    geometry = (conv.strides, conv._pad, conv.dilation_rate, conv._pq, conv.activation)
+    k.conv_dense_forward(xv, conv.kernel, bc, dense.kernel, bd, z, *geometry)
+    zt = Tensor(z)
+
+    def backward(g, needs):
+        walk = current_walk()
+        if g.dtype is not _F32 or not g.flags.c_contiguous:
+            g = np.ascontiguousarray(g, dtype=np.float32)
+        # Dense overwrites its views on the walk's first write; the conv adds into zeroed ones
+        # (or zeroes them here if it is a layer that overwrites too).
+        fresh = walk is not None and walk.first_write(dense) and dense._overwrites_grads
+        if walk is not None and walk.first_write(conv) and conv._overwrites_grads:
+            conv.dkernel.fill(0.0)
+            if conv.use_bias:
+                conv.dbias.fill(0.0)
+        if fresh and dense.use_bias:
+            dense.dbias.fill(0.0)
+        k.conv_dense_backward(xv, conv.kernel, bc, dense.kernel, g, conv.dkernel,
+                              conv.dbias if conv.use_bias else None, dense.dkernel,
+                              dense.dbias if dense.use_bias else None, *geometry, fresh)
+        if walk is not None and walk.on_layer_done is not None:
+            walk.on_layer_done(conv)   # distributed: the conv's gradients are final too (the walk
+        return (None,)                 # reports the dense layer, this entry's, itself)
+    record((x,), (zt,), backward, dense)
+    if dense.activation == "linear":
+        return zt
+    return activated_output(dense, zt, st)
