@@ -22,6 +22,14 @@ CASES = [
     (1, 30, 4, 1, 3, 5, 1, 1, (1, 1), "valid", (1, 1), "relu"),
     (4, 11, 10, 5, 17, 1, 1, 3, (3, 2), "valid", (1, 1), "relu"),
 ]
+# Shapes the pixel path takes (AVX-512, K 16 or 32, U <= 16, R*S*C <= 64, ReLU or linear): odd
+# batches (the 8- and 4-image groups' remainders), every padding/stride/dilation, 64 taps, U 1/16.
+PIXEL_CASES = [
+    (37, 12, 11, 3, 32, 3, 3, 16, (2, 1), "same", (1, 2), "relu"),
+    (1, 9, 10, 1, 16, 2, 3, 1, (1, 1), "same", (1, 1), "linear"),
+    (6, 10, 9, 4, 32, 4, 4, 7, (1, 1), "valid", (1, 1), "relu"),        # 64 taps
+    (11, 7, 8, 2, 16, 3, 3, 10, (2, 2), "same", (2, 1), "relu"),
+]
 
 
 def _geometry(H, W, R, S, strides, padding, dil):
@@ -75,7 +83,8 @@ def threads(request):
     _cpu.set_num_threads(old)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+@pytest.mark.parametrize("case", CASES + PIXEL_CASES,
+                         ids=[f"case{i}" for i in range(len(CASES))] + [f"pixel{i}" for i in range(len(PIXEL_CASES))])
 def test_kernel_matches_reference_and_unfused(case, threads):
     x, wc, bc, wd, bd, dz, geo = _arrays(case)
     fast = _run(_cpu, x, wc, bc, wd, bd, dz, geo)
@@ -134,7 +143,8 @@ def test_deterministic_for_a_thread_count(threads_n):
         _cpu.set_num_threads(old)
 
 
-@pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[4]], ids=["valid", "same-stride2", "dilated"])
+@pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[4], PIXEL_CASES[0], PIXEL_CASES[3]],
+                         ids=["valid", "same-stride2", "dilated", "pixel-same-stride-dilated", "pixel-k16"])
 def test_gradients_against_torch_float64(case):
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
@@ -159,6 +169,37 @@ def test_gradients_against_torch_float64(case):
     _close(dbc + 0.25, t["bc"].grad.numpy(), 1e-4)
     _close(dwd, t["wd"].grad.numpy(), 1e-4)
     _close(dbd - 2.0, t["bd"].grad.numpy(), 1e-4)
+
+
+@pytest.mark.parametrize("case", [CASES[0]] + PIXEL_CASES, ids=["canonical"] + [f"pixel{i}" for i in range(len(PIXEL_CASES))])
+def test_pixel_path_equals_block_path(case, threads, monkeypatch):
+    """The pixel path (where the machine has AVX-512) against the block path forced with
+    KILNET_CONV_DENSE_PATH=blocks, including gradients accumulated into existing values."""
+    x, wc, bc, wd, bd, dz, geo = _arrays(case, seed=11)
+    for overwrite in (True, False):
+        a = _run(_cpu, x, wc, bc, wd, bd, dz, geo, overwrite)
+        monkeypatch.setenv("KILNET_CONV_DENSE_PATH", "blocks")
+        b = _run(_cpu, x, wc, bc, wd, bd, dz, geo, overwrite)
+        monkeypatch.delenv("KILNET_CONV_DENSE_PATH")
+        for u, v in zip(a, b):
+            _close(u, v)
+
+
+def test_pixel_path_keeps_nan_and_masks_relu():
+    """A NaN input reaches the logits (ReLU keeps NaN), and the ReLU gradient is zero where the
+    activation is not positive, as in the unfused kernels."""
+    x, wc, bc, wd, bd, dz, geo = _arrays(CASES[0], seed=2)
+    x[3, 5, 5, 0] = np.nan
+    z = np.empty((x.shape[0], wd.shape[1]), np.float32)
+    _cpu.conv_dense_forward(x, wc, bc, wd, bd, z, *geo)
+    assert np.isnan(z[3]).all() and np.isfinite(np.delete(z, 3, axis=0)).all()
+    x[3, 5, 5, 0] = 0.0
+    wc[...] = -np.abs(wc)            # with x >= 0 and a negative bias every activation is <= 0
+    bc[...] = -1.0
+    x[...] = np.abs(x)
+    dwc, dbc, dwd = np.zeros_like(wc), np.zeros_like(bc), np.zeros_like(wd)
+    _cpu.conv_dense_backward(x, wc, bc, wd, dz, dwc, dbc, dwd, None, *geo, True)
+    assert not dwc.any() and not dbc.any() and not dwd.any()
 
 
 def test_gradients_against_finite_differences():

@@ -9,6 +9,7 @@
 
 #include <omp.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <stdexcept>
@@ -21,6 +22,12 @@ void narrow_forward(index_t N, index_t kb, index_t U, const float* h, const floa
 void narrow_weight_grad(index_t N, index_t kb, index_t U, const float* h, const float* dz, float* dw,
                         bool overwrite);
 void narrow_input_grad(index_t N, index_t kb, index_t U, const float* dz, const float* w, float* dh);
+int pixel_max_taps();
+void pixel_forward(const Conv2dShape& s, bool relu, const float* x, const float* wc, const float* bc, index_t U,
+                   const float* wd, index_t pix0, index_t pix1, float* z, float* h);
+void pixel_backward(const Conv2dShape& s, bool relu, const float* x, const float* wc, const float* bc, index_t U,
+                    const float* wd, const float* dz, index_t pix0, index_t pix1, float* dwc, float* dbc,
+                    float* dwd, bool overwrite, float* h);
 }  // namespace kilnet::cpu::avx512
 
 namespace kilnet::cpu {
@@ -60,6 +67,22 @@ void block_input_grad(index_t N, index_t kb, index_t U, const float* dz, const f
   gemm(false, true, N, kb, U, 1.0f, dz, U, w, U, 0.0f, dh, kb, nullptr);
 }
 
+// The pixel path (conv_dense_avx512.cpp: one output pixel of all images at a time, all in L1)
+// where it applies: AVX-512, K = 16 or 32 channels, up to 16 units, few taps, ReLU or linear.
+// KILNET_CONV_DENSE_PATH=blocks forces the block path (for the tests and for measuring).
+bool pixel_path(const Conv2dShape& s, Act act, index_t U) {
+#ifdef KILNET_HAVE_AVX512_BUILD
+  if (!(narrow(U) && (s.K == 16 || s.K == 32) && s.R * s.S * s.C <= avx512::pixel_max_taps() &&
+        (act == Act::Relu || act == Act::Linear)))
+    return false;
+  const char* v = std::getenv("KILNET_CONV_DENSE_PATH");
+  return v == nullptr || std::strcmp(v, "blocks") != 0;
+#else
+  (void)s, (void)act, (void)U;
+  return false;
+#endif
+}
+
 // A block of h (all images x pb rows) and the slab of x it reads stay in L2 with the Dense rows.
 constexpr index_t kBlockBytes = 256 * 1024;
 
@@ -83,6 +106,14 @@ Plan plan_of(const Conv2dShape& s) {
     nb = (s.P + pb - 1) / pb;
   }
   return {pb, nb, nt < 1 ? 1 : nt};
+}
+
+// The pixel path's plan: the output pixels split evenly between the threads.
+Plan pixel_plan(const Conv2dShape& s) {
+  const index_t pixels = s.P * s.Q;
+  const int maxt = omp_get_max_threads();
+  const int nt = maxt < pixels ? maxt : static_cast<int>(pixels);
+  return {1, pixels, nt < 1 ? 1 : nt};
 }
 
 // Output rows [p0, p1) as a convolution of their own: the input rows they read (from *row0), with
@@ -151,12 +182,21 @@ void run_blocks(const Plan& p, Body body) {
 
 void conv_dense_forward(const Conv2dShape& s, Act act, const float* x, const float* wc, const float* bc,
                         index_t U, const float* wd, const float* bd, float* z) {
-  const Plan p = plan_of(s);
+  const bool pixels = pixel_path(s, act, U);
+  const Plan p = pixels ? pixel_plan(s) : plan_of(s);
   const index_t row_feats = s.Q * s.K;
   std::vector<float*> parts(static_cast<size_t>(p.nt), nullptr);
   run_blocks(p, [&](int t, index_t b0, index_t b1) {
     Scratch& sc = scratch();
     float* zp = t == 0 ? z : grown(sc.z, s.N * U);
+#ifdef KILNET_HAVE_AVX512_BUILD
+    if (pixels) {   // the "blocks" are output pixels here
+      parts[static_cast<size_t>(t)] = zp;
+      std::memset(zp, 0, static_cast<size_t>(s.N * U) * sizeof(float));
+      avx512::pixel_forward(s, act == Act::Relu, x, wc, bc, U, wd, b0, b1, zp, grown(sc.h, s.N * s.K));
+      return;
+    }
+#endif
     parts[static_cast<size_t>(t)] = zp;
     if (b0 == b1) std::memset(zp, 0, static_cast<size_t>(s.N * U) * sizeof(float));
     for (index_t b = b0; b < b1; ++b) {
@@ -181,7 +221,8 @@ void conv_dense_forward(const Conv2dShape& s, Act act, const float* x, const flo
 void conv_dense_backward(const Conv2dShape& s, Act act, const float* x, const float* wc, const float* bc,
                          index_t U, const float* wd, const float* dz, float* dwc, float* dbc, float* dwd,
                          float* dbd, bool overwrite_dwd) {
-  const Plan p = plan_of(s);
+  const bool pixels = pixel_path(s, act, U);
+  const Plan p = pixels ? pixel_plan(s) : plan_of(s);
   const index_t row_feats = s.Q * s.K, nw = s.R * s.S * s.C * s.K;
   std::vector<float*> wparts(static_cast<size_t>(p.nt), nullptr), bparts(static_cast<size_t>(p.nt), nullptr);
   run_blocks(p, [&](int t, index_t b0, index_t b1) {
@@ -195,6 +236,13 @@ void conv_dense_backward(const Conv2dShape& s, Act act, const float* x, const fl
     }
     wparts[static_cast<size_t>(t)] = dw;
     bparts[static_cast<size_t>(t)] = db;
+#ifdef KILNET_HAVE_AVX512_BUILD
+    if (pixels) {   // the "blocks" are output pixels here
+      avx512::pixel_backward(s, act == Act::Relu, x, wc, bc, U, wd, dz, b0, b1, dw, db, dwd, overwrite_dwd,
+                             grown(sc.h, s.N * s.K));
+      return;
+    }
+#endif
     for (index_t b = b0; b < b1; ++b) {
       const index_t p0 = b * p.pb, p1 = p0 + p.pb < s.P ? p0 + p.pb : s.P;
       index_t row0;

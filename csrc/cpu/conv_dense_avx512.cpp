@@ -8,7 +8,11 @@
 // templates (see conv2d_avx512.cpp): it is compiled with the AVX-512 flags.
 #include <immintrin.h>
 
-#include "kilnet/common.h"
+#include "kilnet/conv2d.h"   // Conv2dShape (a plain struct; no inline functions)
+
+// GCC 12 reports _mm512_undefined_ps inside _mm512_max_ps and the gathers as "maybe uninitialized"
+// (a false positive of the intrinsic header, as in conv2d_avx512.cpp).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace kilnet::cpu::avx512 {
 namespace {
@@ -127,6 +131,262 @@ void narrow_input_grad(index_t N, index_t kb, index_t U, const float* dz, const 
       _mm512_mask_storeu_ps(dh + n * kb + k0, km, a);
     }
   }
+}
+
+}  // namespace kilnet::cpu::avx512
+
+// ------------------------------------------------------------------------------ pixel path
+// The whole step of one output pixel for all images at once, with everything it touches in L1:
+// h of the pixel (N x K, K = 16 or 32 channels, one or two zmm per image) is computed from its
+// taps, then used while it is hot — by the logits (forward), or by the Dense rows of the pixel,
+// by dh and by the convolution's weight gradient (backward). Every product runs on full 16-lane
+// vectors except the Dense rows (U lanes), and no block of h goes through L2 (conv_dense.cpp's
+// block path, still used where this one does not apply, moves each block through L2 several
+// times). Measured on the canonical CNN step (N 32, 26x26x32, U 10): forward 0.38 -> 0.30 ms,
+// backward 0.75 -> 0.56 ms at 1 thread.
+namespace kilnet::cpu::avx512 {
+namespace {
+
+constexpr int kMaxTaps = 64;   // R * S * C the pixel path takes (conv_dense.cpp checks it)
+
+// The valid taps of output pixel (p, q): the offset of each into an image and the row of wc
+// (R x S x C x K) it multiplies; taps in the padding are left out.
+int taps_of(const Conv2dShape& s, index_t p, index_t q, index_t* off, index_t* wrow) {
+  int nt = 0;
+  for (index_t r = 0; r < s.R; ++r) {
+    const index_t ih = p * s.stride_h - s.pad_h + r * s.dilation_h;
+    if (ih < 0 || ih >= s.H) continue;
+    for (index_t t = 0; t < s.S; ++t) {
+      const index_t iw = q * s.stride_w - s.pad_w + t * s.dilation_w;
+      if (iw < 0 || iw >= s.W) continue;
+      for (index_t c = 0; c < s.C; ++c) {
+        off[nt] = (ih * s.W + iw) * s.C + c;
+        wrow[nt] = ((r * s.S + t) * s.C + c) * s.K;
+        ++nt;
+      }
+    }
+  }
+  return nt;
+}
+
+// h[i] = act(bias + sum over taps x[i][off] * wc[wrow]) for NI images (x, h at image 0 of them):
+// NI x KV independent FMA chains.
+template <int KV, int NI>
+inline void h_images(const float* x, index_t img, int nt, const index_t* off, const index_t* wrow,
+                     const float* wc, const float* bc, bool relu, float* h) {
+  constexpr index_t K = 16 * KV;
+  __m512 acc[NI][KV];
+#pragma GCC unroll 2
+  for (int v = 0; v < KV; ++v) {
+    const __m512 b = bc ? _mm512_loadu_ps(bc + 16 * v) : _mm512_setzero_ps();
+#pragma GCC unroll 4
+    for (int i = 0; i < NI; ++i) acc[i][v] = b;
+  }
+  for (int t = 0; t < nt; ++t) {
+    __m512 wv[KV];
+#pragma GCC unroll 2
+    for (int v = 0; v < KV; ++v) wv[v] = _mm512_loadu_ps(wc + wrow[t] + 16 * v);
+#pragma GCC unroll 4
+    for (int i = 0; i < NI; ++i) {
+      const __m512 xv = _mm512_set1_ps(x[i * img + off[t]]);
+#pragma GCC unroll 2
+      for (int v = 0; v < KV; ++v) acc[i][v] = _mm512_fmadd_ps(xv, wv[v], acc[i][v]);
+    }
+  }
+  const __m512 zero = _mm512_setzero_ps();
+#pragma GCC unroll 4
+  for (int i = 0; i < NI; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < KV; ++v)   // max(0, NaN) = NaN, as every ReLU of kilnet
+      _mm512_storeu_ps(h + i * K + 16 * v, relu ? _mm512_max_ps(zero, acc[i][v]) : acc[i][v]);
+}
+
+template <int KV>
+void h_of_pixel(const Conv2dShape& s, const float* x, int nt, const index_t* off, const index_t* wrow,
+                const float* wc, const float* bc, bool relu, float* h) {
+  constexpr index_t K = 16 * KV;
+  const index_t img = s.H * s.W * s.C;
+  index_t n = 0;
+  for (; n + 4 <= s.N; n += 4) h_images<KV, 4>(x + n * img, img, nt, off, wrow, wc, bc, relu, h + n * K);
+  for (; n < s.N; ++n) h_images<KV, 1>(x + n * img, img, nt, off, wrow, wc, bc, relu, h + n * K);
+}
+
+template <int KV>
+void pixel_forward_t(const Conv2dShape& s, bool relu, const float* x, const float* wc, const float* bc,
+                     index_t U, const float* wd, index_t pix0, index_t pix1, float* z, float* h) {
+  constexpr index_t K = 16 * KV;
+  const __mmask16 m = lanes(U);
+  index_t off[kMaxTaps], wrow[kMaxTaps];
+  for (index_t pix = pix0; pix < pix1; ++pix) {
+    const int nt = taps_of(s, pix / s.Q, pix % s.Q, off, wrow);
+    h_of_pixel<KV>(s, x, nt, off, wrow, wc, bc, relu, h);
+    const float* w = wd + pix * K * U;   // the pixel's K rows of the Dense weights
+    index_t n = 0;
+    for (; n + 8 <= s.N; n += 8) {   // z rows of 8 images += h rows . w, w rows shared
+      __m512 a[8];
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) a[i] = _mm512_maskz_loadu_ps(m, z + (n + i) * U);
+      const float* hr = h + n * K;
+#pragma GCC unroll 4
+      for (index_t k = 0; k < K; ++k) {
+        const __m512 wv = _mm512_maskz_loadu_ps(m, w + k * U);
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i) a[i] = _mm512_fmadd_ps(_mm512_set1_ps(hr[i * K + k]), wv, a[i]);
+      }
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) _mm512_mask_storeu_ps(z + (n + i) * U, m, a[i]);
+    }
+    for (; n < s.N; ++n) {
+      __m512 a0 = _mm512_maskz_loadu_ps(m, z + n * U), a1 = _mm512_setzero_ps();
+      for (index_t k = 0; k < K; k += 2) {
+        a0 = _mm512_fmadd_ps(_mm512_set1_ps(h[n * K + k]), _mm512_maskz_loadu_ps(m, w + k * U), a0);
+        a1 = _mm512_fmadd_ps(_mm512_set1_ps(h[n * K + k + 1]), _mm512_maskz_loadu_ps(m, w + (k + 1) * U), a1);
+      }
+      _mm512_mask_storeu_ps(z + n * U, m, _mm512_add_ps(a0, a1));
+    }
+  }
+}
+
+// dh = act'(h) * (dz . w^T) for the pixel, written over h (N x K): w's K rows gathered into U
+// column vectors per 16 channels once, then four images at a time.
+template <int KV>
+void dh_of_pixel(index_t N, index_t U, bool relu, const float* dz, const float* w, float* h) {
+  constexpr index_t K = 16 * KV;
+  __m512 wv[16][KV];
+  const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32(static_cast<int>(U)));
+  for (index_t u = 0; u < U; ++u)
+#pragma GCC unroll 2
+    for (int v = 0; v < KV; ++v) wv[u][v] = _mm512_i32gather_ps(rows, w + 16 * v * U + u, 4);
+  const __m512 zero = _mm512_setzero_ps();
+  index_t n = 0;
+  for (; n + 4 <= N; n += 4) {
+    __m512 a[4][KV];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i)
+#pragma GCC unroll 2
+      for (int v = 0; v < KV; ++v) a[i][v] = zero;
+    const float* d = dz + n * U;
+    for (index_t u = 0; u < U; ++u) {
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        const __m512 b = _mm512_set1_ps(d[i * U + u]);
+#pragma GCC unroll 2
+        for (int v = 0; v < KV; ++v) a[i][v] = _mm512_fmadd_ps(b, wv[u][v], a[i][v]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i)
+#pragma GCC unroll 2
+      for (int v = 0; v < KV; ++v) {
+        float* o = h + (n + i) * K + 16 * v;
+        const __m512 g = relu ? _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(o), zero, _CMP_GT_OQ), a[i][v])
+                              : a[i][v];
+        _mm512_storeu_ps(o, g);
+      }
+  }
+  for (; n < N; ++n) {
+#pragma GCC unroll 2
+    for (int v = 0; v < KV; ++v) {
+      __m512 a = zero;
+      for (index_t u = 0; u < U; ++u) a = _mm512_fmadd_ps(_mm512_set1_ps(dz[n * U + u]), wv[u][v], a);
+      float* o = h + n * K + 16 * v;
+      _mm512_storeu_ps(o, relu ? _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(o), zero, _CMP_GT_OQ), a) : a);
+    }
+  }
+}
+
+template <int KV>
+void pixel_backward_t(const Conv2dShape& s, bool relu, const float* x, const float* wc, const float* bc,
+                      index_t U, const float* wd, const float* dz, index_t pix0, index_t pix1, float* dwc,
+                      float* dbc, float* dwd, bool overwrite, float* h) {
+  constexpr index_t K = 16 * KV;
+  const __mmask16 m = lanes(U);
+  const index_t img = s.H * s.W * s.C, N = s.N;
+  index_t off[kMaxTaps], wrow[kMaxTaps];
+  __m512 db[KV];
+#pragma GCC unroll 2
+  for (int v = 0; v < KV; ++v) db[v] = _mm512_setzero_ps();
+  for (index_t pix = pix0; pix < pix1; ++pix) {
+    const int nt = taps_of(s, pix / s.Q, pix % s.Q, off, wrow);
+    h_of_pixel<KV>(s, x, nt, off, wrow, wc, bc, relu, h);
+    // the pixel's Dense rows: dw[k] (+)= sum over images h[n][k] dz[n], 16 rows at a time
+    float* dw = dwd + pix * K * U;
+#pragma GCC unroll 1
+    for (int v = 0; v < KV; ++v) {
+      __m512 a[16];
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) a[i] = _mm512_setzero_ps();
+      for (index_t n = 0; n < N; ++n) {
+        const __m512 d = _mm512_maskz_loadu_ps(m, dz + n * U);
+        const float* hr = h + n * K + 16 * v;
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) a[i] = _mm512_fmadd_ps(_mm512_set1_ps(hr[i]), d, a[i]);
+      }
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) {
+        float* o = dw + (16 * v + i) * U;
+        _mm512_mask_storeu_ps(o, m, overwrite ? a[i] : _mm512_add_ps(a[i], _mm512_maskz_loadu_ps(m, o)));
+      }
+    }
+    dh_of_pixel<KV>(N, U, relu, dz, wd + pix * K * U, h);   // h now holds dh
+    // the convolution's weight gradient: dwc[tap] += sum over images x[n][tap] dh[n], 8 taps a time
+    for (int t0 = 0; t0 < nt; t0 += 8) {
+      const int tc = nt - t0 < 8 ? nt - t0 : 8;
+      __m512 a[8][KV];
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i)
+#pragma GCC unroll 2
+        for (int v = 0; v < KV; ++v) a[i][v] = _mm512_setzero_ps();
+      for (index_t n = 0; n < N; ++n) {
+        const float* xn = x + n * img;
+        __m512 g[KV];
+#pragma GCC unroll 2
+        for (int v = 0; v < KV; ++v) g[v] = _mm512_loadu_ps(h + n * K + 16 * v);
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i) {
+          if (i < tc) {
+            const __m512 xv = _mm512_set1_ps(xn[off[t0 + i]]);
+#pragma GCC unroll 2
+            for (int v = 0; v < KV; ++v) a[i][v] = _mm512_fmadd_ps(xv, g[v], a[i][v]);
+          }
+        }
+      }
+      for (int i = 0; i < tc; ++i)
+#pragma GCC unroll 2
+        for (int v = 0; v < KV; ++v) {
+          float* o = dwc + wrow[t0 + i] + 16 * v;
+          _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), a[i][v]));
+        }
+    }
+    if (dbc)
+      for (index_t n = 0; n < N; ++n)
+#pragma GCC unroll 2
+        for (int v = 0; v < KV; ++v) db[v] = _mm512_add_ps(db[v], _mm512_loadu_ps(h + n * K + 16 * v));
+  }
+  if (dbc)
+#pragma GCC unroll 2
+    for (int v = 0; v < KV; ++v) _mm512_storeu_ps(dbc + 16 * v, _mm512_add_ps(_mm512_loadu_ps(dbc + 16 * v), db[v]));
+}
+
+}  // namespace
+
+int pixel_max_taps() { return kMaxTaps; }
+
+// z (N x U) += the logits of output pixels [pix0, pix1); h: N x K floats of scratch.
+void pixel_forward(const Conv2dShape& s, bool relu, const float* x, const float* wc, const float* bc, index_t U,
+                   const float* wd, index_t pix0, index_t pix1, float* z, float* h) {
+  if (s.K == 32) return pixel_forward_t<2>(s, relu, x, wc, bc, U, wd, pix0, pix1, z, h);
+  pixel_forward_t<1>(s, relu, x, wc, bc, U, wd, pix0, pix1, z, h);
+}
+
+// For output pixels [pix0, pix1): their Dense rows of dwd (overwritten or added to), and
+// dwc/dbc (K = 16 or 32 wide rows) added to; h: N x K floats of scratch.
+void pixel_backward(const Conv2dShape& s, bool relu, const float* x, const float* wc, const float* bc, index_t U,
+                    const float* wd, const float* dz, index_t pix0, index_t pix1, float* dwc, float* dbc,
+                    float* dwd, bool overwrite, float* h) {
+  if (s.K == 32) return pixel_backward_t<2>(s, relu, x, wc, bc, U, wd, dz, pix0, pix1, dwc, dbc, dwd, overwrite, h);
+  pixel_backward_t<1>(s, relu, x, wc, bc, U, wd, dz, pix0, pix1, dwc, dbc, dwd, overwrite, h);
 }
 
 }  // namespace kilnet::cpu::avx512

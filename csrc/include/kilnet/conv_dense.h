@@ -8,7 +8,9 @@
 // block of h lives only there: the forward computes it and multiplies it into the logits; the
 // backward computes it again (cheaper than storing it), takes dW of the Dense block, dh of the
 // block and the convolution's weight gradient from it. Only x, the weights and the gradients
-// touch memory.
+// touch memory. On AVX-512, for narrow convs (K 16 or 32, R*S*C <= 64, ReLU or linear, U <= 16)
+// the blocks shrink to one output pixel of all images, kept in L1 (conv_dense_avx512.cpp);
+// KILNET_CONV_DENSE_PATH=blocks keeps the blocks.
 //
 // The convolution's input gradient is not computed (the fused pair is the model's first layers
 // or its input needs no gradient): the caller uses the unfused kernels otherwise.
