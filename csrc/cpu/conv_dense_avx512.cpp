@@ -219,16 +219,108 @@ void h_of_pixel(const Conv2dShape& s, const float* x, int nt, const index_t* off
   for (; n < s.N; ++n) h_images<KV, 1>(x + n * img, img, nt, off, wrow, wc, bc, relu, h + n * K);
 }
 
+// The same for an interior pixel whose nt <= TR taps' rows of wc are held in registers (loaded
+// once per pixel, not once per group of images): x points at the window's first value, rel are
+// the taps' offsets from it.
+template <int KV, int TR, int NI>
+__attribute__((always_inline)) inline void h_images_regs(const float* x, index_t img, int nt, const index_t* rel,
+                                                         const __m512 (&w)[TR][KV], const __m512 (&b)[KV], bool relu,
+                                                         float* h) {
+  constexpr index_t K = 16 * KV;
+  __m512 acc[NI][KV];
+#pragma GCC unroll 8
+  for (int i = 0; i < NI; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < KV; ++v) acc[i][v] = b[v];
+#pragma GCC unroll 18
+  for (int t = 0; t < TR; ++t) {
+    if (t < nt) {
+      const index_t o = rel[t];
+#pragma GCC unroll 8
+      for (int i = 0; i < NI; ++i) {
+        const __m512 xv = _mm512_set1_ps(x[i * img + o]);
+#pragma GCC unroll 2
+        for (int v = 0; v < KV; ++v) acc[i][v] = _mm512_fmadd_ps(xv, w[t][v], acc[i][v]);
+      }
+    }
+  }
+  const __m512 zero = _mm512_setzero_ps();
+#pragma GCC unroll 8
+  for (int i = 0; i < NI; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < KV; ++v)
+      _mm512_storeu_ps(h + i * K + 16 * v, relu ? _mm512_max_ps(zero, acc[i][v]) : acc[i][v]);
+}
+
+template <int KV>
+struct PixelConv {
+  static constexpr int TR = 18 / KV;   // taps held in registers: 9 for K = 32 (18 zmm)
+  static constexpr int NI = 8 / KV;    // images a group (8 accumulators)
+  const Conv2dShape& s;
+  const float* x;
+  const float* wc;
+  const float* bc;
+  bool relu;
+  index_t img;
+  int T = 0;
+  index_t rel[kMaxTaps], wrow[kMaxTaps];
+
+  PixelConv(const Conv2dShape& s_, const float* x_, const float* wc_, const float* bc_, bool relu_)
+      : s(s_), x(x_), wc(wc_), bc(bc_), relu(relu_), img(s_.H * s_.W * s_.C) {
+    for (index_t r = 0; r < s.R; ++r)
+      for (index_t t = 0; t < s.S; ++t)
+        for (index_t c = 0; c < s.C; ++c) {
+          rel[T] = (r * s.dilation_h * s.W + t * s.dilation_w) * s.C + c;
+          wrow[T] = ((r * s.S + t) * s.C + c) * s.K;
+          ++T;
+        }
+  }
+
+  // h (N x K) of output pixel pix; off/wr receive its valid taps (offsets into an image, rows of
+  // wc); returns their count. Interior pixels take every tap and, when they fit, the registers.
+  int operator()(index_t pix, float* h, index_t* off, index_t* wr) const {
+    const index_t p = pix / s.Q, q = pix % s.Q;
+    const index_t ih = p * s.stride_h - s.pad_h, iw = q * s.stride_w - s.pad_w;
+    if (!(ih >= 0 && ih + (s.R - 1) * s.dilation_h < s.H && iw >= 0 && iw + (s.S - 1) * s.dilation_w < s.W)) {
+      const int nt = taps_of(s, p, q, off, wr);
+      h_of_pixel<KV>(s, x, nt, off, wr, wc, bc, relu, h);
+      return nt;
+    }
+    const index_t base = (ih * s.W + iw) * s.C;
+    for (int t = 0; t < T; ++t) {
+      off[t] = base + rel[t];
+      wr[t] = wrow[t];
+    }
+    if (T > TR) {
+      h_of_pixel<KV>(s, x, T, off, wr, wc, bc, relu, h);
+      return T;
+    }
+    __m512 w[TR][KV], b[KV];
+#pragma GCC unroll 18
+    for (int t = 0; t < TR; ++t)
+#pragma GCC unroll 2
+      for (int v = 0; v < KV; ++v) w[t][v] = t < T ? _mm512_loadu_ps(wc + wrow[t] + 16 * v) : _mm512_setzero_ps();
+#pragma GCC unroll 2
+    for (int v = 0; v < KV; ++v) b[v] = bc ? _mm512_loadu_ps(bc + 16 * v) : _mm512_setzero_ps();
+    constexpr index_t K = 16 * KV;
+    const float* xb = x + base;
+    index_t n = 0;
+    for (; n + NI <= s.N; n += NI) h_images_regs<KV, TR, NI>(xb + n * img, img, T, rel, w, b, relu, h + n * K);
+    for (; n < s.N; ++n) h_images_regs<KV, TR, 1>(xb + n * img, img, T, rel, w, b, relu, h + n * K);
+    return T;
+  }
+};
+
 template <int KV>
 void pixel_forward_t(const Conv2dShape& s, bool relu, const float* x, const float* wc, const float* bc,
                      index_t U, const float* wd, index_t pix0, index_t pix1, float* z, float* h) {
   constexpr index_t K = 16 * KV;
   const __mmask16 m = lanes(U);
   index_t off[kMaxTaps], wrow[kMaxTaps];
+  const PixelConv<KV> conv(s, x, wc, bc, relu);
   for (index_t pix = pix0; pix < pix1; ++pix) {
     if (pix + 1 < pix1) prefetch_rows(wd + (pix + 1) * K * U, K * U);
-    const int nt = taps_of(s, pix / s.Q, pix % s.Q, off, wrow);
-    h_of_pixel<KV>(s, x, nt, off, wrow, wc, bc, relu, h);
+    conv(pix, h, off, wrow);
     const float* w = wd + pix * K * U;   // the pixel's K rows of the Dense weights
     index_t n = 0;
     for (; n + 8 <= s.N; n += 8) {   // z rows of 8 images += h rows . w, w rows shared
@@ -316,13 +408,13 @@ void pixel_backward_t(const Conv2dShape& s, bool relu, const float* x, const flo
   __m512 db[KV];
 #pragma GCC unroll 2
   for (int v = 0; v < KV; ++v) db[v] = _mm512_setzero_ps();
+  const PixelConv<KV> conv(s, x, wc, bc, relu);
   for (index_t pix = pix0; pix < pix1; ++pix) {
     if (pix + 1 < pix1) {
       prefetch_rows(wd + (pix + 1) * K * U, K * U);
       prefetch_rows(dwd + (pix + 1) * K * U, K * U);
     }
-    const int nt = taps_of(s, pix / s.Q, pix % s.Q, off, wrow);
-    h_of_pixel<KV>(s, x, nt, off, wrow, wc, bc, relu, h);
+    const int nt = conv(pix, h, off, wrow);
     // the pixel's Dense rows: dw[k] (+)= sum over images h[n][k] dz[n], 16 rows at a time
     float* dw = dwd + pix * K * U;
 #pragma GCC unroll 1
