@@ -149,3 +149,43 @@ def test_bench_worker_rejects_bad_arguments():
     r = subprocess.run([sys.executable, "-m", "kilnet.bench", "--worker", "jax", "--threads", "1"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+# ---- one OpenMP runtime shared with PyTorch ------------------------------------------------------
+
+_SHARED_RUNTIME = r"""
+import numpy as np, sys
+import kilnet
+from kilnet import _cpu
+import torch
+sys.path.insert(0, sys.argv[1])
+from test_conv_dense import CASES, _arrays, _run
+x, wc, bc, wd, bd, dz, geo = _arrays(CASES[0], seed=3)
+kilnet.set_num_threads(1)
+one = _run(_cpu, x, wc, bc, wd, bd, dz, geo)
+kilnet.set_num_threads(2)
+two = _run(_cpu, x, wc, bc, wd, bd, dz, geo)
+torch.set_num_threads(1)                      # torch's libgomp.so.1 is kilnet's too
+after = _run(_cpu, x, wc, bc, wd, bd, dz, geo)
+assert _cpu.get_num_threads() == 2, _cpu.get_num_threads()
+assert torch.get_num_threads() == 1, torch.get_num_threads()   # kilnet's call left torch's count
+# the fused kernel's partial sums follow the thread count: after torch's call it still ran on 2
+assert any(not np.array_equal(a, b) for a, b in zip(one, two)), "1 and 2 threads agree bitwise here"
+assert all(np.array_equal(a, b) for a, b in zip(two, after))
+torch.set_num_threads(2)
+kilnet.set_num_threads(1)
+assert torch.get_num_threads() == 2 and _cpu.get_num_threads() == 1
+print("ok")
+"""
+
+
+def test_kilnet_and_torch_thread_counts_are_independent():
+    """PyTorch's wheel ships libgomp.so.1, so a process holds one OpenMP runtime for both:
+    torch.set_num_threads(1) used to drop kilnet's kernels to one thread, and kilnet's set_num_threads
+    changed torch's. Each library now keeps its own count (in a child: it sets torch's)."""
+    pytest.importorskip("torch")
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 cores to tell 1 thread from 2")
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run([sys.executable, "-c", _SHARED_RUNTIME, here], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

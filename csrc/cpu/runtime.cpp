@@ -4,6 +4,8 @@
 #include <stdexcept>
 #include <string>
 #include <omp.h>
+
+#include <atomic>
 #include "kilnet/common.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
@@ -87,11 +89,34 @@ const char* simd_name(Simd s) {
 
 const char* simd_level() { return simd_name(simd()); }
 
-int get_num_threads() { return omp_get_max_threads(); }
+// kilnet's own thread count (0: never set, the OpenMP default). OpenMP keeps the count per
+// thread and per runtime, and a process has one libgomp: PyTorch's wheel ships libgomp.so.1 too,
+// so torch.set_num_threads(1) used to set kilnet's kernels to one thread as well, silently. The
+// Python bindings apply this count around each kernel (apply_num_threads, restore_num_threads).
+namespace {
+std::atomic<int> g_threads{0};
+}
+
+int get_num_threads() {
+  const int n = g_threads.load(std::memory_order_relaxed);
+  return n > 0 ? n : omp_get_max_threads();
+}
 
 void set_num_threads(int n) {
   if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1, got " + std::to_string(n));
+  g_threads.store(n, std::memory_order_relaxed);
   omp_set_num_threads(n);
+}
+
+int apply_num_threads() {
+  const int n = g_threads.load(std::memory_order_relaxed), had = omp_get_max_threads();
+  if (n <= 0 || had == n) return 0;
+  omp_set_num_threads(n);
+  return had;
+}
+
+void restore_num_threads(int n) {
+  if (n > 0) omp_set_num_threads(n);
 }
 
 const char* build_info() {

@@ -15,7 +15,7 @@ void kilnet::bind::bind_attention(py::module_& m, bool ref) {
   m.def("attention_forward", [=](py::object q_, py::object k_, py::object v_, py::object bias_, py::object mask_,
                                  py::object out_, py::object lse_, float scale, bool is_causal) {
     auto a = attention_forward_args(host_arrays, &host_bool, q_, k_, v_, bias_, mask_, out_, lse_, scale, is_causal);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     fwd(a.s, a.q.f(), a.k.f(), a.v.f(), a.m, a.out.f(), a.lse.f());
   }, arg("query"), arg("key"), arg("value"), arg("bias"), arg("mask"), arg("out"), arg("lse"), arg("scale"),
      arg("is_causal") = false,
@@ -28,7 +28,7 @@ void kilnet::bind::bind_attention(py::module_& m, bool ref) {
                                   py::object dk_, py::object dv_, float scale, bool is_causal) {
     auto a = attention_backward_args(host_arrays, &host_bool, q_, k_, v_, bias_, mask_, out_, lse_, dout_, dq_,
                                      dk_, dv_, scale, is_causal);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     bwd(a.s, a.q.f(), a.k.f(), a.v.f(), a.m, a.out.f(), a.lse.f(), a.dout.f(), a.dq.f(), a.dk.f(), a.dv.f());
   }, arg("query"), arg("key"), arg("value"), arg("bias"), arg("mask"), arg("out"), arg("lse"), arg("dout"),
      arg("dq"), arg("dk"), arg("dv"), arg("scale"), arg("is_causal") = false,

@@ -22,7 +22,7 @@ void kilnet::bind::bind_conv2d(py::module_& m, bool ref) {
   m.def("conv2d_forward", [=](py::object x_, py::object w_, py::object b_, py::object y_,
                               Pair stride, Pair padding, Pair dilation, const std::string& act) {
     auto a = conv2d_forward_args(host_arrays, x_, w_, b_, y_, stride, padding, dilation, act);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     conv_fwd(a.s, a.x.f(), a.w.f(), a.bp, a.y.f(), a.act);
   }, arg("x"), arg("w"), arg("b"), arg("y"), arg("stride") = Pair{1, 1},
      arg("padding") = Pair{0, 0}, arg("dilation") = Pair{1, 1}, arg("act") = "linear",
@@ -33,7 +33,7 @@ void kilnet::bind::bind_conv2d(py::module_& m, bool ref) {
                                py::object dw_, py::object db_, Pair stride, Pair padding, Pair dilation,
                                const std::string& act, py::object y_) {
     auto a = conv2d_backward_args(host_arrays, dy_, x_, w_, dx_, dw_, db_, stride, padding, dilation, act, y_);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     conv_bwd(a.s, a.dy.f(), a.x.f(), a.w.f(), a.dxp, a.dw.f(), a.dbp, a.act, a.yp);
   }, arg("dy"), arg("x"), arg("w"), arg("dx"), arg("dw"), arg("db"), arg("stride") = Pair{1, 1},
      arg("padding") = Pair{0, 0}, arg("dilation") = Pair{1, 1}, arg("act") = "linear",
@@ -56,7 +56,7 @@ void kilnet::bind::bind_conv2d(py::module_& m, bool ref) {
   m.def("conv2d_backward_input", [=](py::object dy_, py::object w_, py::object dx_, Pair stride,
                                      Pair padding, Pair dilation, const std::string& act, py::object y_) {
     auto a = conv2d_backward_input_args(host_arrays, dy_, w_, dx_, stride, padding, dilation, act, y_);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     conv_bwd_in(a.s, a.dy.f(), a.w.f(), a.dx.f(), a.act, a.yp);
   }, arg("dy"), arg("w"), arg("dx"), arg("stride") = Pair{1, 1}, arg("padding") = Pair{0, 0},
      arg("dilation") = Pair{1, 1}, arg("act") = "linear", arg("y") = py::none(),

@@ -65,7 +65,7 @@ void kilnet::bind::bind_conv_dense(py::module_& m, bool ref) {
     expect_shape(fn, "z", z, {a.s.N, a.U});
     outputs_apart(fn, {{"z", &z}}, {{"x", &a.x}, {"wc", &a.wc}, {"bc", a.bcp ? &a.bc : nullptr},
                                     {"wd", &a.wd}, {"bd", a.bdp ? &a.bd : nullptr}});
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     fwd(a.s, a.act, a.x.f(), a.wc.f(), a.bcp, a.U, a.wd.f(), a.bdp, z.f());
   }, arg("x"), arg("wc"), arg("bc"), arg("wd"), arg("bd"), arg("z"), arg("stride"), arg("padding"),
      arg("dilation"), arg("out_hw"), arg("act") = "linear",
@@ -97,7 +97,7 @@ void kilnet::bind::bind_conv_dense(py::module_& m, bool ref) {
     }
     outputs_apart(fn, {{"dwc", &dwc}, {"dbc", dbcp ? &dbc : nullptr}, {"dwd", &dwd}, {"dbd", dbdp ? &dbd : nullptr}},
                   {{"x", &a.x}, {"wc", &a.wc}, {"bc", a.bcp ? &a.bc : nullptr}, {"wd", &a.wd}, {"dz", &dz}});
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     bwd(a.s, a.act, a.x.f(), a.wc.f(), a.bcp, a.U, a.wd.f(), dz.f(), dwc.f(), dbcp, dwd.f(), dbdp, overwrite_dwd);
   }, arg("x"), arg("wc"), arg("bc"), arg("wd"), arg("dz"), arg("dwc"), arg("dbc"), arg("dwd"), arg("dbd"),
      arg("stride"), arg("padding"), arg("dilation"), arg("out_hw"), arg("act") = "linear",

@@ -17,7 +17,7 @@ void kilnet::bind::bind_depthwise(py::module_& m, bool ref) {
   m.def("depthwise2d_forward", [=](py::object x_, py::object w_, py::object b_, py::object y_, DwPair stride,
                                    DwPair padding, DwPair dilation) {
     auto a = depthwise2d_forward_args(host_arrays, x_, w_, b_, y_, stride, padding, dilation);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     fwd(a.s, a.x.f(), a.w.f(), a.bp, a.y.f());
   }, arg("x"), arg("w"), arg("b"), arg("y"), arg("stride") = DwPair{1, 1}, arg("padding") = DwPair{0, 0},
      arg("dilation") = DwPair{1, 1},
@@ -26,7 +26,7 @@ void kilnet::bind::bind_depthwise(py::module_& m, bool ref) {
   m.def("depthwise2d_backward", [=](py::object dy_, py::object x_, py::object w_, py::object dx_, py::object dw_,
                                     py::object db_, DwPair stride, DwPair padding, DwPair dilation) {
     auto a = depthwise2d_backward_args(host_arrays, dy_, x_, w_, dx_, dw_, db_, stride, padding, dilation);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     bwd(a.s, a.dy.f(), a.x.f(), a.w.f(), a.dxp, a.dw.f(), a.dbp);
   }, arg("dy"), arg("x"), arg("w"), arg("dx"), arg("dw"), arg("db"), arg("stride") = DwPair{1, 1},
      arg("padding") = DwPair{0, 0}, arg("dilation") = DwPair{1, 1},

@@ -18,14 +18,14 @@ void kilnet::bind::bind_dropout(py::module_& m, bool ref) {
   m.def("dropout_forward", [=](py::object x_, py::object mask_, py::object y_, double rate,
                                std::uint64_t seed) {
     auto a = dropout_forward_args(host_arrays, x_, mask_, y_, rate);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     fwd(a.x.size, a.x.f(), rate, seed, a.mask.f(), a.y.f());
   }, arg("x"), arg("mask"), arg("y"), arg("rate"), arg("seed"),
      "mask = (u(seed, i) >= rate) / (1 - rate), y = x * mask; y may be x itself");
 
   m.def("dropout_backward", [=](py::object mask_, py::object dy_, py::object dx_) {
     auto a = grad_args(host_arrays, "dropout_backward", "mask", mask_, dy_, dx_);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     bwd(a.saved.size, a.saved.f(), a.dy.f(), a.dx.f());
   }, arg("mask"), arg("dy"), arg("dx"), "dx = dy * mask; dx may be dy itself");
 }

@@ -18,7 +18,7 @@ void kilnet::bind::bind_embedding(py::module_& m, bool ref) {
 
   m.def("embedding_forward", [=](py::object ids_, py::object w_, py::object out_) {
     auto a = embedding_forward_args(host_arrays, ids_, w_, out_);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     if (a.ids.elem_bytes == 4) fwd32(a.N, a.V, a.D, a.ids.i32(), a.w.f(), a.rows.f());
     else fwd64(a.N, a.V, a.D, a.ids.i64(), a.w.f(), a.rows.f());
   }, arg("ids"), arg("W"), arg("out"),
@@ -27,7 +27,7 @@ void kilnet::bind::bind_embedding(py::module_& m, bool ref) {
 
   m.def("embedding_backward", [=](py::object ids_, py::object dy_, py::object dw_) {
     auto a = embedding_backward_args(host_arrays, ids_, dy_, dw_);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     if (a.ids.elem_bytes == 4) bwd32(a.N, a.V, a.D, a.ids.i32(), a.rows.f(), a.w.f());
     else bwd64(a.N, a.V, a.D, a.ids.i64(), a.rows.f(), a.w.f());
   }, arg("ids"), arg("dy"), arg("dW"),

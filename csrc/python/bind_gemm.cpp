@@ -16,7 +16,7 @@ void kilnet::bind::bind_gemm(py::module_& m, bool ref) {
   m.def("gemm", [=](py::object a_, py::object b_, py::object c_, bool trans_a, bool trans_b,
                     float alpha, float beta, py::object bias_) {
     auto g = gemm_args(host_arrays, a_, b_, c_, trans_a, trans_b, bias_);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     gemm(trans_a, trans_b, g.M, g.N, g.K, alpha, g.a.f(), g.a.dim(1), g.b.f(), g.b.dim(1), beta, g.c.f(), g.N, g.bp);
   }, arg("a"), arg("b"), arg("c"), arg("trans_a") = false, arg("trans_b") = false,
      arg("alpha") = 1.0f, arg("beta") = 0.0f, arg("bias") = py::none(),
@@ -24,7 +24,7 @@ void kilnet::bind::bind_gemm(py::module_& m, bool ref) {
 
   m.def("bias_backward", [=](py::object dy_, py::object db_) {
     auto g = bias_backward_args(host_arrays, dy_, db_);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     bias_backward(g.rows, g.cols, g.dy.f(), g.db.f());
   }, arg("dy"), arg("db"), "db += dy summed over all leading axes");
 }

@@ -76,7 +76,7 @@ void kilnet::bind::bind_gemm_bf16(py::module_& m, bool ref) {
       bp = bias.f();
     }
     const cpu::Bf16Matrix A{a.arr.data, a.bf16, a.arr.dim(1)}, B{b.arr.data, b.bf16, b.arr.dim(1)};
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     gemm(trans_a, trans_b, M, N, K, alpha, A, B, beta, c.f(), N, bp);
   }, arg("a"), arg("b"), arg("c"), arg("trans_a") = false, arg("trans_b") = false,
      arg("alpha") = 1.0f, arg("beta") = 0.0f, arg("bias") = py::none(),
@@ -90,7 +90,7 @@ void kilnet::bind::bind_gemm_bf16(py::module_& m, bool ref) {
     py::array_t<std::uint16_t> y(x.arr.request().shape);
     auto* yp = y.mutable_data();
     {
-      py::gil_scoped_release nogil;
+      KernelCall nogil;
       cpu::float_to_bf16(x.size, x.f(), yp);
     }
     return y;
@@ -103,7 +103,7 @@ void kilnet::bind::bind_gemm_bf16(py::module_& m, bool ref) {
     const auto* xp = static_cast<const std::uint16_t*>(x.data());
     const index_t n = index_t(x.size());
     {
-      py::gil_scoped_release nogil;
+      KernelCall nogil;
       cpu::bf16_to_float(n, xp, yp);
     }
     return y;

@@ -15,7 +15,7 @@ void kilnet::bind::bind_layernorm(py::module_& m, bool ref) {
   m.def("layernorm_forward", [=](py::object x_, py::object gamma_, py::object beta_, py::object mean_,
                                  py::object invstd_, py::object y_, float eps, bool rms) {
     auto a = layernorm_forward_args(host_arrays, x_, gamma_, beta_, mean_, invstd_, y_, eps);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     fwd(a.M, a.C, a.x.f(), a.gp, a.bp, eps, rms, a.mean.f(), a.invstd.f(), a.y.f());
   }, arg("x"), arg("gamma"), arg("beta"), arg("mean"), arg("invstd"), arg("y"), arg("eps") = 1e-3f,
      arg("rms") = false,
@@ -27,7 +27,7 @@ void kilnet::bind::bind_layernorm(py::module_& m, bool ref) {
                                   py::object invstd_, py::object dx_, py::object dgamma_, py::object dbeta_,
                                   bool rms) {
     auto a = layernorm_backward_args(host_arrays, x_, dy_, gamma_, mean_, invstd_, dx_, dgamma_, dbeta_);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     bwd(a.M, a.C, a.x.f(), a.dy.f(), a.gp, a.mean.f(), a.invstd.f(), rms, a.dxp, a.dgp, a.dbp);
   }, arg("x"), arg("dy"), arg("gamma"), arg("mean"), arg("invstd"), arg("dx"), arg("dgamma"), arg("dbeta"),
      arg("rms") = false,

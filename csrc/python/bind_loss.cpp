@@ -22,7 +22,7 @@ void kilnet::bind::bind_loss(py::module_& m, bool ref) {
   auto pair_loss = [&m](const char* name, bool probs, auto call) {
     m.def(name, [name, probs, call](py::object p_, py::object t_, py::object g_) {
       auto a = pair_loss_args(host_arrays, name, p_, t_, g_, probs);
-      py::gil_scoped_release nogil;
+      KernelCall nogil;
       return call(a.rows, a.cols, a.p.f(), a.tp, a.gp);
     }, arg("pred"), arg("target"), arg("grad") = py::none());
   };
@@ -32,19 +32,19 @@ void kilnet::bind::bind_loss(py::module_& m, bool ref) {
 
   m.def("binary_crossentropy", [=](py::object p_, py::object t_, bool from_logits, py::object g_) {
     auto a = pair_loss_args(host_arrays, "binary_crossentropy", p_, t_, g_, false, true, from_logits);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     return bce(a.rows, a.cols, a.p.f(), a.tp, from_logits, a.gp);
   }, arg("pred"), arg("target"), arg("from_logits") = false, arg("grad") = py::none());
 
   m.def("sparse_categorical_crossentropy", [=](py::object p_, py::object l_, py::object g_) {
     auto a = sparse_categorical_crossentropy_args(host_arrays, p_, l_, g_);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     return scce(a.rows, a.cols, a.p.f(), a.lp, a.gp);
   }, arg("pred"), arg("labels"), arg("grad") = py::none());
 
   m.def("softmax_crossentropy", [=](py::object x_, py::object l_, py::object t_, py::object pr_, py::object g_) {
     auto a = softmax_crossentropy_args(host_arrays, x_, l_, t_, pr_, g_);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     return smce(a.rows, a.cols, a.p.f(), a.lp, a.tp, a.probsp, a.gp);
   }, arg("logits"), arg("labels") = py::none(), arg("target") = py::none(), arg("probs") = py::none(),
      arg("grad") = py::none(), "fused softmax + cross-entropy on logits; grad = (softmax - onehot)/rows");

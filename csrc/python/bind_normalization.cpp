@@ -18,7 +18,7 @@ void kilnet::bind::bind_normalization(py::module_& m, bool ref) {
                                  py::object mv_, py::object mean_, py::object invstd_, py::object y_,
                                  float momentum, float eps, bool training) {
     auto a = batchnorm_forward_args(host_arrays, x_, gamma_, beta_, mm_, mv_, mean_, invstd_, y_, momentum, eps);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     fwd(a.M, a.C, a.x.f(), a.gp, a.bp, a.mm.f(), a.mv.f(), momentum, eps, training, a.mean.f(), a.invstd.f(), a.y.f());
   }, arg("x"), arg("gamma"), arg("beta"), arg("moving_mean"), arg("moving_var"), arg("mean"),
      arg("invstd"), arg("y"), arg("momentum") = 0.99f, arg("eps") = 1e-3f, arg("training") = true,
@@ -30,7 +30,7 @@ void kilnet::bind::bind_normalization(py::module_& m, bool ref) {
                                   py::object invstd_, py::object dx_, py::object dgamma_,
                                   py::object dbeta_, bool batch_stats) {
     auto a = batchnorm_backward_args(host_arrays, x_, dy_, gamma_, mean_, invstd_, dx_, dgamma_, dbeta_);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     bwd(a.M, a.C, a.x.f(), a.dy.f(), a.gp, a.mean.f(), a.invstd.f(), batch_stats, a.dxp, a.dgp, a.dbp);
   }, arg("x"), arg("dy"), arg("gamma"), arg("mean"), arg("invstd"), arg("dx"), arg("dgamma"),
      arg("dbeta"), arg("batch_stats") = true,

@@ -27,7 +27,7 @@ void kilnet::bind::bind_peak(py::module_& m) {
     }
     if (!(seconds > 0.0 && seconds <= 10.0))
       fail_value("fma_peak_gflops: seconds must be in (0, 10], got " + std::to_string(seconds));
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     return cpu::fma_peak_gflops(threads, seconds, level);
   }, py::arg("threads") = 1, py::arg("seconds") = 0.2, py::arg("simd") = "",
      "Measured FMA peak in GFLOP/s (summed over `threads` OpenMP threads, 2 flops per FMA lane), "

@@ -30,7 +30,7 @@ void kilnet::bind::bind_pool2d(py::module_& m, bool ref) {
 
   m.def("maxpool2d_forward", [=](py::object x_, py::object y_, Pair pool, Pair stride, Pair pad) {
     auto a = pool_forward_args(host_arrays, "maxpool2d_forward", x_, y_, pool, stride, pad);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     max_fwd(a.s, a.in.f(), a.out.f());
   }, arg("x"), arg("y"), arg("pool_size"), arg("strides"), arg("padding") = Pair{0, 0},
      "y = max over each window of x (NHWC); padding is (top, left); y's shape gives P, Q");
@@ -38,34 +38,34 @@ void kilnet::bind::bind_pool2d(py::module_& m, bool ref) {
   m.def("maxpool2d_backward", [=](py::object x_, py::object dy_, py::object dx_, Pair pool,
                                   Pair stride, Pair pad) {
     auto a = maxpool2d_backward_args(host_arrays, x_, dy_, dx_, pool, stride, pad);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     max_bwd(a.s, a.in.f(), a.dy.f(), a.out.f());
   }, arg("x"), arg("dy"), arg("dx"), arg("pool_size"), arg("strides"), arg("padding") = Pair{0, 0},
      "dx (overwritten): each dy goes to the first maximum of its window in x");
 
   m.def("avgpool2d_forward", [=](py::object x_, py::object y_, Pair pool, Pair stride, Pair pad) {
     auto a = pool_forward_args(host_arrays, "avgpool2d_forward", x_, y_, pool, stride, pad);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     avg_fwd(a.s, a.in.f(), a.out.f());
   }, arg("x"), arg("y"), arg("pool_size"), arg("strides"), arg("padding") = Pair{0, 0},
      "y = mean over each window's unpadded positions of x (NHWC)");
 
   m.def("avgpool2d_backward", [=](py::object dy_, py::object dx_, Pair pool, Pair stride, Pair pad) {
     auto a = avgpool2d_backward_args(host_arrays, dy_, dx_, pool, stride, pad);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     avg_bwd(a.s, a.in.f(), a.out.f());
   }, arg("dy"), arg("dx"), arg("pool_size"), arg("strides"), arg("padding") = Pair{0, 0},
      "dx (overwritten; its shape gives H, W): each dy spread evenly over its window");
 
   m.def("global_avgpool2d_forward", [=](py::object x_, py::object y_) {
     auto a = global_avgpool2d_forward_args(host_arrays, x_, y_);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     gap_fwd(a.in.dim(0), a.in.dim(1) * a.in.dim(2), a.in.dim(3), a.in.f(), a.out.f());
   }, arg("x"), arg("y"), "y (N, C) = mean of x (N, H, W, C) over H and W");
 
   m.def("global_avgpool2d_backward", [=](py::object dy_, py::object dx_) {
     auto a = global_avgpool2d_backward_args(host_arrays, dy_, dx_);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     gap_bwd(a.out.dim(0), a.out.dim(1) * a.out.dim(2), a.out.dim(3), a.in.f(), a.out.f());
   }, arg("dy"), arg("dx"), "dx (N, H, W, C, overwritten) = dy / (H*W) broadcast over H and W");
 }

@@ -24,7 +24,7 @@ void kilnet::bind::bind_rnn(py::module_& m, bool ref) {
                            py::object c_last_) {
     auto a = rnn_forward_args(host_arrays, cell_name, x_, w_, u_, b_, y_, ws_, h0_, c0_, activation, recurrent_activation,
                               go_backwards, mask_, zero_output_for_mask, h_last_, c_last_);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     fwd(a.s, a.x.f(), a.w.f(), a.u.f(), a.bp, a.h0p, a.c0p, a.y.f(), a.ws.f(), a.maskp, a.h_lastp, a.c_lastp);
   }, arg("cell"), arg("x"), arg("w"), arg("u"), arg("b"), arg("y"), arg("ws"), arg("h0") = py::none(),
      arg("c0") = py::none(), arg("activation") = "tanh", arg("recurrent_activation") = "sigmoid",
@@ -44,7 +44,7 @@ void kilnet::bind::bind_rnn(py::module_& m, bool ref) {
     auto a = rnn_backward_args(host_arrays, cell_name, dy_, x_, w_, u_, ws_, scratch_, dx_, dw_, du_, db_, dh0_, dc0_,
                                activation, recurrent_activation, go_backwards, mask_, zero_output_for_mask, dh_last_,
                                dc_last_);
-    py::gil_scoped_release nogil;
+    KernelCall nogil;
     bwd(a.s, a.dy.f(), a.w.f(), a.u.f(), a.ws.f(), a.scratch.f(), a.dxp, a.dwp, a.dup, a.dbp, a.dh0p, a.dc0p,
         a.maskp, a.dh_lastp, a.dc_lastp);
   }, arg("cell"), arg("dy"), arg("x"), arg("w"), arg("u"), arg("ws"), arg("scratch"), arg("dx"),

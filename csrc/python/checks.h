@@ -18,6 +18,19 @@ namespace kilnet::bind {
 namespace py = pybind11;
 using kilnet::index_t;
 
+// Around a CPU kernel call: kilnet's thread count on this thread for the call, the GIL released.
+// A process has one OpenMP runtime (PyTorch's wheel ships libgomp.so.1 too): torch.set_num_threads
+// changes the count kilnet's kernels would see, and kilnet's would change torch's. The count the
+// thread had is put back afterwards, so neither library sets the other's.
+struct KernelCall {
+  KernelCall() : had(cpu::apply_num_threads()) {}
+  ~KernelCall() { cpu::restore_num_threads(had); }
+  KernelCall(const KernelCall&) = delete;
+  KernelCall& operator=(const KernelCall&) = delete;
+  int had;
+  py::gil_scoped_release nogil;
+};
+
 // A checked array argument: numpy (array_arg, here) or CuPy (dev_array_arg, cuda_checks.h).
 // The shape helpers below work on either; only `arr` is numpy-specific.
 struct Arr {

@@ -1,6 +1,7 @@
 // cpu_module.cpp — kilnet._cpu: the CPU kernels for Python. Each family's checks and bindings
 // live in bind_<family>.cpp; kilnet._cpu.ref holds the same functions bound to the naive
 // reference kernels, so tests compare fast and plain inside one build.
+#include <omp.h>
 #include <pybind11/pybind11.h>
 #include "checks.h"
 #include "kilnet/common.h"
@@ -16,13 +17,18 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("simd_level", &cpu::simd_level, "'avx512', 'avx2' or 'scalar': the kernel path in use");
   m.def("machine_simd_level", [] { return cpu::simd_name(cpu::machine_simd()); },
         "the best level this build runs on this machine (what KILNET_SIMD can lower)");
+  cpu::set_num_threads(cpu::get_num_threads());   // the default at import, held from now on
   m.def("get_num_threads", &cpu::get_num_threads);
   m.def("set_num_threads", [](int n) {
     // The cap of KILNET_NUM_THREADS (kilnet/backend.py): a count far beyond any machine only
     // exhausts the address space when the next parallel region starts its threads (a crash).
     if (n < 1 || n > 4096)
       bind::fail_value("set_num_threads: n must be in [1, 4096], got " + std::to_string(n));
+    // kilnet's count only: the calling thread's OpenMP count, which a PyTorch in the same process
+    // shares, stays as it was (the kernels apply kilnet's around each call: checks.h KernelCall)
+    const int had = omp_get_max_threads();
     cpu::set_num_threads(n);
+    cpu::restore_num_threads(had);
   }, py::arg("n"));
   m.def("build_info", &cpu::build_info);
   bind::bind_peak(m);   // no ref variant: on the main module only

@@ -28,7 +28,9 @@ Simd machine_simd();               // the best level this build and machine coul
 bool use_avx2();                   // simd() >= Avx2: the AVX2/FMA kernels may run (AVX-512 CPUs too)
 bool use_avx512();                 // simd() == Avx512
 int  get_num_threads();
-void set_num_threads(int n);       // n >= 1
+void set_num_threads(int n);       // n >= 1; kilnet's own count, kept apart from other libraries'
+int  apply_num_threads();          // this thread's OpenMP count made kilnet's: the one it replaced, or 0
+void restore_num_threads(int n);   // put back what apply_num_threads replaced (n > 0)
 const char* build_info();          // compiler, flags, OpenMP version
 
 }  // namespace kilnet::cpu
