@@ -5,7 +5,7 @@ way to use one), each shuffled per epoch. One process per thread count; inside i
 take turns epoch by epoch on one model (interleaved rounds, so a noisy neighbour hits every
 form), medians reported.
 
-    python benchmarks/bench_data_pipelines.py [--threads 1 2] [--samples 19200] [--rounds 7]
+    python benchmarks/bench_data_pipelines.py [--threads 1 2] [--samples 19200] [--rounds 9]
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--samples", type=int, default=19200)
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=9)
     args = ap.parse_args()
     print(f"machine: {machine()}")
     print(f"{args.samples} samples per epoch, batch 32; medians over {args.rounds} interleaved epochs per form")
@@ -97,7 +97,11 @@ def main():
         base = statistics.median(times["arrays"])
         for k, ts in times.items():
             med = statistics.median(ts)
-            print(f"threads {threads}  {k:10s}  median {med:.3f} s  (best {min(ts):.3f})  x{med / base:.3f} of arrays")
+            # paired: each round's epoch over the same round's array epoch (next to it in time,
+            # so a host that slows down for a while slows both), then the median of those
+            paired = statistics.median(t / a for t, a in zip(ts, times["arrays"]))
+            print(f"threads {threads}  {k:10s}  median {med:.3f} s  (best {min(ts):.3f})  x{med / base:.3f} of arrays"
+                  f"  (paired x{paired:.3f})")
 
 
 if __name__ == "__main__":
