@@ -153,6 +153,28 @@ void stage(const Conv2dShape& s, const Conv2dShape& t, index_t row0, const float
     std::memcpy(dst + n * rows, x + n * img + row0 * s.W * s.C, static_cast<size_t>(rows) * sizeof(float));
 }
 
+// Block b of the plan, made ready: its rows of x staged into the thread's slab, and room for
+// its h (N x kb). The forward and the backward start each block the same way.
+struct Block {
+  Conv2dShape ts;   // the block's rows as a convolution of their own
+  index_t p0, kb;   // first output row, features of h per image
+  float* slab;
+  float* h;
+};
+
+Block start_block(const Conv2dShape& s, const Plan& p, index_t b, const float* x, Scratch& sc) {
+  Block k;
+  k.p0 = b * p.pb;
+  const index_t p1 = k.p0 + p.pb < s.P ? k.p0 + p.pb : s.P;
+  index_t row0;
+  k.ts = slab_of(s, k.p0, p1, &row0);
+  k.slab = grown(sc.slab, s.N * k.ts.H * s.W * s.C);
+  k.kb = (p1 - k.p0) * s.Q * s.K;
+  k.h = grown(sc.h, s.N * k.kb);
+  stage(s, k.ts, row0, x, k.slab);
+  return k;
+}
+
 // Runs body(thread, first block, end block) on plan.nt threads, each running its kernels alone;
 // rethrows the first exception after the region.
 template <class Body>
@@ -184,31 +206,23 @@ void conv_dense_forward(const Conv2dShape& s, Act act, const float* x, const flo
                         index_t U, const float* wd, const float* bd, float* z) {
   const bool pixels = pixel_path(s, act, U);
   const Plan p = pixels ? pixel_plan(s) : plan_of(s);
-  const index_t row_feats = s.Q * s.K;
   std::vector<float*> parts(static_cast<size_t>(p.nt), nullptr);
   run_blocks(p, [&](int t, index_t b0, index_t b1) {
     Scratch& sc = scratch();
     float* zp = t == 0 ? z : grown(sc.z, s.N * U);
+    parts[static_cast<size_t>(t)] = zp;
 #ifdef KILNET_HAVE_AVX512_BUILD
     if (pixels) {   // the "blocks" are output pixels here
-      parts[static_cast<size_t>(t)] = zp;
       std::memset(zp, 0, static_cast<size_t>(s.N * U) * sizeof(float));
       avx512::pixel_forward(s, act == Act::Relu, x, wc, bc, U, wd, b0, b1, zp, grown(sc.h, s.N * s.K));
       return;
     }
 #endif
-    parts[static_cast<size_t>(t)] = zp;
     if (b0 == b1) std::memset(zp, 0, static_cast<size_t>(s.N * U) * sizeof(float));
     for (index_t b = b0; b < b1; ++b) {
-      const index_t p0 = b * p.pb, p1 = p0 + p.pb < s.P ? p0 + p.pb : s.P;
-      index_t row0;
-      const Conv2dShape ts = slab_of(s, p0, p1, &row0);
-      float* slab = grown(sc.slab, s.N * ts.H * s.W * s.C);
-      const index_t kb = (p1 - p0) * row_feats;
-      float* h = grown(sc.h, s.N * kb);
-      stage(s, ts, row0, x, slab);
-      conv2d_forward(ts, slab, wc, bc, h, act);
-      block_forward(s.N, kb, U, h, wd + p0 * row_feats * U, zp, b != b0);
+      const Block k = start_block(s, p, b, x, sc);
+      conv2d_forward(k.ts, k.slab, wc, bc, k.h, act);
+      block_forward(s.N, k.kb, U, k.h, wd + k.p0 * s.Q * s.K * U, zp, b != b0);
     }
   });
   for (int t = 1; t < p.nt; ++t)
@@ -223,7 +237,7 @@ void conv_dense_backward(const Conv2dShape& s, Act act, const float* x, const fl
                          float* dbd, bool overwrite_dwd) {
   const bool pixels = pixel_path(s, act, U);
   const Plan p = pixels ? pixel_plan(s) : plan_of(s);
-  const index_t row_feats = s.Q * s.K, nw = s.R * s.S * s.C * s.K;
+  const index_t nw = s.R * s.S * s.C * s.K;
   std::vector<float*> wparts(static_cast<size_t>(p.nt), nullptr), bparts(static_cast<size_t>(p.nt), nullptr);
   run_blocks(p, [&](int t, index_t b0, index_t b1) {
     Scratch& sc = scratch();
@@ -244,19 +258,13 @@ void conv_dense_backward(const Conv2dShape& s, Act act, const float* x, const fl
     }
 #endif
     for (index_t b = b0; b < b1; ++b) {
-      const index_t p0 = b * p.pb, p1 = p0 + p.pb < s.P ? p0 + p.pb : s.P;
-      index_t row0;
-      const Conv2dShape ts = slab_of(s, p0, p1, &row0);
-      float* slab = grown(sc.slab, s.N * ts.H * s.W * s.C);
-      const index_t kb = (p1 - p0) * row_feats;
-      float* h = grown(sc.h, s.N * kb);
-      float* dh = grown(sc.dh, s.N * kb);
-      stage(s, ts, row0, x, slab);
-      conv2d_forward(ts, slab, wc, bc, h, act);                        // h again, in cache
-      const float* wblk = wd + p0 * row_feats * U;
-      block_weight_grad(s.N, kb, U, h, dz, dwd + p0 * row_feats * U, overwrite_dwd);   // dW rows
-      block_input_grad(s.N, kb, U, dz, wblk, dh);                     // dh = dz W^T
-      conv2d_backward(ts, dh, slab, wc, nullptr, dw, db, act, h);      // act'(h) applied inside
+      const Block k = start_block(s, p, b, x, sc);
+      float* dh = grown(sc.dh, s.N * k.kb);
+      conv2d_forward(k.ts, k.slab, wc, bc, k.h, act);                        // h again, in cache
+      const index_t row = k.p0 * s.Q * s.K * U;                              // the block's Dense rows
+      block_weight_grad(s.N, k.kb, U, k.h, dz, dwd + row, overwrite_dwd);    // dW rows
+      block_input_grad(s.N, k.kb, U, dz, wd + row, dh);                      // dh = dz W^T
+      conv2d_backward(k.ts, dh, k.slab, wc, nullptr, dw, db, act, k.h);      // act'(h) applied inside
     }
   });
   for (int t = 1; t < p.nt; ++t) {
