@@ -26,10 +26,10 @@ def ratios(rows):
     out, flagged = {}, set()
     for r in rows:
         for peer in ("numpy", "torch"):
-            t = r[f"{peer}_s"]
-            if t is not None:
+            ratio = r[f"{peer}_ratio"]
+            if ratio is not None:
                 key = (r["threads"], r["family"], r["shape"], peer)
-                out[key] = t / r["kilnet_s"]
+                out[key] = ratio
                 if peer in r["stalled"] or "kilnet" in r["stalled"]:
                     flagged.add(key)
     return out, flagged

@@ -132,13 +132,13 @@ def test_bench_table_flags_stalled_rows():
 
 
 def test_bench_per_process_quick(monkeypatch, capsys):
-    """--per-process: every library in its own fresh process per round (torch left out here to
-    keep the test short)."""
+    """--per-process: every library in a process of its own, asked for one case at a time (torch
+    left out here to keep the test short)."""
     real = bench._import_peer
     monkeypatch.setattr(bench, "_import_peer", lambda name: None if name == "torch" else real(name))
     rows = bench.run(threads=["1"], quick=True, only="activation,gemm", per_process=True, rounds=2)
     out = capsys.readouterr().out
-    assert "one process per library and round" in out and "2 rounds" in out
+    assert "a process per library, libraries alternating case by case" in out and "2 rounds" in out
     assert {r["family"] for r in rows} == {"activation", "gemm"} and len(rows) == 5
     assert all(r["kilnet_s"] > 0 and r["numpy_s"] > 0 and r["torch_s"] is None for r in rows)
     assert all(set(r["spread"]) == {"kilnet", "numpy"} for r in rows)

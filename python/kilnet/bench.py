@@ -6,13 +6,14 @@ chains, kilnet/peak.h) at the SIMD level the kernels run (simd_level(); KILNET_S
 never taken from a clock-rate constant, then each case is timed as the median of several calls after a warm-up
 (time.perf_counter). Compute-bound cases report GFLOP/s and % of that peak; memory-bound ones
 (activation, loss, Adam, pooling, batch norm) report GB/s of the bytes they must move. A peer's
-ratio is its time / kilnet's time (> 1: kilnet faster). Shapes and FLOP formulas follow
+ratio is its time / kilnet's time (> 1: kilnet faster), paired by round. Shapes and FLOP formulas follow
 benchmarks/bench_gemm.py, bench_conv2d.py, bench_rnn.py and bench_epoch.py.
 
 Other libraries' thread pools must not time each other (issue 23): each row is the median over
 several rounds, the libraries take turns case by case in an order that rotates every round, and
 each library's turn starts only once the others' pools are idle (kilnet.fair_timing.wait_idle),
-or, with per_process=True (`--per-process`), in a fresh process of its own. A time whose round
+or, with per_process=True (`--per-process`), in a process of its own taking the same turns. The
+arrays a case times lie the same way in every process (_place). A time whose round
 medians spread by more than fair_timing.STALL_SPREAD is printed with "!" (a stall or a busy
 machine). `python -m kilnet.bench --worker LIB` is that per-process worker.
 
@@ -23,11 +24,13 @@ from __future__ import annotations
 
 import importlib
 import json
+import mmap
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
@@ -62,7 +65,9 @@ class Case:
 def median_seconds(fn, quick):
     """Median seconds per call of fn after warm-up (fair_timing.median_seconds): at least
     `min_reps` calls and about `budget` s."""
-    warm, min_reps, budget, max_reps = (1, 5, 0.02, 20) if quick else (2, 5, 0.08, 60)
+    # Short calls get more of them within the budget: a median of 20 calls of 30 us covers 0.6 ms,
+    # which one hiccup of a shared machine can own.
+    warm, min_reps, budget, max_reps = (1, 5, 0.02, 100) if quick else (2, 5, 0.08, 300)
     return fair_timing.median_seconds(fn, warm, min_reps, budget, max_reps)
 
 
@@ -144,6 +149,49 @@ def _rng():
     return np.random.default_rng(0)
 
 
+_HUGE = 1 << 21                 # the x86-64 transparent huge page
+_STAGGER = 263 * 64             # bytes between successive arrays' offsets in their huge pages
+_PLACE_MIN = 1 << 18            # smaller arrays are ordinary copies
+_placed = [0]                   # arrays placed so far in this process
+
+
+def _place(a):
+    """A copy of array `a` in an anonymous mapping of its own, starting at a fixed offset from a
+    2 MiB boundary, huge pages requested (numpy asks for them too, for arrays >= 4 MiB).
+
+    Why (issue 23): where numpy's allocator puts a case's arrays depends on everything allocated
+    before it in the process, and the same kernel on the same data ran 0.8 ms or 2.0 ms
+    (softmax_ce 1024x1000, 1 thread) depending on that placement -- so one process's ratio
+    disagreed with another's. Placed arrays sit the same way in every process (the cases are
+    built in the same order), with successive arrays 263 cache lines apart mod 2 MiB so that a
+    kernel's input and output streams never share cache sets or 4K-aliasing offsets."""
+    a = np.asarray(a)
+    if a.nbytes < _PLACE_MIN:            # a few pages: caches hold it whichever way it lies
+        return np.array(a, copy=True)
+    k = _placed[0]
+    _placed[0] += 1
+    off = 64 + (k * _STAGGER) % (_HUGE - 4096)
+    length = off + max(a.nbytes, 1) + _HUGE
+    try:
+        mm = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except (OSError, ValueError):        # no anonymous mappings here: an ordinary copy
+        return np.array(a, copy=True)
+    buf = np.frombuffer(mm, np.uint8)    # keeps the mapping alive as long as the array
+    base = (-buf.ctypes.data) % _HUGE
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            mm.madvise(mmap.MADV_HUGEPAGE, base, length - base)
+        except OSError:
+            pass
+    out = buf[base + off: base + off + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def _empty(shape, dtype=np.float32):
+    return _place(np.zeros(shape, dtype))
+
+
 def gemm_cases(quick, torch):
     sq = 256 if quick else 512
     shapes = [(f"square {sq}", sq, sq, sq, False, False),
@@ -155,9 +203,9 @@ def gemm_cases(quick, torch):
     out = []
     for name, M, N, K, ta, tb in shapes:
         rng = _rng()
-        a = rng.uniform(-1, 1, (K, M) if ta else (M, K)).astype(np.float32)
-        b = rng.uniform(-1, 1, (N, K) if tb else (K, N)).astype(np.float32)
-        c = np.empty((M, N), np.float32)
+        a = _place(rng.uniform(-1, 1, (K, M) if ta else (M, K)).astype(np.float32))
+        b = _place(rng.uniform(-1, 1, (N, K) if tb else (K, N)).astype(np.float32))
+        c = _empty((M, N), np.float32)
         oa, ob = (a.T if ta else a), (b.T if tb else b)
         tfn = None
         if torch is not None:
@@ -179,13 +227,13 @@ def conv2d_cases(quick, torch):
     for name, N, H, W, C, K, pad, act, need_dx in specs:
         rng = _rng()
         P, Q = H + 2 * pad - 2, W + 2 * pad - 2
-        x = rng.uniform(-1, 1, (N, H, W, C)).astype(np.float32)
-        w = rng.uniform(-0.3, 0.3, (3, 3, C, K)).astype(np.float32)
-        b = rng.uniform(-0.1, 0.1, (K,)).astype(np.float32)
-        y = np.empty((N, P, Q, K), np.float32)
-        dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
-        dx = np.empty_like(x) if need_dx else None
-        dw, db = np.empty_like(w), np.empty_like(b)
+        x = _place(rng.uniform(-1, 1, (N, H, W, C)).astype(np.float32))
+        w = _place(rng.uniform(-0.3, 0.3, (3, 3, C, K)).astype(np.float32))
+        b = _place(rng.uniform(-0.1, 0.1, (K,)).astype(np.float32))
+        y = _empty((N, P, Q, K), np.float32)
+        dy = _place(rng.uniform(-1, 1, y.shape).astype(np.float32))
+        dx = _place(np.empty_like(x)) if need_dx else None
+        dw, db = _place(np.empty_like(w)), _place(np.empty_like(b))
 
         def k(x=x, w=w, b=b, y=y, dy=dy, dx=dx, dw=dw, db=db, pad=pad, act=act):
             _cpu.conv2d_forward(x, w, b, y, (1, 1), (pad, pad), (1, 1), act)
@@ -195,10 +243,10 @@ def conv2d_cases(quick, torch):
         tfn = None
         if torch is not None:
             F = torch.nn.functional
-            tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(need_dx)
-            tw = torch.from_numpy(w.transpose(3, 2, 0, 1).copy()).requires_grad_(True)
-            tb = torch.from_numpy(b.copy()).requires_grad_(True)
-            tdy = torch.from_numpy(dy.transpose(0, 3, 1, 2).copy())
+            tx = torch.from_numpy(_place(x.transpose(0, 3, 1, 2))).requires_grad_(need_dx)
+            tw = torch.from_numpy(_place(w.transpose(3, 2, 0, 1))).requires_grad_(True)
+            tb = torch.from_numpy(_place(b)).requires_grad_(True)
+            tdy = torch.from_numpy(_place(dy.transpose(0, 3, 1, 2)))
 
             def tfn(tx=tx, tw=tw, tb=tb, tdy=tdy, pad=pad, act=act):
                 tw.grad = tb.grad = tx.grad = None
@@ -215,9 +263,9 @@ def activation_cases(quick, torch):
     """ReLU forward (read x, write y) + backward (read y, dy, write dx): 20 bytes per element."""
     n = 1 << 20
     rng = _rng()
-    x = rng.uniform(-1, 1, n).astype(np.float32)
-    dy = rng.uniform(-1, 1, n).astype(np.float32)
-    y, dx, mask = np.empty_like(x), np.empty_like(x), np.empty(n, bool)
+    x = _place(rng.uniform(-1, 1, n).astype(np.float32))
+    dy = _place(rng.uniform(-1, 1, n).astype(np.float32))
+    y, dx, mask = _place(np.empty_like(x)), _place(np.empty_like(x)), _empty(n, bool)
 
     def k():
         _cpu.activation_forward("relu", x, y)
@@ -229,7 +277,7 @@ def activation_cases(quick, torch):
         np.multiply(dy, mask, out=dx)
     tfn = None
     if torch is not None:
-        tx = torch.from_numpy(x.copy()).requires_grad_(True)
+        tx = torch.from_numpy(_place(x)).requires_grad_(True)
         tdy = torch.from_numpy(dy)
 
         def tfn():
@@ -244,9 +292,9 @@ def softmax_ce_cases(quick, torch):
     out = []
     for rows, cols in ((256, 10), (1024, 1000) if quick else (4096, 1000)):
         rng = _rng()
-        x = rng.normal(0, 2, (rows, cols)).astype(np.float32)
-        lab = rng.integers(0, cols, rows).astype(np.int64)
-        probs, grad = np.empty_like(x), np.empty_like(x)
+        x = _place(rng.normal(0, 2, (rows, cols)).astype(np.float32))
+        lab = _place(rng.integers(0, cols, rows).astype(np.int64))
+        probs, grad = _place(np.empty_like(x)), _place(np.empty_like(x))
         r = np.arange(rows)
 
         def k(x=x, lab=lab, probs=probs, grad=grad):
@@ -262,7 +310,7 @@ def softmax_ce_cases(quick, torch):
             return loss
         tfn = None
         if torch is not None:
-            tx = torch.from_numpy(x.copy()).requires_grad_(True)
+            tx = torch.from_numpy(_place(x)).requires_grad_(True)
             tl = torch.from_numpy(lab)
 
             def tfn(tx=tx, tl=tl):
@@ -276,16 +324,16 @@ def adam_cases(quick, torch):
     """One Adam step over 1M parameters: read p, g, m, v and write p, m, v: 28 bytes per element."""
     n = 1 << 20
     rng = _rng()
-    p = rng.uniform(-1, 1, n).astype(np.float32)
-    g = rng.uniform(-1, 1, n).astype(np.float32) * 1e-2
-    m, v = np.zeros_like(p), np.zeros_like(p)
+    p = _place(rng.uniform(-1, 1, n).astype(np.float32))
+    g = _place(rng.uniform(-1, 1, n).astype(np.float32) * 1e-2)
+    m, v = _place(np.zeros_like(p)), _place(np.zeros_like(p))
     lr, b1, b2, eps = 1e-3, 0.9, 0.999, 1e-7
     step = [0]
 
     def k():
         step[0] += 1
         _cpu.adam_update(p, g, m, v, lr, b1, b2, eps, step[0])
-    pn, mn, vn, tmp = p.copy(), np.zeros_like(p), np.zeros_like(p), np.empty_like(p)
+    pn, mn, vn, tmp = _place(p), _place(np.zeros_like(p)), _place(np.zeros_like(p)), _place(np.empty_like(p))
     nstep = [0]
 
     def npf():
@@ -306,8 +354,8 @@ def adam_cases(quick, torch):
         np.subtract(pn, tmp, out=pn)
     tfn, note = None, ""
     if torch is not None:
-        tp = torch.nn.Parameter(torch.from_numpy(p.copy()))
-        tp.grad = torch.from_numpy(g.copy())
+        tp = torch.nn.Parameter(torch.from_numpy(_place(p)))
+        tp.grad = torch.from_numpy(_place(g))
         opt = None
         for kw in ({"fused": True}, {"foreach": True}, {}):
             try:
@@ -327,10 +375,10 @@ def pooling_cases(quick, torch):
     3.5 x 4 bytes per input element."""
     N, H, W, C = (16 if quick else 64), 28, 28, 32
     rng = _rng()
-    x = rng.uniform(-1, 1, (N, H, W, C)).astype(np.float32)
-    y = np.empty((N, H // 2, W // 2, C), np.float32)
-    dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
-    dx = np.empty_like(x)
+    x = _place(rng.uniform(-1, 1, (N, H, W, C)).astype(np.float32))
+    y = _empty((N, H // 2, W // 2, C), np.float32)
+    dy = _place(rng.uniform(-1, 1, y.shape).astype(np.float32))
+    dx = _place(np.empty_like(x))
 
     def k():
         _cpu.maxpool2d_forward(x, y, (2, 2), (2, 2))
@@ -357,12 +405,12 @@ def batchnorm_cases(quick, torch):
     bytes per element (the statistics passes over x are not counted)."""
     N, H, W, C = (16 if quick else 64), 28, 28, 32
     rng = _rng()
-    x = rng.normal(0, 1, (N, H, W, C)).astype(np.float32)
-    dy = rng.normal(0, 1, x.shape).astype(np.float32)
-    y, dx = np.empty_like(x), np.empty_like(x)
-    gamma, beta = np.ones(C, np.float32), np.zeros(C, np.float32)
-    mm, mv, mean, invstd = (np.zeros(C, np.float32) for _ in range(4))
-    dg, dbeta = np.zeros(C, np.float32), np.zeros(C, np.float32)
+    x = _place(rng.normal(0, 1, (N, H, W, C)).astype(np.float32))
+    dy = _place(rng.normal(0, 1, x.shape).astype(np.float32))
+    y, dx = _place(np.empty_like(x)), _place(np.empty_like(x))
+    gamma, beta = _place(np.ones(C, np.float32)), _place(np.zeros(C, np.float32))
+    mm, mv, mean, invstd = (_place(np.zeros(C, np.float32)) for _ in range(4))
+    dg, dbeta = _place(np.zeros(C, np.float32)), _place(np.zeros(C, np.float32))
 
     def k():
         _cpu.batchnorm_forward(x, gamma, beta, mm, mv, mean, invstd, y, 0.99, 1e-3, True)
@@ -402,15 +450,15 @@ def rnn_cases(quick, torch):
     out = []
     for layer, cell, G, tname in (("SimpleRNN", "simple_rnn", 1, "RNN"), ("LSTM", "lstm", 4, "LSTM")):
         rng = _rng()
-        x = rng.uniform(-1, 1, (B, T, I)).astype(np.float32)
-        w = rng.uniform(-0.1, 0.1, (I, G * H)).astype(np.float32)
-        u = rng.uniform(-0.1, 0.1, (H, G * H)).astype(np.float32)
+        x = _place(rng.uniform(-1, 1, (B, T, I)).astype(np.float32))
+        w = _place(rng.uniform(-0.1, 0.1, (I, G * H)).astype(np.float32))
+        u = _place(rng.uniform(-0.1, 0.1, (H, G * H)).astype(np.float32))
         b = np.zeros(G * H, np.float32)
-        y = np.empty((B, T, H), np.float32)
-        dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
+        y = _empty((B, T, H), np.float32)
+        dy = _place(rng.uniform(-1, 1, y.shape).astype(np.float32))
         ws_n, scratch_n = _cpu.rnn_workspace_size(cell, B, T, I, H)
-        ws, scratch = np.empty(ws_n, np.float32), np.empty(scratch_n, np.float32)
-        dw, du, db = np.zeros_like(w), np.zeros_like(u), np.zeros_like(b)
+        ws, scratch = _empty(ws_n, np.float32), _empty(scratch_n, np.float32)
+        dw, du, db = _place(np.zeros_like(w)), _place(np.zeros_like(u)), _place(np.zeros_like(b))
 
         def k(cell=cell, x=x, w=w, u=u, b=b, y=y, ws=ws, dy=dy, scratch=scratch, dw=dw, du=du, db=db):
             _cpu.rnn_forward(cell, x, w, u, b, y, ws, None, None, "tanh", "sigmoid", False)
@@ -479,8 +527,20 @@ def _fmt_ms(s):
     return "-" if s is None else f"{s * 1e3:.3f}" if s < 1e-2 else f"{s * 1e3:.2f}"
 
 
-def _fmt_ratio(peer, mine):
-    return "-" if peer is None or not mine else f"{peer / mine:.2f}x"
+def _paired_ratio(peer, mine):
+    """The median over rounds of peer's round median / kilnet's in the same round (None without
+    the peer). Paired: a round where the machine was slower for both libraries cancels out,
+    where the ratio of the two overall medians could pair one library's good round with the
+    other's bad one."""
+    if not peer or not mine:
+        return None
+    if len(peer) != len(mine):
+        return statistics.median(peer) / statistics.median(mine)
+    return statistics.median(p / m for p, m in zip(peer, mine))
+
+
+def _fmt_ratio(ratio):
+    return "-" if ratio is None else f"{ratio:.2f}x"
 
 
 def parse_threads(values):
@@ -510,7 +570,7 @@ def parse_only(value):
 
 
 def _rounds(rounds, quick):
-    n = (3 if quick else 5) if rounds is None else int(rounds)
+    n = (5 if quick else 7) if rounds is None else int(rounds)
     if n < 1:
         raise ValueError(f"--rounds must be >= 1, got {n}")
     return n
@@ -522,7 +582,9 @@ def run(threads=None, quick=False, only=None, out=print, per_process=False, roun
     Each row's time is the median over `rounds` rounds of each round's median; the libraries take
     turns case by case in an order that rotates from round to round. In one process (default)
     each library's turn starts once the other libraries' pools are idle (fair_timing.wait_idle);
-    per_process=True times each library in a fresh process of its own per round instead."""
+    per_process=True times each library in a process of its own instead (the same turns).
+
+    Arrays the cases time are placed the same way in every process (_place)."""
     threads = parse_threads(threads)
     fams = parse_only(only)
     rounds = _rounds(rounds, quick)
@@ -530,7 +592,7 @@ def run(threads=None, quick=False, only=None, out=print, per_process=False, roun
     torch = _import_peer("torch")
     blas = numpy_blas()
     level, best = _cpu.simd_level(), _cpu.machine_simd_level()
-    mode = ("one process per library and round" if per_process
+    mode = ("a process per library, libraries alternating case by case" if per_process
             else "one process, libraries alternating case by case, pools idle before each")
     out(f"kilnet bench: {cpu_model()}, {os.cpu_count()} logical cores; CPU flags {simd_flags()}; "
         f"kilnet SIMD {level}" + ("" if level == best else f" (machine best {best}, lowered by KILNET_SIMD)") + "; "
@@ -559,11 +621,6 @@ def _build_cases(fams, quick, torch):
     return [case for fam in fams for case in CASES[fam](quick, torch)]
 
 
-def _time_lib(cases, lib, quick):
-    """{case index: seconds} for every case that `lib` can run."""
-    return {i: median_seconds(c.fns[lib], quick) for i, c in enumerate(cases) if c.fns.get(lib) is not None}
-
-
 def _time_in_process(n, fams, quick, rounds, libs, torch):
     """All libraries in this process: ({(case index, lib): [round medians]}, peak, idle) where
     idle is False when some library started with another pool still running. The libraries
@@ -587,45 +644,107 @@ def _time_in_process(n, fams, quick, rounds, libs, torch):
     return (cases, samples), peak, idle
 
 
+class _Worker:
+    """One library's worker process (`python -m kilnet.bench --worker LIB`), kept for all the
+    rounds of one thread count and asked for one case at a time (`time I`, `peak`, `quit` on its
+    stdin; each answer a line "KB <json>" on its stdout)."""
+
+    def __init__(self, lib, n, fams, quick):
+        cmd = [sys.executable, "-m", "kilnet.bench", "--worker", lib, "--threads", str(n), "--only", ",".join(fams)]
+        if quick:
+            cmd.append("--quick")
+        self.lib, self.n = lib, n
+        self._err = tempfile.TemporaryFile(mode="w+")   # a file, so a chatty stderr cannot block it
+        self._p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
+                                   text=True, env={**os.environ, "OMP_NUM_THREADS": str(n)})
+        self.cases = set(self._answer()["cases"])
+
+    def _answer(self):
+        for line in self._p.stdout:
+            if line.startswith("KB "):
+                return json.loads(line[3:])
+        self._p.wait()
+        self._err.seek(0)
+        raise RuntimeError(f"kilnet bench: the {self.lib} worker (threads {self.n}) stopped "
+                           f"(exit {self._p.returncode}):\n{self._err.read()[-3000:]}")
+
+    def ask(self, command):
+        self._p.stdin.write(command + "\n")
+        self._p.stdin.flush()
+        return self._answer()
+
+    def close(self):
+        try:
+            if self._p.poll() is None:
+                self._p.stdin.write("quit\n")
+                self._p.stdin.flush()
+                self._p.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self._p.kill()
+            self._p.wait()
+        self._err.close()
+
+
 def _time_processes(n, fams, quick, rounds, libs, torch):
-    """Each library in its own fresh process, one per round, in rotating order."""
-    samples, peak = {}, 0.0
-    for r in range(rounds):
-        for lib in fair_timing.rotate(libs, r):
-            res = _spawn_worker(lib, n, fams, quick)
-            peak = max(peak, res.get("peak", 0.0))
-            for i, t in res["times"]:
-                samples.setdefault((int(i), lib), []).append(t)
-    cases = _build_cases(fams, quick, torch)   # names, work and units only: nothing is called here
+    """Each library in a process of its own, all started before the first case: the libraries
+    take turns case by case in an order that rotates every round, as in one process, and each
+    worker answers only once its own pools went idle. (Each library's cases and their memory sit
+    in its own process; a worker that ran all its cases in one go, minutes apart from its peers,
+    saw another load on the machine than they did.)"""
+    workers = {}
+    try:
+        for lib in libs:
+            workers[lib] = _Worker(lib, n, fams, quick)
+        peak = workers["kilnet"].ask("peak")
+        cases = _build_cases(fams, quick, torch)   # names, work and units only: nothing is called here
+        samples = {}
+        for r in range(rounds):
+            for i in range(len(cases)):
+                for lib in fair_timing.rotate(libs, r + i):
+                    if i in workers[lib].cases:
+                        samples.setdefault((i, lib), []).append(workers[lib].ask(f"time {i}"))
+        peak = max(peak, workers["kilnet"].ask("peak"))
+    finally:
+        for w in workers.values():
+            w.close()
     return (cases, samples), peak, True
 
 
-def _spawn_worker(lib, n, fams, quick):
-    cmd = [sys.executable, "-m", "kilnet.bench", "--worker", lib, "--threads", str(n), "--only", ",".join(fams)]
-    if quick:
-        cmd.append("--quick")
-    env = {**os.environ, "OMP_NUM_THREADS": str(n)}
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if r.returncode != 0:
-        raise RuntimeError(f"kilnet bench: the {lib} worker (threads {n}) failed:\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-def worker(lib, n, fams, quick):
-    """One library's cases in this process (`python -m kilnet.bench --worker LIB`): prints JSON
-    {"times": [[case index, seconds], ...], "peak": GFLOP/s (kilnet's worker only)}."""
+def worker(lib, n, fams, quick, commands=None, reply=None):
+    """One library's cases in this process, timed on request (see _Worker): first answers
+    {"cases": [indexes it can run]}, then one answer per command -- `time I` (seconds per call of
+    case I, after this process's pools went idle), `peak` (GFLOP/s, kilnet's worker only),
+    `quit`."""
+    commands = sys.stdin if commands is None else commands
+    if reply is None:
+        def reply(obj):
+            sys.stdout.write("KB " + json.dumps(obj) + "\n")
+            sys.stdout.flush()
     torch = _import_peer("torch") if lib == "torch" else None
     if lib == "torch" and torch is None:
         raise SystemExit("kilnet bench worker: torch is not installed")
     restore = set_threads(n, torch)
     try:
         cases = _build_cases(fams, quick, torch)
-        res = {"times": sorted(_time_lib(cases, lib, quick).items())}
-        if lib == "kilnet":
-            res["peak"] = measured_peak(n, _cpu.simd_level(), quick)
+        can = [i for i, c in enumerate(cases) if c.fns.get(lib) is not None]
+        reply({"cases": can})
+        for line in commands:
+            cmd = line.split()
+            if not cmd:
+                continue
+            if cmd[0] == "quit":
+                break
+            if cmd[0] == "time" and len(cmd) == 2 and cmd[1].isdigit() and int(cmd[1]) in can:
+                t = median_seconds(cases[int(cmd[1])].fns[lib], quick)
+                fair_timing.wait_idle()
+                reply(t)
+            elif cmd[0] == "peak" and lib == "kilnet":
+                reply(measured_peak(n, _cpu.simd_level(), quick))
+            else:
+                raise SystemExit(f"kilnet bench worker ({lib}): bad command {line.strip()!r} "
+                                 f"(time I with I in {can}, peak, quit)")
     finally:
         restore()
-    print(json.dumps(res))
 
 
 def _table(n, timed, peak, idle, rows, out):
@@ -635,7 +754,7 @@ def _table(n, timed, peak, idle, rows, out):
     level = _cpu.simd_level()
     out("")
     out(f"threads {n}: measured FMA peak {peak:.1f} GFLOP/s ({level}, {peak / n:.1f} per thread); "
-        "ratios are peer time / kilnet time (> 1: kilnet faster)")
+        "ratios are peer time / kilnet time (> 1: kilnet faster), the median over rounds of each round's")
     table, flagged = [], False
     for i, case in enumerate(cases):
         t, flag = {}, {}
@@ -645,10 +764,12 @@ def _table(n, timed, peak, idle, rows, out):
             flag[lib] = bool(s) and fair_timing.stalled(s)
         flagged = flagged or any(flag.values())
         k = t["kilnet"]
+        ratio = {lib: _paired_ratio(samples.get((i, lib)), samples.get((i, "kilnet"))) for lib in LIBS[1:]}
         rate = case.work / k * 1e-9
         pct = f"{100 * rate / peak:.0f}" if case.unit == "GFLOP/s" and peak > 0 else "-"
         rows.append({"threads": n, "family": case.family, "shape": case.shape, "kilnet_s": k, "rate": rate,
                      "unit": case.unit, "peak_gflops": peak, "numpy_s": t["numpy"], "torch_s": t["torch"],
+                     "numpy_ratio": ratio["numpy"], "torch_ratio": ratio["torch"],
                      "spread": {lib: fair_timing.spread(samples[(i, lib)]) for lib in LIBS if samples.get((i, lib))},
                      "stalled": sorted(lib for lib in LIBS if flag[lib])})
         shape = case.shape
@@ -658,7 +779,7 @@ def _table(n, timed, peak, idle, rows, out):
             shape += f" ({case.note})"
         ms = lambda lib: _fmt_ms(t[lib]) + ("!" if flag[lib] else "")
         table.append((case.family, shape, ms("kilnet"), f"{rate:.1f}", case.unit, pct, ms("numpy"),
-                      _fmt_ratio(t["numpy"], k), ms("torch"), _fmt_ratio(t["torch"], k)))
+                      _fmt_ratio(ratio["numpy"]), ms("torch"), _fmt_ratio(ratio["torch"])))
     widths = [max(len(str(r[i])) for r in [hdr] + table) for i in range(len(hdr))]
     left = {0, 1, 4}
     fmt = lambda r: "  ".join(str(c).ljust(w) if i in left else str(c).rjust(w)

@@ -437,10 +437,10 @@ def build_parser():
                         "batchnorm, rnn, train_step")
     b.add_argument("--rounds", type=_positive, default=None,
                    help="rounds of every library in rotating order; each time is the median over rounds "
-                        "(default 3 with --quick, else 5)")
+                        "(default 5 with --quick, else 7)")
     b.add_argument("--per-process", action="store_true",
-                   help="time each library in a fresh process of its own, per round (slower to start; "
-                        "no thread pool of another library can be in the way)")
+                   help="time each library in a process of its own, taking the same turns (slower to start; "
+                        "no thread pool or allocation of another library can be in the way)")
     b.set_defaults(func=cmd_bench)
     return p
 
