@@ -131,6 +131,26 @@ def test_bench_table_flags_stalled_rows():
     assert any("still running" in l for l in lines)
 
 
+def test_bench_noisy_rows_get_more_rounds_in_turns():
+    """Rounds rotate the libraries' order; only the case whose times spread gets extra rounds,
+    one sample per library per round (the paired ratio needs them aligned)."""
+    calls = []
+
+    def time_one(i, lib):
+        calls.append((i, lib))
+        if i == 1 and lib == "numpy":   # case 1's numpy time jumps 3x every other round
+            return 3e-3 if len([c for c in calls if c == (1, "numpy")]) % 2 else 1e-3
+        return 1e-3
+    libs = ["kilnet", "numpy", "torch"]
+    can = lambda i, lib: not (i == 0 and lib == "torch")
+    samples = bench._take_turns(3, libs, can, 3, time_one)
+    assert [len(samples[(i, lib)]) for i in range(3) for lib in libs if can(i, lib)] == [3, 3, 6, 6, 6, 3, 3, 3]
+    assert calls[:2] == [(0, "kilnet"), (0, "numpy")] and calls[2:5] == [(1, "numpy"), (1, "torch"), (1, "kilnet")]
+    assert bench._paired_ratio(samples[(1, "torch")], samples[(1, "kilnet")]) == 1.0
+    assert bench._paired_ratio([2e-3, 4e-3, 2e-3], [1e-3, 2e-3, 1e-3]) == 2.0   # a slow round for both cancels
+    assert bench._paired_ratio(None, [1e-3]) is None
+
+
 def test_bench_per_process_quick(monkeypatch, capsys):
     """--per-process: every library in a process of its own, asked for one case at a time (torch
     left out here to keep the test short)."""

@@ -621,6 +621,30 @@ def _build_cases(fams, quick, torch):
     return [case for fam in fams for case in CASES[fam](quick, torch)]
 
 
+def _take_turns(n_cases, libs, can, rounds, time_one):
+    """{(case index, lib): [one time per round]}: in each round the libraries take turns case by
+    case, in an order that rotates every round. A case that the stall detector flags after the
+    `rounds` rounds gets up to `rounds` more (all its libraries, still in turns): the median of
+    more rounds is what "rerun before reading it" would give, and costs only the noisy rows."""
+    samples = {}
+
+    def one_round(r, cases):
+        for i in cases:
+            for lib in fair_timing.rotate(libs, r + i):
+                if can(i, lib):
+                    samples.setdefault((i, lib), []).append(time_one(i, lib))
+
+    for r in range(rounds):
+        one_round(r, range(n_cases))
+    for r in range(rounds, 2 * rounds):
+        noisy = [i for i in range(n_cases) if any(fair_timing.stalled(samples[(i, lib)])
+                                                  for lib in libs if len(samples.get((i, lib), ())) > 1)]
+        if not noisy:
+            break
+        one_round(r, noisy)
+    return samples
+
+
 def _time_in_process(n, fams, quick, rounds, libs, torch):
     """All libraries in this process: ({(case index, lib): [round medians]}, peak, idle) where
     idle is False when some library started with another pool still running. The libraries
@@ -629,19 +653,17 @@ def _time_in_process(n, fams, quick, rounds, libs, torch):
     level = _cpu.simd_level()
     cases = _build_cases(fams, quick, torch)
     peak = measured_peak(n, level, quick)
-    samples, idle, last = {}, True, None
-    for r in range(rounds):
-        for i, case in enumerate(cases):
-            for lib in fair_timing.rotate(libs, r + i):
-                fn = case.fns.get(lib)
-                if fn is None:
-                    continue
-                if lib != last and fair_timing.wait_idle() is False:
-                    idle = False
-                samples.setdefault((i, lib), []).append(median_seconds(fn, quick))
-                last = lib
+    state = {"idle": True, "last": None}
+
+    def time_one(i, lib):
+        if lib != state["last"] and fair_timing.wait_idle() is False:
+            state["idle"] = False
+        state["last"] = lib
+        return median_seconds(cases[i].fns[lib], quick)
+
+    samples = _take_turns(len(cases), libs, lambda i, lib: cases[i].fns.get(lib) is not None, rounds, time_one)
     peak = max(peak, measured_peak(n, level, quick))
-    return (cases, samples), peak, idle
+    return (cases, samples), peak, state["idle"]
 
 
 class _Worker:
@@ -697,12 +719,8 @@ def _time_processes(n, fams, quick, rounds, libs, torch):
             workers[lib] = _Worker(lib, n, fams, quick)
         peak = workers["kilnet"].ask("peak")
         cases = _build_cases(fams, quick, torch)   # names, work and units only: nothing is called here
-        samples = {}
-        for r in range(rounds):
-            for i in range(len(cases)):
-                for lib in fair_timing.rotate(libs, r + i):
-                    if i in workers[lib].cases:
-                        samples.setdefault((i, lib), []).append(workers[lib].ask(f"time {i}"))
+        samples = _take_turns(len(cases), libs, lambda i, lib: i in workers[lib].cases, rounds,
+                              lambda i, lib: workers[lib].ask(f"time {i}"))
         peak = max(peak, workers["kilnet"].ask("peak"))
     finally:
         for w in workers.values():
