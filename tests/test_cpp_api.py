@@ -497,6 +497,36 @@ def _bad_calls():
     ], big
 
 
+_THREADS_PROGRAM = r"""
+import ctypes, sys
+import numpy as np
+lib = ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_GLOBAL)   # its libgomp becomes visible below
+omp = ctypes.CDLL(None)
+omp.omp_set_num_threads(3)                 # the host program's own OpenMP count
+assert lib.kilnet_set_num_threads(2) == 0
+assert lib.kilnet_get_num_threads() == 2
+assert omp.omp_get_max_threads() == 3, omp.omp_get_max_threads()
+a = np.ones((64, 64), np.float32); c = np.zeros((64, 64), np.float32)
+p = lambda x: x.ctypes.data_as(ctypes.c_void_p)
+I64, F32 = ctypes.c_int64, ctypes.c_float
+assert lib.kilnet_gemm(0, 0, I64(64), I64(64), I64(64), F32(1.0), p(a), I64(64), p(a), I64(64), F32(0.0), p(c),
+                       I64(64), None) == 0
+assert (c == 64).all()
+assert omp.omp_get_max_threads() == 3, omp.omp_get_max_threads()   # put back after the call
+assert lib.kilnet_set_num_threads(5000) == 2                         # KILNET_ERR_INVALID_VALUE
+print("ok")
+"""
+
+
+@needs_toolchain
+def test_c_api_thread_count_leaves_the_callers_alone(site):
+    """kilnet_set_num_threads sets kilnet's count, not the calling thread's OpenMP count, and a
+    kernel call puts the caller's count back (in a process of its own: no kilnet._cpu loaded)."""
+    r = subprocess.run([sys.executable, "-c", _THREADS_PROGRAM, str(site / "kilnet" / "lib" / "libkilnet.so")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
 def _conv_shape_1x3x3():
     """kilnet_conv2d_shape of one 3x3 image, one channel, one 3x3 filter, output 1x1."""
     return (ctypes.c_int64 * 15)(1, 3, 3, 1, 1, 3, 3, 1, 1, 1, 1, 0, 0, 1, 1)

@@ -1,6 +1,7 @@
 // c_api_runtime.cpp — the C API's error state, version and runtime facts (kilnet/c_api.h).
 #include <cstdio>
 #include <cstring>
+#include <omp.h>
 #include "capi_internal.h"
 #include "kilnet/version.h"
 
@@ -52,8 +53,14 @@ int kilnet_get_num_threads(void) { return cpu::get_num_threads(); }
 
 int kilnet_set_num_threads(int n) {
   return guarded("kilnet_set_num_threads", [&] {
-    if (n < 1) fail(KILNET_ERR_INVALID_VALUE, "'n' must be >= 1, got ", n);
+    // a count far beyond any machine only exhausts the address space when the next parallel
+    // region starts its threads (the cap of the Python API too)
+    if (n < 1 || n > 4096) fail(KILNET_ERR_INVALID_VALUE, "'n' must be in [1, 4096], got ", n);
+    // kilnet's count only: the caller's own OpenMP count stays as it was (guarded() applies
+    // kilnet's around every call)
+    const int had = omp_get_max_threads();
     cpu::set_num_threads(n);
+    cpu::restore_num_threads(had);
   });
 }
 

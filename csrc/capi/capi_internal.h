@@ -38,9 +38,18 @@ template <class... Parts>
 void set_error(const char* fn, const char* message) noexcept;
 void clear_error() noexcept;
 
+// kilnet's thread count (kilnet_set_num_threads) for one call, the caller's OpenMP count put
+// back after it: a host program's own OpenMP code keeps its count, and kilnet keeps its own.
+struct ThreadCount {
+  int had = 0;
+  ThreadCount() noexcept : had(cpu::apply_num_threads()) {}
+  ~ThreadCount() { cpu::restore_num_threads(had); }
+};
+
 // Runs body(); returns KILNET_OK, or the status of whatever it threw, with the message saved.
 template <class F>
 int guarded(const char* fn, F&& body) noexcept {
+  const ThreadCount threads;
   try {
     body();
     clear_error();
