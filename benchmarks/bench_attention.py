@@ -6,11 +6,13 @@ torch.nn.functional.scaled_dot_product_attention, forward + backward.
     python benchmarks/bench_attention.py --memory-only [--mem-T 4096]
 
 speed: batch 8, 8 heads, head dim 64, T = Tq = Tk, causal and not. Each library runs in its own
-subprocess (a worker that times `iters` calls after a warm-up), the two alternating for `rounds`
-rounds so a change in the machine's load hits both; reported: the median over all calls of one
-forward + backward (gradients of query, key and value for a given output gradient), and of the
-forward alone. kilnet: the public op on the GradientTape (layout (B, T, N, H)); torch: tensors of
-shape (B, N, T, H) with requires_grad, .backward(grad). Arithmetic, non-causal: forward
+subprocess (a worker that times `iters` calls after a warm-up, so no other pool is in its way), one
+per library and round, in an order that rotates every round (kilnet.fair_timing.rotate) so a change
+in the machine's load hits both; reported: the median over all calls of one forward + backward
+(gradients of query, key and value for a given output gradient), and of the forward alone, marked
+"!" when the rounds' medians spread by more than fair_timing.STALL_SPREAD (a stall, issue 23).
+kilnet: the public op on the GradientTape (layout (B, T, N, H)); torch: tensors of shape
+(B, N, T, H) with requires_grad, .backward(grad). Arithmetic, non-causal: forward
 4·B·N·T²·H, backward 10·B·N·T²·H (recomputed scores, dV, dP, dQ, dK); causal about half.
 
 memory: the peak resident memory a fresh process gains over one forward + backward at
@@ -27,6 +29,7 @@ import subprocess
 import sys
 import time
 
+from kilnet import fair_timing
 from machine_info import machine   # benchmarks/ is on sys.path
 
 B, N, H = 8, 8, 64
@@ -123,11 +126,18 @@ def _run_worker(args_list):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def stall_mark(workers, key):
+    """"!" when the per-round medians of `key` (one worker per round) spread by more than
+    fair_timing.STALL_SPREAD (max/min): a stalled or disturbed round, not the kernel; else ""."""
+    rounds = [statistics.median(w[key]) for w in workers]
+    return "!" if len(rounds) > 1 and fair_timing.stalled(rounds) else ""
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--T", type=int, nargs="+", default=[256, 1024])
-    ap.add_argument("--rounds", type=int, default=3, help="alternating worker pairs per case")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of one worker per library per case")
     ap.add_argument("--iters", type=int, default=3, help="timed calls per worker")
     ap.add_argument("--mem-T", type=int, default=4096)
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
@@ -151,26 +161,27 @@ def main(argv=None):
         if args.clock == "cpu" and args.threads != [1]:
             raise SystemExit("--clock cpu measures one thread: pass --threads 1")
         print(f"# B={B} N={N} H={H}; median ms ({args.clock} clock) over {args.rounds} rounds x {args.iters} calls, "
-              f"each library in its own subprocess")
+              f"each library in its own subprocess, the order rotating by round")
         print("| threads | T | causal | kilnet fwd+bwd | torch fwd+bwd | speedup | kilnet fwd | torch fwd | "
               "fwd speedup |")
         print("|---|---|---|---|---|---|---|---|---|")
         for threads in args.threads:
             for T in args.T:
                 for causal in (False, True):
-                    res = {lib: {"step": [], "fwd": []} for lib in STEPS}
+                    runs = {lib: [] for lib in STEPS}   # per library: each round's worker result
                     for r in range(args.rounds):
-                        order = list(STEPS) if r % 2 == 0 else list(reversed(list(STEPS)))
-                        for lib in order:
-                            w = _run_worker(["speed", lib, str(T), "1" if causal else "0", str(threads),
-                                             str(args.iters), args.clock])
-                            for key in w:
-                                res[lib][key] += w[key]
-                    med = {lib: {k: statistics.median(v) * 1e3 for k, v in d.items()} for lib, d in res.items()}
+                        for lib in fair_timing.rotate(STEPS, r):   # the order changes every round
+                            runs[lib].append(_run_worker(["speed", lib, str(T), "1" if causal else "0",
+                                                          str(threads), str(args.iters), args.clock]))
+                    med = {lib: {k: statistics.median(x for w in ws for x in w[k]) * 1e3 for k in ("step", "fwd")}
+                           for lib, ws in runs.items()}
                     ks, ts = med["kilnet"], med["torch"]
-                    print(f"| {threads} | {T} | {'yes' if causal else 'no'} | {ks['step']:.1f} | {ts['step']:.1f} | "
-                          f"**{ts['step'] / ks['step']:.2f}x** | {ks['fwd']:.1f} | {ts['fwd']:.1f} | "
-                          f"{ts['fwd'] / ks['fwd']:.2f}x |", flush=True)
+                    ms = lambda lib, k: f"{med[lib][k]:.1f}{stall_mark(runs[lib], k)}"  # noqa: E731
+                    print(f"| {threads} | {T} | {'yes' if causal else 'no'} | {ms('kilnet', 'step')} | "
+                          f"{ms('torch', 'step')} | **{ts['step'] / ks['step']:.2f}x** | {ms('kilnet', 'fwd')} | "
+                          f"{ms('torch', 'fwd')} | {ts['fwd'] / ks['fwd']:.2f}x |", flush=True)
+        print(f"# ! = the rounds' medians of that time spread by more than {fair_timing.STALL_SPREAD}x (max/min): "
+              "a stalled or disturbed round, not the kernel")
     if not args.no_memory:
         print(f"\n# peak RSS growth of one forward + backward, batch 1, {N} heads, H={H}, T={args.mem_T} "
               f"(score matrix: {N * args.mem_T ** 2 * 4 / 2 ** 20:.0f} MiB)")

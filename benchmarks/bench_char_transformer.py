@@ -2,14 +2,18 @@
 PyTorch: tokens per second and the validation loss curve, same data windows, same initial
 weights (PyTorch starts from kilnet's), same optimizer (Adam, lr 1e-3, eps 1e-7 as Keras).
 
-    python benchmarks/bench_char_transformer.py [--steps 200] [--threads 1 2] [--blocks 4]
+    python benchmarks/bench_char_transformer.py [--steps 200] [--threads 1 2] [--blocks 4] [--rounds 1]
 
-Each library runs in its own process (no thread pool stays warm in the other's way). The
-throughput counts training steps only (evaluation excluded), after 5 warm-up steps.
+Each library runs in its own process (no thread pool stays warm in the other's way), one per
+round, in an order that rotates every round (kilnet.fair_timing.rotate); a throughput whose
+rounds spread by more than fair_timing.STALL_SPREAD (max/min) is marked "!" (a stall, issue 23).
+The throughput counts training steps only (evaluation excluded), after 5 warm-up steps; reported:
+the median over rounds, and the first round's loss curves.
 """
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -17,6 +21,7 @@ import time
 
 import numpy as np
 
+from kilnet import fair_timing
 from machine_info import machine   # benchmarks/ is on sys.path
 
 
@@ -133,6 +138,7 @@ def main():
     p.add_argument("--blocks", type=int, default=4)
     p.add_argument("--max-bytes", type=int, default=2_000_000)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--rounds", type=int, default=1, help="processes per library and thread count")
     p.add_argument("--one", choices=("kilnet", "torch"), help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -143,28 +149,35 @@ def main():
         return
     print(f"machine: {machine()}")
     print(f"steps {a.steps}, batch {a.batch}, context {a.context}, width {a.width}, "
-          f"heads {a.heads}, blocks {a.blocks}")
+          f"heads {a.heads}, blocks {a.blocks}; tok/s: median of {a.rounds} rounds, the order rotating by round")
+    opts = [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items()
+            if k in ("steps", "eval_every", "batch", "context", "width", "heads", "blocks", "max_bytes")]
     with tempfile.TemporaryDirectory() as d:
         wpath = os.path.join(d, "init.npz")
         for th in a.threads:
-            res = {}
-            for lib in ("kilnet", "torch"):   # kilnet first: it writes the initial weights
-                cmd = [sys.executable, __file__, "--one", lib, "--weights", wpath, "--threads", str(th)] + \
-                      [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items()
-                       if k in ("steps", "eval_every", "batch", "context", "width", "heads", "blocks", "max_bytes")]
-                out = subprocess.run(cmd, capture_output=True, text=True,
-                                     env={**os.environ, "OMP_NUM_THREADS": str(th)})
-                line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-                if not line:
-                    sys.exit(f"{lib} failed:\n{out.stdout}\n{out.stderr}")
-                res[lib] = json.loads(line[0][7:])
-            k, t = res["kilnet"], res["torch"]
+            runs = {"kilnet": [], "torch": []}
+            for r in range(a.rounds):
+                # round 0 runs kilnet first: it writes the initial weights (seed 0: the same every run)
+                for lib in fair_timing.rotate(runs, r):
+                    cmd = [sys.executable, __file__, "--one", lib, "--weights", wpath, "--threads", str(th)] + opts
+                    out = subprocess.run(cmd, capture_output=True, text=True,
+                                         env={**os.environ, "OMP_NUM_THREADS": str(th)})
+                    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+                    if not line:
+                        sys.exit(f"{lib} failed:\n{out.stdout}\n{out.stderr}")
+                    runs[lib].append(json.loads(line[0][7:]))
+            tps = {lib: statistics.median(r["tokens_per_s"] for r in rs) for lib, rs in runs.items()}
+            mark = {lib: "!" if len(rs) > 1 and fair_timing.stalled([r["tokens_per_s"] for r in rs]) else ""
+                    for lib, rs in runs.items()}
+            k, t = runs["kilnet"][0], runs["torch"][0]
             diff = max(abs(x - y) / y for x, y in zip(k["curve_bpc"], t["curve_bpc"]))
-            print(f"threads {th}: kilnet {k['tokens_per_s']:.0f} tok/s, torch {t['tokens_per_s']:.0f} tok/s, "
-                  f"ratio {k['tokens_per_s'] / t['tokens_per_s']:.2f}x")
+            print(f"threads {th}: kilnet {tps['kilnet']:.0f}{mark['kilnet']} tok/s, "
+                  f"torch {tps['torch']:.0f}{mark['torch']} tok/s, ratio {tps['kilnet'] / tps['torch']:.2f}x")
             print(f"  validation bits/char every {a.eval_every} steps: kilnet "
                   f"{' '.join(f'{v:.3f}' for v in k['curve_bpc'])}; torch {' '.join(f'{v:.3f}' for v in t['curve_bpc'])}"
                   f"; max relative difference {100 * diff:.1f}%")
+    print(f"! = the rounds' tok/s spread by more than {fair_timing.STALL_SPREAD}x (max/min): "
+          "a stalled or disturbed round, not the library")
 
 
 if __name__ == "__main__":

@@ -4,12 +4,15 @@ forward+backward, 1 and 2 threads, on text-like shapes.
     python benchmarks/bench_conv1d.py [--reps 30] [--rounds 3] [--threads 1 2]
 
 Each library runs in its own subprocess (one per case, thread count and round; rounds alternate
-the two libraries so both see the same machine load), and the table shows the median over the
-rounds of each subprocess's median call time. kilnet runs the layer's own forward/backward (the
-fused kernels the training step calls, with the weight gradients accumulated as in fit); torch
-runs nn.Conv1d in its native (batch, channels, steps) layout with x requiring grad, so both
-compute dx, dw and db. 'causal' in torch is F.pad on the left, then the convolution, as it is
-written there. Imports kilnet normally: run it from an installed wheel or with PYTHONPATH=python.
+the two libraries, in an order that rotates every round, so both see the same machine load:
+subprocess_bench.run_workers), and the table shows the median over the rounds of each
+subprocess's median call time; "!" marks a time whose rounds spread by more than
+kilnet.fair_timing.STALL_SPREAD (a stall or a busy machine, issue 23). kilnet runs the layer's
+own forward/backward (the fused kernels the training step calls, with the weight gradients
+accumulated as in fit); torch runs nn.Conv1d in its native (batch, channels, steps) layout with
+x requiring grad, so both compute dx, dw and db. 'causal' in torch is F.pad on the left, then
+the convolution, as it is written there. Imports kilnet normally: run it from an installed
+wheel or with PYTHONPATH=python.
 """
 from __future__ import annotations
 
@@ -17,11 +20,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 
-from machine_info import machine   # benchmarks/ is on sys.path
+from kilnet import fair_timing
+from subprocess_bench import machine, medians, run_workers, stall_mark   # benchmarks/ is on sys.path
 
 # name: (B, T, C, F, k, padding, dilation)
 CASES = {
@@ -98,20 +100,10 @@ def worker(lib, case, threads, reps):
     print(json.dumps(res))
 
 
-def spawn(lib, case, threads, reps):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", lib, "--case", case,
-                          "--threads", str(threads), "--reps", str(reps)],
-                         capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        raise RuntimeError(f"{lib} worker failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=30, help="timed calls per subprocess")
-    ap.add_argument("--rounds", type=int, default=3, help="subprocesses per library, alternating")
+    ap.add_argument("--rounds", type=int, default=3, help="subprocesses per library, alternating in a rotating order")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--case", choices=list(CASES), action="append")
     ap.add_argument("--worker", choices=["kilnet", "torch"])
@@ -128,15 +120,15 @@ def main(argv=None):
     print("|---|---|---|---|---|---|")
     for case in args.case or list(CASES):
         for nt in args.threads:
-            runs = {"kilnet": [], "torch": []}
-            for _ in range(args.rounds):
-                for lib in ("kilnet", "torch"):
-                    runs[lib].append(spawn(lib, case, nt, args.reps))
+            runs = run_workers(os.path.abspath(__file__), ["kilnet", "torch"], [nt], args.rounds,
+                               extra=("--case", case, "--reps", str(args.reps)))
+            k, t = runs["kilnet", nt], runs["torch", nt]
             for op in ("fwd", "fwdbwd"):
-                k = statistics.median(r[op] for r in runs["kilnet"])
-                t = statistics.median(r[op] for r in runs["torch"])
-                print(f"| {case} | {nt} | {'fwd' if op == 'fwd' else 'fwd+bwd'} | {k:.3f} | {t:.3f} | "
-                      f"{t / k:.2f}x |", flush=True)
+                km, tm = medians(k, op), medians(t, op)
+                print(f"| {case} | {nt} | {'fwd' if op == 'fwd' else 'fwd+bwd'} | {km:.3f}{stall_mark(k, op)} | "
+                      f"{tm:.3f}{stall_mark(t, op)} | {tm / km:.2f}x |", flush=True)
+    print(f"# ! = that time's rounds spread by more than {fair_timing.STALL_SPREAD}x (max/min): "
+          "a stall or a busy machine, not the kernel")
     print(f"# load average at end: {os.getloadavg()[0]:.2f}")
 
 

@@ -2,8 +2,10 @@
 Flatten -> Dense(10,softmax), Adam, batch 32, Fashion-MNIST) fed by arrays, by a Python
 generator, by a kilnet.utils.PyDataset and by a torch DataLoader (batched sampler, the fast
 way to use one), each shuffled per epoch. One process per thread count; inside it the forms
-take turns epoch by epoch on one model (interleaved rounds, so a noisy neighbour hits every
-form), medians reported.
+take turns epoch by epoch on one model (interleaved rounds, in an order that rotates every
+round, each epoch starting once the other pools are idle: kilnet.fair_timing, so a noisy
+neighbour hits every form), medians reported; "!" marks a median whose epochs spread by more
+than fair_timing.STALL_SPREAD (a stall or a busy machine, issue 23).
 
     python benchmarks/bench_data_pipelines.py [--threads 1 2] [--samples 19200] [--rounds 9]
 """
@@ -15,12 +17,14 @@ import statistics
 import subprocess
 import sys
 
+from kilnet import fair_timing
 from machine_info import machine   # benchmarks/ is on sys.path
 
 CHILD = r"""
 import json, sys, time
 import numpy as np
 import kilnet
+from kilnet import fair_timing
 from kilnet.datasets import fashion_mnist
 from kilnet.layers import Conv2D, Dense, Flatten
 threads, n, rounds = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
@@ -74,7 +78,8 @@ for f in forms.values():
     f()
 times = {k: [] for k in forms}
 for r in range(rounds):
-    for k in (list(forms) if r % 2 == 0 else list(forms)[::-1]):
+    for k in fair_timing.rotate(forms, r):
+        fair_timing.wait_idle()
         t = time.perf_counter(); forms[k](); times[k].append(time.perf_counter() - t)
 print(json.dumps(times))
 """
@@ -100,8 +105,11 @@ def main():
             # paired: each round's epoch over the same round's array epoch (next to it in time,
             # so a host that slows down for a while slows both), then the median of those
             paired = statistics.median(t / a for t, a in zip(ts, times["arrays"]))
-            print(f"threads {threads}  {k:10s}  median {med:.3f} s  (best {min(ts):.3f})  x{med / base:.3f} of arrays"
-                  f"  (paired x{paired:.3f})")
+            mark = "!" if fair_timing.stalled(ts) else ""
+            print(f"threads {threads}  {k:10s}  median {med:.3f}{mark} s  (best {min(ts):.3f})  "
+                  f"x{med / base:.3f} of arrays  (paired x{paired:.3f})")
+    print(f"! = that form's epochs spread by more than {fair_timing.STALL_SPREAD}x (max/min): "
+          "a stall or a busy machine, not the pipeline")
 
 
 if __name__ == "__main__":

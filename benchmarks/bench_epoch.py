@@ -5,6 +5,10 @@ with --keras-jax also Keras 3 on JAX (its own child process, pinned to that many
     python benchmarks/bench_epoch.py [--epochs 3] [--threads 1 2] [--limit N] [--keras-jax]
     pytest benchmarks/bench_epoch.py --benchmark-only      (one epoch each, 2 threads)
 
+Every epoch is a round: the libraries take turns epoch by epoch, in an order that rotates every
+epoch, and each turn starts only once the other libraries' thread pools are idle
+(kilnet.fair_timing.wait_idle; Keras+JAX waits in its process for its turn); a time whose epochs
+after the first spread by more than fair_timing.STALL_SPREAD (max/min) is printed with "!" (issue 23).
 Reports seconds per epoch (median of the epochs after the first, which warms up), the
 kilnet/PyTorch ratio, and the achieved GFLOP/s against the FMA peak of that many threads measured
 at the start of the run (machine_info.py: kilnet._cpu.fma_peak_gflops at the SIMD level in use). On a shared
@@ -16,12 +20,14 @@ per sample, conv forward 2·26·26·32·9, dense forward 2·21632·10, backward 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
 
 import numpy as np
 
+from kilnet import fair_timing
 from machine_info import machine, peak_line, peaks   # benchmarks/ is on sys.path; bench_rnn and
                                                       # bench_small_cnn import machine from here
 FLOP_PER_SAMPLE = (2 * 26 * 26 * 32 * 9) * 2 + (2 * 21632 * 10) * 3   # conv fwd+dW, dense fwd+dW+dX
@@ -37,71 +43,94 @@ def load(limit=0):
     return xt, yt.astype(np.int64), xe, ye.astype(np.int64)
 
 
-def kilnet_epochs(data, threads, epochs, seed=0):
-    import kilnet
-    from kilnet.cli import canonical_model
-    from kilnet.utils import set_random_seed
-    kilnet.set_num_threads(threads)
-    set_random_seed(seed)
-    xt, yt, xe, ye = data
-    model = canonical_model()
-    times, cpu = [], []
-    for _ in range(epochs):
-        t0, c0 = time.perf_counter(), time.process_time()
-        model.fit(xt, yt, batch_size=32, epochs=1, verbose=0)
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    acc = model.evaluate(xe, ye, batch_size=256, verbose=0)[1]
-    return times, acc, cpu
+def timed(fn):
+    """(wall seconds, process CPU seconds) of fn()."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-def torch_epochs(data, threads, epochs, seed=0, loader=False):
-    """loader=False: a lean loop (a shuffled index tensor, slices of it). loader=True: the loop
-    PyTorch's tutorials write (DataLoader over a TensorDataset, shuffle=True, loss.item() per
-    step for the running loss), which is what a user's script usually measures."""
+# Each library's run: epoch() trains one epoch and returns timed()'s pair, accuracy() tests it.
+
+class KilnetRun:
+    name, short = "kilnet", "kilnet"
+
+    def __init__(self, data, threads, seed=0):
+        import kilnet
+        from kilnet.cli import canonical_model
+        from kilnet.utils import set_random_seed
+        kilnet.set_num_threads(threads)
+        set_random_seed(seed)
+        self.xt, self.yt, self.xe, self.ye = data
+        self.model = canonical_model()
+
+    def epoch(self):
+        return timed(lambda: self.model.fit(self.xt, self.yt, batch_size=32, epochs=1, verbose=0))
+
+    def accuracy(self):
+        return self.model.evaluate(self.xe, self.ye, batch_size=256, verbose=0)[1]
+
+
+def torch_setup(data, threads, seed):
+    """torch on `threads` threads and seeded; the data as (X, Y, X test) NCHW tensors and the
+    test labels (numpy)."""
     import torch
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     xt, yt, xe, ye = data
-    X = torch.from_numpy(xt.transpose(0, 3, 1, 2).copy())
-    Y = torch.from_numpy(yt)
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-                                torch.nn.Linear(32 * 26 * 26, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
-    lossf = torch.nn.CrossEntropyLoss()
-    if loader:
-        batches = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, Y), batch_size=32, shuffle=True)
-    times, cpu = [], []
-    for _ in range(epochs):
-        t0, c0 = time.perf_counter(), time.process_time()
+    nchw = lambda a: torch.from_numpy(a.transpose(0, 3, 1, 2).copy())
+    return nchw(xt), torch.from_numpy(yt), nchw(xe), ye
+
+
+class TorchRun:
+    """loader=False: a lean loop (a shuffled index tensor, slices of it). loader=True: the loop
+    PyTorch's tutorials write (DataLoader over a TensorDataset, shuffle=True, loss.item() per
+    step for the running loss), which is what a user's script usually measures."""
+
+    def __init__(self, data, threads, seed=0, loader=False):
+        import torch
+        self.torch, self.loader = torch, loader
+        self.name, self.short = ("torch DataLoader", "loader") if loader else ("torch", "torch")
+        self.X, self.Y, self.XE, self.ye = torch_setup(data, threads, seed)
+        self.model = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                         torch.nn.Linear(32 * 26 * 26, 10))
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3, eps=1e-7)
+        self.lossf = torch.nn.CrossEntropyLoss()
         if loader:
-            running = 0.0
-            for xb, yb in batches:
-                opt.zero_grad()
-                loss = lossf(model(xb), yb)
-                loss.backward()
-                opt.step()
-                running += loss.item()
-        else:
-            perm = torch.randperm(len(X))
-            for i in range(0, len(X), 32):
-                idx = perm[i:i + 32]
-                opt.zero_grad(set_to_none=True)
-                loss = lossf(model(X[idx]), Y[idx])
-                loss.backward()
-                opt.step()
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    with torch.no_grad():
-        pred = model(torch.from_numpy(xe.transpose(0, 3, 1, 2).copy())).argmax(1).numpy()
-    return times, float((pred == ye).mean()), cpu
+            self.batches = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(self.X, self.Y),
+                                                       batch_size=32, shuffle=True)
+
+    def epoch(self):
+        return timed(self._loader_epoch if self.loader else self._lean_epoch)
+
+    def _lean_epoch(self):
+        perm = self.torch.randperm(len(self.X))
+        for i in range(0, len(self.X), 32):
+            idx = perm[i:i + 32]
+            self.opt.zero_grad(set_to_none=True)
+            self.lossf(self.model(self.X[idx]), self.Y[idx]).backward()
+            self.opt.step()
+
+    def _loader_epoch(self):
+        running = 0.0
+        for xb, yb in self.batches:
+            self.opt.zero_grad()
+            loss = self.lossf(self.model(xb), yb)
+            loss.backward()
+            self.opt.step()
+            running += loss.item()
+
+    def accuracy(self):
+        with self.torch.no_grad():
+            pred = self.model(self.XE).argmax(1).numpy()
+        return float((pred == self.ye).mean())
 
 
 KERAS_SCRIPT = r"""
-import json, os, sys, time
+import json, sys, time
 import numpy as np
 import keras
-threads, epochs, limit = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+limit = int(sys.argv[1])
 from kilnet.datasets import fashion_mnist   # the same files and preprocessing as kilnet's run
 (xt, yt), (xe, ye) = fashion_mnist.load_data()
 xt = (xt / 255.0).reshape(-1, 28, 28, 1).astype(np.float32)
@@ -113,43 +142,68 @@ model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(32, 3, a
                           keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
 model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
               metrics=["accuracy"])
-times, cpu = [], []
-for _ in range(epochs):
+print(json.dumps({"keras": keras.__version__}), flush=True)   # ready
+for _ in sys.stdin:   # one epoch per line from the parent, when it is Keras's turn
     t0, c0 = time.perf_counter(), time.process_time()
     model.fit(xt, yt, batch_size=32, epochs=1, verbose=0)
-    times.append(time.perf_counter() - t0)
-    cpu.append(time.process_time() - c0)
-acc = float(model.evaluate(xe, ye, batch_size=256, verbose=0)[1])
-print(json.dumps({"times": times, "acc": acc, "cpu": cpu, "keras": keras.__version__}))
+    print(json.dumps({"epoch": [time.perf_counter() - t0, time.process_time() - c0]}), flush=True)
+print(json.dumps({"acc": float(model.evaluate(xe, ye, batch_size=256, verbose=0)[1])}), flush=True)
 """
 
 
-def keras_jax_epochs(threads, epochs, limit=0):
+class KerasJaxRun:
     """Keras 3 on JAX, in a child process pinned to `threads` cores (XLA sizes its thread pool
-    from the cores it may use) so that its pools never meet kilnet's or PyTorch's."""
-    import json
-    import subprocess
-    import sys
-    cores = sorted(os.sched_getaffinity(0))[:threads]
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
-                         f"intra_op_parallelism_threads={threads}")
-    r = subprocess.run([sys.executable, "-c", KERAS_SCRIPT, str(threads), str(epochs), str(limit)],
-                       env=env, capture_output=True, text=True, timeout=3600,
-                       preexec_fn=lambda: os.sched_setaffinity(0, cores))
-    if r.returncode != 0:
-        raise ImportError(f"Keras + JAX run failed: {r.stderr.strip().splitlines()[-1:]}")
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    return out["times"], out["acc"], out["cpu"]
+    from the cores it may use) so that its pools never meet kilnet's or PyTorch's; between its
+    turns it waits on a line from this process."""
+    name, short = "Keras+JAX", "keras"
+
+    def __init__(self, threads, limit=0):
+        import subprocess
+        import sys
+        cores = sorted(os.sched_getaffinity(0))[:threads]
+        env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
+                   XLA_FLAGS=f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
+                             f"intra_op_parallelism_threads={threads}")
+        self.proc = subprocess.Popen([sys.executable, "-c", KERAS_SCRIPT, str(limit)], env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     preexec_fn=lambda: os.sched_setaffinity(0, cores))
+        self.reply()   # imported, data loaded, model compiled
+
+    def reply(self):
+        """The child's next JSON line (its other output is warnings)."""
+        said = []
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+            said.append(line.strip())
+        self.proc.wait()
+        raise ImportError(f"Keras + JAX run failed: {said[-1:]}")
+
+    def epoch(self):
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        return tuple(self.reply()["epoch"])
+
+    def accuracy(self):
+        self.proc.stdin.close()   # no more epochs: the child tests and exits
+        acc = self.reply()["acc"]
+        self.proc.wait()
+        return acc
 
 
 def steady(times):
     return statistics.median(times[1:] if len(times) > 1 else times)
 
 
+def stall_mark(times):
+    """"!" when the epochs after the first spread by more than fair_timing.STALL_SPREAD (max/min)."""
+    return "!" if len(times) > 2 and fair_timing.stalled(times[1:]) else ""
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=3, help="epochs per framework and thread count (first is warm-up)")
+    ap.add_argument("--epochs", type=int, default=3,
+                    help="epochs (rounds) per framework and thread count (first is warm-up)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training images")
     ap.add_argument("--no-torch", action="store_true")
@@ -162,63 +216,64 @@ def main(argv=None):
     n = len(data[0])
     print(f"machine: {machine()}")
     import kilnet
-    print(f"kilnet {kilnet.__version__} ({kilnet.simd_level()}); {n} images/epoch, batch 32, {args.epochs} epochs each")
+    print(f"kilnet {kilnet.__version__} ({kilnet.simd_level()}); {n} images/epoch, batch 32, {args.epochs} epochs "
+          f"each, the libraries taking turns epoch by epoch in a rotating order")
     peak = peaks(args.threads)
     print(peak_line(peak))
     rows = []
     for t in args.threads:
-        kt, kacc, kc = kilnet_epochs(data, t, args.epochs)
-        row = {"threads": t, "kilnet_s": steady(kt), "kilnet_all": kt, "kilnet_acc": kacc, "kilnet_cpu": kc}
+        runs = [KilnetRun(data, t)]
         if not args.no_torch:
             try:
-                tt, tacc, tc = torch_epochs(data, t, args.epochs)
-                row.update(torch_s=steady(tt), torch_all=tt, torch_acc=tacc, torch_cpu=tc)
+                runs.append(TorchRun(data, t))
                 if args.torch_loader:
-                    lt, lacc, lc = torch_epochs(data, t, args.epochs, loader=True)
-                    row.update(loader_s=steady(lt), loader_all=lt, loader_acc=lacc, loader_cpu=lc)
+                    runs.append(TorchRun(data, t, loader=True))
             except ImportError:
                 pass
         if args.keras_jax:
             try:
-                jt, jacc, jc = keras_jax_epochs(t, args.epochs, args.limit)
-                row.update(keras_s=steady(jt), keras_all=jt, keras_acc=jacc, keras_cpu=jc)
+                runs.append(KerasJaxRun(t, args.limit))
             except (ImportError, OSError) as e:
                 print(f"   (Keras + JAX not timed: {e})")
+        wall, cpu = {r.name: [] for r in runs}, {r.name: [] for r in runs}
+        for epoch in range(args.epochs):
+            for r in fair_timing.rotate(runs, epoch):   # the order changes every epoch
+                fair_timing.wait_idle()   # the previous library's spinning workers are asleep
+                w, c = r.epoch()
+                wall[r.name].append(w)
+                cpu[r.name].append(c)
+        row = {"threads": t}
+        for r in runs:
+            row[r.name] = {"s": steady(wall[r.name]), "all": wall[r.name], "cpu": cpu[r.name], "acc": r.accuracy(),
+                           "stall": bool(stall_mark(wall[r.name]))}
         rows.append(row)
-        gflops = FLOP_PER_SAMPLE * n / row["kilnet_s"] / 1e9
-        line = (f"threads={t}: kilnet {row['kilnet_s']:.2f} s/epoch ({gflops:.1f} GFLOP/s, "
-                f"{100 * gflops / peak[t]:.0f}% of the {t}-thread peak), test acc {kacc:.4f}")
-        if "torch_s" in row:
-            line += (f" | torch {row['torch_s']:.2f} s/epoch, test acc {row['torch_acc']:.4f}"
-                     f" | torch/kilnet = {row['torch_s'] / row['kilnet_s']:.2f}x")
-        if "keras_s" in row:
-            line += (f" | Keras+JAX {row['keras_s']:.2f} s/epoch, test acc {row['keras_acc']:.4f}"
-                     f" | keras/kilnet = {row['keras_s'] / row['kilnet_s']:.2f}x")
-        if "loader_s" in row:
-            line += (f" | torch DataLoader loop {row['loader_s']:.2f} s/epoch, test acc {row['loader_acc']:.4f}"
-                     f" | {row['loader_s'] / row['kilnet_s']:.2f}x")
+        k = row["kilnet"]
+        gflops = FLOP_PER_SAMPLE * n / k["s"] / 1e9
+        line = (f"threads={t}: kilnet {k['s']:.2f}{stall_mark(k['all'])} s/epoch ({gflops:.1f} GFLOP/s, "
+                f"{100 * gflops / peak[t]:.0f}% of the {t}-thread peak), test acc {k['acc']:.4f}")
+        for r in runs[1:]:
+            o = row[r.name]
+            line += (f" | {r.name} {o['s']:.2f}{stall_mark(o['all'])} s/epoch, test acc {o['acc']:.4f}"
+                     f" | {r.short}/kilnet = {o['s'] / k['s']:.2f}x")
         print(line, flush=True)
-        print(f"   all epochs: kilnet {[round(v, 2) for v in kt]}" +
-              (f", torch {[round(v, 2) for v in row['torch_all']]}" if "torch_all" in row else "") +
-              (f", torch DataLoader {[round(v, 2) for v in row['loader_all']]}" if "loader_all" in row else "") +
-              (f", Keras+JAX {[round(v, 2) for v in row['keras_all']]}" if "keras_all" in row else ""))
-        print(f"   CPU s/epoch: kilnet {[round(v, 2) for v in kc]}" +
-              (f", torch {[round(v, 2) for v in row['torch_cpu']]}" if "torch_cpu" in row else "") +
-              (f", torch DataLoader {[round(v, 2) for v in row['loader_cpu']]}" if "loader_cpu" in row else "") +
-              (f", Keras+JAX {[round(v, 2) for v in row['keras_cpu']]}" if "keras_cpu" in row else ""), flush=True)
+        print("   all epochs: " + ", ".join(f"{r.name} {[round(v, 2) for v in wall[r.name]]}" for r in runs))
+        print("   CPU s/epoch: " + ", ".join(f"{r.name} {[round(v, 2) for v in cpu[r.name]]}" for r in runs),
+              flush=True)
+    print(f"! = that library's epochs after the first spread by more than {fair_timing.STALL_SPREAD}x "
+          f"(max/min): a stall or a busy machine, not the library's speed")
     return rows
 
 
 def test_epoch_kilnet(benchmark):
-    data = load()
-    benchmark.pedantic(lambda: kilnet_epochs(data, os.cpu_count() or 1, 1), rounds=1, iterations=1)
+    run = KilnetRun(load(), os.cpu_count() or 1)
+    benchmark.pedantic(run.epoch, rounds=1, iterations=1)
 
 
 def test_epoch_torch(benchmark):
     import pytest
     pytest.importorskip("torch")
-    data = load()
-    benchmark.pedantic(lambda: torch_epochs(data, os.cpu_count() or 1, 1), rounds=1, iterations=1)
+    run = TorchRun(load(), os.cpu_count() or 1)
+    benchmark.pedantic(run.epoch, rounds=1, iterations=1)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,11 @@ them) against PyTorch's bfloat16 torch.mm, in one process, at 1 and 2 threads.
 Columns (GFLOP/s, median call of the best round): kilnet with bfloat16 operands (uint16 bits),
 kilnet with float32 operands (rounded while packing: no separate conversion pass), torch.mm on
 bfloat16 tensors (its result is bfloat16), and torch.mm followed by .float() (a float32 result,
-as kilnet returns). The libraries alternate round by round. kilnet's float32 SGEMM at the same
-size is shown for scale, with the measured FMA peak of the SIMD level in use.
+as kilnet returns). The libraries alternate round by round, in an order that rotates every
+round, each call's turn starting once the other pools' idle workers stopped spinning
+(kilnet.fair_timing); "!" marks a column whose round medians spread by more than
+fair_timing.STALL_SPREAD (a stall or a busy machine, issue 23). kilnet's float32 SGEMM at the
+same size is shown for scale, with the measured FMA peak of the SIMD level in use.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import time
 
 import numpy as np
 
+from kilnet import fair_timing
 from machine_info import machine, pct, peak_line, peaks   # benchmarks/ is on sys.path
 
 
@@ -67,16 +71,24 @@ def main(argv=None):
                 ta, tb = torch.from_numpy(a32).bfloat16(), torch.from_numpy(b32).bfloat16()
                 calls["torch bf16"] = lambda: torch.mm(ta, tb)
                 calls["torch->f32"] = lambda: torch.mm(ta, tb).float()
-            best = {}
-            for _ in range(args.rounds):
-                for name, fn in calls.items():
-                    g = 2.0 * n ** 3 / median_call(fn, args.seconds) / 1e9
-                    best[name] = max(best.get(name, 0.0), g)
+            rounds = {name: [] for name in calls}   # GFLOP/s of each round's median call
+            for r in range(args.rounds):
+                for name in fair_timing.rotate(calls, r):   # the order changes every round
+                    fair_timing.wait_idle()   # the other pools' idle workers stopped spinning
+                    rounds[name].append(2.0 * n ** 3 / median_call(calls[name], args.seconds) / 1e9)
+            best = {name: max(g) for name, g in rounds.items()}
+
+            def col(name, width):   # the best round's GFLOP/s, "!" when the rounds spread too far
+                if name not in best:
+                    return f"{'nan':>{width}}"
+                return f"{best[name]:>{width - 1}.0f}" + ("!" if fair_timing.stalled(rounds[name]) else " ")
             tb16 = best.get("torch bf16")
             ratio = f"{best['kil bf16'] / tb16:.2f}" if tb16 else "-"
-            print(f"{n:>5} {t:>3} {best['kil bf16']:>9.0f} {best['kil f32in']:>9.0f} "
-                  f"{best.get('torch bf16', float('nan')):>10.0f} {best.get('torch->f32', float('nan')):>10.0f} "
-                  f"{ratio:>8} {best['kil sgemm']:>9.0f} {pct(best['kil sgemm'], pk[t]):>4}", flush=True)
+            print(f"{n:>5} {t:>3} {col('kil bf16', 9)} {col('kil f32in', 9)} {col('torch bf16', 10)} "
+                  f"{col('torch->f32', 10)} {ratio:>8} {col('kil sgemm', 9)} {pct(best['kil sgemm'], pk[t]):>4}",
+                  flush=True)
+    print(f"! = that column's round medians spread by more than {fair_timing.STALL_SPREAD}x (max/min): "
+          "a stall or a busy machine, not the kernel")
 
 
 if __name__ == "__main__":

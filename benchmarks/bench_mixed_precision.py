@@ -8,9 +8,12 @@ process, at 1 and 2 threads.
 The model: Dense(relu) layers of the given widths, a float32 softmax output (the pattern Keras
 recommends), sparse categorical cross-entropy, SGD. A step is forward, backward and the update
 (kilnet: model.train_on_batch on one prepared batch; torch: zero_grad, forward, loss, backward,
-step). Columns: median ms per step of the best round (the libraries alternate round by round),
-and the ratios. kilnet's bfloat16 GEMMs run on AMX tiles where `kilnet._cpu.bf16_level()` says
-'amx', else as float32 GEMMs on rounded operands (no speed-up expected there).
+step). Columns: median ms per step of the best round, and the ratios. The libraries alternate
+round by round, in an order that rotates every round, each turn starting once the other pools'
+idle workers stopped spinning (kilnet.fair_timing); "!" marks a time whose round medians spread
+by more than fair_timing.STALL_SPREAD (a stall or a busy machine, issue 23). kilnet's bfloat16
+GEMMs run on AMX tiles where `kilnet._cpu.bf16_level()` says 'amx', else as float32 GEMMs on
+rounded operands (no speed-up expected there).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import time
 
 import numpy as np
 
+from kilnet import fair_timing
 from machine_info import machine, peak_line, peaks   # benchmarks/ is on sys.path
 
 
@@ -31,6 +35,18 @@ def median_step(step, steps):
         step()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def best_rounds(steps, rounds, n):
+    """{name: (the best round's median seconds per step, "!" or "")}: the steps take turns for
+    `rounds` rounds of n timed steps, in an order that rotates every round, each turn starting
+    once the other pools are idle; "!" when a step's round medians spread too far."""
+    times = {name: [] for name in steps}
+    for r in range(rounds):
+        for name in fair_timing.rotate(steps, r):
+            fair_timing.wait_idle()
+            times[name].append(median_step(steps[name], n))
+    return {name: (min(t), "!" if fair_timing.stalled(t) else "") for name, t in times.items()}
 
 
 def kilnet_step(policy, units, x, y):
@@ -114,13 +130,11 @@ def main(argv=None):
         if torch is not None:
             steps["torch f32"] = torch_step(False, args.units, x, y)
             steps["torch autocast"] = torch_step(True, args.units, x, y)
-        best = {}
-        for _ in range(args.rounds):
-            for name, fn in steps.items():
-                best[name] = min(best.get(name, float("inf")), median_step(fn, args.steps))
+        res = best_rounds(steps, args.rounds, args.steps)
+        best = {name: v[0] for name, v in res.items()}
         ta = best.get("torch autocast")
         vs = f"{ta / best['kilnet bf16']:.2f}x" if ta else "-"
-        print(f"| {t} | " + " | ".join(f"{best[c] * 1e3:.1f}" for c in cols)
+        print(f"| {t} | " + " | ".join(f"{best[c] * 1e3:.1f}{res[c][1]}" for c in cols)
               + f" | {best['kilnet f32'] / best['kilnet bf16']:.2f}x | {vs} | "
               f"{flops / best['kilnet bf16'] / 1e9:.0f} |", flush=True)
     print("(ratios: time of the first over the second, >1 means kilnet bf16 is faster)")
@@ -142,12 +156,11 @@ def main(argv=None):
                 finally:
                     kilnet.mixed_precision.set_global_policy("float32")
                 models[policy] = (lambda m=m: m.train_on_batch(xc, yc))
-            best = {}
-            for _ in range(args.rounds):
-                for name, fn in models.items():
-                    best[name] = min(best.get(name, float("inf")), median_step(fn, args.steps))
-            print(f"| {t} | {best['float32'] * 1e3:.2f} | {best['mixed_bfloat16'] * 1e3:.2f} | "
-                  f"{best['float32'] / best['mixed_bfloat16']:.2f}x |", flush=True)
+            res = best_rounds(models, args.rounds, args.steps)
+            (f32, f32_mark), (bf16, bf16_mark) = res["float32"], res["mixed_bfloat16"]
+            print(f"| {t} | {f32 * 1e3:.2f}{f32_mark} | {bf16 * 1e3:.2f}{bf16_mark} | {f32 / bf16:.2f}x |", flush=True)
+    print(f"(! = that time's round medians spread by more than {fair_timing.STALL_SPREAD}x (max/min): "
+          "a stall or a busy machine, not the step)")
 
 
 if __name__ == "__main__":

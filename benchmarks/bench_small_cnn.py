@@ -1,6 +1,8 @@
 """The example small CNN (kilnet.cli.small_cnn_model, 87,594 parameters) trained on
 Fashion-MNIST by kilnet and by PyTorch (CPU) with the same architecture and recipe, in the same
-process, taking turns epoch by epoch (so that both see the same machine load):
+process, taking turns epoch by epoch (so that both see the same machine load) in an order that
+rotates every epoch, each turn starting once the other's thread pool is idle
+(kilnet.fair_timing.wait_idle; issue 23):
 
     Conv 3x3 32 → BatchNorm → ReLU → MaxPool 2 → Conv 3x3 64 → BatchNorm → ReLU → MaxPool 2
     → Dropout 0.25 → Conv 3x3 64 → BatchNorm → ReLU → Dropout 0.25 → Flatten → Dense 10
@@ -16,6 +18,8 @@ process, taking turns epoch by epoch (so that both see the same machine load):
 After every epoch the test accuracy is measured (not counted in the training time). Reports
 per framework: seconds per epoch, total training wall time, the test accuracy after each
 epoch, and the first epoch (and training time up to it) at which test accuracy reached 0.925.
+Seconds per epoch get a "!" when the epochs after the first spread by more than
+fair_timing.STALL_SPREAD (max/min): a stall or a busy machine, not the framework.
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ import time
 
 import numpy as np
 
-from bench_epoch import load, machine   # the same data preparation and machine line
+from bench_epoch import load, machine, stall_mark, torch_setup   # the same data preparation, machine line and "!"
+from kilnet import fair_timing
 
 TARGET = 0.925
 
@@ -81,12 +86,7 @@ class TorchTrainer:
     def __init__(self, data, epochs, batch_size, threads, seed=0):
         import torch
         self.torch = torch
-        torch.set_num_threads(threads)
-        torch.manual_seed(seed)
-        xt, yt, xe, self.ye = data
-        self.X = torch.from_numpy(xt.transpose(0, 3, 1, 2).copy())
-        self.Y = torch.from_numpy(yt)
-        self.XE = torch.from_numpy(xe.transpose(0, 3, 1, 2).copy())
+        self.X, self.Y, self.XE, self.ye = torch_setup(data, threads, seed)
         self.batch_size = batch_size
         self.model = torch_model()
         steps = epochs * math.ceil(len(self.X) / batch_size)
@@ -155,7 +155,9 @@ def summarize(name, log, params):
            "best_test_accuracy": max(e["test_accuracy"] for e in log), "per_epoch": log,
            "first_epoch_at_target": None if reached is None else reached + 1,
            "train_seconds_to_target": None if reached is None else sum(e["seconds"] for e in log[:reached + 1])}
-    print(f"{name}: {params} params, {len(log)} epochs in {total:.0f}s ({row['seconds_per_epoch']:.1f} s/epoch), "
+    mark = stall_mark([e["seconds"] for e in log])
+    row["stall"] = bool(mark)
+    print(f"{name}: {params} params, {len(log)} epochs in {total:.0f}s ({row['seconds_per_epoch']:.1f}{mark} s/epoch), "
           f"final test accuracy {row['final_test_accuracy']:.4f}, best {row['best_test_accuracy']:.4f}, "
           + (f"reached {TARGET} at epoch {row['first_epoch_at_target']} after {row['train_seconds_to_target']:.0f}s"
              if reached is not None else f"never reached {TARGET}"), flush=True)
@@ -188,7 +190,8 @@ def main(argv=None):
             print(f"{fw}: skipped ({e})")
     logs = {t.name: [] for t in trainers}
     for epoch in range(args.epochs):
-        for t in trainers:   # the frameworks take turns, epoch by epoch: both see the same machine load
+        for t in fair_timing.rotate(trainers, epoch):   # turns, epoch by epoch, in an order that rotates
+            fair_timing.wait_idle()   # the other framework's spinning workers are asleep
             t0 = time.perf_counter()
             t.train_epoch(epoch)
             seconds = time.perf_counter() - t0
@@ -198,6 +201,8 @@ def main(argv=None):
             print(f"  {t.name} epoch {epoch + 1}: {seconds:.1f}s, test accuracy {acc:.4f} "
                   f"(load average {os.getloadavg()[0]:.1f})", flush=True)
     rows = [summarize(t.name, logs[t.name], t.params) for t in trainers]
+    print(f"! = that framework's epochs after the first spread by more than {fair_timing.STALL_SPREAD}x (max/min): "
+          "a stall or a busy machine, not the framework's speed")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "args": vars(args), "results": rows}, f, indent=1)
