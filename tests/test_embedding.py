@@ -82,6 +82,63 @@ def test_embedding_backward_same_bits_at_any_thread_count(rng):
         np.testing.assert_array_equal(o, ref)
 
 
+@pytest.mark.parametrize("K", MODULES)
+@pytest.mark.parametrize("V,shape", [(5, (40, 31)), (3000, (40, 31)), (1_000_000, (9, 4)), (7, (0,)), (1, (6,))])
+def test_embedding_backward_set_equals_fill_then_add(rng, K, V, shape):
+    """accumulate=False overwrites dW (untouched rows zero) with the bits of fill(0) + the
+    scatter-add, at any thread count; -0.0 rows come out +0.0 as after a fill."""
+    ids = rng.integers(0, V, shape).astype(np.int64)
+    if ids.size:
+        ids.reshape(-1)[: min(5, ids.size)] = V - 1   # a repeated id, at the end of the range
+    dy = rand(rng, *shape, 16)
+    if ids.size:
+        dy.reshape(-1, 16)[0] = -0.0
+    want = np.zeros((V, 16), np.float32)
+    _cpu.ref.embedding_backward(ids, dy, want)
+    old = _cpu.get_num_threads()
+    try:
+        for nt in (1, 2, 3):
+            _cpu.set_num_threads(nt)
+            got = np.full((V, 16), np.nan, np.float32)   # every row must be written
+            K.embedding_backward(ids, dy, got, accumulate=False)
+            np.testing.assert_array_equal(got, want)
+            assert not np.signbit(got).any() or np.signbit(want).any()
+    finally:
+        _cpu.set_num_threads(old)
+
+
+def test_embedding_layer_step_overwrites_instead_of_zeroing(rng):
+    """In fit the trainer no longer zeroes the embedding's gradient: the layer's first backward
+    writes all of it (stale NaNs in the buffer must not reach Adam). The weights after three
+    steps equal, bit for bit, those of the old path (trainer zeroes, layer adds), also when the
+    layer is called twice (the second call adds)."""
+    from kilnet import Input, Model
+    ids = rng.integers(0, 50, (16, 6)).astype(np.int32)
+    ids[:, 0] = 7
+    y = rng.integers(0, 2, 16)
+
+    def trained(tied, overwrite):
+        set_random_seed(3)
+        inp = Input((6,), dtype="int32")
+        emb = Embedding(50, 4)
+        if not overwrite:
+            emb._overwrites_grads = False
+        h = emb(inp)
+        if tied:
+            h = ops.add(h, emb(ops.subtract(49, inp)))   # the same layer on other ids
+        m = Model(inp, Dense(2, activation="softmax")(Flatten()(h)))
+        m.compile(optimizer=Adam(1e-2), loss="sparse_categorical_crossentropy")
+        m.train_on_batch(ids, y)
+        emb.dembeddings.fill(np.nan)
+        m.train_on_batch(ids, y)
+        m.train_on_batch(ids[::-1], y[::-1])
+        return emb.embeddings.copy()
+    for tied in (False, True):
+        new, old = trained(tied, True), trained(tied, False)
+        assert np.isfinite(new).all()
+        np.testing.assert_array_equal(new, old)
+
+
 def test_embedding_kernels_match_torch(rng):
     torch = pytest.importorskip("torch", exc_type=ImportError)
     V, D = 301, 19

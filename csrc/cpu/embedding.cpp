@@ -65,6 +65,51 @@ void scatter_add(index_t N, index_t V, index_t D, const I* ids, const float* dy,
   }
 }
 
+// dW = the scatter of dy (overwritten): every row written once, untouched ids as zeros. One pass
+// over dW split into vocabulary ranges, one per thread (the zeroing, which dominates for a large
+// vocabulary, runs on every thread; a separate fill would run on one and touch dW twice). Each
+// touched row starts as 0 + its first token's row, then adds the rest in token order: the bits
+// of zeroing followed by scatter_add.
+template <class I>
+void scatter_set(index_t N, index_t V, index_t D, const I* ids, const float* dy, float* dW) {
+  const std::vector<index_t> order = group_by_id(N, V, ids);
+  const index_t* ord = order.data();
+  const int T = int(std::min<index_t>(threads_for(V * D), V));
+#pragma omp parallel num_threads(T)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const index_t v0 = V * t / nt, v1 = V * (t + 1) / nt;
+    // the first grouped position whose id is >= v (ids ascend along order)
+    auto first_at = [&](index_t v) {
+      index_t lo = 0, hi = N;
+      while (lo < hi) {
+        const index_t mid = lo + (hi - lo) / 2;
+        if (index_t(ids[ord[mid]]) < v) lo = mid + 1;
+        else hi = mid;
+      }
+      return lo;
+    };
+    index_t k = first_at(v0);
+    const index_t kend = first_at(v1);
+    for (index_t v = v0; v < v1;) {
+      const index_t next = k < kend ? index_t(ids[ord[k]]) : v1;   // the next touched row
+      if (next > v) {   // rows [v, next) have no token
+        std::memset(dW + v * D, 0, size_t(next - v) * size_t(D) * sizeof(float));
+        v = next;
+        continue;
+      }
+      float* row = dW + v * D;
+      const float* g = dy + ord[k] * D;
+      for (index_t j = 0; j < D; ++j) row[j] = 0.f + g[j];   // 0 + (-0) is +0, as after a fill
+      for (++k; k < kend && index_t(ids[ord[k]]) == v; ++k) {
+        g = dy + ord[k] * D;
+        for (index_t j = 0; j < D; ++j) row[j] += g[j];
+      }
+      ++v;
+    }
+  }
+}
+
 }  // namespace
 
 void embedding_forward(index_t N, index_t, index_t D, const std::int32_t* ids, const float* W, float* out) {
@@ -78,6 +123,12 @@ void embedding_backward(index_t N, index_t V, index_t D, const std::int32_t* ids
 }
 void embedding_backward(index_t N, index_t V, index_t D, const std::int64_t* ids, const float* dy, float* dW) {
   scatter_add(N, V, D, ids, dy, dW);
+}
+void embedding_backward_set(index_t N, index_t V, index_t D, const std::int32_t* ids, const float* dy, float* dW) {
+  scatter_set(N, V, D, ids, dy, dW);
+}
+void embedding_backward_set(index_t N, index_t V, index_t D, const std::int64_t* ids, const float* dy, float* dW) {
+  scatter_set(N, V, D, ids, dy, dW);
 }
 
 // ------------------------------------------------------------------------- reference (plain loops)
@@ -107,6 +158,14 @@ void embedding_backward_ref(index_t N, index_t, index_t D, const std::int32_t* i
   scatter_add_ref(N, D, ids, dy, dW);
 }
 void embedding_backward_ref(index_t N, index_t, index_t D, const std::int64_t* ids, const float* dy, float* dW) {
+  scatter_add_ref(N, D, ids, dy, dW);
+}
+void embedding_backward_set_ref(index_t N, index_t V, index_t D, const std::int32_t* ids, const float* dy, float* dW) {
+  std::fill(dW, dW + V * D, 0.f);
+  scatter_add_ref(N, D, ids, dy, dW);
+}
+void embedding_backward_set_ref(index_t N, index_t V, index_t D, const std::int64_t* ids, const float* dy, float* dW) {
+  std::fill(dW, dW + V * D, 0.f);
   scatter_add_ref(N, D, ids, dy, dW);
 }
 

@@ -5,6 +5,8 @@
 // Backward: dW[ids[i], :] += dy[i, :] for every i (dW is accumulated into, not overwritten).
 //   Deterministic: each row of dW is summed by one thread, in token order (i ascending), so the
 //   bits do not depend on the thread count and equal the reference loop's.
+// Backward, set: dW = 0, then the same scatter-add, in one pass over dW on every thread (what a
+//   training step runs when nothing else wrote dW yet; the same bits as zeroing, then adding).
 // The kernels trust the ids: the bindings refuse an id outside [0, V) before calling them.
 #pragma once
 #include <cstdint>
@@ -16,11 +18,15 @@ void embedding_forward(index_t N, index_t V, index_t D, const std::int32_t* ids,
 void embedding_forward(index_t N, index_t V, index_t D, const std::int64_t* ids, const float* W, float* out);
 void embedding_backward(index_t N, index_t V, index_t D, const std::int32_t* ids, const float* dy, float* dW);
 void embedding_backward(index_t N, index_t V, index_t D, const std::int64_t* ids, const float* dy, float* dW);
+void embedding_backward_set(index_t N, index_t V, index_t D, const std::int32_t* ids, const float* dy, float* dW);
+void embedding_backward_set(index_t N, index_t V, index_t D, const std::int64_t* ids, const float* dy, float* dW);
 
 void embedding_forward_ref(index_t N, index_t V, index_t D, const std::int32_t* ids, const float* W, float* out);
 void embedding_forward_ref(index_t N, index_t V, index_t D, const std::int64_t* ids, const float* W, float* out);
 void embedding_backward_ref(index_t N, index_t V, index_t D, const std::int32_t* ids, const float* dy, float* dW);
 void embedding_backward_ref(index_t N, index_t V, index_t D, const std::int64_t* ids, const float* dy, float* dW);
+void embedding_backward_set_ref(index_t N, index_t V, index_t D, const std::int32_t* ids, const float* dy, float* dW);
+void embedding_backward_set_ref(index_t N, index_t V, index_t D, const std::int64_t* ids, const float* dy, float* dW);
 
 }  // namespace kilnet::cpu
 

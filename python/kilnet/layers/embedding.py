@@ -24,6 +24,7 @@ class Embedding(Layer):
     """`Embedding(input_dim, output_dim, embeddings_initializer="uniform", mask_zero=False, ...)`."""
 
     _int_inputs = True
+    _overwrites_grads = True   # the step's first backward writes every row of dembeddings
 
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform", embeddings_regularizer=None,
                  embeddings_constraint=None, mask_zero=False, weights=None, lora_rank=None, lora_alpha=None,
@@ -83,7 +84,14 @@ class Embedding(Layer):
 
     def backward(self, dy, need_dx=True, need_dw=True):
         if need_dw and self.trainable:
-            self._k.embedding_backward(self._state()["ids"], dy, self.dembeddings)
+            fresh, self._fresh_grads = self._fresh_grads, False
+            ids = self._state()["ids"]
+            if fresh and self._xp is np:   # the step's first write: zeros and sums in one pass
+                self._k.embedding_backward(ids, dy, self.dembeddings, accumulate=False)
+            else:
+                if fresh:
+                    self.dembeddings.fill(0)
+                self._k.embedding_backward(ids, dy, self.dembeddings)
         return None   # ids have no gradient
 
     def get_config(self):
