@@ -108,3 +108,14 @@ def avx2_and_avx512(body):
     lo = at_simd_level("avx2", body)
     assert lo is not None and lo.keys() == hi.keys()
     return lo, hi
+
+
+def views_at(shape, offsets):
+    """float32 arrays of `shape` inside one buffer, the k-th at byte offset offsets[k] modulo 2 MiB
+    from a 2 MiB boundary (their bytes do not overlap)."""
+    n = int(np.prod(shape)) * 4
+    span = (n // (1 << 21) + 2) << 21
+    buf = np.zeros(span * len(offsets) + (1 << 21), np.uint8)
+    base = (-buf.ctypes.data) % (1 << 21)
+    return [buf[base + k * span + o: base + k * span + o + n].view(np.float32).reshape(shape)
+            for k, o in enumerate(offsets)]

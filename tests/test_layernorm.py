@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import assert_grad_close, numeric_grad, rand, avx2_and_avx512
+from conftest import views_at, assert_grad_close, numeric_grad, rand, avx2_and_avx512
 from kilnet import _cpu
 from kilnet.layers import Dense, Flatten, LayerNormalization
 from kilnet.models import Sequential, load_model
@@ -101,6 +101,35 @@ def test_layernorm_same_bits_at_any_thread_count(rng):
     for o in outs[1:]:
         for a, e in zip(outs[0], o):
             np.testing.assert_array_equal(a, e)
+
+
+@pytest.mark.parametrize("nt", [1, 3])
+@pytest.mark.parametrize("offsets", [(64, 64, 80), (64, 208, 64), (0, 0, 512), (128, 64, 192)])
+def test_layernorm_output_just_ahead_of_an_input_same_bits(rng, nt, offsets):
+    """y (dx) 16-512 bytes after x (or dy) modulo 2 MiB goes through the staging rows
+    (store_ahead.h): the same bits as any other layout, at any thread count."""
+    shape = (301, 96)
+    x0, dy0 = rand(rng, *shape), rand(rng, *shape)
+    g, b = rand(rng, 96), rand(rng, 96)
+
+    def run(x, dy, out):   # forward into out, then backward into out
+        mean, invstd = np.empty(301, np.float32), np.empty(301, np.float32)
+        _cpu.layernorm_forward(x, g, b, mean, invstd, out)
+        y = out.copy()
+        dg, db = np.zeros(96, np.float32), np.zeros(96, np.float32)
+        _cpu.layernorm_backward(x, dy, g, mean, invstd, out, dg, db)
+        return y, out.copy(), dg, db
+    old = _cpu.get_num_threads()
+    try:
+        _cpu.set_num_threads(nt)
+        want = run(x0, dy0, np.empty_like(x0))
+        x, dy, out = views_at(shape, offsets)
+        x[...], dy[...] = x0, dy0
+        got = run(x, dy, out)
+    finally:
+        _cpu.set_num_threads(old)
+    for a, e in zip(got, want):
+        np.testing.assert_array_equal(a, e)
 
 
 @pytest.mark.parametrize("shape", [(37, 300), (64, 128), (3, 4, 768)])

@@ -8,7 +8,7 @@ divides each row by its sum first. Every grad is d(loss)/d(input), already divid
 import numpy as np
 import pytest
 
-from conftest import assert_grad_close, numeric_grad, rand, avx2_and_avx512
+from conftest import views_at, assert_grad_close, numeric_grad, rand, avx2_and_avx512
 from kilnet import _cpu
 
 MODULES = [pytest.param(_cpu, id="fast"), pytest.param(_cpu.ref, id="ref")]
@@ -675,3 +675,32 @@ for cols in (1, 7, 15, 16, 17, 33, 129, 300, 100003):
     lo, hi = avx2_and_avx512(body)
     for k in hi:
         np.testing.assert_allclose(lo[k], hi[k], rtol=2e-6, atol=1e-8, err_msg=k)
+
+
+@pytest.mark.parametrize("nt", [1, 3])
+@pytest.mark.parametrize("offsets", [(64, 96, 112), (64, 64, 80), (0, 512, 0), (256, 0, 16)])
+@pytest.mark.parametrize("labels", [True, False])
+def test_softmax_crossentropy_output_just_ahead_of_an_input_same_bits(rng, nt, offsets, labels):
+    """probs or grad 16-512 bytes after x (or grad after probs) modulo 2 MiB goes through the
+    staging rows (store_ahead.h): the same loss and bits as any other layout."""
+    rows, cols = 203, 130
+    x0 = rand(rng, rows, cols) * 3
+    lab = rng.integers(0, cols, rows)
+    t0 = np.abs(rand(rng, rows, cols))
+    kw = {"labels": lab} if labels else {"target": t0 / t0.sum(1, keepdims=True)}
+    old = _cpu.get_num_threads()
+    try:
+        _cpu.set_num_threads(nt)
+        p0, g0 = np.empty_like(x0), np.empty_like(x0)
+        want = _cpu.softmax_crossentropy(x0, probs=p0, grad=g0, **kw)
+        x, probs, grad = views_at((rows, cols), offsets)
+        x[...] = x0
+        assert _cpu.softmax_crossentropy(x, probs=probs, grad=grad, **kw) == want
+        np.testing.assert_array_equal(probs, p0)
+        np.testing.assert_array_equal(grad, g0)
+        g1 = np.empty_like(x0)
+        _cpu.softmax_crossentropy(x0, grad=g1, **kw)
+        _cpu.softmax_crossentropy(x, grad=grad, **kw)   # no probs: exp goes into grad
+        np.testing.assert_array_equal(grad, g1)
+    finally:
+        _cpu.set_num_threads(old)

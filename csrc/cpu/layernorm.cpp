@@ -6,10 +6,12 @@
 // order in double. So the result has the same bits at any thread count.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 #include "kilnet/layernorm.h"
 #include "layernorm_internal.h"
 #include "parallel.h"
+#include "store_ahead.h"
 
 namespace kilnet::cpu {
 
@@ -87,8 +89,25 @@ void layernorm_forward(index_t M, index_t C, const float* x, const float* gamma,
                        float eps, bool rms, float* mean, float* invstd, float* y) {
   const RowForward row = row_forward_impl();
   if (rms) beta = nullptr;
-#pragma omp parallel for num_threads(threads_for(M * C)) schedule(static)
-  for (index_t m = 0; m < M; ++m) row(C, x + m * C, gamma, beta, eps, rms, mean + m, invstd + m, y + m * C);
+  const int T = threads_for(M * C);
+  if (!store_ahead(y, x)) {
+#pragma omp parallel for num_threads(T) schedule(static)
+    for (index_t m = 0; m < M; ++m) row(C, x + m * C, gamma, beta, eps, rms, mean + m, invstd + m, y + m * C);
+    return;
+  }
+  // y just ahead of x (store_ahead.h): each row is written to a staging row, then copied
+  const index_t slot = C + kStageExtra;
+  std::vector<float> stage(size_t(T) * size_t(slot));
+#pragma omp parallel num_threads(T)
+  {
+    float* mine = stage.data() + size_t(omp_get_thread_num()) * size_t(slot);
+#pragma omp for schedule(static)
+    for (index_t m = 0; m < M; ++m) {
+      float* t = staging_for(mine, y + m * C);
+      row(C, x + m * C, gamma, beta, eps, rms, mean + m, invstd + m, t);
+      std::memcpy(y + m * C, t, size_t(C) * sizeof(float));
+    }
+  }
 }
 
 void layernorm_backward(index_t M, index_t C, const float* x, const float* dy, const float* gamma,
@@ -99,13 +118,26 @@ void layernorm_backward(index_t M, index_t C, const float* x, const float* dy, c
   if (!sums && !dx) return;
   const index_t R = block_rows(C), NB = (M + R - 1) / R;
   std::vector<float> part(sums ? size_t(NB) * size_t(2 * C) : 0);
-#pragma omp parallel for num_threads(threads_for(M * C)) schedule(static)
-  for (index_t b = 0; b < NB; ++b) {
-    float* pg = sums ? part.data() + size_t(b) * size_t(2 * C) : nullptr;
-    float* pb = sums ? pg + C : nullptr;
-    if (sums) std::fill(pg, pg + 2 * C, 0.f);
-    for (index_t m = b * R; m < std::min(M, (b + 1) * R); ++m)
-      row(C, x + m * C, dy + m * C, gamma, mean[m], invstd[m], rms, dx ? dx + m * C : nullptr, pg, pb);
+  const int T = threads_for(M * C);
+  // dx just ahead of x or dy (store_ahead.h): rows of dx go through a staging row
+  const bool stage = store_ahead(dx, x) || store_ahead(dx, dy);
+  const index_t slot = C + kStageExtra;
+  std::vector<float> staging(stage ? size_t(T) * size_t(slot) : 0);
+#pragma omp parallel num_threads(T)
+  {
+    float* mine = stage ? staging.data() + size_t(omp_get_thread_num()) * size_t(slot) : nullptr;
+#pragma omp for schedule(static)
+    for (index_t b = 0; b < NB; ++b) {
+      float* pg = sums ? part.data() + size_t(b) * size_t(2 * C) : nullptr;
+      float* pb = sums ? pg + C : nullptr;
+      if (sums) std::fill(pg, pg + 2 * C, 0.f);
+      for (index_t m = b * R; m < std::min(M, (b + 1) * R); ++m) {
+        float* dxr = dx ? dx + m * C : nullptr;
+        float* out = stage ? staging_for(mine, dxr) : dxr;
+        row(C, x + m * C, dy + m * C, gamma, mean[m], invstd[m], rms, out, pg, pb);
+        if (stage) std::memcpy(dxr, out, size_t(C) * sizeof(float));
+      }
+    }
   }
   if (!sums) return;
   const float* pp = part.data();

@@ -3,11 +3,13 @@
 // rows; the _ref versions do everything in double, one element at a time.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 #include "softmax_internal.h"
 #include "kilnet/loss.h"
 #include "kilnet/detail/elementwise.h"
 #include "parallel.h"
+#include "store_ahead.h"
 
 namespace kilnet::cpu {
 namespace {
@@ -120,53 +122,77 @@ double sparse_categorical_crossentropy(index_t rows, index_t cols, const float* 
   return total / double(rows);
 }
 
+namespace {
+
+// One row of softmax_crossentropy: its loss; writes the row's probabilities to pr and gradient
+// to gr (either may be nullptr).
+double softmax_ce_row(index_t cols, const float* xr, const std::int64_t* label, const float* tr, float scale,
+                      float* pr, float* gr) {
+  const float mx = softmax_detail::row_max(cols, xr);
+  // exp(x - max) goes where the probabilities or the gradient will be (the second pass then
+  // scales it instead of computing exp again); the sum is in double (softmax_internal.h).
+  float* e = pr ? pr : gr;
+  const double sum = softmax_detail::exp_shift_sum(cols, xr, mx, e);
+  // -log softmax_j = (mx - x_j) + log(sum): never form mx + log(sum) in float, whose rounding
+  // (ulp(1e4) = 1e-3) would swamp a small loss. Exact for any logit size.
+  const double logsum = std::log(sum);
+  const float inv = float(1.0 / sum);
+  double loss = 0.0;
+  double tsum = 1.0;
+  if (label) {
+    loss = (double(mx) - xr[*label]) + logsum;
+  } else {
+    tsum = 0.0;
+    for (index_t j = 0; j < cols; ++j) {
+      loss += double(tr[j]) * ((double(mx) - xr[j]) + logsum);
+      tsum += tr[j];
+    }
+  }
+  const float tsumf = float(tsum);
+  if (!e) return loss;
+  // (p - t) is formed before scaling: for a sample the model already gets right p ~ t and
+  // the difference is exact, where p*scale - t*scale would keep only its rounding error.
+  // Branch-free loops (each vectorizes); with labels, t is 0 but at the label, so the row is
+  // (p tsum - 0) scale = (p tsum) scale everywhere, and the label's entry is redone after.
+  const index_t y = label ? index_t(*label) : 0;
+  const float p_label = label ? e[y] * inv : 0.f;   // before the loops overwrite e
+  if (pr)
+    for (index_t j = 0; j < cols; ++j) pr[j] = e[j] * inv;   // e == pr: in place
+  if (!gr) return loss;
+  if (label) {
+    if (pr) for (index_t j = 0; j < cols; ++j) gr[j] = (pr[j] * tsumf) * scale;
+    else for (index_t j = 0; j < cols; ++j) gr[j] = ((gr[j] * inv) * tsumf) * scale;   // e == gr
+    gr[y] = (p_label * tsumf - 1.f) * scale;
+  } else {
+    if (pr) for (index_t j = 0; j < cols; ++j) gr[j] = (pr[j] * tsumf - tr[j]) * scale;
+    else for (index_t j = 0; j < cols; ++j) gr[j] = ((gr[j] * inv) * tsumf - tr[j]) * scale;
+  }
+  return loss;
+}
+
+}  // namespace
+
 double softmax_crossentropy(index_t rows, index_t cols, const float* x, const std::int64_t* labels,
                             const float* t, float* probs, float* grad) {
   const float scale = 1.f / float(rows);
+  // An output just ahead of an input (store_ahead.h: 2x slower) is written through staging rows.
+  const bool stage = store_ahead(probs, x) || store_ahead(grad, x) || store_ahead(grad, probs) ||
+                     store_ahead(grad, t) || store_ahead(probs, t);
+  const index_t slot = 2 * (cols + kStageExtra);
+  std::vector<float> staging(stage ? size_t(threads_for(rows * cols, 16384)) * size_t(slot) : 0);
   double total = sum_rows(rows, cols, [&](index_t i) {
     const float* xr = x + i * cols;
-    const float mx = softmax_detail::row_max(cols, xr);
-    // exp(x - max) goes where the probabilities or the gradient will be (the second pass then
-    // scales it instead of computing exp again); the sum is in double (softmax_internal.h).
-    float* e = probs ? probs + i * cols : (grad ? grad + i * cols : nullptr);
-    const double sum = softmax_detail::exp_shift_sum(cols, xr, mx, e);
-    // -log softmax_j = (mx - x_j) + log(sum): never form mx + log(sum) in float, whose rounding
-    // (ulp(1e4) = 1e-3) would swamp a small loss. Exact for any logit size.
-    const double logsum = std::log(sum);
-    const float inv = float(1.0 / sum);
-    double loss = 0.0;
-    double tsum = 1.0;
-    if (labels) {
-      loss = (double(mx) - xr[labels[i]]) + logsum;
-    } else {
-      tsum = 0.0;
-      for (index_t j = 0; j < cols; ++j) {
-        loss += double(t[i * cols + j]) * ((double(mx) - xr[j]) + logsum);
-        tsum += t[i * cols + j];
-      }
-    }
-    const float tsumf = float(tsum);
-    if (!e) return loss;
-    // (p - t) is formed before scaling: for a sample the model already gets right p ~ t and
-    // the difference is exact, where p*scale - t*scale would keep only its rounding error.
-    // Branch-free loops (each vectorizes); with labels, t is 0 but at the label, so the row is
-    // (p tsum - 0) scale = (p tsum) scale everywhere, and the label's entry is redone after.
+    const std::int64_t* label = labels ? labels + i : nullptr;
+    const float* tr = labels ? nullptr : t + i * cols;
     float* pr = probs ? probs + i * cols : nullptr;
     float* gr = grad ? grad + i * cols : nullptr;
-    const index_t y = labels ? index_t(labels[i]) : 0;
-    const float p_label = labels ? e[y] * inv : 0.f;   // before the loops overwrite e
-    if (pr)
-      for (index_t j = 0; j < cols; ++j) pr[j] = e[j] * inv;   // e == pr: in place
-    if (!gr) return loss;
-    if (labels) {
-      if (pr) for (index_t j = 0; j < cols; ++j) gr[j] = (pr[j] * tsumf) * scale;
-      else for (index_t j = 0; j < cols; ++j) gr[j] = ((gr[j] * inv) * tsumf) * scale;   // e == gr
-      gr[y] = (p_label * tsumf - 1.f) * scale;
-    } else {
-      const float* tr = t + i * cols;
-      if (pr) for (index_t j = 0; j < cols; ++j) gr[j] = (pr[j] * tsumf - tr[j]) * scale;
-      else for (index_t j = 0; j < cols; ++j) gr[j] = ((gr[j] * inv) * tsumf - tr[j]) * scale;
-    }
+    if (!stage) return softmax_ce_row(cols, xr, label, tr, scale, pr, gr);
+    float* mine = staging.data() + size_t(omp_get_thread_num()) * size_t(slot);
+    float* ps = pr ? staging_for(mine, pr) : nullptr;
+    float* gs = gr ? staging_for(mine + cols + kStageExtra, gr) : nullptr;
+    const double loss = softmax_ce_row(cols, xr, label, tr, scale, ps, gs);
+    if (pr) std::memcpy(pr, ps, size_t(cols) * sizeof(float));
+    if (gr) std::memcpy(gr, gs, size_t(cols) * sizeof(float));
     return loss;
   });
   return total / double(rows);
