@@ -5,7 +5,7 @@ gradient checks, PyTorch parity, numerical stability, bad input and in-place use
 import numpy as np
 import pytest
 
-from conftest import assert_grad_close, numeric_grad, rand
+from conftest import views_at, assert_grad_close, numeric_grad, rand
 from kilnet import _cpu
 
 ACTS = ["linear", "relu", "sigmoid", "tanh"]
@@ -483,3 +483,30 @@ np.savez(sys.argv[1], **out)
     assert str(res["avx2"].pop("level")) == "avx2"
     for k, hi in res["avx512"].items():
         np.testing.assert_allclose(res["avx2"][k], hi, rtol=1e-6, atol=1e-7, err_msg=k)   # NaN == NaN
+
+
+@pytest.mark.parametrize("nt", [1, 3])
+@pytest.mark.parametrize("act", ["relu", "sigmoid", "tanh", "linear"])
+@pytest.mark.parametrize("offsets", [(64, 80, 128), (4096, 4096 + 512, 0), (0, 16, 32)])
+def test_activation_output_just_ahead_of_an_input_same_bits(rng, nt, act, offsets):
+    """y 16-512 bytes after x (dx after y or dy) modulo 2 MiB goes through staging blocks
+    (store_ahead.h): the same bits as any other layout, at any thread count."""
+    n = 70_001   # several staging blocks and a ragged end
+    x0 = (rng.standard_normal(n) * 3).astype(np.float32)
+    dy0 = rng.standard_normal(n).astype(np.float32)
+    old = _cpu.get_num_threads()
+    try:
+        _cpu.set_num_threads(nt)
+        y0, dx0 = np.empty_like(x0), np.empty_like(x0)
+        _cpu.activation_forward(act, x0, y0)
+        _cpu.activation_backward(act, y0, dy0, dx0)
+        x, y, dx = views_at((n,), offsets)
+        x[...] = x0
+        _cpu.activation_forward(act, x, y)
+        np.testing.assert_array_equal(y, y0)
+        dy = views_at((n,), (offsets[1] - 16,))[0]
+        dy[...] = dy0
+        _cpu.activation_backward(act, y, dy, dx)
+        np.testing.assert_array_equal(dx, dx0)
+    finally:
+        _cpu.set_num_threads(old)

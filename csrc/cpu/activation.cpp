@@ -3,56 +3,113 @@
 // tanh forward call libm per element here; with AVX-512 they go to activation_avx512.cpp.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include "activation_internal.h"
 #include "softmax_internal.h"
 #include "kilnet/activation.h"
 #include "kilnet/detail/elementwise.h"
 #include "parallel.h"
+#include "store_ahead.h"
 
 namespace kilnet::cpu {
 using detail::act_backward;
 using detail::act_forward;
 
+namespace {
+
+// Elementwise kernels whose output runs just ahead of an input (store_ahead.h: relu 1.4 -> 9.7
+// ms on 4M floats) write blocks of kStageBlock values to a per-thread staging buffer and copy
+// each block out: one load-after-store clash per block instead of one per vector.
+constexpr index_t kStageBlock = 2048;
+
+// out[i] = f(i) for i in [lo, hi), as one vectorized loop.
+template <class F>
+inline void map_range(index_t lo, index_t hi, float* out, F f) {
+#pragma omp simd
+  for (index_t i = lo; i < hi; ++i) out[i - lo] = f(i);
+}
+
+// out[i] = f(i) over [0, n) on nt threads, staged when `stage` (in0, in1: the arrays f reads).
+template <class F>
+void map_into(index_t n, int nt, bool stage, float* out, const float* in0, const float* in1, F f) {
+  if (!stage) {
+#pragma omp parallel for simd num_threads(nt) schedule(static)
+    for (index_t i = 0; i < n; ++i) out[i] = f(i);
+    return;
+  }
+  const index_t nb = (n + kStageBlock - 1) / kStageBlock;
+#pragma omp parallel num_threads(nt)
+  {
+    alignas(64) float buf[kStageBlock + kStageExtra];
+#pragma omp for schedule(static)
+    for (index_t b = 0; b < nb; ++b) {
+      const index_t lo = b * kStageBlock, hi = std::min(n, lo + kStageBlock);
+      float* t = staging_for(buf, out + lo, in0 + lo, in1 ? in1 + lo : nullptr);
+      map_range(lo, hi, t, f);
+      std::memcpy(out + lo, t, size_t(hi - lo) * sizeof(float));
+    }
+  }
+}
+
+#if defined(KILNET_HAVE_AVX512_BUILD)
+// forward_avx512 through the staging blocks (serially inside each block: this loop is the
+// parallel one).
+bool forward_avx512_staged(Act act, index_t n, const float* x, float* y) {
+  if (act != Act::Sigmoid && act != Act::Tanh) return false;
+  const index_t nb = (n + kStageBlock - 1) / kStageBlock;
+#pragma omp parallel num_threads(threads_for(n, 4096))
+  {
+    alignas(64) float buf[kStageBlock + kStageExtra];
+#pragma omp for schedule(static)
+    for (index_t b = 0; b < nb; ++b) {
+      const index_t lo = b * kStageBlock, len = std::min(n, lo + kStageBlock) - lo;
+      float* t = staging_for(buf, y + lo, x + lo);
+      activation_detail::forward_avx512(act, len, x + lo, t, true);
+      std::memcpy(y + lo, t, size_t(len) * sizeof(float));
+    }
+  }
+  return true;
+}
+#endif
+
+}  // namespace
+
 void activation_forward(Act act, index_t n, const float* x, float* y) {
   if (act == Act::Softmax) throw std::invalid_argument("activation_forward: use softmax_forward");
+  const bool stage = store_ahead(y, x);
   switch (act) {   // one loop per activation so each one vectorizes on its own
     case Act::Relu:
-#pragma omp parallel for simd num_threads(threads_for(n)) schedule(static)
-      for (index_t i = 0; i < n; ++i) y[i] = x[i] < 0.f ? 0.f : x[i];   // NaN stays NaN
+      map_into(n, threads_for(n), stage, y, x, nullptr, [x](index_t i) { return x[i] < 0.f ? 0.f : x[i]; });   // NaN stays NaN
       break;
     case Act::Linear:
-      if (x != y) std::copy(x, x + n, y);
+      if (x != y) std::memmove(y, x, size_t(n) * sizeof(float));
       break;
     default:
 #if defined(KILNET_HAVE_AVX512_BUILD)
-      if (use_avx512() && activation_detail::forward_avx512(act, n, x, y)) return;
+      if (use_avx512() && (stage ? forward_avx512_staged(act, n, x, y) : activation_detail::forward_avx512(act, n, x, y)))
+        return;
 #endif
-#pragma omp parallel for num_threads(threads_for(n, 4096)) schedule(static)
-      for (index_t i = 0; i < n; ++i) y[i] = act_forward(act, x[i]);
+      map_into(n, threads_for(n, 4096), stage, y, x, nullptr, [act, x](index_t i) { return act_forward(act, x[i]); });
   }
 }
 
 void activation_backward(Act act, index_t n, const float* y, const float* dy, float* dx) {
   if (act == Act::Softmax) throw std::invalid_argument("activation_backward: use softmax_backward");
+  const bool stage = store_ahead(dx, y) || store_ahead(dx, dy);
+  const int nt = threads_for(n);
   switch (act) {
-    case Act::Relu:
-#pragma omp parallel for simd num_threads(threads_for(n)) schedule(static)
-      for (index_t i = 0; i < n; ++i) {   // load dy unconditionally: a select, not a branch on the sign
-        const float g = dy[i];
-        dx[i] = y[i] > 0.f ? g : 0.f;
-      }
+    case Act::Relu:   // load dy unconditionally: a select, not a branch on the sign
+      map_into(n, nt, stage, dx, y, dy, [y, dy](index_t i) { const float g = dy[i]; return y[i] > 0.f ? g : 0.f; });
       break;
     case Act::Sigmoid:
-#pragma omp parallel for simd num_threads(threads_for(n)) schedule(static)
-      for (index_t i = 0; i < n; ++i) dx[i] = dy[i] * y[i] * (1.f - y[i]);
+      map_into(n, nt, stage, dx, y, dy, [y, dy](index_t i) { return dy[i] * y[i] * (1.f - y[i]); });
       break;
     case Act::Tanh:
-#pragma omp parallel for simd num_threads(threads_for(n)) schedule(static)
-      for (index_t i = 0; i < n; ++i) dx[i] = dy[i] * (1.f - y[i] * y[i]);
+      map_into(n, nt, stage, dx, y, dy, [y, dy](index_t i) { return dy[i] * (1.f - y[i] * y[i]); });
       break;
     default:
-      if (dx != dy) std::copy(dy, dy + n, dx);
+      if (dx != dy) std::memmove(dx, dy, size_t(n) * sizeof(float));
   }
 }
 

@@ -28,23 +28,31 @@ inline __m512 tanh16_accurate(__m512 x) {
   return _mm512_mask_mov_ps(sbig, _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.625f), _CMP_LT_OQ), tanh16(x));
 }
 
+// 16 values from i on (fewer at the end of the array).
 template <class F>
-void blocks(index_t n, const float* x, float* y, F f) {
+inline void block16(index_t n, index_t i, const float* x, float* y, F f) {
+  const __mmask16 k = n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
+  _mm512_mask_storeu_ps(y + i, k, f(_mm512_maskz_loadu_ps(k, x + i)));
+}
+
+// serial: on the calling thread only, no parallel region (a caller that already runs in parallel)
+template <class F>
+void blocks(index_t n, const float* x, float* y, F f, bool serial) {
   const index_t nb = (n + 15) / 16;
-#pragma omp parallel for num_threads(threads_for(n, 1 << 14)) schedule(static)
-  for (index_t b = 0; b < nb; ++b) {
-    const index_t i = 16 * b;
-    const __mmask16 k = n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
-    _mm512_mask_storeu_ps(y + i, k, f(_mm512_maskz_loadu_ps(k, x + i)));
+  if (serial) {
+    for (index_t b = 0; b < nb; ++b) block16(n, 16 * b, x, y, f);
+    return;
   }
+#pragma omp parallel for num_threads(threads_for(n, 1 << 14)) schedule(static)
+  for (index_t b = 0; b < nb; ++b) block16(n, 16 * b, x, y, f);
 }
 
 }  // namespace
 
-bool forward_avx512(Act act, index_t n, const float* x, float* y) {
+bool forward_avx512(Act act, index_t n, const float* x, float* y, bool serial) {
   switch (act) {
-    case Act::Sigmoid: blocks(n, x, y, [](__m512 v) { return sigmoid16(v); }); return true;
-    case Act::Tanh: blocks(n, x, y, [](__m512 v) { return tanh16_accurate(v); }); return true;
+    case Act::Sigmoid: blocks(n, x, y, [](__m512 v) { return sigmoid16(v); }, serial); return true;
+    case Act::Tanh: blocks(n, x, y, [](__m512 v) { return tanh16_accurate(v); }, serial); return true;
     default: return false;
   }
 }

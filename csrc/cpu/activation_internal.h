@@ -8,7 +8,8 @@ namespace kilnet::cpu::activation_detail {
 #if defined(KILNET_HAVE_AVX512_BUILD)
 // y = act(x) for Sigmoid and Tanh (the ones the portable loop computes with scalar libm calls,
 // ~7 and ~13 ns an element); returns false, touching nothing, for any other activation.
-bool forward_avx512(Act act, index_t n, const float* x, float* y);
+// serial: on the calling thread only (no parallel region of its own).
+bool forward_avx512(Act act, index_t n, const float* x, float* y, bool serial = false);
 #endif
 
 }  // namespace kilnet::cpu::activation_detail

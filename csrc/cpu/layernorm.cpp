@@ -103,7 +103,7 @@ void layernorm_forward(index_t M, index_t C, const float* x, const float* gamma,
     float* mine = stage.data() + size_t(omp_get_thread_num()) * size_t(slot);
 #pragma omp for schedule(static)
     for (index_t m = 0; m < M; ++m) {
-      float* t = staging_for(mine, y + m * C);
+      float* t = staging_for(mine, y + m * C, x + m * C);
       row(C, x + m * C, gamma, beta, eps, rms, mean + m, invstd + m, t);
       std::memcpy(y + m * C, t, size_t(C) * sizeof(float));
     }
@@ -133,7 +133,7 @@ void layernorm_backward(index_t M, index_t C, const float* x, const float* dy, c
       if (sums) std::fill(pg, pg + 2 * C, 0.f);
       for (index_t m = b * R; m < std::min(M, (b + 1) * R); ++m) {
         float* dxr = dx ? dx + m * C : nullptr;
-        float* out = stage ? staging_for(mine, dxr) : dxr;
+        float* out = stage ? staging_for(mine, dxr, x + m * C, dy + m * C) : dxr;
         row(C, x + m * C, dy + m * C, gamma, mean[m], invstd[m], rms, out, pg, pb);
         if (stage) std::memcpy(dxr, out, size_t(C) * sizeof(float));
       }

@@ -188,8 +188,8 @@ double softmax_crossentropy(index_t rows, index_t cols, const float* x, const st
     float* gr = grad ? grad + i * cols : nullptr;
     if (!stage) return softmax_ce_row(cols, xr, label, tr, scale, pr, gr);
     float* mine = staging.data() + size_t(omp_get_thread_num()) * size_t(slot);
-    float* ps = pr ? staging_for(mine, pr) : nullptr;
-    float* gs = gr ? staging_for(mine + cols + kStageExtra, gr) : nullptr;
+    float* ps = pr ? staging_for(mine, pr, xr, tr) : nullptr;
+    float* gs = gr ? staging_for(mine + cols + kStageExtra, gr, xr, tr, ps) : nullptr;
     const double loss = softmax_ce_row(cols, xr, label, tr, scale, ps, gs);
     if (pr) std::memcpy(pr, ps, size_t(cols) * sizeof(float));
     if (gr) std::memcpy(gr, gs, size_t(cols) * sizeof(float));

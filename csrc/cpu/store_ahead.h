@@ -24,12 +24,27 @@ inline bool store_ahead(const void* out, const void* in) {
   return d != 0 && d <= 512;
 }
 
+// True when a lies 1..512 bytes after b modulo 4 KiB: the classic aliasing of a load with an
+// earlier store that matches it in the low 12 bits (any page size).
+inline bool ahead_4k(const void* a, const void* b) {
+  const std::uintptr_t d = (reinterpret_cast<std::uintptr_t>(a) - reinterpret_cast<std::uintptr_t>(b)) & 4095;
+  return d != 0 && d <= 512;
+}
+
 // Staging rows: a thread's slot holds n + kStageExtra floats (allocate them before the parallel
-// region); staging_for() picks the place in it for a row bound for dst such that the copy out is
-// not in the bad layout itself.
-constexpr index_t kStageExtra = 1024 / sizeof(float) + 16;
-inline float* staging_for(float* slot, const float* dst) {
-  return store_ahead(dst, slot) ? slot + kStageExtra : slot;
+// region). staging_for() picks, among five places 1040 bytes apart, one where the kernel's
+// stores do not run just ahead of its inputs (in0..in2) and the copy out to dst does not run
+// just ahead of the staging row: each condition rules out at most one of the five.
+constexpr index_t kStageExtra = 4 * 1040 / sizeof(float) + 16;
+inline float* staging_for(float* slot, const float* dst, const float* in0, const float* in1 = nullptr,
+                          const float* in2 = nullptr) {
+  for (int k = 0; k < 5; ++k) {
+    float* t = slot + k * (1040 / sizeof(float));
+    if (!ahead_4k(dst, t) && !(in0 && ahead_4k(t, in0)) && !(in1 && ahead_4k(t, in1)) &&
+        !(in2 && ahead_4k(t, in2)))
+      return t;
+  }
+  return slot;   // unreachable: four conditions cannot rule out five places
 }
 
 }  // namespace kilnet::cpu
