@@ -5,6 +5,7 @@
 #include "kilnet/gelu.h"
 #include "gelu_internal.h"
 #include "parallel.h"
+#include "store_ahead.h"
 
 namespace kilnet::cpu {
 namespace {
@@ -23,24 +24,40 @@ template <class T> T gelu_d(T x, bool approx) {
   }
   return T(0.5) * (T(1) + std::erf(x * T(kInvSqrt2))) + x * std::exp(T(-0.5) * x * x) * T(kInvSqrt2Pi);
 }
-}  // namespace
 
-void gelu_forward(index_t n, const float* x, float* y, bool approximate) {
+// The level's kernel over [0, n) into out (serially when `serial`).
+void gelu_forward_into(index_t n, const float* x, float* y, bool approximate, bool serial) {
 #if defined(KILNET_HAVE_AVX512_BUILD)
-  if (use_avx512()) return gelu_detail::forward_avx512(n, x, y, approximate);
+  if (use_avx512()) return gelu_detail::forward_avx512(n, x, y, approximate, serial);
 #endif
-  if (use_avx2()) return gelu_detail::forward_avx2(n, x, y, approximate);
-#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
+  if (use_avx2()) return gelu_detail::forward_avx2(n, x, y, approximate, serial);
+#pragma omp parallel for num_threads(serial ? 1 : threads_for(n, 1 << 13)) schedule(static) if (!serial)
   for (index_t i = 0; i < n; ++i) y[i] = gelu_f(x[i], approximate);
 }
 
-void gelu_backward(index_t n, const float* x, const float* dy, float* dx, bool approximate) {
+void gelu_backward_into(index_t n, const float* x, const float* dy, float* dx, bool approximate, bool serial) {
 #if defined(KILNET_HAVE_AVX512_BUILD)
-  if (use_avx512()) return gelu_detail::backward_avx512(n, x, dy, dx, approximate);
+  if (use_avx512()) return gelu_detail::backward_avx512(n, x, dy, dx, approximate, serial);
 #endif
-  if (use_avx2()) return gelu_detail::backward_avx2(n, x, dy, dx, approximate);
-#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
+  if (use_avx2()) return gelu_detail::backward_avx2(n, x, dy, dx, approximate, serial);
+#pragma omp parallel for num_threads(serial ? 1 : threads_for(n, 1 << 13)) schedule(static) if (!serial)
   for (index_t i = 0; i < n; ++i) dx[i] = dy[i] * gelu_d(x[i], approximate);
+}
+}  // namespace
+
+// An output just ahead of an input (store_ahead.h) goes through staging blocks.
+void gelu_forward(index_t n, const float* x, float* y, bool approximate) {
+  if (!store_ahead(y, x)) return gelu_forward_into(n, x, y, approximate, false);
+  staged_blocks(n, threads_for(n, 1 << 13), y, x, nullptr, [&](index_t lo, index_t len, float* t) {
+    gelu_forward_into(len, x + lo, t, approximate, true);
+  });
+}
+
+void gelu_backward(index_t n, const float* x, const float* dy, float* dx, bool approximate) {
+  if (!store_ahead(dx, x) && !store_ahead(dx, dy)) return gelu_backward_into(n, x, dy, dx, approximate, false);
+  staged_blocks(n, threads_for(n, 1 << 13), dx, x, dy, [&](index_t lo, index_t len, float* t) {
+    gelu_backward_into(len, x + lo, dy + lo, t, approximate, true);
+  });
 }
 
 void gelu_forward_ref(index_t n, const float* x, float* y, bool approximate) {

@@ -78,17 +78,17 @@ inline float deriv1(float x, bool approx) {
 }
 }  // namespace
 
-void forward_avx2(index_t n, const float* x, float* y, bool approximate) {
+void forward_avx2(index_t n, const float* x, float* y, bool approximate, bool serial) {
   const index_t blocks = n / 8;
-#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
+#pragma omp parallel for num_threads(serial ? 1 : threads_for(n, 1 << 13)) schedule(static) if (!serial)
   for (index_t b = 0; b < blocks; ++b)
     _mm256_storeu_ps(y + 8 * b, fwd8(_mm256_loadu_ps(x + 8 * b), approximate));
   for (index_t i = 8 * blocks; i < n; ++i) y[i] = fwd1(x[i], approximate);
 }
 
-void backward_avx2(index_t n, const float* x, const float* dy, float* dx, bool approximate) {
+void backward_avx2(index_t n, const float* x, const float* dy, float* dx, bool approximate, bool serial) {
   const index_t blocks = n / 8;
-#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
+#pragma omp parallel for num_threads(serial ? 1 : threads_for(n, 1 << 13)) schedule(static) if (!serial)
   for (index_t b = 0; b < blocks; ++b)
     _mm256_storeu_ps(dx + 8 * b, _mm256_mul_ps(_mm256_loadu_ps(dy + 8 * b),
                                                deriv8(_mm256_loadu_ps(x + 8 * b), approximate)));

@@ -83,9 +83,9 @@ inline __m512 deriv16(__m512 x, bool approx) {
 }
 }  // namespace
 
-void forward_avx512(index_t n, const float* x, float* y, bool approximate) {
+void forward_avx512(index_t n, const float* x, float* y, bool approximate, bool serial) {
   const index_t blocks = (n + 15) / 16;
-#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
+#pragma omp parallel for num_threads(serial ? 1 : threads_for(n, 1 << 13)) schedule(static) if (!serial)
   for (index_t b = 0; b < blocks; ++b) {
     const index_t i = 16 * b;
     const __mmask16 k = n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
@@ -93,9 +93,9 @@ void forward_avx512(index_t n, const float* x, float* y, bool approximate) {
   }
 }
 
-void backward_avx512(index_t n, const float* x, const float* dy, float* dx, bool approximate) {
+void backward_avx512(index_t n, const float* x, const float* dy, float* dx, bool approximate, bool serial) {
   const index_t blocks = (n + 15) / 16;
-#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
+#pragma omp parallel for num_threads(serial ? 1 : threads_for(n, 1 << 13)) schedule(static) if (!serial)
   for (index_t b = 0; b < blocks; ++b) {
     const index_t i = 16 * b;
     const __mmask16 k = n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);

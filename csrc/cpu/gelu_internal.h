@@ -4,10 +4,11 @@
 #include "kilnet/common.h"
 
 namespace kilnet::cpu::gelu_detail {
-void forward_avx2(index_t n, const float* x, float* y, bool approximate);
-void backward_avx2(index_t n, const float* x, const float* dy, float* dx, bool approximate);
+// serial: on the calling thread only (inside a caller's parallel loop: store_ahead.h's staging).
+void forward_avx2(index_t n, const float* x, float* y, bool approximate, bool serial = false);
+void backward_avx2(index_t n, const float* x, const float* dy, float* dx, bool approximate, bool serial = false);
 #if defined(KILNET_HAVE_AVX512_BUILD)
-void forward_avx512(index_t n, const float* x, float* y, bool approximate);
-void backward_avx512(index_t n, const float* x, const float* dy, float* dx, bool approximate);
+void forward_avx512(index_t n, const float* x, float* y, bool approximate, bool serial = false);
+void backward_avx512(index_t n, const float* x, const float* dy, float* dx, bool approximate, bool serial = false);
 #endif
 }  // namespace kilnet::cpu::gelu_detail

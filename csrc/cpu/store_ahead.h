@@ -10,6 +10,7 @@
 // Kernels check once per call (the rows of all their arrays have the same stride) and then
 // write such an output through a staging row (staging_for).
 #pragma once
+#include <omp.h>
 #include <cstdint>
 #include <cstring>
 #include "kilnet/common.h"
@@ -45,6 +46,27 @@ inline float* staging_for(float* slot, const float* dst, const float* in0, const
       return t;
   }
   return slot;   // unreachable: four conditions cannot rule out five places
+}
+
+// Elementwise kernels: out[0, n) computed by block(lo, len, dst) -- the values of out[lo, lo+len)
+// into dst, serially on the calling thread -- in blocks of kStageBlock spread over nt threads, each
+// block written to a staging buffer on the thread's stack and copied out: one load-after-store
+// clash per block instead of one per vector. in0, in1: the arrays the kernel reads.
+constexpr index_t kStageBlock = 2048;
+template <class Block>
+void staged_blocks(index_t n, int nt, float* out, const float* in0, const float* in1, Block block) {
+  const index_t nb = (n + kStageBlock - 1) / kStageBlock;
+#pragma omp parallel num_threads(nt)
+  {
+    alignas(64) float buf[kStageBlock + kStageExtra];
+#pragma omp for schedule(static)
+    for (index_t b = 0; b < nb; ++b) {
+      const index_t lo = b * kStageBlock, len = (n - lo < kStageBlock ? n - lo : kStageBlock);
+      float* t = staging_for(buf, out + lo, in0 + lo, in1 ? in1 + lo : nullptr);
+      block(lo, len, t);
+      std::memcpy(out + lo, t, size_t(len) * sizeof(float));
+    }
+  }
 }
 
 }  // namespace kilnet::cpu
