@@ -30,6 +30,19 @@ def test_embedding_matches_cpu(gpu, dtype, ids_shape, V, D):
     np.testing.assert_array_equal(gpu.host(dWd), expect)   # same additions in the same order
 
 
+def test_embedding_backward_overwrite_matches_cpu(gpu):
+    """accumulate=False (the layer's first write in a step): dW zeroed on the stream, then the
+    rows; the bits of the CPU's one-pass version."""
+    r = np.random.default_rng(2)
+    ids = r.integers(0, 500, (40, 33))
+    dy = r.uniform(-1, 1, (40, 33, 24)).astype(np.float32)
+    dW = gpu.poisoned((500, 24))
+    gpu.k.embedding_backward(gpu.dev(ids), gpu.dev(dy), dW, accumulate=False)
+    expect = np.full((500, 24), np.nan, np.float32)
+    _cpu.embedding_backward(ids, dy, expect, accumulate=False)
+    np.testing.assert_array_equal(gpu.host(dW), expect)
+
+
 def test_embedding_backward_is_deterministic(gpu):
     r = np.random.default_rng(1)
     ids = gpu.dev(np.minimum(r.zipf(1.3, 20000), 999).astype(np.int64))

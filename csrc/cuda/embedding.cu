@@ -144,4 +144,11 @@ void embedding_backward(index_t N, index_t V, index_t D, const void* ids, int id
   report_bad("embedding_backward", bad.get(), ids, id_bytes, V, st);
 }
 
+void embedding_backward_set(index_t N, index_t V, index_t D, const void* ids, int id_bytes, const float* dy,
+                            float* dW, void* stream) {
+  check(cudaMemsetAsync(dW, 0, size_t(V) * size_t(D) * sizeof(float), as_stream(stream)),
+        "cudaMemsetAsync (embedding dW)");
+  embedding_backward(N, V, D, ids, id_bytes, dy, dW, stream);
+}
+
 }  // namespace kilnet::cuda

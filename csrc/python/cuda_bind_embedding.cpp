@@ -22,13 +22,16 @@ static void cuda_bind_embedding(py::module_& m) {
      "out[..., :] = W[ids[...], :]; ids int32 or int64 of any shape, each in [0, W.shape[0]) (checked "
      "on the device: ValueError naming the first bad id)");
 
-  m.def("embedding_backward", [](py::object ids_, py::object dy_, py::object dw_, py::object stream) {
+  m.def("embedding_backward", [](py::object ids_, py::object dy_, py::object dw_, bool accumulate,
+                                  py::object stream) {
     auto a = embedding_backward_args(device_arrays, ids_, dy_, dw_);
     void* st = stream_arg(stream);
     py::gil_scoped_release nogil;
-    cuda::embedding_backward(a.N, a.V, a.D, a.ids.data, a.ids.elem_bytes, a.rows.f(), a.w.f(), st);
-  }, arg("ids"), arg("dy"), arg("dW"), arg("stream") = py::none(),
-     "dW[ids[...], :] += dy[..., :], deterministic (stable sort by id, rows added in token order)");
+    if (accumulate) cuda::embedding_backward(a.N, a.V, a.D, a.ids.data, a.ids.elem_bytes, a.rows.f(), a.w.f(), st);
+    else cuda::embedding_backward_set(a.N, a.V, a.D, a.ids.data, a.ids.elem_bytes, a.rows.f(), a.w.f(), st);
+  }, arg("ids"), arg("dy"), arg("dW"), arg("accumulate") = true, arg("stream") = py::none(),
+     "dW[ids[...], :] += dy[..., :], deterministic (stable sort by id, rows added in token order). "
+     "accumulate=False: dW is zeroed on the stream first");
 }
 
 static kilnet::bind::RegisterCudaFamily reg_embedding(&cuda_bind_embedding);

@@ -41,5 +41,8 @@ void embedding_forward(index_t N, index_t V, index_t D, const void* ids, int id_
                        float* out, void* stream);
 void embedding_backward(index_t N, index_t V, index_t D, const void* ids, int id_bytes, const float* dy,
                         float* dW, void* stream);
+// dW overwritten: zeroed on the stream, then the same scatter-add.
+void embedding_backward_set(index_t N, index_t V, index_t D, const void* ids, int id_bytes, const float* dy,
+                            float* dW, void* stream);
 
 }  // namespace kilnet::cuda

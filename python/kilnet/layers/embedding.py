@@ -86,12 +86,8 @@ class Embedding(Layer):
         if need_dw and self.trainable:
             fresh, self._fresh_grads = self._fresh_grads, False
             ids = self._state()["ids"]
-            if fresh and self._xp is np:   # the step's first write: zeros and sums in one pass
-                self._k.embedding_backward(ids, dy, self.dembeddings, accumulate=False)
-            else:
-                if fresh:
-                    self.dembeddings.fill(0)
-                self._k.embedding_backward(ids, dy, self.dembeddings)
+            # the step's first write overwrites (on the CPU: zeros and sums in one pass)
+            self._k.embedding_backward(ids, dy, self.dembeddings, accumulate=not fresh)
         return None   # ids have no gradient
 
     def get_config(self):
