@@ -61,6 +61,78 @@ def test_matches_reference(threads, nthreads, bf16, ta, tb, M, N, K):
         np.testing.assert_array_less(np.abs(c.astype(np.float64) - r), 2e-7 * (K + 4) * scale)
 
 
+OUT16_SHAPES = [(1, 1, 1), (33, 47, 71), (64, 96, 257), (100, 300, 1030), (530, 7, 64), (40, 70, 2100),
+                (300, 64, 128)]
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("ta,tb", list(itertools.product([False, True], repeat=2)))
+@pytest.mark.parametrize("M,N,K", OUT16_SHAPES)
+def test_bfloat16_output(threads, nthreads, ta, tb, M, N, K):
+    """A bfloat16 c gets op(a) @ op(b) + bias rounded once: within half a bfloat16 step (2**-8
+    relative, plus the float32 sum's error) of the double reference, and the same bits as
+    rounding the float32 result where the two sum in the same order (all but a few K > 256
+    corners); the reference's bfloat16 c is its float32 one rounded."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    threads(nthreads)
+    rng = np.random.default_rng(M * 31 + N * 7 + K)
+    a, b = operands(rng, M, N, K, ta, tb, bf16=(M + N) % 2 == 0)
+    for bias in (None, rng.standard_normal(N).astype(np.float32)):
+        c16 = np.full((M, N), np.nan, ml_dtypes.bfloat16)
+        c32 = np.empty((M, N), np.float32)
+        _cpu.gemm_bf16(a, b, c16, ta, tb, bias=bias)
+        _cpu.gemm_bf16(a, b, c32, ta, tb, bias=bias)
+        oa = rounded(a).T if ta else rounded(a)
+        ob = rounded(b).T if tb else rounded(b)
+        exact = oa @ ob + (0.0 if bias is None else bias.astype(np.float64))
+        scale = np.abs(oa) @ np.abs(ob) + (0.0 if bias is None else np.abs(bias)) + 1.0
+        err = np.abs(c16.astype(np.float64) - exact)
+        np.testing.assert_array_less(err, 2.0 ** -8 * np.abs(exact) + 2e-7 * (K + 4) * scale)
+        assert (c16.view(np.uint16) == _cpu.to_bfloat16(c32)).mean() > 0.99
+        r16, r32 = np.empty((M, N), ml_dtypes.bfloat16), np.empty((M, N), np.float32)
+        _cpu.ref.gemm_bf16(a, b, r16, ta, tb, bias=bias)
+        _cpu.ref.gemm_bf16(a, b, r32, ta, tb, bias=bias)
+        np.testing.assert_array_equal(r16.view(np.uint16), _cpu.to_bfloat16(r32))
+
+
+def test_bfloat16_output_bad_input():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    a, b = np.ones((4, 5), np.float32), np.ones((5, 6), np.float32)
+    c = np.empty((4, 6), ml_dtypes.bfloat16)
+    with pytest.raises(ValueError, match="alpha must be 1 and beta 0"):
+        _cpu.gemm_bf16(a, b, c, beta=1.0)
+    with pytest.raises(ValueError, match="alpha must be 1 and beta 0"):
+        _cpu.gemm_bf16(a, b, c, alpha=2.0)
+    with pytest.raises(ValueError, match="'c' must be 2-D"):
+        _cpu.gemm_bf16(a, b, np.empty(24, ml_dtypes.bfloat16))
+    with pytest.raises(ValueError, match="'c' must have shape"):
+        _cpu.gemm_bf16(a, b, np.empty((4, 7), ml_dtypes.bfloat16))
+    ro = np.empty((4, 6), ml_dtypes.bfloat16)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        _cpu.gemm_bf16(a, b, ro)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_conversions_match_ml_dtypes(threads, nthreads):
+    """float32 <-> bfloat16 over more than 2**18 values (the threaded split) with an odd tail:
+    ml_dtypes' bits (round to nearest even, denormals kept, inf kept, NaN stays NaN)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    threads(nthreads)
+    rng = np.random.default_rng(4)
+    n = (1 << 18) + 1037
+    x = (rng.standard_normal(n) * 10.0 ** rng.integers(-44, 38, n)).astype(np.float32)
+    x[:12] = [0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 1e-40, 3.4e38, 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8,
+              np.nan, -np.nan]
+    ours = _cpu.to_bfloat16(x)
+    theirs = x.astype(ml_dtypes.bfloat16).view(np.uint16)
+    finite = ~np.isnan(x)
+    np.testing.assert_array_equal(ours[finite], theirs[finite])
+    assert np.isnan(_cpu.from_bfloat16(ours[~finite])).all()
+    back = _cpu.from_bfloat16(ours)
+    np.testing.assert_array_equal(back[finite], ours[finite].view(ml_dtypes.bfloat16).astype(np.float32))
+
+
 def test_reference_is_the_rounded_product():
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((9, 13)).astype(np.float32), rng.standard_normal((13, 5)).astype(np.float32)

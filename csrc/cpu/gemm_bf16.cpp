@@ -104,7 +104,13 @@ struct Problem {
   float* C;
   index_t ldc;
   const float* bias;
+  std::uint16_t* C16 = nullptr;   // set: a bfloat16 C (alpha 1, beta 0), C unused
 };
+
+// A bfloat16 C is rounded once from the whole float32 sum: its blocks run over all of K in one
+// pass (no partial sums in C), with the B panel narrowed to keep it near kKC x kNC. Beyond this
+// K, the float32 product goes through a scratch C and is converted.
+constexpr index_t kMaxK16 = 2048;
 
 #if defined(KILNET_HAVE_AMX_BUILD)
 // The blocked loops over C[m0:m1, n0:n1] on this thread. A full 32x32 block whose epilogue is
@@ -112,16 +118,18 @@ struct Problem {
 // between C and the tiles; other blocks go through a 32x32 buffer and a scalar epilogue.
 bool amx_rect(const Problem& p, index_t m0, index_t m1, index_t n0, index_t n1) {
   const index_t Kp = (p.K + kStep - 1) / kStep * kStep;
-  const index_t kc_max = std::min(kKC, Kp);
+  const bool out16 = p.C16 != nullptr;
+  const index_t kc_max = out16 ? Kp : std::min(kKC, Kp);
+  const index_t nc_max = out16 ? std::clamp<index_t>(kKC * kNC / Kp / kBlock * kBlock, kBlock, kNC) : kNC;
   thread_local Buf16 abuf, bbuf;
   std::uint16_t* Ap = abuf.get(size_t(kMC * kc_max));
-  std::uint16_t* Bp = bbuf.get(size_t(kNC * kc_max));
+  std::uint16_t* Bp = bbuf.get(size_t(nc_max * kc_max));
   if (!Ap || !Bp) return false;
   alignas(64) float ct[kBlock * kBlock];
   const bool plain = p.alpha == 1.f && (p.beta == 0.f || p.beta == 1.f);
   amx_begin();
-  for (index_t jc = n0; jc < n1; jc += kNC) {
-    const index_t nc = std::min(kNC, n1 - jc);
+  for (index_t jc = n0; jc < n1; jc += nc_max) {
+    const index_t nc = std::min(nc_max, n1 - jc);
     for (index_t pc = 0; pc < Kp; pc += kc_max) {
       const index_t kc = std::min(kc_max, Kp - pc);
       const bool first = pc == 0;
@@ -141,6 +149,14 @@ bool amx_rect(const Problem& p, index_t m0, index_t m1, index_t n0, index_t n1) 
           for (index_t jb = 0; jb < nc; jb += kBlock) {
             const index_t cols = std::min<index_t>(kBlock, nc - jb);
             const std::uint16_t* b = Bp + (jb / kBlock) * kc * kBlock;
+            if (out16) {   // whole K in this pass: the bias as the accumulators' start when it fits
+              const bool full = cols == kBlock && p.bias;
+              amx_block_32x32(a, b, kc / kStep, ct, kBlock, full ? AmxInit::Bias : AmxInit::Zero,
+                              full ? p.bias + jc + jb : nullptr);
+              amx_store_bf16(ct, rows, cols, p.bias && !full ? p.bias + jc + jb : nullptr,
+                             p.C16 + (ic + ib) * p.ldc + jc + jb, p.ldc);
+              continue;
+            }
             float* cb = p.C + (ic + ib) * p.ldc + jc + jb;
             if (plain && rows == kBlock && cols == kBlock) {
               const AmxInit init = !first || p.beta == 1.f ? AmxInit::LoadC
@@ -188,30 +204,10 @@ void gemm_fp32_path(const Problem& p) {
   gemm(p.ta, p.tb, p.M, p.N, p.K, p.alpha, a.data(), ac, b.data(), bc, p.beta, p.C, p.ldc, p.bias);
 }
 
-}  // namespace
-
-const char* bf16_level() { return use_amx() ? "amx" : "fp32"; }
-
-void float_to_bf16(index_t n, const float* x, std::uint16_t* y) {
-#pragma omp parallel for num_threads(n > (1 << 18) ? omp_get_max_threads() : 1) schedule(static)
-  for (index_t i = 0; i < n; ++i) y[i] = to_bf16(x[i]);
-}
-
-void bf16_to_float(index_t n, const std::uint16_t* x, float* y) {
-#pragma omp parallel for num_threads(n > (1 << 18) ? omp_get_max_threads() : 1) schedule(static)
-  for (index_t i = 0; i < n; ++i) y[i] = from_bf16(x[i]);
-}
-
-void gemm_bf16(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, Bf16Matrix A,
-               Bf16Matrix B, float beta, float* C, index_t ldc, const float* bias) {
-  if (M <= 0 || N <= 0) return;
-  const Problem p{ta, tb, M, N, K, alpha, beta, A, B, C, ldc, bias};
-  if (K <= 0 || !use_amx()) {   // (K == 0: the float32 GEMM's C = beta*C + bias)
-    gemm_fp32_path(p);
-    return;
-  }
 #if defined(KILNET_HAVE_AMX_BUILD)
-  // Threads: C cut into column strips (or row strips when it is tall), on 32 boundaries.
+// Threads: C cut into column strips (or row strips when it is tall), on 32 boundaries.
+void run_amx(const Problem& p) {
+  const index_t M = p.M, N = p.N, K = p.K;
   const index_t flops = 2 * M * N * K;
   const bool by_cols = N >= M;
   const index_t blocks = ((by_cols ? N : M) + kBlock - 1) / kBlock;
@@ -230,6 +226,74 @@ void gemm_bf16(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, B
     }
   }
   if (failed) throw std::bad_alloc();
+}
+#endif
+
+}  // namespace
+
+const char* bf16_level() { return use_amx() ? "amx" : "fp32"; }
+
+namespace {
+// [i0, i1) of n split in 64-value pieces over the threads (one thread below 256K values).
+template <class F>
+void split_convert(index_t n, F&& f) {
+  const int nt = n > (1 << 18) ? omp_get_max_threads() : 1;
+  if (nt == 1) return f(index_t(0), n);
+#pragma omp parallel num_threads(nt)
+  {
+    const index_t pieces = (n + 63) / 64, t = omp_get_thread_num(), m = omp_get_num_threads();
+    const index_t i0 = std::min(n, pieces * t / m * 64), i1 = std::min(n, pieces * (t + 1) / m * 64);
+    if (i0 < i1) f(i0, i1);
+  }
+}
+}  // namespace
+
+void float_to_bf16(index_t n, const float* x, std::uint16_t* y) {
+  split_convert(n, [&](index_t i0, index_t i1) {
+#if defined(KILNET_HAVE_AVX512_BUILD)
+    if (simd() == Simd::Avx512) return to_bf16_avx512(i1 - i0, x + i0, y + i0);
+#endif
+    for (index_t i = i0; i < i1; ++i) y[i] = to_bf16(x[i]);
+  });
+}
+
+void bf16_to_float(index_t n, const std::uint16_t* x, float* y) {
+  split_convert(n, [&](index_t i0, index_t i1) {
+#if defined(KILNET_HAVE_AVX512_BUILD)
+    if (simd() == Simd::Avx512) return from_bf16_avx512(i1 - i0, x + i0, y + i0);
+#endif
+    for (index_t i = i0; i < i1; ++i) y[i] = from_bf16(x[i]);
+  });
+}
+
+void gemm_bf16(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, Bf16Matrix A,
+               Bf16Matrix B, float beta, float* C, index_t ldc, const float* bias) {
+  if (M <= 0 || N <= 0) return;
+  const Problem p{ta, tb, M, N, K, alpha, beta, A, B, C, ldc, bias};
+  if (K <= 0 || !use_amx()) {   // (K == 0: the float32 GEMM's C = beta*C + bias)
+    gemm_fp32_path(p);
+    return;
+  }
+#if defined(KILNET_HAVE_AMX_BUILD)
+  run_amx(p);
+#endif
+}
+
+
+void gemm_bf16_out(bool ta, bool tb, index_t M, index_t N, index_t K, Bf16Matrix A, Bf16Matrix B,
+                   std::uint16_t* C, index_t ldc, const float* bias) {
+  if (M <= 0 || N <= 0) return;
+  const index_t Kp = (K + kStep - 1) / kStep * kStep;
+  if (K <= 0 || !use_amx() || Kp > kMaxK16) {   // float32 C, then rounded row by row
+    std::vector<float> c(size_t(M * N));
+    gemm_bf16(ta, tb, M, N, K, 1.f, A, B, 0.f, c.data(), N, bias);
+    for (index_t i = 0; i < M; ++i) float_to_bf16(N, c.data() + i * N, C + i * ldc);
+    return;
+  }
+#if defined(KILNET_HAVE_AMX_BUILD)
+  Problem p{ta, tb, M, N, K, 1.f, 0.f, A, B, nullptr, ldc, bias};
+  p.C16 = C;
+  run_amx(p);
 #endif
 }
 

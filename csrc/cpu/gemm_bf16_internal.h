@@ -16,6 +16,13 @@ constexpr int kStep = 32;        // k per tile step
 constexpr int kBlock = 32;       // rows (columns) of C per A (B) block
 constexpr int kStepValues = 1024;
 
+#if defined(KILNET_HAVE_AVX512_BUILD)
+// bf16_convert_avx512.cpp: the conversions of gemm_bf16.h (float_to_bf16 / bf16_to_float) on
+// one thread's range, with the same bits as the scalar loops.
+void to_bf16_avx512(index_t n, const float* x, std::uint16_t* y);
+void from_bf16_avx512(index_t n, const std::uint16_t* x, float* y);
+#endif
+
 #if defined(KILNET_HAVE_AMX_BUILD)
 // Loads this thread's tile configuration (4 accumulators, 2 A and 2 B tiles); once per call.
 void amx_begin();
@@ -35,9 +42,14 @@ enum class AmxInit { Zero, LoadC, Bias };
 // The 32x32 float32 block init + op(A)·op(B) over `steps` k steps, stored to c (row stride ldc).
 void amx_block_32x32(const AmxA& a, const std::uint16_t* b, index_t steps, float* c, index_t ldc,
                      AmxInit init, const float* bias);
+// The bfloat16 output of a block: rows x cols of the 32x32 float32 block t (+ bias[c] when
+// bias is given) rounded to nearest even (the bits of float_to_bf16) into c (row stride ldc).
+void amx_store_bf16(const float* t, index_t rows, index_t cols, const float* bias, std::uint16_t* c,
+                    index_t ldc);
 // Packers into the layouts above, for k in [k0, k0+kc) (kc a multiple of 32), zeros past
-// `rows` (`cols`) and past K. src: float32 (rounded to nearest even) or bfloat16 bits, row-major
-// with row stride ld, read as op(src) (trans). The untransposed cases run on AVX-512(-BF16).
+// `rows` (`cols`) and past K. src: float32 (rounded to nearest even by VCVTNEPS2BF16, which
+// flushes denormals) or bfloat16 bits, row-major with row stride ld, read as op(src) (trans);
+// all on AVX-512(-BF16), a transposed operand through 16x16 transposes of bfloat16 pairs.
 void amx_pack_a(const void* src, bool bf16, bool trans, index_t ld, index_t i0, index_t rows,
                 index_t K, index_t k0, index_t kc, std::uint16_t* dst);
 void amx_pack_b(const void* src, bool bf16, bool trans, index_t ld, index_t j0, index_t cols,

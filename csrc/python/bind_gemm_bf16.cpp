@@ -3,6 +3,7 @@
 // bits, or ml_dtypes.bfloat16 (the dtype JAX and TensorFlow use), read as the same bits.
 #include <pybind11/pybind11.h>
 #include <string>
+#include <vector>
 #include "checks.h"
 #include "kilnet/gemm_bf16.h"
 
@@ -51,6 +52,25 @@ Operand operand(const char* fn, const char* name, py::handle h) {
   return o;
 }
 
+// A bfloat16 output: 2-D, C-contiguous, writeable.
+Arr out_bf16(const char* fn, py::handle h) {
+  py::array a = py::reinterpret_borrow<py::array>(h);
+  if (a.ndim() != 2)
+    fail_value(std::string(fn) + ": argument 'c' must be 2-D, got " + std::to_string(a.ndim()) + "-D");
+  if (!(a.flags() & py::array::c_style))
+    fail_value(std::string(fn) + ": argument 'c' must be C-contiguous");
+  if (!a.writeable()) fail_value(std::string(fn) + ": argument 'c' is read-only");
+  Arr o;
+  o.arr = a;
+  o.obj = py::reinterpret_borrow<py::object>(h);
+  o.shape = {index_t(a.shape(0)), index_t(a.shape(1))};
+  o.size = o.shape[0] * o.shape[1];
+  o.elem_bytes = 2;
+  o.bytes = index_t(a.nbytes());
+  o.data = a.mutable_data();
+  return o;
+}
+
 }  // namespace
 
 void kilnet::bind::bind_gemm_bf16(py::module_& m, bool ref) {
@@ -59,7 +79,11 @@ void kilnet::bind::bind_gemm_bf16(py::module_& m, bool ref) {
                          float alpha, float beta, py::object bias_) {
     const char* fn = "gemm_bf16";
     Operand a = operand(fn, "a", a_), b = operand(fn, "b", b_);
-    Arr c = out_f32(fn, "c", c_, 2);
+    const bool out16 = py::isinstance<py::array>(c_) && is_bf16_dtype(py::reinterpret_borrow<py::array>(c_));
+    if (out16 && (alpha != 1.0f || beta != 0.0f))
+      fail_value("gemm_bf16: a bfloat16 'c' is written only as op(a) @ op(b) (+ bias): alpha must be 1 and "
+                 "beta 0, got alpha=" + std::to_string(alpha) + ", beta=" + std::to_string(beta));
+    Arr c = out16 ? out_bf16(fn, c_) : out_f32(fn, "c", c_, 2);
     const index_t M = trans_a ? a.arr.dim(1) : a.arr.dim(0), K = trans_a ? a.arr.dim(0) : a.arr.dim(1);
     const index_t Kb = trans_b ? b.arr.dim(1) : b.arr.dim(0), N = trans_b ? b.arr.dim(0) : b.arr.dim(1);
     if (K != Kb)
@@ -77,12 +101,18 @@ void kilnet::bind::bind_gemm_bf16(py::module_& m, bool ref) {
     }
     const cpu::Bf16Matrix A{a.arr.data, a.bf16, a.arr.dim(1)}, B{b.arr.data, b.bf16, b.arr.dim(1)};
     KernelCall nogil;
-    gemm(trans_a, trans_b, M, N, K, alpha, A, B, beta, c.f(), N, bp);
+    if (!out16) return gemm(trans_a, trans_b, M, N, K, alpha, A, B, beta, c.f(), N, bp);
+    auto* c16 = static_cast<std::uint16_t*>(c.data);
+    if (!ref) return cpu::gemm_bf16_out(trans_a, trans_b, M, N, K, A, B, c16, N, bp);
+    std::vector<float> r(size_t(M * N));   // the reference: its float32 result, rounded
+    cpu::gemm_bf16_ref(trans_a, trans_b, M, N, K, 1.f, A, B, 0.f, r.data(), N, bp);
+    cpu::float_to_bf16(M * N, r.data(), c16);
   }, arg("a"), arg("b"), arg("c"), arg("trans_a") = false, arg("trans_b") = false,
      arg("alpha") = 1.0f, arg("beta") = 0.0f, arg("bias") = py::none(),
      "c = alpha * op(a) @ op(b) + beta * c (+ bias) with bfloat16 products and float32 sums. a, b: "
      "float32 (rounded to bfloat16, nearest even) or bfloat16 (uint16 bits / ml_dtypes.bfloat16); "
-     "c, bias: float32. AMX tiles where bf16_level() == 'amx'.");
+     "bias: float32; c: float32, or bfloat16 (then alpha 1 and beta 0: c = op(a) @ op(b) + bias rounded "
+     "once to bfloat16). AMX tiles where bf16_level() == 'amx'.");
   if (ref) return;
   m.def("bf16_level", &cpu::bf16_level, "'amx' when the AMX-BF16 kernel runs, else 'fp32'");
   m.def("to_bfloat16", [](py::object x_) {

@@ -21,6 +21,11 @@ struct Bf16Matrix {
 
 void gemm_bf16(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, Bf16Matrix A,
                Bf16Matrix B, float beta, float* C, index_t ldc, const float* bias);
+// The same product written as bfloat16: C = round(op(A)·op(B) + bias) (bits of float_to_bf16 on
+// the float32 result), C uint16 bits, row stride ldc. On AMX the float32 sum never leaves the
+// tiles (half the bytes of a float32 C written, no conversion pass after it).
+void gemm_bf16_out(bool ta, bool tb, index_t M, index_t N, index_t K, Bf16Matrix A, Bf16Matrix B,
+                   std::uint16_t* C, index_t ldc, const float* bias);
 // Plain loops, double accumulation of the bfloat16-rounded operands: the test reference.
 void gemm_bf16_ref(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, Bf16Matrix A,
                    Bf16Matrix B, float beta, float* C, index_t ldc, const float* bias);
