@@ -14,6 +14,7 @@ import pytest
 import kilnet
 from kilnet import GradientTape, Tensor, layers, ops
 from kilnet import mixed_precision as mp
+from kilnet.engine import precision
 from conftest import HAVE_TORCH
 from keras_ref import HAVE_KERAS
 
@@ -393,6 +394,40 @@ def test_matmul_op_on_bf16_and_under_autocast():
     assert out.dtype == BF16
     np.testing.assert_allclose(out.numpy().astype(np.float64), rbf(a[0]) @ rbf(p.get_weights()[0]),
                                rtol=2 * U, atol=1e-4)
+
+
+def test_linear_op_on_bf16_and_under_autocast():
+    """The engine's linear (MultiHeadAttention's projections) on the bfloat16 GEMM: the output
+    rounded once from x @ w + b, float32 gradients as matmul's (db: the column sums)."""
+    from kilnet.engine.tensor import linear
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 37, 40)).astype(np.float32)
+    w = rng.standard_normal((40, 48)).astype(np.float32)
+    b = rng.standard_normal(48).astype(np.float32)
+    ref = rbf(x) @ rbf(w) + b
+    g = rng.standard_normal((2, 37, 48)).astype(np.float32)
+    for as_bf16 in (True, False):
+        xt = Tensor(x.astype(BF16) if as_bf16 else x)
+        wt = Tensor(w.astype(BF16) if as_bf16 else w)
+        bt = Tensor(b)
+        token = precision.enter_autocast(None if as_bf16 else BF16)
+        try:
+            with GradientTape() as tape:
+                tape.watch([xt, wt, bt])
+                y = linear(xt, wt, bt)
+        finally:
+            precision.exit_autocast(token)
+        assert y.dtype == (BF16 if as_bf16 else np.float32)
+        yv = y.numpy().astype(np.float64)
+        np.testing.assert_array_equal(yv, rbf(yv))   # bfloat16 values either way
+        np.testing.assert_allclose(yv, ref, rtol=2 * U, atol=1e-4)
+        dx, dw, db = tape.gradient(y, [xt, wt, bt], output_gradients=Tensor(g))
+        assert dx.dtype == dw.dtype == db.dtype == np.float32
+        np.testing.assert_allclose(dw.numpy(), rbf(x).reshape(-1, 40).T @ rbf(g).reshape(-1, 48), rtol=2 * U,
+                                   atol=1e-3)
+        np.testing.assert_allclose(dx.numpy(), rbf(g) @ rbf(w).T, rtol=2 * U, atol=1e-3)
+        gy = rbf(g) if as_bf16 else g   # (the tape hands a bfloat16 output its gradient as bfloat16)
+        np.testing.assert_allclose(db.numpy(), gy.reshape(-1, 48).sum(0), rtol=1e-5, atol=1e-4)
 
 
 def test_float16_policy_rounds_at_layer_boundaries():

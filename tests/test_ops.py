@@ -393,6 +393,45 @@ def test_matmul_grad(sa, sb, device):
     np.testing.assert_allclose(host(y), a @ b, rtol=1e-12)
 
 
+@pytest.mark.parametrize("sx,n", [((3, 5), 4), ((2, 7, 33), 17), ((1, 1), 1), ((65, 3), 40)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear(sx, n, with_bias, device):
+    """linear(x, w, b) = x @ w + b as one op: float64 gradients by finite differences (the
+    composed path), and the float32 GEMM path (bias in the epilogue, db by bias_backward)
+    against numpy and the gradients of matmul + add."""
+    from kilnet.engine.tensor import linear
+    rng = np.random.default_rng(len(sx) * 100 + n)
+    x, w, b = rng.standard_normal(sx), rng.standard_normal((sx[-1], n)), rng.standard_normal(n)
+    args = [x, w, b] if with_bias else [x, w]
+    check_grad(lambda *t: linear(*t), args, device,
+               (lambda X, W, B: X @ W + B) if with_bias else (lambda X, W: X @ W))
+    f32 = [Tensor(dev(a.astype(np.float32), device)) for a in args]
+    f32c = [Tensor(dev(a.astype(np.float32), device)) for a in args]
+    g = rng.standard_normal(sx[:-1] + (n,)).astype(np.float32)
+    with GradientTape() as tape:
+        tape.watch(f32)
+        y = linear(*f32)
+    with GradientTape() as tape_c:
+        tape_c.watch(f32c)
+        yc = K.matmul(f32c[0], f32c[1])
+        yc = K.add(yc, f32c[2]) if with_bias else yc
+    assert host(y).dtype == np.float32
+    np.testing.assert_allclose(host(y), host(yc), rtol=1e-5, atol=1e-5)
+    got = tape.gradient(y, f32, output_gradients=Tensor(dev(g, device)))
+    want = tape_c.gradient(yc, f32c, output_gradients=Tensor(dev(g, device)))
+    for a, bb in zip(got, want):
+        np.testing.assert_allclose(host(a), host(bb), rtol=1e-4, atol=1e-4)
+
+
+def test_linear_checks_shapes():
+    from kilnet.engine.tensor import linear
+    with pytest.raises(ValueError, match="do not fit"):
+        linear(Tensor(np.ones((3, 4), np.float32)), Tensor(np.ones((5, 2), np.float32)))
+    with pytest.raises(ValueError, match=r"bias of shape \(3,\) does not match the 2 output columns"):
+        linear(Tensor(np.ones((3, 4), np.float32)), Tensor(np.ones((4, 2), np.float32)),
+               Tensor(np.ones(3, np.float32)))
+
+
 EINSUM = [
     ("ij,jk->ik", [(3, 5), (5, 4)]),
     ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)]),

@@ -365,6 +365,58 @@ def matmul(a, b):
     return y
 
 
+def linear(x, w, b=None):
+    """x @ w (+ b) for x (..., K), w (K, N) and b (N,): one GEMM with the bias in its epilogue
+    and one tape node (dx = g wᵀ, dw = xᵀ g, db = the column sums of g), where `matmul(x, w) + b`
+    is two ops, a separate pass over the output and a numpy reduction for db. Under a bfloat16
+    policy (or with bfloat16 x and w) it runs on the bfloat16 GEMM with the same rounding as
+    matmul there; other operands take the composed ops."""
+    same_device(x, w, *(() if b is None else (b,)))
+    x, w = as_tensor(x), as_tensor(w)
+    b = None if b is None else as_tensor(b)
+    xv, wv = x.value, w.value
+    n = wv.shape[-1] if wv.ndim else 0
+    if b is not None and wv.ndim == 2 and b.value.shape != (n,):
+        raise ValueError(f"linear: bias of shape {tuple(b.value.shape)} does not match the {n} output columns "
+                         f"of a weight of shape {tuple(wv.shape)}")
+    fits = xv.ndim >= 2 and wv.ndim == 2 and xv.shape[-1] == wv.shape[0] and xv.size and wv.size \
+        and (b is None or (b.value.shape == (n,) and b.value.dtype == np.float32))
+    low = _bf16_gemm_dtype(xv, wv) if fits else None
+    if not fits or (low is None and not _gemm_ok(xv, wv)):
+        y = matmul(x, w)
+        return y if b is None else add(y, b)
+    from kilnet.backend import kernels_for
+    xp, k = xp_for(xv), kernels_for(xv)
+    x2 = xp.ascontiguousarray(xv).reshape(-1, xv.shape[-1])
+    bv = None if b is None else xp.ascontiguousarray(b.value)
+    if low is not None:
+        c = _gemm_bf16_low(x2, wv, low, bv)
+        if not (precision.is_bf16(xv.dtype) and precision.is_bf16(wv.dtype)):   # autocast: float32 out
+            c = precision.convert(c, np.dtype(np.float32))
+    else:
+        c = xp.empty((x2.shape[0], n), np.float32)
+        k.gemm(x2, xp.ascontiguousarray(wv), c, bias=bv)
+    y = Tensor(c.reshape(xv.shape[:-1] + (n,)))
+
+    def bw(g, needs):
+        g2 = xp.ascontiguousarray(g).reshape(-1, n)
+        if low is not None:
+            dx = precision.grad_as(_gemm_bf16(g2, wv, trans_b=True), xv.dtype).reshape(xv.shape) if needs[0] else None
+            dw = precision.grad_as(_gemm_bf16(x2, g2, trans_a=True), wv.dtype) if needs[1] else None
+        else:
+            dx = _mm_nt(xp, g2, wv).reshape(xv.shape) if needs[0] else None
+            dw = _mm_tn(xp, x2, g2) if needs[1] else None
+        if b is None:
+            return dx, dw
+        db = None
+        if needs[2]:
+            db = xp.zeros((n,), np.float32)
+            k.bias_backward(g2 if g2.dtype == np.float32 else g2.astype(np.float32), db)
+        return dx, dw, db
+    record((x, w) if b is None else (x, w, b), (y,), bw)
+    return y
+
+
 def _bf16_gemm_dtype(av, bv):
     """bfloat16 when this product runs on the bfloat16 GEMM: numpy operands (..., K) @ (K, N),
     both bfloat16, or both float inside a layer call under a bfloat16 policy (Keras autocasts
@@ -394,6 +446,14 @@ def _gemm_bf16(a2, b2, trans_a=False, trans_b=False):
     return c
 
 
+def _gemm_bf16_low(a2, b2, low, bias=None):
+    """a2 @ b2 (+ bias) as a bfloat16 array: the float32 sum rounded once, in the GEMM."""
+    from kilnet.backend import cpu
+    c = np.empty((a2.shape[0], b2.shape[1]), low)
+    cpu.gemm_bf16(_bf16_operand(a2), _bf16_operand(b2), c, bias=bias)
+    return c
+
+
 def _bf16_operand(x):
     x = np.ascontiguousarray(x)
     return x if x.dtype == np.float32 or precision.is_bf16(x.dtype) else x.astype(np.float32)
@@ -405,7 +465,7 @@ def _matmul_bf16(a, b, low, as_low):
     that the float32 ops after it in the layer's call() keep running on their kernels."""
     av, bv = a.value, b.value
     a2 = av.reshape(-1, av.shape[-1])
-    c = precision.convert(_gemm_bf16(a2, bv), low)
+    c = _gemm_bf16_low(a2, bv, low)
     if not as_low:
         c = precision.convert(c, np.dtype(np.float32))
     y = Tensor(c.reshape(av.shape[:-1] + (bv.shape[1],)))

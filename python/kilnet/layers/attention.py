@@ -3,8 +3,8 @@
 Weights (Keras 3's names, shapes and order): query/kernel (d_query, heads, key_dim),
 query/bias (heads, key_dim), key/kernel (d_key, heads, key_dim), key/bias, value/kernel
 (d_value, heads, value_dim), value/bias, attention_output/kernel (heads, value_dim, d_out),
-attention_output/bias (d_out,). The projections are matmuls on kilnet's GEMM (the kernels are
-viewed as 2-D matrices); the attention itself is `ops.dot_product_attention` (the fused
+attention_output/bias (d_out,). Each projection is one GEMM with its bias in the epilogue
+(the engine's `linear`; the kernels viewed as 2-D matrices); the attention itself is `ops.dot_product_attention` (the fused
 kernel, no T x T matrix) unless attention dropout is active in training, the scores are
 asked for or value_dim differs from key_dim (the kernel takes one head size): then the
 scores are computed explicitly, as Keras does.
@@ -22,7 +22,7 @@ import numpy as np
 from kilnet import initializers
 from kilnet import ops
 from kilnet import regularizers as regularizers_mod
-from kilnet.engine.tensor import Tensor
+from kilnet.engine.tensor import Tensor, linear
 from kilnet.layers.base import Layer
 from kilnet.utils import get_rng
 
@@ -138,9 +138,7 @@ class MultiHeadAttention(Layer):
             o, scores = self._explicit_attention(q, k, v, mask, bool(use_causal_mask), scale, drop)
         w, bias = self._proj["attention_output"]
         h, vd, out = w.shape
-        y = ops.matmul(ops.reshape(o, (b, tq, h * vd)), ops.reshape(w, (h * vd, out)))
-        if bias is not None:
-            y = y + bias
+        y = linear(ops.reshape(o, (b, tq, h * vd)), ops.reshape(w, (h * vd, out)), bias)
         if return_attention_scores:
             return y, scores
         return y
@@ -153,8 +151,8 @@ class MultiHeadAttention(Layer):
         w, bias = self._proj[name]
         width, h, dim = w.shape
         b, t, _ = x.shape
-        y = ops.reshape(ops.matmul(x, ops.reshape(w, (width, h * dim))), (b, t, h, dim))
-        return y + bias if bias is not None else y
+        flat_bias = None if bias is None else ops.reshape(bias, (h * dim,))
+        return ops.reshape(linear(x, ops.reshape(w, (width, h * dim)), flat_bias), (b, t, h, dim))
 
     def _explicit_attention(self, q, k, v, mask, causal, scale, drop):
         """softmax(q k^T * scale, masked) [dropout] v with the (batch, heads, T, S) scores kept."""
