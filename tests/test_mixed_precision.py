@@ -302,6 +302,46 @@ def test_conv_computes_float32_on_rounded_values():
     np.testing.assert_array_equal(y16.numpy().astype(np.float32), ref.astype(np.float32))
 
 
+@pytest.mark.parametrize("units,fused", [(10, True), (48, False)])
+def test_conv_dense_group_under_mixed_bfloat16(units, fused):
+    """Conv2D -> Flatten -> Dense(< 32 units) has no bfloat16 kernel: under mixed_bfloat16 the
+    training step runs the float32 fused kernel (the same step as the float32 model's) and the
+    output is still bfloat16; a Dense of >= 32 units keeps its bfloat16 GEMMs (no fusion)."""
+    from kilnet import _cpu
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 9, 9, 2)).astype(np.float32)
+    y = rng.integers(0, units, 6)
+    models = []
+    for policy in ("float32", "mixed_bfloat16"):
+        mp.set_global_policy(policy)
+        try:
+            kilnet.utils.set_random_seed(1)
+            m = kilnet.Sequential([kilnet.Input((9, 9, 2)), layers.Conv2D(4, 3, activation="relu"), layers.Flatten(),
+                                   layers.Dense(units, activation="softmax")])
+        finally:
+            mp.set_global_policy("float32")
+        m.compile(kilnet.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+        models.append(m)
+    models[1].set_weights(models[0].get_weights())
+    calls = []
+    real = _cpu.conv_dense_forward
+    try:
+        _cpu.conv_dense_forward = lambda *a, **k: (calls.append(1), real(*a, **k))[1]
+        losses = [float(m.train_on_batch(x, y)) for m in models]
+    finally:
+        _cpu.conv_dense_forward = real
+    assert len(calls) == (2 if fused else 1)   # the float32 model's step is always fused
+    w32, w16 = models[0].get_weights(), models[1].get_weights()
+    if fused:
+        assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+        for a, b in zip(w32, w16):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    else:
+        assert losses[0] == pytest.approx(losses[1], rel=0.02)
+    assert models[1].predict(x, verbose=0).dtype == BF16
+    assert models[1](x).dtype == BF16
+
+
 # ---------------------------------------------------------------------- Dense on gemm_bf16
 @pytest.mark.parametrize("in_bf16", [False, True])
 @pytest.mark.parametrize("M,K,N", [(37, 53, 45), (5, 300, 70)])

@@ -36,7 +36,7 @@ from kilnet.engine.tensor import Tensor, Variable, cast, compute_cast, round_thr
 from kilnet.naming import reset_name_counters, unique_name
 from kilnet.utils import snake_case
 
-__all__ = ["Layer", "reset_name_counters"]
+__all__ = ["Layer", "reset_name_counters", "policy_output"]
 
 class WeightSpec:
     __slots__ = ("attr", "shape", "initializer", "trainable")
@@ -548,6 +548,12 @@ class Layer:
 
 
 _base_compute_mask = Layer.compute_mask   # a layer overriding it makes masks: no fast path
+
+
+def policy_output(layer, t):
+    """t as the layer's own call returns it: cast to its compute dtype under a low policy (for
+    code that runs a layer's computation outside its call, e.g. a fused group)."""
+    return t if layer._low is None else _cast_output(t, precision.np_dtype(layer._low))
 
 
 def _cast_output(t, low):

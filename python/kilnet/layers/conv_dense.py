@@ -17,6 +17,7 @@ from kilnet.engine.state import call_state
 from kilnet.engine.tape import current_walk, record
 from kilnet.engine.tensor import Tensor
 from kilnet.layers.activation import activated_output
+from kilnet.layers.base import policy_output
 from kilnet.layers.conv import Conv2D
 from kilnet.layers.core import Dense, Flatten
 
@@ -38,8 +39,12 @@ def group_fits(conv, flatten, dense) -> bool:
         return False
     if not (conv.built and dense.built) or conv.device != "cpu" or dense.device != "cpu":
         return False
-    if conv._low is not None or flatten._low is not None or dense._low is not None:
-        return False   # float32 policy only (the bfloat16 Dense has its own GEMMs)
+    if dense._low is not None and dense._computes_low_natively():
+        return False   # a bfloat16 Dense (>= 32 units) runs its own bfloat16 GEMMs
+    # (Under a bfloat16 policy otherwise: neither layer has a bfloat16 kernel, and the group runs
+    # the float32 kernel on the float32 input, without rounding the conv's activations between
+    # them — rounding would cost two passes over them and speed nothing up; the output is cast
+    # to the compute dtype as Dense's own call would.)
     if not (conv._has_trainable_weights() and dense._has_trainable_weights()):
         return False   # frozen weights: the unfused kernels skip their gradients
     if conv.activation not in Conv2D._FUSED or dense.activation not in _DENSE_ACTIVATIONS:
@@ -94,6 +99,5 @@ def call_group(conv, dense, x):
             walk.on_layer_done(conv)   # distributed: the conv's gradients are final too (the walk
         return (None,)                 # reports the dense layer, this entry's, itself)
     record((x,), (zt,), backward, dense)
-    if dense.activation == "linear":
-        return zt
-    return activated_output(dense, zt, st)
+    out = zt if dense.activation == "linear" else activated_output(dense, zt, st)
+    return policy_output(dense, out)
