@@ -89,10 +89,12 @@ struct Buf16 {
   }
 };
 
-// Cache blocks: a B panel of kKC x kNC bfloat16 (256 KB) stays in L2 and an A block of 32 rows
-// (16 KB) in L1 while the B blocks pass under it; A is packed again for each panel, N / kNC
-// times in all. (KC 256 / 512 / 1024 measured within noise of each other on a shared machine.)
-constexpr index_t kKC = 256;   // multiple of kStep
+// Cache blocks: a B panel of kKC x kNC bfloat16 (512 KB) stays in L2 and an A block of 32 rows
+// (32 KB) in L1 while the B blocks pass under it; A is packed again for each panel, N / kNC
+// times in all. C is read and written K / kKC times: at AMX speed that traffic counts (2048³:
+// a 16 MB C eight times with KC 256), so KC is as long as the A block allows in L1. (KC 512 vs
+// 256, interleaved runs on a Xeon with AMX: 1024³ 1.1-1.2x, 2048³ 1.15-1.2x.)
+constexpr index_t kKC = 512;   // multiple of kStep
 constexpr index_t kNC = 512;    // multiple of kBlock
 constexpr index_t kMC = 128;    // multiple of kBlock
 
