@@ -3,7 +3,7 @@ policies against PyTorch in float32 and under torch.autocast("cpu", torch.bfloat
 process, at 1 and 2 threads.
 
     python benchmarks/bench_mixed_precision.py [--threads 1 2] [--batch 256]
-        [--units 784 2048 2048 10] [--steps 10] [--rounds 3] [--no-torch] [--cnn]
+        [--units 784 2048 2048 10] [--steps 10] [--rounds 3] [--no-torch] [--cnn] [--transformer]
 
 The model: Dense(relu) layers of the given widths, a float32 softmax output (the pattern Keras
 recommends), sparse categorical cross-entropy, SGD. A step is forward, backward and the update
@@ -98,6 +98,11 @@ def main(argv=None):
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--cnn", action="store_true", help="also time the canonical CNN under both policies")
     ap.add_argument("--cnn-batch", type=int, default=32)
+    ap.add_argument("--transformer", action="store_true",
+                    help="also the character Transformer (kilnet.apps.char_transformer): step time under "
+                         "both policies, and the validation loss after --transformer-steps steps from the "
+                         "same initial weights")
+    ap.add_argument("--transformer-steps", type=int, default=60)
     args = ap.parse_args(argv)
     if len(args.units) < 3:
         ap.error("--units needs an input width, at least one hidden width and the number of classes")
@@ -159,8 +164,59 @@ def main(argv=None):
             res = best_rounds(models, args.rounds, args.steps)
             (f32, f32_mark), (bf16, bf16_mark) = res["float32"], res["mixed_bfloat16"]
             print(f"| {t} | {f32 * 1e3:.2f}{f32_mark} | {bf16 * 1e3:.2f}{bf16_mark} | {f32 / bf16:.2f}x |", flush=True)
+    if args.transformer:
+        transformer_rows(args, rng)
     print(f"(! = that time's round medians spread by more than {fair_timing.STALL_SPREAD}x (max/min): "
           "a stall or a busy machine, not the step)")
+
+
+def transformer_models(policies):
+    """The char Transformer (4 blocks, width 128, 4 heads, context 128) under each policy, all
+    starting from the float32 model's weights."""
+    import kilnet
+    from kilnet.apps import char_transformer as ct
+    models = {}
+    for policy in policies:
+        kilnet.mixed_precision.set_global_policy(policy)
+        try:
+            kilnet.utils.set_random_seed(0)
+            models[policy] = ct.build_model()
+        finally:
+            kilnet.mixed_precision.set_global_policy("float32")
+    first = models[policies[0]].get_weights()
+    for m in models.values():
+        m.set_weights(first)
+    return models
+
+
+def transformer_rows(args, rng):
+    """Step time of the char Transformer under float32 and mixed_bfloat16 (batch 32), then the
+    validation bits per character of both after the same training windows."""
+    import kilnet
+    from kilnet.apps import char_transformer as ct
+    policies = ("float32", "mixed_bfloat16")
+    x = rng.integers(0, ct.VOCAB, (32, 128)).astype(np.int32)
+    y = rng.integers(0, ct.VOCAB, (32, 128))
+    print("character Transformer (4 blocks, width 128, 4 heads, context 128), batch 32: ms per training step")
+    print("| thr | float32 | mixed_bfloat16 | bf16/f32 |\n|---|---|---|---|")
+    for t in args.threads:
+        kilnet.set_num_threads(t)
+        models = transformer_models(policies)
+        res = best_rounds({p: (lambda m=m: m.train_on_batch(x, y)) for p, m in models.items()}, args.rounds,
+                          args.steps)
+        (f32, f32_mark), (bf16, bf16_mark) = res["float32"], res["mixed_bfloat16"]
+        print(f"| {t} | {f32 * 1e3:.1f}{f32_mark} | {bf16 * 1e3:.1f}{bf16_mark} | {f32 / bf16:.2f}x |", flush=True)
+    ids = ct.encode(ct.stdlib_text(1_000_000))
+    tr, va = ct.split(ids)
+    xs, ys = ct.windows(tr, 128, args.transformer_steps * 32, np.random.default_rng(7))
+    models = transformer_models(policies)
+    bpc = {}
+    for p, m in models.items():
+        m.fit(xs, ys, batch_size=32, epochs=1, shuffle=False, verbose=0)
+        bpc[p] = ct.bits_per_char(m, va, 128)
+    diff = abs(bpc["mixed_bfloat16"] - bpc["float32"]) / bpc["float32"]
+    print(f"validation bits/char after {args.transformer_steps} steps (same data, same initial weights): "
+          f"float32 {bpc['float32']:.4f}, mixed_bfloat16 {bpc['mixed_bfloat16']:.4f} ({100 * diff:.2f}% apart)")
 
 
 if __name__ == "__main__":

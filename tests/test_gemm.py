@@ -266,7 +266,7 @@ def test_torch_parity(rng, M, N, K, ta, tb):
 
 # ---- bias_backward ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("shape", [(1, 1), (7, 10), (300, 65), (4, 5, 33)])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 10), (300, 65), (4, 5, 33), (3000, 130), (600, 1030), (5000, 3)])
 def test_bias_backward(rng, shape):
     dy = rand(rng, *shape)
     db0 = rand(rng, shape[-1])
@@ -276,6 +276,24 @@ def test_bias_backward(rng, shape):
     np.testing.assert_allclose(db, dbr, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(db, db0 + dy.reshape(-1, shape[-1]).sum(0, dtype=np.float64),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_bias_backward_same_bits_at_any_thread_count(rng):
+    """Row blocks and column strips are fixed by the shape: 1, 2 and 3 threads add the same
+    partial sums in the same order."""
+    dy = rand(rng, 4100, 200)
+    old = _cpu.get_num_threads()
+    try:
+        outs = []
+        for t in (1, 2, 3):
+            _cpu.set_num_threads(t)
+            db = np.full(200, 0.25, np.float32)
+            _cpu.bias_backward(dy, db)
+            outs.append(db)
+    finally:
+        _cpu.set_num_threads(old)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
 
 
 # ---- bad input: the binding checks, the kernel trusts ----------------------------------------
