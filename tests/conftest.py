@@ -1,5 +1,6 @@
 """Shared test helpers: seeded random arrays, the finite-difference gradient check, and
 device parametrization (GPU tests skip without kilnet._cuda and a GPU)."""
+import contextlib
 import importlib.util
 
 import numpy as np
@@ -108,6 +109,23 @@ def avx2_and_avx512(body):
     lo = at_simd_level("avx2", body)
     assert lo is not None and lo.keys() == hi.keys()
     return lo, hi
+
+
+@contextlib.contextmanager
+def cpu_threads(n):
+    """kilnet's CPU kernels on n threads inside the block, the previous count after it."""
+    from kilnet import _cpu
+    old = _cpu.get_num_threads()
+    _cpu.set_num_threads(n)
+    try:
+        yield
+    finally:
+        _cpu.set_num_threads(old)
+
+
+def streaming_case(rng, n):
+    """x (spread over an activation's interesting range) and dy for an elementwise kernel."""
+    return (rng.standard_normal(n) * 3).astype(np.float32), rng.standard_normal(n).astype(np.float32)
 
 
 def views_at(shape, offsets):

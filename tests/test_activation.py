@@ -5,7 +5,7 @@ gradient checks, PyTorch parity, numerical stability, bad input and in-place use
 import numpy as np
 import pytest
 
-from conftest import views_at, assert_grad_close, numeric_grad, rand
+from conftest import cpu_threads, streaming_case, views_at, assert_grad_close, numeric_grad, rand
 from kilnet import _cpu
 
 ACTS = ["linear", "relu", "sigmoid", "tanh"]
@@ -492,11 +492,8 @@ def test_activation_output_just_ahead_of_an_input_same_bits(rng, nt, act, offset
     """y 16-512 bytes after x (dx after y or dy) modulo 2 MiB goes through staging blocks
     (store_ahead.h): the same bits as any other layout, at any thread count."""
     n = 70_001   # several staging blocks and a ragged end
-    x0 = (rng.standard_normal(n) * 3).astype(np.float32)
-    dy0 = rng.standard_normal(n).astype(np.float32)
-    old = _cpu.get_num_threads()
-    try:
-        _cpu.set_num_threads(nt)
+    x0, dy0 = streaming_case(rng, n)
+    with cpu_threads(nt):
         y0, dx0 = np.empty_like(x0), np.empty_like(x0)
         _cpu.activation_forward(act, x0, y0)
         _cpu.activation_backward(act, y0, dy0, dx0)
@@ -508,5 +505,3 @@ def test_activation_output_just_ahead_of_an_input_same_bits(rng, nt, act, offset
         dy[...] = dy0
         _cpu.activation_backward(act, y, dy, dx)
         np.testing.assert_array_equal(dx, dx0)
-    finally:
-        _cpu.set_num_threads(old)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import avx2_and_avx512, views_at
+from conftest import avx2_and_avx512, cpu_threads, streaming_case, views_at
 
 from kilnet import ops
 from kilnet.backend import cpu
@@ -71,21 +71,14 @@ def test_gelu_output_just_ahead_of_an_input_same_bits(nt, approximate, offsets):
     """y (dx) 16-512 bytes after x (or dy) modulo 2 MiB goes through staging blocks
     (store_ahead.h): the same bits as any other layout, at any thread count."""
     from kilnet import _cpu
-    rng = np.random.default_rng(5)
-    n = 50_003
-    x0 = (rng.standard_normal(n) * 3).astype(np.float32)
-    dy0 = rng.standard_normal(n).astype(np.float32)
-    old = _cpu.get_num_threads()
-    try:
-        _cpu.set_num_threads(nt)
+    x0, dy0 = streaming_case(np.random.default_rng(5), 50_003)
+    with cpu_threads(nt):
         y0, dx0 = np.empty_like(x0), np.empty_like(x0)
         _cpu.gelu_forward(x0, y0, approximate)
         _cpu.gelu_backward(x0, dy0, dx0, approximate)
-        x, y, dy = views_at((n,), offsets)
+        x, y, dy = views_at(x0.shape, offsets)
         x[...], dy[...] = x0, dy0
         _cpu.gelu_forward(x, y, approximate)
         np.testing.assert_array_equal(y, y0)
         _cpu.gelu_backward(x, dy, y, approximate)   # dx into y's place: after x, before/after dy
         np.testing.assert_array_equal(y, dx0)
-    finally:
-        _cpu.set_num_threads(old)
