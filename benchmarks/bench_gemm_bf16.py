@@ -3,10 +3,11 @@ them) against PyTorch's bfloat16 torch.mm, in one process, at 1 and 2 threads.
 
     python benchmarks/bench_gemm_bf16.py [--threads 1 2] [--sizes 256 1024 2048] [--rounds 5]
 
-Columns (GFLOP/s, median call of the best round): kilnet with bfloat16 operands (uint16 bits),
-kilnet with float32 operands (rounded while packing: no separate conversion pass), torch.mm on
-bfloat16 tensors (its result is bfloat16), and torch.mm followed by .float() (a float32 result,
-as kilnet returns). The libraries alternate round by round, in an order that rotates every
+Columns (GFLOP/s, median call of the best round): kilnet with bfloat16 operands (uint16 bits)
+and a float32 result, the same with a bfloat16 result (rounded once from the tiles, as torch.mm
+returns), kilnet with float32 operands (rounded while packing: no separate conversion pass),
+torch.mm on bfloat16 tensors (its result is bfloat16), and torch.mm followed by .float() (a
+float32 result). "vs torch" compares the two bfloat16 results. The libraries alternate round by round, in an order that rotates every
 round, each call's turn starting once the other pools' idle workers stopped spinning
 (kilnet.fair_timing); "!" marks a column whose round medians spread by more than
 fair_timing.STALL_SPREAD (a stall or a busy machine, issue 23). kilnet's float32 SGEMM at the
@@ -52,7 +53,7 @@ def main(argv=None):
     pk = peaks(args.threads)
     print(peak_line(pk))
     print(f"kilnet bf16 path: {_cpu.bf16_level()}; torch {torch.__version__ if torch else 'absent'}")
-    print(f"{'n':>5} {'thr':>3} {'kil bf16':>9} {'kil f32in':>9} {'torch bf16':>10} {'torch->f32':>10} "
+    print(f"{'n':>5} {'thr':>3} {'kil bf16':>9} {'kil ->bf16':>10} {'kil f32in':>9} {'torch bf16':>10} {'torch->f32':>10} "
           f"{'vs torch':>8} {'kil sgemm':>9} {'%pk':>4}")
     for t in args.threads:
         _cpu.set_num_threads(t)
@@ -64,7 +65,9 @@ def main(argv=None):
             b32 = rng.uniform(-1, 1, (n, n)).astype(np.float32)
             a, b = _cpu.to_bfloat16(a32), _cpu.to_bfloat16(b32)
             c = np.empty((n, n), np.float32)
+            c16 = np.empty((n, n), np.uint16)   # bfloat16 bits
             calls = {"kil bf16": lambda: _cpu.gemm_bf16(a, b, c),
+                     "kil ->bf16": lambda: _cpu.gemm_bf16(a, b, c16),
                      "kil f32in": lambda: _cpu.gemm_bf16(a32, b32, c),
                      "kil sgemm": lambda: _cpu.gemm(a32, b32, c)}
             if torch is not None:
@@ -83,8 +86,8 @@ def main(argv=None):
                     return f"{'nan':>{width}}"
                 return f"{best[name]:>{width - 1}.0f}" + ("!" if fair_timing.stalled(rounds[name]) else " ")
             tb16 = best.get("torch bf16")
-            ratio = f"{best['kil bf16'] / tb16:.2f}" if tb16 else "-"
-            print(f"{n:>5} {t:>3} {col('kil bf16', 9)} {col('kil f32in', 9)} {col('torch bf16', 10)} "
+            ratio = f"{best['kil ->bf16'] / tb16:.2f}" if tb16 else "-"
+            print(f"{n:>5} {t:>3} {col('kil bf16', 9)} {col('kil ->bf16', 10)} {col('kil f32in', 9)} {col('torch bf16', 10)} "
                   f"{col('torch->f32', 10)} {ratio:>8} {col('kil sgemm', 9)} {pct(best['kil sgemm'], pk[t]):>4}",
                   flush=True)
     print(f"! = that column's round medians spread by more than {fair_timing.STALL_SPREAD}x (max/min): "
