@@ -47,7 +47,7 @@ def _params(fn):
 # Kernels written this far for the CPU only (the layers refuse the GPU clearly or fall back to
 # other CUDA kernels there); each is a known gap, listed so a new one cannot slip in silently.
 CPU_ONLY = {"conv2d_backward_input", "depthwise2d_forward", "depthwise2d_backward", "gelu_forward",
-            "gelu_backward", "gemm_bf16", "to_bfloat16", "from_bfloat16",
+            "gelu_backward", "gemm_bf16", "to_bfloat16", "from_bfloat16", "add_bfloat16",
             "conv_dense_forward", "conv_dense_backward"}   # the fused head: the CPU's cache problem
 
 

@@ -133,6 +133,35 @@ def test_conversions_match_ml_dtypes(threads, nthreads):
     np.testing.assert_array_equal(back[finite], ours[finite].view(ml_dtypes.bfloat16).astype(np.float32))
 
 
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_add_bfloat16(threads, nthreads):
+    """y = a + b on bfloat16 bits: the float32 sum rounded once (ml_dtypes' bits), any length
+    (a masked tail), the threaded split, y in a's place; bad arguments named."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    threads(nthreads)
+    rng = np.random.default_rng(6)
+    for n in (1, 15, 17, 1000, (1 << 18) + 999):
+        a = (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 3, n)).astype(ml_dtypes.bfloat16)
+        b = (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 3, n)).astype(ml_dtypes.bfloat16)
+        a[:3] = [np.inf, -np.inf, 3e38] if n >= 3 else a[:3]
+        b[:3] = [1.0, 2.0, 3e38] if n >= 3 else b[:3]
+        want = (a.astype(np.float32) + b.astype(np.float32)).astype(ml_dtypes.bfloat16)
+        y = np.empty(n, ml_dtypes.bfloat16)
+        _cpu.add_bfloat16(a, b, y)
+        np.testing.assert_array_equal(y.view(np.uint16), want.view(np.uint16))
+        _cpu.add_bfloat16(a, b, a)   # in place
+        np.testing.assert_array_equal(a.view(np.uint16), want.view(np.uint16))
+    m = np.ones((3, 4), ml_dtypes.bfloat16)
+    with pytest.raises(TypeError, match="must be bfloat16"):
+        _cpu.add_bfloat16(np.ones((3, 4), np.float32), m, m.copy())
+    with pytest.raises(ValueError, match=r"'a' has shape \(3, 4\), 'b' \(4, 3\)"):
+        _cpu.add_bfloat16(m, m.reshape(4, 3), m.copy())
+    with pytest.raises(ValueError, match="'y' must have shape"):
+        _cpu.add_bfloat16(m, m, np.empty((3, 5), ml_dtypes.bfloat16))
+    with pytest.raises(TypeError, match="'y' must be a bfloat16 array"):
+        _cpu.add_bfloat16(m, m, np.empty((3, 4), np.float32))
+
+
 def test_reference_is_the_rounded_product():
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((9, 13)).astype(np.float32), rng.standard_normal((13, 5)).astype(np.float32)

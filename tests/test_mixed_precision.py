@@ -342,6 +342,33 @@ def test_conv_dense_group_under_mixed_bfloat16(units, fused):
     assert models[1](x).dtype == BF16
 
 
+def test_add_layer_adds_bfloat16_natively():
+    """Add under mixed_bfloat16 keeps its bfloat16 inputs and adds them on the bfloat16 kernel:
+    the bits of the float32 sum cast to bfloat16 (what it computed before), float32 gradients."""
+    rng = np.random.default_rng(8)
+    x = Tensor(rng.standard_normal((5, 7, 9)).astype(BF16))
+    h = Tensor(rng.standard_normal((5, 7, 9)).astype(BF16))
+    add = layers.Add(dtype="mixed_bfloat16")
+    assert add._computes_low_natively()
+    g = rng.standard_normal((5, 7, 9)).astype(np.float32)
+    with GradientTape() as tape:
+        tape.watch([x, h])
+        y = add([x, h])
+        loss = ops.sum(ops.multiply(ops.cast(y, "float32"), Tensor(g)))   # a float32 op after it
+    assert y.dtype == BF16
+    want = (x.numpy().astype(np.float32) + h.numpy().astype(np.float32)).astype(BF16)
+    np.testing.assert_array_equal(y.numpy().view(np.uint16), want.view(np.uint16))
+    dx, dh = tape.gradient(loss, [x, h])
+    assert dx.dtype == dh.dtype == np.float32   # the float32 gradient passes through unrounded
+    np.testing.assert_array_equal(dx.numpy(), g)
+    np.testing.assert_array_equal(dh.numpy(), g)
+    # a float32 input is cast to bfloat16 first; broadcasting falls back to numpy's add
+    y2 = add([x.numpy().astype(np.float32), h])
+    np.testing.assert_array_equal(y2.numpy().view(np.uint16), want.view(np.uint16))
+    y3 = add([x, h.numpy()[:1]])
+    assert y3.dtype == BF16 and y3.shape == (5, 7, 9)
+
+
 # ---------------------------------------------------------------------- Dense on gemm_bf16
 @pytest.mark.parametrize("in_bf16", [False, True])
 @pytest.mark.parametrize("M,K,N", [(37, 53, 45), (5, 300, 70)])

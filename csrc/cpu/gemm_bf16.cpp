@@ -268,6 +268,15 @@ void bf16_to_float(index_t n, const std::uint16_t* x, float* y) {
   });
 }
 
+void add_bf16(index_t n, const std::uint16_t* a, const std::uint16_t* b, std::uint16_t* y) {
+  split_convert(n, [&](index_t i0, index_t i1) {
+#if defined(KILNET_HAVE_AVX512_BUILD)
+    if (simd() == Simd::Avx512) return add_bf16_avx512(i1 - i0, a + i0, b + i0, y + i0);
+#endif
+    for (index_t i = i0; i < i1; ++i) y[i] = to_bf16(from_bf16(a[i]) + from_bf16(b[i]));
+  });
+}
+
 void gemm_bf16(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, Bf16Matrix A,
                Bf16Matrix B, float beta, float* C, index_t ldc, const float* bias) {
   if (M <= 0 || N <= 0) return;

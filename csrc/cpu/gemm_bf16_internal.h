@@ -18,9 +18,10 @@ constexpr int kStepValues = 1024;
 
 #if defined(KILNET_HAVE_AVX512_BUILD)
 // bf16_convert_avx512.cpp: the conversions of gemm_bf16.h (float_to_bf16 / bf16_to_float) on
-// one thread's range, with the same bits as the scalar loops.
+// one thread's range, with the same bits as the scalar loops; and add_bf16's.
 void to_bf16_avx512(index_t n, const float* x, std::uint16_t* y);
 void from_bf16_avx512(index_t n, const std::uint16_t* x, float* y);
+void add_bf16_avx512(index_t n, const std::uint16_t* a, const std::uint16_t* b, std::uint16_t* y);
 #endif
 
 #if defined(KILNET_HAVE_AMX_BUILD)

@@ -27,48 +27,46 @@ struct Operand {
   bool bf16 = false;
 };
 
-Operand operand(const char* fn, const char* name, py::handle h) {
+// A bfloat16 array as an Arr: `ndim` dimensions (-1: any), C-contiguous; writeable if `out`.
+Arr bf16_arr(const char* fn, const char* name, py::handle h, int ndim, bool out) {
+  py::array a = py::reinterpret_borrow<py::array>(h);
+  if (ndim >= 0 && a.ndim() != ndim)
+    fail_value(std::string(fn) + ": argument '" + name + "' must be " + std::to_string(ndim) + "-D, got " +
+               std::to_string(a.ndim()) + "-D");
+  if (!(a.flags() & py::array::c_style))
+    fail_value(std::string(fn) + ": argument '" + name + "' must be C-contiguous (use numpy.ascontiguousarray)");
+  if (out && !a.writeable()) fail_value(std::string(fn) + ": argument '" + name + "' is read-only");
+  Arr o;
+  o.arr = a;
+  o.obj = py::reinterpret_borrow<py::object>(h);
+  o.shape.assign(a.shape(), a.shape() + a.ndim());
+  for (index_t d : o.shape) o.size *= d;
+  o.elem_bytes = 2;
+  o.bytes = index_t(a.nbytes());
+  o.data = out ? a.mutable_data() : const_cast<void*>(a.data());
+  return o;
+}
+
+// A GEMM operand (ndim 2) or an elementwise one (-1): float32, or bfloat16 bits.
+Operand operand(const char* fn, const char* name, py::handle h, int ndim = 2) {
   Operand o;
   if (py::isinstance<py::array>(h) && is_bf16_dtype(py::reinterpret_borrow<py::array>(h))) {
-    py::array a = py::reinterpret_borrow<py::array>(h);
-    if (a.ndim() != 2)
-      fail_value(std::string(fn) + ": argument '" + name + "' must be 2-D, got " + std::to_string(a.ndim()) + "-D");
-    if (!(a.flags() & py::array::c_style))
-      fail_value(std::string(fn) + ": argument '" + name + "' must be C-contiguous (use numpy.ascontiguousarray)");
-    o.arr.arr = a;
-    o.arr.obj = py::reinterpret_borrow<py::object>(h);
-    o.arr.shape = {index_t(a.shape(0)), index_t(a.shape(1))};
-    o.arr.size = o.arr.shape[0] * o.arr.shape[1];
-    o.arr.elem_bytes = 2;
-    o.arr.bytes = index_t(a.nbytes());
-    o.arr.data = const_cast<void*>(a.data());
+    o.arr = bf16_arr(fn, name, h, ndim, false);
     o.bf16 = true;
     return o;
   }
   if (py::isinstance<py::array>(h) && !dtype_is(py::detail::array_proxy(h.ptr())->descr, 'f'))
     fail_type(std::string(fn) + ": argument '" + name + "' must be float32 or bfloat16 (uint16 bits or "
               "ml_dtypes.bfloat16), got " + std::string(py::str(py::reinterpret_borrow<py::array>(h).dtype())));
-  o.arr = in_f32(fn, name, h, 2);
+  o.arr = in_f32(fn, name, h, ndim);
   return o;
 }
 
-// A bfloat16 output: 2-D, C-contiguous, writeable.
-Arr out_bf16(const char* fn, py::handle h) {
-  py::array a = py::reinterpret_borrow<py::array>(h);
-  if (a.ndim() != 2)
-    fail_value(std::string(fn) + ": argument 'c' must be 2-D, got " + std::to_string(a.ndim()) + "-D");
-  if (!(a.flags() & py::array::c_style))
-    fail_value(std::string(fn) + ": argument 'c' must be C-contiguous");
-  if (!a.writeable()) fail_value(std::string(fn) + ": argument 'c' is read-only");
-  Arr o;
-  o.arr = a;
-  o.obj = py::reinterpret_borrow<py::object>(h);
-  o.shape = {index_t(a.shape(0)), index_t(a.shape(1))};
-  o.size = o.shape[0] * o.shape[1];
-  o.elem_bytes = 2;
-  o.bytes = index_t(a.nbytes());
-  o.data = a.mutable_data();
-  return o;
+// A bfloat16 output array.
+Arr out_bf16(const char* fn, py::handle h, int ndim = 2, const char* name = "c") {
+  if (!py::isinstance<py::array>(h) || !is_bf16_dtype(py::reinterpret_borrow<py::array>(h)))
+    fail_type(std::string(fn) + ": argument '" + name + "' must be a bfloat16 array (uint16 bits or ml_dtypes.bfloat16)");
+  return bf16_arr(fn, name, h, ndim, true);
 }
 
 }  // namespace
@@ -125,6 +123,20 @@ void kilnet::bind::bind_gemm_bf16(py::module_& m, bool ref) {
     }
     return y;
   }, arg("x"), "float32 -> bfloat16 bits (uint16), round to nearest even; NaN stays NaN");
+  m.def("add_bfloat16", [](py::object a_, py::object b_, py::object y_) {
+    const char* fn = "add_bfloat16";
+    Operand a = operand(fn, "a", a_, -1), b = operand(fn, "b", b_, -1);
+    if (!a.bf16 || !b.bf16) fail_type("add_bfloat16: 'a' and 'b' must be bfloat16 (uint16 bits or ml_dtypes.bfloat16)");
+    if (a.arr.shape != b.arr.shape)
+      fail_value("add_bfloat16: 'a' has shape " + shape_str(a.arr.shape) + ", 'b' " + shape_str(b.arr.shape));
+    Arr y = out_bf16(fn, y_, -1, "y");
+    expect_shape(fn, "y", y, a.arr.shape);
+    KernelCall nogil;
+    cpu::add_bf16(a.arr.size, static_cast<const std::uint16_t*>(a.arr.data),
+                  static_cast<const std::uint16_t*>(b.arr.data), static_cast<std::uint16_t*>(y.data));
+  }, arg("a"), arg("b"), arg("y"),
+     "y = a + b for bfloat16 arrays of one shape (C-contiguous): the float32 sum rounded once to "
+     "nearest even; y may be a or b");
   m.def("from_bfloat16", [](py::array x_) {
     if (!is_bf16_dtype(x_)) fail_type("from_bfloat16: argument 'x' must be uint16 bits or ml_dtypes.bfloat16");
     py::array x = py::array::ensure(x_, py::array::c_style);

@@ -37,5 +37,8 @@ const char* bf16_level();
 // float32 -> bfloat16 bits, round to nearest even; NaN stays NaN (quiet), inf stays inf.
 void float_to_bf16(index_t n, const float* x, std::uint16_t* y);
 void bf16_to_float(index_t n, const std::uint16_t* x, float* y);
+// y = a + b on bfloat16 bits: the float32 sum (exact widening) rounded once to nearest even, as
+// a bfloat16 add does; y may be a or b.
+void add_bf16(index_t n, const std::uint16_t* a, const std::uint16_t* b, std::uint16_t* y);
 
 }  // namespace kilnet::cpu

@@ -265,10 +265,6 @@ def unbroadcast(g, shape):
     return g.reshape(shape)
 
 
-def _grad_dtype(g, x):
-    return g if g.dtype == x.dtype else g.astype(x.dtype)
-
-
 def _binary(a, b, fwd, rule):
     """A broadcasting binary op; rule(g, av, bv, y) -> (da, db) before unbroadcasting."""
     same_device(a, b)
@@ -281,14 +277,27 @@ def _binary(a, b, fwd, rule):
             out = []
             for t, d in ((a, da), (b, db)):
                 if isinstance(t, Tensor):
-                    out.append(None if d is None else _grad_dtype(unbroadcast(d, t.value.shape), t.value))
+                    # (a bfloat16 operand's gradient stays float32: precision.grad_as)
+                    out.append(None if d is None else precision.grad_as(unbroadcast(d, t.value.shape), t.value.dtype))
             return out
         record(ins, (y,), bw)
     return y
 
 
 def add(a, b):
-    return _binary(a, b, lambda x, y: x + y, lambda g, x, y, z: (g, g))
+    return _binary(a, b, _add_values, lambda g, x, y, z: (g, g))
+
+
+def _add_values(x, y):
+    """x + y; two bfloat16 numpy arrays of one shape add on our kernel (one rounding, as
+    ml_dtypes' own add, which is about 5x slower)."""
+    if type(x) is np.ndarray and type(y) is np.ndarray and x.shape == y.shape and x.size \
+            and precision.is_bf16(x.dtype) and precision.is_bf16(y.dtype):
+        from kilnet.backend import cpu
+        out = np.empty(x.shape, x.dtype)
+        cpu.add_bfloat16(np.ascontiguousarray(x), np.ascontiguousarray(y), out)
+        return out
+    return x + y
 
 
 def subtract(a, b):

@@ -64,6 +64,12 @@ def _broadcast_shapes(shapes, layer):
 
 
 class Add(_Merge):
+    def _computes_low_natively(self) -> bool:
+        # under a bfloat16 policy on the CPU the inputs stay bfloat16 and add on the bfloat16
+        # kernel (one rounding of the float32 sum: the bits the float32 path gives after its
+        # cast), instead of two conversions in and one out
+        return self.compute_dtype == "bfloat16" and self.device == "cpu"
+
     def _combine(self, a, b):
         return ops.add(a, b)
 
