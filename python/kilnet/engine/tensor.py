@@ -374,12 +374,13 @@ def matmul(a, b):
     return y
 
 
-def linear(x, w, b=None):
+def linear(x, w, b=None, low_out=False):
     """x @ w (+ b) for x (..., K), w (K, N) and b (N,): one GEMM with the bias in its epilogue
     and one tape node (dx = g wᵀ, dw = xᵀ g, db = the column sums of g), where `matmul(x, w) + b`
     is two ops, a separate pass over the output and a numpy reduction for db. Under a bfloat16
     policy (or with bfloat16 x and w) it runs on the bfloat16 GEMM with the same rounding as
-    matmul there; other operands take the composed ops."""
+    matmul there (low_out: the bfloat16 result itself, e.g. a layer's output, rather than its
+    float32 values); other operands take the composed ops."""
     same_device(x, w, *(() if b is None else (b,)))
     x, w = as_tensor(x), as_tensor(w)
     b = None if b is None else as_tensor(b)
@@ -400,7 +401,7 @@ def linear(x, w, b=None):
     bv = None if b is None else xp.ascontiguousarray(b.value)
     if low is not None:
         c = _gemm_bf16_low(x2, wv, low, bv)
-        if not (precision.is_bf16(xv.dtype) and precision.is_bf16(wv.dtype)):   # autocast: float32 out
+        if not low_out and not (precision.is_bf16(xv.dtype) and precision.is_bf16(wv.dtype)):   # autocast
             c = precision.convert(c, np.dtype(np.float32))
     else:
         c = xp.empty((x2.shape[0], n), np.float32)

@@ -35,6 +35,12 @@ class MultiHeadAttention(Layer):
     return_attention_scores=False, training=None, use_causal_mask=False)."""
     supports_masking = True   # the output carries the query's mask
 
+    def _computes_low_natively(self) -> bool:
+        # under a bfloat16 policy on the CPU the projections read the bfloat16 inputs as they
+        # are (the GEMM rounds nothing more) and the output projection writes the bfloat16
+        # output; the attention in between runs in float32 on the rounded projections
+        return self.compute_dtype == "bfloat16" and self.device == "cpu"
+
     def __init__(self, num_heads, key_dim, value_dim=None, dropout=0.0, use_bias=True, output_shape=None,
                  attention_axes=None, flash_attention=None, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
@@ -103,8 +109,9 @@ class MultiHeadAttention(Layer):
              return_attention_scores=False, training=None, use_causal_mask=False):
         who = f"MultiHeadAttention {self.name!r}"
         key_given = key is not None
-        value = self._to_input(value)
-        key = self._to_input(key) if key_given else value
+        mode = self._computes_low_natively() if self._low else None   # (as _call_impl took the query)
+        value = self._to_input(value, mode)
+        key = self._to_input(key, mode) if key_given else value
         q_mask = query_mask if query_mask is not None else query._keras_mask
         v_mask = value_mask if value_mask is not None else value._keras_mask
         k_mask = key_mask if key_mask is not None else (key._keras_mask if key_given and key is not value else None)
@@ -138,7 +145,7 @@ class MultiHeadAttention(Layer):
             o, scores = self._explicit_attention(q, k, v, mask, bool(use_causal_mask), scale, drop)
         w, bias = self._proj["attention_output"]
         h, vd, out = w.shape
-        y = linear(ops.reshape(o, (b, tq, h * vd)), ops.reshape(w, (h * vd, out)), bias)
+        y = linear(ops.reshape(o, (b, tq, h * vd)), ops.reshape(w, (h * vd, out)), bias, low_out=True)
         if return_attention_scores:
             return y, scores
         return y

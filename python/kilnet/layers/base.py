@@ -411,13 +411,14 @@ class Layer:
         self._xp = xp_of_device(dev)
         self._local = threading.local()
 
-    def _buffer(self, key, shape):
-        """A float32 array of `shape` that this call position reuses across steps. A smaller
-        leading dimension (the last partial batch) gets a view of the existing buffer."""
+    def _buffer(self, key, shape, dtype=np.float32):
+        """An array of `shape` (float32 unless told) that this call position reuses across
+        steps. A smaller leading dimension (the last partial batch) gets a view of the existing
+        buffer."""
         st = self._state()
         buf = st.get(("buf", key))
         if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
-            buf = self._xp.empty(shape, np.float32)
+            buf = self._xp.empty(shape, dtype)
             st[("buf", key)] = buf
         return buf if buf.shape[0] == shape[0] else buf[: shape[0]]
 

@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from kilnet import initializers
+from kilnet.engine import precision
 from kilnet import regularizers as regularizers_mod
 from kilnet.layers.activation import ActivatedLayer
 from kilnet.layers.base import Layer
@@ -68,7 +69,12 @@ class Dense(ActivatedLayer):
     def forward_linear(self, x, training=False):
         n_in = self.kernel.shape[0]
         x2 = x.reshape(-1, n_in)
-        z = self._buffer("z", (x2.shape[0], self.units))
+        if self.activation == "linear" and self._computes_low_natively():
+            # the bfloat16 output straight from the GEMM (x W + b rounded once): no float32 z
+            # written and converted after it
+            z = self._buffer("z16", (x2.shape[0], self.units), precision.np_dtype("bfloat16"))
+        else:
+            z = self._buffer("z", (x2.shape[0], self.units))
         self._gemm(x2, self.kernel, z, bias=self.bias if self.use_bias else None)
         self._state()["x"] = x2
         return z.reshape(x.shape[:-1] + (self.units,))
