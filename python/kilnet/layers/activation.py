@@ -123,7 +123,11 @@ class ActivatedLayer(Layer):
             y = st["y"] = act_forward_inplace(self.activation, z)
             return y
         y = self._buffer("act_out", z.shape)
-        y[...] = _activations.array_rule(self.activation)[0](z)
+        fwd = _activations.array_rule(self.activation)[0]
+        if getattr(fwd, "takes_out", False) and type(z) is np.ndarray and z.dtype == np.float32:
+            fwd(z, out=y)   # the kernel writes the buffer itself (GELU: no temporary, no copy)
+        else:
+            y[...] = fwd(z)
         st["z"], st["y"] = z, y
         return y
 

@@ -126,15 +126,18 @@ _C = _math.sqrt(2 / _math.pi)
 def gelu_rules(approximate):
     """(fwd(v), rule(g, v, y)) of GELU on arrays: the C++ kernels for float32 host arrays (the
     Transformer MLP's hot activation), numpy/CuPy formulas otherwise."""
-    def fwd(v):
+    def fwd(v, out=None):
+        """out: a float32 C-contiguous array of v's shape to write into (a layer's buffer),
+        taken for float32 host arrays."""
         if type(v) is np.ndarray and v.dtype == np.float32:
-            y = np.empty_like(v)
+            y = out if out is not None else np.empty_like(v)
             _cpu.gelu_forward(np.ascontiguousarray(v), y, approximate)
             return y
         xp = same_device(v)
         if approximate:
             return 0.5 * v * (1 + xp.tanh(_C * (v + 0.044715 * v ** 3)))
         return 0.5 * v * (1 + _erf(v / _math.sqrt(2)))
+    fwd.takes_out = True   # (ActivatedLayer writes into its buffer instead of copying)
 
     def rule(g, v, y):
         if type(v) is np.ndarray and v.dtype == np.float32 and type(g) is np.ndarray and g.dtype == np.float32:
