@@ -185,6 +185,81 @@ def test_layernorm_bad_input(K):
     K.layernorm_backward(x, x, None, v(8), v(8), np.zeros_like(x), None, None)   # inputs may share memory
 
 
+@pytest.mark.parametrize("nt", [1, 3])
+@pytest.mark.parametrize("rms,affine", [(False, True), (False, False), (True, True)])
+@pytest.mark.parametrize("K", [_cpu, _cpu.ref], ids=["cpu", "ref"])
+def test_layernorm_bfloat16_input_and_output(rng, K, nt, rms, affine):
+    """bfloat16 x and y (mixed precision): the float32 kernels on the widened rows, y rounded
+    once — the same bits as float32 on x's values then rounding; the backward reads bfloat16 x
+    and gives the float32 kernel's dx, dgamma, dbeta bit for bit."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf16 = ml_dtypes.bfloat16
+    M, C = 301, 77
+    x16 = (rand(rng, M, C) * 3 + 0.5).astype(bf16)
+    x = x16.astype(np.float32)
+    g, b = (rand(rng, C, lo=0.5, hi=1.5), rand(rng, C)) if affine else (None, None)
+    dy = rand(rng, M, C)
+    old = _cpu.get_num_threads()
+    try:
+        _cpu.set_num_threads(nt)
+        y, mean, inv = np.empty_like(x), np.empty(M, np.float32), np.empty(M, np.float32)
+        K.layernorm_forward(x, g, b, mean, inv, y, 1e-3, rms)
+        y16, mean16, inv16 = np.empty((M, C), bf16), np.empty(M, np.float32), np.empty(M, np.float32)
+        K.layernorm_forward(x16, g, b, mean16, inv16, y16, 1e-3, rms)
+        np.testing.assert_array_equal(y16.view(np.uint16), y.astype(bf16).view(np.uint16))
+        np.testing.assert_array_equal(mean16, mean)
+        np.testing.assert_array_equal(inv16, inv)
+        outs = []
+        for xin in (x, x16):
+            dx = np.empty_like(x)
+            dg, db = (np.zeros(C, np.float32), np.zeros(C, np.float32)) if affine else (None, None)
+            K.layernorm_backward(xin, dy, g, mean, inv, dx, dg, db, rms)
+            outs.append((dx, dg, db))
+        for a, c in zip(*outs):
+            if a is not None:
+                np.testing.assert_array_equal(a, c)
+    finally:
+        _cpu.set_num_threads(old)
+
+
+def test_layernorm_bfloat16_bad_input():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x16 = np.zeros((8, 3), ml_dtypes.bfloat16)
+    v = lambda n: np.zeros(n, np.float32)
+    with pytest.raises(TypeError, match="x and y must both be float32 or both bfloat16"):
+        _cpu.layernorm_forward(x16, v(3), v(3), v(8), v(8), np.zeros((8, 3), np.float32))
+    with pytest.raises(TypeError, match="'gamma' must be float32 \\(only x and y may be bfloat16\\)"):
+        _cpu.layernorm_forward(x16, v(3).astype(ml_dtypes.bfloat16), v(3), v(8), v(8), np.zeros_like(x16))
+    with pytest.raises(TypeError, match="'dy' must be float32 \\(only x may be bfloat16\\)"):
+        _cpu.layernorm_backward(x16, x16, None, v(8), v(8), None, v(3), None)
+    with pytest.raises(ValueError, match="'y' must have shape"):
+        _cpu.layernorm_forward(x16, None, None, v(8), v(8), np.zeros((8, 4), ml_dtypes.bfloat16))
+
+
+def test_layernorm_layer_under_mixed_bfloat16(rng):
+    """The layer reads and writes bfloat16 under mixed_bfloat16: the output is the float32
+    normalization of the input's values rounded once; the input gradient stays float32."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from kilnet import GradientTape, Tensor, ops
+    ln = LayerNormalization(dtype="mixed_bfloat16")
+    assert ln._computes_low_natively()
+    x16 = (rand(rng, 4, 6, 10) * 2).astype(ml_dtypes.bfloat16)
+    ref = LayerNormalization()
+    ref(x16.astype(np.float32))
+    ln(x16)
+    ln.set_weights([rand(rng, 10, lo=0.5, hi=1.5), rand(rng, 10)])
+    ref.set_weights(ln.get_weights())
+    xt = Tensor(x16)
+    with GradientTape() as tape:
+        tape.watch(xt)
+        y = ln(xt)
+        loss = ops.sum(ops.cast(y, "float32"))
+    assert y.dtype == ml_dtypes.bfloat16
+    want = ref(x16.astype(np.float32)).numpy().astype(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(y.numpy().view(np.uint16), want.view(np.uint16))
+    assert tape.gradient(loss, xt).dtype == np.float32
+
+
 # ------------------------------------------------------------------ layer
 def fresh_ln(rng, input_shape, **kwargs):
     layer = LayerNormalization(**kwargs)

@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstring>
 #include <vector>
+#include <type_traits>
+#include "kilnet/gemm_bf16.h"
 #include "kilnet/layernorm.h"
 #include "layernorm_internal.h"
 #include "parallel.h"
@@ -110,9 +112,37 @@ void layernorm_forward(index_t M, index_t C, const float* x, const float* gamma,
   }
 }
 
-void layernorm_backward(index_t M, index_t C, const float* x, const float* dy, const float* gamma,
-                        const float* mean, const float* invstd, bool rms, float* dx, float* dgamma,
-                        float* dbeta) {
+void layernorm_forward_bf16(index_t M, index_t C, const std::uint16_t* x, const float* gamma, const float* beta,
+                            float eps, bool rms, float* mean, float* invstd, std::uint16_t* y) {
+  const RowForward row = row_forward_impl();
+  if (rms) beta = nullptr;
+  const int T = threads_for(M * C);
+  std::vector<float> rows(size_t(T) * size_t(2 * C));   // per thread: x's row widened, y's row
+#pragma omp parallel num_threads(T)
+  {
+    float* xr = rows.data() + size_t(omp_get_thread_num()) * size_t(2 * C);
+    float* yr = xr + C;
+#pragma omp for schedule(static)
+    for (index_t m = 0; m < M; ++m) {
+      bf16_to_float(C, x + m * C, xr);
+      row(C, xr, gamma, beta, eps, rms, mean + m, invstd + m, yr);
+      float_to_bf16(C, yr, y + m * C);
+    }
+  }
+}
+
+namespace {
+
+// x's row m as float32: in place, or widened from bfloat16 bits into this thread's row.
+inline const float* x_row(const float* x, index_t m, index_t C, float*) { return x + m * C; }
+inline const float* x_row(const std::uint16_t* x, index_t m, index_t C, float* buf) {
+  bf16_to_float(C, x + m * C, buf);
+  return buf;
+}
+
+template <class X>
+void backward_rows(index_t M, index_t C, const X* x, const float* dy, const float* gamma, const float* mean,
+                   const float* invstd, bool rms, float* dx, float* dgamma, float* dbeta) {
   const RowBackward row = row_backward_impl();
   const bool sums = dgamma || dbeta;
   if (!sums && !dx) return;
@@ -123,9 +153,12 @@ void layernorm_backward(index_t M, index_t C, const float* x, const float* dy, c
   const bool stage = store_ahead(dx, x) || store_ahead(dx, dy);
   const index_t slot = C + kStageExtra;
   std::vector<float> staging(stage ? size_t(T) * size_t(slot) : 0);
+  constexpr bool widen = !std::is_same_v<X, float>;
+  std::vector<float> xrows(widen ? size_t(T) * size_t(C) : 0);
 #pragma omp parallel num_threads(T)
   {
     float* mine = stage ? staging.data() + size_t(omp_get_thread_num()) * size_t(slot) : nullptr;
+    float* xbuf = widen ? xrows.data() + size_t(omp_get_thread_num()) * size_t(C) : nullptr;
 #pragma omp for schedule(static)
     for (index_t b = 0; b < NB; ++b) {
       float* pg = sums ? part.data() + size_t(b) * size_t(2 * C) : nullptr;
@@ -133,8 +166,9 @@ void layernorm_backward(index_t M, index_t C, const float* x, const float* dy, c
       if (sums) std::fill(pg, pg + 2 * C, 0.f);
       for (index_t m = b * R; m < std::min(M, (b + 1) * R); ++m) {
         float* dxr = dx ? dx + m * C : nullptr;
-        float* out = stage ? staging_for(mine, dxr, x + m * C, dy + m * C) : dxr;
-        row(C, x + m * C, dy + m * C, gamma, mean[m], invstd[m], rms, out, pg, pb);
+        const float* xr = x_row(x, m, C, xbuf);
+        float* out = stage ? staging_for(mine, dxr, xr, dy + m * C) : dxr;
+        row(C, xr, dy + m * C, gamma, mean[m], invstd[m], rms, out, pg, pb);
         if (stage) std::memcpy(dxr, out, size_t(C) * sizeof(float));
       }
     }
@@ -151,6 +185,20 @@ void layernorm_backward(index_t M, index_t C, const float* x, const float* dy, c
     if (dgamma) dgamma[j] += float(sg);
     if (dbeta) dbeta[j] += float(sb);
   }
+}
+
+}  // namespace
+
+void layernorm_backward(index_t M, index_t C, const float* x, const float* dy, const float* gamma,
+                        const float* mean, const float* invstd, bool rms, float* dx, float* dgamma,
+                        float* dbeta) {
+  backward_rows(M, C, x, dy, gamma, mean, invstd, rms, dx, dgamma, dbeta);
+}
+
+void layernorm_backward_bf16(index_t M, index_t C, const std::uint16_t* x, const float* dy, const float* gamma,
+                             const float* mean, const float* invstd, bool rms, float* dx, float* dgamma,
+                             float* dbeta) {
+  backward_rows(M, C, x, dy, gamma, mean, invstd, rms, dx, dgamma, dbeta);
 }
 
 // ------------------------------------------------------------------------- reference (plain loops)

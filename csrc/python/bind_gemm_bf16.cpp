@@ -14,43 +14,16 @@ using py::arg;
 
 namespace {
 
-bool is_bf16_dtype(const py::array& a) {
-  const py::dtype dt = a.dtype();
-  if (dt.itemsize() != 2) return false;
-  if (dt.kind() == 'u') return true;   // uint16 bits
-  return std::string(py::str(dt)) == "bfloat16";
-}
-
 // A GEMM operand: float32, or bfloat16 bits (uint16 / ml_dtypes.bfloat16); 2-D, C-contiguous.
 struct Operand {
   Arr arr;
   bool bf16 = false;
 };
 
-// A bfloat16 array as an Arr: `ndim` dimensions (-1: any), C-contiguous; writeable if `out`.
-Arr bf16_arr(const char* fn, const char* name, py::handle h, int ndim, bool out) {
-  py::array a = py::reinterpret_borrow<py::array>(h);
-  if (ndim >= 0 && a.ndim() != ndim)
-    fail_value(std::string(fn) + ": argument '" + name + "' must be " + std::to_string(ndim) + "-D, got " +
-               std::to_string(a.ndim()) + "-D");
-  if (!(a.flags() & py::array::c_style))
-    fail_value(std::string(fn) + ": argument '" + name + "' must be C-contiguous (use numpy.ascontiguousarray)");
-  if (out && !a.writeable()) fail_value(std::string(fn) + ": argument '" + name + "' is read-only");
-  Arr o;
-  o.arr = a;
-  o.obj = py::reinterpret_borrow<py::object>(h);
-  o.shape.assign(a.shape(), a.shape() + a.ndim());
-  for (index_t d : o.shape) o.size *= d;
-  o.elem_bytes = 2;
-  o.bytes = index_t(a.nbytes());
-  o.data = out ? a.mutable_data() : const_cast<void*>(a.data());
-  return o;
-}
-
 // A GEMM operand (ndim 2) or an elementwise one (-1): float32, or bfloat16 bits.
 Operand operand(const char* fn, const char* name, py::handle h, int ndim = 2) {
   Operand o;
-  if (py::isinstance<py::array>(h) && is_bf16_dtype(py::reinterpret_borrow<py::array>(h))) {
+  if (is_bf16_array(h)) {
     o.arr = bf16_arr(fn, name, h, ndim, false);
     o.bf16 = true;
     return o;
@@ -64,7 +37,7 @@ Operand operand(const char* fn, const char* name, py::handle h, int ndim = 2) {
 
 // A bfloat16 output array.
 Arr out_bf16(const char* fn, py::handle h, int ndim = 2, const char* name = "c") {
-  if (!py::isinstance<py::array>(h) || !is_bf16_dtype(py::reinterpret_borrow<py::array>(h)))
+  if (!is_bf16_array(h))
     fail_type(std::string(fn) + ": argument '" + name + "' must be a bfloat16 array (uint16 bits or ml_dtypes.bfloat16)");
   return bf16_arr(fn, name, h, ndim, true);
 }
@@ -77,7 +50,7 @@ void kilnet::bind::bind_gemm_bf16(py::module_& m, bool ref) {
                          float alpha, float beta, py::object bias_) {
     const char* fn = "gemm_bf16";
     Operand a = operand(fn, "a", a_), b = operand(fn, "b", b_);
-    const bool out16 = py::isinstance<py::array>(c_) && is_bf16_dtype(py::reinterpret_borrow<py::array>(c_));
+    const bool out16 = is_bf16_array(c_);
     if (out16 && (alpha != 1.0f || beta != 0.0f))
       fail_value("gemm_bf16: a bfloat16 'c' is written only as op(a) @ op(b) (+ bias): alpha must be 1 and "
                  "beta 0, got alpha=" + std::to_string(alpha) + ", beta=" + std::to_string(beta));
@@ -138,7 +111,7 @@ void kilnet::bind::bind_gemm_bf16(py::module_& m, bool ref) {
      "y = a + b for bfloat16 arrays of one shape (C-contiguous): the float32 sum rounded once to "
      "nearest even; y may be a or b");
   m.def("from_bfloat16", [](py::array x_) {
-    if (!is_bf16_dtype(x_)) fail_type("from_bfloat16: argument 'x' must be uint16 bits or ml_dtypes.bfloat16");
+    if (!is_bf16_array(x_)) fail_type("from_bfloat16: argument 'x' must be uint16 bits or ml_dtypes.bfloat16");
     py::array x = py::array::ensure(x_, py::array::c_style);
     py::array_t<float> y(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
     auto* yp = y.mutable_data();

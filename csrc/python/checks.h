@@ -121,6 +121,35 @@ inline Arr out_f32(const char* fn, const char* name, py::handle h, int ndim = -1
   return array_arg(fn, name, h, 'f', ndim, true);
 }
 
+// bfloat16 arrays: numpy uint16 holding the bits, or ml_dtypes.bfloat16 (the dtype JAX and
+// TensorFlow use), read as the same bits. Arr::elem_bytes is 2.
+inline bool is_bf16_array(py::handle h) {
+  if (!py::isinstance<py::array>(h)) return false;
+  const py::dtype dt = py::reinterpret_borrow<py::array>(h).dtype();
+  if (dt.itemsize() != 2) return false;
+  return dt.kind() == 'u' || std::string(py::str(dt)) == "bfloat16";
+}
+
+// A bfloat16 array as an Arr: `ndim` dimensions (-1: any), C-contiguous; writeable if `out`.
+inline Arr bf16_arr(const char* fn, const char* name, py::handle h, int ndim, bool out) {
+  py::array a = py::reinterpret_borrow<py::array>(h);
+  if (ndim >= 0 && a.ndim() != ndim)
+    fail_value(std::string(fn) + ": argument '" + name + "' must be " + std::to_string(ndim) + "-D, got " +
+               std::to_string(a.ndim()) + "-D");
+  if (!(a.flags() & py::array::c_style))
+    fail_value(std::string(fn) + ": argument '" + name + "' must be C-contiguous (use numpy.ascontiguousarray)");
+  if (out && !a.writeable()) fail_value(std::string(fn) + ": argument '" + name + "' is read-only");
+  Arr o;
+  o.arr = a;
+  o.obj = py::reinterpret_borrow<py::object>(h);
+  o.shape.assign(a.shape(), a.shape() + a.ndim());
+  for (index_t d : o.shape) o.size *= d;
+  o.elem_bytes = 2;
+  o.bytes = index_t(a.nbytes());
+  o.data = out ? a.mutable_data() : const_cast<void*>(a.data());
+  return o;
+}
+
 inline Arr in_i64(const char* fn, const char* name, py::handle h, int ndim = -1) {
   return array_arg(fn, name, h, 'l', ndim, false);
 }

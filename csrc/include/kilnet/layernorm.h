@@ -13,6 +13,7 @@
 // blocks whose size depends only on (M, C); each block's float partial sums are added in block
 // order in double.
 #pragma once
+#include <cstdint>
 #include "kilnet/common.h"
 
 namespace kilnet::cpu {
@@ -22,6 +23,15 @@ void layernorm_forward(index_t M, index_t C, const float* x, const float* gamma,
 void layernorm_backward(index_t M, index_t C, const float* x, const float* dy, const float* gamma,
                         const float* mean, const float* invstd, bool rms, float* dx, float* dgamma,
                         float* dbeta);
+// The same with bfloat16 bits (uint16) for x and y (forward) and for x (backward): each row is
+// widened into a float32 row, the float32 row kernels run on it, and y's row is rounded once
+// (nearest even); mean, invstd, dy, dx and the column sums stay float32. (Mixed precision: the
+// layer's input and output stay bfloat16, no conversion passes around it.)
+void layernorm_forward_bf16(index_t M, index_t C, const std::uint16_t* x, const float* gamma, const float* beta,
+                            float eps, bool rms, float* mean, float* invstd, std::uint16_t* y);
+void layernorm_backward_bf16(index_t M, index_t C, const std::uint16_t* x, const float* dy, const float* gamma,
+                             const float* mean, const float* invstd, bool rms, float* dx, float* dgamma,
+                             float* dbeta);
 void layernorm_forward_ref(index_t M, index_t C, const float* x, const float* gamma, const float* beta,
                            float eps, bool rms, float* mean, float* invstd, float* y);
 void layernorm_backward_ref(index_t M, index_t C, const float* x, const float* dy, const float* gamma,

@@ -87,10 +87,15 @@ class LayerNormalization(Layer):
         return name == "gamma" and (self.scale or self.rms_scaling) or \
             name == "beta" and self.center and not self.rms_scaling
 
+    def _computes_low_natively(self) -> bool:
+        # under a bfloat16 policy on the CPU the kernels read the bfloat16 input and write the
+        # bfloat16 output themselves (float32 rows inside, as Keras normalizes in float32)
+        return self.compute_dtype == "bfloat16" and self.device == "cpu"
+
     def forward(self, x, training=False):
         c = self._width
         x2 = x.reshape(-1, c)
-        y = self._buffer("y", x.shape)
+        y = self._buffer("y16", x.shape, x.dtype) if x.dtype != np.float32 else self._buffer("y", x.shape)
         m = x2.shape[0]
         mean, invstd = self._buffer("mean", (m,)), self._buffer("invstd", (m,))
         gamma = self.gamma.reshape(-1) if self._has("gamma") else None
