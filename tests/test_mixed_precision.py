@@ -495,6 +495,19 @@ def test_linear_op_on_bf16_and_under_autocast():
         np.testing.assert_allclose(dx.numpy(), rbf(g) @ rbf(w).T, rtol=2 * U, atol=1e-3)
         gy = rbf(g) if as_bf16 else g   # (the tape hands a bfloat16 output its gradient as bfloat16)
         np.testing.assert_allclose(db.numpy(), gy.reshape(-1, 48).sum(0), rtol=1e-5, atol=1e-4)
+    # out="float32" (MultiHeadAttention's q/k/v): the float32 sums themselves, not rounded
+    token = precision.enter_autocast(BF16)
+    try:
+        y32 = linear(Tensor(x), Tensor(w), Tensor(b), out="float32")
+        y16 = linear(Tensor(x), Tensor(w), Tensor(b), out="low")
+    finally:
+        precision.exit_autocast(token)
+    assert y32.dtype == np.float32 and y16.dtype == BF16
+    np.testing.assert_allclose(y32.numpy(), ref, rtol=1e-5, atol=1e-4)
+    assert not np.array_equal(y32.numpy(), rbf(y32.numpy()))
+    np.testing.assert_array_equal(y16.numpy().view(np.uint16), y32.numpy().astype(BF16).view(np.uint16))
+    with pytest.raises(ValueError, match="out must be None, 'low' or 'float32'"):
+        linear(Tensor(x), Tensor(w), out="bf16")
 
 
 def test_float16_policy_rounds_at_layer_boundaries():

@@ -374,13 +374,16 @@ def matmul(a, b):
     return y
 
 
-def linear(x, w, b=None, low_out=False):
+def linear(x, w, b=None, out=None):
     """x @ w (+ b) for x (..., K), w (K, N) and b (N,): one GEMM with the bias in its epilogue
     and one tape node (dx = g wᵀ, dw = xᵀ g, db = the column sums of g), where `matmul(x, w) + b`
     is two ops, a separate pass over the output and a numpy reduction for db. Under a bfloat16
-    policy (or with bfloat16 x and w) it runs on the bfloat16 GEMM with the same rounding as
-    matmul there (low_out: the bfloat16 result itself, e.g. a layer's output, rather than its
-    float32 values); other operands take the composed ops."""
+    policy (or with bfloat16 x and w) it runs on the bfloat16 GEMM; `out` says what it returns
+    there: None, matmul's rule (bfloat16 operands: bfloat16; autocast: float32 holding the
+    bfloat16-rounded result), "low" the bfloat16 result itself (a layer's output), "float32" the
+    float32 sums unrounded (for float32 kernels after it). Other operands take the composed ops."""
+    if out not in (None, "low", "float32"):
+        raise ValueError(f"linear: out must be None, 'low' or 'float32', got {out!r}")
     same_device(x, w, *(() if b is None else (b,)))
     x, w = as_tensor(x), as_tensor(w)
     b = None if b is None else as_tensor(b)
@@ -399,9 +402,12 @@ def linear(x, w, b=None, low_out=False):
     xp, k = xp_for(xv), kernels_for(xv)
     x2 = xp.ascontiguousarray(xv).reshape(-1, xv.shape[-1])
     bv = None if b is None else xp.ascontiguousarray(b.value)
-    if low is not None:
+    if low is not None and out == "float32":
+        c = np.empty((x2.shape[0], n), np.float32)
+        k.gemm_bf16(_bf16_operand(x2), _bf16_operand(wv), c, bias=bv)
+    elif low is not None:
         c = _gemm_bf16_low(x2, wv, low, bv)
-        if not low_out and not (precision.is_bf16(xv.dtype) and precision.is_bf16(wv.dtype)):   # autocast
+        if out is None and not (precision.is_bf16(xv.dtype) and precision.is_bf16(wv.dtype)):   # autocast
             c = precision.convert(c, np.dtype(np.float32))
     else:
         c = xp.empty((x2.shape[0], n), np.float32)

@@ -37,8 +37,8 @@ class MultiHeadAttention(Layer):
 
     def _computes_low_natively(self) -> bool:
         # under a bfloat16 policy on the CPU the projections read the bfloat16 inputs as they
-        # are (the GEMM rounds nothing more) and the output projection writes the bfloat16
-        # output; the attention in between runs in float32 on the rounded projections
+        # are and the output projection writes the bfloat16 output; the attention in between
+        # runs in float32 on the projections' float32 sums
         return self.compute_dtype == "bfloat16" and self.device == "cpu"
 
     def __init__(self, num_heads, key_dim, value_dim=None, dropout=0.0, use_bias=True, output_shape=None,
@@ -145,7 +145,7 @@ class MultiHeadAttention(Layer):
             o, scores = self._explicit_attention(q, k, v, mask, bool(use_causal_mask), scale, drop)
         w, bias = self._proj["attention_output"]
         h, vd, out = w.shape
-        y = linear(ops.reshape(o, (b, tq, h * vd)), ops.reshape(w, (h * vd, out)), bias, low_out=True)
+        y = linear(ops.reshape(o, (b, tq, h * vd)), ops.reshape(w, (h * vd, out)), bias, out="low")
         if return_attention_scores:
             return y, scores
         return y
@@ -159,7 +159,10 @@ class MultiHeadAttention(Layer):
         width, h, dim = w.shape
         b, t, _ = x.shape
         flat_bias = None if bias is None else ops.reshape(bias, (h * dim,))
-        return ops.reshape(linear(x, ops.reshape(w, (width, h * dim)), flat_bias), (b, t, h, dim))
+        # under a bfloat16 policy: the GEMM's float32 sums for the float32 attention kernel
+        # (not rounded to bfloat16 and widened back: two passes fewer, more precise than Keras)
+        y = linear(x, ops.reshape(w, (width, h * dim)), flat_bias, out="float32" if self._low else None)
+        return ops.reshape(y, (b, t, h, dim))
 
     def _explicit_attention(self, q, k, v, mask, causal, scale, drop):
         """softmax(q k^T * scale, masked) [dropout] v with the (batch, heads, T, S) scores kept."""
