@@ -82,3 +82,45 @@ def test_gelu_output_just_ahead_of_an_input_same_bits(nt, approximate, offsets):
         np.testing.assert_array_equal(y, y0)
         _cpu.gelu_backward(x, dy, y, approximate)   # dx into y's place: after x, before/after dy
         np.testing.assert_array_equal(y, dx0)
+
+
+@pytest.mark.parametrize("nt", [1, 3])
+@pytest.mark.parametrize("approximate", [False, True])
+def test_gelu_bfloat16_output(nt, approximate):
+    """A bfloat16 y (mixed precision): the float32 kernel's values rounded once, at any thread
+    count and length (pieces of 2048 and a ragged end); the reference likewise; bad y named."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from kilnet import _cpu
+    x, _ = streaming_case(np.random.default_rng(9), 70_001)
+    with cpu_threads(nt):
+        for k in (_cpu, _cpu.ref):
+            y32, y16 = np.empty_like(x), np.empty(x.shape, ml_dtypes.bfloat16)
+            k.gelu_forward(x, y32, approximate)
+            k.gelu_forward(x, y16, approximate)
+            np.testing.assert_array_equal(y16.view(np.uint16), y32.astype(ml_dtypes.bfloat16).view(np.uint16))
+    with pytest.raises(ValueError, match="'y' must have shape"):
+        _cpu.gelu_forward(x, np.empty(5, ml_dtypes.bfloat16))
+    with pytest.raises(TypeError, match="float32"):
+        _cpu.gelu_forward(x.astype(ml_dtypes.bfloat16), np.empty(x.shape, ml_dtypes.bfloat16))
+
+
+def test_gelu_dense_under_mixed_bfloat16():
+    """Dense(gelu) under mixed_bfloat16 writes its bfloat16 output from the GELU kernel: the
+    bits of its float32 output cast to bfloat16; the gradient through it is the float32 one."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from kilnet import GradientTape, Tensor, layers
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((7, 40)).astype(ml_dtypes.bfloat16)
+    d16 = layers.Dense(48, activation="gelu", dtype="mixed_bfloat16")
+    xt = Tensor(x)
+    with GradientTape() as tape:
+        tape.watch(xt)
+        y = d16(xt)
+        loss = ops.sum(ops.cast(y, "float32"))
+    assert y.dtype == ml_dtypes.bfloat16
+    z = np.empty((7, 48), np.float32)   # the float32 sums of the same bfloat16 GEMM, then GELU
+    cpu.gemm_bf16(x, d16.kernel, z, bias=d16.bias)
+    g = np.empty_like(z)
+    cpu.gelu_forward(z, g, False)
+    np.testing.assert_array_equal(y.numpy().view(np.uint16), g.astype(ml_dtypes.bfloat16).view(np.uint16))
+    assert tape.gradient(loss, xt).dtype == np.float32

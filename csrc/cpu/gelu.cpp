@@ -1,8 +1,10 @@
 // gelu.cpp — GELU, exact or tanh-approximate: the portable loops, the double-precision
 // reference, and the dispatch to the AVX-512 and AVX2 blocks (gelu_avx512.cpp, gelu_avx2.cpp).
 // OpenMP over elements.
+#include <algorithm>
 #include <cmath>
 #include "kilnet/gelu.h"
+#include "kilnet/gemm_bf16.h"
 #include "gelu_internal.h"
 #include "parallel.h"
 #include "store_ahead.h"
@@ -58,6 +60,19 @@ void gelu_backward(index_t n, const float* x, const float* dy, float* dx, bool a
   staged_blocks(n, threads_for(n, 1 << 13), dx, x, dy, [&](index_t lo, index_t len, float* t) {
     gelu_backward_into(len, x + lo, dy + lo, t, approximate, true);
   });
+}
+
+void gelu_forward_bf16(index_t n, const float* x, std::uint16_t* y, bool approximate) {
+  // fixed pieces: GELU into a float32 block on this thread's stack (L1), then rounded into y
+  constexpr index_t kPiece = 2048;
+  const index_t pieces = (n + kPiece - 1) / kPiece;
+#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
+  for (index_t p = 0; p < pieces; ++p) {
+    alignas(64) float t[kPiece];
+    const index_t lo = p * kPiece, len = std::min(kPiece, n - lo);
+    gelu_forward_into(len, x + lo, t, approximate, true);
+    float_to_bf16(len, t, y + lo);
+  }
 }
 
 void gelu_forward_ref(index_t n, const float* x, float* y, bool approximate) {

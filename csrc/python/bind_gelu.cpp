@@ -1,7 +1,10 @@
 // bind_gelu.cpp — Python bindings of the GELU kernels (exact and tanh-approximate).
 #include <pybind11/pybind11.h>
+#include <cstdint>
+#include <vector>
 #include "args_elementwise.h"
 #include "kilnet/gelu.h"
+#include "kilnet/gemm_bf16.h"
 
 namespace py = pybind11;
 using namespace kilnet;
@@ -12,11 +15,24 @@ void kilnet::bind::bind_gelu(py::module_& m, bool ref) {
   const auto fwd = ref ? &cpu::gelu_forward_ref : &cpu::gelu_forward;
   const auto bwd = ref ? &cpu::gelu_backward_ref : &cpu::gelu_backward;
   m.def("gelu_forward", [=](py::object x_, py::object y_, bool approximate) {
-    auto a = map_args(host_arrays, "gelu_forward", x_, y_);
+    const char* fn = "gelu_forward";
+    if (!is_bf16_array(y_)) {
+      auto a = map_args(host_arrays, fn, x_, y_);
+      KernelCall nogil;
+      return fwd(a.x.size, a.x.f(), a.y.f(), approximate);
+    }
+    Arr x = in_f32(fn, "x", x_), y = bf16_arr(fn, "y", y_, -1, true);   // a bfloat16 output
+    expect_shape(fn, "y", y, x.shape);
+    no_alias(fn, "y", y, "x", x);
     KernelCall nogil;
-    fwd(a.x.size, a.x.f(), a.y.f(), approximate);
+    auto* y16 = static_cast<std::uint16_t*>(y.data);
+    if (!ref) return cpu::gelu_forward_bf16(x.size, x.f(), y16, approximate);
+    std::vector<float> t(size_t(x.size));   // the reference: float32, rounded
+    fwd(x.size, x.f(), t.data(), approximate);
+    cpu::float_to_bf16(x.size, t.data(), y16);
   }, arg("x"), arg("y"), arg("approximate") = false,
-     "y = x/2 (1 + erf(x/sqrt 2)), or the tanh form with approximate=True; y may be x");
+     "y = x/2 (1 + erf(x/sqrt 2)), or the tanh form with approximate=True; y may be x. y may be "
+     "bfloat16 (uint16 bits or ml_dtypes.bfloat16; x float32): rounded once.");
   m.def("gelu_backward", [=](py::object x_, py::object dy_, py::object dx_, bool approximate) {
     auto a = grad_args(host_arrays, "gelu_backward", "x", x_, dy_, dx_);
     KernelCall nogil;

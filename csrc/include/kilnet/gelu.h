@@ -1,12 +1,16 @@
 // gelu.h — GELU forward and backward on the CPU: exact (x/2 (1 + erf(x/sqrt 2)), Keras's and
 // PyTorch's default) or the tanh approximation. The backward needs the INPUT x (not y).
 #pragma once
+#include <cstdint>
 #include "kilnet/common.h"
 
 namespace kilnet::cpu {
 
 void gelu_forward(index_t n, const float* x, float* y, bool approximate);               // y may alias x
 void gelu_backward(index_t n, const float* x, const float* dy, float* dx, bool approximate);  // dx may alias dy
+// The forward with a bfloat16 y (uint16 bits, rounded to nearest even once): a mixed-precision
+// layer's output written without a float32 copy of it.
+void gelu_forward_bf16(index_t n, const float* x, std::uint16_t* y, bool approximate);
 void gelu_forward_ref(index_t n, const float* x, float* y, bool approximate);
 void gelu_backward_ref(index_t n, const float* x, const float* dy, float* dx, bool approximate);
 

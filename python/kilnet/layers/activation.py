@@ -15,6 +15,7 @@ import numpy as np
 
 from kilnet import activations as _activations
 from kilnet.backend import kernels_for
+from kilnet.engine import precision
 from kilnet.engine.state import call_state
 from kilnet.engine.tape import record
 from kilnet.engine.tensor import Tensor
@@ -122,10 +123,15 @@ class ActivatedLayer(Layer):
         if self.activation in _activations.KERNEL_ACTIVATIONS:
             y = st["y"] = act_forward_inplace(self.activation, z)
             return y
-        y = self._buffer("act_out", z.shape)
         fwd = _activations.array_rule(self.activation)[0]
-        if getattr(fwd, "takes_out", False) and type(z) is np.ndarray and z.dtype == np.float32:
-            fwd(z, out=y)   # the kernel writes the buffer itself (GELU: no temporary, no copy)
+        takes_out = getattr(fwd, "takes_out", False) and type(z) is np.ndarray and z.dtype == np.float32
+        # the kernel writes the buffer itself (GELU: no temporary, no copy); a layer computing
+        # natively in bfloat16 (Dense) gets its bfloat16 output from it, rounded once
+        low = takes_out and self._low == "bfloat16" and self._computes_low_natively()
+        y = self._buffer("act_out16", z.shape, precision.np_dtype("bfloat16")) if low \
+            else self._buffer("act_out", z.shape)
+        if takes_out:
+            fwd(z, out=y)
         else:
             y[...] = fwd(z)
         st["z"], st["y"] = z, y

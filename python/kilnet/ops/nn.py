@@ -127,8 +127,8 @@ def gelu_rules(approximate):
     """(fwd(v), rule(g, v, y)) of GELU on arrays: the C++ kernels for float32 host arrays (the
     Transformer MLP's hot activation), numpy/CuPy formulas otherwise."""
     def fwd(v, out=None):
-        """out: a float32 C-contiguous array of v's shape to write into (a layer's buffer),
-        taken for float32 host arrays."""
+        """out: a C-contiguous float32 or bfloat16 array of v's shape to write into (a layer's
+        buffer; bfloat16: rounded once), taken for float32 host arrays."""
         if type(v) is np.ndarray and v.dtype == np.float32:
             y = out if out is not None else np.empty_like(v)
             _cpu.gelu_forward(np.ascontiguousarray(v), y, approximate)
