@@ -78,7 +78,9 @@ def test_sequential_construction_is_linear_in_layers():
         kilnet.models.Sequential([layers.Dense(2, input_shape=(3,))] + [layers.Activation("linear") for _ in range(n)])
         return time.perf_counter() - t
     build(50)
-    small, large = build(300), build(3000)
+    # the best of a few builds each: one build on a busy shared host can take 2x its time
+    small = min(build(300) for _ in range(3))
+    large = min(build(3000) for _ in range(2))
     assert large < max(30 * small, 0.5), (small, large)   # quadratic would be ~100x
 
 
