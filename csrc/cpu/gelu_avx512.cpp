@@ -9,6 +9,7 @@
 #if defined(KILNET_HAVE_AVX512_BUILD) && defined(__AVX512F__)
 #include <immintrin.h>
 #include "parallel.h"
+#include "bf16_round_avx512.h"
 #include "vexp_avx512.h"
 
 // GCC 12's avx512fintrin.h passes _mm512_undefined_ps() as the unused merge source of max/min/
@@ -90,6 +91,16 @@ void forward_avx512(index_t n, const float* x, float* y, bool approximate, bool 
     const index_t i = 16 * b;
     const __mmask16 k = n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
     _mm512_mask_storeu_ps(y + i, k, fwd16(_mm512_maskz_loadu_ps(k, x + i), approximate));
+  }
+}
+
+void forward_bf16_avx512(index_t n, const float* x, std::uint16_t* y, bool approximate) {
+  const index_t blocks = (n + 15) / 16;
+#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
+  for (index_t b = 0; b < blocks; ++b) {
+    const index_t i = 16 * b;
+    const __mmask16 k = n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
+    _mm256_mask_storeu_epi16(y + i, k, bf16_detail::round_to_bf16(fwd16(_mm512_maskz_loadu_ps(k, x + i), approximate)));
   }
 }
 
