@@ -9,11 +9,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 #include "attention_driver.h"
 #include "attention_internal.h"
 #include "kilnet/attention.h"
+#include "kilnet/gemm_bf16.h"
 #include "parallel.h"
 
 namespace kilnet::cpu {
@@ -90,7 +92,10 @@ namespace {
 using attn_detail::BQ;
 using attn_detail::Items;
 
-const Items& items() {
+const Items& items(const AttnShape& s) {
+#if defined(KILNET_HAVE_AMX_BUILD)
+  if (s.bf16 && std::strcmp(bf16_level(), "amx") == 0) return attn_detail::amx_items();
+#endif
 #if defined(KILNET_HAVE_AVX512_BUILD)
   if (use_avx512()) return attn_detail::avx512_items();
 #endif
@@ -191,13 +196,13 @@ double ref_softmax(index_t T, double* srow) {
 
 void attention_forward(const AttnShape& s, const float* q, const float* k, const float* v,
                        const AttnMask& m, float* out, float* lse) {
-  forward_tiled(items(), s, q, k, v, m, out, lse);
+  forward_tiled(items(s), s, q, k, v, m, out, lse);
 }
 
 void attention_backward(const AttnShape& s, const float* q, const float* k, const float* v,
                         const AttnMask& m, const float* out, const float* lse, const float* dout,
                         float* dq, float* dk, float* dv) {
-  backward_tiled(items(), s, q, k, v, m, out, lse, dout, dq, dk, dv);
+  backward_tiled(items(s), s, q, k, v, m, out, lse, dout, dq, dk, dv);
 }
 
 void attention_forward_ref(const AttnShape& s, const float* q, const float* k, const float* v,

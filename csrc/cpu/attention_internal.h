@@ -44,6 +44,10 @@ const Items& avx2_items();
 #if defined(KILNET_HAVE_AVX512_BUILD)
 const Items& avx512_items();
 #endif
+#if defined(KILNET_HAVE_AMX_BUILD)
+// bfloat16 products on AMX tiles (attention_amx.cpp): only where bf16_level() is "amx".
+const Items& amx_items();
+#endif
 
 // The rows' mean of v over all T keys (row stride ld): the output of a row with no allowed key
 // (Keras). In attention.cpp (sums in double).

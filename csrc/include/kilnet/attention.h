@@ -34,6 +34,9 @@ struct AttnShape {
   index_t B = 0, Tq = 0, Tk = 0, N = 0, Nk = 0, H = 0;
   float scale = 1.f;
   bool causal = false;
+  // Products on bfloat16-rounded operands with float32 sums (mixed precision), on AMX tiles where
+  // bf16_level() is "amx"; elsewhere the float32 kernels run (a more exact result).
+  bool bf16 = false;
 };
 
 struct AttnMask {

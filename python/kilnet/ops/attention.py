@@ -24,6 +24,7 @@ import numbers
 import numpy as np
 
 from kilnet.backend import kernels_for
+from kilnet.engine import precision
 from kilnet.engine.tape import record
 from kilnet.engine.tensor import Tensor, same_device, unbroadcast, value_of
 from kilnet.ops._base import float_tensor, wrap
@@ -81,15 +82,16 @@ def dot_product_attention(query, key, value, bias=None, mask=None, scale=None, i
         bc = None if bv is None else xp.ascontiguousarray(bv)
         mc = None if mv is None else xp.ascontiguousarray(mv)
         kern = kernels_for(qv)
+        fwd, bwd = _kernels(kern)
         out = xp.empty_like(qv)
         lse = xp.empty((B, N, Tq), np.float32)
-        kern.attention_forward(qv, kv, vv, bc, mc, out, lse, scale, is_causal)
+        fwd(qv, kv, vv, bc, mc, out, lse, scale, is_causal)
         y = wrap(xp, out)
         if (q._rg or k._rg or v._rg) and not bias_grad:
             def bw(g, needs):
                 g = xp.ascontiguousarray(g, dtype=np.float32)
                 dq, dk, dv = xp.empty_like(qv), xp.empty_like(kv), xp.empty_like(vv)
-                kern.attention_backward(qv, kv, vv, bc, mc, out, lse, g, dq, dk, dv, scale, is_causal)
+                bwd(qv, kv, vv, bc, mc, out, lse, g, dq, dk, dv, scale, is_causal)
                 return dq, dk, dv
             record((q, k, v), (y,), bw)
             return y
@@ -104,6 +106,17 @@ def dot_product_attention(query, key, value, bias=None, mask=None, scale=None, i
         ins = (q, k, v, bias_t) if bias_grad else (q, k, v)
         record(ins, (y,), bw_ref)
     return y
+
+
+def _kernels(kern):
+    """The forward and backward kernels: inside a layer call under a bfloat16 policy (Keras
+    computes attention in bfloat16 there) the CPU's bfloat16-product ones, whose products take
+    bfloat16-rounded operands with float32 sums on AMX tiles (float32 scores, softmax and
+    outputs); else the float32 ones."""
+    auto = precision.autocast_dtype()
+    if auto is not None and precision.is_bf16(auto) and hasattr(kern, "attention_forward_bf16"):
+        return kern.attention_forward_bf16, kern.attention_backward_bf16
+    return kern.attention_forward, kern.attention_backward
 
 
 def _check_shapes(qs, ks, vs):
