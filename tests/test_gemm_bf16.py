@@ -15,7 +15,7 @@ from conftest import HAVE_TORCH
 from kilnet import _cpu
 
 SHAPES = [(1, 1, 1), (32, 32, 32), (33, 47, 71), (31, 33, 32), (64, 96, 257), (100, 300, 1030),
-          (70, 600, 20), (5, 530, 3), (530, 7, 64)]
+          (70, 600, 20), (5, 530, 3), (530, 7, 64), (40, 1100, 40)]   # (N > 1024: two B panels)
 EPILOGUES = [(1.0, 0.0, False), (1.0, 0.0, True), (1.0, 1.0, True), (1.0, 1.0, False), (0.5, -2.0, True)]
 
 
@@ -62,7 +62,7 @@ def test_matches_reference(threads, nthreads, bf16, ta, tb, M, N, K):
 
 
 OUT16_SHAPES = [(1, 1, 1), (33, 47, 71), (64, 96, 257), (100, 300, 1030), (530, 7, 64), (40, 70, 2100),
-                (300, 64, 128)]
+                (300, 64, 128), (20, 300, 2100)]   # (K 2100: B panels narrowed to 224 columns)
 
 
 @pytest.mark.parametrize("nthreads", [1, 2])

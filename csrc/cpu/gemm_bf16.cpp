@@ -89,14 +89,17 @@ struct Buf16 {
   }
 };
 
-// Cache blocks: a B panel of kKC x kNC bfloat16 (512 KB) stays in L2 and an A block of 32 rows
-// (32 KB) in L1 while the B blocks pass under it; A is packed again for each panel, N / kNC
-// times in all. C is read and written K / kKC times: at AMX speed that traffic counts (2048³:
-// a 16 MB C eight times with KC 256), so KC is as long as the A block allows in L1. (KC 512 vs
-// 256, interleaved runs on a Xeon with AMX: 1024³ 1.1-1.2x, 2048³ 1.15-1.2x.)
-constexpr index_t kKC = 512;   // multiple of kStep
-constexpr index_t kNC = 512;    // multiple of kBlock
-constexpr index_t kMC = 128;    // multiple of kBlock
+// Cache blocks: a B panel of kKC x kNC bfloat16 (1 MB) stays in L2 (its tiles streamed past L1,
+// see amx_block_32x32) and an A block of 32 rows (32 KB) in L1 while the B blocks pass under it;
+// A is packed again for each panel, N / kNC times in all. C is read and written K / kKC times:
+// at AMX speed that traffic counts (2048³: a 16 MB C eight times with KC 256), so KC is as long
+// as the A block allows in L1. (KC 512 vs 256, interleaved runs on a Xeon with AMX: 1024³
+// 1.1-1.2x, 2048³ 1.15-1.2x. NC 1024 vs 512, once B streamed past L1, 1 thread: 1024³ 1.1-1.2x,
+// 2048³ 1.15-1.2x, half the A packing; NC 2048 (a 2 MB panel, all of L2) 0.6x at 2048³. MC 64 vs
+// 128: the same within noise, 1.1x at 2048³ with a bfloat16 C.)
+constexpr index_t kKC = 512;    // multiple of kStep
+constexpr index_t kNC = 1024;   // multiple of kBlock
+constexpr index_t kMC = 64;     // multiple of kBlock
 
 struct Problem {
   bool ta, tb;
