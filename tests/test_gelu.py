@@ -100,13 +100,44 @@ def test_gelu_bfloat16_output(nt, approximate):
             np.testing.assert_array_equal(y16.view(np.uint16), y32.astype(ml_dtypes.bfloat16).view(np.uint16))
     with pytest.raises(ValueError, match="'y' must have shape"):
         _cpu.gelu_forward(x, np.empty(5, ml_dtypes.bfloat16))
+    with pytest.raises(TypeError, match="float32"):   # a bfloat16 x goes into a bfloat16 y only
+        _cpu.gelu_forward(x.astype(ml_dtypes.bfloat16), np.empty(x.shape, np.float32))
+
+
+@pytest.mark.parametrize("nt", [1, 3])
+@pytest.mark.parametrize("approximate", [False, True])
+def test_gelu_bfloat16_input(nt, approximate):
+    """A bfloat16 x (a mixed-precision Dense's pre-activation): the forward into a bfloat16 y
+    (in place too) and the backward into a float32 dx are the float32 kernels' on x widened, at
+    any thread count and length, in both modules; bad arguments named."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from kilnet import _cpu
+    x32, dy = streaming_case(np.random.default_rng(12), 70_001)
+    x = (3 * x32).astype(ml_dtypes.bfloat16)
+    wide = x.astype(np.float32)
+    with cpu_threads(nt):
+        for k in (_cpu, _cpu.ref):
+            y32, y16 = np.empty_like(wide), np.empty(x.shape, ml_dtypes.bfloat16)
+            k.gelu_forward(wide, y32, approximate)
+            k.gelu_forward(x, y16, approximate)
+            np.testing.assert_array_equal(y16.view(np.uint16), y32.astype(ml_dtypes.bfloat16).view(np.uint16))
+            inplace = x.copy()
+            k.gelu_forward(inplace, inplace, approximate)
+            np.testing.assert_array_equal(inplace.view(np.uint16), y16.view(np.uint16))
+            dx32, dx = np.empty_like(wide), np.empty_like(wide)
+            k.gelu_backward(wide, dy, dx32, approximate)
+            k.gelu_backward(x, dy, dx, approximate)
+            np.testing.assert_array_equal(dx, dx32)
+    with pytest.raises(ValueError, match="'dx' must have shape"):
+        _cpu.gelu_backward(x, dy, np.empty(5, np.float32))
     with pytest.raises(TypeError, match="float32"):
-        _cpu.gelu_forward(x.astype(ml_dtypes.bfloat16), np.empty(x.shape, ml_dtypes.bfloat16))
+        _cpu.gelu_backward(x, dy.astype(np.float64), np.empty_like(dy))
 
 
 def test_gelu_dense_under_mixed_bfloat16():
-    """Dense(gelu) under mixed_bfloat16 writes its bfloat16 output from the GELU kernel: the
-    bits of its float32 output cast to bfloat16; the gradient through it is the float32 one."""
+    """Dense(gelu) under mixed_bfloat16 keeps its pre-activation bfloat16 (x W + b rounded once
+    by the GEMM, as Keras's bfloat16 z) and writes its bfloat16 output from the GELU kernel on it;
+    the gradient through it is float32, the float32 GELU gradient at the bfloat16 z."""
     ml_dtypes = pytest.importorskip("ml_dtypes")
     from kilnet import GradientTape, Tensor, layers
     rng = np.random.default_rng(10)
@@ -118,9 +149,15 @@ def test_gelu_dense_under_mixed_bfloat16():
         y = d16(xt)
         loss = ops.sum(ops.cast(y, "float32"))
     assert y.dtype == ml_dtypes.bfloat16
-    z = np.empty((7, 48), np.float32)   # the float32 sums of the same bfloat16 GEMM, then GELU
+    z = np.empty((7, 48), ml_dtypes.bfloat16)   # the same bfloat16 GEMM's rounded output, then GELU
     cpu.gemm_bf16(x, d16.kernel, z, bias=d16.bias)
-    g = np.empty_like(z)
-    cpu.gelu_forward(z, g, False)
+    g = np.empty((7, 48), np.float32)
+    cpu.gelu_forward(z.astype(np.float32), g, False)
     np.testing.assert_array_equal(y.numpy().view(np.uint16), g.astype(ml_dtypes.bfloat16).view(np.uint16))
-    assert tape.gradient(loss, xt).dtype == np.float32
+    dx = tape.gradient(loss, xt)
+    assert dx.dtype == np.float32
+    dz = np.empty_like(g)
+    cpu.gelu_backward(z.astype(np.float32), np.ones_like(g), dz, False)
+    expect = np.empty((7, 40), np.float32)
+    cpu.gemm_bf16(dz, d16.kernel, expect, False, True)
+    np.testing.assert_allclose(np.asarray(dx), expect, rtol=1e-6, atol=1e-6)

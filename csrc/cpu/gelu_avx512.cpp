@@ -104,6 +104,32 @@ void forward_bf16_avx512(index_t n, const float* x, std::uint16_t* y, bool appro
   }
 }
 
+namespace {
+inline __m512 widen16(__mmask16 k, const std::uint16_t* x) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, x)), 16));
+}
+}  // namespace
+
+void forward_bf16_in_avx512(index_t n, const std::uint16_t* x, std::uint16_t* y, bool approximate) {
+  const index_t blocks = (n + 15) / 16;
+#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
+  for (index_t b = 0; b < blocks; ++b) {
+    const index_t i = 16 * b;
+    const __mmask16 k = n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
+    _mm256_mask_storeu_epi16(y + i, k, bf16_detail::round_to_bf16(fwd16(widen16(k, x + i), approximate)));
+  }
+}
+
+void backward_bf16_x_avx512(index_t n, const std::uint16_t* x, const float* dy, float* dx, bool approximate) {
+  const index_t blocks = (n + 15) / 16;
+#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
+  for (index_t b = 0; b < blocks; ++b) {
+    const index_t i = 16 * b;
+    const __mmask16 k = n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
+    _mm512_mask_storeu_ps(dx + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, dy + i), deriv16(widen16(k, x + i), approximate)));
+  }
+}
+
 void backward_avx512(index_t n, const float* x, const float* dy, float* dx, bool approximate, bool serial) {
   const index_t blocks = (n + 15) / 16;
 #pragma omp parallel for num_threads(serial ? 1 : threads_for(n, 1 << 13)) schedule(static) if (!serial)

@@ -13,5 +13,8 @@ void forward_avx512(index_t n, const float* x, float* y, bool approximate, bool 
 void backward_avx512(index_t n, const float* x, const float* dy, float* dx, bool approximate, bool serial = false);
 // y rounded to bfloat16 in the register (the bits of float_to_bf16), on all threads.
 void forward_bf16_avx512(index_t n, const float* x, std::uint16_t* y, bool approximate);
+// bfloat16 x widened in the register (the bits of bf16_to_float), on all threads.
+void forward_bf16_in_avx512(index_t n, const std::uint16_t* x, std::uint16_t* y, bool approximate);
+void backward_bf16_x_avx512(index_t n, const std::uint16_t* x, const float* dy, float* dx, bool approximate);
 #endif
 }  // namespace kilnet::cpu::gelu_detail

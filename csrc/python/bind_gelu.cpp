@@ -21,22 +21,49 @@ void kilnet::bind::bind_gelu(py::module_& m, bool ref) {
       KernelCall nogil;
       return fwd(a.x.size, a.x.f(), a.y.f(), approximate);
     }
-    Arr x = in_f32(fn, "x", x_), y = bf16_arr(fn, "y", y_, -1, true);   // a bfloat16 output
+    Arr y = bf16_arr(fn, "y", y_, -1, true);   // a bfloat16 output
+    auto* y16 = static_cast<std::uint16_t*>(y.data);
+    if (is_bf16_array(x_)) {   // bfloat16 in and out (y may be x)
+      Arr x = bf16_arr(fn, "x", x_, -1, false);
+      expect_shape(fn, "y", y, x.shape);
+      if (y.data != x.data) no_alias(fn, "y", y, "x", x);
+      KernelCall nogil;
+      const auto* x16 = static_cast<const std::uint16_t*>(x.data);
+      if (!ref) return cpu::gelu_forward_bf16_in(x.size, x16, y16, approximate);
+      std::vector<float> t(size_t(x.size));   // the reference: widened, float32, rounded
+      cpu::bf16_to_float(x.size, x16, t.data());
+      fwd(x.size, t.data(), t.data(), approximate);
+      return cpu::float_to_bf16(x.size, t.data(), y16);
+    }
+    Arr x = in_f32(fn, "x", x_);
     expect_shape(fn, "y", y, x.shape);
     no_alias(fn, "y", y, "x", x);
     KernelCall nogil;
-    auto* y16 = static_cast<std::uint16_t*>(y.data);
     if (!ref) return cpu::gelu_forward_bf16(x.size, x.f(), y16, approximate);
     std::vector<float> t(size_t(x.size));   // the reference: float32, rounded
     fwd(x.size, x.f(), t.data(), approximate);
     cpu::float_to_bf16(x.size, t.data(), y16);
   }, arg("x"), arg("y"), arg("approximate") = false,
      "y = x/2 (1 + erf(x/sqrt 2)), or the tanh form with approximate=True; y may be x. y may be "
-     "bfloat16 (uint16 bits or ml_dtypes.bfloat16; x float32): rounded once.");
+     "bfloat16 (uint16 bits or ml_dtypes.bfloat16): rounded once, from a float32 x or a bfloat16 one "
+     "(widened exactly).");
   m.def("gelu_backward", [=](py::object x_, py::object dy_, py::object dx_, bool approximate) {
-    auto a = grad_args(host_arrays, "gelu_backward", "x", x_, dy_, dx_);
+    const char* fn = "gelu_backward";
+    if (is_bf16_array(x_)) {   // a bfloat16 forward input; dy and dx float32
+      Arr x = bf16_arr(fn, "x", x_, -1, false), dy = in_f32(fn, "dy", dy_), dx = out_f32(fn, "dx", dx_);
+      expect_shape(fn, "dy", dy, x.shape); expect_shape(fn, "dx", dx, x.shape);
+      no_alias(fn, "dx", dx, "x", x);
+      if (dx.data != dy.data) no_alias(fn, "dx", dx, "dy", dy);
+      KernelCall nogil;
+      const auto* x16 = static_cast<const std::uint16_t*>(x.data);
+      if (!ref) return cpu::gelu_backward_bf16_x(x.size, x16, dy.f(), dx.f(), approximate);
+      std::vector<float> t(size_t(x.size));
+      cpu::bf16_to_float(x.size, x16, t.data());
+      return bwd(x.size, t.data(), dy.f(), dx.f(), approximate);
+    }
+    auto a = grad_args(host_arrays, fn, "x", x_, dy_, dx_);
     KernelCall nogil;
     bwd(a.saved.size, a.saved.f(), a.dy.f(), a.dx.f(), approximate);
   }, arg("x"), arg("dy"), arg("dx"), arg("approximate") = false,
-     "dx = gelu'(x) * dy from the forward INPUT x; dx may be dy");
+     "dx = gelu'(x) * dy from the forward INPUT x (float32, or bfloat16 widened exactly); dx may be dy");
 }

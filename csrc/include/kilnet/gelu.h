@@ -11,6 +11,10 @@ void gelu_backward(index_t n, const float* x, const float* dy, float* dx, bool a
 // The forward with a bfloat16 y (uint16 bits, rounded to nearest even once): a mixed-precision
 // layer's output written without a float32 copy of it.
 void gelu_forward_bf16(index_t n, const float* x, std::uint16_t* y, bool approximate);
+// A bfloat16 x (a mixed-precision layer's pre-activation, rounded once by its GEMM), widened
+// exactly: the forward into a bfloat16 y (may alias x), the backward into float32 dx (may alias dy).
+void gelu_forward_bf16_in(index_t n, const std::uint16_t* x, std::uint16_t* y, bool approximate);
+void gelu_backward_bf16_x(index_t n, const std::uint16_t* x, const float* dy, float* dx, bool approximate);
 void gelu_forward_ref(index_t n, const float* x, float* y, bool approximate);
 void gelu_backward_ref(index_t n, const float* x, const float* dy, float* dx, bool approximate);
 

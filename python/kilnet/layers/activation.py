@@ -124,10 +124,12 @@ class ActivatedLayer(Layer):
             y = st["y"] = act_forward_inplace(self.activation, z)
             return y
         fwd = _activations.array_rule(self.activation)[0]
-        takes_out = getattr(fwd, "takes_out", False) and type(z) is np.ndarray and z.dtype == np.float32
+        z16 = type(z) is np.ndarray and precision.is_bf16(z.dtype) and getattr(fwd, "takes_bf16", False)
+        takes_out = getattr(fwd, "takes_out", False) and type(z) is np.ndarray and (z.dtype == np.float32 or z16)
         # the kernel writes the buffer itself (GELU: no temporary, no copy); a layer computing
-        # natively in bfloat16 (Dense) gets its bfloat16 output from it, rounded once
-        low = takes_out and self._low == "bfloat16" and self._computes_low_natively()
+        # natively in bfloat16 (Dense) gets its bfloat16 output from it, rounded once (from its
+        # bfloat16 pre-activation when the kernel takes one: Dense(gelu))
+        low = takes_out and (z16 or (self._low == "bfloat16" and self._computes_low_natively()))
         y = self._buffer("act_out16", z.shape, precision.np_dtype("bfloat16")) if low \
             else self._buffer("act_out", z.shape)
         if takes_out:

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from kilnet import activations as _activations
 from kilnet import initializers
 from kilnet.engine import precision
 from kilnet import regularizers as regularizers_mod
@@ -66,12 +67,18 @@ class Dense(ActivatedLayer):
         else:
             self._k.gemm(a, b, c, trans_a=trans_a, trans_b=trans_b, beta=beta, bias=bias)
 
+    def _activation_takes_bf16(self) -> bool:
+        if self.activation in _activations.KERNEL_ACTIVATIONS or self.activation in ("softmax", "sigmoid"):
+            return False
+        return getattr(_activations.array_rule(self.activation)[0], "takes_bf16", False)
+
     def forward_linear(self, x, training=False):
         n_in = self.kernel.shape[0]
         x2 = x.reshape(-1, n_in)
-        if self.activation == "linear" and self._computes_low_natively():
-            # the bfloat16 output straight from the GEMM (x W + b rounded once): no float32 z
-            # written and converted after it
+        if self._computes_low_natively() and (self.activation == "linear" or self._activation_takes_bf16()):
+            # the bfloat16 output (or pre-activation, for an activation kernel that reads one:
+            # GELU) straight from the GEMM (x W + b rounded once, as Keras's bfloat16 z): no
+            # float32 z written and read after it, half the bytes kept for the backward
             z = self._buffer("z16", (x2.shape[0], self.units), precision.np_dtype("bfloat16"))
         else:
             z = self._buffer("z", (x2.shape[0], self.units))

@@ -9,6 +9,7 @@ import math as _math
 import numpy as np
 
 from kilnet.backend import cpu as _cpu
+from kilnet.engine import precision as _precision
 from kilnet.engine.tape import record
 from kilnet.engine.tensor import same_device
 from kilnet.ops._base import float_tensor, grad_like, kernels, kernels_ok, norm_axes, unary, wrap
@@ -128,8 +129,13 @@ def gelu_rules(approximate):
     Transformer MLP's hot activation), numpy/CuPy formulas otherwise."""
     def fwd(v, out=None):
         """out: a C-contiguous float32 or bfloat16 array of v's shape to write into (a layer's
-        buffer; bfloat16: rounded once), taken for float32 host arrays."""
+        buffer; bfloat16: rounded once), taken for float32 host arrays and, into a bfloat16 out,
+        bfloat16 ones (widened exactly: a mixed-precision Dense's bfloat16 pre-activation)."""
         if type(v) is np.ndarray and v.dtype == np.float32:
+            y = out if out is not None else np.empty_like(v)
+            _cpu.gelu_forward(np.ascontiguousarray(v), y, approximate)
+            return y
+        if type(v) is np.ndarray and _precision.is_bf16(v.dtype) and (out is None or _precision.is_bf16(out.dtype)):
             y = out if out is not None else np.empty_like(v)
             _cpu.gelu_forward(np.ascontiguousarray(v), y, approximate)
             return y
@@ -137,12 +143,15 @@ def gelu_rules(approximate):
         if approximate:
             return 0.5 * v * (1 + xp.tanh(_C * (v + 0.044715 * v ** 3)))
         return 0.5 * v * (1 + _erf(v / _math.sqrt(2)))
-    fwd.takes_out = True   # (ActivatedLayer writes into its buffer instead of copying)
+    fwd.takes_out = True    # (ActivatedLayer writes into its buffer instead of copying)
+    fwd.takes_bf16 = True   # (a bfloat16 input into a bfloat16 out: Dense keeps its pre-activation bfloat16)
 
     def rule(g, v, y):
-        if type(v) is np.ndarray and v.dtype == np.float32 and type(g) is np.ndarray and g.dtype == np.float32:
-            dx = np.empty_like(v)
-            _cpu.gelu_backward(np.ascontiguousarray(v), np.ascontiguousarray(g), dx, approximate)
+        if type(v) is np.ndarray and type(g) is np.ndarray and (v.dtype == np.float32 or _precision.is_bf16(v.dtype)) \
+                and (g.dtype == np.float32 or _precision.is_bf16(g.dtype)):
+            # float32 dx (a bfloat16 operand's gradient stays float32, as the tape's rule)
+            dx = np.empty(v.shape, np.float32)
+            _cpu.gelu_backward(np.ascontiguousarray(v), np.ascontiguousarray(g, dtype=np.float32), dx, approximate)
             return dx
         xp = same_device(v)
         if approximate:
