@@ -95,6 +95,50 @@ def test_bfloat16_output(threads, nthreads, ta, tb, M, N, K):
         np.testing.assert_array_equal(r16.view(np.uint16), _cpu.to_bfloat16(r32))
 
 
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("ta,tb", list(itertools.product([False, True], repeat=2)))
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (33, 47, 71), (530, 7, 64), (70, 600, 1030), (40, 1100, 40)])
+def test_column_sums(threads, nthreads, bf16, ta, tb, M, N, K):
+    """colsum += op(b)'s column sums in float32 (the bias gradient of dW = xᵀ dz, from b's
+    packing on AMX): against float64 sums of the operand's values before rounding, added to what
+    colsum held, the same at any thread count, the product itself unchanged; the reference too."""
+    threads(nthreads)
+    rng = np.random.default_rng(M * 31 + N * 7 + K)
+    a, b = operands(rng, M, N, K, ta, tb, bf16)
+    vals = (_cpu.from_bfloat16(b) if bf16 else b).astype(np.float64)
+    want = (vals.T if tb else vals).sum(axis=0) + 0.5
+    c, c_plain = np.empty((M, N), np.float32), np.empty((M, N), np.float32)
+    for k in (_cpu, _cpu.ref):
+        sums = np.full(N, 0.5, np.float32)
+        k.gemm_bf16(a, b, c, ta, tb, colsum=sums)
+        k.gemm_bf16(a, b, c_plain, ta, tb)
+        np.testing.assert_array_equal(c, c_plain)
+        # float32 sums of K values of size ~3: error ~ K * 2**-24 * sum |values|
+        bound = 2e-7 * (K + 4) * ((np.abs(vals.T if tb else vals)).sum(axis=0) + 1)
+        np.testing.assert_array_less(np.abs(sums - want), bound)
+    threads(1)
+    one = np.zeros(N, np.float32)
+    _cpu.gemm_bf16(a, b, c, ta, tb, colsum=one)
+    threads(2)
+    two = np.zeros(N, np.float32)
+    _cpu.gemm_bf16(a, b, c, ta, tb, colsum=two)
+    np.testing.assert_array_equal(one, two)
+
+
+def test_column_sums_bad_input():
+    a = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match="'colsum' must have shape"):
+        _cpu.gemm_bf16(a, a.T.copy(), np.empty((4, 4), np.float32), colsum=np.zeros(3, np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        _cpu.gemm_bf16(a, a.T.copy(), np.empty((4, 4), np.float32), colsum=np.zeros(4, np.float64))
+    with pytest.raises(ValueError, match="float32 'c' only"):
+        _cpu.gemm_bf16(a, a.T.copy(), np.empty((4, 4), np.uint16), colsum=np.zeros(4, np.float32))
+    c = np.empty((4, 4), np.float32)
+    with pytest.raises(ValueError, match="colsum"):
+        _cpu.gemm_bf16(a, a.T.copy(), c, colsum=c[0])
+
+
 def test_bfloat16_output_bad_input():
     ml_dtypes = pytest.importorskip("ml_dtypes")
     a, b = np.ones((4, 5), np.float32), np.ones((5, 6), np.float32)

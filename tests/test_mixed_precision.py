@@ -706,3 +706,33 @@ def test_keras_reads_kilnet_mixed_file(keras_ref):
     res, d, m, x = keras_ref
     assert res["kilnet_file_policies"] == ["float32", "mixed_bfloat16", "float32"]
     np.testing.assert_allclose(np.load(d / "kilnet_by_keras.npy"), m.predict(x, verbose=0), atol=2e-2)
+
+
+@pytest.mark.parametrize("units", [33, 100])
+def test_bias_gradients_under_mixed_bfloat16(units):
+    """Under mixed_bfloat16 the bias gradients of Dense and of the engine's linear (the
+    MultiHeadAttention projections) come from the dW GEMM's packing of dz: the float32 column
+    sums of the upstream gradient, as a separate sum gives them."""
+    from kilnet.engine.tensor import linear
+    rng = np.random.default_rng(units)
+    x = rng.standard_normal((3, 50, 40)).astype(np.float32)
+    G = rng.standard_normal((3, 50, units)).astype(np.float32)
+    want = G.reshape(-1, units).astype(np.float64).sum(axis=0)
+    dense = layers.Dense(units, dtype="mixed_bfloat16")
+    xt = Tensor(x)
+    with GradientTape() as tape:
+        y = dense(xt)
+        loss = ops.sum(ops.cast(y, "float32") * G)
+    db = tape.gradient(loss, dense.trainable_variables)[1]   # (kernel, bias)
+    np.testing.assert_allclose(np.asarray(db), want, rtol=1e-5, atol=1e-4)
+    w = kilnet.Variable(rng.standard_normal((40, units)).astype(np.float32))
+    b = kilnet.Variable(np.zeros(units, np.float32))
+    token = precision.enter_autocast(precision.np_dtype("bfloat16"))   # as inside a layer's call
+    try:
+        with GradientTape() as tape:
+            y = linear(xt, w, b, out="float32")
+            loss = ops.sum(y * G)
+    finally:
+        precision.exit_autocast(token)
+    db = tape.gradient(loss, b)
+    np.testing.assert_allclose(np.asarray(db), want, rtol=1e-5, atol=1e-4)

@@ -110,6 +110,7 @@ struct Problem {
   index_t ldc;
   const float* bias;
   std::uint16_t* C16 = nullptr;   // set: a bfloat16 C (alpha 1, beta 0), C unused
+  float* colsum = nullptr;        // set (B not transposed): += op(B)'s column sums, from the packing
 };
 
 // A bfloat16 C is rounded once from the whole float32 sum: its blocks run over all of K in one
@@ -138,9 +139,17 @@ bool amx_rect(const Problem& p, index_t m0, index_t m1, index_t n0, index_t n1) 
     for (index_t pc = 0; pc < Kp; pc += kc_max) {
       const index_t kc = std::min(kc_max, Kp - pc);
       const bool first = pc == 0;
-      for (index_t jb = 0; jb < nc; jb += kBlock)
-        amx_pack_b(p.B.data, p.B.bf16, p.tb, p.B.ld, jc + jb, std::min<index_t>(kBlock, nc - jb),
-                   p.K, pc, kc, Bp + (jb / kBlock) * kc * kBlock);
+      for (index_t jb = 0; jb < nc; jb += kBlock) {
+        // column sums by the thread whose rows start at 0 (with row strips every thread packs
+        // all of B); added in k-block order, so the same at any thread count
+        const bool sum = p.colsum && m0 == 0;
+        alignas(64) float sums[kBlock];
+        const index_t cols = std::min<index_t>(kBlock, nc - jb);
+        amx_pack_b(p.B.data, p.B.bf16, p.tb, p.B.ld, jc + jb, cols, p.K, pc, kc, Bp + (jb / kBlock) * kc * kBlock,
+                   sum ? sums : nullptr);
+        if (sum)
+          for (index_t c = 0; c < cols; ++c) p.colsum[jc + jb + c] += sums[c];
+      }
       for (index_t ic = m0; ic < m1; ic += kMC) {
         const index_t mc = std::min(kMC, m1 - ic);
         for (index_t ib = 0; ib < mc; ib += kBlock)
@@ -280,14 +289,30 @@ void add_bf16(index_t n, const std::uint16_t* a, const std::uint16_t* b, std::ui
   });
 }
 
+namespace {
+// colsum[j] += sum over k of op(B)(k, j), in k order (where the packing cannot give them).
+void column_sums(bool tb, index_t N, index_t K, Bf16Matrix B, float* colsum) {
+  for (index_t k = 0; k < K; ++k)
+    for (index_t j = 0; j < N; ++j) {
+      const index_t off = tb ? j * B.ld + k : k * B.ld + j;
+      colsum[j] += B.bf16 ? from_bf16(static_cast<const std::uint16_t*>(B.data)[off])
+                          : static_cast<const float*>(B.data)[off];
+    }
+}
+}  // namespace
+
 void gemm_bf16(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, Bf16Matrix A,
-               Bf16Matrix B, float beta, float* C, index_t ldc, const float* bias) {
-  if (M <= 0 || N <= 0) return;
-  const Problem p{ta, tb, M, N, K, alpha, beta, A, B, C, ldc, bias};
+               Bf16Matrix B, float beta, float* C, index_t ldc, const float* bias, float* colsum) {
+  if (N <= 0) return;
+  Problem p{ta, tb, M, N, K, alpha, beta, A, B, C, ldc, bias};
+  const bool fused = colsum && !tb && M > 0 && K > 0 && use_amx();
+  if (colsum && !fused) column_sums(tb, N, K, B, colsum);
+  if (M <= 0) return;
   if (K <= 0 || !use_amx()) {   // (K == 0: the float32 GEMM's C = beta*C + bias)
     gemm_fp32_path(p);
     return;
   }
+  if (fused) p.colsum = colsum;
 #if defined(KILNET_HAVE_AMX_BUILD)
   run_amx(p);
 #endif

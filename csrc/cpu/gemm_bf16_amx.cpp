@@ -148,9 +148,20 @@ void pack_b_trans(const void* src, bool bf16, index_t ld, index_t j0, index_t co
 }
 }  // namespace
 
+namespace {
+// 16 consecutive values of a row (w valid) as float32: the values before rounding, or the
+// bfloat16 ones widened.
+inline __m512 wide16(const void* src, bool bf16, index_t off, index_t w) {
+  if (!bf16) return _mm512_maskz_loadu_ps(first16(w), static_cast<const float*>(src) + off);
+  const __m256i h = _mm256_maskz_loadu_epi16(first16(w), static_cast<const std::uint16_t*>(src) + off);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+}  // namespace
+
 void amx_pack_b(const void* src, bool bf16, bool trans, index_t ld, index_t j0, index_t cols,
-                index_t K, index_t k0, index_t kc, std::uint16_t* dst) {
+                index_t K, index_t k0, index_t kc, std::uint16_t* dst, float* sums) {
   if (trans) return pack_b_trans(src, bf16, ld, j0, cols, K, k0, kc, dst);
+  __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
   for (index_t s = 0; s < kc; s += kStep, dst += kStepValues) {
     for (int half = 0; half < 2; ++half) {
       const index_t c0 = half * 16, w = cols - c0;   // valid columns of this tile
@@ -161,12 +172,21 @@ void amx_pack_b(const void* src, bool bf16, bool trans, index_t ld, index_t j0, 
         if (w <= 0 || k >= K) {
           _mm512_storeu_si512(row, _mm512_setzero_si512());
         } else {
-          const __m256i r0 = row16(src, bf16, k * ld + j0 + c0, w);
-          const __m256i r1 = k + 1 < K ? row16(src, bf16, (k + 1) * ld + j0 + c0, w) : _mm256_setzero_si256();
+          const index_t off = k * ld + j0 + c0;
+          const __m256i r0 = row16(src, bf16, off, w);
+          const __m256i r1 = k + 1 < K ? row16(src, bf16, off + ld, w) : _mm256_setzero_si256();
           _mm512_storeu_si512(row, pair_rows(r0, r1));
+          if (sums) {   // (the rows are in L1 now: the bias gradient of a dW product for free)
+            acc[half] = _mm512_add_ps(acc[half], wide16(src, bf16, off, w));
+            if (k + 1 < K) acc[half] = _mm512_add_ps(acc[half], wide16(src, bf16, off + ld, w));
+          }
         }
       }
     }
+  }
+  if (sums) {
+    _mm512_storeu_ps(sums, acc[0]);
+    _mm512_storeu_ps(sums + 16, acc[1]);
   }
 }
 

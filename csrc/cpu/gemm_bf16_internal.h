@@ -53,8 +53,10 @@ void amx_store_bf16(const float* t, index_t rows, index_t cols, const float* bia
 // all on AVX-512(-BF16), a transposed operand through 16x16 transposes of bfloat16 pairs.
 void amx_pack_a(const void* src, bool bf16, bool trans, index_t ld, index_t i0, index_t rows,
                 index_t K, index_t k0, index_t kc, std::uint16_t* dst);
+// sums (not null, B not transposed only): the 32 column sums of op(B)'s rows [k0, k0+kc) of the
+// block, in float32 before rounding, each column summed in k order (written, not added).
 void amx_pack_b(const void* src, bool bf16, bool trans, index_t ld, index_t j0, index_t cols,
-                index_t K, index_t k0, index_t kc, std::uint16_t* dst);
+                index_t K, index_t k0, index_t kc, std::uint16_t* dst, float* sums = nullptr);
 #endif
 
 }  // namespace kilnet::cpu::bf16_detail

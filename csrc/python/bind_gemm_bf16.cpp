@@ -42,12 +42,18 @@ Arr out_bf16(const char* fn, py::handle h, int ndim = 2, const char* name = "c")
   return bf16_arr(fn, name, h, ndim, true);
 }
 
+inline float bf16_value(std::uint16_t h) {
+  const std::uint32_t u = std::uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
 }  // namespace
 
 void kilnet::bind::bind_gemm_bf16(py::module_& m, bool ref) {
-  const auto gemm = ref ? &cpu::gemm_bf16_ref : &cpu::gemm_bf16;
   m.def("gemm_bf16", [=](py::object a_, py::object b_, py::object c_, bool trans_a, bool trans_b,
-                         float alpha, float beta, py::object bias_) {
+                         float alpha, float beta, py::object bias_, py::object colsum_) {
     const char* fn = "gemm_bf16";
     Operand a = operand(fn, "a", a_), b = operand(fn, "b", b_);
     const bool out16 = is_bf16_array(c_);
@@ -70,20 +76,48 @@ void kilnet::bind::bind_gemm_bf16(py::module_& m, bool ref) {
       no_alias(fn, "c", c, "bias", bias);
       bp = bias.f();
     }
+    float* sums = nullptr;
+    Arr colsum;
+    if (!colsum_.is_none()) {
+      if (out16) fail_value("gemm_bf16: 'colsum' is taken with a float32 'c' only");
+      colsum = out_f32(fn, "colsum", colsum_, 1);
+      expect_shape(fn, "colsum", colsum, {N});
+      no_alias(fn, "colsum", colsum, "c", c);
+      no_alias(fn, "colsum", colsum, "a", a.arr);
+      no_alias(fn, "colsum", colsum, "b", b.arr);
+      if (bp) no_alias(fn, "colsum", colsum, "bias", bias);
+      sums = colsum.f();
+    }
     const cpu::Bf16Matrix A{a.arr.data, a.bf16, a.arr.dim(1)}, B{b.arr.data, b.bf16, b.arr.dim(1)};
     KernelCall nogil;
-    if (!out16) return gemm(trans_a, trans_b, M, N, K, alpha, A, B, beta, c.f(), N, bp);
+    if (!out16 && !ref) return cpu::gemm_bf16(trans_a, trans_b, M, N, K, alpha, A, B, beta, c.f(), N, bp, sums);
+    if (!out16) {   // the reference: its product, the sums in double
+      cpu::gemm_bf16_ref(trans_a, trans_b, M, N, K, alpha, A, B, beta, c.f(), N, bp);
+      if (sums)
+        for (index_t j = 0; j < N; ++j) {
+          double acc = 0.0;
+          for (index_t k = 0; k < K; ++k) {
+            const index_t off = trans_b ? j * B.ld + k : k * B.ld + j;
+            acc += B.bf16 ? double(bf16_value(static_cast<const std::uint16_t*>(B.data)[off]))
+                          : double(static_cast<const float*>(B.data)[off]);
+          }
+          sums[j] = float(double(sums[j]) + acc);
+        }
+      return;
+    }
     auto* c16 = static_cast<std::uint16_t*>(c.data);
     if (!ref) return cpu::gemm_bf16_out(trans_a, trans_b, M, N, K, A, B, c16, N, bp);
     std::vector<float> r(size_t(M * N));   // the reference: its float32 result, rounded
     cpu::gemm_bf16_ref(trans_a, trans_b, M, N, K, 1.f, A, B, 0.f, r.data(), N, bp);
     cpu::float_to_bf16(M * N, r.data(), c16);
   }, arg("a"), arg("b"), arg("c"), arg("trans_a") = false, arg("trans_b") = false,
-     arg("alpha") = 1.0f, arg("beta") = 0.0f, arg("bias") = py::none(),
+     arg("alpha") = 1.0f, arg("beta") = 0.0f, arg("bias") = py::none(), arg("colsum") = py::none(),
      "c = alpha * op(a) @ op(b) + beta * c (+ bias) with bfloat16 products and float32 sums. a, b: "
      "float32 (rounded to bfloat16, nearest even) or bfloat16 (uint16 bits / ml_dtypes.bfloat16); "
      "bias: float32; c: float32, or bfloat16 (then alpha 1 and beta 0: c = op(a) @ op(b) + bias rounded "
-     "once to bfloat16). AMX tiles where bf16_level() == 'amx'.");
+     "once to bfloat16). AMX tiles where bf16_level() == 'amx'. colsum (float32 (N,), with a float32 c): "
+     "colsum += the column sums of op(b) before rounding (the bias gradient of dW = x^T dz, from the "
+     "packing of dz).");
   if (ref) return;
   m.def("bf16_level", &cpu::bf16_level, "'amx' when the AMX-BF16 kernel runs, else 'fp32'");
   m.def("to_bfloat16", [](py::object x_) {

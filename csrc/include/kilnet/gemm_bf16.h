@@ -19,8 +19,11 @@ struct Bf16Matrix {
   index_t ld;    // row stride in elements
 };
 
+// colsum (N floats, optional): colsum[j] += the sum over k of op(B)(k, j) in float32 (the values
+// before rounding): with B = dz in dW = xᵀ·dz, the bias gradient, taken from B's packing on AMX
+// instead of another pass over dz. Not read or written when null.
 void gemm_bf16(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, Bf16Matrix A,
-               Bf16Matrix B, float beta, float* C, index_t ldc, const float* bias);
+               Bf16Matrix B, float beta, float* C, index_t ldc, const float* bias, float* colsum = nullptr);
 // The same product written as bfloat16: C = round(op(A)·op(B) + bias) (bits of float_to_bf16 on
 // the float32 result), C uint16 bits, row stride ldc. On AMX the float32 sum never leaves the
 // tiles (half the bytes of a float32 C written, no conversion pass after it).

@@ -416,16 +416,18 @@ def linear(x, w, b=None, out=None):
 
     def bw(g, needs):
         g2 = xp.ascontiguousarray(g).reshape(-1, n)
+        db = None
         if low is not None:
             dx = precision.grad_as(_gemm_bf16(g2, wv, trans_b=True), xv.dtype).reshape(xv.shape) if needs[0] else None
-            dw = precision.grad_as(_gemm_bf16(x2, g2, trans_a=True), wv.dtype) if needs[1] else None
+            if b is not None and needs[1] and needs[2]:   # db from the GEMM's packing of g
+                db = np.zeros((n,), np.float32)
+            dw = precision.grad_as(_gemm_bf16(x2, g2, trans_a=True, colsum=db), wv.dtype) if needs[1] else None
         else:
             dx = _mm_nt(xp, g2, wv).reshape(xv.shape) if needs[0] else None
             dw = _mm_tn(xp, x2, g2) if needs[1] else None
         if b is None:
             return dx, dw
-        db = None
-        if needs[2]:
+        if needs[2] and db is None:
             db = xp.zeros((n,), np.float32)
             k.bias_backward(g2 if g2.dtype == np.float32 else g2.astype(np.float32), db)
         return dx, dw, db
@@ -450,15 +452,15 @@ def _bf16_gemm_dtype(av, bv):
     return None
 
 
-def _gemm_bf16(a2, b2, trans_a=False, trans_b=False):
+def _gemm_bf16(a2, b2, trans_a=False, trans_b=False, colsum=None):
     """op(a2) @ op(b2) with bfloat16 products and float32 sums (float32 result); float32
-    operands are rounded to bfloat16 while packed."""
+    operands are rounded to bfloat16 while packed. colsum: += op(b2)'s column sums (float32)."""
     from kilnet.backend import cpu
     a2, b2 = _bf16_operand(a2), _bf16_operand(b2)
     m = a2.shape[1] if trans_a else a2.shape[0]
     n = b2.shape[0] if trans_b else b2.shape[1]
     c = np.empty((m, n), np.float32)
-    cpu.gemm_bf16(a2, b2, c, trans_a, trans_b)
+    cpu.gemm_bf16(a2, b2, c, trans_a, trans_b, colsum=colsum)
     return c
 
 

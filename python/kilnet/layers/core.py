@@ -61,11 +61,15 @@ class Dense(ActivatedLayer):
         # float32 GEMM on the rounded inputs is faster, and more precise.
         return self.compute_dtype == "bfloat16" and self.device == "cpu" and self.units >= 32
 
-    def _gemm(self, a, b, c, trans_a=False, trans_b=False, beta=0.0, bias=None):
+    def _gemm(self, a, b, c, trans_a=False, trans_b=False, beta=0.0, bias=None, colsum=None):
+        """colsum (the bias gradient of dW = xᵀ dz): += the column sums of b, which the bfloat16
+        GEMM takes from its packing of dz; else one bias_backward pass."""
         if self._computes_low_natively():
-            self._k.gemm_bf16(a, b, c, trans_a, trans_b, 1.0, beta, bias)
-        else:
-            self._k.gemm(a, b, c, trans_a=trans_a, trans_b=trans_b, beta=beta, bias=bias)
+            self._k.gemm_bf16(a, b, c, trans_a, trans_b, 1.0, beta, bias, colsum)
+            return
+        self._k.gemm(a, b, c, trans_a=trans_a, trans_b=trans_b, beta=beta, bias=bias)
+        if colsum is not None:
+            self._k.bias_backward(b, colsum)
 
     def _activation_takes_bf16(self) -> bool:
         if self.activation in _activations.KERNEL_ACTIVATIONS or self.activation in ("softmax", "sigmoid"):
@@ -91,11 +95,11 @@ class Dense(ActivatedLayer):
         dz2 = dz.reshape(-1, self.units)
         if need_dw and self.trainable:
             fresh, self._fresh_grads = self._fresh_grads, False
-            self._gemm(x2, dz2, self.dkernel, trans_a=True, beta=0.0 if fresh else 1.0)   # dW (+)= x^T dz
-            if self.use_bias:
-                if fresh:
-                    self.dbias.fill(0.0)
-                self._k.bias_backward(dz2, self.dbias)                      # db += colsum(dz)
+            if self.use_bias and fresh:
+                self.dbias.fill(0.0)
+            # dW (+)= x^T dz;  db += colsum(dz)
+            self._gemm(x2, dz2, self.dkernel, trans_a=True, beta=0.0 if fresh else 1.0,
+                       colsum=self.dbias if self.use_bias else None)
         if not need_dx:
             return None
         dx = self._buffer("dx", x2.shape)
