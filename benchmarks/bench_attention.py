@@ -4,6 +4,7 @@ torch.nn.functional.scaled_dot_product_attention, forward + backward.
     python benchmarks/bench_attention.py [--threads 1 2] [--T 256 1024] [--rounds 3] [--iters 2]
     python benchmarks/bench_attention.py --threads 1 --clock cpu     (CPU time: steadier on a busy machine)
     python benchmarks/bench_attention.py --memory-only [--mem-T 4096]
+    python benchmarks/bench_attention.py --bf16 ...   (also: bfloat16 products vs torch on bfloat16)
 
 speed: batch 8, 8 heads, head dim 64, T = Tq = Tk, causal and not. Each library runs in its own
 subprocess (a worker that times `iters` calls after a warm-up, so no other pool is in its way), one
@@ -81,11 +82,50 @@ def _torch_step(b, T, n, causal, threads):
     return fwd, step
 
 
+def _kilnet_bf16_step(b, T, n, causal, threads):
+    """The op as a layer's call runs it under a bfloat16 policy: the kernels with bfloat16
+    products (AMX tiles where bf16_level() is 'amx'), float32 inputs, outputs and gradients."""
+    from kilnet.engine import precision
+    fwd, step = _kilnet_step(b, T, n, causal, threads)
+
+    def under_policy(f):
+        def g():
+            token = precision.enter_autocast(precision.np_dtype("bfloat16"))
+            try:
+                return f()
+            finally:
+                precision.exit_autocast(token)
+        return g
+    return under_policy(fwd), under_policy(step)
+
+
+def _torch_bf16_step(b, T, n, causal, threads):
+    """PyTorch's SDPA on bfloat16 tensors (its CPU flash kernel), bfloat16 gradients."""
+    import torch
+    import torch.nn.functional as F
+    torch.set_num_threads(threads)
+    q, k, v, do = (torch.from_numpy(a).transpose(1, 2).contiguous().bfloat16() for a in _inputs(b, T, n))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+
+    def fwd():
+        with torch.no_grad():
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    def step():
+        for t in (q, k, v):
+            t.grad = None
+        F.scaled_dot_product_attention(q, k, v, is_causal=causal).backward(do)
+        return q.grad, k.grad, v.grad
+    return fwd, step
+
+
 STEPS = {"kilnet": _kilnet_step, "torch": _torch_step}
+BF16_STEPS = {"kilnet": _kilnet_step, "kilnet-bf16": _kilnet_bf16_step, "torch-bf16": _torch_bf16_step}
+ALL_STEPS = {**STEPS, **BF16_STEPS}
 
 
 def worker_speed(lib, T, causal, threads, iters, clock):
-    fwd, step = STEPS[lib](B, T, N, causal, threads)
+    fwd, step = ALL_STEPS[lib](B, T, N, causal, threads)
     step()                                   # warm-up (allocations, thread team)
     out = {"step": [], "fwd": []}
     now = time.process_time if clock == "cpu" else time.perf_counter
@@ -144,6 +184,9 @@ def main(argv=None):
                     help="cpu: process CPU time (1 thread only; less sensitive to other processes on a busy machine)")
     ap.add_argument("--memory-only", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also a mixed-precision table: kilnet float32, kilnet with bfloat16 products (the op "
+                         "under a bfloat16 policy) and PyTorch's SDPA on bfloat16 tensors, forward+backward")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -180,6 +223,8 @@ def main(argv=None):
                     print(f"| {threads} | {T} | {'yes' if causal else 'no'} | {ms('kilnet', 'step')} | "
                           f"{ms('torch', 'step')} | **{ts['step'] / ks['step']:.2f}x** | {ms('kilnet', 'fwd')} | "
                           f"{ms('torch', 'fwd')} | {ts['fwd'] / ks['fwd']:.2f}x |", flush=True)
+        if args.bf16:
+            bf16_table(args)
         print(f"# ! = the rounds' medians of that time spread by more than {fair_timing.STALL_SPREAD}x (max/min): "
               "a stalled or disturbed round, not the kernel")
     if not args.no_memory:
@@ -188,6 +233,26 @@ def main(argv=None):
         for lib in STEPS:
             w = _run_worker(["memory", lib, str(args.mem_T), "1"])
             print(f"{lib}: {w['grown_bytes'] / 2 ** 20:.1f} MiB", flush=True)
+
+
+def bf16_table(args):
+    from kilnet import _cpu
+    print(f"\n# mixed precision (kilnet bf16 path: {_cpu.bf16_level()}): forward+backward, median ms")
+    print("| threads | T | causal | kilnet float32 | kilnet bf16 products | torch bf16 | bf16/f32 | vs torch bf16 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for threads in args.threads:
+        for T in args.T:
+            for causal in (False, True):
+                runs = {lib: [] for lib in BF16_STEPS}
+                for r in range(args.rounds):
+                    for lib in fair_timing.rotate(BF16_STEPS, r):
+                        runs[lib].append(_run_worker(["speed", lib, str(T), "1" if causal else "0", str(threads),
+                                                      str(args.iters), args.clock]))
+                med = {lib: statistics.median(x for w in ws for x in w["step"]) * 1e3 for lib, ws in runs.items()}
+                ms = lambda lib: f"{med[lib]:.1f}{stall_mark(runs[lib], 'step')}"  # noqa: E731
+                print(f"| {threads} | {T} | {'yes' if causal else 'no'} | {ms('kilnet')} | {ms('kilnet-bf16')} | "
+                      f"{ms('torch-bf16')} | {med['kilnet'] / med['kilnet-bf16']:.2f}x | "
+                      f"**{med['torch-bf16'] / med['kilnet-bf16']:.2f}x** |", flush=True)
 
 
 if __name__ == "__main__":
