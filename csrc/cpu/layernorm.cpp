@@ -117,28 +117,27 @@ void layernorm_forward_bf16(index_t M, index_t C, const std::uint16_t* x, const 
   const RowForward row = row_forward_impl();
   if (rms) beta = nullptr;
   const int T = threads_for(M * C);
-  std::vector<float> rows(size_t(T) * size_t(2 * C));   // per thread: x's row widened, y's row
+  // Blocks of rows widened and rounded by one conversion call each: a call per row cost as much
+  // as the row itself at C = 128 (the Transformer's width). y may be x: a block is read whole
+  // before any of it is written.
+  const index_t R = std::clamp<index_t>(8192 / C, 1, 1024), NB = (M + R - 1) / R;
+  std::vector<float> bufs(size_t(T) * size_t(2 * R * C));   // per thread: x's rows widened, y's rows
 #pragma omp parallel num_threads(T)
   {
-    float* xr = rows.data() + size_t(omp_get_thread_num()) * size_t(2 * C);
-    float* yr = xr + C;
+    float* xr = bufs.data() + size_t(omp_get_thread_num()) * size_t(2 * R * C);
+    float* yr = xr + R * C;
 #pragma omp for schedule(static)
-    for (index_t m = 0; m < M; ++m) {
-      bf16_to_float(C, x + m * C, xr);
-      row(C, xr, gamma, beta, eps, rms, mean + m, invstd + m, yr);
-      float_to_bf16(C, yr, y + m * C);
+    for (index_t b = 0; b < NB; ++b) {
+      const index_t m0 = b * R, rows = std::min(R, M - m0);
+      bf16_to_float(rows * C, x + m0 * C, xr);
+      for (index_t r = 0; r < rows; ++r)
+        row(C, xr + r * C, gamma, beta, eps, rms, mean + m0 + r, invstd + m0 + r, yr + r * C);
+      float_to_bf16(rows * C, yr, y + m0 * C);
     }
   }
 }
 
 namespace {
-
-// x's row m as float32: in place, or widened from bfloat16 bits into this thread's row.
-inline const float* x_row(const float* x, index_t m, index_t C, float*) { return x + m * C; }
-inline const float* x_row(const std::uint16_t* x, index_t m, index_t C, float* buf) {
-  bf16_to_float(C, x + m * C, buf);
-  return buf;
-}
 
 template <class X>
 void backward_rows(index_t M, index_t C, const X* x, const float* dy, const float* gamma, const float* mean,
@@ -153,20 +152,25 @@ void backward_rows(index_t M, index_t C, const X* x, const float* dy, const floa
   const bool stage = store_ahead(dx, x) || store_ahead(dx, dy);
   const index_t slot = C + kStageExtra;
   std::vector<float> staging(stage ? size_t(T) * size_t(slot) : 0);
+  // bfloat16 x: each block of rows widened by one conversion call into this thread's buffer
   constexpr bool widen = !std::is_same_v<X, float>;
-  std::vector<float> xrows(widen ? size_t(T) * size_t(C) : 0);
+  std::vector<float> xrows(widen ? size_t(T) * size_t(R * C) : 0);
 #pragma omp parallel num_threads(T)
   {
     float* mine = stage ? staging.data() + size_t(omp_get_thread_num()) * size_t(slot) : nullptr;
-    float* xbuf = widen ? xrows.data() + size_t(omp_get_thread_num()) * size_t(C) : nullptr;
+    float* xbuf = widen ? xrows.data() + size_t(omp_get_thread_num()) * size_t(R * C) : nullptr;
 #pragma omp for schedule(static)
     for (index_t b = 0; b < NB; ++b) {
       float* pg = sums ? part.data() + size_t(b) * size_t(2 * C) : nullptr;
       float* pb = sums ? pg + C : nullptr;
       if (sums) std::fill(pg, pg + 2 * C, 0.f);
-      for (index_t m = b * R; m < std::min(M, (b + 1) * R); ++m) {
+      const index_t m0 = b * R, m1 = std::min(M, m0 + R);
+      if constexpr (widen) bf16_to_float((m1 - m0) * C, x + m0 * C, xbuf);
+      for (index_t m = m0; m < m1; ++m) {
         float* dxr = dx ? dx + m * C : nullptr;
-        const float* xr = x_row(x, m, C, xbuf);
+        const float* xr;
+        if constexpr (widen) xr = xbuf + (m - m0) * C;
+        else xr = x + m * C;
         float* out = stage ? staging_for(mine, dxr, xr, dy + m * C) : dxr;
         row(C, xr, dy + m * C, gamma, mean[m], invstd[m], rms, out, pg, pb);
         if (stage) std::memcpy(dxr, out, size_t(C) * sizeof(float));
