@@ -63,11 +63,14 @@ def _kilnet_step(b, T, n, causal, threads):
     return fwd, step
 
 
-def _torch_step(b, T, n, causal, threads):
+def _torch_step(b, T, n, causal, threads, bf16=False):
+    """bf16: PyTorch's SDPA on bfloat16 tensors (its CPU flash kernel), bfloat16 gradients."""
     import torch
     import torch.nn.functional as F
     torch.set_num_threads(threads)
     q, k, v, do = (torch.from_numpy(a).transpose(1, 2).contiguous() for a in _inputs(b, T, n))
+    if bf16:
+        q, k, v, do = (t.bfloat16() for t in (q, k, v, do))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
 
     def fwd():
@@ -100,23 +103,7 @@ def _kilnet_bf16_step(b, T, n, causal, threads):
 
 
 def _torch_bf16_step(b, T, n, causal, threads):
-    """PyTorch's SDPA on bfloat16 tensors (its CPU flash kernel), bfloat16 gradients."""
-    import torch
-    import torch.nn.functional as F
-    torch.set_num_threads(threads)
-    q, k, v, do = (torch.from_numpy(a).transpose(1, 2).contiguous().bfloat16() for a in _inputs(b, T, n))
-    q, k, v = (t.requires_grad_() for t in (q, k, v))
-
-    def fwd():
-        with torch.no_grad():
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-
-    def step():
-        for t in (q, k, v):
-            t.grad = None
-        F.scaled_dot_product_attention(q, k, v, is_causal=causal).backward(do)
-        return q.grad, k.grad, v.grad
-    return fwd, step
+    return _torch_step(b, T, n, causal, threads, bf16=True)
 
 
 STEPS = {"kilnet": _kilnet_step, "torch": _torch_step}

@@ -62,53 +62,53 @@ void gelu_backward(index_t n, const float* x, const float* dy, float* dx, bool a
   });
 }
 
+namespace {
+// Below AVX-512: [0, n) in fixed pieces of kPiece values, each through a float32 block `t` on
+// the calling thread's stack (L1): f(lo, len, t).
+constexpr index_t kPiece = 2048;
+template <class F>
+void in_pieces(index_t n, F&& f) {
+  const index_t pieces = (n + kPiece - 1) / kPiece;
+#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
+  for (index_t p = 0; p < pieces; ++p) {
+    alignas(64) float t[kPiece];
+    const index_t lo = p * kPiece;
+    f(lo, std::min(kPiece, n - lo), t);
+  }
+}
+}  // namespace
+
 void gelu_forward_bf16(index_t n, const float* x, std::uint16_t* y, bool approximate) {
 #if defined(KILNET_HAVE_AVX512_BUILD)
   // (rounded in the register: the pieces below cost 1.6x the float32 forward, a nested parallel
   // region and a conversion call per 2048 values)
   if (use_avx512()) return gelu_detail::forward_bf16_avx512(n, x, y, approximate);
 #endif
-  // fixed pieces: GELU into a float32 block on this thread's stack (L1), then rounded into y
-  constexpr index_t kPiece = 2048;
-  const index_t pieces = (n + kPiece - 1) / kPiece;
-#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
-  for (index_t p = 0; p < pieces; ++p) {
-    alignas(64) float t[kPiece];
-    const index_t lo = p * kPiece, len = std::min(kPiece, n - lo);
+  in_pieces(n, [&](index_t lo, index_t len, float* t) {
     gelu_forward_into(len, x + lo, t, approximate, true);
     float_to_bf16(len, t, y + lo);
-  }
+  });
 }
 
 void gelu_forward_bf16_in(index_t n, const std::uint16_t* x, std::uint16_t* y, bool approximate) {
 #if defined(KILNET_HAVE_AVX512_BUILD)
   if (use_avx512()) return gelu_detail::forward_bf16_in_avx512(n, x, y, approximate);
 #endif
-  constexpr index_t kPiece = 2048;   // widened into a float32 block on this thread's stack
-  const index_t pieces = (n + kPiece - 1) / kPiece;
-#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
-  for (index_t p = 0; p < pieces; ++p) {
-    alignas(64) float t[kPiece];
-    const index_t lo = p * kPiece, len = std::min(kPiece, n - lo);
+  in_pieces(n, [&](index_t lo, index_t len, float* t) {
     bf16_to_float(len, x + lo, t);
     gelu_forward_into(len, t, t, approximate, true);
     float_to_bf16(len, t, y + lo);
-  }
+  });
 }
 
 void gelu_backward_bf16_x(index_t n, const std::uint16_t* x, const float* dy, float* dx, bool approximate) {
 #if defined(KILNET_HAVE_AVX512_BUILD)
   if (use_avx512()) return gelu_detail::backward_bf16_x_avx512(n, x, dy, dx, approximate);
 #endif
-  constexpr index_t kPiece = 2048;
-  const index_t pieces = (n + kPiece - 1) / kPiece;
-#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
-  for (index_t p = 0; p < pieces; ++p) {
-    alignas(64) float t[kPiece];
-    const index_t lo = p * kPiece, len = std::min(kPiece, n - lo);
+  in_pieces(n, [&](index_t lo, index_t len, float* t) {
     bf16_to_float(len, x + lo, t);
     gelu_backward_into(len, t, dy + lo, dx + lo, approximate, true);
-  }
+  });
 }
 
 void gelu_forward_ref(index_t n, const float* x, float* y, bool approximate) {
