@@ -128,16 +128,22 @@ def test_gelu_bfloat16_input(nt, approximate):
             k.gelu_backward(wide, dy, dx32, approximate)
             k.gelu_backward(x, dy, dx, approximate)
             np.testing.assert_array_equal(dx, dx32)
+            dx16 = np.empty(x.shape, ml_dtypes.bfloat16)   # a bfloat16 dx: the same, rounded once
+            k.gelu_backward(x, dy, dx16, approximate)
+            np.testing.assert_array_equal(dx16.view(np.uint16), dx32.astype(ml_dtypes.bfloat16).view(np.uint16))
     with pytest.raises(ValueError, match="'dx' must have shape"):
         _cpu.gelu_backward(x, dy, np.empty(5, np.float32))
     with pytest.raises(TypeError, match="float32"):
         _cpu.gelu_backward(x, dy.astype(np.float64), np.empty_like(dy))
+    with pytest.raises(TypeError, match="float32"):   # a bfloat16 dx needs a bfloat16 x
+        _cpu.gelu_backward(wide, dy, np.empty(x.shape, ml_dtypes.bfloat16))
 
 
 def test_gelu_dense_under_mixed_bfloat16():
     """Dense(gelu) under mixed_bfloat16 keeps its pre-activation bfloat16 (x W + b rounded once
     by the GEMM, as Keras's bfloat16 z) and writes its bfloat16 output from the GELU kernel on it;
-    the gradient through it is float32, the float32 GELU gradient at the bfloat16 z."""
+    the gradient through it is float32: the GELU gradient at the bfloat16 z, rounded once to the
+    bfloat16 dz its GEMMs take (the bias gradient sums that dz)."""
     ml_dtypes = pytest.importorskip("ml_dtypes")
     from kilnet import GradientTape, Tensor, layers
     rng = np.random.default_rng(10)
@@ -154,10 +160,12 @@ def test_gelu_dense_under_mixed_bfloat16():
     g = np.empty((7, 48), np.float32)
     cpu.gelu_forward(z.astype(np.float32), g, False)
     np.testing.assert_array_equal(y.numpy().view(np.uint16), g.astype(ml_dtypes.bfloat16).view(np.uint16))
-    dx = tape.gradient(loss, xt)
+    dx, db = tape.gradient(loss, [xt, d16.trainable_variables[1]])
     assert dx.dtype == np.float32
     dz = np.empty_like(g)
     cpu.gelu_backward(z.astype(np.float32), np.ones_like(g), dz, False)
+    dz16 = dz.astype(ml_dtypes.bfloat16)
     expect = np.empty((7, 40), np.float32)
-    cpu.gemm_bf16(dz, d16.kernel, expect, False, True)
+    cpu.gemm_bf16(dz16, d16.kernel, expect, False, True)
     np.testing.assert_allclose(np.asarray(dx), expect, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(db), dz16.astype(np.float64).sum(axis=0), rtol=1e-6, atol=1e-6)

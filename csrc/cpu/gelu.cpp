@@ -111,6 +111,17 @@ void gelu_backward_bf16_x(index_t n, const std::uint16_t* x, const float* dy, fl
   });
 }
 
+void gelu_backward_bf16_xdx(index_t n, const std::uint16_t* x, const float* dy, std::uint16_t* dx, bool approximate) {
+#if defined(KILNET_HAVE_AVX512_BUILD)
+  if (use_avx512()) return gelu_detail::backward_bf16_xdx_avx512(n, x, dy, dx, approximate);
+#endif
+  in_pieces(n, [&](index_t lo, index_t len, float* t) {
+    bf16_to_float(len, x + lo, t);
+    gelu_backward_into(len, t, dy + lo, t, approximate, true);
+    float_to_bf16(len, t, dx + lo);
+  });
+}
+
 void gelu_forward_ref(index_t n, const float* x, float* y, bool approximate) {
   for (index_t i = 0; i < n; ++i) y[i] = float(gelu_f(double(x[i]), approximate));
 }

@@ -130,6 +130,17 @@ void backward_bf16_x_avx512(index_t n, const std::uint16_t* x, const float* dy, 
   }
 }
 
+void backward_bf16_xdx_avx512(index_t n, const std::uint16_t* x, const float* dy, std::uint16_t* dx, bool approximate) {
+  const index_t blocks = (n + 15) / 16;
+#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
+  for (index_t b = 0; b < blocks; ++b) {
+    const index_t i = 16 * b;
+    const __mmask16 k = n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
+    const __m512 g = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, dy + i), deriv16(widen16(k, x + i), approximate));
+    _mm256_mask_storeu_epi16(dx + i, k, bf16_detail::round_to_bf16(g));
+  }
+}
+
 void backward_avx512(index_t n, const float* x, const float* dy, float* dx, bool approximate, bool serial) {
   const index_t blocks = (n + 15) / 16;
 #pragma omp parallel for num_threads(serial ? 1 : threads_for(n, 1 << 13)) schedule(static) if (!serial)

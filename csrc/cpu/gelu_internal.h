@@ -16,5 +16,6 @@ void forward_bf16_avx512(index_t n, const float* x, std::uint16_t* y, bool appro
 // bfloat16 x widened in the register (the bits of bf16_to_float), on all threads.
 void forward_bf16_in_avx512(index_t n, const std::uint16_t* x, std::uint16_t* y, bool approximate);
 void backward_bf16_x_avx512(index_t n, const std::uint16_t* x, const float* dy, float* dx, bool approximate);
+void backward_bf16_xdx_avx512(index_t n, const std::uint16_t* x, const float* dy, std::uint16_t* dx, bool approximate);
 #endif
 }  // namespace kilnet::cpu::gelu_detail

@@ -49,21 +49,30 @@ void kilnet::bind::bind_gelu(py::module_& m, bool ref) {
      "(widened exactly).");
   m.def("gelu_backward", [=](py::object x_, py::object dy_, py::object dx_, bool approximate) {
     const char* fn = "gelu_backward";
-    if (is_bf16_array(x_)) {   // a bfloat16 forward input; dy and dx float32
-      Arr x = bf16_arr(fn, "x", x_, -1, false), dy = in_f32(fn, "dy", dy_), dx = out_f32(fn, "dx", dx_);
+    if (is_bf16_array(x_)) {   // a bfloat16 forward input; dy float32, dx float32 or bfloat16
+      const bool dx16 = is_bf16_array(dx_);
+      Arr x = bf16_arr(fn, "x", x_, -1, false), dy = in_f32(fn, "dy", dy_);
+      Arr dx = dx16 ? bf16_arr(fn, "dx", dx_, -1, true) : out_f32(fn, "dx", dx_);
       expect_shape(fn, "dy", dy, x.shape); expect_shape(fn, "dx", dx, x.shape);
       no_alias(fn, "dx", dx, "x", x);
-      if (dx.data != dy.data) no_alias(fn, "dx", dx, "dy", dy);
+      if (dx16 || dx.data != dy.data) no_alias(fn, "dx", dx, "dy", dy);
       KernelCall nogil;
       const auto* x16 = static_cast<const std::uint16_t*>(x.data);
-      if (!ref) return cpu::gelu_backward_bf16_x(x.size, x16, dy.f(), dx.f(), approximate);
-      std::vector<float> t(size_t(x.size));
+      auto* d16 = static_cast<std::uint16_t*>(dx.data);
+      if (!ref) {
+        if (dx16) return cpu::gelu_backward_bf16_xdx(x.size, x16, dy.f(), d16, approximate);
+        return cpu::gelu_backward_bf16_x(x.size, x16, dy.f(), dx.f(), approximate);
+      }
+      std::vector<float> t(size_t(x.size));   // the reference: widened, float32 (rounded for a bfloat16 dx)
       cpu::bf16_to_float(x.size, x16, t.data());
-      return bwd(x.size, t.data(), dy.f(), dx.f(), approximate);
+      if (!dx16) return bwd(x.size, t.data(), dy.f(), dx.f(), approximate);
+      bwd(x.size, t.data(), dy.f(), t.data(), approximate);
+      return cpu::float_to_bf16(x.size, t.data(), d16);
     }
     auto a = grad_args(host_arrays, fn, "x", x_, dy_, dx_);
     KernelCall nogil;
     bwd(a.saved.size, a.saved.f(), a.dy.f(), a.dx.f(), approximate);
   }, arg("x"), arg("dy"), arg("dx"), arg("approximate") = false,
-     "dx = gelu'(x) * dy from the forward INPUT x (float32, or bfloat16 widened exactly); dx may be dy");
+     "dx = gelu'(x) * dy from the forward INPUT x (float32, or bfloat16 widened exactly); dx may be dy. "
+     "With a bfloat16 x, dx may be bfloat16 (rounded once).");
 }

@@ -143,7 +143,14 @@ class ActivatedLayer(Layer):
         st = self._state()
         if self.activation in _activations.KERNEL_ACTIVATIONS:
             return self.backward_linear(act_backward_inplace(self.activation, st["y"], dy), need_dx, need_dw)
-        dz = _activations.array_rule(self.activation)[1](dy, st["z"], st["y"])
+        rule, z = _activations.array_rule(self.activation)[1], st["z"]
+        if getattr(rule, "takes_out", False) and type(z) is np.ndarray and precision.is_bf16(z.dtype) \
+                and type(dy) is np.ndarray and dy.dtype == np.float32:
+            # a bfloat16 pre-activation (mixed-precision Dense(gelu)): dz rounded once to
+            # bfloat16, the operand its dW and dx GEMMs take (half the bytes, written once, read twice)
+            dz = rule(dy, z, st["y"], out=self._buffer("dz16", z.shape, z.dtype))
+            return self.backward_linear(dz, need_dx, need_dw)
+        dz = rule(dy, z, st["y"])
         return self.backward_linear(self._xp.ascontiguousarray(dz, dtype=np.float32), need_dx, need_dw)
 
     def get_config(self):

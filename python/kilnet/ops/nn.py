@@ -146,11 +146,13 @@ def gelu_rules(approximate):
     fwd.takes_out = True    # (ActivatedLayer writes into its buffer instead of copying)
     fwd.takes_bf16 = True   # (a bfloat16 input into a bfloat16 out: Dense keeps its pre-activation bfloat16)
 
-    def rule(g, v, y):
+    def rule(g, v, y, out=None):
+        """out: a bfloat16 array of v's shape for the gradient rounded once (v bfloat16: the
+        operand a mixed-precision Dense's bfloat16 GEMMs take next); else a float32 one."""
         if type(v) is np.ndarray and type(g) is np.ndarray and (v.dtype == np.float32 or _precision.is_bf16(v.dtype)) \
                 and (g.dtype == np.float32 or _precision.is_bf16(g.dtype)):
             # float32 dx (a bfloat16 operand's gradient stays float32, as the tape's rule)
-            dx = np.empty(v.shape, np.float32)
+            dx = out if out is not None else np.empty(v.shape, np.float32)
             _cpu.gelu_backward(np.ascontiguousarray(v), np.ascontiguousarray(g, dtype=np.float32), dx, approximate)
             return dx
         xp = same_device(v)
@@ -158,6 +160,7 @@ def gelu_rules(approximate):
             t = xp.tanh(_C * (v + 0.044715 * v ** 3))
             return g * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * _C * (1 + 3 * 0.044715 * v * v))
         return g * (0.5 * (1 + _erf(v / _math.sqrt(2))) + v * xp.exp(-0.5 * v * v) / _math.sqrt(2 * _math.pi))
+    rule.takes_out = True   # (a bfloat16 v's gradient into a bfloat16 out: ActivatedLayer's buffer)
     return fwd, rule
 
 
