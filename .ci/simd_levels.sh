@@ -33,3 +33,15 @@ for level in ${SIMD_LEVELS:-avx2 scalar}; do
   KILNET_SIMD=$level python3 -m pytest -q -p no:cacheprovider -k "$deselect" $kernel_tests "$@"
   echo "KILNET_SIMD=$level: $(( $(date +%s) - start )) s"
 done
+# On a machine with AMX, the bfloat16 tests again on the VDPBF16PS kernel (KILNET_BF16 lowers
+# the bfloat16 level as KILNET_SIMD does the SIMD one); elsewhere the default run was that level.
+bf16=$(python3 -c "from kilnet import _cpu; print(_cpu.bf16_level())")
+if [ "$bf16" = amx ] && [ -z "${SIMD_LEVELS:-}" ]; then
+  echo "== KILNET_BF16=avx512bf16"
+  start=$(date +%s)
+  KILNET_BF16=avx512bf16 python3 -m pytest -q -p no:cacheprovider -k "$deselect" tests/test_gemm_bf16.py \
+    tests/test_attention_bf16.py tests/test_mixed_precision.py "$@"
+  echo "KILNET_BF16=avx512bf16: $(( $(date +%s) - start )) s"
+else
+  echo "== KILNET_BF16=avx512bf16: skipped (the machine's bfloat16 level is $bf16: the default run was it or below)"
+fi

@@ -1,5 +1,6 @@
 """bfloat16 GEMM with float32 accumulation: kilnet._cpu.gemm_bf16 (AMX tiles where the CPU has
-them) against PyTorch's bfloat16 torch.mm, in one process, at 1 and 2 threads.
+them, else VDPBF16PS where it has AVX512-BF16) against PyTorch's bfloat16 torch.mm, in one
+process, at 1 and 2 threads.
 
     python benchmarks/bench_gemm_bf16.py [--threads 1 2] [--sizes 256 1024 2048] [--rounds 5]
 
@@ -11,7 +12,9 @@ float32 result). "vs torch" compares the two bfloat16 results. The libraries alt
 round, each call's turn starting once the other pools' idle workers stopped spinning
 (kilnet.fair_timing); "!" marks a column whose round medians spread by more than
 fair_timing.STALL_SPREAD (a stall or a busy machine, issue 23). kilnet's float32 SGEMM at the
-same size is shown for scale, with the measured FMA peak of the SIMD level in use.
+same size is shown for scale, with the measured FMA peak of the SIMD level in use; where the
+bfloat16 level is avx512bf16, "bf%pk" is kilnet's bfloat16-output column against the measured
+VDPBF16PS peak (kilnet._cpu.bf16_dot_peak_gflops; AMX has no such probe: "-").
 """
 from __future__ import annotations
 
@@ -52,9 +55,14 @@ def main(argv=None):
     print(machine())
     pk = peaks(args.threads)
     print(peak_line(pk))
-    print(f"kilnet bf16 path: {_cpu.bf16_level()}; torch {torch.__version__ if torch else 'absent'}")
+    level = _cpu.bf16_level()
+    # the best of ten short probes, as machine_info.fma_peak does for the FMA peak
+    dot = {t: max(_cpu.bf16_dot_peak_gflops(t, 0.02) for _ in range(10)) for t in args.threads} \
+        if level == "avx512bf16" else {}
+    print(f"kilnet bf16 path: {level}; torch {torch.__version__ if torch else 'absent'}"
+          + ("".join(f"; VDPBF16PS peak {t} thr {g:.0f} GFLOP/s" for t, g in dot.items())))
     print(f"{'n':>5} {'thr':>3} {'kil bf16':>9} {'kil ->bf16':>10} {'kil f32in':>9} {'torch bf16':>10} {'torch->f32':>10} "
-          f"{'vs torch':>8} {'kil sgemm':>9} {'%pk':>4}")
+          f"{'vs torch':>8} {'bf%pk':>5} {'kil sgemm':>9} {'%pk':>4}")
     for t in args.threads:
         _cpu.set_num_threads(t)
         if torch is not None:
@@ -88,7 +96,8 @@ def main(argv=None):
             tb16 = best.get("torch bf16")
             ratio = f"{best['kil ->bf16'] / tb16:.2f}" if tb16 else "-"
             print(f"{n:>5} {t:>3} {col('kil bf16', 9)} {col('kil ->bf16', 10)} {col('kil f32in', 9)} {col('torch bf16', 10)} "
-                  f"{col('torch->f32', 10)} {ratio:>8} {col('kil sgemm', 9)} {pct(best['kil sgemm'], pk[t]):>4}",
+                  f"{col('torch->f32', 10)} {ratio:>8} {pct(best['kil ->bf16'], dot[t]) if dot else '-':>5} "
+                  f"{col('kil sgemm', 9)} {pct(best['kil sgemm'], pk[t]):>4}",
                   flush=True)
     print(f"! = that column's round medians spread by more than {fair_timing.STALL_SPREAD}x (max/min): "
           "a stall or a busy machine, not the kernel")

@@ -1,7 +1,8 @@
 """The attention kernels with bfloat16 products (attention_forward_bf16 / attention_backward_bf16:
-mixed precision, AMX tiles where bf16_level() is 'amx'): against the float64 reference within
-bfloat16's rounding, the same results at any thread count, the float32 kernels' exact results
-where the machine has no AMX, and chosen by MultiHeadAttention under mixed_bfloat16 only."""
+mixed precision, AMX tiles where bf16_level() is 'amx', VDPBF16PS where it is 'avx512bf16'):
+against the float64 reference within bfloat16's rounding, the same results at any thread count,
+the float32 kernels' exact results where the machine has neither, and chosen by
+MultiHeadAttention under mixed_bfloat16 only."""
 from __future__ import annotations
 
 import zlib
@@ -13,7 +14,7 @@ import kilnet
 from kilnet import _cpu, layers
 from test_attention import MASKS, kernel_bwd, kernel_fwd, make, masks
 
-AMX = _cpu.bf16_level() == "amx"
+BF16 = _cpu.bf16_level() in ("amx", "avx512bf16")   # bfloat16 products
 
 # (B, Tq, Tk, N, Nk, H): partial 16-row / 32-column tiles everywhere, Tq != Tk, grouped heads
 SHAPES = [(1, 1, 1, 1, 1, 1), (2, 7, 33, 2, 1, 64), (1, 70, 29, 2, 2, 80), (3, 65, 64, 4, 2, 8),
@@ -58,14 +59,14 @@ def test_bf16_kernels_vs_reference(shape, causal, kind):
         assert np.array_equal(np.isfinite(g), fin), name
         err = np.abs(g[fin] - r[fin]).max() / max(scale_of, 1e-30)
         assert err < 2.5e-2, (name, err)
-    if not AMX:   # no tiles: the float32 kernels themselves
+    if not BF16:   # no bfloat16 products: the float32 kernels themselves
         for g, f in zip(got, f32):
             np.testing.assert_array_equal(g, f)
 
 
-@pytest.mark.skipif(not AMX, reason="bfloat16 products run on AMX tiles only")
+@pytest.mark.skipif(not BF16, reason="bfloat16 products need AMX or AVX512-BF16")
 def test_bf16_kernels_round_the_operands():
-    """On AMX the products really take bfloat16 operands: the output equals the float32 kernel's
+    """With AMX or AVX512-BF16 the products really take bfloat16 operands: the output equals the float32 kernel's
     on bfloat16-representable inputs far more closely than on general ones, and differs from it."""
     rng = np.random.default_rng(11)
     q, k, v = make(rng, 2, 64, 64, 2, 2, 32)

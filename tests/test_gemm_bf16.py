@@ -257,9 +257,9 @@ def test_bad_input():
 
 
 def test_level_and_fallback_in_subprocess():
-    """KILNET_SIMD=avx2 turns AMX off: the float32 path answers, with the same numbers up to
+    """KILNET_SIMD=avx2 turns AMX and AVX512-BF16 off: the float32 path answers, with the same numbers up to
     float32 summation order."""
-    assert _cpu.bf16_level() in ("amx", "fp32")
+    assert _cpu.bf16_level() in ("amx", "avx512bf16", "fp32")
     code = ("import numpy as np; from kilnet import _cpu; assert _cpu.bf16_level() == 'fp32';"
             "r = np.random.default_rng(0); a = r.standard_normal((37, 70)).astype(np.float32);"
             "b = r.standard_normal((70, 45)).astype(np.float32); c = np.empty((37, 45), np.float32);"
@@ -274,3 +274,32 @@ def test_level_and_fallback_in_subprocess():
     c = np.empty((37, 45), np.float32)
     _cpu.gemm_bf16(a, b, c)
     np.testing.assert_allclose(c, c_fp32, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("want", ["avx512bf16", "fp32", "bogus"])
+def test_kilnet_bf16_lowers_the_level(want):
+    """KILNET_BF16 lowers the bfloat16 level, never raises it (on a machine with AMX the tests
+    reach the VDPBF16PS kernel this way: .ci/simd_levels.sh runs this file again under it), and
+    the lowered kernel still matches the reference; an unknown value is ignored, with a warning."""
+    order = ["fp32", "avx512bf16", "amx"]
+    have = _cpu.bf16_level()
+    expect = have if want == "bogus" else order[min(order.index(want), order.index(have))]
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "import numpy as np; from kilnet import _cpu\n"
+            "r = np.random.default_rng(3); err = 0.0\n"
+            "for ta in (False, True):\n"
+            "    for tb in (False, True):\n"
+            "        M, N, K = 100, 300, 1030\n"
+            "        a = r.standard_normal((K, M) if ta else (M, K)).astype(np.float32)\n"
+            "        b = r.standard_normal((N, K) if tb else (K, N)).astype(np.float32)\n"
+            "        bias = r.standard_normal(N).astype(np.float32)\n"
+            "        c = np.empty((M, N), np.float32); ref = np.empty((M, N), np.float32)\n"
+            "        _cpu.gemm_bf16(a, b, c, ta, tb, bias=bias); _cpu.ref.gemm_bf16(a, b, ref, ta, tb, bias=bias)\n"
+            "        err = max(err, float(np.abs(c - ref).max()))\n"
+            "print(_cpu.bf16_level(), err < 2e-7 * 1034 * 1100)")
+    env = dict(os.environ, KILNET_BF16=want)
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [expect, "True"], out.stdout
+    assert ("KILNET_BF16='bogus' is not one of" in out.stderr) == (want == "bogus"), out.stderr

@@ -96,6 +96,9 @@ const Items& items(const AttnShape& s) {
 #if defined(KILNET_HAVE_AMX_BUILD)
   if (s.bf16 && std::strcmp(bf16_level(), "amx") == 0) return attn_detail::amx_items();
 #endif
+#if defined(KILNET_HAVE_AVX512BF16_BUILD)
+  if (s.bf16 && std::strcmp(bf16_level(), "avx512bf16") == 0) return attn_detail::avx512bf16_items();
+#endif
 #if defined(KILNET_HAVE_AVX512_BUILD)
   if (use_avx512()) return attn_detail::avx512_items();
 #endif

@@ -48,6 +48,10 @@ const Items& avx512_items();
 // bfloat16 products on AMX tiles (attention_amx.cpp): only where bf16_level() is "amx".
 const Items& amx_items();
 #endif
+#if defined(KILNET_HAVE_AVX512BF16_BUILD)
+// The same on VDPBF16PS (attention_avx512bf16.cpp): only where bf16_level() is "avx512bf16".
+const Items& avx512bf16_items();
+#endif
 
 // The rows' mean of v over all T keys (row stride ld): the output of a row with no allowed key
 // (Keras). In attention.cpp (sums in double).

@@ -1,6 +1,6 @@
-// gemm_bf16.cpp — bfloat16 GEMM (kilnet/gemm_bf16.h): AMX detection, packing (with the float32
-// -> bfloat16 rounding), the blocking and threading around the tile kernel of
-// gemm_bf16_amx.cpp, the float32 fallback and the reference.
+// gemm_bf16.cpp — bfloat16 GEMM (kilnet/gemm_bf16.h): AMX and AVX512-BF16 detection, the
+// blocking and threading around the block kernels (gemm_bf16_amx.cpp's tiles,
+// gemm_bf16_avx512bf16.cpp's VDPBF16PS and packers), the float32 fallback and the reference.
 #include "kilnet/gemm_bf16.h"
 
 #include <algorithm>
@@ -69,10 +69,39 @@ bool detect_amx() {
 #endif
 }
 
-bool use_amx() {
-  static const bool yes = detect_amx();
-  return yes;
+// AVX512-BF16 (VDPBF16PS, VCVTNE2PS2BF16): CPUID.(7,1):EAX bit 5, on top of the AVX-512 the
+// runtime has checked (zmm state enabled in XCR0 included).
+bool detect_avx512bf16() {
+#if defined(KILNET_AMX_PROBE) && defined(KILNET_HAVE_AVX512BF16_BUILD)
+  if (simd() != Simd::Avx512) return false;
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+  return a & (1u << 5);
+#else
+  return false;
+#endif
 }
+
+enum class Level { Fp32, Dp, Amx };
+
+// KILNET_BF16=avx512bf16|fp32 lowers the level (as KILNET_SIMD does the SIMD one, never
+// raising it): the tests run the VDPBF16PS kernel on a machine with AMX this way. Other values
+// are ignored here and warned about by the Python package.
+Level detect_level() {
+  const Level best = detect_amx() ? Level::Amx : detect_avx512bf16() ? Level::Dp : Level::Fp32;
+  const char* force = std::getenv("KILNET_BF16");
+  Level want = best;
+  if (force && std::strcmp(force, "fp32") == 0) want = Level::Fp32;
+  else if (force && std::strcmp(force, "avx512bf16") == 0) want = Level::Dp;
+  return static_cast<int>(want) < static_cast<int>(best) ? want : best;
+}
+
+Level level() {
+  static const Level lv = detect_level();
+  return lv;
+}
+
+bool use_tiles() { return level() != Level::Fp32; }
 
 // Packing buffers, per thread, grown on demand (64-byte aligned: tile loads like it).
 struct Buf16 {
@@ -100,6 +129,10 @@ struct Buf16 {
 constexpr index_t kKC = 512;    // multiple of kStep
 constexpr index_t kNC = 1024;   // multiple of kBlock
 constexpr index_t kMC = 64;     // multiple of kBlock
+// VDPBF16PS runs at a fifth of AMX's rate, so L1 residency counts less than C's passes: KC 1024
+// (whole K at 1024³) vs 512, interleaved runs on a Zen 4, 1 thread: 2048³ 188-197 -> 202-206
+// GFLOP/s, 1024³ 195-208 -> 206-212; KC 128/256 lost 10-15%; NC 256/512 no better than 1024.
+constexpr index_t kKCDp = 1024;
 
 struct Problem {
   bool ta, tb;
@@ -118,14 +151,15 @@ struct Problem {
 // K, the float32 product goes through a scratch C and is converted.
 constexpr index_t kMaxK16 = 2048;
 
-#if defined(KILNET_HAVE_AMX_BUILD)
-// The blocked loops over C[m0:m1, n0:n1] on this thread. A full 32x32 block whose epilogue is
+#if defined(KILNET_HAVE_AVX512BF16_BUILD)
+// The blocked loops over C[m0:m1, n0:n1] on this thread, around the block kernel of the level
+// (AMX tiles or VDPBF16PS). A full 32x32 block whose epilogue is
 // only "+ bias" or "+ C" (alpha == 1, beta in {0, 1}: every call a layer makes) goes straight
 // between C and the tiles; other blocks go through a 32x32 buffer and a scalar epilogue.
-bool amx_rect(const Problem& p, index_t m0, index_t m1, index_t n0, index_t n1) {
+bool tile_rect(const Problem& p, index_t m0, index_t m1, index_t n0, index_t n1) {
   const index_t Kp = (p.K + kStep - 1) / kStep * kStep;
   const bool out16 = p.C16 != nullptr;
-  const index_t kc_max = out16 ? Kp : std::min(kKC, Kp);
+  const index_t kc_max = out16 ? Kp : std::min(level() == Level::Amx ? kKC : kKCDp, Kp);
   const index_t nc_max = out16 ? std::clamp<index_t>(kKC * kNC / Kp / kBlock * kBlock, kBlock, kNC) : kNC;
   thread_local Buf16 abuf, bbuf;
   std::uint16_t* Ap = abuf.get(size_t(kMC * kc_max));
@@ -133,7 +167,13 @@ bool amx_rect(const Problem& p, index_t m0, index_t m1, index_t n0, index_t n1) 
   if (!Ap || !Bp) return false;
   alignas(64) float ct[kBlock * kBlock];
   const bool plain = p.alpha == 1.f && (p.beta == 0.f || p.beta == 1.f);
-  amx_begin();
+#if defined(KILNET_HAVE_AMX_BUILD)
+  const bool amx = level() == Level::Amx;
+  const auto block = amx ? amx_block_32x32 : dp_block_32x32;
+  if (amx) amx_begin();
+#else
+  const auto block = dp_block_32x32;
+#endif
   for (index_t jc = n0; jc < n1; jc += nc_max) {
     const index_t nc = std::min(nc_max, n1 - jc);
     for (index_t pc = 0; pc < Kp; pc += kc_max) {
@@ -145,7 +185,7 @@ bool amx_rect(const Problem& p, index_t m0, index_t m1, index_t n0, index_t n1) 
         const bool sum = p.colsum && m0 == 0;
         alignas(64) float sums[kBlock];
         const index_t cols = std::min<index_t>(kBlock, nc - jb);
-        amx_pack_b(p.B.data, p.B.bf16, p.tb, p.B.ld, jc + jb, cols, p.K, pc, kc, Bp + (jb / kBlock) * kc * kBlock,
+        pack_b(p.B.data, p.B.bf16, p.tb, p.B.ld, jc + jb, cols, p.K, pc, kc, Bp + (jb / kBlock) * kc * kBlock,
                    sum ? sums : nullptr);
         if (sum)
           for (index_t c = 0; c < cols; ++c) p.colsum[jc + jb + c] += sums[c];
@@ -153,36 +193,37 @@ bool amx_rect(const Problem& p, index_t m0, index_t m1, index_t n0, index_t n1) 
       for (index_t ic = m0; ic < m1; ic += kMC) {
         const index_t mc = std::min(kMC, m1 - ic);
         for (index_t ib = 0; ib < mc; ib += kBlock)
-          amx_pack_a(p.A.data, p.A.bf16, p.ta, p.A.ld, ic + ib, std::min<index_t>(kBlock, mc - ib),
+          pack_a(p.A.data, p.A.bf16, p.ta, p.A.ld, ic + ib, std::min<index_t>(kBlock, mc - ib),
                        p.K, pc, kc, Ap + (ib / kBlock) * kc * kBlock);
         for (index_t ib = 0; ib < mc; ib += kBlock) {
           const index_t rows = std::min<index_t>(kBlock, mc - ib);
           // A packed even when it is bfloat16 already: tile rows 2-4 KB apart (A read in place)
           // fall into few cache sets, and ran slower than packing from 1024 columns on.
-          const AmxA a{Ap + (ib / kBlock) * kc * kBlock, 64, 512, kStepValues};
+          const BlockA a{Ap + (ib / kBlock) * kc * kBlock, 64, 512, kStepValues};
           for (index_t jb = 0; jb < nc; jb += kBlock) {
             const index_t cols = std::min<index_t>(kBlock, nc - jb);
             const std::uint16_t* b = Bp + (jb / kBlock) * kc * kBlock;
             if (out16) {   // whole K in this pass: the bias as the accumulators' start when it fits
-              const bool full = cols == kBlock && p.bias;
-              amx_block_32x32(a, b, kc / kStep, ct, kBlock, full ? AmxInit::Bias : AmxInit::Zero,
+              // (as the float32 C path does, so both sum in one order: the same bits once rounded)
+              const bool full = rows == kBlock && cols == kBlock && p.bias;
+              block(a, b, kc / kStep, ct, kBlock, full ? BlockInit::Bias : BlockInit::Zero,
                               full ? p.bias + jc + jb : nullptr);
-              amx_store_bf16(ct, rows, cols, p.bias && !full ? p.bias + jc + jb : nullptr,
+              store_bf16(ct, rows, cols, p.bias && !full ? p.bias + jc + jb : nullptr,
                              p.C16 + (ic + ib) * p.ldc + jc + jb, p.ldc);
               continue;
             }
             float* cb = p.C + (ic + ib) * p.ldc + jc + jb;
             if (plain && rows == kBlock && cols == kBlock) {
-              const AmxInit init = !first || p.beta == 1.f ? AmxInit::LoadC
-                                   : p.bias ? AmxInit::Bias : AmxInit::Zero;
+              const BlockInit init = !first || p.beta == 1.f ? BlockInit::LoadC
+                                   : p.bias ? BlockInit::Bias : BlockInit::Zero;
               // (beta == 1 with a bias on the first block: C is loaded, the bias added below.)
-              amx_block_32x32(a, b, kc / kStep, cb, p.ldc, init, p.bias ? p.bias + jc + jb : nullptr);
+              block(a, b, kc / kStep, cb, p.ldc, init, p.bias ? p.bias + jc + jb : nullptr);
               if (first && p.beta == 1.f && p.bias)
                 for (index_t r = 0; r < kBlock; ++r)
                   for (index_t c = 0; c < kBlock; ++c) cb[r * p.ldc + c] += p.bias[jc + jb + c];
               continue;
             }
-            amx_block_32x32(a, b, kc / kStep, ct, kBlock, AmxInit::Zero, nullptr);
+            block(a, b, kc / kStep, ct, kBlock, BlockInit::Zero, nullptr);
             for (index_t r = 0; r < rows; ++r) {   // the valid corner: alpha, beta, bias
               float* crow = cb + r * p.ldc;
               const float* trow = ct + r * kBlock;
@@ -200,7 +241,9 @@ bool amx_rect(const Problem& p, index_t m0, index_t m1, index_t n0, index_t n1) 
       }
     }
   }
-  amx_end();
+#if defined(KILNET_HAVE_AMX_BUILD)
+  if (amx) amx_end();
+#endif
   return true;
 }
 #endif
@@ -218,9 +261,9 @@ void gemm_fp32_path(const Problem& p) {
   gemm(p.ta, p.tb, p.M, p.N, p.K, p.alpha, a.data(), ac, b.data(), bc, p.beta, p.C, p.ldc, p.bias);
 }
 
-#if defined(KILNET_HAVE_AMX_BUILD)
+#if defined(KILNET_HAVE_AVX512BF16_BUILD)
 // Threads: C cut into column strips (or row strips when it is tall), on 32 boundaries.
-void run_amx(const Problem& p) {
+void run_tiles(const Problem& p) {
   const index_t M = p.M, N = p.N, K = p.K;
   const index_t flops = 2 * M * N * K;
   const bool by_cols = N >= M;
@@ -233,7 +276,7 @@ void run_amx(const Problem& p) {
     const int t = omp_get_thread_num(), n = omp_get_num_threads();
     const index_t b0 = blocks * t / n * kBlock, b1 = std::min((by_cols ? N : M), blocks * (t + 1) / n * kBlock);
     bool ok = true;
-    if (b0 < b1) ok = by_cols ? amx_rect(p, 0, M, b0, b1) : amx_rect(p, b0, b1, 0, N);
+    if (b0 < b1) ok = by_cols ? tile_rect(p, 0, M, b0, b1) : tile_rect(p, b0, b1, 0, N);
     if (!ok) {
 #pragma omp atomic write
       failed = true;
@@ -245,7 +288,18 @@ void run_amx(const Problem& p) {
 
 }  // namespace
 
-const char* bf16_level() { return use_amx() ? "amx" : "fp32"; }
+bool cpu_has_avx512bf16() {
+  static const bool yes = detect_avx512bf16();
+  return yes;
+}
+
+const char* bf16_level() {
+  switch (level()) {
+    case Level::Amx: return "amx";
+    case Level::Dp: return "avx512bf16";
+    default: return "fp32";
+  }
+}
 
 namespace {
 // [i0, i1) of n split in 64-value pieces over the threads (one thread below 256K values).
@@ -305,16 +359,16 @@ void gemm_bf16(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, B
                Bf16Matrix B, float beta, float* C, index_t ldc, const float* bias, float* colsum) {
   if (N <= 0) return;
   Problem p{ta, tb, M, N, K, alpha, beta, A, B, C, ldc, bias};
-  const bool fused = colsum && !tb && M > 0 && K > 0 && use_amx();
+  const bool fused = colsum && !tb && M > 0 && K > 0 && use_tiles();
   if (colsum && !fused) column_sums(tb, N, K, B, colsum);
   if (M <= 0) return;
-  if (K <= 0 || !use_amx()) {   // (K == 0: the float32 GEMM's C = beta*C + bias)
+  if (K <= 0 || !use_tiles()) {   // (K == 0: the float32 GEMM's C = beta*C + bias)
     gemm_fp32_path(p);
     return;
   }
   if (fused) p.colsum = colsum;
-#if defined(KILNET_HAVE_AMX_BUILD)
-  run_amx(p);
+#if defined(KILNET_HAVE_AVX512BF16_BUILD)
+  run_tiles(p);
 #endif
 }
 
@@ -323,16 +377,16 @@ void gemm_bf16_out(bool ta, bool tb, index_t M, index_t N, index_t K, Bf16Matrix
                    std::uint16_t* C, index_t ldc, const float* bias) {
   if (M <= 0 || N <= 0) return;
   const index_t Kp = (K + kStep - 1) / kStep * kStep;
-  if (K <= 0 || !use_amx() || Kp > kMaxK16) {   // float32 C, then rounded row by row
+  if (K <= 0 || !use_tiles() || Kp > kMaxK16) {   // float32 C, then rounded row by row
     std::vector<float> c(size_t(M * N));
     gemm_bf16(ta, tb, M, N, K, 1.f, A, B, 0.f, c.data(), N, bias);
     for (index_t i = 0; i < M; ++i) float_to_bf16(N, c.data() + i * N, C + i * ldc);
     return;
   }
-#if defined(KILNET_HAVE_AMX_BUILD)
+#if defined(KILNET_HAVE_AVX512BF16_BUILD)
   Problem p{ta, tb, M, N, K, 1.f, 0.f, A, B, nullptr, ldc, bias};
   p.C16 = C;
-  run_amx(p);
+  run_tiles(p);
 #endif
 }
 

@@ -2,6 +2,7 @@
 // multiply-add chains for about `seconds`; the result is the sum of the threads' GFLOP/s.
 // The AVX2/FMA chains live in peak_avx2.cpp, the AVX-512 ones in peak_avx512.cpp; this file holds the portable chains and dispatch.
 #include "peak_internal.h"
+#include "kilnet/gemm_bf16.h"
 #include <omp.h>
 #include <cstddef>
 #include <vector>
@@ -38,30 +39,48 @@ double fma_chains_portable(double seconds, double* elapsed) {
 
 double fma_peak_gflops(int threads, double seconds) { return fma_peak_gflops(threads, seconds, simd()); }
 
-double fma_peak_gflops(int threads, double seconds, Simd level) {
-  if (threads < 1) threads = 1;
-  if (static_cast<int>(level) > static_cast<int>(simd())) level = simd();   // never above what runs
+namespace {
+// The sum over `threads` OpenMP threads of chains(seconds)'s rate, in GFLOP/s.
+template <class Chains>
+double summed_rate(int threads, Chains&& chains) {
   std::vector<double> rate(std::size_t(threads), 0.0);
 #pragma omp parallel num_threads(threads)
   {
     const int id = omp_get_thread_num();
-    double elapsed = 0.0, flops = 0.0;
-#if defined(KILNET_HAVE_AVX512_BUILD)
-    if (level == Simd::Avx512)
-      flops = peak_detail::fma_chains_avx512(seconds, &elapsed);
-    else
-#endif
-#if defined(KILNET_HAVE_AVX2_BUILD)
-    if (level != Simd::Scalar)
-      flops = peak_detail::fma_chains_avx2(seconds, &elapsed);
-    else
-#endif
-      flops = peak_detail::fma_chains_portable(seconds, &elapsed);
+    double elapsed = 0.0;
+    const double flops = chains(&elapsed);
     if (id < threads && elapsed > 0.0) rate[std::size_t(id)] = flops / elapsed;
   }
   double total = 0.0;
   for (double r : rate) total += r;
   return total * 1e-9;
+}
+}  // namespace
+
+double bf16_dot_peak_gflops(int threads, double seconds) {
+#if defined(KILNET_HAVE_AVX512BF16_BUILD)
+  if (!cpu_has_avx512bf16()) return 0.0;
+  return summed_rate(threads < 1 ? 1 : threads,
+                     [&](double* elapsed) { return peak_detail::dot_chains_avx512bf16(seconds, elapsed); });
+#else
+  (void)threads;
+  (void)seconds;
+  return 0.0;
+#endif
+}
+
+double fma_peak_gflops(int threads, double seconds, Simd level) {
+  if (threads < 1) threads = 1;
+  if (static_cast<int>(level) > static_cast<int>(simd())) level = simd();   // never above what runs
+  return summed_rate(threads, [&](double* elapsed) {
+#if defined(KILNET_HAVE_AVX512_BUILD)
+    if (level == Simd::Avx512) return peak_detail::fma_chains_avx512(seconds, elapsed);
+#endif
+#if defined(KILNET_HAVE_AVX2_BUILD)
+    if (level != Simd::Scalar) return peak_detail::fma_chains_avx2(seconds, elapsed);
+#endif
+    return peak_detail::fma_chains_portable(seconds, elapsed);
+  });
 }
 
 }  // namespace kilnet::cpu

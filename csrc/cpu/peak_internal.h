@@ -14,6 +14,9 @@ double fma_chains_avx2(double seconds, double* elapsed);   // peak_avx2.cpp; onl
 #if defined(KILNET_HAVE_AVX512_BUILD)
 double fma_chains_avx512(double seconds, double* elapsed);   // peak_avx512.cpp; only when use_avx512()
 #endif
+#if defined(KILNET_HAVE_AVX512BF16_BUILD)
+double dot_chains_avx512bf16(double seconds, double* elapsed);   // peak_avx512bf16.cpp
+#endif
 }  // namespace peak_detail
 
 }  // namespace kilnet::cpu

@@ -18,7 +18,8 @@ void kilnet::bind::bind_attention(py::module_& m, bool ref) {
   for (const bool bf16 : {false, true}) {
     const std::string sfx = bf16 ? "_bf16" : "";
     const std::string how = bf16 ? " Products on bfloat16-rounded operands with float32 sums (AMX tiles where "
-                                   "bf16_level() is 'amx', else the float32 kernel); scores, softmax and "
+                                   "bf16_level() is 'amx', VDPBF16PS where it is 'avx512bf16', else the "
+                                   "float32 kernel); scores, softmax and "
                                    "outputs float32." : "";
     m.def(("attention_forward" + sfx).c_str(), [=](py::object q_, py::object k_, py::object v_, py::object bias_,
                                                  py::object mask_, py::object out_, py::object lse_, float scale,

@@ -115,11 +115,11 @@ void kilnet::bind::bind_gemm_bf16(py::module_& m, bool ref) {
      "c = alpha * op(a) @ op(b) + beta * c (+ bias) with bfloat16 products and float32 sums. a, b: "
      "float32 (rounded to bfloat16, nearest even) or bfloat16 (uint16 bits / ml_dtypes.bfloat16); "
      "bias: float32; c: float32, or bfloat16 (then alpha 1 and beta 0: c = op(a) @ op(b) + bias rounded "
-     "once to bfloat16). AMX tiles where bf16_level() == 'amx'. colsum (float32 (N,), with a float32 c): "
+     "once to bfloat16). AMX tiles where bf16_level() == 'amx', VDPBF16PS where it is 'avx512bf16'. colsum (float32 (N,), with a float32 c): "
      "colsum += the column sums of op(b) before rounding (the bias gradient of dW = x^T dz, from the "
      "packing of dz).");
   if (ref) return;
-  m.def("bf16_level", &cpu::bf16_level, "'amx' when the AMX-BF16 kernel runs, else 'fp32'");
+  m.def("bf16_level", &cpu::bf16_level, "'amx' when the AMX-BF16 tile kernel runs, 'avx512bf16' when the VDPBF16PS kernel does (no AMX), else 'fp32'");
   m.def("to_bfloat16", [](py::object x_) {
     Arr x = in_f32("to_bfloat16", "x", x_, -1);
     py::array_t<std::uint16_t> y(x.arr.request().shape);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <string>
 #include "checks.h"
+#include "kilnet/gemm_bf16.h"
 #include "kilnet/peak.h"
 
 namespace py = pybind11;
@@ -33,4 +34,20 @@ void kilnet::bind::bind_peak(py::module_& m) {
      "Measured FMA peak in GFLOP/s (summed over `threads` OpenMP threads, 2 flops per FMA lane), "
      "from independent FMA chains run for about `seconds` at SIMD level `simd` ('scalar', "
      "'avx2', 'avx512'; default: the level in use, simd_level(); never above it)");
+  m.def("cpu_has_avx512bf16", &cpu::cpu_has_avx512bf16,
+        "The CPU has AVX512-BF16 and the SIMD level in use is avx512 (whatever KILNET_BF16 says)");
+  m.def("bf16_dot_peak_gflops", [](int threads, double seconds) {
+    if (threads < 1 || threads > 1024)
+      fail_value("bf16_dot_peak_gflops: threads must be in [1, 1024], got " + std::to_string(threads));
+    if (!(seconds > 0.0 && seconds <= 10.0))
+      fail_value("bf16_dot_peak_gflops: seconds must be in (0, 10], got " + std::to_string(seconds));
+    if (!cpu::cpu_has_avx512bf16())
+      throw std::runtime_error("bf16_dot_peak_gflops: this CPU (or KILNET_SIMD) gives no AVX512-BF16");
+    KernelCall nogil;
+    return cpu::bf16_dot_peak_gflops(threads, seconds);
+  }, py::arg("threads") = 1, py::arg("seconds") = 0.2,
+     "Measured bfloat16 dot-product peak in GFLOP/s (summed over `threads` OpenMP threads): "
+     "independent VDPBF16PS chains (2 multiply-adds per float32 lane) for about `seconds`; what "
+     "gemm_bf16's % of peak divides by where bf16_level() is 'avx512bf16'. RuntimeError where the "
+     "CPU has no AVX512-BF16 or KILNET_SIMD lowered the level below avx512.");
 }

@@ -168,6 +168,18 @@ def fma_peak_gflops(threads: int = 1, seconds: float = 0.2, simd: str = "") -> f
     return _cpu.fma_peak_gflops(threads, seconds, simd)
 
 
+def bf16_level() -> str:
+    """The bfloat16 GEMM path: 'amx' (AMX-BF16 tiles), 'avx512bf16' (VDPBF16PS, no AMX) or 'fp32'
+    (float32 GEMMs on the rounded operands). KILNET_BF16=avx512bf16|fp32 lowers it."""
+    return _cpu.bf16_level()
+
+
+def bf16_dot_peak_gflops(threads: int = 1, seconds: float = 0.2):
+    """Measured VDPBF16PS peak in GFLOP/s over `threads` threads; None where the CPU (or
+    KILNET_SIMD) gives no AVX512-BF16."""
+    return _cpu.bf16_dot_peak_gflops(threads, seconds) if _cpu.cpu_has_avx512bf16() else None
+
+
 def build_info() -> str:
     """The CPU kernels' build facts: compiler, build type, OpenMP, whether the AVX2 kernels
     were compiled."""
@@ -214,5 +226,14 @@ def _check_simd_environment():
                       f"({_cpu.machine_simd_level()}); running {simd_level()}", RuntimeWarning, stacklevel=2)
 
 
+def _check_bf16_environment():
+    raw = os.environ.get("KILNET_BF16")
+    if raw is not None and raw not in ("amx", "avx512bf16", "fp32"):
+        import warnings
+        warnings.warn(f"KILNET_BF16={raw!r} is not one of 'amx', 'avx512bf16', 'fp32'; ignored (running "
+                      f"{_cpu.bf16_level()})", RuntimeWarning, stacklevel=2)
+
+
 _threads_from_environment()
 _check_simd_environment()
+_check_bf16_environment()

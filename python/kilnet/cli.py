@@ -259,6 +259,10 @@ def cmd_info(args) -> int:
     above = levels[levels.index(level) + 1:levels.index(best) + 1]
     print("measured FMA peak, 1 thread: " + ", ".join(peaks) + " GFLOP/s"
           + (f" ({', '.join(above)}: not measured, above the level in use)" if above else ""))
+    dot = backend.bf16_dot_peak_gflops(1, 0.05)
+    print(f"bfloat16 GEMM: {backend.bf16_level()}"
+          + (f" (KILNET_BF16={os.environ['KILNET_BF16']})" if "KILNET_BF16" in os.environ else "")
+          + (f"; measured VDPBF16PS peak, 1 thread: {dot:.1f} GFLOP/s" if dot else ""))
     cuda = backend.cuda_compiled_module()
     if cuda is not None:
         archs = cuda.compiled_architectures()

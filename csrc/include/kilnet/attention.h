@@ -35,7 +35,8 @@ struct AttnShape {
   float scale = 1.f;
   bool causal = false;
   // Products on bfloat16-rounded operands with float32 sums (mixed precision), on AMX tiles where
-  // bf16_level() is "amx"; elsewhere the float32 kernels run (a more exact result).
+  // bf16_level() is "amx", on VDPBF16PS where it is "avx512bf16"; elsewhere the float32 kernels
+  // run (a more exact result).
   bool bf16 = false;
 };
 

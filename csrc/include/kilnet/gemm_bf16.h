@@ -3,9 +3,9 @@
 // A and B are either float32 (rounded to bfloat16, to nearest even, while they are packed) or
 // bfloat16 bit patterns (uint16, the upper half of a float32), row-major with leading dimensions
 // lda / ldb, op() transposing when ta / tb. Products of two bfloat16 values are exact in float32;
-// the sums are float32 (the AMX unit's own accumulation order inside a 32-long k step).
-// Runs on AMX tiles where the CPU and the OS allow it (bf16_level() == "amx"), else through the
-// float32 GEMM on the rounded operands (same numbers up to float32 summation order).
+// the sums are float32 (the AMX unit's or VDPBF16PS's own order inside a 32-long k step).
+// Runs on AMX tiles where the CPU and the OS allow it (bf16_level() == "amx"), on VDPBF16PS where
+// the CPU has AVX512-BF16 without AMX ("avx512bf16"), else through the float32 GEMM on the rounded operands (same numbers up to float32 summation order).
 // beta == 0: C is not read. Kernels trust their arguments (the bindings check them).
 #pragma once
 #include <cstdint>
@@ -20,8 +20,8 @@ struct Bf16Matrix {
 };
 
 // colsum (N floats, optional): colsum[j] += the sum over k of op(B)(k, j) in float32 (the values
-// before rounding): with B = dz in dW = xᵀ·dz, the bias gradient, taken from B's packing on AMX
-// instead of another pass over dz. Not read or written when null.
+// before rounding): with B = dz in dW = xᵀ·dz, the bias gradient, taken from B's packing (AMX
+// or AVX512-BF16) instead of another pass over dz. Not read or written when null.
 void gemm_bf16(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, Bf16Matrix A,
                Bf16Matrix B, float beta, float* C, index_t ldc, const float* bias, float* colsum = nullptr);
 // The same product written as bfloat16: C = round(op(A)·op(B) + bias) (bits of float_to_bf16 on
@@ -34,8 +34,12 @@ void gemm_bf16_ref(bool ta, bool tb, index_t M, index_t N, index_t K, float alph
                    Bf16Matrix B, float beta, float* C, index_t ldc, const float* bias);
 
 // "amx" when the AMX-BF16 tile kernel runs (CPUID, XCR0 and the Linux permission request for
-// the tile state all agree, and KILNET_SIMD has not lowered the level below avx512), else "fp32".
+// the tile state all agree, and KILNET_SIMD has not lowered the level below avx512), else
+// "avx512bf16" when the CPU has AVX512-BF16 (and the level is avx512), else "fp32".
+// KILNET_BF16=avx512bf16|fp32 lowers it (never raises it).
 const char* bf16_level();
+// The CPU has AVX512-BF16 and the SIMD level in use is avx512 (whatever KILNET_BF16 says).
+bool cpu_has_avx512bf16();
 
 // float32 -> bfloat16 bits, round to nearest even; NaN stays NaN (quiet), inf stays inf.
 void float_to_bf16(index_t n, const float* x, std::uint16_t* y);

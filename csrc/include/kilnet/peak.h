@@ -13,5 +13,9 @@ double fma_peak_gflops(int threads, double seconds);   // at the level that runs
 // The same at a given level (AVX-512: 24 zmm chains), lowered to simd() if above it: the
 // benchmarks measure the peak of every level whose kernels they time.
 double fma_peak_gflops(int threads, double seconds, Simd level);
+// The bfloat16 dot-product peak: 24 zmm chains of VDPBF16PS (2 multiply-adds per float32 lane:
+// 64 flops an instruction), what "% of peak" of the avx512bf16 gemm_bf16 divides by. 0 where
+// cpu_has_avx512bf16() (kilnet/gemm_bf16.h) is false.
+double bf16_dot_peak_gflops(int threads, double seconds);
 
 }  // namespace kilnet::cpu

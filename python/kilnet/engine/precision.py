@@ -116,7 +116,7 @@ _warned: set = set()
 
 def warn_if_no_speedup(name) -> None:
     """Once per process and dtype: say when a low compute dtype runs without a faster kernel
-    (float16 on the CPU; bfloat16 where the CPU has no AMX-BF16)."""
+    (float16 on the CPU; bfloat16 where the CPU has neither AMX-BF16 nor AVX512-BF16)."""
     if name in _warned:
         return
     _warned.add(name)
@@ -124,9 +124,9 @@ def warn_if_no_speedup(name) -> None:
     if name == "float16":
         msg = ("float16 policies: kilnet has no float16 CPU kernels; layers compute in float32 on values "
                "rounded to float16 (float16's numerics, no speed-up)")
-    elif _cpu.bf16_level() != "amx":
-        msg = ("bfloat16 policies: this CPU (or KILNET_SIMD) gives no AMX-BF16, so the bfloat16 GEMMs run as "
-               "float32 GEMMs on rounded operands (bfloat16's numerics, no speed-up)")
+    elif _cpu.bf16_level() == "fp32":
+        msg = ("bfloat16 policies: this CPU (or KILNET_SIMD) gives neither AMX-BF16 nor AVX512-BF16, so the "
+               "bfloat16 GEMMs run as float32 GEMMs on rounded operands (bfloat16's numerics, no speed-up)")
     else:
         return
     warnings.warn(msg, RuntimeWarning, stacklevel=4)

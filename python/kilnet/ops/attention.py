@@ -111,8 +111,8 @@ def dot_product_attention(query, key, value, bias=None, mask=None, scale=None, i
 def _kernels(kern):
     """The forward and backward kernels: inside a layer call under a bfloat16 policy (Keras
     computes attention in bfloat16 there) the CPU's bfloat16-product ones, whose products take
-    bfloat16-rounded operands with float32 sums on AMX tiles (float32 scores, softmax and
-    outputs); else the float32 ones."""
+    bfloat16-rounded operands with float32 sums on AMX tiles or VDPBF16PS (float32 scores,
+    softmax and outputs); else the float32 ones."""
     auto = precision.autocast_dtype()
     if auto is not None and precision.is_bf16(auto) and hasattr(kern, "attention_forward_bf16"):
         return kern.attention_forward_bf16, kern.attention_backward_bf16
