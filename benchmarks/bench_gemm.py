@@ -135,7 +135,7 @@ def libraries_info():
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
     except Exception:   # older numpy: no dict mode
         pass
-    return (f"kilnet {_cpu.simd_level()} [{_cpu.build_info()}]; numpy {np.__version__} ({blas}); "
+    return (f"kilnet {_cpu.simd_level()}, sgemm kernel {_cpu.gemm_kernel()} [{_cpu.build_info()}]; numpy {np.__version__} ({blas}); "
             f"torch {torch.__version__ if torch else 'absent'}")
 
 

@@ -12,8 +12,8 @@ step). Columns: median ms per step of the best round, and the ratios. The librar
 round by round, in an order that rotates every round, each turn starting once the other pools'
 idle workers stopped spinning (kilnet.fair_timing); "!" marks a time whose round medians spread
 by more than fair_timing.STALL_SPREAD (a stall or a busy machine, issue 23). kilnet's bfloat16
-GEMMs run on AMX tiles where `kilnet._cpu.bf16_level()` says 'amx', else as float32 GEMMs on
-rounded operands (no speed-up expected there).
+GEMMs run on AMX tiles where `kilnet._cpu.bf16_level()` says 'amx', on VDPBF16PS where it says
+'avx512bf16', else as float32 GEMMs on rounded operands (no speed-up expected there).
 """
 from __future__ import annotations
 

@@ -250,6 +250,39 @@ def test_lower_level_in_subprocess(level):
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
+def test_gemm_kernel_and_kilnet_gemm_avx512():
+    """gemm_kernel() names the micro-kernel of wide products. Where the CPU splits 512-bit FMAs
+    (Zen 4) the AVX2 one runs (measured faster there); KILNET_GEMM=avx512 brings the AVX-512 one
+    back, and it must then match the reference on its tile edges, so that it stays tested on
+    such a CPU too."""
+    level, kernel = _cpu.simd_level(), _cpu.gemm_kernel()
+    want = {"avx512": ("avx512 12x32", "avx2 6x16"), "avx2": ("avx2 6x16",), "scalar": ("portable",)}[level]
+    assert kernel in want, (level, kernel)
+    if level != "avx512":
+        pytest.skip("no AVX-512 in use")
+    script = textwrap.dedent("""
+        import itertools, numpy as np
+        from kilnet import _cpu
+        assert _cpu.gemm_kernel() == "avx512 12x32", _cpu.gemm_kernel()
+        rng = np.random.default_rng(9)
+        for (M, N, K), (ta, tb), nt in itertools.product(
+                %r, itertools.product([False, True], [False, True]), [1, 2]):
+            _cpu.set_num_threads(nt)
+            a = rng.uniform(-1, 1, (K, M) if ta else (M, K)).astype(np.float32)
+            b = rng.uniform(-1, 1, (N, K) if tb else (K, N)).astype(np.float32)
+            bias = rng.uniform(-1, 1, N).astype(np.float32)
+            c0 = rng.uniform(-1, 1, (M, N)).astype(np.float32)
+            c, r = c0.copy(), c0.copy()
+            _cpu.gemm(a, b, c, ta, tb, 0.5, -2.0, bias)
+            _cpu.ref.gemm(a, b, r, ta, tb, 0.5, -2.0, bias)
+            np.testing.assert_allclose(c, r, rtol=1e-5, atol=1e-5 + 2e-7 * K)
+        print("ok")
+    """ % (AVX512_SHAPES,))
+    env = dict(os.environ, KILNET_GEMM="avx512")
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
 @pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed")
 @pytest.mark.parametrize("M,N,K,ta,tb", [(65, 127, 300, False, False), (33, 70, 17, True, True)]
                          + NN_SHAPES[:3])

@@ -79,6 +79,22 @@ Simd simd() {
 bool use_avx2() { return simd() != Simd::Scalar; }
 bool use_avx512() { return simd() == Simd::Avx512; }
 
+bool splits_512bit() {
+#if defined(KILNET_X86_PROBE)
+  static const bool yes = [] {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+    const bool amd = b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;   // "AuthenticAMD"
+    if (!amd || !__get_cpuid(1, &a, &b, &c, &d)) return false;
+    const unsigned family = ((a >> 8) & 0xF) + (((a >> 8) & 0xF) == 0xF ? (a >> 20) & 0xFF : 0);
+    return family == 0x19;   // Zen 3 has no AVX-512; Zen 5 (1Ah) has full 512-bit datapaths
+  }();
+  return yes;
+#else
+  return false;
+#endif
+}
+
 const char* simd_name(Simd s) {
   switch (s) {
     case Simd::Avx512: return "avx512";

@@ -13,6 +13,10 @@ using py::arg;
 void kilnet::bind::bind_gemm(py::module_& m, bool ref) {
   const auto gemm = ref ? &cpu::gemm_ref : &cpu::gemm;
   const auto bias_backward = ref ? &cpu::bias_backward_ref : &cpu::bias_backward;
+  if (!ref)
+    m.def("gemm_kernel", &cpu::gemm_kernel,
+          "The SGEMM micro-kernel for wide products: 'avx512 12x32', 'avx2 6x16' (also where the CPU "
+          "splits 512-bit FMAs, Zen 4, unless KILNET_GEMM=avx512) or 'portable'");
   m.def("gemm", [=](py::object a_, py::object b_, py::object c_, bool trans_a, bool trans_b,
                     float alpha, float beta, py::object bias_) {
     auto g = gemm_args(host_arrays, a_, b_, c_, trans_a, trans_b, bias_);

@@ -168,6 +168,12 @@ def fma_peak_gflops(threads: int = 1, seconds: float = 0.2, simd: str = "") -> f
     return _cpu.fma_peak_gflops(threads, seconds, simd)
 
 
+def gemm_kernel() -> str:
+    """The SGEMM micro-kernel of wide products: 'avx512 12x32', 'avx2 6x16' (also on AVX-512 CPUs
+    that split 512-bit FMAs, Zen 4, unless KILNET_GEMM=avx512) or 'portable'."""
+    return _cpu.gemm_kernel()
+
+
 def bf16_level() -> str:
     """The bfloat16 GEMM path: 'amx' (AMX-BF16 tiles), 'avx512bf16' (VDPBF16PS, no AMX) or 'fp32'
     (float32 GEMMs on the rounded operands). KILNET_BF16=avx512bf16|fp32 lowers it."""

@@ -27,6 +27,9 @@ const char* simd_name(Simd s);     // the same names for any level
 Simd machine_simd();               // the best level this build and machine could run (ignores KILNET_SIMD)
 bool use_avx2();                   // simd() >= Avx2: the AVX2/FMA kernels may run (AVX-512 CPUs too)
 bool use_avx512();                 // simd() == Avx512
+// The CPU runs a 512-bit FMA as two 256-bit halves (AMD family 19h, Zen 4): AVX-512 brings no
+// more flops there, and kernels whose AVX2 version measured faster choose it (gemm.cpp).
+bool splits_512bit();
 int  get_num_threads();
 void set_num_threads(int n);       // n >= 1; kilnet's own count, kept apart from other libraries'
 int  apply_num_threads();          // this thread's OpenMP count made kilnet's: the one it replaced, or 0
