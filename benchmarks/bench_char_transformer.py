@@ -43,8 +43,8 @@ def run_kilnet(a, weights_out):
     model.compile(optimizer=kilnet.optimizers.Adam(1e-3),
                   loss=kilnet.losses.SparseCategoricalCrossentropy(from_logits=True))
     curve, train_s = [], 0.0
-    for done in range(0, a.steps, a.eval_every):
-        x, y = ct.windows(tr, a.context, a.eval_every * a.batch, rng)
+    for done in range(0, a.steps, a.eval_every):   # (the last chunk shorter: exactly a.steps steps)
+        x, y = ct.windows(tr, a.context, min(a.eval_every, a.steps - done) * a.batch, rng)
         t0 = time.perf_counter()
         model.fit(x, y, batch_size=a.batch, epochs=1, shuffle=False, verbose=0)
         train_s += time.perf_counter() - t0
@@ -111,10 +111,10 @@ def run_torch(a, weights_in):
     rng = np.random.default_rng(0)
     xv, yv = ct.windows(va, a.context, 256, np.random.default_rng(1))
     curve, train_s = [], 0.0
-    for done in range(0, a.steps, a.eval_every):
-        x, y = ct.windows(tr, a.context, a.eval_every * a.batch, rng)
+    for done in range(0, a.steps, a.eval_every):   # (the last chunk shorter: exactly a.steps steps)
+        x, y = ct.windows(tr, a.context, min(a.eval_every, a.steps - done) * a.batch, rng)
         t0 = time.perf_counter()
-        for i in range(a.eval_every):
+        for i in range(min(a.eval_every, a.steps - done)):
             step(x[i * a.batch:(i + 1) * a.batch], y[i * a.batch:(i + 1) * a.batch])
         train_s += time.perf_counter() - t0
         with torch.no_grad():
