@@ -55,13 +55,9 @@ void gemm_amx(index_t M, index_t N, index_t K, const float* a, index_t a_rs, ind
               index_t b_ks, float* c, index_t c_rs, bool acc) {
   if (M <= 0 || N <= 0) return;
   const index_t mt = (M + 15) / 16, nt = (N + 15) / 16, ks = (K + 31) / 32;
-  thread_local TileBuf abuf, bbuf;
-  std::uint16_t* Ap = abuf.get(mt * ks * kTile);
-  std::uint16_t* Bp = bbuf.get(ks * nt * kTile);
-  if (K <= 0 || !Ap || !Bp || (a_ks != 1 && a_rs != 1))   // (never from the driver; float32 then)
+  const std::uint16_t *Ap, *Bp;
+  if (!pack_operands(M, N, K, a, a_rs, a_ks, b, b_ks, &Ap, &Bp))
     return gemm_avx512(M, N, K, a, a_rs, a_ks, b, b_ks, c, c_rs, acc);
-  pack_a(M, K, a, a_rs, a_ks, Ap);
-  pack_b(K, N, b, b_ks, Bp);
   const index_t ld = c_rs * index_t(sizeof(float));
   alignas(64) float buf[4][256];
   for (index_t ti = 0; ti < mt; ti += 2)

@@ -51,14 +51,10 @@ void dp_rows8(const std::uint16_t* ar, const std::uint16_t* bt, index_t ks, inde
 void gemm_dp(index_t M, index_t N, index_t K, const float* a, index_t a_rs, index_t a_ks, const float* b,
              index_t b_ks, float* c, index_t c_rs, bool acc) {
   if (M <= 0 || N <= 0) return;
-  const index_t mt = (M + 15) / 16, nt = (N + 15) / 16, ks = (K + 31) / 32;
-  thread_local TileBuf abuf, bbuf;
-  std::uint16_t* Ap = abuf.get(mt * ks * kTile);
-  std::uint16_t* Bp = bbuf.get(ks * nt * kTile);
-  if (K <= 0 || !Ap || !Bp || (a_ks != 1 && a_rs != 1))   // (never from the driver; float32 then)
+  const index_t nt = (N + 15) / 16, ks = (K + 31) / 32;
+  const std::uint16_t *Ap, *Bp;
+  if (!pack_operands(M, N, K, a, a_rs, a_ks, b, b_ks, &Ap, &Bp))
     return gemm_avx512(M, N, K, a, a_rs, a_ks, b, b_ks, c, c_rs, acc);
-  pack_a(M, K, a, a_rs, a_ks, Ap);
-  pack_b(K, N, b, b_ks, Bp);
   for (index_t r0 = 0; r0 < M; r0 += 8) {   // 8 rows: the upper or lower half of a 16-row tile
     const std::uint16_t* ar = Ap + (r0 / 16) * ks * kTile + (r0 % 16) * 32;
     const index_t rows = M - r0 < 8 ? M - r0 : 8;

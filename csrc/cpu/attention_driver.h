@@ -83,7 +83,7 @@ index_t key_end(const AttnShape& s, index_t i0, index_t mq) {
 
 // Q (or dO) rows [i0, i0 + mq) of one head, transposed into t[h][i] (H x BQ), times `mul`;
 // the padding columns are zero.
-void pack_transposed(index_t H, index_t mq, const float* src, index_t ld, float mul, float* t) {
+[[maybe_unused]] void pack_transposed(index_t H, index_t mq, const float* src, index_t ld, float mul, float* t) {
   for (index_t j = 0; j < H * BQ; ++j) t[j] = 0.f;
   for (index_t i = 0; i < mq; ++i) {
     const float* row = src + i * ld;

@@ -97,5 +97,22 @@ void pack_b(index_t K, index_t N, const float* b, index_t b_ks, std::uint16_t* B
     }
 }
 
+// Both operands of C (M x N) (+)= A (M x K) B (K x N) packed into this thread's buffers (*Ap:
+// mt * ks tiles, *Bp: ks * nt tiles). False (nothing packed) when K is 0, a buffer cannot be
+// had, or A is neither row- nor column-contiguous: the caller runs the float32 gemm then.
+bool pack_operands(index_t M, index_t N, index_t K, const float* a, index_t a_rs, index_t a_ks, const float* b,
+                   index_t b_ks, const std::uint16_t** Ap, const std::uint16_t** Bp) {
+  const index_t mt = (M + 15) / 16, nt = (N + 15) / 16, ks = (K + 31) / 32;
+  thread_local TileBuf abuf, bbuf;
+  std::uint16_t* ap = abuf.get(mt * ks * kTile);
+  std::uint16_t* bp = bbuf.get(ks * nt * kTile);
+  if (K <= 0 || !ap || !bp || (a_ks != 1 && a_rs != 1)) return false;   // (never from the driver)
+  pack_a(M, K, a, a_rs, a_ks, ap);
+  pack_b(K, N, b, b_ks, bp);
+  *Ap = ap;
+  *Bp = bp;
+  return true;
+}
+
 }  // namespace
 }  // namespace kilnet::cpu::attn_detail
