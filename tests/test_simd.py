@@ -93,15 +93,16 @@ def test_peak_above_the_level_in_use_is_refused():
 
 def test_bf16_dot_peak():
     """The VDPBF16PS peak where the CPU has AVX512-BF16 (two multiply-adds per float32 lane: Zen 4
-    measured 233 vs 117 GFLOP/s of float32 FMAs per core; a Xeon that issues it on one port of
-    two gets about the FMA rate, so only "not slower" is asserted); a clear error elsewhere."""
+    measured 233 vs 117 GFLOP/s of float32 FMAs per core; a Xeon that issues it on one port where
+    it has two FMA ports gets about the FMA rate, so only the order of magnitude is asserted); a
+    clear error elsewhere."""
     if not _cpu.cpu_has_avx512bf16():
         with pytest.raises(RuntimeError, match="no AVX512-BF16"):
             _cpu.bf16_dot_peak_gflops(1, 0.01)
         return
     dot = max(_cpu.bf16_dot_peak_gflops(1, 0.05) for _ in range(3))
     fma = max(_cpu.fma_peak_gflops(1, 0.05, "avx512") for _ in range(3))
-    assert 0.8 * fma < dot < 1e5, (dot, fma)
+    assert 0.4 * fma < dot < 4 * fma, (dot, fma)
     with pytest.raises(ValueError, match="threads"):
         _cpu.bf16_dot_peak_gflops(0, 0.01)
     with pytest.raises(ValueError, match="seconds"):
