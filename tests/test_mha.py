@@ -104,7 +104,11 @@ def test_gradients_match_torch_multihead_attention():
 def test_functional_transformer_block_trains():
     """A functional Transformer-block classifier on a token rule made here: whether token 1
     appears before token 2 (needs attention across positions). Keras 3 (JAX) on the same
-    program: test accuracy 0.980 / 0.990 / 0.985 for seeds 0 / 1 / 2."""
+    program, test accuracy after 12 / 16 epochs for seeds 0, 1, 2: 0.980 0.990 0.985 / 0.995 0.995
+    1.000; kilnet (Zen 4): 0.945 0.980 0.975 / 1.000 1.000 0.995. Both still swing by up to 0.15
+    between epochs 9 and 15, so where kilnet lands at 12 depends on the summation order of the
+    CPU's kernels (seed 0: 0.945 with the AVX2 SGEMM kernel, 0.965 with the AVX-512 one): the
+    test trains 16 epochs, where both libraries have settled."""
     rng = np.random.default_rng(3)
     n, t = 1200, 12
     ids = rng.integers(3, 20, (n, t))
@@ -132,7 +136,7 @@ def test_functional_transformer_block_trains():
     out = layers.Dense(2, activation="softmax")(x)
     m = kilnet.Model(inp, out)
     m.compile(optimizer=kilnet.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    h = m.fit(ids[:1000], y[:1000], epochs=12, batch_size=32, verbose=0)
+    h = m.fit(ids[:1000], y[:1000], epochs=16, batch_size=32, verbose=0)
     acc = m.evaluate(ids[1000:], y[1000:], verbose=0)[1]
     assert acc > 0.95, (acc, h.history["loss"][-3:])
 
