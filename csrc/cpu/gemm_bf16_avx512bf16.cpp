@@ -68,7 +68,7 @@ inline void transpose16x16_epi32(__m512i r[16]) {
 }  // namespace
 
 namespace {
-// amx_pack_a for a transposed A (stored K x M: op(A)(i, k) = src[k*ld + i]): for 16 rows i at a
+// pack_a for a transposed A (stored K x M: op(A)(i, k) = src[k*ld + i]): for 16 rows i at a
 // time, the pairs (k+2p, k+2p+1) of 16 i's are built as B rows are, then transposed so that
 // tile row i holds its 16 pairs = 32 consecutive k.
 void pack_a_trans(const void* src, bool bf16, index_t ld, index_t i0, index_t rows, index_t K,
@@ -114,7 +114,7 @@ void pack_a(const void* src, bool bf16, bool trans, index_t ld, index_t i0, inde
 }
 
 namespace {
-// amx_pack_b for a transposed B (stored N x K: op(B)(k, j) = src[j*ld + k]): column j's 32
+// pack_b for a transposed B (stored N x K: op(B)(k, j) = src[j*ld + k]): column j's 32
 // consecutive k are one load, already as 16 pairs (k+2p, k+2p+1); transposing 16 columns' loads
 // gives the 16 tile rows.
 void pack_b_trans(const void* src, bool bf16, index_t ld, index_t j0, index_t cols, index_t K,
