@@ -281,6 +281,9 @@ def test_gemm_kernel_and_kilnet_gemm_avx512():
     env = dict(os.environ, KILNET_GEMM="avx512")
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    bogus = subprocess.run([sys.executable, "-W", "always", "-c", "import kilnet"], capture_output=True, text=True,
+                           env=dict(os.environ, KILNET_GEMM="fast"), timeout=120)
+    assert bogus.returncode == 0 and "KILNET_GEMM='fast' is not 'avx512'" in bogus.stderr, bogus.stderr[-2000:]
 
 
 @pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed")

@@ -240,6 +240,15 @@ def _check_bf16_environment():
                       f"{_cpu.bf16_level()})", RuntimeWarning, stacklevel=2)
 
 
+def _check_gemm_environment():
+    raw = os.environ.get("KILNET_GEMM")
+    if raw is not None and raw != "avx512":
+        import warnings
+        warnings.warn(f"KILNET_GEMM={raw!r} is not 'avx512'; ignored (running {_cpu.gemm_kernel()})",
+                      RuntimeWarning, stacklevel=2)
+
+
 _threads_from_environment()
 _check_simd_environment()
 _check_bf16_environment()
+_check_gemm_environment()
