@@ -33,6 +33,15 @@ for level in ${SIMD_LEVELS:-avx2 scalar}; do
   KILNET_SIMD=$level python3 -m pytest -q -p no:cacheprovider -k "$deselect" $kernel_tests "$@"
   echo "KILNET_SIMD=$level: $(( $(date +%s) - start )) s"
 done
+# The layout tests again with staging flipped (KILNET_STAGING): the staging buffers run by
+# default only on Intel (store_ahead.h), so on other CPUs this is where they are tested, and on
+# Intel the unstaged path in that layout.
+staging=$(python3 -c "from kilnet import _cpu; print('off' if _cpu.stages_store_ahead() else 'on')")
+if [ -z "${SIMD_LEVELS:-}" ]; then
+  echo "== KILNET_STAGING=$staging"
+  KILNET_STAGING=$staging python3 -m pytest -q -p no:cacheprovider -k "just_ahead or staging" \
+    tests/test_activation.py tests/test_gelu.py tests/test_layernorm.py tests/test_loss.py "$@"
+fi
 # On a machine with AMX, the bfloat16 tests again on the VDPBF16PS kernel (KILNET_BF16 lowers
 # the bfloat16 level as KILNET_SIMD does the SIMD one); elsewhere the default run was that level.
 bf16=$(python3 -c "from kilnet import _cpu; print(_cpu.bf16_level())")

@@ -2,6 +2,11 @@
 
 Fast kernels vs the naive `_cpu.ref` kernels vs float64 numpy formulas, finite-difference
 gradient checks, PyTorch parity, numerical stability, bad input and in-place use."""
+import os
+import platform
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -505,3 +510,34 @@ def test_activation_output_just_ahead_of_an_input_same_bits(rng, nt, act, offset
         dy[...] = dy0
         _cpu.activation_backward(act, y, dy, dx)
         np.testing.assert_array_equal(dx, dx0)
+
+
+def _cpu_vendor():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def test_staging_follows_the_cpu_and_KILNET_STAGING():
+    """Outputs just ahead of an input go through staging only on Intel, where that layout stalls
+    (store_ahead.h); KILNET_STAGING=on|off overrides, so CI runs the staging path on any CPU; a
+    bogus value warns and is ignored."""
+    import kilnet.backend as backend
+    vendor = _cpu_vendor()
+    forced = os.environ.get("KILNET_STAGING")
+    if forced in ("on", "off"):
+        assert backend.stages_store_ahead() == (forced == "on")
+    elif vendor is not None and platform.machine() in ("x86_64", "AMD64"):
+        assert backend.stages_store_ahead() == (vendor == "GenuineIntel"), vendor
+    for value, want in (("on", "True"), ("off", "False")):
+        p = subprocess.run([sys.executable, "-c", "from kilnet import _cpu; print(_cpu.stages_store_ahead())"],
+                           env=dict(os.environ, KILNET_STAGING=value), capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and p.stdout.strip() == want, (value, p.stdout, p.stderr[-2000:])
+    bogus = subprocess.run([sys.executable, "-W", "always", "-c", "import kilnet"], capture_output=True, text=True,
+                           env=dict(os.environ, KILNET_STAGING="yes"), timeout=120)
+    assert bogus.returncode == 0 and "KILNET_STAGING='yes' is not 'on' or 'off'" in bogus.stderr, bogus.stderr[-2000:]

@@ -191,8 +191,8 @@ double softmax_crossentropy(index_t rows, index_t cols, const float* x, const st
     float* ps = pr ? staging_for(mine, pr, xr, tr) : nullptr;
     float* gs = gr ? staging_for(mine + cols + kStageExtra, gr, xr, tr, ps) : nullptr;
     const double loss = softmax_ce_row(cols, xr, label, tr, scale, ps, gs);
-    if (pr) std::memcpy(pr, ps, size_t(cols) * sizeof(float));
-    if (gr) std::memcpy(gr, gs, size_t(cols) * sizeof(float));
+    if (pr) copy_out(pr, ps, cols);
+    if (gr) copy_out(gr, gs, cols);
     return loss;
   });
   return total / double(rows);

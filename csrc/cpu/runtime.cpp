@@ -95,6 +95,22 @@ bool splits_512bit() {
 #endif
 }
 
+bool stages_store_ahead() {
+  static const bool yes = [] {
+    const char* env = std::getenv("KILNET_STAGING");
+    if (env && std::strcmp(env, "on") == 0) return true;
+    if (env && std::strcmp(env, "off") == 0) return false;
+#if defined(KILNET_X86_PROBE)
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+    return b == 0x756e6547u && d == 0x49656e69u && c == 0x6c65746eu;   // "GenuineIntel"
+#else
+    return false;
+#endif
+  }();
+  return yes;
+}
+
 const char* simd_name(Simd s) {
   switch (s) {
     case Simd::Avx512: return "avx512";

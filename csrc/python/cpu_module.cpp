@@ -15,6 +15,9 @@ PYBIND11_MODULE(_cpu, m) {
   m.attr("__version__") = KILNET_VERSION;
 #endif
   m.def("simd_level", &cpu::simd_level, "'avx512', 'avx2' or 'scalar': the kernel path in use");
+  m.def("stages_store_ahead", &cpu::stages_store_ahead,
+        "Whether outputs just ahead of an input modulo 2 MiB go through staging buffers (Intel; "
+        "KILNET_STAGING=on|off overrides)");
   m.def("machine_simd_level", [] { return cpu::simd_name(cpu::machine_simd()); },
         "the best level this build runs on this machine (what KILNET_SIMD can lower)");
   cpu::set_num_threads(cpu::get_num_threads());   // the default at import, held from now on

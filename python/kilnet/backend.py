@@ -174,6 +174,12 @@ def gemm_kernel() -> str:
     return _cpu.gemm_kernel()
 
 
+def stages_store_ahead() -> bool:
+    """Whether kernels write an output lying just ahead of an input (modulo 2 MiB) through
+    staging buffers: on Intel, where that layout stalls; KILNET_STAGING=on|off overrides."""
+    return _cpu.stages_store_ahead()
+
+
 def bf16_level() -> str:
     """The bfloat16 GEMM path: 'amx' (AMX-BF16 tiles), 'avx512bf16' (VDPBF16PS, no AMX) or 'fp32'
     (float32 GEMMs on the rounded operands). KILNET_BF16=avx512bf16|fp32 lowers it."""
@@ -248,7 +254,16 @@ def _check_gemm_environment():
                       RuntimeWarning, stacklevel=2)
 
 
+def _check_staging_environment():
+    raw = os.environ.get("KILNET_STAGING")
+    if raw is not None and raw not in ("on", "off"):
+        import warnings
+        warnings.warn(f"KILNET_STAGING={raw!r} is not 'on' or 'off'; ignored (staging "
+                      f"{'on' if _cpu.stages_store_ahead() else 'off'})", RuntimeWarning, stacklevel=2)
+
+
 _threads_from_environment()
 _check_simd_environment()
+_check_staging_environment()
 _check_bf16_environment()
 _check_gemm_environment()

@@ -30,6 +30,11 @@ bool use_avx512();                 // simd() == Avx512
 // The CPU runs a 512-bit FMA as two 256-bit halves (AMD family 19h, Zen 4): AVX-512 brings no
 // more flops there, and kernels whose AVX2 version measured faster choose it (gemm.cpp).
 bool splits_512bit();
+// Outputs that run just ahead of an input modulo 2 MiB go through staging buffers (store_ahead.h):
+// on Intel, where such a store stalls the loads after it (measured 2-3.4x slower kernels); not
+// on AMD Zen 4, where the layout costs nothing and staging made the same kernels 1.5-2.5x slower.
+// KILNET_STAGING=on|off overrides (tests run the staging path on every machine this way).
+bool stages_store_ahead();
 int  get_num_threads();
 void set_num_threads(int n);       // n >= 1; kilnet's own count, kept apart from other libraries'
 int  apply_num_threads();          // this thread's OpenMP count made kilnet's: the one it replaced, or 0
