@@ -33,7 +33,11 @@ void gelu_forward_into(index_t n, const float* x, float* y, bool approximate, bo
   if (use_avx512()) return gelu_detail::forward_avx512(n, x, y, approximate, serial);
 #endif
   if (use_avx2()) return gelu_detail::forward_avx2(n, x, y, approximate, serial);
-#pragma omp parallel for num_threads(serial ? 1 : threads_for(n, 1 << 13)) schedule(static) if (!serial)
+  if (serial) {   // no parallel region at all: an inactive nested one still cost ~1 us per call
+    for (index_t i = 0; i < n; ++i) y[i] = gelu_f(x[i], approximate);
+    return;
+  }
+#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
   for (index_t i = 0; i < n; ++i) y[i] = gelu_f(x[i], approximate);
 }
 
@@ -42,7 +46,11 @@ void gelu_backward_into(index_t n, const float* x, const float* dy, float* dx, b
   if (use_avx512()) return gelu_detail::backward_avx512(n, x, dy, dx, approximate, serial);
 #endif
   if (use_avx2()) return gelu_detail::backward_avx2(n, x, dy, dx, approximate, serial);
-#pragma omp parallel for num_threads(serial ? 1 : threads_for(n, 1 << 13)) schedule(static) if (!serial)
+  if (serial) {
+    for (index_t i = 0; i < n; ++i) dx[i] = dy[i] * gelu_d(x[i], approximate);
+    return;
+  }
+#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
   for (index_t i = 0; i < n; ++i) dx[i] = dy[i] * gelu_d(x[i], approximate);
 }
 }  // namespace

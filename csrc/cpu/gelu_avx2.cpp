@@ -80,18 +80,27 @@ inline float deriv1(float x, bool approx) {
 
 void forward_avx2(index_t n, const float* x, float* y, bool approximate, bool serial) {
   const index_t blocks = n / 8;
-#pragma omp parallel for num_threads(serial ? 1 : threads_for(n, 1 << 13)) schedule(static) if (!serial)
-  for (index_t b = 0; b < blocks; ++b)
-    _mm256_storeu_ps(y + 8 * b, fwd8(_mm256_loadu_ps(x + 8 * b), approximate));
+  const auto block = [&](index_t b) { _mm256_storeu_ps(y + 8 * b, fwd8(_mm256_loadu_ps(x + 8 * b), approximate)); };
+  if (serial) {   // no parallel region at all: an inactive nested one still cost ~1 us per call
+    for (index_t b = 0; b < blocks; ++b) block(b);
+  } else {
+#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
+    for (index_t b = 0; b < blocks; ++b) block(b);
+  }
   for (index_t i = 8 * blocks; i < n; ++i) y[i] = fwd1(x[i], approximate);
 }
 
 void backward_avx2(index_t n, const float* x, const float* dy, float* dx, bool approximate, bool serial) {
   const index_t blocks = n / 8;
-#pragma omp parallel for num_threads(serial ? 1 : threads_for(n, 1 << 13)) schedule(static) if (!serial)
-  for (index_t b = 0; b < blocks; ++b)
-    _mm256_storeu_ps(dx + 8 * b, _mm256_mul_ps(_mm256_loadu_ps(dy + 8 * b),
-                                               deriv8(_mm256_loadu_ps(x + 8 * b), approximate)));
+  const auto block = [&](index_t b) {
+    _mm256_storeu_ps(dx + 8 * b, _mm256_mul_ps(_mm256_loadu_ps(dy + 8 * b), deriv8(_mm256_loadu_ps(x + 8 * b), approximate)));
+  };
+  if (serial) {
+    for (index_t b = 0; b < blocks; ++b) block(b);
+  } else {
+#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
+    for (index_t b = 0; b < blocks; ++b) block(b);
+  }
   for (index_t i = 8 * blocks; i < n; ++i) dx[i] = dy[i] * deriv1(x[i], approximate);
 }
 

@@ -86,12 +86,17 @@ inline __m512 deriv16(__m512 x, bool approx) {
 
 void forward_avx512(index_t n, const float* x, float* y, bool approximate, bool serial) {
   const index_t blocks = (n + 15) / 16;
-#pragma omp parallel for num_threads(serial ? 1 : threads_for(n, 1 << 13)) schedule(static) if (!serial)
-  for (index_t b = 0; b < blocks; ++b) {
+  const auto block = [&](index_t b) {
     const index_t i = 16 * b;
     const __mmask16 k = n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
     _mm512_mask_storeu_ps(y + i, k, fwd16(_mm512_maskz_loadu_ps(k, x + i), approximate));
+  };
+  if (serial) {   // no parallel region at all: an inactive nested one still cost ~1 us per call
+    for (index_t b = 0; b < blocks; ++b) block(b);
+    return;
   }
+#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
+  for (index_t b = 0; b < blocks; ++b) block(b);
 }
 
 void forward_bf16_avx512(index_t n, const float* x, std::uint16_t* y, bool approximate) {
@@ -143,13 +148,18 @@ void backward_bf16_xdx_avx512(index_t n, const std::uint16_t* x, const float* dy
 
 void backward_avx512(index_t n, const float* x, const float* dy, float* dx, bool approximate, bool serial) {
   const index_t blocks = (n + 15) / 16;
-#pragma omp parallel for num_threads(serial ? 1 : threads_for(n, 1 << 13)) schedule(static) if (!serial)
-  for (index_t b = 0; b < blocks; ++b) {
+  const auto block = [&](index_t b) {
     const index_t i = 16 * b;
     const __mmask16 k = n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
     _mm512_mask_storeu_ps(dx + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, dy + i),
                                                    deriv16(_mm512_maskz_loadu_ps(k, x + i), approximate)));
+  };
+  if (serial) {
+    for (index_t b = 0; b < blocks; ++b) block(b);
+    return;
   }
+#pragma omp parallel for num_threads(threads_for(n, 1 << 13)) schedule(static)
+  for (index_t b = 0; b < blocks; ++b) block(b);
 }
 
 }  // namespace kilnet::cpu::gelu_detail
