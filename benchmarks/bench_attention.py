@@ -147,7 +147,7 @@ def _worker_memory_first_call(lib, T, threads):
 
 def _run_worker(args_list):
     r = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", *args_list],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, env=fair_timing.worker_env(args_list[1]))
     if r.returncode != 0:
         raise RuntimeError(f"worker {args_list} failed:\n{r.stderr}")
     return json.loads(r.stdout.strip().splitlines()[-1])

@@ -160,8 +160,7 @@ def main():
                 # round 0 runs kilnet first: it writes the initial weights (seed 0: the same every run)
                 for lib in fair_timing.rotate(runs, r):
                     cmd = [sys.executable, __file__, "--one", lib, "--weights", wpath, "--threads", str(th)] + opts
-                    out = subprocess.run(cmd, capture_output=True, text=True,
-                                         env={**os.environ, "OMP_NUM_THREADS": str(th)})
+                    out = subprocess.run(cmd, capture_output=True, text=True, env=fair_timing.worker_env(lib, th))
                     line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
                     if not line:
                         sys.exit(f"{lib} failed:\n{out.stdout}\n{out.stderr}")

@@ -50,7 +50,7 @@ def run_workers(script, libs, threads_list, runs, extra=()):
         for t in threads_list:
             for lib in fair_timing.rotate(libs, run):   # the order changes every run (issue 23)
                 r = subprocess.run([sys.executable, script, "--worker", lib, "--threads", str(t), *extra],
-                                   capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(t)})
+                                   capture_output=True, text=True, env=fair_timing.worker_env(lib, t))
                 if r.returncode != 0:
                     raise SystemExit(f"worker {lib} threads={t} failed:\n{r.stderr[-3000:]}")
                 out.setdefault((lib, t), []).append(json.loads(r.stdout.strip().splitlines()[-1]))

@@ -11,7 +11,14 @@ reallocation it must catch: the batch of images (100 KB at batch 32, 22 KB for a
 Buffers smaller than the bound (the 32x10 probabilities and loss gradient, the metric's scratch)
 are covered by an identity check: every array the layers, fit's step and the metrics keep after
 the warm-up is the very same array, at the same address, after more epochs.
+
+Arrays that ops do allocate per call (kilnet.ops under a GradientTape) are freed and allocated
+again every step: the last test checks that the process keeps that memory for reuse.
 """
+import os
+import platform
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -137,3 +144,40 @@ def test_no_array_survives_a_step():
     before, after = snaps
     grown = [d for d in after.compare_to(before, "traceback") if d.size_diff > 0 or d.count_diff > 0]
     assert not grown, "arrays created by steady-state steps are still alive:\n" + "\n".join(map(str, grown[:5]))
+
+
+_STEP_OF_FREED_ARRAYS = """
+import resource, sys, numpy as np
+import kilnet.backend as backend
+n = (4 << 20) // 4 - 2048   # just under 4 MiB: numpy asks no huge pages for it, so 4 KiB faults
+def step():   # a step's worth of temporaries (attention: out, dq, dk, dv, the seed gradient)
+    arrs = [np.ones(n, np.float32) for _ in range(6)]
+    del arrs
+step(); step()
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    step()
+print(backend.malloc_policy().split()[0], resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                    reason="the malloc policy is glibc's thresholds")
+def test_freed_arrays_are_reused_not_faulted_in_again():
+    """After `import kilnet` the arrays a step frees are kept for the next step (glibc's mmap and
+    trim thresholds, kilnet/common.h tune_malloc): five steps of 6 x 4 MiB temporaries page-fault
+    almost nothing, where glibc's defaults fault them all in again (KILNET_MALLOC=system keeps
+    those); glibc's own MALLOC_*_ variables win over kilnet's, and a bogus KILNET_MALLOC warns."""
+    def run(**env):
+        p = subprocess.run([sys.executable, "-W", "always", "-c", _STEP_OF_FREED_ARRAYS], capture_output=True,
+                           text=True, timeout=120, env=dict(os.environ, **env))
+        assert p.returncode == 0, p.stderr[-2000:]
+        policy, faults = p.stdout.split()
+        return policy, int(faults), p.stderr
+    kept = run()
+    system = run(KILNET_MALLOC="system")
+    assert kept[0] == "kept" and system[0] == "system", (kept, system)
+    assert kept[1] < 300 and system[1] > kept[1], (kept, system)
+    assert run(MALLOC_TRIM_THRESHOLD_="131072")[0] == "system"
+    bogus = run(KILNET_MALLOC="jemalloc")
+    assert bogus[0] == "kept" and "KILNET_MALLOC='jemalloc' is not 'system'" in bogus[2], bogus

@@ -209,3 +209,14 @@ def test_kilnet_and_torch_thread_counts_are_independent():
     here = os.path.dirname(os.path.abspath(__file__))
     r = subprocess.run([sys.executable, "-c", _SHARED_RUNTIME, here], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+def test_worker_env_runs_other_libraries_with_the_system_allocator():
+    """A torch or numpy worker that imports kilnet for the timing helpers must not run with the
+    allocator policy kilnet sets at import (the yardstick is that library as its users run it)."""
+    base = {"PATH": "/bin", "KILNET_MALLOC": "x"}
+    assert fair_timing.worker_env("torch", 2, base) == {"PATH": "/bin", "KILNET_MALLOC": "system",
+                                                          "OMP_NUM_THREADS": "2"}
+    assert fair_timing.worker_env("numpy", None, base)["KILNET_MALLOC"] == "system"
+    assert fair_timing.worker_env("kilnet", 1, base) == {"PATH": "/bin", "KILNET_MALLOC": "x", "OMP_NUM_THREADS": "1"}
+    assert fair_timing.worker_env("kilnet-bf16", None, {})  == {}

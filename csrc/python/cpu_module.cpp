@@ -21,6 +21,9 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("machine_simd_level", [] { return cpu::simd_name(cpu::machine_simd()); },
         "the best level this build runs on this machine (what KILNET_SIMD can lower)");
   cpu::set_num_threads(cpu::get_num_threads());   // the default at import, held from now on
+  cpu::tune_malloc();   // freed arrays kept for the next step (kilnet/common.h)
+  m.def("malloc_policy", &cpu::tune_malloc,
+        "How freed large arrays are kept: 'kept (...)' (kilnet's glibc thresholds) or 'system (...)'");
   m.def("get_num_threads", &cpu::get_num_threads);
   m.def("set_num_threads", [](int n) {
     // The cap of KILNET_NUM_THREADS (kilnet/backend.py): a count far beyond any machine only

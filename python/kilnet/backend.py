@@ -180,6 +180,13 @@ def stages_store_ahead() -> bool:
     return _cpu.stages_store_ahead()
 
 
+def malloc_policy() -> str:
+    """How freed large arrays are kept: 'kept (...)' where kilnet set glibc's mmap and trim
+    thresholds at import (arrays up to 32 MiB reused from the heap instead of page-faulted in
+    again every step), else 'system (why)'. KILNET_MALLOC=system keeps the process's defaults."""
+    return _cpu.malloc_policy()
+
+
 def bf16_level() -> str:
     """The bfloat16 GEMM path: 'amx' (AMX-BF16 tiles), 'avx512bf16' (VDPBF16PS, no AMX) or 'fp32'
     (float32 GEMMs on the rounded operands). KILNET_BF16=avx512bf16|fp32 lowers it."""
@@ -254,6 +261,14 @@ def _check_gemm_environment():
                       RuntimeWarning, stacklevel=2)
 
 
+def _check_malloc_environment():
+    raw = os.environ.get("KILNET_MALLOC")
+    if raw is not None and raw != "system":
+        import warnings
+        warnings.warn(f"KILNET_MALLOC={raw!r} is not 'system'; ignored (allocator: {_cpu.malloc_policy()})",
+                      RuntimeWarning, stacklevel=2)
+
+
 def _check_staging_environment():
     raw = os.environ.get("KILNET_STAGING")
     if raw is not None and raw not in ("on", "off"):
@@ -265,5 +280,6 @@ def _check_staging_environment():
 _threads_from_environment()
 _check_simd_environment()
 _check_staging_environment()
+_check_malloc_environment()
 _check_bf16_environment()
 _check_gemm_environment()

@@ -678,7 +678,7 @@ class _Worker:
         self.lib, self.n = lib, n
         self._err = tempfile.TemporaryFile(mode="w+")   # a file, so a chatty stderr cannot block it
         self._p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
-                                   text=True, env={**os.environ, "OMP_NUM_THREADS": str(n)})
+                                   text=True, env=fair_timing.worker_env(lib, n))
         self.cases = set(self._answer()["cases"])
 
     def _answer(self):

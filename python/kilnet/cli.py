@@ -260,6 +260,7 @@ def cmd_info(args) -> int:
     print("measured FMA peak, 1 thread: " + ", ".join(peaks) + " GFLOP/s"
           + (f" ({', '.join(above)}: not measured, above the level in use)" if above else ""))
     print(f"sgemm micro-kernel: {backend.gemm_kernel()}")
+    print(f"freed arrays: {backend.malloc_policy()}")
     print(f"store-ahead staging: {'on' if backend.stages_store_ahead() else 'off'} (on for Intel; KILNET_STAGING=on|off)")
     dot = backend.bf16_dot_peak_gflops(1, 0.05)
     print(f"bfloat16 GEMM: {backend.bf16_level()}"

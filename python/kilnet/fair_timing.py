@@ -9,14 +9,18 @@ machine one call measured 50x its real time. Three defences:
   * rotate(): the order of the libraries changes from round to round, so that a slow moment of
     the machine does not always hit the same one;
   * stalled(): a row whose per-round medians spread by more than STALL_SPREAD (max/min) is
-    flagged: a stall or a busy machine, not a property of the kernel."""
+    flagged: a stall or a busy machine, not a property of the kernel.
+And worker_env(): the environment of a library's worker process. Importing kilnet tunes the
+process's allocator (backend.malloc_policy()); a worker of another library that imports kilnet
+for these helpers gets KILNET_MALLOC=system, so the yardstick runs as its own users run it."""
 from __future__ import annotations
 
 import os
 import statistics
 import time
 
-__all__ = ["STALL_SPREAD", "spread", "stalled", "rotate", "busy_threads", "wait_idle", "median_seconds"]
+__all__ = ["STALL_SPREAD", "spread", "stalled", "rotate", "busy_threads", "wait_idle", "median_seconds",
+           "worker_env"]
 
 # Round medians of one row farther apart than this (max/min) are not plausible for a fixed
 # computation on fixed data that has its cores: something else ran (a stalled thread pool, or
@@ -109,3 +113,15 @@ def median_seconds(fn, warm=1, min_reps=3, budget=0.03, max_reps=20):
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def worker_env(lib, threads=None, base=None):
+    """The environment for `lib`'s worker process: `base` (default os.environ) with
+    OMP_NUM_THREADS=threads when given, and KILNET_MALLOC=system unless lib is kilnet's own
+    ("kilnet", "kilnet-bf16", ...)."""
+    env = dict(os.environ if base is None else base)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    if not str(lib).startswith("kilnet"):
+        env["KILNET_MALLOC"] = "system"
+    return env

@@ -35,6 +35,12 @@ bool splits_512bit();
 // on AMD Zen 4, where the layout costs nothing and staging made the same kernels 1.5-2.5x slower.
 // KILNET_STAGING=on|off overrides (tests run the staging path on every machine this way).
 bool stages_store_ahead();
+// Keep freed large blocks for reuse instead of returning them to the OS at every free (glibc's
+// mmap and trim thresholds, set once; runtime.cpp says why). The Python module calls it at
+// import; the C API leaves the host's allocator alone. KILNET_MALLOC=system, or glibc's own
+// MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ in the environment, keep the defaults. Returns
+// the policy in words.
+const char* tune_malloc();
 int  get_num_threads();
 void set_num_threads(int n);       // n >= 1; kilnet's own count, kept apart from other libraries'
 int  apply_num_threads();          // this thread's OpenMP count made kilnet's: the one it replaced, or 0
