@@ -88,38 +88,66 @@ void row_forward_avx2(index_t C, const float* x, const float* gamma, const float
   *invstd = is;
 }
 
-void row_backward_avx2(index_t C, const float* x, const float* dy, const float* gamma, float mean,
-                       float invstd, bool rms, float* dx, float* pg, float* pb) {
+namespace {
+
+// As layernorm_avx512.cpp's backward_row: gamma (G) and the partial sums (P) fixed at compile
+// time, full vectors in pairs into the even/odd accumulators, the tail alone; the same
+// arithmetic in the same order as one vector per step with those tests inside the loop.
+template <bool G, bool P>
+void backward_row(index_t C, const float* x, const float* dy, const float* gamma, float mean, float invstd,
+                  bool rms, float* dx, float* pg, float* pb) {
   const __m256i mask = tail_mask(C % 8);
   const index_t full = C - C % 8;
   const __m256 vc = _mm256_set1_ps(rms ? 0.f : mean), vis = _mm256_set1_ps(invstd);
   __m256 s1a = _mm256_setzero_ps(), s1b = _mm256_setzero_ps(), s2a = _mm256_setzero_ps(), s2b = _mm256_setzero_ps();
-  index_t j = 0;
-  for (; j < C; j += 8) {
-    const bool tail = j == full;   // masked lanes load 0 (dy = 0), so they add nothing
+  // tail lanes load 0 (dy = 0), so they add nothing
+  const auto sums = [&](index_t j, bool tail, __m256& s1, __m256& s2) __attribute__((always_inline)) {
     const __m256 d = load(dy + j, tail, mask);
     const __m256 z = _mm256_mul_ps(_mm256_sub_ps(load(x + j, tail, mask), vc), vis);
-    const __m256 g = gamma ? _mm256_mul_ps(d, load(gamma + j, tail, mask)) : d;
-    if ((j / 8) % 2 == 0) { s1a = _mm256_add_ps(s1a, g); s2a = _mm256_fmadd_ps(g, z, s2a); }
-    else { s1b = _mm256_add_ps(s1b, g); s2b = _mm256_fmadd_ps(g, z, s2b); }
-    if (pg) {
+    const __m256 g = G ? _mm256_mul_ps(d, load(gamma + j, tail, mask)) : d;
+    s1 = _mm256_add_ps(s1, g);
+    s2 = _mm256_fmadd_ps(g, z, s2);
+    if (P) {
       store(pg + j, _mm256_fmadd_ps(d, z, load(pg + j, tail, mask)), tail, mask);
       store(pb + j, _mm256_add_ps(d, load(pb + j, tail, mask)), tail, mask);
     }
+  };
+  index_t j = 0;
+  for (; j + 16 <= full; j += 16) {
+    sums(j, false, s1a, s2a);
+    sums(j + 8, false, s1b, s2b);
+  }
+  if (j < full) {   // one more full vector (an even one), then perhaps the tail (odd)
+    sums(j, false, s1a, s2a);
+    j += 8;
+    if (j < C) sums(j, true, s1b, s2b);
+  } else if (j < C) {
+    sums(j, true, s1a, s2a);   // the tail is an even vector
   }
   if (!dx) return;
   const float fC = float(C);
   const __m256 va = _mm256_set1_ps(rms ? 0.f : hsum(_mm256_add_ps(s1a, s1b)) / fC);
   const __m256 vb = _mm256_set1_ps(hsum(_mm256_add_ps(s2a, s2b)) / fC);
   const __m256 vmu = _mm256_set1_ps(mean);
-  for (j = 0; j < C; j += 8) {
-    const bool tail = j == full;
+  const auto out = [&](index_t j, bool tail) __attribute__((always_inline)) {
     const __m256 d = load(dy + j, tail, mask);
-    const __m256 g = gamma ? _mm256_mul_ps(d, load(gamma + j, tail, mask)) : d;
+    const __m256 g = G ? _mm256_mul_ps(d, load(gamma + j, tail, mask)) : d;
     const __m256 xhat = _mm256_mul_ps(_mm256_sub_ps(load(x + j, tail, mask), vmu), vis);
     const __m256 t = _mm256_fnmadd_ps(xhat, vb, _mm256_sub_ps(g, va));   // g - a - xhat*b
     store(dx + j, _mm256_mul_ps(vis, t), tail, mask);
-  }
+  };
+  for (j = 0; j < full; j += 8) out(j, false);
+  if (j < C) out(j, true);
+}
+
+}  // namespace
+
+void row_backward_avx2(index_t C, const float* x, const float* dy, const float* gamma, float mean,
+                       float invstd, bool rms, float* dx, float* pg, float* pb) {
+  if (gamma && pg) backward_row<true, true>(C, x, dy, gamma, mean, invstd, rms, dx, pg, pb);
+  else if (gamma) backward_row<true, false>(C, x, dy, gamma, mean, invstd, rms, dx, pg, pb);
+  else if (pg) backward_row<false, true>(C, x, dy, gamma, mean, invstd, rms, dx, pg, pb);
+  else backward_row<false, false>(C, x, dy, gamma, mean, invstd, rms, dx, pg, pb);
 }
 
 }  // namespace kilnet::cpu::layernorm_detail
