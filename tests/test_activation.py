@@ -455,9 +455,6 @@ def test_avx2_level_matches_avx512_level():
     """Sigmoid and tanh forward at 16 lanes (activation_avx512.cpp, polynomial exp and rational
     tanh) against the avx2 level's per-element libm loop, in child processes (KILNET_SIMD is read
     once per process): odd sizes, saturation, NaN."""
-    import os
-    import subprocess
-    import sys
     import tempfile
     code = """
 import sys

@@ -245,41 +245,22 @@ def _check_simd_environment():
                       f"({_cpu.machine_simd_level()}); running {simd_level()}", RuntimeWarning, stacklevel=2)
 
 
-def _check_bf16_environment():
-    raw = os.environ.get("KILNET_BF16")
-    if raw is not None and raw not in ("amx", "avx512bf16", "fp32"):
-        import warnings
-        warnings.warn(f"KILNET_BF16={raw!r} is not one of 'amx', 'avx512bf16', 'fp32'; ignored (running "
-                      f"{_cpu.bf16_level()})", RuntimeWarning, stacklevel=2)
-
-
-def _check_gemm_environment():
-    raw = os.environ.get("KILNET_GEMM")
-    if raw is not None and raw != "avx512":
-        import warnings
-        warnings.warn(f"KILNET_GEMM={raw!r} is not 'avx512'; ignored (running {_cpu.gemm_kernel()})",
-                      RuntimeWarning, stacklevel=2)
-
-
-def _check_malloc_environment():
-    raw = os.environ.get("KILNET_MALLOC")
-    if raw is not None and raw != "system":
-        import warnings
-        warnings.warn(f"KILNET_MALLOC={raw!r} is not 'system'; ignored (allocator: {_cpu.malloc_policy()})",
-                      RuntimeWarning, stacklevel=2)
-
-
-def _check_staging_environment():
-    raw = os.environ.get("KILNET_STAGING")
-    if raw is not None and raw not in ("on", "off"):
-        import warnings
-        warnings.warn(f"KILNET_STAGING={raw!r} is not 'on' or 'off'; ignored (staging "
-                      f"{'on' if _cpu.stages_store_ahead() else 'off'})", RuntimeWarning, stacklevel=2)
+def _check_choice(var, allowed, in_use):
+    """A KILNET_* variable that names one of `allowed`: any other value warns, naming what runs
+    instead (in_use() is called only then), and is ignored (import never fails)."""
+    raw = os.environ.get(var)
+    if raw is None or raw in allowed:
+        return
+    names = [repr(a) for a in allowed]
+    want = names[0] if len(names) == 1 else (" or ".join(names) if len(names) == 2
+                                             else "one of " + ", ".join(names))
+    import warnings
+    warnings.warn(f"{var}={raw!r} is not {want}; ignored ({in_use()})", RuntimeWarning, stacklevel=2)
 
 
 _threads_from_environment()
 _check_simd_environment()
-_check_staging_environment()
-_check_malloc_environment()
-_check_bf16_environment()
-_check_gemm_environment()
+_check_choice("KILNET_STAGING", ("on", "off"), lambda: f"staging {'on' if _cpu.stages_store_ahead() else 'off'}")
+_check_choice("KILNET_MALLOC", ("system",), lambda: f"allocator: {_cpu.malloc_policy()}")
+_check_choice("KILNET_BF16", ("amx", "avx512bf16", "fp32"), lambda: f"running {_cpu.bf16_level()}")
+_check_choice("KILNET_GEMM", ("avx512",), lambda: f"running {_cpu.gemm_kernel()}")
