@@ -9,6 +9,7 @@
 #include <immintrin.h>
 #include <cstring>
 #include "bf16_round_avx512.h"
+#include "transpose_avx512.h"
 
 namespace kilnet::cpu::bf16_detail {
 
@@ -41,28 +42,6 @@ inline __m512i pair_rows(__m256i lo, __m256i hi) {
   const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
                                          23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
   return _mm512_permutexvar_epi16(pairs, _mm512_inserti64x4(_mm512_zextsi256_si512(lo), hi, 1));
-}
-
-// r[j] (16 dwords each) := column j of the 16x16 dword matrix r: in-lane 4x4 transposes, then
-// the 128-bit lanes of each group of four rows transposed across the four vectors.
-inline void transpose16x16_epi32(__m512i r[16]) {
-  __m512i s[16];
-  for (int g = 0; g < 4; ++g) {
-    const __m512i a = _mm512_unpacklo_epi32(r[4 * g], r[4 * g + 1]), b = _mm512_unpackhi_epi32(r[4 * g], r[4 * g + 1]);
-    const __m512i c = _mm512_unpacklo_epi32(r[4 * g + 2], r[4 * g + 3]), d = _mm512_unpackhi_epi32(r[4 * g + 2], r[4 * g + 3]);
-    s[4 * g + 0] = _mm512_unpacklo_epi64(a, c);   // lane L: rows 4g..4g+3 of column 4L
-    s[4 * g + 1] = _mm512_unpackhi_epi64(a, c);   // column 4L+1
-    s[4 * g + 2] = _mm512_unpacklo_epi64(b, d);
-    s[4 * g + 3] = _mm512_unpackhi_epi64(b, d);
-  }
-  for (int q = 0; q < 4; ++q) {
-    const __m512i x0 = _mm512_shuffle_i32x4(s[q], s[4 + q], 0x44), x1 = _mm512_shuffle_i32x4(s[q], s[4 + q], 0xEE);
-    const __m512i x2 = _mm512_shuffle_i32x4(s[8 + q], s[12 + q], 0x44), x3 = _mm512_shuffle_i32x4(s[8 + q], s[12 + q], 0xEE);
-    r[q] = _mm512_shuffle_i32x4(x0, x2, 0x88);        // column q (lane 0 of each group)
-    r[4 + q] = _mm512_shuffle_i32x4(x0, x2, 0xDD);    // column 4 + q
-    r[8 + q] = _mm512_shuffle_i32x4(x1, x3, 0x88);
-    r[12 + q] = _mm512_shuffle_i32x4(x1, x3, 0xDD);
-  }
 }
 
 }  // namespace
