@@ -23,8 +23,9 @@ void narrow_weight_grad(index_t N, index_t kb, index_t U, const float* h, const 
                         bool overwrite);
 void narrow_input_grad(index_t N, index_t kb, index_t U, const float* dz, const float* w, float* dh);
 int pixel_max_taps();
-void pixel_forward(const Conv2dShape& s, bool relu, const float* x, const float* wc, const float* bc, index_t U,
-                   const float* wd, index_t pix0, index_t pix1, float* z, float* h);
+void images_in_lanes(index_t N, index_t F, const float* x, float* xt);   // conv_dense_lanes_avx512.cpp
+void pixel_forward(const Conv2dShape& s, bool relu, const float* xt, const float* wc, const float* bc, index_t U,
+                   const float* wd, index_t pix0, index_t pix1, float* z);
 void pixel_backward(const Conv2dShape& s, bool relu, const float* x, const float* wc, const float* bc, index_t U,
                     const float* wd, const float* dz, index_t pix0, index_t pix1, float* dwc, float* dbc,
                     float* dwd, bool overwrite, float* h);
@@ -133,7 +134,7 @@ Conv2dShape slab_of(const Conv2dShape& s, index_t p0, index_t p1, index_t* row0)
 }
 
 struct Scratch {
-  std::vector<float> slab, h, dh, z, dwc, dbc;
+  std::vector<float> slab, h, dh, z, dwc, dbc, xt;
 };
 
 float* grown(std::vector<float>& v, index_t n) {
@@ -207,6 +208,15 @@ void conv_dense_forward(const Conv2dShape& s, Act act, const float* x, const flo
   const bool pixels = pixel_path(s, act, U);
   const Plan p = pixels ? pixel_plan(s) : plan_of(s);
   std::vector<float*> parts(static_cast<size_t>(p.nt), nullptr);
+  const float* xt = nullptr;   // the pixel path's x with 16 images in the lanes (all threads read it)
+#ifdef KILNET_HAVE_AVX512_BUILD
+  if (pixels) {
+    const index_t F = s.H * s.W * s.C;
+    float* buf = grown(scratch().xt, (s.N + 15) / 16 * 16 * F);
+    avx512::images_in_lanes(s.N, F, x, buf);
+    xt = buf;
+  }
+#endif
   run_blocks(p, [&](int t, index_t b0, index_t b1) {
     Scratch& sc = scratch();
     float* zp = t == 0 ? z : grown(sc.z, s.N * U);
@@ -214,7 +224,7 @@ void conv_dense_forward(const Conv2dShape& s, Act act, const float* x, const flo
 #ifdef KILNET_HAVE_AVX512_BUILD
     if (pixels) {   // the "blocks" are output pixels here
       std::memset(zp, 0, static_cast<size_t>(s.N * U) * sizeof(float));
-      avx512::pixel_forward(s, act == Act::Relu, x, wc, bc, U, wd, b0, b1, zp, grown(sc.h, s.N * s.K));
+      avx512::pixel_forward(s, act == Act::Relu, xt, wc, bc, U, wd, b0, b1, zp);
       return;
     }
 #endif

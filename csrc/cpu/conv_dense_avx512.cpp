@@ -138,14 +138,15 @@ void narrow_input_grad(index_t N, index_t kb, index_t U, const float* dz, const 
 }  // namespace kilnet::cpu::avx512
 
 // ------------------------------------------------------------------------------ pixel path
-// The whole step of one output pixel for all images at once, with everything it touches in L1:
-// h of the pixel (N x K, K = 16 or 32 channels, one or two zmm per image) is computed from its
-// taps, then used while it is hot — by the logits (forward), or by the Dense rows of the pixel,
-// by dh and by the convolution's weight gradient (backward). Every product runs on full 16-lane
-// vectors except the Dense rows (U lanes), and no block of h goes through L2 (conv_dense.cpp's
-// block path, still used where this one does not apply, moves each block through L2 several
-// times). Measured on the canonical CNN step (N 32, 26x26x32, U 10): forward 0.38 -> 0.30 ms,
-// backward 0.75 -> 0.56 ms at 1 thread.
+// The backward of one output pixel for all images at once, with everything it touches in L1:
+// h of the pixel (N x K, K = 16 or 32 channels, one or two zmm per image) is computed again from
+// its taps, then used while it is hot by the Dense rows of the pixel, by dh and by the
+// convolution's weight gradient; channels in the lanes throughout (every product a full vector),
+// and no block of h goes through L2 (conv_dense.cpp's block path, still used where this one does
+// not apply, moves each block through L2 several times). The forward runs with the images in
+// the lanes instead (conv_dense_lanes_avx512.cpp). Measured on the canonical CNN step (N 32,
+// 26x26x32, U 10), backward at 1 thread on Zen 4: 0.73 ms with the Dense rows on U lanes and
+// their columns gathered, 0.58 with the Dense rows' gradient in the lanes and no gathers.
 namespace kilnet::cpu::avx512 {
 namespace {
 
@@ -313,43 +314,6 @@ struct PixelConv {
   }
 };
 
-template <int KV>
-void pixel_forward_t(const Conv2dShape& s, bool relu, const float* x, const float* wc, const float* bc,
-                     index_t U, const float* wd, index_t pix0, index_t pix1, float* z, float* h) {
-  constexpr index_t K = 16 * KV;
-  const __mmask16 m = lanes(U);
-  index_t off[kMaxTaps], wrow[kMaxTaps];
-  const PixelConv<KV> conv(s, x, wc, bc, relu);
-  for (index_t pix = pix0; pix < pix1; ++pix) {
-    if (pix + 1 < pix1) prefetch_rows(wd + (pix + 1) * K * U, K * U);
-    conv(pix, h, off, wrow);
-    const float* w = wd + pix * K * U;   // the pixel's K rows of the Dense weights
-    index_t n = 0;
-    for (; n + 8 <= s.N; n += 8) {   // z rows of 8 images += h rows . w, w rows shared
-      __m512 a[8];
-#pragma GCC unroll 8
-      for (int i = 0; i < 8; ++i) a[i] = _mm512_maskz_loadu_ps(m, z + (n + i) * U);
-      const float* hr = h + n * K;
-#pragma GCC unroll 4
-      for (index_t k = 0; k < K; ++k) {
-        const __m512 wv = _mm512_maskz_loadu_ps(m, w + k * U);
-#pragma GCC unroll 8
-        for (int i = 0; i < 8; ++i) a[i] = _mm512_fmadd_ps(_mm512_set1_ps(hr[i * K + k]), wv, a[i]);
-      }
-#pragma GCC unroll 8
-      for (int i = 0; i < 8; ++i) _mm512_mask_storeu_ps(z + (n + i) * U, m, a[i]);
-    }
-    for (; n < s.N; ++n) {
-      __m512 a0 = _mm512_maskz_loadu_ps(m, z + n * U), a1 = _mm512_setzero_ps();
-      for (index_t k = 0; k < K; k += 2) {
-        a0 = _mm512_fmadd_ps(_mm512_set1_ps(h[n * K + k]), _mm512_maskz_loadu_ps(m, w + k * U), a0);
-        a1 = _mm512_fmadd_ps(_mm512_set1_ps(h[n * K + k + 1]), _mm512_maskz_loadu_ps(m, w + (k + 1) * U), a1);
-      }
-      _mm512_mask_storeu_ps(z + n * U, m, _mm512_add_ps(a0, a1));
-    }
-  }
-}
-
 // wt[v][u] := lanes j of column u of the pixel's Dense rows 16v + j (w: K x U): each 16 rows
 // (16 * U floats) loaded as 16 masked rows and transposed in registers. (Zen 4's 16-lane
 // gathers took ~24 cycles each: 15% of the canonical CNN's backward.)
@@ -509,13 +473,6 @@ void pixel_backward_t(const Conv2dShape& s, bool relu, const float* x, const flo
 }  // namespace
 
 int pixel_max_taps() { return kMaxTaps; }
-
-// z (N x U) += the logits of output pixels [pix0, pix1); h: N x K floats of scratch.
-void pixel_forward(const Conv2dShape& s, bool relu, const float* x, const float* wc, const float* bc, index_t U,
-                   const float* wd, index_t pix0, index_t pix1, float* z, float* h) {
-  if (s.K == 32) return pixel_forward_t<2>(s, relu, x, wc, bc, U, wd, pix0, pix1, z, h);
-  pixel_forward_t<1>(s, relu, x, wc, bc, U, wd, pix0, pix1, z, h);
-}
 
 // For output pixels [pix0, pix1): their Dense rows of dwd (overwritten or added to), and
 // dwc/dbc (K = 16 or 32 wide rows) added to; h: N x K floats of scratch.

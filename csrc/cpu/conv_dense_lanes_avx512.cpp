@@ -1,0 +1,150 @@
+// conv_dense_lanes_avx512.cpp — the forward of the fused Conv2D -> Flatten -> Dense pixel path
+// (conv_dense.cpp) with 16 images in the lanes of each vector.
+//
+// With the channels in the lanes (the backward's layout, conv_dense_avx512.cpp) the logits of
+// an image take one FMA per channel on a row of U of the 16 lanes (U = 10: 62% of each FMA
+// used). With the images in the lanes every product is a full vector: channel k of 16 images
+// is h = act(b[k] + sum over taps wc[tap][k] x[tap]) with the taps' x vectors held in registers
+// for the pixel, and it goes straight into U logit accumulators that stay in registers for all
+// the pixels of the call: T + U FMAs per channel and 16 images where the channels-in-lanes path
+// took (T + 16) per 16 channels and image. The sums run in the order of the 8-image groups there
+// (bias, then the taps; pixels, then channels): the same bits where N is a multiple of 8.
+//
+// Built with the AVX-512 flags; includes no project header with inline functions outside an
+// anonymous namespace and instantiates no std:: templates (see conv2d_avx512.cpp).
+#include <immintrin.h>
+
+#include "kilnet/conv2d.h"   // Conv2dShape (a plain struct; no inline functions)
+#include "transpose_avx512.h"
+
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"   // GCC 12's _mm512_max_ps (a false alarm)
+
+namespace kilnet::cpu::avx512 {
+namespace {
+
+inline __mmask16 lanes(index_t u) { return __mmask16((1u << unsigned(u)) - 1u); }
+
+constexpr int kMaxTaps = 64;   // as conv_dense_avx512.cpp's pixel path (conv_dense.cpp checks it)
+constexpr int kMaxK = 32;      // channels the pixel path takes
+constexpr int kRegTaps = 9;    // taps whose x vectors a pixel holds in registers (3x3, one channel)
+
+// The next pixel's Dense rows, fetched while this one computes (cold after the optimizer's pass).
+inline void prefetch_rows(const float* w, index_t n) {
+  const char* p = reinterpret_cast<const char*>(w);
+  for (index_t b = 0; b < n * index_t(sizeof(float)); b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+}
+
+struct Taps {
+  int T = 0;                    // all taps of a window
+  index_t rel[kMaxTaps];        // offset of tap t from the window's first value (elements)
+  float wct[kMaxK * kMaxTaps];  // wct[k * T + t] = wc[tap t][k]: a channel's taps contiguous
+
+  Taps(const Conv2dShape& s, const float* wc) {
+    for (index_t r = 0; r < s.R; ++r)
+      for (index_t t = 0; t < s.S; ++t)
+        for (index_t c = 0; c < s.C; ++c) {
+          rel[T] = (r * s.dilation_h * s.W + t * s.dilation_w) * s.C + c;
+          for (index_t k = 0; k < s.K; ++k) wct[k * s.R * s.S * s.C + T] = wc[((r * s.S + t) * s.C + c) * s.K + k];
+          ++T;
+        }
+  }
+};
+
+// za[u] (+)= sum over channels k of h_k * w[k][u], h_k = act(b[k] + sum over taps of the
+// channel's weights times the taps' x vectors). REG: the taps' vectors in xv (interior pixels
+// with T <= kRegTaps); otherwise nt taps read from xg at off[t] (x16), weights at tix[t].
+template <bool REG>
+__attribute__((always_inline)) inline void channels(index_t K, index_t U, int T, int nt, const __m512 (&xv)[kRegTaps],
+                                                    const float* xg, const index_t* off, const int* tix,
+                                                    const float* wct, const float* bc, bool relu, const float* w,
+                                                    __m512 (&za)[16]) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (index_t k = 0; k < K; ++k) {
+    const float* wk = wct + k * T;
+    __m512 h = bc ? _mm512_set1_ps(bc[k]) : zero;
+    if constexpr (REG) {
+#pragma GCC unroll 9
+      for (int t = 0; t < kRegTaps; ++t)
+        if (t < T) h = _mm512_fmadd_ps(_mm512_set1_ps(wk[t]), xv[t], h);
+    } else {
+      for (int t = 0; t < nt; ++t) h = _mm512_fmadd_ps(_mm512_set1_ps(wk[tix[t]]), _mm512_loadu_ps(xg + off[t] * 16), h);
+    }
+    if (relu) h = _mm512_max_ps(zero, h);   // max(0, NaN) = NaN, as every ReLU of kilnet
+    const float* wr = w + k * U;
+#pragma GCC unroll 16
+    for (int u = 0; u < 16; ++u)
+      if (u < U) za[u] = _mm512_fmadd_ps(_mm512_set1_ps(wr[u]), h, za[u]);
+  }
+}
+
+}  // namespace
+
+// xt[g][i][j] = x[16g + j][i] for i < F (an image's H*W*C values), lanes of missing images 0:
+// 16 x 16 blocks transposed in registers.
+void images_in_lanes(index_t N, index_t F, const float* x, float* xt) {
+  for (index_t g = 0; g * 16 < N; ++g) {
+    const index_t ni = N - 16 * g < 16 ? N - 16 * g : 16;
+    float* dst = xt + g * F * 16;
+    for (index_t i0 = 0; i0 < F; i0 += 16) {
+      const index_t w = F - i0 < 16 ? F - i0 : 16;
+      __m512 r[16];
+#pragma GCC unroll 16
+      for (int j = 0; j < 16; ++j)
+        r[j] = j < ni ? _mm512_maskz_loadu_ps(lanes(w), x + (16 * g + j) * F + i0) : _mm512_setzero_ps();
+      transpose16x16_ps(r);   // r[i]: value i0 + i of the 16 images
+      for (index_t i = 0; i < w; ++i) _mm512_storeu_ps(dst + (i0 + i) * 16, r[i]);
+    }
+  }
+}
+
+// z (N x U) += the logits of output pixels [pix0, pix1), from xt (images_in_lanes of x).
+void pixel_forward(const Conv2dShape& s, bool relu, const float* xt, const float* wc, const float* bc, index_t U,
+                   const float* wd, index_t pix0, index_t pix1, float* z) {
+  const index_t K = s.K, F = s.H * s.W * s.C;
+  const __mmask16 m = lanes(U);
+  const Taps tp(s, wc);
+  const int T = tp.T;
+  index_t off[kMaxTaps];
+  int tix[kMaxTaps];
+  for (index_t g = 0; g * 16 < s.N; ++g) {
+    const float* xg = xt + g * F * 16;
+    __m512 za[16];
+#pragma GCC unroll 16
+    for (int u = 0; u < 16; ++u) za[u] = _mm512_setzero_ps();
+    for (index_t pix = pix0; pix < pix1; ++pix) {
+      if (pix + 1 < pix1) prefetch_rows(wd + (pix + 1) * K * U, K * U);
+      const float* w = wd + pix * K * U;   // the pixel's K rows of the Dense weights
+      const index_t p = pix / s.Q, q = pix % s.Q;
+      const index_t ih = p * s.stride_h - s.pad_h, iw = q * s.stride_w - s.pad_w;
+      const bool interior =
+          ih >= 0 && ih + (s.R - 1) * s.dilation_h < s.H && iw >= 0 && iw + (s.S - 1) * s.dilation_w < s.W;
+      __m512 xv[kRegTaps];
+      if (interior && T <= kRegTaps) {
+        const float* xb = xg + (ih * s.W + iw) * s.C * 16;
+#pragma GCC unroll 9
+        for (int t = 0; t < kRegTaps; ++t) xv[t] = t < T ? _mm512_loadu_ps(xb + tp.rel[t] * 16) : _mm512_setzero_ps();
+        channels<true>(K, U, T, T, xv, xg, off, tix, tp.wct, bc, relu, w, za);
+        continue;
+      }
+      int nt = 0;   // the taps inside the image (all of them for an interior pixel)
+      for (index_t r = 0, t = 0; r < s.R; ++r)
+        for (index_t e = 0; e < s.S; ++e)
+          for (index_t c = 0; c < s.C; ++c, ++t) {
+            const index_t row = ih + r * s.dilation_h, col = iw + e * s.dilation_w;
+            if (row < 0 || row >= s.H || col < 0 || col >= s.W) continue;
+            off[nt] = (row * s.W + col) * s.C + c;
+            tix[nt] = static_cast<int>(t);
+            ++nt;
+          }
+      channels<false>(K, U, T, nt, xv, xg, off, tix, tp.wct, bc, relu, w, za);
+    }
+    transpose16x16_ps(za);   // za[j]: the U logits of image 16g + j (lanes >= U are 0)
+    const index_t ni = s.N - 16 * g < 16 ? s.N - 16 * g : 16;
+    for (index_t j = 0; j < ni; ++j) {
+      float* o = z + (16 * g + j) * U;
+      _mm512_mask_storeu_ps(o, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o), za[j]));
+    }
+  }
+}
+
+}  // namespace kilnet::cpu::avx512
