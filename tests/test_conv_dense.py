@@ -23,12 +23,15 @@ CASES = [
     (4, 11, 10, 5, 17, 1, 1, 3, (3, 2), "valid", (1, 1), "relu"),
 ]
 # Shapes the pixel path takes (AVX-512, K 16 or 32, U <= 16, R*S*C <= 64, ReLU or linear): odd
-# batches (the 8- and 4-image groups' remainders), every padding/stride/dilation, 64 taps, U 1/16.
+# batches (the backward's 4-image and the forward's 16-image groups' remainders), every
+# padding/stride/dilation, 64 taps, U 1/16, 3x3 windows of one channel (the forward's taps in
+# registers) next to padded edges.
 PIXEL_CASES = [
     (37, 12, 11, 3, 32, 3, 3, 16, (2, 1), "same", (1, 2), "relu"),
     (1, 9, 10, 1, 16, 2, 3, 1, (1, 1), "same", (1, 1), "linear"),
     (6, 10, 9, 4, 32, 4, 4, 7, (1, 1), "valid", (1, 1), "relu"),        # 64 taps
     (11, 7, 8, 2, 16, 3, 3, 10, (2, 2), "same", (2, 1), "relu"),
+    (19, 8, 9, 1, 32, 3, 3, 13, (1, 1), "same", (1, 1), "linear"),
 ]
 
 

@@ -26,7 +26,7 @@ inline __mmask16 lanes(index_t u) { return __mmask16((1u << unsigned(u)) - 1u); 
 
 constexpr int kMaxTaps = 64;   // as conv_dense_avx512.cpp's pixel path (conv_dense.cpp checks it)
 constexpr int kMaxK = 32;      // channels the pixel path takes
-constexpr int kRegTaps = 9;    // taps whose x vectors a pixel holds in registers (3x3, one channel)
+constexpr int kRegTaps = 9;    // the taps whose x vectors a pixel holds in registers (3x3, one channel)
 
 // The next pixel's Dense rows, fetched while this one computes (cold after the optimizer's pass).
 inline void prefetch_rows(const float* w, index_t n) {
@@ -50,30 +50,82 @@ struct Taps {
   }
 };
 
-// za[u] (+)= sum over channels k of h_k * w[k][u], h_k = act(b[k] + sum over taps of the
-// channel's weights times the taps' x vectors). REG: the taps' vectors in xv (interior pixels
-// with T <= kRegTaps); otherwise nt taps read from xg at off[t] (x16), weights at tix[t].
-template <bool REG>
-__attribute__((always_inline)) inline void channels(index_t K, index_t U, int T, int nt, const __m512 (&xv)[kRegTaps],
-                                                    const float* xg, const index_t* off, const int* tix,
-                                                    const float* wct, const float* bc, bool relu, const float* w,
-                                                    __m512 (&za)[16]) {
-  const __m512 zero = _mm512_setzero_ps();
-  for (index_t k = 0; k < K; ++k) {
-    const float* wk = wct + k * T;
-    __m512 h = bc ? _mm512_set1_ps(bc[k]) : zero;
-    if constexpr (REG) {
-#pragma GCC unroll 9
-      for (int t = 0; t < kRegTaps; ++t)
-        if (t < T) h = _mm512_fmadd_ps(_mm512_set1_ps(wk[t]), xv[t], h);
-    } else {
-      for (int t = 0; t < nt; ++t) h = _mm512_fmadd_ps(_mm512_set1_ps(wk[tix[t]]), _mm512_loadu_ps(xg + off[t] * 16), h);
-    }
-    if (relu) h = _mm512_max_ps(zero, h);   // max(0, NaN) = NaN, as every ReLU of kilnet
-    const float* wr = w + k * U;
+// What a call's groups of 16 images share.
+struct Call {
+  const Conv2dShape& s;
+  Taps tp;
+  float bias[kMaxK];
+  __m512 floor;   // 0 for ReLU (max(0, NaN) = NaN, as every ReLU of kilnet), -inf for linear
+  const float* wd;
+  index_t pix0, pix1;
+
+  Call(const Conv2dShape& s_, bool relu, const float* wc, const float* bc, const float* wd_, index_t p0, index_t p1)
+      : s(s_), tp(s_, wc), wd(wd_), pix0(p0), pix1(p1) {
+    for (index_t k = 0; k < s.K; ++k) bias[k] = bc ? bc[k] : 0.0f;
+    floor = relu ? _mm512_setzero_ps() : _mm512_set1_ps(-__builtin_inff());
+  }
+};
+
+// z rows of the group's ni images (+)= their logits over the call's pixels, from xg (the
+// group's images in the lanes). NU = U, a template argument: with a test u < U per FMA (or a
+// switch on U per channel, which left the accumulators on the stack) the loop ran 25-35% slower.
+template <int NU>
+void group_logits(const Call& c, const float* xg, index_t ni, float* z) {
+  const Conv2dShape& s = c.s;
+  const index_t K = s.K;
+  const int T = c.tp.T;
+  __m512 za[16];
 #pragma GCC unroll 16
-    for (int u = 0; u < 16; ++u)
-      if (u < U) za[u] = _mm512_fmadd_ps(_mm512_set1_ps(wr[u]), h, za[u]);
+  for (int u = 0; u < 16; ++u) za[u] = _mm512_setzero_ps();
+  index_t off[kMaxTaps];
+  int tix[kMaxTaps];
+  for (index_t pix = c.pix0; pix < c.pix1; ++pix) {
+    if (pix + 1 < c.pix1) prefetch_rows(c.wd + (pix + 1) * K * NU, K * NU);
+    const float* w = c.wd + pix * K * NU;   // the pixel's K rows of the Dense weights
+    const index_t p = pix / s.Q, q = pix % s.Q;
+    const index_t ih = p * s.stride_h - s.pad_h, iw = q * s.stride_w - s.pad_w;
+    const bool interior =
+        ih >= 0 && ih + (s.R - 1) * s.dilation_h < s.H && iw >= 0 && iw + (s.S - 1) * s.dilation_w < s.W;
+    if (interior && T == kRegTaps) {   // 3x3 windows of one channel: the taps' x in registers
+      const float* xb = xg + (ih * s.W + iw) * s.C * 16;
+      __m512 xv[kRegTaps];
+#pragma GCC unroll 9
+      for (int t = 0; t < kRegTaps; ++t) xv[t] = _mm512_loadu_ps(xb + c.tp.rel[t] * 16);
+      for (index_t k = 0; k < K; ++k) {
+        const float* wk = c.tp.wct + k * kRegTaps;
+        __m512 h = _mm512_set1_ps(c.bias[k]);
+#pragma GCC unroll 9
+        for (int t = 0; t < kRegTaps; ++t) h = _mm512_fmadd_ps(_mm512_set1_ps(wk[t]), xv[t], h);
+        h = _mm512_max_ps(c.floor, h);
+#pragma GCC unroll 16
+        for (int u = 0; u < NU; ++u) za[u] = _mm512_fmadd_ps(_mm512_set1_ps(w[k * NU + u]), h, za[u]);
+      }
+      continue;
+    }
+    int nt = 0;   // the taps inside the image, in the order of wc's rows
+    for (index_t r = 0, t = 0; r < s.R; ++r)
+      for (index_t e = 0; e < s.S; ++e)
+        for (index_t ch = 0; ch < s.C; ++ch, ++t) {
+          const index_t row = ih + r * s.dilation_h, col = iw + e * s.dilation_w;
+          if (row < 0 || row >= s.H || col < 0 || col >= s.W) continue;
+          off[nt] = (row * s.W + col) * s.C + ch;
+          tix[nt] = static_cast<int>(t);
+          ++nt;
+        }
+    for (index_t k = 0; k < K; ++k) {
+      const float* wk = c.tp.wct + k * T;
+      __m512 h = _mm512_set1_ps(c.bias[k]);
+      for (int t = 0; t < nt; ++t) h = _mm512_fmadd_ps(_mm512_set1_ps(wk[tix[t]]), _mm512_loadu_ps(xg + off[t] * 16), h);
+      h = _mm512_max_ps(c.floor, h);
+#pragma GCC unroll 16
+      for (int u = 0; u < NU; ++u) za[u] = _mm512_fmadd_ps(_mm512_set1_ps(w[k * NU + u]), h, za[u]);
+    }
+  }
+  transpose16x16_ps(za);   // za[j]: the U logits of image j of the group (lanes >= U are 0)
+  const __mmask16 m = lanes(NU);
+  for (index_t j = 0; j < ni; ++j) {
+    float* o = z + j * NU;
+    _mm512_mask_storeu_ps(o, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o), za[j]));
   }
 }
 
@@ -100,49 +152,29 @@ void images_in_lanes(index_t N, index_t F, const float* x, float* xt) {
 // z (N x U) += the logits of output pixels [pix0, pix1), from xt (images_in_lanes of x).
 void pixel_forward(const Conv2dShape& s, bool relu, const float* xt, const float* wc, const float* bc, index_t U,
                    const float* wd, index_t pix0, index_t pix1, float* z) {
-  const index_t K = s.K, F = s.H * s.W * s.C;
-  const __mmask16 m = lanes(U);
-  const Taps tp(s, wc);
-  const int T = tp.T;
-  index_t off[kMaxTaps];
-  int tix[kMaxTaps];
+  const index_t F = s.H * s.W * s.C;
+  const Call c(s, relu, wc, bc, wd, pix0, pix1);
   for (index_t g = 0; g * 16 < s.N; ++g) {
     const float* xg = xt + g * F * 16;
-    __m512 za[16];
-#pragma GCC unroll 16
-    for (int u = 0; u < 16; ++u) za[u] = _mm512_setzero_ps();
-    for (index_t pix = pix0; pix < pix1; ++pix) {
-      if (pix + 1 < pix1) prefetch_rows(wd + (pix + 1) * K * U, K * U);
-      const float* w = wd + pix * K * U;   // the pixel's K rows of the Dense weights
-      const index_t p = pix / s.Q, q = pix % s.Q;
-      const index_t ih = p * s.stride_h - s.pad_h, iw = q * s.stride_w - s.pad_w;
-      const bool interior =
-          ih >= 0 && ih + (s.R - 1) * s.dilation_h < s.H && iw >= 0 && iw + (s.S - 1) * s.dilation_w < s.W;
-      __m512 xv[kRegTaps];
-      if (interior && T <= kRegTaps) {
-        const float* xb = xg + (ih * s.W + iw) * s.C * 16;
-#pragma GCC unroll 9
-        for (int t = 0; t < kRegTaps; ++t) xv[t] = t < T ? _mm512_loadu_ps(xb + tp.rel[t] * 16) : _mm512_setzero_ps();
-        channels<true>(K, U, T, T, xv, xg, off, tix, tp.wct, bc, relu, w, za);
-        continue;
-      }
-      int nt = 0;   // the taps inside the image (all of them for an interior pixel)
-      for (index_t r = 0, t = 0; r < s.R; ++r)
-        for (index_t e = 0; e < s.S; ++e)
-          for (index_t c = 0; c < s.C; ++c, ++t) {
-            const index_t row = ih + r * s.dilation_h, col = iw + e * s.dilation_w;
-            if (row < 0 || row >= s.H || col < 0 || col >= s.W) continue;
-            off[nt] = (row * s.W + col) * s.C + c;
-            tix[nt] = static_cast<int>(t);
-            ++nt;
-          }
-      channels<false>(K, U, T, nt, xv, xg, off, tix, tp.wct, bc, relu, w, za);
-    }
-    transpose16x16_ps(za);   // za[j]: the U logits of image 16g + j (lanes >= U are 0)
     const index_t ni = s.N - 16 * g < 16 ? s.N - 16 * g : 16;
-    for (index_t j = 0; j < ni; ++j) {
-      float* o = z + (16 * g + j) * U;
-      _mm512_mask_storeu_ps(o, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o), za[j]));
+    float* zg = z + 16 * g * U;
+    switch (U) {
+      case 1: group_logits<1>(c, xg, ni, zg); break;
+      case 2: group_logits<2>(c, xg, ni, zg); break;
+      case 3: group_logits<3>(c, xg, ni, zg); break;
+      case 4: group_logits<4>(c, xg, ni, zg); break;
+      case 5: group_logits<5>(c, xg, ni, zg); break;
+      case 6: group_logits<6>(c, xg, ni, zg); break;
+      case 7: group_logits<7>(c, xg, ni, zg); break;
+      case 8: group_logits<8>(c, xg, ni, zg); break;
+      case 9: group_logits<9>(c, xg, ni, zg); break;
+      case 10: group_logits<10>(c, xg, ni, zg); break;
+      case 11: group_logits<11>(c, xg, ni, zg); break;
+      case 12: group_logits<12>(c, xg, ni, zg); break;
+      case 13: group_logits<13>(c, xg, ni, zg); break;
+      case 14: group_logits<14>(c, xg, ni, zg); break;
+      case 15: group_logits<15>(c, xg, ni, zg); break;
+      default: group_logits<16>(c, xg, ni, zg); break;   // conv_dense.cpp takes U <= 16
     }
   }
 }
