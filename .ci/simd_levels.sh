@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The test files of the kernel families (tests that call kilnet._cpu kernels against the
 # reference and PyTorch); test_simd.py checks the dispatch itself at the lowered level.
-kernel_tests=$(ls tests/test_{gemm,gemm_bf16,conv2d,conv_dense,conv1d,conv_transpose,depthwise,activation,gelu,loss,optim,rnn,rnn_seq,pooling,normalization,layernorm,embedding,attention,dropout_reshape,simd}.py 2>/dev/null || true)
+kernel_tests=$(ls tests/test_{gemm,gemm_bf16,conv2d,conv_dense,conv1d,conv_transpose,depthwise,activation,gelu,loss,optim,rnn,rnn_seq,pooling,normalization,layernorm,embedding,attention,dropout_reshape,random,simd}.py 2>/dev/null || true)
 # Deselected: the tests that run Keras 3 (a jax subprocess, or a module fixture training a model
 # there) to compare layers, files or accuracy with it: they spend their time in Keras, while
 # the kernels they reach are the ones the reference and PyTorch tests of these files check at

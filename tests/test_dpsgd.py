@@ -183,6 +183,8 @@ def test_poisson_order_draws_bernoulli_batches():
 
 
 def test_gaussian_noise_is_standard_normal():
+    """The step's noise: one key from the generator, kilnet's normal stream on it (the stream
+    itself: tests/test_random.py)."""
     z = gaussian(np.random.default_rng(0), 200001)
     assert z.shape == (200001,) and z.dtype == np.float32
     z = z.astype(np.float64)
@@ -190,9 +192,14 @@ def test_gaussian_noise_is_standard_normal():
     # the normal's quantiles: P(|z| > 1) = 0.3173, P(|z| > 2) = 0.0455, P(|z| > 3) = 0.0027
     for k, p in ((1, 0.3173), (2, 0.0455), (3, 0.0027)):
         assert abs((np.abs(z) > k).mean() - p) < 4 * np.sqrt(p * (1 - p) / z.size)
-    # the two halves (cos and sin of the same radius) are uncorrelated
-    a, b = z[:100000], z[100001:200001]
-    assert abs(np.corrcoef(a, b)[0, 1]) < 0.01
+    # the same generator state gives the same noise; the next draw of it other noise
+    rng = np.random.default_rng(0)
+    assert np.array_equal(gaussian(rng, 200001), z.astype(np.float32))
+    assert abs(np.corrcoef(gaussian(rng, 200001), z)[0, 1]) < 0.01
+    out = np.empty(1000, np.float32)
+    assert gaussian(np.random.default_rng(1), 1000, out) is out
+    with pytest.raises(ValueError, match="contiguous float32"):
+        gaussian(np.random.default_rng(1), 1000, np.empty(1000))
 
 
 @pytest.mark.parametrize("clip,noise", [(0, 1.0), (-1, 1.0), (float("nan"), 1.0), (1.0, -0.5),

@@ -259,6 +259,7 @@ void bind_embedding(py::module_& m, bool ref);       // embedding gather / deter
 void bind_layernorm(py::module_& m, bool ref);       // layer normalization (last axes)
 void bind_depthwise(py::module_& m, bool ref);     // depthwise convolution
 void bind_gelu(py::module_& m, bool ref);           // GELU (exact and tanh)
+void bind_random(py::module_& m, bool ref);         // counter-based normal random numbers
 void bind_peak(py::module_& m);                      // issue 3: FMA peak probe (no ref variant)
 void bind_attention(py::module_& m, bool ref);       // fused scaled-dot-product attention
 

@@ -56,5 +56,6 @@ PYBIND11_MODULE(_cpu, m) {
     bind::bind_layernorm(*mod, is_ref);
     bind::bind_gelu(*mod, is_ref);
     bind::bind_depthwise(*mod, is_ref);
+    bind::bind_random(*mod, is_ref);
   }
 }

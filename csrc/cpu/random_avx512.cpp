@@ -1,0 +1,13 @@
+// random_avx512.cpp — random_kernel.h's normal stream built with the AVX512 flags (the same bits
+// as every other level: see random_kernel.h).
+#include <cstdint>
+#pragma GCC diagnostic ignored "-Wpsabi"
+#pragma GCC diagnostic ignored "-Wuninitialized"   // GCC 12: _mm512_undefined in the intrinsics (a false alarm)
+#include "random_kernel.h"
+
+namespace kilnet::cpu::random_detail {
+void normal_range_avx512(std::int64_t n, std::uint64_t key, std::uint64_t counter, std::int64_t b0, std::int64_t b1,
+                       float* out) {
+  normal_range(n, key, counter, b0, b1, out);
+}
+}  // namespace kilnet::cpu::random_detail
