@@ -602,3 +602,44 @@ def test_rejects_output_aliasing_input(rng):
     dy = rand(rng, 2, 5, 5, 4)
     with pytest.raises(ValueError, match="overlap|alias"):
         _cpu.conv2d_backward(dy, x, w, x, np.zeros_like(w), None)   # dx is x
+
+
+# ------------------------------------------------------------------------- per example (DP-SGD)
+@pytest.mark.parametrize("act", ["linear", "relu", "sigmoid"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("geo", [(7, 28, 28, 1, 32, 3, 3, 1, 1, "valid"), (5, 9, 11, 3, 16, 3, 3, 2, 1, "same"),
+                                 (3, 10, 10, 2, 8, 3, 3, 1, 2, "same")])
+def test_per_example_weight_grads(geo, nthreads, bias, act, threads, rng):
+    """Row i of conv2d_backward_per_example = conv2d_backward of example i alone (the reference
+    kernel on it), added onto what the row held."""
+    _cpu.set_num_threads(nthreads)
+    N, H, W, C, K, R, S, stride, dil, padding = geo
+    x, w, b, yshape, kw = make_case(rng, N, H, W, C, K, R, S, stride, dil, padding)
+    y = np.empty(yshape, np.float32)
+    _cpu.conv2d_forward(x, w, b, y, act=act, **kw)
+    dy = rand(rng, *yshape)
+    kel = w.size
+    start = rand(rng, N, kel + (K if bias else 0))
+    for mod in (_cpu, _cpu.ref):
+        per = start.copy()
+        mod.conv2d_backward_per_example(dy, x, w, per, act=act, y=None if act == "linear" else y, **kw)
+        for i in range(N):
+            dw, db = np.zeros_like(w), np.zeros_like(b)
+            _cpu.ref.conv2d_backward(dy[i:i + 1], x[i:i + 1], w, None, dw, db if bias else None, act=act,
+                                     y=None if act == "linear" else y[i:i + 1], **kw)
+            want = np.concatenate([dw.ravel(), db]) if bias else dw.ravel()
+            np.testing.assert_allclose(per[i] - start[i], want, rtol=2e-4, atol=2e-4 * np.abs(want).max())
+
+
+def test_per_example_bad_arguments(rng):
+    x, w, b, yshape, kw = make_case(rng, 4, 8, 8, 1, 16, 3, 3, 1, 1, "valid")
+    dy = rand(rng, *yshape)
+    with pytest.raises(ValueError, match=r"per must have shape \(4, 144\) or \(4, 160\)"):
+        _cpu.conv2d_backward_per_example(dy, x, w, np.zeros((4, 150), np.float32), **kw)
+    with pytest.raises(ValueError, match="needs 'y'"):
+        _cpu.conv2d_backward_per_example(dy, x, w, np.zeros((4, 144), np.float32), act="relu", **kw)
+    with pytest.raises((TypeError, ValueError), match="float32"):
+        _cpu.conv2d_backward_per_example(dy, x, w, np.zeros((4, 144), np.float64), **kw)
+    with pytest.raises(ValueError, match="per"):
+        _cpu.conv2d_backward_per_example(dy, x, w, dy.reshape(4, -1)[:, :144], **kw)

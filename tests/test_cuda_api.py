@@ -14,7 +14,7 @@ _cuda = pytest.importorskip("kilnet._cuda", reason="kilnet was built without CUD
 HOST_ONLY = {"build_info", "get_num_threads", "set_num_threads", "simd_level", "ref", "fma_peak_gflops",
              "bf16_dot_peak_gflops", "cpu_has_avx512bf16", "gemm_kernel", "stages_store_ahead", "malloc_policy",
              "machine_simd_level", "bf16_level", "conv2d_check_geometry", "pool2d_check_geometry",
-             "normal_fill", "philox4x32_10"}
+             "normal_fill", "philox4x32_10", "conv2d_backward_per_example"}
 
 
 def _kernels():

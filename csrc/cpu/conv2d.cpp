@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <stdexcept>
 #include <vector>
 #include "kilnet/conv2d.h"
@@ -354,6 +355,50 @@ void conv2d_backward_input(const Conv2dShape& s, const float* dy, const float* w
   if (use_avx2() && !force_general()) return avx2::conv2d_backward_input(s, dy, w, dx, act, y);
 #endif
   general_backward_input(s, dy, w, dx, act, y);
+}
+
+// ------------------------------------------------------------------------------ per example
+namespace {
+template <class Bwd>
+void per_example(const Conv2dShape& s, const float* dy, const float* x, const float* w, float* per, bool bias,
+                 Act act, const float* y, int nt, Bwd bwd) {
+  Conv2dShape one = s;
+  one.N = 1;
+  const index_t xs = s.H * s.W * s.C, ys = s.P * s.Q * s.K, kel = s.R * s.S * s.C * s.K, row = kel + (bias ? s.K : 0);
+  std::exception_ptr err = nullptr;
+#pragma omp parallel num_threads(nt)
+  {
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(1);   // the kernel of one example on this thread alone
+#pragma omp for schedule(static)
+    for (index_t i = 0; i < s.N; ++i) {
+      try {
+        bwd(one, dy + i * ys, x + i * xs, w, nullptr, per + i * row, bias ? per + i * row + kel : nullptr, act,
+            y ? y + i * ys : nullptr);
+      } catch (...) {
+#pragma omp critical(kilnet_conv2d_per_example_error)
+        if (!err) err = std::current_exception();
+      }
+    }
+    omp_set_num_threads(saved);
+  }
+  if (err) std::rethrow_exception(err);
+}
+}  // namespace
+
+void conv2d_backward_per_example(const Conv2dShape& s, const float* dy, const float* x, const float* w, float* per,
+                                 bool bias, Act act, const float* y) {
+  const int nt = int(std::min<index_t>(omp_get_max_threads(), s.N));
+  per_example(s, dy, x, w, per, bias, act, y, nt < 1 ? 1 : nt,
+              [](const Conv2dShape& o, const float* a, const float* b, const float* c, float* d, float* e, float* f,
+                 Act g, const float* h) { conv2d_backward(o, a, b, c, d, e, f, g, h); });
+}
+
+void conv2d_backward_per_example_ref(const Conv2dShape& s, const float* dy, const float* x, const float* w,
+                                     float* per, bool bias, Act act, const float* y) {
+  per_example(s, dy, x, w, per, bias, act, y, 1,
+              [](const Conv2dShape& o, const float* a, const float* b, const float* c, float* d, float* e, float* f,
+                 Act g, const float* h) { conv2d_backward_ref(o, a, b, c, d, e, f, g, h); });
 }
 
 }  // namespace kilnet::cpu

@@ -42,6 +42,37 @@ void kilnet::bind::bind_conv2d(py::module_& m, bool ref) {
      "forward output, is required unless act is linear): dx = grad wrt x (overwritten, None to "
      "skip); dw += grad wrt w; db += grad wrt b (None to skip)");
 
+  const auto per_ex = ref ? &cpu::conv2d_backward_per_example_ref : &cpu::conv2d_backward_per_example;
+  m.def("conv2d_backward_per_example", [=](py::object dy_, py::object x_, py::object w_, py::object per_,
+                                           Pair stride, Pair padding, Pair dilation, const std::string& act,
+                                           py::object y_) {
+    const char* fn = "conv2d_backward_per_example";
+    const Act a = parse_act(act);
+    Arr dy = in_f32(fn, "dy", dy_, 4), x = in_f32(fn, "x", x_, 4), w = in_f32(fn, "w", w_, 4);
+    Arr per = out_f32(fn, "per", per_, 2);
+    const Conv2dShape s = conv_shape(fn, x, w, dy, stride, padding, dilation);
+    const index_t kel = s.R * s.S * s.C * s.K;
+    if (per.dim(0) != s.N || (per.dim(1) != kel && per.dim(1) != kel + s.K))
+      fail_value(std::string(fn) + ": per must have shape (" + std::to_string(s.N) + ", " + std::to_string(kel) +
+                 ") or (" + std::to_string(s.N) + ", " + std::to_string(kel + s.K) + ") (with the bias), got " +
+                 shape_str(per.shape));
+    Arr y;
+    if (!y_.is_none()) {
+      y = in_f32(fn, "y", y_, 4);
+      expect_shape(fn, "y", y, dy.shape);
+    } else if (a != Act::Linear) {
+      fail_value(std::string(fn) + ": act='" + act + "' needs 'y', the forward output (shape " + shape_str(dy.shape) + ")");
+    }
+    for (const Arr* in : {&dy, &x, &w}) no_alias(fn, "per", per, "an input", *in);
+    if (!y_.is_none()) no_alias(fn, "per", per, "an input", y);
+    KernelCall nogil;
+    per_ex(s, dy.f(), x.f(), w.f(), per.f(), per.dim(1) != kel, a, y_.is_none() ? nullptr : y.f());
+  }, arg("dy"), arg("x"), arg("w"), arg("per"), arg("stride") = Pair{1, 1}, arg("padding") = Pair{0, 0},
+     arg("dilation") = Pair{1, 1}, arg("act") = "linear", arg("y") = py::none(),
+     "each example's own weight gradient: per[i] (N rows of R*S*C*K values, then K for the bias "
+     "when per has them) += conv2d_backward's dw (| db) of example i alone (DP-SGD's per-example "
+     "norms); y as for conv2d_backward");
+
   // The geometry rules alone, on shapes: layers check their arguments at build with exactly the
   // rules the kernels' calls are checked with (kilnet/detail/geometry.h).
   m.def("conv2d_check_geometry", [](std::array<index_t, 4> x, std::array<index_t, 4> w, std::array<index_t, 4> y,

@@ -51,6 +51,15 @@ void conv2d_backward_input(const Conv2dShape& s, const float* dy, const float* w
 void conv2d_backward_input_ref(const Conv2dShape& s, const float* dy, const float* w, float* dx,
                                Act act = Act::Linear, const float* y = nullptr);
 
+// Every example's own weight gradient (DP-SGD's per-example norms): row i of per (N rows of
+// R*S*C*K values, then K more for the bias when `bias`) += conv2d_backward's dw (| db) of example
+// i alone. Examples are spread over the threads, each running the kernel on one thread; a row
+// does not depend on the thread count.
+void conv2d_backward_per_example(const Conv2dShape& s, const float* dy, const float* x, const float* w, float* per,
+                                 bool bias, Act act = Act::Linear, const float* y = nullptr);
+void conv2d_backward_per_example_ref(const Conv2dShape& s, const float* dy, const float* x, const float* w,
+                                     float* per, bool bias, Act act = Act::Linear, const float* y = nullptr);
+
 }  // namespace kilnet::cpu
 
 namespace kilnet::cuda {

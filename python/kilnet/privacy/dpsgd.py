@@ -18,8 +18,9 @@ trainers/trainer.py). Two ways to the clipped sum:
     Dense on 3-D+ inputs (sequences): sum_{t,t'} (x_t.x_t')(dz_t.dz_t') or the materialised
         x_i^T dz_i, whichever is cheaper;
     Conv2D: the per-example dW_i ARE materialised (kilnet's conv2d_backward kernel on each
-        example, into an (N, kh*kw*cin*cout) buffer: 288 floats per example for a 3x3x1x32
-        layer); the clipped sum is then s^T [dW_1 .. dW_N], one small GEMV.
+        example, all examples in one call on the CPU (conv2d_backward_per_example), into an
+        (N, kh*kw*cin*cout) buffer: 288 floats per example for a 3x3x1x32 layer); the clipped
+        sum is then s^T [dW_1 .. dW_N], one small GEMV.
   s_i = min(1, C / ||g_i||) with ||g_i||^2 the sum over layers.
 - fallback (LSTM, Embedding, layers written with kilnet.ops, shared layers, ...): one example
   at a time through the model and the tape, its flat gradient clipped and accumulated. Slow,
@@ -294,6 +295,10 @@ def gaussian(rng, n, out=None):
     return z
 
 
+def _contiguous(a):
+    return a if a.dtype == np.float32 and a.flags.c_contiguous else _xp(a).ascontiguousarray(a, dtype=np.float32)
+
+
 def _xp(a):
     return np if isinstance(a, np.ndarray) else __import__("cupy")
 
@@ -424,12 +429,17 @@ def _fast_clipped_sum(model, st, x, ys, sws, clip, opt):
             k_el = layer.kernel.size
             per = xp.zeros((n, k_el + (layer.filters if layer.use_bias else 0)), np.float32)
             kshape = layer.kernel.shape
-            for i in range(n):   # dW_i by the conv kernel, one example at a time (small: kh*kw*cin*cout)
-                row = per[i]
-                layer._k.conv2d_backward(dz[i:i + 1], xin[i:i + 1], layer.kernel, None,
-                                         row[:k_el].reshape(kshape), row[k_el:] if layer.use_bias else None,
-                                         layer.strides, layer._pad, layer.dilation_rate, act,
-                                         None if y is None else y[i:i + 1])
+            batched = getattr(layer._k, "conv2d_backward_per_example", None)   # the CPU's: one call
+            if batched is not None:
+                batched(_contiguous(dz), _contiguous(xin), layer.kernel, per, layer.strides, layer._pad,
+                        layer.dilation_rate, act, None if y is None else _contiguous(y))
+            else:
+                for i in range(n):   # dW_i by the conv kernel, one example at a time (small: kh*kw*cin*cout)
+                    row = per[i]
+                    layer._k.conv2d_backward(dz[i:i + 1], xin[i:i + 1], layer.kernel, None,
+                                             row[:k_el].reshape(kshape), row[k_el:] if layer.use_bias else None,
+                                             layer.strides, layer._pad, layer.dilation_rate, act,
+                                             None if y is None else y[i:i + 1])
             sq += xp.einsum("ij,ij->i", per, per).astype(np.float64)
             work.append((layer, "conv", per))
         else:   # Dense: x2 (rows, in), dz (rows, units); rows = n * t
