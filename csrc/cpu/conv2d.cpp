@@ -26,6 +26,11 @@ void conv2d_backward_input(const Conv2dShape& s, const float* dy, const float* w
 #endif
 
 #if defined(KILNET_HAVE_AVX512_BUILD)
+namespace avx512 {   // conv2d_per_example_avx512.cpp
+bool per_example_fits(const Conv2dShape& s);
+void conv2d_per_example(const Conv2dShape& s, const float* dy, const float* x, const float* y, bool relu, float* per,
+                        bool bias, index_t n0, index_t n1);
+}  // namespace avx512
 namespace avx512 {   // conv2d_avx512.cpp
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
                     Act act);
@@ -389,6 +394,16 @@ void per_example(const Conv2dShape& s, const float* dy, const float* x, const fl
 void conv2d_backward_per_example(const Conv2dShape& s, const float* dy, const float* x, const float* w, float* per,
                                  bool bias, Act act, const float* y) {
   const int nt = int(std::min<index_t>(omp_get_max_threads(), s.N));
+#if defined(KILNET_HAVE_AVX512_BUILD)
+  if (use_avx512() && avx512::per_example_fits(s) && (act == Act::Relu || act == Act::Linear)) {
+#pragma omp parallel num_threads(nt < 1 ? 1 : nt)
+    {
+      const int t = omp_get_thread_num(), n = omp_get_num_threads();
+      avx512::conv2d_per_example(s, dy, x, y, act == Act::Relu, per, bias, s.N * t / n, s.N * (t + 1) / n);
+    }
+    return;
+  }
+#endif
   per_example(s, dy, x, w, per, bias, act, y, nt < 1 ? 1 : nt,
               [](const Conv2dShape& o, const float* a, const float* b, const float* c, float* d, float* e, float* f,
                  Act g, const float* h) { conv2d_backward(o, a, b, c, d, e, f, g, h); });
