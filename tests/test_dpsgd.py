@@ -253,3 +253,11 @@ def test_fit_with_empty_poisson_batches():
     assert opt.iterations == 60                          # every step updates, empty ones with noise only
     assert np.isfinite(h.history["loss"]).all() and len(h.history["epsilon"]) == 2
     assert opt.expected_batch_size is None and opt.sample_rate is None   # cleared after fit
+
+
+def test_add_gaussian_is_gaussian_scaled_and_added():
+    from kilnet.privacy.dpsgd import add_gaussian
+    g = np.linspace(-1, 1, 10_007).astype(np.float32)
+    want = g + gaussian(np.random.default_rng(5), g.size) * np.float32(0.75)
+    assert add_gaussian(np.random.default_rng(5), g, np.float32(0.75)) is g
+    assert np.array_equal(g, want)

@@ -147,3 +147,22 @@ def test_bad_key_or_counter():
         _cpu.normal_fill(z, -1, 0)
     with pytest.raises(TypeError):
         _cpu.normal_fill(z, 1, 2 ** 64)
+
+
+def test_scale_and_add():
+    """out = scale * z, or out += scale * z, with float32's rounding of z * scale then the sum
+    (what the DP step did in numpy before)."""
+    n = 5_003
+    z = np.empty(n, np.float32)
+    _cpu.normal_fill(z, 77, 9)
+    base = np.linspace(-3, 3, n).astype(np.float32)
+    for mod in (_cpu, _cpu.ref):
+        scaled = np.empty(n, np.float32)
+        mod.normal_fill(scaled, 77, 9, 1.7)
+        added = base.copy()
+        mod.normal_fill(added, 77, 9, 1.7, True)
+        if mod is _cpu:
+            assert np.array_equal(scaled, z * np.float32(1.7))
+            assert np.array_equal(added, base + z * np.float32(1.7))
+        else:
+            np.testing.assert_allclose(added, base + z * np.float32(1.7), rtol=1e-5, atol=1e-5)

@@ -11,9 +11,9 @@
 namespace kilnet::cpu {
 namespace random_detail {
 void normal_range_avx2(std::int64_t n, std::uint64_t key, std::uint64_t counter, std::int64_t b0, std::int64_t b1,
-                       float* out);   // random_avx2.cpp
+                       float scale, bool add, float* out);   // random_avx2.cpp
 void normal_range_avx512(std::int64_t n, std::uint64_t key, std::uint64_t counter, std::int64_t b0,
-                         std::int64_t b1, float* out);   // random_avx512.cpp
+                         std::int64_t b1, float scale, bool add, float* out);   // random_avx512.cpp
 }  // namespace random_detail
 
 namespace {
@@ -34,7 +34,7 @@ void philox4x32_10(const std::uint32_t ctr[4], const std::uint32_t key[2], std::
   out[0] = c0, out[1] = c1, out[2] = c2, out[3] = c3;
 }
 
-void normal_fill(index_t n, std::uint64_t key, std::uint64_t counter, float* out) {
+void normal_fill(index_t n, std::uint64_t key, std::uint64_t counter, float* out, float scale, bool add) {
   if (n <= 0) return;
   const index_t blocks = (n + 31) / 32;
   // ~2 ns a value on one core: below ~64k values one thread
@@ -44,21 +44,21 @@ void normal_fill(index_t n, std::uint64_t key, std::uint64_t counter, float* out
     const index_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
 #if defined(KILNET_HAVE_AVX512_BUILD)
     if (use_avx512()) {
-      random_detail::normal_range_avx512(n, key, counter, b0, b1, out);
+      random_detail::normal_range_avx512(n, key, counter, b0, b1, scale, add, out);
     } else
 #endif
 #if defined(KILNET_HAVE_AVX2_BUILD)
     if (use_avx2()) {
-      random_detail::normal_range_avx2(n, key, counter, b0, b1, out);
+      random_detail::normal_range_avx2(n, key, counter, b0, b1, scale, add, out);
     } else
 #endif
     {
-      random_detail::normal_range(n, key, counter, b0, b1, out);
+      random_detail::normal_range(n, key, counter, b0, b1, scale, add, out);
     }
   }
 }
 
-void normal_fill_ref(index_t n, std::uint64_t key, std::uint64_t counter, float* out) {
+void normal_fill_ref(index_t n, std::uint64_t key, std::uint64_t counter, float* out, float scale, bool add) {
   const std::uint32_t k[2] = {std::uint32_t(key), std::uint32_t(key >> 32)};
   for (index_t j = 0; j < n; ++j) {
     const std::uint64_t c = counter + 16 * std::uint64_t(j / 32) + std::uint64_t(j % 16);
@@ -69,7 +69,8 @@ void normal_fill_ref(index_t n, std::uint64_t key, std::uint64_t counter, float*
     const double u = (double(bits) + 0.5) * 0x1p-52;
     const double r = std::sqrt(-2.0 * std::log(u));
     const double t = 6.283185307179586476925 * (double(w[2]) * 0x1p-32);
-    out[j] = float(j % 32 < 16 ? r * std::cos(t) : r * std::sin(t));
+    const float z = float(j % 32 < 16 ? r * std::cos(t) : r * std::sin(t)) * scale;
+    out[j] = add ? out[j] + z : z;
   }
 }
 

@@ -7,7 +7,7 @@
 
 namespace kilnet::cpu::random_detail {
 void normal_range_avx512(std::int64_t n, std::uint64_t key, std::uint64_t counter, std::int64_t b0, std::int64_t b1,
-                       float* out) {
-  normal_range(n, key, counter, b0, b1, out);
+                       float scale, bool add, float* out) {
+  normal_range(n, key, counter, b0, b1, scale, add, out);
 }
 }  // namespace kilnet::cpu::random_detail

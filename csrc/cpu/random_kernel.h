@@ -110,8 +110,9 @@ inline void sincos_turns(u32xL w, f32xL& sn, f32xL& cs) {
   cs = bits_as<f32xL>(bits_as<u32xL>(c1) ^ (((q + 1u) & 2u) << 30));
 }
 
-// out[0:32) = the 32 values of block b (counters counter + 16b + lane).
-inline void normal_block(std::uint64_t key, std::uint64_t counter, std::uint64_t b, float* out) {
+// out[0:32) = the 32 values of block b (counters counter + 16b + lane) times scale, added to
+// out[0:32) when add.
+inline void normal_block(std::uint64_t key, std::uint64_t counter, std::uint64_t b, float scale, bool add, float* out) {
   const u64xL lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   u64xL c0 = lane + (counter + 16 * b), c1 = c0 >> 32, c2 = c0 ^ c0, c3 = c2;
   philox_rounds(c0, c1, c2, c3, std::uint32_t(key), std::uint32_t(key >> 32));
@@ -124,21 +125,28 @@ inline void normal_block(std::uint64_t key, std::uint64_t counter, std::uint64_t
   const f32xL rf = __builtin_convertvector(r, f32xL);
   f32xL sn, cs;
   sincos_turns(__builtin_convertvector(c2, u32xL), sn, cs);
-  const f32xL zc = rf * cs, zs = rf * sn;
+  f32xL zc = rf * cs * scale, zs = rf * sn * scale;
+  if (add) {
+    f32xL oc, os;
+    std::memcpy(&oc, out, sizeof oc);
+    std::memcpy(&os, out + 16, sizeof os);
+    zc = oc + zc;
+    zs = os + zs;
+  }
   std::memcpy(out, &zc, sizeof zc);
   std::memcpy(out + 16, &zs, sizeof zs);
 }
 
-// out[0:n) of the stream, its blocks [b0, b1) (the last one may be partial).
+// out[0:n) (+)= scale * the stream, its blocks [b0, b1) (the last one may be partial).
 inline void normal_range(std::int64_t n, std::uint64_t key, std::uint64_t counter, std::int64_t b0, std::int64_t b1,
-                         float* out) {
+                         float scale, bool add, float* out) {
   for (std::int64_t b = b0; b < b1; ++b) {
     if (32 * b + 32 <= n) {
-      normal_block(key, counter, std::uint64_t(b), out + 32 * b);
+      normal_block(key, counter, std::uint64_t(b), scale, add, out + 32 * b);
     } else {
       float tmp[32];
-      normal_block(key, counter, std::uint64_t(b), tmp);
-      std::memcpy(out + 32 * b, tmp, size_t(n - 32 * b) * sizeof(float));
+      normal_block(key, counter, std::uint64_t(b), scale, false, tmp);
+      for (std::int64_t j = 0; j < n - 32 * b; ++j) out[32 * b + j] = add ? out[32 * b + j] + tmp[j] : tmp[j];
     }
   }
 }

@@ -15,13 +15,15 @@
 
 namespace kilnet::cpu {
 
-// out[0:n) = standard normal float32 values of the stream above. Counters used: counter ..
-// counter + 16 * ceil(n / 32) - 1.
-void normal_fill(index_t n, std::uint64_t key, std::uint64_t counter, float* out);
+// out[0:n) = scale * the standard normal float32 values of the stream above (add: out[0:n) +=
+// them; in float32, out + (z * scale)). Counters used: counter .. counter + 16 * ceil(n / 32) - 1.
+void normal_fill(index_t n, std::uint64_t key, std::uint64_t counter, float* out, float scale = 1.0f,
+                 bool add = false);
 
 // The same stream computed value by value in double precision with the C library's log, sin and
 // cos (the kernels use polynomials: agreement to ~1e-6).
-void normal_fill_ref(index_t n, std::uint64_t key, std::uint64_t counter, float* out);
+void normal_fill_ref(index_t n, std::uint64_t key, std::uint64_t counter, float* out, float scale = 1.0f,
+                     bool add = false);
 
 // Philox4x32-10 of one counter (the bijection under the stream; for tests).
 void philox4x32_10(const std::uint32_t ctr[4], const std::uint32_t key[2], std::uint32_t out[4]);

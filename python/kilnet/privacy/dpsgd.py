@@ -178,11 +178,14 @@ class DPOptimizer(optimizers_mod.Optimizer):
             self._steps[key] = self._steps.get(key, 0) + 1
 
     # ------------------------------------------------------------------ the step
+    def _noise_rng(self):
+        if self._rng is not None:
+            return self._rng
+        from kilnet.utils import get_rng
+        return get_rng()
+
     def _noise(self, n, xp):
-        rng = self._rng
-        if rng is None:
-            from kilnet.utils import get_rng
-            rng = get_rng()
+        rng = self._noise_rng()
         buf = self.__dict__.get("_noise_buf")
         if buf is None or buf.size != n:   # kept between steps: no page faults on a fresh array
             buf = self._noise_buf = np.empty(n, np.float32)
@@ -193,9 +196,13 @@ class DPOptimizer(optimizers_mod.Optimizer):
         """model._grads holds the clipped sum: add noise, divide, regularize, update."""
         g = model._grads
         if self.noise_multiplier > 0:
-            z = self._noise(g.size, _xp(g))
-            z *= np.float32(self.noise_multiplier * self.l2_norm_clip)
-            g += z
+            scale = np.float32(self.noise_multiplier * self.l2_norm_clip)
+            if isinstance(g, np.ndarray) and g.dtype == np.float32 and g.flags.c_contiguous:
+                add_gaussian(self._noise_rng(), g, scale)   # one pass: g += scale * z
+            else:
+                z = self._noise(g.size, _xp(g))
+                z *= scale
+                g += z
         denom = self.expected_batch_size or batch
         g *= np.float32(1.0 / max(denom, 1))
         self._count_step()
@@ -293,6 +300,15 @@ def gaussian(rng, n, out=None):
         raise ValueError(f"gaussian: out must be a contiguous float32 array of shape ({n},), got {z.dtype} {z.shape}")
     cpu.normal_fill(z, key, 0)
     return z
+
+
+def add_gaussian(rng, g, scale):
+    """g += scale * z, z the n = g.size values gaussian(rng, n) would return (the same key drawn
+    from rng, the same stream), in one pass over g; g a contiguous float32 host array."""
+    from kilnet.backend import cpu
+    key = int(rng.integers(0, 2 ** 64, dtype=np.uint64))
+    cpu.normal_fill(g, key, 0, float(scale), True)
+    return g
 
 
 def _contiguous(a):
