@@ -16,11 +16,8 @@ void normal_range_avx512(std::int64_t n, std::uint64_t key, std::uint64_t counte
                          std::int64_t b1, float scale, bool add, float* out);   // random_avx512.cpp
 }  // namespace random_detail
 
-namespace {
-constexpr std::uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u, kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
-}  // namespace
-
 void philox4x32_10(const std::uint32_t ctr[4], const std::uint32_t key[2], std::uint32_t out[4]) {
+  using random_detail::kM0, random_detail::kM1, random_detail::kW0, random_detail::kW1;
   std::uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3], k0 = key[0], k1 = key[1];
   for (int r = 0; r < 10; ++r) {
     if (r) k0 += kW0, k1 += kW1;
