@@ -434,6 +434,14 @@ def test_c_api_matches_the_kernels(libkilnet):
                                         F32(1e-7), I64(1)) == 0
     _cpu.adam_update(p2, g, m2, v2, 0.01, 0.9, 0.999, 1e-7, 1)
     np.testing.assert_array_equal(p, p2)
+    z, z2 = np.ones(1000, np.float32), np.ones(1000, np.float32)
+    assert libkilnet.kilnet_normal_fill(I64(1000), ctypes.c_uint64(2 ** 64 - 3), ctypes.c_uint64(77), F32(0.5), 1,
+                                        _p(z)) == 0
+    _cpu.normal_fill(z2, 2 ** 64 - 3, 77, 0.5, True)
+    np.testing.assert_array_equal(z, z2)
+    out = (ctypes.c_uint32 * 4)()
+    assert libkilnet.kilnet_philox4x32_10((ctypes.c_uint32 * 4)(0, 0, 0, 0), (ctypes.c_uint32 * 2)(0, 0), out) == 0
+    assert list(out) == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
     assert libkilnet.kilnet_version().decode() == kilnet.__version__
     assert libkilnet.kilnet_simd_level().decode() in ("avx512", "avx2", "scalar")
 
@@ -469,6 +477,10 @@ def _bad_calls():
         ("softmax_ce both", lambda L: L.kilnet_softmax_crossentropy(I64(2), I64(8), _p(big), _p(np.zeros(2, np.int64)),
                                                                     _p(big[16:]), None, None, None), 2,
          ["exactly one of"]),
+        ("normal_fill n", lambda L: L.kilnet_normal_fill(I64(0), ctypes.c_uint64(1), ctypes.c_uint64(0), F32(1), 0,
+                                                          _p(big)), 2, ["'n' must be >= 1"]),
+        ("normal_fill out", lambda L: L.kilnet_normal_fill(I64(4), ctypes.c_uint64(1), ctypes.c_uint64(0), F32(1), 0,
+                                                            None), 1, ["'out' is NULL"]),
         ("mse cols", lambda L: L.kilnet_mse(I64(2), I64(-1), _p(big), _p(big), None, None), 2, ["'cols' must be >= 1"]),
         ("sgd momentum without velocity", lambda L: L.kilnet_sgd_update(I64(8), _p(big), _p(big[8:]), None, F32(0.1),
                                                                         F32(0.9), 0), 1, ["'velocity' is NULL"]),

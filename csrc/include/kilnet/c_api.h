@@ -200,6 +200,17 @@ KILNET_API int kilnet_sgd_update(int64_t n, float* param, const float* grad, flo
 KILNET_API int kilnet_adam_update(int64_t n, float* param, const float* grad, float* m, float* v,
                                   float lr, float beta1, float beta2, float eps, int64_t step);
 
+/* ---------------------------------------------------------------- c_api_random ------------ */
+
+/* out[n] = scale * standard normal values (add != 0: out += them), value j from Philox4x32-10 of
+ * the key and the counter (counter + 16 * (j / 32) + j % 16) through Box-Muller (kilnet/random.h
+ * defines the stream): the same values at any thread count and SIMD level. Uses the counters
+ * counter .. counter + 16 * ceil(n / 32) - 1: later calls with the same key start past them. */
+KILNET_API int kilnet_normal_fill(int64_t n, uint64_t key, uint64_t counter, float scale, int add,
+                                  float* out);
+/* Philox4x32-10 (Salmon et al. 2011) of one 128-bit counter (four words) and key (two). */
+KILNET_API int kilnet_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif
