@@ -45,8 +45,8 @@ void chunk(const Conv2dShape& s, const float* x, const float* dy, const float* y
       }
       const bool interior = ih >= 0 && ih + (s.R - 1) * s.dilation_h < s.H && iw >= 0 &&
                             iw + (s.S - 1) * s.dilation_w < s.W;
-      const float* xb = x + (ih * s.W + iw) * s.C;   // the window's first value (may lie outside)
       if (interior) {
+        const float* xb = x + (ih * s.W + iw) * s.C;   // the window's first value
 #pragma GCC unroll 24
         for (int i = 0; i < TC; ++i)
           if (i < tc) {
