@@ -185,6 +185,30 @@ def test_nn_shapes(rng, threads, nthreads, M, N, K, ta, tb):
     check(c, expected(a, b, c0, ta, tb, 1.0, 1.0, bias), K)
 
 
+# The narrow route (gemm_narrow_avx512.cpp: N <= 16, alpha 1, beta 0 or 1, no bias): the split-K
+# logits (M*N <= 1024, K >= 8192) and the weight gradient with few units (A transposed, K <=
+# 256); odd M for its 8/4/2/1-row groups, several K blocks of gemm_rect. The same bits at 1 and 2
+# threads (rows split in multiples of 8), and as the general path (checked against the previous
+# build when it was added).
+NARROW_SHAPES = [(32, 10, 21632, False), (7, 13, 9000, False), (100, 10, 8192, False), (1, 1, 10000, False),
+                 (21632, 10, 32, True), (999, 7, 200, True), (13, 3, 5, True), (1000, 16, 256, True)]
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+@pytest.mark.parametrize("M,N,K,ta", NARROW_SHAPES)
+def test_narrow_route(rng, threads, M, N, K, ta, beta):
+    a, b = operands(rng, M, N, K, ta, False)
+    c0 = rand(rng, M, N)
+    outs = []
+    for nthreads in (1, 2):
+        threads(nthreads)
+        c = c0.copy()
+        _cpu.gemm(a, b, c, ta, False, 1.0, beta)
+        check(c, expected(a, b, c0, ta, False, 1.0, beta, None), K)
+        outs.append(c)
+    assert np.array_equal(outs[0], outs[1])
+
+
 # Edges of the AVX-512 12x32 tile and its blocks: M around 12 and MC, N from 17 (the smallest
 # N it takes) across 32 and 64 to packed panels (N > 256), K around KC = 256.
 AVX512_SHAPES = [(11, 17, 5), (12, 32, 256), (13, 33, 257), (25, 63, 255), (37, 65, 513),

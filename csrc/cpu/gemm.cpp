@@ -17,6 +17,13 @@
 
 namespace kilnet::cpu {
 
+#if defined(KILNET_HAVE_AVX512_BUILD)
+namespace avx512 {   // gemm_narrow_avx512.cpp
+void gemm_narrow(bool ta, index_t i0, index_t i1, index_t N, index_t K, const float* A, index_t lda, const float* B,
+                 index_t ldb, float* C, index_t ldc, bool accumulate);
+}  // namespace avx512
+#endif
+
 static inline float at(const float* X, index_t ld, bool trans, index_t i, index_t j) {
   return trans ? X[j * ld + i] : X[i * ld + j];
 }
@@ -374,6 +381,32 @@ Rect thread_rect(index_t M, index_t N, index_t MR, index_t NR, int nt, int t) {
 // any thread count.
 constexpr index_t kSplitKMaxC = 1024, kSplitKMinK = 8192, kSplitKChunks = 16;
 
+// Products with <= 16 columns, B not transposed, alpha 1, beta 0 or 1, no bias, on AVX-512:
+// gemm_narrow_avx512.cpp, with gemm_rect's K blocks (each summed from zero, then added to C), so
+// the same bits as gemm_rect.
+bool narrow_fits(const Problem& p) {
+#if defined(KILNET_HAVE_AVX512_BUILD)
+  return use_avx512() && p.N <= 16 && !p.tb && p.alpha == 1.f && (p.beta == 0.f || p.beta == 1.f) && !p.bias;
+#else
+  (void)p;
+  return false;
+#endif
+}
+
+void gemm_narrow_rows(const Problem& p, index_t i0, index_t i1) {
+#if defined(KILNET_HAVE_AVX512_BUILD)
+  const index_t kc_max = ceil_div(p.K, ceil_div(p.K, p.ks->kc));
+  for (index_t pc = 0; pc < p.K; pc += kc_max) {
+    const index_t kc = std::min(kc_max, p.K - pc);
+    const float* a = p.ta ? p.A + pc * p.lda : p.A + pc;   // op(A) columns pc..
+    avx512::gemm_narrow(p.ta, i0, i1, p.N, kc, a, p.lda, p.B + pc * p.ldb, p.ldb, p.C, p.ldc,
+                        pc > 0 || p.beta == 1.f);
+  }
+#else
+  (void)p, (void)i0, (void)i1;
+#endif
+}
+
 void gemm_split_k(const Problem& p) {
   const index_t MN = p.M * p.N;
   // The partials (at most 16 x 1024 floats) live in a buffer the calling thread keeps, so the
@@ -394,6 +427,10 @@ void gemm_split_k(const Problem& p) {
     q.C = buf + c * MN;
     q.ldc = p.N;
     q.bias = nullptr;
+    if (narrow_fits(q)) {   // (the chunk's B, kc x N, stays in L2 for the few rows of C)
+      gemm_narrow_rows(q, 0, p.M);
+      continue;
+    }
     if (!gemm_rect(q, 0, p.M, 0, p.N)) {
 #pragma omp atomic write
       failed = true;
@@ -493,6 +530,19 @@ void gemm(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, const 
   const index_t flops = 2 * M * N * K;
   if (M * N <= kSplitKMaxC && K >= kSplitKMinK) {
     gemm_split_k(p);
+    return;
+  }
+  // A Dense weight gradient with few units (op(A) = A^T, K the batch): B (K x N) stays in L1
+  // while 8 rows of C at a time pass; rows split between threads in multiples of 8.
+  if (ta && K <= 256 && narrow_fits(p)) {
+    const index_t groups = ceil_div(M, 8);
+    const int nt = int(std::min<index_t>({index_t(omp_get_max_threads()),
+                                          std::max<index_t>(1, flops / kMinFlopsPerThread), groups}));
+#pragma omp parallel num_threads(nt)
+    {
+      const int t = omp_get_thread_num(), n = omp_get_num_threads();
+      gemm_narrow_rows(p, std::min(M, 8 * (groups * t / n)), std::min(M, 8 * (groups * (t + 1) / n)));
+    }
     return;
   }
   const index_t tiles = ceil_div(M, ks.mr) * ceil_div(N, ks.nr);
