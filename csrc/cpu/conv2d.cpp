@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <exception>
 #include <stdexcept>
 #include <vector>
 #include "kilnet/conv2d.h"
@@ -364,30 +363,19 @@ void conv2d_backward_input(const Conv2dShape& s, const float* dy, const float* w
 
 // ------------------------------------------------------------------------------ per example
 namespace {
+// The examples split between nt threads, each running bwd (conv2d_backward or its reference) on
+// one example at a time alone.
 template <class Bwd>
 void per_example(const Conv2dShape& s, const float* dy, const float* x, const float* w, float* per, bool bias,
                  Act act, const float* y, int nt, Bwd bwd) {
   Conv2dShape one = s;
   one.N = 1;
   const index_t xs = s.H * s.W * s.C, ys = s.P * s.Q * s.K, kel = s.R * s.S * s.C * s.K, row = kel + (bias ? s.K : 0);
-  std::exception_ptr err = nullptr;
-#pragma omp parallel num_threads(nt)
-  {
-    const int saved = omp_get_max_threads();
-    omp_set_num_threads(1);   // the kernel of one example on this thread alone
-#pragma omp for schedule(static)
-    for (index_t i = 0; i < s.N; ++i) {
-      try {
-        bwd(one, dy + i * ys, x + i * xs, w, nullptr, per + i * row, bias ? per + i * row + kel : nullptr, act,
-            y ? y + i * ys : nullptr);
-      } catch (...) {
-#pragma omp critical(kilnet_conv2d_per_example_error)
-        if (!err) err = std::current_exception();
-      }
-    }
-    omp_set_num_threads(saved);
-  }
-  if (err) std::rethrow_exception(err);
+  each_thread_alone(nt, [&](int t, int n) {
+    for (index_t i = s.N * t / n; i < s.N * (t + 1) / n; ++i)
+      bwd(one, dy + i * ys, x + i * xs, w, nullptr, per + i * row, bias ? per + i * row + kel : nullptr, act,
+          y ? y + i * ys : nullptr);
+  });
 }
 }  // namespace
 
@@ -396,24 +384,18 @@ void conv2d_backward_per_example(const Conv2dShape& s, const float* dy, const fl
   const int nt = int(std::min<index_t>(omp_get_max_threads(), s.N));
 #if defined(KILNET_HAVE_AVX512_BUILD)
   if (use_avx512() && avx512::per_example_fits(s) && (act == Act::Relu || act == Act::Linear)) {
-#pragma omp parallel num_threads(nt < 1 ? 1 : nt)
-    {
-      const int t = omp_get_thread_num(), n = omp_get_num_threads();
+    each_thread_alone(nt, [&](int t, int n) {
       avx512::conv2d_per_example(s, dy, x, y, act == Act::Relu, per, bias, s.N * t / n, s.N * (t + 1) / n);
-    }
+    });
     return;
   }
 #endif
-  per_example(s, dy, x, w, per, bias, act, y, nt < 1 ? 1 : nt,
-              [](const Conv2dShape& o, const float* a, const float* b, const float* c, float* d, float* e, float* f,
-                 Act g, const float* h) { conv2d_backward(o, a, b, c, d, e, f, g, h); });
+  per_example(s, dy, x, w, per, bias, act, y, nt, conv2d_backward);
 }
 
 void conv2d_backward_per_example_ref(const Conv2dShape& s, const float* dy, const float* x, const float* w,
                                      float* per, bool bias, Act act, const float* y) {
-  per_example(s, dy, x, w, per, bias, act, y, 1,
-              [](const Conv2dShape& o, const float* a, const float* b, const float* c, float* d, float* e, float* f,
-                 Act g, const float* h) { conv2d_backward_ref(o, a, b, c, d, e, f, g, h); });
+  per_example(s, dy, x, w, per, bias, act, y, 1, conv2d_backward_ref);
 }
 
 }  // namespace kilnet::cpu

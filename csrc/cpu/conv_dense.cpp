@@ -11,11 +11,11 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <exception>
 #include <stdexcept>
 #include <vector>
 
 #include "kilnet/gemm.h"
+#include "parallel.h"
 
 namespace kilnet::cpu::avx512 {   // conv_dense_avx512.cpp
 void narrow_forward(index_t N, index_t kb, index_t U, const float* h, const float* w, float* z, bool accumulate);
@@ -23,7 +23,8 @@ void narrow_weight_grad(index_t N, index_t kb, index_t U, const float* h, const 
                         bool overwrite);
 void narrow_input_grad(index_t N, index_t kb, index_t U, const float* dz, const float* w, float* dh);
 int pixel_max_taps();
-void images_in_lanes(index_t N, index_t F, const float* x, float* xt);   // conv_dense_lanes_avx512.cpp
+bool lanes_fit(const Conv2dShape& s);                                     // conv_dense_lanes_avx512.cpp
+void images_in_lanes(index_t N, index_t F, const float* x, float* xt);
 void pixel_forward(const Conv2dShape& s, bool relu, const float* xt, const float* wc, const float* bc, index_t U,
                    const float* wd, index_t pix0, index_t pix1, float* z);
 void pixel_backward(const Conv2dShape& s, bool relu, const float* x, const float* wc, const float* bc, index_t U,
@@ -74,7 +75,7 @@ void block_input_grad(index_t N, index_t kb, index_t U, const float* dz, const f
 bool pixel_path(const Conv2dShape& s, Act act, index_t U) {
 #ifdef KILNET_HAVE_AVX512_BUILD
   if (!(narrow(U) && (s.K == 16 || s.K == 32) && s.R * s.S * s.C <= avx512::pixel_max_taps() &&
-        (act == Act::Relu || act == Act::Linear)))
+        avx512::lanes_fit(s) && (act == Act::Relu || act == Act::Linear)))
     return false;
   const char* v = std::getenv("KILNET_CONV_DENSE_PATH");
   return v == nullptr || std::strcmp(v, "blocks") != 0;
@@ -180,25 +181,7 @@ Block start_block(const Conv2dShape& s, const Plan& p, index_t b, const float* x
 // rethrows the first exception after the region.
 template <class Body>
 void run_blocks(const Plan& p, Body body) {
-  if (p.nt == 1) {
-    body(0, index_t(0), p.nb);
-    return;
-  }
-  std::exception_ptr err = nullptr;
-#pragma omp parallel num_threads(p.nt)
-  {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const int saved = omp_get_max_threads();
-    omp_set_num_threads(1);
-    try {
-      body(t, p.nb * t / nt, p.nb * (t + 1) / nt);
-    } catch (...) {
-#pragma omp critical(kilnet_conv_dense_error)
-      if (!err) err = std::current_exception();
-    }
-    omp_set_num_threads(saved);
-  }
-  if (err) std::rethrow_exception(err);
+  each_thread_alone(p.nt, [&](int t, int nt) { body(t, p.nb * t / nt, p.nb * (t + 1) / nt); });
 }
 
 }  // namespace

@@ -131,6 +131,9 @@ void group_logits(const Call& c, const float* xg, index_t ni, float* z) {
 
 }  // namespace
 
+// Whether the forward takes this convolution (its arrays' sizes; conv_dense.cpp's pixel path asks).
+bool lanes_fit(const Conv2dShape& s) { return s.K <= kMaxK && s.R * s.S * s.C <= kMaxTaps; }
+
 // xt[g][i][j] = x[16g + j][i] for i < F (an image's H*W*C values), lanes of missing images 0:
 // 16 x 16 blocks transposed in registers.
 void images_in_lanes(index_t N, index_t F, const float* x, float* xt) {

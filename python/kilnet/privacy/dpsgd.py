@@ -311,10 +311,6 @@ def add_gaussian(rng, g, scale):
     return g
 
 
-def _contiguous(a):
-    return a if a.dtype == np.float32 and a.flags.c_contiguous else _xp(a).ascontiguousarray(a, dtype=np.float32)
-
-
 def _xp(a):
     return np if isinstance(a, np.ndarray) else __import__("cupy")
 
@@ -447,8 +443,7 @@ def _fast_clipped_sum(model, st, x, ys, sws, clip, opt):
             kshape = layer.kernel.shape
             batched = getattr(layer._k, "conv2d_backward_per_example", None)   # the CPU's: one call
             if batched is not None:
-                batched(_contiguous(dz), _contiguous(xin), layer.kernel, per, layer.strides, layer._pad,
-                        layer.dilation_rate, act, None if y is None else _contiguous(y))
+                batched(dz, xin, layer.kernel, per, layer.strides, layer._pad, layer.dilation_rate, act, y)
             else:
                 for i in range(n):   # dW_i by the conv kernel, one example at a time (small: kh*kw*cin*cout)
                     row = per[i]
