@@ -205,6 +205,84 @@ def test_pixel_path_keeps_nan_and_masks_relu():
     assert not dwc.any() and not dbc.any() and not dwd.any()
 
 
+# ------------------------------------------------------------------------------ DP-SGD's passes
+def _per_example(mod, x, wc, bc, wd, dz, geo):
+    n = x.shape[0]
+    per = np.full((n, wc.size + (wc.shape[3] if bc is not None else 0)), np.nan, np.float32)
+    hsq = np.full(n, np.nan, np.float32)
+    mod.conv_dense_per_example(x, wc, bc, wd, dz, per, hsq, *geo)
+    return per, hsq
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("case", CASES + PIXEL_CASES,
+                         ids=[f"case{i}" for i in range(len(CASES))] + [f"pixel{i}" for i in range(len(PIXEL_CASES))])
+def test_per_example_pass_is_each_example_alone(case, bias, threads):
+    """conv_dense_per_example: row n is the convolution's gradient of example n as a batch of
+    one through the fused backward, and hsq[n] |dz_n|^2 that batch's Dense kernel gradient's
+    squared norm (h_n^T dz_n has norm |h_n| |dz_n|); the reference composition agrees."""
+    x, wc, bc, wd, bd, dz, geo = _arrays(case)
+    bc = bc if bias else None
+    per, hsq = _per_example(_cpu, x, wc, bc, wd, dz, geo)
+    rper, rhsq = _per_example(_cpu.ref, x, wc, bc, wd, dz, geo)
+    _close(per, rper)
+    _close(hsq, rhsq, tol=1e-5)
+    n = x.shape[0]
+    for i in sorted({0, n // 2, n - 1}):
+        dwc, dwd = np.zeros_like(wc), np.empty_like(wd)
+        dbc = None if bc is None else np.zeros_like(bc)
+        _cpu.conv_dense_backward(x[i:i + 1], wc, bc, wd, dz[i:i + 1], dwc, dbc, dwd, None, *geo, True)
+        _close(per[i], np.concatenate([dwc.ravel()] + ([] if dbc is None else [dbc])))
+        want = float((dwd.astype(np.float64) ** 2).sum() / (dz[i].astype(np.float64) ** 2).sum())
+        assert abs(float(hsq[i]) - want) <= 1e-4 * max(want, 1e-6), (i, float(hsq[i]), want)
+
+
+def test_per_example_pass_general_path_and_relu_mask(monkeypatch):
+    """The general kernels (KILNET_CONV_DENSE_PATH=blocks) give what the AVX-512 pass gives, and a
+    ReLU that is never positive leaves every per-example gradient zero."""
+    for case in (CASES[0], PIXEL_CASES[0], PIXEL_CASES[2]):
+        x, wc, bc, wd, bd, dz, geo = _arrays(case, seed=4)
+        fast = _per_example(_cpu, x, wc, bc, wd, dz, geo)
+        monkeypatch.setenv("KILNET_CONV_DENSE_PATH", "blocks")
+        slow = _per_example(_cpu, x, wc, bc, wd, dz, geo)
+        monkeypatch.delenv("KILNET_CONV_DENSE_PATH")
+        _close(fast[0], slow[0])
+        _close(fast[1], slow[1], tol=1e-5)
+    x, wc, bc, wd, bd, dz, geo = _arrays(CASES[0], seed=2)
+    x, wc, bc[...] = np.abs(x), -np.abs(wc), -1.0
+    per, hsq = _per_example(_cpu, x, wc, bc, wd, dz, geo)
+    assert not per.any() and not hsq.any()
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], PIXEL_CASES[0], PIXEL_CASES[3]],
+                         ids=["canonical", "same-stride2", "pixel-same-stride-dilated", "pixel-k16"])
+def test_dense_gradients_alone(case, threads):
+    """dwc None: the Dense's gradients only (DP-SGD's clipped sum of them), the same values as the
+    full backward's."""
+    x, wc, bc, wd, bd, dz, geo = _arrays(case)
+    _, _, _, dwd_full, dbd_full = _run(_cpu, x, wc, bc, wd, bd, dz, geo)
+    for mod in (_cpu, _cpu.ref):
+        dwd, dbd = np.full_like(wd, np.nan), np.full_like(bd, 2.0)
+        mod.conv_dense_backward(x, wc, bc, wd, dz, None, None, dwd, dbd, *geo, True)
+        _close(dwd, dwd_full)
+        _close(dbd, dbd_full)
+
+
+def test_per_example_bad_arguments():
+    x, wc, bc, wd, bd, dz, geo = _arrays(CASES[1])
+    per, hsq = _per_example(_cpu, x, wc, bc, wd, dz, geo)
+    with pytest.raises(ValueError, match="'per'"):
+        _cpu.conv_dense_per_example(x, wc, bc, wd, dz, per[:, :-1], hsq, *geo)
+    with pytest.raises(ValueError, match="'hsq'"):
+        _cpu.conv_dense_per_example(x, wc, bc, wd, dz, per, hsq[:-1], *geo)
+    with pytest.raises(ValueError, match="dz"):
+        _cpu.conv_dense_per_example(x, wc, bc, wd, dz[:-1], per, hsq, *geo)
+    with pytest.raises(ValueError, match="overlap"):
+        _cpu.conv_dense_per_example(x, wc, bc, wd, dz, per, per.reshape(-1)[:x.shape[0]], *geo)
+    with pytest.raises(ValueError, match="dbc without dwc"):
+        _cpu.conv_dense_backward(x, wc, bc, wd, dz, None, np.zeros_like(bc), np.zeros_like(wd), None, *geo, True)
+
+
 def test_gradients_against_finite_differences():
     """Central differences of the kernel's own forward (float32, so a few coordinates and a loose
     tolerance; the float64 check is the torch test above)."""

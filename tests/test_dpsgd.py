@@ -84,6 +84,24 @@ def test_canonical_cnn_matches_per_example_loop():
     _check_step(canonical_model(), x, y, clip=0.1, sigma=1.1)
 
 
+@pytest.mark.parametrize("conv", [dict(filters=16, kernel_size=3, strides=2, padding="same", activation="relu"),
+                                  dict(filters=5, kernel_size=(2, 3), activation="tanh"),
+                                  dict(filters=32, kernel_size=3, activation="linear", use_bias=False)],
+                         ids=["relu-same-stride2", "tanh-odd", "linear-nobias"])
+def test_conv_dense_group_matches_per_example_loop(conv, monkeypatch):
+    """Conv2D -> Flatten -> Dense runs as the fused group under DP-SGD too (its per-example pass
+    and the Dense's clipped sum from the fused kernels); 21 examples: two groups of 16 lanes."""
+    from kilnet.layers import conv_dense
+    seen = []
+    real = conv_dense._Backward.per_example
+    monkeypatch.setattr(conv_dense._Backward, "per_example", lambda self, dz: (seen.append(dz.shape), real(self, dz))[1])
+    x, y = _data((11, 10, 2), n=21, classes=5)
+    m = keras.Sequential([layers.Input((11, 10, 2)), layers.Conv2D(**conv), layers.Flatten(),
+                          layers.Dense(5, activation="softmax")])
+    _check_step(m, x, y, clip=0.05)
+    assert seen == [(21, 5)]
+
+
 def test_lstm_falls_back_to_the_per_example_loop():
     x, y = _data((5, 3), n=7)
     m = keras.Sequential([layers.Input((5, 3)), layers.LSTM(6), layers.Dense(4, activation="softmax")])

@@ -30,6 +30,13 @@ void pixel_forward(const Conv2dShape& s, bool relu, const float* xt, const float
 void pixel_backward(const Conv2dShape& s, bool relu, const float* x, const float* wc, const float* bc, index_t U,
                     const float* wd, const float* dz, index_t pix0, index_t pix1, float* dwc, float* dbc,
                     float* dwd, bool overwrite, float* h);
+int per_example_max_taps();                                               // conv_dense_per_example_avx512.cpp
+index_t per_example_images_size(const Conv2dShape& s);
+index_t per_example_scratch(const Conv2dShape& s);
+void per_example_images(const Conv2dShape& s, const float* x, float* xt);
+void per_example_channels(const Conv2dShape& s, bool relu, const float* xt, const float* wc, const float* bc,
+                          index_t U, const float* wd, const float* dz, index_t k0, index_t k1, float* per, float* hsq,
+                          float* scratch);
 }  // namespace kilnet::cpu::avx512
 
 namespace kilnet::cpu {
@@ -72,13 +79,27 @@ void block_input_grad(index_t N, index_t kb, index_t U, const float* dz, const f
 // The pixel path (conv_dense_avx512.cpp: one output pixel of all images at a time, all in L1)
 // where it applies: AVX-512, K = 16 or 32 channels, up to 16 units, few taps, ReLU or linear.
 // KILNET_CONV_DENSE_PATH=blocks forces the block path (for the tests and for measuring).
+bool blocks_forced() {
+  const char* v = std::getenv("KILNET_CONV_DENSE_PATH");
+  return v != nullptr && std::strcmp(v, "blocks") == 0;
+}
+
 bool pixel_path(const Conv2dShape& s, Act act, index_t U) {
 #ifdef KILNET_HAVE_AVX512_BUILD
-  if (!(narrow(U) && (s.K == 16 || s.K == 32) && s.R * s.S * s.C <= avx512::pixel_max_taps() &&
-        avx512::lanes_fit(s) && (act == Act::Relu || act == Act::Linear)))
-    return false;
-  const char* v = std::getenv("KILNET_CONV_DENSE_PATH");
-  return v == nullptr || std::strcmp(v, "blocks") != 0;
+  return narrow(U) && (s.K == 16 || s.K == 32) && s.R * s.S * s.C <= avx512::pixel_max_taps() &&
+         avx512::lanes_fit(s) && (act == Act::Relu || act == Act::Linear) && !blocks_forced();
+#else
+  (void)s, (void)act, (void)U;
+  return false;
+#endif
+}
+
+// The per-example pass's AVX-512 kernel (conv_dense_per_example_avx512.cpp) where it applies;
+// else each example through the general kernels (KILNET_CONV_DENSE_PATH=blocks forces that too).
+bool per_example_path(const Conv2dShape& s, Act act, index_t U) {
+#ifdef KILNET_HAVE_AVX512_BUILD
+  return narrow(U) && s.R * s.S * s.C <= avx512::per_example_max_taps() && (act == Act::Relu || act == Act::Linear) &&
+         !blocks_forced();
 #else
   (void)s, (void)act, (void)U;
   return false;
@@ -135,7 +156,7 @@ Conv2dShape slab_of(const Conv2dShape& s, index_t p0, index_t p1, index_t* row0)
 }
 
 struct Scratch {
-  std::vector<float> slab, h, dh, z, dwc, dbc, xt;
+  std::vector<float> slab, h, dh, z, dwc, dbc, xt, wdt;
 };
 
 float* grown(std::vector<float>& v, index_t n) {
@@ -230,15 +251,17 @@ void conv_dense_backward(const Conv2dShape& s, Act act, const float* x, const fl
                          float* dbd, bool overwrite_dwd) {
   const bool pixels = pixel_path(s, act, U);
   const Plan p = pixels ? pixel_plan(s) : plan_of(s);
+  const bool conv = dwc != nullptr;   // else the Dense's gradients only (DP-SGD's clipped sum)
+  if (!conv) dbc = nullptr;
   const index_t nw = s.R * s.S * s.C * s.K;
   std::vector<float*> wparts(static_cast<size_t>(p.nt), nullptr), bparts(static_cast<size_t>(p.nt), nullptr);
   run_blocks(p, [&](int t, index_t b0, index_t b1) {
     Scratch& sc = scratch();
     // thread 0 adds straight into dwc/dbc; the others into zeroed partials added after
-    float* dw = t == 0 ? dwc : grown(sc.dwc, nw);
+    float* dw = !conv ? nullptr : t == 0 ? dwc : grown(sc.dwc, nw);
     float* db = dbc == nullptr ? nullptr : t == 0 ? dbc : grown(sc.dbc, s.K);
     if (t != 0) {
-      std::memset(dw, 0, static_cast<size_t>(nw) * sizeof(float));
+      if (dw) std::memset(dw, 0, static_cast<size_t>(nw) * sizeof(float));
       if (db) std::memset(db, 0, static_cast<size_t>(s.K) * sizeof(float));
     }
     wparts[static_cast<size_t>(t)] = dw;
@@ -252,21 +275,69 @@ void conv_dense_backward(const Conv2dShape& s, Act act, const float* x, const fl
 #endif
     for (index_t b = b0; b < b1; ++b) {
       const Block k = start_block(s, p, b, x, sc);
-      float* dh = grown(sc.dh, s.N * k.kb);
       conv2d_forward(k.ts, k.slab, wc, bc, k.h, act);                        // h again, in cache
       const index_t row = k.p0 * s.Q * s.K * U;                              // the block's Dense rows
       block_weight_grad(s.N, k.kb, U, k.h, dz, dwd + row, overwrite_dwd);    // dW rows
+      if (!conv) continue;
+      float* dh = grown(sc.dh, s.N * k.kb);
       block_input_grad(s.N, k.kb, U, dz, wd + row, dh);                      // dh = dz W^T
       conv2d_backward(k.ts, dh, k.slab, wc, nullptr, dw, db, act, k.h);      // act'(h) applied inside
     }
   });
-  for (int t = 1; t < p.nt; ++t) {
+  for (int t = 1; conv && t < p.nt; ++t) {
     const float* w = wparts[static_cast<size_t>(t)];
     for (index_t i = 0; i < nw; ++i) dwc[i] += w[i];
     if (dbc)
       for (index_t k = 0; k < s.K; ++k) dbc[k] += bparts[static_cast<size_t>(t)][k];
   }
   if (dbd) bias_backward(s.N, U, dz, dbd);
+}
+
+void conv_dense_per_example(const Conv2dShape& s, Act act, const float* x, const float* wc, const float* bc,
+                            index_t U, const float* wd, const float* dz, float* per, float* hsq) {
+  const index_t nw = s.R * s.S * s.C * s.K, row = nw + (bc ? s.K : 0), F = s.P * s.Q * s.K;
+  const index_t img = s.H * s.W * s.C;
+  const int maxt = omp_get_max_threads();
+  const int nt = maxt < s.N ? maxt : static_cast<int>(s.N);
+#ifdef KILNET_HAVE_AVX512_BUILD
+  if (per_example_path(s, act, U)) {   // 16 examples in the lanes; the channels split between the threads
+    float* xt = grown(scratch().xt, avx512::per_example_images_size(s));
+    avx512::per_example_images(s, x, xt);
+    const int ct = maxt < s.K ? maxt : static_cast<int>(s.K);
+    std::vector<float> parts(static_cast<size_t>(ct * s.N), 0.0f);   // |h|^2 per thread, summed in thread order
+    each_thread_alone(ct, [&](int t, int n) {
+      float* sc = grown(scratch().slab, avx512::per_example_scratch(s));
+      avx512::per_example_channels(s, act == Act::Relu, xt, wc, bc, U, wd, dz, s.K * t / n, s.K * (t + 1) / n, per,
+                                   parts.data() + t * s.N, sc);
+    });
+    for (index_t i = 0; i < s.N; ++i) {
+      float q = 0.0f;
+      for (int t = 0; t < ct; ++t) q += parts[static_cast<size_t>(t * s.N + i)];
+      hsq[i] = q;
+    }
+    return;
+  }
+#endif
+  // Each example as a batch of one through the general kernels: h, |h|^2, dh = dz_n W^T, then
+  // the convolution's weight gradient of that example alone.
+  Conv2dShape one = s;
+  one.N = 1;
+  each_thread_alone(nt, [&](int t, int n) {
+    Scratch& sc = scratch();
+    float* h = grown(sc.h, F);
+    float* dh = grown(sc.dh, F);
+    for (index_t i = s.N * t / n; i < s.N * (t + 1) / n; ++i) {
+      const float* xi = x + i * img;
+      float* pr = per + i * row;
+      conv2d_forward(one, xi, wc, bc, h, act);
+      double q = 0.0;
+      for (index_t j = 0; j < F; ++j) q += double(h[j]) * h[j];
+      hsq[i] = static_cast<float>(q);
+      gemm(false, true, 1, F, U, 1.0f, dz + i * U, U, wd, U, 0.0f, dh, F, nullptr);
+      std::memset(pr, 0, static_cast<size_t>(row) * sizeof(float));
+      conv2d_backward(one, dh, xi, wc, nullptr, pr, bc ? pr + nw : nullptr, act, h);
+    }
+  });
 }
 
 // ------------------------------------------------------------------------------ reference
@@ -286,8 +357,27 @@ void conv_dense_backward_ref(const Conv2dShape& s, Act act, const float* x, cons
   conv2d_forward_ref(s, x, wc, bc, h.data(), act);
   gemm_ref(true, false, F, U, s.N, 1.0f, h.data(), F, dz, U, overwrite_dwd ? 0.0f : 1.0f, dwd, U, nullptr);
   gemm_ref(false, true, s.N, F, U, 1.0f, dz, U, wd, U, 0.0f, dh.data(), F, nullptr);
-  conv2d_backward_ref(s, dh.data(), x, wc, nullptr, dwc, dbc, act, h.data());
+  if (dwc) conv2d_backward_ref(s, dh.data(), x, wc, nullptr, dwc, dbc, act, h.data());
   if (dbd) bias_backward_ref(s.N, U, dz, dbd);
+}
+
+void conv_dense_per_example_ref(const Conv2dShape& s, Act act, const float* x, const float* wc, const float* bc,
+                                index_t U, const float* wd, const float* dz, float* per, float* hsq) {
+  const index_t nw = s.R * s.S * s.C * s.K, row = nw + (bc ? s.K : 0), F = s.P * s.Q * s.K;
+  Conv2dShape one = s;
+  one.N = 1;
+  std::vector<float> h(static_cast<size_t>(F)), dh(static_cast<size_t>(F));
+  for (index_t i = 0; i < s.N; ++i) {
+    const float* xi = x + i * s.H * s.W * s.C;
+    float* pr = per + i * row;
+    conv2d_forward_ref(one, xi, wc, bc, h.data(), act);
+    double q = 0.0;
+    for (index_t j = 0; j < F; ++j) q += double(h[j]) * h[j];
+    hsq[i] = static_cast<float>(q);
+    gemm_ref(false, true, 1, F, U, 1.0f, dz + i * U, U, wd, U, 0.0f, dh.data(), F, nullptr);
+    for (index_t j = 0; j < row; ++j) pr[j] = 0.0f;
+    conv2d_backward_ref(one, dh.data(), xi, wc, nullptr, pr, bc ? pr + nw : nullptr, act, h.data());
+  }
 }
 
 }  // namespace kilnet::cpu

@@ -418,11 +418,12 @@ void pixel_backward_t(const Conv2dShape& s, bool relu, const float* x, const flo
   const PixelConv<KV> conv(s, x, wc, bc, relu);
   for (index_t pix = pix0; pix < pix1; ++pix) {
     if (pix + 1 < pix1) {
-      prefetch_rows(wd + (pix + 1) * K * U, K * U);
+      if (dwc) prefetch_rows(wd + (pix + 1) * K * U, K * U);
       prefetch_rows(dwd + (pix + 1) * K * U, K * U);
     }
     const int nt = conv(pix, h, off, wrow);
     dense_rows_grad<KV>(N, U, h, dz, dwd + pix * K * U, overwrite);
+    if (dwc == nullptr) continue;   // the Dense's gradients only
     dh_of_pixel<KV>(N, U, relu, dz, wd + pix * K * U, h);   // h now holds dh
     // the convolution's weight gradient: dwc[tap] += sum over images x[n][tap] dh[n], in chunks
     // of up to TC taps of equal size (9 taps: one chunk), and the bias gradient in the first
@@ -475,7 +476,7 @@ void pixel_backward_t(const Conv2dShape& s, bool relu, const float* x, const flo
 int pixel_max_taps() { return kMaxTaps; }
 
 // For output pixels [pix0, pix1): their Dense rows of dwd (overwritten or added to), and
-// dwc/dbc (K = 16 or 32 wide rows) added to; h: N x K floats of scratch.
+// dwc/dbc (K = 16 or 32 wide rows) added to, unless dwc is nullptr; h: N x K floats of scratch.
 void pixel_backward(const Conv2dShape& s, bool relu, const float* x, const float* wc, const float* bc, index_t U,
                     const float* wd, const float* dz, index_t pix0, index_t pix1, float* dwc, float* dbc,
                     float* dwd, bool overwrite, float* h) {

@@ -80,11 +80,18 @@ void kilnet::bind::bind_conv_dense(py::module_& m, bool ref) {
     auto a = common_args(fn, x_, wc_, bc_, wd_, py::none(), stride, padding, dilation, out_hw, act);
     Arr dz = in_f32(fn, "dz", dz_, 2);
     expect_shape(fn, "dz", dz, {a.s.N, a.U});
-    Arr dwc = out_f32(fn, "dwc", dwc_, 4), dwd = out_f32(fn, "dwd", dwd_, 2), dbc, dbd;
-    expect_shape(fn, "dwc", dwc, a.wc.shape);
+    Arr dwc, dwd = out_f32(fn, "dwd", dwd_, 2), dbc, dbd;
     expect_shape(fn, "dwd", dwd, a.wd.shape);
+    float* dwcp = nullptr;
     float* dbcp = nullptr;
     float* dbdp = nullptr;
+    if (!dwc_.is_none()) {
+      dwc = out_f32(fn, "dwc", dwc_, 4);
+      expect_shape(fn, "dwc", dwc, a.wc.shape);
+      dwcp = dwc.f();
+    } else if (!dbc_.is_none()) {
+      fail_value(std::string(fn) + ": dbc without dwc (dwc None computes the Dense's gradients only)");
+    }
     if (!dbc_.is_none()) {
       dbc = out_f32(fn, "dbc", dbc_, 1);
       expect_shape(fn, "dbc", dbc, {a.s.K});
@@ -95,14 +102,38 @@ void kilnet::bind::bind_conv_dense(py::module_& m, bool ref) {
       expect_shape(fn, "dbd", dbd, {a.U});
       dbdp = dbd.f();
     }
-    outputs_apart(fn, {{"dwc", &dwc}, {"dbc", dbcp ? &dbc : nullptr}, {"dwd", &dwd}, {"dbd", dbdp ? &dbd : nullptr}},
+    outputs_apart(fn, {{"dwc", dwcp ? &dwc : nullptr}, {"dbc", dbcp ? &dbc : nullptr}, {"dwd", &dwd},
+                       {"dbd", dbdp ? &dbd : nullptr}},
                   {{"x", &a.x}, {"wc", &a.wc}, {"bc", a.bcp ? &a.bc : nullptr}, {"wd", &a.wd}, {"dz", &dz}});
     KernelCall nogil;
-    bwd(a.s, a.act, a.x.f(), a.wc.f(), a.bcp, a.U, a.wd.f(), dz.f(), dwc.f(), dbcp, dwd.f(), dbdp, overwrite_dwd);
+    bwd(a.s, a.act, a.x.f(), a.wc.f(), a.bcp, a.U, a.wd.f(), dz.f(), dwcp, dbcp, dwd.f(), dbdp, overwrite_dwd);
   }, arg("x"), arg("wc"), arg("bc"), arg("wd"), arg("dz"), arg("dwc"), arg("dbc"), arg("dwd"), arg("dbd"),
      arg("stride"), arg("padding"), arg("dilation"), arg("out_hw"), arg("act") = "linear",
      arg("overwrite_dwd") = false,
      "the weight gradients of conv_dense_forward given dz (N, U), the convolution's output "
      "recomputed block by block: dwd = (or +=) h^T dz, dbd += colsum(dz), dwc += and dbc += the "
-     "convolution's; dbc, dbd may be None. No input gradient");
+     "convolution's; dbc, dbd may be None; dwc None (and dbc None): the Dense's gradients only. "
+     "No input gradient");
+
+  const auto per_ex = ref ? &cpu::conv_dense_per_example_ref : &cpu::conv_dense_per_example;
+  m.def("conv_dense_per_example", [=](py::object x_, py::object wc_, py::object bc_, py::object wd_, py::object dz_,
+                                      py::object per_, py::object hsq_, Pair stride, Pair padding, Pair dilation,
+                                      Pair out_hw, const std::string& act) {
+    const char* fn = "conv_dense_per_example";
+    auto a = common_args(fn, x_, wc_, bc_, wd_, py::none(), stride, padding, dilation, out_hw, act);
+    Arr dz = in_f32(fn, "dz", dz_, 2);
+    expect_shape(fn, "dz", dz, {a.s.N, a.U});
+    Arr per = out_f32(fn, "per", per_, 2), hsq = out_f32(fn, "hsq", hsq_, 1);
+    const index_t row = a.s.R * a.s.S * a.s.C * a.s.K + (a.bcp ? a.s.K : 0);
+    expect_shape(fn, "per", per, {a.s.N, row});
+    expect_shape(fn, "hsq", hsq, {a.s.N});
+    outputs_apart(fn, {{"per", &per}, {"hsq", &hsq}},
+                  {{"x", &a.x}, {"wc", &a.wc}, {"bc", a.bcp ? &a.bc : nullptr}, {"wd", &a.wd}, {"dz", &dz}});
+    KernelCall nogil;
+    per_ex(a.s, a.act, a.x.f(), a.wc.f(), a.bcp, a.U, a.wd.f(), dz.f(), per.f(), hsq.f());
+  }, arg("x"), arg("wc"), arg("bc"), arg("wd"), arg("dz"), arg("per"), arg("hsq"), arg("stride"), arg("padding"),
+     arg("dilation"), arg("out_hw"), arg("act") = "linear",
+     "DP-SGD's per-example pass of conv_dense_forward given dz (N, U): per (N, R*S*C*K [+ K with bc]) := each "
+     "example's own convolution weight (and bias) gradient, hsq (N,) := |h_n|^2 of its flattened convolution "
+     "output (its Dense weight gradient's squared norm is hsq[n] * |dz_n|^2)");
 }

@@ -25,11 +25,20 @@ namespace kilnet::cpu {
 void conv_dense_forward(const Conv2dShape& s, Act act, const float* x, const float* wc, const float* bc,
                         index_t U, const float* wd, const float* bd, float* z);
 // Given dz (N x U): dwd = h^T dz (overwrite) or dwd += h^T dz; dbd += colsum(dz); dwc += and
-// dbc += the convolution's weight and bias gradients. dbd, dbc may be nullptr (no bias). The sums
-// run in a fixed order for a given thread count.
+// dbc += the convolution's weight and bias gradients. dbd, dbc may be nullptr (no bias); dwc
+// nullptr: the Dense's gradients only (dbc ignored). The sums run in a fixed order for a given
+// thread count.
 void conv_dense_backward(const Conv2dShape& s, Act act, const float* x, const float* wc, const float* bc,
                          index_t U, const float* wd, const float* dz, float* dwc, float* dbc, float* dwd,
                          float* dbd, bool overwrite_dwd);
+
+// DP-SGD's per-example pass, given dz (N x U): per (N rows of R*S*C*K values, then K more when bc)
+// := the convolution's weight (and bias) gradient of each example alone, hsq[n] := |h_n|^2, the
+// squared norm of example n's flattened convolution output (its Dense weight gradient h_n^T dz_n
+// has the squared norm hsq[n] * |dz_n|^2). per does not depend on the thread count, hsq only
+// to rounding.
+void conv_dense_per_example(const Conv2dShape& s, Act act, const float* x, const float* wc, const float* bc,
+                            index_t U, const float* wd, const float* dz, float* per, float* hsq);
 
 // The same from the unfused reference kernels (conv2d_*_ref, gemm_ref): for the tests.
 void conv_dense_forward_ref(const Conv2dShape& s, Act act, const float* x, const float* wc, const float* bc,
@@ -37,5 +46,7 @@ void conv_dense_forward_ref(const Conv2dShape& s, Act act, const float* x, const
 void conv_dense_backward_ref(const Conv2dShape& s, Act act, const float* x, const float* wc, const float* bc,
                              index_t U, const float* wd, const float* dz, float* dwc, float* dbc, float* dwd,
                              float* dbd, bool overwrite_dwd);
+void conv_dense_per_example_ref(const Conv2dShape& s, Act act, const float* x, const float* wc, const float* bc,
+                                index_t U, const float* wd, const float* dz, float* per, float* hsq);
 
 }  // namespace kilnet::cpu

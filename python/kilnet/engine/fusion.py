@@ -4,8 +4,10 @@ A fused group (layers/conv_dense.py) leaves out the tensors between its layers a
 weight gradients for all of them from one tape entry. That is right for the trainer's own step
 (gradients of every trainable weight, one walk; the group reports each of its layers done, for
 distributed training's buckets), and not for what else records a tape: a user's GradientTape
-may ask for the tensors in between, and DP-SGD needs per-example inputs per layer. So the trainer
-turns fusion on around its forward pass (`with allowing(True):`) and nothing else does.
+may ask for the tensors in between. So the trainer
+turns fusion on around its forward pass (`with allowing(True):`), and so does DP-SGD's step,
+which asks a group for its per-example pass instead of its backward (conv_dense.group_of);
+nothing else does.
 KILNET_FUSION=0 in the environment turns it off everywhere (to compare, or to rule it out).
 """
 from __future__ import annotations

@@ -21,7 +21,7 @@ from kilnet.layers.base import policy_output
 from kilnet.layers.conv import Conv2D
 from kilnet.layers.core import Dense, Flatten
 
-__all__ = ["types_fit", "group_fits", "input_fits", "call_group"]
+__all__ = ["types_fit", "group_fits", "input_fits", "call_group", "group_of"]
 
 _F32 = np.dtype(np.float32)
 _DENSE_ACTIVATIONS = ("linear", "softmax", "sigmoid")   # softmax/sigmoid: kept apart for the loss
@@ -72,14 +72,31 @@ def call_group(conv, dense, x):
     if z is None or z.shape[0] < n or z.shape[1] != dense.units:
         z = st[("buf", "conv_dense_z")] = np.empty((n, dense.units), np.float32)
     z = z[:n]
-    k = conv._k
-    bc = conv.bias if conv.use_bias else None
-    bd = dense.bias if dense.use_bias else None
     geometry = (conv.strides, conv._pad, conv.dilation_rate, conv._pq, conv.activation)
-    k.conv_dense_forward(xv, conv.kernel, bc, dense.kernel, bd, z, *geometry)
+    conv._k.conv_dense_forward(xv, conv.kernel, _bias(conv), dense.kernel, _bias(dense), z, *geometry)
     zt = Tensor(z)
+    record((x,), (zt,), _Backward(conv, dense, xv, geometry), dense)
+    out = zt if dense.activation == "linear" else activated_output(dense, zt, st)
+    return policy_output(dense, out)
 
-    def backward(g, needs):
+
+def group_of(backward):
+    """The fused group behind a tape entry's backward (its conv and dense layers, its input and
+    the per-example kernels DP-SGD uses), or None for any other entry."""
+    return backward if type(backward) is _Backward else None
+
+
+class _Backward:
+    """The fused group's tape entry: its backward writes both layers' weight gradients. DP-SGD
+    (privacy/dpsgd.py) calls per_example and dense_grads instead."""
+    __slots__ = ("conv", "dense", "x", "geometry")
+
+    def __init__(self, conv, dense, x, geometry):
+        self.conv, self.dense, self.x, self.geometry = conv, dense, x, geometry
+
+    def __call__(self, g, needs):
+        conv, dense, xv, geometry = self.conv, self.dense, self.x, self.geometry
+        k = conv._k
         walk = current_walk()
         if g.dtype is not _F32 or not g.flags.c_contiguous:
             g = np.ascontiguousarray(g, dtype=np.float32)
@@ -92,12 +109,32 @@ def call_group(conv, dense, x):
                 conv.dbias.fill(0.0)
         if fresh and dense.use_bias:
             dense.dbias.fill(0.0)
-        k.conv_dense_backward(xv, conv.kernel, bc, dense.kernel, g, conv.dkernel,
+        k.conv_dense_backward(xv, conv.kernel, _bias(conv), dense.kernel, g, conv.dkernel,
                               conv.dbias if conv.use_bias else None, dense.dkernel,
                               dense.dbias if dense.use_bias else None, *geometry, fresh)
         if walk is not None and walk.on_layer_done is not None:
             walk.on_layer_done(conv)   # distributed: the conv's gradients are final too (the walk
         return (None,)                 # reports the dense layer, this entry's, itself)
-    record((x,), (zt,), backward, dense)
-    out = zt if dense.activation == "linear" else activated_output(dense, zt, st)
-    return policy_output(dense, out)
+
+    def per_example(self, dz):
+        """(per, hsq) for the logits' gradient dz (N, U): per (N, conv weights [+ bias]) each
+        example's own convolution gradient, hsq (N,) the squared norm of its flattened conv
+        output (its Dense kernel gradient's squared norm is hsq * |dz_n|^2)."""
+        conv, dense = self.conv, self.dense
+        n = self.x.shape[0]
+        per = np.empty((n, conv.kernel.size + (conv.filters if conv.use_bias else 0)), np.float32)
+        hsq = np.empty(n, np.float32)
+        conv._k.conv_dense_per_example(self.x, conv.kernel, _bias(conv), dense.kernel, dz, per, hsq,
+                                       *self.geometry)
+        return per, hsq
+
+    def dense_grads(self, dz):
+        """The Dense layer's kernel and bias gradients for dz (N, U), added to its views."""
+        conv, dense = self.conv, self.dense
+        conv._k.conv_dense_backward(self.x, conv.kernel, _bias(conv), dense.kernel, dz, None, None,
+                                    dense.dkernel, dense.dbias if dense.use_bias else None, *self.geometry,
+                                    False)
+
+
+def _bias(layer):
+    return layer.bias if layer.use_bias else None

@@ -11,7 +11,8 @@ trainers/trainer.py). Two ways to the clipped sum:
 
 - fast path (every layer with trainable weights is a Dense or Conv2D, each called once per
   step): one forward and one backward walk in which the layers compute only input gradients;
-  each layer's input x and output gradient dz are kept. Per-example squared norms per layer:
+  each layer's input x and output gradient dz are kept (a fused group's: its input and logits'
+  gradient). Per-example squared norms per layer:
     Dense on 2-D inputs ("ghost norm", Goodfellow 2015): ||dW_i||^2 = ||x_i||^2 ||dz_i||^2,
         ||db_i||^2 = ||dz_i||^2 -- nothing per example is materialised; the clipped sum is
         then ONE GEMM x^T diag(s) dz (dz's rows scaled in place) plus a column sum;
@@ -21,6 +22,13 @@ trainers/trainer.py). Two ways to the clipped sum:
         example, all examples in one call on the CPU (conv2d_backward_per_example), into an
         (N, kh*kw*cin*cout) buffer: 288 floats per example for a 3x3x1x32 layer); the clipped
         sum is then s^T [dW_1 .. dW_N], one small GEMV.
+    Conv2D -> Flatten -> Dense run as the fused group (layers/conv_dense.py, on the CPU, the
+        conv the model's first layer): the forward never writes the conv's output h; one
+        per-example pass (conv_dense_per_example) gives each example's conv gradient and |h_i|^2
+        (the Dense kernel's ghost norm |h_i|^2 |dz_i|^2) without writing h or dh either, and
+        the Dense kernel's clipped sum h^T diag(s) dz is the fused backward's Dense part on the
+        scaled dz. On the canonical CNN at batch 256 this took the DP epoch from ~2.2x to
+        ~1.4x a plain one (benchmarks/RESULTS.md).
   s_i = min(1, C / ||g_i||) with ||g_i||^2 the sum over layers.
 - fallback (LSTM, Embedding, layers written with kilnet.ops, shared layers, ...): one example
   at a time through the model and the tape, its flat gradient clipped and accumulated. Slow,
@@ -370,6 +378,17 @@ class _CaptureWalk:
         return False
 
 
+def _wrap_group(entry, group, walk, Entry):
+    """The fused Conv2D -> Dense entry: its output gradient kept, nothing computed (its input
+    needs no gradient: conv_dense.input_fits)."""
+    def bw(g, needs):
+        if g.dtype != np.float32 or not g.flags.c_contiguous:
+            g = np.ascontiguousarray(g, dtype=np.float32)
+        walk.captured.append((group, None, g))
+        return (None,)
+    return Entry(entry.inputs, entry.outputs, bw, entry.layer)
+
+
 def _wrap(entry, walk, Entry):
     orig = entry.backward
 
@@ -401,15 +420,17 @@ def _linear_grad(layer, st, g):
 def _fast_clipped_sum(model, st, x, ys, sws, clip, opt):
     """The clipped per-example gradient sum into model._grads, by the layers' own kernels.
     Returns (loss, preds), or (None, None) when a layer ran twice (the caller falls back)."""
+    from kilnet.engine import fusion
     from kilnet.engine.state import using_pool
     from kilnet.engine.tape import Entry, walk_into_variables
     from kilnet.engine.tensor import Tensor
+    from kilnet.layers import conv_dense
     from kilnet.layers.conv import Conv2D
     tape = st.tape
     tape._entries.clear()
     if type(x) is np.ndarray or hasattr(x, "__cuda_array_interface__"):
         x = Tensor(x)
-    with using_pool(st.pool), tape:
+    with using_pool(st.pool), tape, fusion.allowing(True):
         y_pred = model(x, training=True)
         total, parts, preds = model.compiled.step_loss(y_pred, ys, st.bufs, None, sws)
     model.compiled.last_parts = parts
@@ -419,11 +440,13 @@ def _fast_clipped_sum(model, st, x, ys, sws, clip, opt):
     for e in tape._entries:
         layer = e.layer
         if layer is not None and layer._has_trainable_weights():
-            if id(layer) in seen:
+            group = conv_dense.group_of(e.backward)
+            own = (layer,) if group is None else (group.conv, group.dense)
+            if any(id(l) in seen for l in own):
                 tape._entries.clear()
                 return None, None
-            seen.add(id(layer))
-            e = _wrap(e, walk, Entry)
+            seen.update(id(l) for l in own)
+            e = _wrap(e, walk, Entry) if group is None else _wrap_group(e, group, walk, Entry)
         entries.append(e)
     walk_into_variables(entries, total, st.one, {}, walk=walk)
     tape._entries.clear()
@@ -435,6 +458,14 @@ def _fast_clipped_sum(model, st, x, ys, sws, clip, opt):
     sq = xp.zeros(n, np.float64)
     work = []
     for layer, lst, g in walk.captured:
+        if lst is None:   # the fused Conv2D -> Dense group (layers/conv_dense.py): one pass, per example
+            per, hsq = layer.per_example(g)
+            gs = xp.einsum("ij,ij->i", g, g).astype(np.float64)
+            sq += xp.einsum("ij,ij->i", per, per).astype(np.float64) + hsq.astype(np.float64) * gs
+            if layer.dense.use_bias:
+                sq += gs
+            work.append((layer, "group", (per, g)))
+            continue
         dz, act, y = _linear_grad(layer, lst, g)
         xin = lst["x"]
         if isinstance(layer, Conv2D):
@@ -480,13 +511,18 @@ def _fast_clipped_sum(model, st, x, ys, sws, clip, opt):
     opt.last_clip_fraction = float((norms > clip).mean())
     f = (scale * n).astype(np.float32)
     for layer, kind, w in work:
-        if kind == "conv":
-            per = w
-            k_el = layer.kernel.size
+        if kind in ("conv", "group"):
+            per = w if kind == "conv" else w[0]
+            conv = layer if kind == "conv" else layer.conv
+            k_el = conv.kernel.size
             s = f @ per                      # sum_i f_i dW_i
-            layer.dkernel += s[:k_el].reshape(layer.kernel.shape)
-            if layer.use_bias:
-                layer.dbias += s[k_el:]
+            conv.dkernel += s[:k_el].reshape(conv.kernel.shape)
+            if conv.use_bias:
+                conv.dbias += s[k_el:]
+            if kind == "group":   # the Dense kernel's clipped sum: h^T diag(f) dz, h computed again
+                dz = w[1]
+                dz *= f[:, None]   # in place: the walk is done with it
+                layer.dense_grads(dz)
         else:
             xin, dz2, t = w
             dz2 *= (f if t == 1 else xp.repeat(f, t))[:, None]   # in place: the walk is done with it
