@@ -18,7 +18,6 @@ constexpr int kLanes = 16;   // one block of the stream (32 lanes measured 2x sl
 typedef std::uint32_t u32xL __attribute__((vector_size(4 * kLanes)));
 typedef std::int32_t i32xL __attribute__((vector_size(4 * kLanes)));
 typedef std::uint64_t u64xL __attribute__((vector_size(8 * kLanes)));
-typedef std::int64_t i64xL __attribute__((vector_size(8 * kLanes)));
 typedef float f32xL __attribute__((vector_size(4 * kLanes)));
 typedef double f64xL __attribute__((vector_size(8 * kLanes)));
 
@@ -67,28 +66,41 @@ inline void philox_rounds(u64xL& c0, u64xL& c1, u64xL& c2, u64xL& c3, std::uint3
   }
 }
 
-// ln u for u in (0, 1] (normal numbers): u = m 2^e with m in (sqrt(1/2), sqrt(2)], ln m =
-// 2 atanh(s) with s = (m - 1) / (m + 1), |s| < 0.172: the series to s^15 is within 4e-14.
-inline f64xL log_unit(f64xL u) {
-  const u64xL b = bits_as<u64xL>(u);
-  i64xL e = (i64xL)((b >> 52) & 0x7ffu) - 1023;
-  u64xL mb = (b & 0x000fffffffffffffull) | 0x3ff0000000000000ull;   // m in [1, 2)
-  // m > sqrt 2: halve it, e + 1. The test by the sign of a difference: GCC 12 scalarises vector
-  // compares of 64-bit lanes here.
-  const u64xL gt = (0x3ff6a09e667f3bcdull - mb) >> 63;   // 1 where m > sqrt 2
-  mb -= gt << 52;
-  e += (i64xL)gt;
-  const f64xL m = bits_as<f64xL>(mb);
-  const f64xL s = (m - 1.0) / (m + 1.0), z = s * s;
+// -2 ln u for u = (bits + 1/2) 2^-52, bits < 2^52 (the 52-bit uniform in double, exact), in
+// single precision (relative error ~2e-7, against ~6e-8 for the float value the stream rounds to):
+// ln u = e ln 2 + 2 atanh(s), with
+//   u <  1/2: u = m 2^e (u rounded to float: its relative error, 2^-24, is all it loses), m in
+//             (sqrt(1/2), sqrt(2)], s = (m - 1) / (m + 1), |s| < 0.172;
+//   u >= 1/2: e = 0, v = 1 - u (exact in double, then rounded), s = -v / (2 - v), |s| <= 1/3
+//             (the small distances to 1 kept: u rounded to float first would make every u within
+//             2^-25 of 1 a radius 0);
+// then the series of atanh to s^15 (within 2e-10 at |s| = 1/3). One division of 16 floats where
+// the double log took two divisions of 8 doubles and twice the multiplies.
+inline f32xL minus_two_log_unit(u64xL bits) {
+  const f64xL ud = (bits_as<f64xL>(bits | 0x3ff0000000000000ull) - 1.0) + 0x1p-53;
+  const f32xL uf = __builtin_convertvector(ud, f32xL), vf = __builtin_convertvector(1.0 - ud, f32xL);
+  // the u >= 1/2 lanes: bit 51 of bits, as all-ones 32-bit masks
+  const u32xL hi = __builtin_convertvector((bits >> 51) & 1u, u32xL) * 0xffffffffu;
+  const u32xL b = bits_as<u32xL>(uf);
+  i32xL e = (i32xL)((b >> 23) & 0xffu) - 127;
+  u32xL mb = (b & 0x007fffffu) | 0x3f800000u;   // m in [1, 2)
+  const u32xL gt = (0x3fb504f3u - mb) >> 31;    // 1 where m > sqrt 2: halve it, e + 1
+  mb -= gt << 23;
+  e += (i32xL)gt;
+  const f32xL m = bits_as<f32xL>(mb);
+  const u32xL na = bits_as<u32xL>(m - 1.0f), da = bits_as<u32xL>(m + 1.0f);
+  const u32xL nb = bits_as<u32xL>(-vf), dbv = bits_as<u32xL>(2.0f - vf);
+  const f32xL num = bits_as<f32xL>((hi & nb) | (~hi & na)), den = bits_as<f32xL>((hi & dbv) | (~hi & da));
+  const f32xL ef = __builtin_convertvector(e & (i32xL)~hi, f32xL);
+  const f32xL sv = num / den, z = sv * sv;
   // 1 + z/3 + ... + z^7/15 by Estrin's scheme (a dependency chain half as long as Horner's)
-  const f64xL z2 = z * z, z4 = z2 * z2;
-  const f64xL p01 = z * (1.0 / 3) + 1.0, p23 = z * (1.0 / 7) + 1.0 / 5, p45 = z * (1.0 / 11) + 1.0 / 9,
-              p67 = z * (1.0 / 15) + 1.0 / 13;
-  const f64xL p = (z2 * p23 + p01) + z4 * (z2 * p67 + p45);
-  // (|e| <= 1075: through 32-bit integers, whose conversion to double AVX2 has)
-  const f64xL ef = __builtin_convertvector(__builtin_convertvector(e, i32xL), f64xL);
-  constexpr double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
-  return ef * ln2_hi + (ef * ln2_lo + 2.0 * s * p);
+  const f32xL z2 = z * z, z4 = z2 * z2;
+  const f32xL p01 = z * (1.0f / 3) + 1.0f, p23 = z * (1.0f / 7) + 1.0f / 5, p45 = z * (1.0f / 11) + 1.0f / 9,
+              p67 = z * (1.0f / 15) + 1.0f / 13;
+  const f32xL p = (z2 * p23 + p01) + z4 * (z2 * p67 + p45);
+  constexpr float ln2_hi = 0.693145751953125f, ln2_lo = 1.42860682030941723212e-06f;   // hi: 16 bits
+  const f32xL lnu = ef * ln2_hi + (ef * ln2_lo + 2.0f * sv * p);
+  return lnu * -2.0f;
 }
 
 // sin and cos of 2 pi w / 2^32: the nearest quarter turn q in integers, the rest x in
@@ -118,11 +130,9 @@ inline void normal_block(std::uint64_t key, std::uint64_t counter, std::uint64_t
   philox_rounds(c0, c1, c2, c3, std::uint32_t(key), std::uint32_t(key >> 32));
   // u = (bits + 1/2) 2^-52: 1 + bits 2^-52 built from the bits, minus 1 (exact), plus 2^-53
   const u64xL bits = ((c0 & 0xffffffffull) << 20) | ((c1 & 0xffffffffull) >> 12);
-  const f64xL u = (bits_as<f64xL>(bits | 0x3ff0000000000000ull) - 1.0) + 0x1p-53;
-  const f64xL r2 = log_unit(u) * -2.0;
-  f64xL r;
-  for (int i = 0; i < kLanes; ++i) r[i] = __builtin_sqrt(r2[i]);
-  const f32xL rf = __builtin_convertvector(r, f32xL);
+  const f32xL r2 = minus_two_log_unit(bits);
+  f32xL rf;
+  for (int i = 0; i < kLanes; ++i) rf[i] = __builtin_sqrtf(r2[i]);
   f32xL sn, cs;
   sincos_turns(__builtin_convertvector(c2, u32xL), sn, cs);
   f32xL zc = rf * cs * scale, zs = rf * sn * scale;

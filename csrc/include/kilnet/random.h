@@ -4,8 +4,10 @@
 // al., SC 2011) with the key (low and high 32 bits of `key`) and the 128-bit counter
 // (counter + 16 * (j / 32) + j % 16, 0, 0) taken as (low, high, 0, 0) 32-bit words. Of its four
 // output words w0..w3, the 52 bits (w0 << 20 | w1 >> 12) give u = (bits + 1/2) * 2^-52 in (0, 1)
-// and w2 the angle t = 2 pi w2 / 2^32; then r = sqrt(-2 ln u) (in double precision: tails to
-// 8.6 sigma), and value j is r cos t for j % 32 < 16, r sin t otherwise (Box-Muller). So every
+// and w2 the angle t = 2 pi w2 / 2^32; then r = sqrt(-2 ln u) (u from all 52 bits: tails to 8.6
+// sigma, and distances of u to 1 down to 2^-53 kept; the logarithm and the root in single
+// precision, ~2e-7 relative), and value j is r cos t for j % 32 < 16, r sin t otherwise
+// (Box-Muller). So every
 // call is a pure function of (key, counter, j): the same values at any thread count, SIMD level
 // and machine, and draws of one key at disjoint counters are independent.
 #pragma once
