@@ -128,12 +128,14 @@ class _Backward:
                                        *self.geometry)
         return per, hsq
 
-    def dense_grads(self, dz):
-        """The Dense layer's kernel and bias gradients for dz (N, U), added to its views."""
+    def dense_grads(self, dz, overwrite=False):
+        """The Dense layer's kernel and bias gradients for dz (N, U): the kernel's written over its
+        view (overwrite) or added to it, the bias's added. (Overwriting skips reading 4*P*Q*K*U
+        bytes of zeros: 0.49 -> 0.34 ms on the canonical CNN at batch 32, Zen 4.)"""
         conv, dense = self.conv, self.dense
         conv._k.conv_dense_backward(self.x, conv.kernel, _bias(conv), dense.kernel, dz, None, None,
                                     dense.dkernel, dense.dbias if dense.use_bias else None, *self.geometry,
-                                    False)
+                                    overwrite)
 
 
 def _bias(layer):

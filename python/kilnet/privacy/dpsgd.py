@@ -522,7 +522,7 @@ def _fast_clipped_sum(model, st, x, ys, sws, clip, opt):
             if kind == "group":   # the Dense kernel's clipped sum: h^T diag(f) dz, h computed again
                 dz = w[1]
                 dz *= f[:, None]   # in place: the walk is done with it
-                layer.dense_grads(dz)
+                layer.dense_grads(dz, overwrite=True)   # its view was zeroed with the rest above
         else:
             xin, dz2, t = w
             dz2 *= (f if t == 1 else xp.repeat(f, t))[:, None]   # in place: the walk is done with it
