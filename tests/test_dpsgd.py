@@ -198,6 +198,12 @@ def test_poisson_order_draws_bernoulli_batches():
         a, b = run.begin_step(s)
         assert len(set(order[a:b])) == b - a           # no repeats within a batch
     assert isinstance(run, _DPProcess)
+    # every example in every batch with probability 0.05, independently: over 400 batches each
+    # example's count is binomial(400, 0.05), mean 20, sd 4.4
+    counts = np.zeros(1000)
+    for seed in range(20):
+        counts += np.bincount(run.order(np.random.default_rng(seed), True), minlength=1000)
+    assert abs(counts.mean() - 20) < 0.5 and 3.5 < counts.std() < 5.5 and counts.min() > 2
 
 
 def test_gaussian_noise_is_standard_normal():
