@@ -18,6 +18,7 @@
 #include <immintrin.h>
 
 #include "kilnet/conv2d.h"   // Conv2dShape (a plain struct; no inline functions)
+#include "lanes_avx512.h"
 #include "transpose_avx512.h"
 
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"   // GCC 12's _mm512_max_ps (a false alarm)
@@ -58,15 +59,17 @@ struct Call {
 // Channel k of group g (xg its padded images in the lanes, dzv[u] its examples' dz[u]): acc[t]
 // for taps [t0, t0 + TR) over all pixels; hq += h^2 and db += dh in the first chunk, which also
 // keeps dh per pixel in dbuf when there are more chunks. TT = T when it is 9 (unrolled), else 0.
-template <int NU, int TT>
-void channel_chunk(const Call& c, const float* xg, const __m512 (&dzv)[16], index_t k, index_t t0, __m512 (&acc)[TR],
-                   __m512& hq, __m512& db, float* dbuf) {
+// W: 16 lanes, or 8 for a group of up to 8 examples (lanes_avx512.h).
+template <class W, int NU, int TT>
+void channel_chunk(const Call& c, const float* xg, const typename W::V (&dzv)[16], index_t k, index_t t0,
+                   typename W::V (&acc)[TR], typename W::V& hq, typename W::V& db, float* dbuf) {
+  using V = typename W::V;
   const Conv2dShape& s = c.s;
   const index_t K = s.K, T = TT ? TT : c.T;
   const bool first = t0 == 0, keep = T > TR;
-  const __m512 zero = _mm512_setzero_ps();
-  const __m512 bias = _mm512_set1_ps(c.bc ? c.bc[k] : 0.0f);
-  const __m512 floor = c.relu ? zero : _mm512_set1_ps(-__builtin_inff());   // max(0, NaN) = NaN
+  const V zero = W::zero();
+  const V bias = W::set1(c.bc ? c.bc[k] : 0.0f);
+  const V floor = c.relu ? zero : W::set1(-__builtin_inff());   // max(0, NaN) = NaN, as every ReLU of kilnet
   float wk[kMaxTaps];
   for (index_t t = 0; t < T; ++t) wk[t] = c.wc[t * K + k];
   const index_t* rt = c.rel + t0;
@@ -77,82 +80,96 @@ void channel_chunk(const Call& c, const float* xg, const __m512 (&dzv)[16], inde
     for (index_t q = 0; q < s.Q; ++q) {
       const index_t pix = p * s.Q + q;
       const float* xb = xg + p * row + q * col;
-      __m512 g;
+      V g;
       if (first) {
-        __m512 h0 = bias, h1 = zero;
+        V h0 = bias, h1 = zero;
         if (TT) {
 #pragma GCC unroll 9
           for (int t = 0; t < TT; ++t) {
             if (t % 2 == 0)
-              h0 = _mm512_fmadd_ps(_mm512_set1_ps(wk[t]), _mm512_loadu_ps(xb + c.rel[t] * 16), h0);
+              h0 = W::fmadd(W::set1(wk[t]), W::load(xb + c.rel[t] * 16), h0);
             else
-              h1 = _mm512_fmadd_ps(_mm512_set1_ps(wk[t]), _mm512_loadu_ps(xb + c.rel[t] * 16), h1);
+              h1 = W::fmadd(W::set1(wk[t]), W::load(xb + c.rel[t] * 16), h1);
           }
         } else {
           index_t t = 0;
           for (; t + 2 <= T; t += 2) {   // two chains: the taps' FMAs are a dependent sum
-            h0 = _mm512_fmadd_ps(_mm512_set1_ps(wk[t]), _mm512_loadu_ps(xb + c.rel[t] * 16), h0);
-            h1 = _mm512_fmadd_ps(_mm512_set1_ps(wk[t + 1]), _mm512_loadu_ps(xb + c.rel[t + 1] * 16), h1);
+            h0 = W::fmadd(W::set1(wk[t]), W::load(xb + c.rel[t] * 16), h0);
+            h1 = W::fmadd(W::set1(wk[t + 1]), W::load(xb + c.rel[t + 1] * 16), h1);
           }
-          if (t < T) h0 = _mm512_fmadd_ps(_mm512_set1_ps(wk[t]), _mm512_loadu_ps(xb + c.rel[t] * 16), h0);
+          if (t < T) h0 = W::fmadd(W::set1(wk[t]), W::load(xb + c.rel[t] * 16), h0);
         }
-        const __m512 h = _mm512_max_ps(floor, _mm512_add_ps(h0, h1));
-        hq = _mm512_fmadd_ps(h, h, hq);
+        const V h = W::max(floor, W::add(h0, h1));
+        hq = W::fmadd(h, h, hq);
         const float* w = c.wd + (pix * K + k) * NU;   // the pixel's Dense row of channel k
-        __m512 e0 = zero, e1 = zero;
+        V e0 = zero, e1 = zero;
 #pragma GCC unroll 16
         for (int u = 0; u < NU; ++u) {
           if (u % 2 == 0)
-            e0 = _mm512_fmadd_ps(_mm512_set1_ps(w[u]), dzv[u], e0);
+            e0 = W::fmadd(W::set1(w[u]), dzv[u], e0);
           else
-            e1 = _mm512_fmadd_ps(_mm512_set1_ps(w[u]), dzv[u], e1);
+            e1 = W::fmadd(W::set1(w[u]), dzv[u], e1);
         }
-        g = _mm512_add_ps(e0, e1);
-        if (c.relu) g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(h, zero, _CMP_GT_OQ), g);
-        db = _mm512_add_ps(db, g);
-        if (keep) _mm512_storeu_ps(dbuf + pix * 16, g);
+        g = W::add(e0, e1);
+        if (c.relu) g = W::where_positive(h, g);
+        db = W::add(db, g);
+        if (keep) W::store(dbuf + pix * 16, g);
       } else {
-        g = _mm512_loadu_ps(dbuf + pix * 16);
+        g = W::load(dbuf + pix * 16);
       }
 #pragma GCC unroll 9
-      for (int t = 0; t < TR; ++t) acc[t] = _mm512_fmadd_ps(_mm512_loadu_ps(xb + rt[t] * 16), g, acc[t]);
+      for (int t = 0; t < TR; ++t) acc[t] = W::fmadd(W::load(xb + rt[t] * 16), g, acc[t]);
     }
 }
 
-// Channels [k0, k1) of group g (ni examples from n): their rows of per (row floats an example)
-// and |h|^2 summed over those channels into hsq16 (16 lanes).
-template <int NU>
-void group_channels(const Call& c, const float* dz, index_t n, index_t ni, index_t k0, index_t k1, float* per,
-                    index_t row, float* hsq16, float* dbuf) {
+// Channels [k0, k1) of the group of ni examples from n on W's lanes: their rows of per (row
+// floats an example) and |h|^2 summed over those channels into hsq16 (16 lanes).
+template <class W, int NU>
+void group_channels_on(const Call& c, const float* dz, index_t n, index_t ni, index_t k0, index_t k1, float* per,
+                       index_t row, float* hsq16, float* dbuf) {
+  using V = typename W::V;
   const Conv2dShape& s = c.s;
   const index_t K = s.K, T = c.T;
   const float* xg = c.xt + (n / 16) * c.d.hp * c.d.wp * s.C * 16;
-  __m512 dzv[16];
+  __m512 d16[16];
 #pragma GCC unroll 16
-  for (int j = 0; j < 16; ++j) dzv[j] = j < ni ? _mm512_maskz_loadu_ps(lanes(NU), dz + (n + j) * NU) : _mm512_setzero_ps();
-  transpose16x16_ps(dzv);   // dzv[u]: dz[.][u] of the group's examples
-  __m512 hq = _mm512_setzero_ps();
+  for (int j = 0; j < 16; ++j) d16[j] = j < ni ? _mm512_maskz_loadu_ps(lanes(NU), dz + (n + j) * NU) : _mm512_setzero_ps();
+  transpose16x16_ps(d16);   // d16[u]: dz[.][u] of the group's examples
+  V dzv[16];
+#pragma GCC unroll 16
+  for (int u = 0; u < 16; ++u) dzv[u] = W::low(d16[u]);
+  V hq = W::zero();
   alignas(64) float lane[16];
   for (index_t k = k0; k < k1; ++k) {
-    __m512 db = _mm512_setzero_ps();
+    V db = W::zero();
     for (index_t t0 = 0; t0 < T; t0 += TR) {
-      __m512 acc[TR];
+      V acc[TR];
       if (T == 9)
-        channel_chunk<NU, 9>(c, xg, dzv, k, t0, acc, hq, db, dbuf);
+        channel_chunk<W, NU, 9>(c, xg, dzv, k, t0, acc, hq, db, dbuf);
       else
-        channel_chunk<NU, 0>(c, xg, dzv, k, t0, acc, hq, db, dbuf);
+        channel_chunk<W, NU, 0>(c, xg, dzv, k, t0, acc, hq, db, dbuf);
       const index_t tc = T - t0 < TR ? T - t0 : TR;
       for (index_t t = 0; t < tc; ++t) {
-        _mm512_store_ps(lane, acc[t]);
+        W::store(lane, acc[t]);
         for (index_t j = 0; j < ni; ++j) per[(n + j) * row + (t0 + t) * K + k] = lane[j];
       }
     }
     if (c.bc) {
-      _mm512_store_ps(lane, db);
+      W::store(lane, db);
       for (index_t j = 0; j < ni; ++j) per[(n + j) * row + T * K + k] = lane[j];
     }
   }
-  _mm512_storeu_ps(hsq16, _mm512_add_ps(_mm512_loadu_ps(hsq16), hq));
+  W::store(lane, hq);
+  for (index_t j = 0; j < ni; ++j) hsq16[j] += lane[j];
+}
+
+template <int NU>
+void group_channels(const Call& c, const float* dz, index_t n, index_t ni, index_t k0, index_t k1, float* per,
+                    index_t row, float* hsq16, float* dbuf) {
+  if (ni <= 8)
+    group_channels_on<Lanes8, NU>(c, dz, n, ni, k0, k1, per, row, hsq16, dbuf);
+  else
+    group_channels_on<Lanes16, NU>(c, dz, n, ni, k0, k1, per, row, hsq16, dbuf);
 }
 
 }  // namespace
