@@ -15,6 +15,7 @@
 #include <immintrin.h>
 
 #include "kilnet/conv2d.h"   // Conv2dShape (a plain struct; no inline functions)
+#include "lanes_avx512.h"
 #include "transpose_avx512.h"
 
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"   // GCC 12's _mm512_max_ps (a false alarm)
@@ -67,16 +68,19 @@ struct Call {
 };
 
 // z rows of the group's ni images (+)= their logits over the call's pixels, from xg (the
-// group's images in the lanes). NU = U, a template argument: with a test u < U per FMA (or a
-// switch on U per channel, which left the accumulators on the stack) the loop ran 25-35% slower.
-template <int NU>
-void group_logits(const Call& c, const float* xg, index_t ni, float* z) {
+// group's images in the lanes), on W's lanes (16, or 8 for a group of up to 8: lanes_avx512.h).
+// NU = U, a template argument: with a test u < U per FMA (or a switch on U per channel, which
+// left the accumulators on the stack) the loop ran 25-35% slower.
+template <class W, int NU>
+void group_logits_on(const Call& c, const float* xg, index_t ni, float* z) {
+  using V = typename W::V;
   const Conv2dShape& s = c.s;
   const index_t K = s.K;
   const int T = c.tp.T;
-  __m512 za[16];
+  const V floor = W::low(c.floor);
+  V za[16];
 #pragma GCC unroll 16
-  for (int u = 0; u < 16; ++u) za[u] = _mm512_setzero_ps();
+  for (int u = 0; u < 16; ++u) za[u] = W::zero();
   index_t off[kMaxTaps];
   int tix[kMaxTaps];
   for (index_t pix = c.pix0; pix < c.pix1; ++pix) {
@@ -88,17 +92,17 @@ void group_logits(const Call& c, const float* xg, index_t ni, float* z) {
         ih >= 0 && ih + (s.R - 1) * s.dilation_h < s.H && iw >= 0 && iw + (s.S - 1) * s.dilation_w < s.W;
     if (interior && T == kRegTaps) {   // 3x3 windows of one channel: the taps' x in registers
       const float* xb = xg + (ih * s.W + iw) * s.C * 16;
-      __m512 xv[kRegTaps];
+      V xv[kRegTaps];
 #pragma GCC unroll 9
-      for (int t = 0; t < kRegTaps; ++t) xv[t] = _mm512_loadu_ps(xb + c.tp.rel[t] * 16);
+      for (int t = 0; t < kRegTaps; ++t) xv[t] = W::load(xb + c.tp.rel[t] * 16);
       for (index_t k = 0; k < K; ++k) {
         const float* wk = c.tp.wct + k * kRegTaps;
-        __m512 h = _mm512_set1_ps(c.bias[k]);
+        V h = W::set1(c.bias[k]);
 #pragma GCC unroll 9
-        for (int t = 0; t < kRegTaps; ++t) h = _mm512_fmadd_ps(_mm512_set1_ps(wk[t]), xv[t], h);
-        h = _mm512_max_ps(c.floor, h);
+        for (int t = 0; t < kRegTaps; ++t) h = W::fmadd(W::set1(wk[t]), xv[t], h);
+        h = W::max(floor, h);
 #pragma GCC unroll 16
-        for (int u = 0; u < NU; ++u) za[u] = _mm512_fmadd_ps(_mm512_set1_ps(w[k * NU + u]), h, za[u]);
+        for (int u = 0; u < NU; ++u) za[u] = W::fmadd(W::set1(w[k * NU + u]), h, za[u]);
       }
       continue;
     }
@@ -114,19 +118,30 @@ void group_logits(const Call& c, const float* xg, index_t ni, float* z) {
         }
     for (index_t k = 0; k < K; ++k) {
       const float* wk = c.tp.wct + k * T;
-      __m512 h = _mm512_set1_ps(c.bias[k]);
-      for (int t = 0; t < nt; ++t) h = _mm512_fmadd_ps(_mm512_set1_ps(wk[tix[t]]), _mm512_loadu_ps(xg + off[t] * 16), h);
-      h = _mm512_max_ps(c.floor, h);
+      V h = W::set1(c.bias[k]);
+      for (int t = 0; t < nt; ++t) h = W::fmadd(W::set1(wk[tix[t]]), W::load(xg + off[t] * 16), h);
+      h = W::max(floor, h);
 #pragma GCC unroll 16
-      for (int u = 0; u < NU; ++u) za[u] = _mm512_fmadd_ps(_mm512_set1_ps(w[k * NU + u]), h, za[u]);
+      for (int u = 0; u < NU; ++u) za[u] = W::fmadd(W::set1(w[k * NU + u]), h, za[u]);
     }
   }
-  transpose16x16_ps(za);   // za[j]: the U logits of image j of the group (lanes >= U are 0)
+  __m512 zt[16];
+#pragma GCC unroll 16
+  for (int u = 0; u < 16; ++u) zt[u] = W::wide(za[u]);
+  transpose16x16_ps(zt);   // zt[j]: the U logits of image j of the group (lanes >= U are 0)
   const __mmask16 m = lanes(NU);
   for (index_t j = 0; j < ni; ++j) {
     float* o = z + j * NU;
-    _mm512_mask_storeu_ps(o, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o), za[j]));
+    _mm512_mask_storeu_ps(o, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o), zt[j]));
   }
+}
+
+template <int NU>
+void group_logits(const Call& c, const float* xg, index_t ni, float* z) {
+  if (ni <= 8)
+    group_logits_on<Lanes8, NU>(c, xg, ni, z);
+  else
+    group_logits_on<Lanes16, NU>(c, xg, ni, z);
 }
 
 }  // namespace

@@ -29,7 +29,8 @@ struct Lanes16 {
   static V max(V a, V b) { return _mm512_max_ps(a, b); }
   // g where h > 0, else 0 (NaN h: 0)
   static V where_positive(V h, V g) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(h, zero(), _CMP_GT_OQ), g); }
-  static V low(__m512 a) { return a; }   // the lanes of a 16-lane vector this width keeps
+  static V low(__m512 a) { return a; }    // the lanes of a 16-lane vector this width keeps
+  static __m512 wide(V a) { return a; }   // as a 16-lane vector, the lanes beyond L zero
 };
 
 struct Lanes8 {
@@ -44,6 +45,7 @@ struct Lanes8 {
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
   static V where_positive(V h, V g) { return _mm256_maskz_mov_ps(_mm256_cmp_ps_mask(h, zero(), _CMP_GT_OQ), g); }
   static V low(__m512 a) { return _mm512_castps512_ps256(a); }
+  static __m512 wide(V a) { return _mm512_insertf32x8(_mm512_setzero_ps(), a, 0); }
 };
 
 }  // namespace
