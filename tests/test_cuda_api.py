@@ -51,7 +51,7 @@ def _params(fn):
 CPU_ONLY = {"conv2d_backward_input", "depthwise2d_forward", "depthwise2d_backward", "gelu_forward",
             "gelu_backward", "gemm_bf16", "to_bfloat16", "from_bfloat16", "add_bfloat16",
             "conv_dense_forward", "conv_dense_backward",   # the fused head: the CPU's cache problem
-            "conv_dense_per_example",
+            "conv_dense_per_example", "conv_dense_per_example_direct",
             "attention_forward_bf16", "attention_backward_bf16"}   # AMX products; ops falls back to float32
 
 

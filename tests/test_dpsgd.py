@@ -88,10 +88,15 @@ def test_canonical_cnn_matches_per_example_loop():
                                   dict(filters=5, kernel_size=(2, 3), activation="tanh"),
                                   dict(filters=32, kernel_size=3, activation="linear", use_bias=False)],
                          ids=["relu-same-stride2", "tanh-odd", "linear-nobias"])
-def test_conv_dense_group_matches_per_example_loop(conv, monkeypatch):
+@pytest.mark.parametrize("direct", ["kernel", "blocks-forced"])
+def test_conv_dense_group_matches_per_example_loop(conv, direct, monkeypatch):
     """Conv2D -> Flatten -> Dense runs as the fused group under DP-SGD too (its per-example pass
-    and the Dense's clipped sum from the fused kernels); 21 examples: two groups of 16 lanes."""
+    and the Dense's clipped sum from the fused kernels) where the one-pass per-example kernel
+    applies (AVX-512, ReLU/linear), else unfused; 21 examples: a group of 16 lanes and one of 8."""
+    from kilnet import _cpu
     from kilnet.layers import conv_dense
+    if direct == "blocks-forced":   # no one-pass kernel: the step must notice and run unfused
+        monkeypatch.setenv("KILNET_CONV_DENSE_PATH", "blocks")
     seen = []
     real = conv_dense._Backward.per_example
     monkeypatch.setattr(conv_dense._Backward, "per_example", lambda self, dz: (seen.append(dz.shape), real(self, dz))[1])
@@ -99,7 +104,12 @@ def test_conv_dense_group_matches_per_example_loop(conv, monkeypatch):
     m = keras.Sequential([layers.Input((11, 10, 2)), layers.Conv2D(**conv), layers.Flatten(),
                           layers.Dense(5, activation="softmax")])
     _check_step(m, x, y, clip=0.05)
-    assert seen == [(21, 5)]
+    k = conv["kernel_size"]
+    taps = (k * k if isinstance(k, int) else k[0] * k[1]) * 2
+    fused = _cpu.conv_dense_per_example_direct(taps, 5, conv["activation"])
+    assert fused == (direct == "kernel" and conv["activation"] in ("relu", "linear") and _cpu.simd_level() == "avx512")
+    assert seen == ([(21, 5)] if fused else [])
+    assert m.optimizer._plans[id(m)].fuse == fused
 
 
 def test_lstm_falls_back_to_the_per_example_loop():

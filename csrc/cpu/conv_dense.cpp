@@ -96,12 +96,12 @@ bool pixel_path(const Conv2dShape& s, Act act, index_t U) {
 
 // The per-example pass's AVX-512 kernel (conv_dense_per_example_avx512.cpp) where it applies;
 // else each example through the general kernels (KILNET_CONV_DENSE_PATH=blocks forces that too).
-bool per_example_path(const Conv2dShape& s, Act act, index_t U) {
+bool per_example_path(index_t taps, Act act, index_t U) {
 #ifdef KILNET_HAVE_AVX512_BUILD
-  return narrow(U) && s.R * s.S * s.C <= avx512::per_example_max_taps() && (act == Act::Relu || act == Act::Linear) &&
+  return narrow(U) && taps <= avx512::per_example_max_taps() && (act == Act::Relu || act == Act::Linear) &&
          !blocks_forced();
 #else
-  (void)s, (void)act, (void)U;
+  (void)taps, (void)act, (void)U;
   return false;
 #endif
 }
@@ -293,6 +293,8 @@ void conv_dense_backward(const Conv2dShape& s, Act act, const float* x, const fl
   if (dbd) bias_backward(s.N, U, dz, dbd);
 }
 
+bool conv_dense_per_example_direct(index_t taps, Act act, index_t U) { return per_example_path(taps, act, U); }
+
 void conv_dense_per_example(const Conv2dShape& s, Act act, const float* x, const float* wc, const float* bc,
                             index_t U, const float* wd, const float* dz, float* per, float* hsq) {
   const index_t nw = s.R * s.S * s.C * s.K, row = nw + (bc ? s.K : 0), F = s.P * s.Q * s.K;
@@ -300,7 +302,7 @@ void conv_dense_per_example(const Conv2dShape& s, Act act, const float* x, const
   const int maxt = omp_get_max_threads();
   const int nt = maxt < s.N ? maxt : static_cast<int>(s.N);
 #ifdef KILNET_HAVE_AVX512_BUILD
-  if (per_example_path(s, act, U)) {   // 16 examples in the lanes; the channels split between the threads
+  if (per_example_path(s.R * s.S * s.C, act, U)) {   // 16 examples in the lanes; the channels split between the threads
     float* xt = grown(scratch().xt, avx512::per_example_images_size(s));
     avx512::per_example_images(s, x, xt);
     const int ct = maxt < s.K ? maxt : static_cast<int>(s.K);

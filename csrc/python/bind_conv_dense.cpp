@@ -136,4 +136,13 @@ void kilnet::bind::bind_conv_dense(py::module_& m, bool ref) {
      "DP-SGD's per-example pass of conv_dense_forward given dz (N, U): per (N, R*S*C*K [+ K with bc]) := each "
      "example's own convolution weight (and bias) gradient, hsq (N,) := |h_n|^2 of its flattened convolution "
      "output (its Dense weight gradient's squared norm is hsq[n] * |dz_n|^2)");
+
+  m.def("conv_dense_per_example_direct", [=](index_t taps, index_t units, const std::string& act) {
+    if (taps < 1 || units < 1) fail_value("conv_dense_per_example_direct: taps and units must be >= 1");
+    const Act a = parse_act(act);
+    return ref ? false : cpu::conv_dense_per_example_direct(taps, a, units);
+  }, arg("taps"), arg("units"), arg("act") = "linear",
+     "whether conv_dense_per_example runs its one-pass kernel for a window of taps = kh*kw*cin values, "
+     "units Dense units and act on this machine (else each example goes through the general kernels, "
+     "several times slower); the reference module: False");
 }

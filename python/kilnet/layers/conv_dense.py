@@ -116,6 +116,13 @@ class _Backward:
             walk.on_layer_done(conv)   # distributed: the conv's gradients are final too (the walk
         return (None,)                 # reports the dense layer, this entry's, itself)
 
+    def per_example_direct(self):
+        """Whether per_example runs the one-pass kernel here (else the general kernels example by
+        example: slower than DP-SGD's unfused route, which should then be taken)."""
+        conv, dense = self.conv, self.dense
+        taps = conv.kernel.shape[0] * conv.kernel.shape[1] * conv.kernel.shape[2]
+        return bool(conv._k.conv_dense_per_example_direct(taps, dense.units, conv.activation))
+
     def per_example(self, dz):
         """(per, hsq) for the logits' gradient dz (N, U): per (N, conv weights [+ bias]) each
         example's own convolution gradient, hsq (N,) the squared norm of its flattened conv
