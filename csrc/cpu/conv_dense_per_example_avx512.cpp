@@ -1,6 +1,6 @@
 // conv_dense_per_example_avx512.cpp — DP-SGD's per-example pass over the fused Conv2D -> Flatten
-// -> Dense pair (conv_dense.cpp's conv_dense_per_example) for up to 32 channels and 16 units,
-// ReLU or linear: each example's own convolution weight and bias gradients and |h|^2 (the
+// -> Dense pair (conv_dense.cpp's conv_dense_per_example) for any number of channels, up to 16
+// units and 256 taps R*S*C, ReLU or linear: each example's own convolution weight and bias gradients and |h|^2 (the
 // Dense weight gradient's squared norm is |h|^2 |dz|^2), with the convolution's output h and its
 // gradient dh computed pixel by pixel and never stored (the unfused DP step wrote h and dh of the
 // whole batch, 2 x 2.8 MB at batch 32 on the canonical CNN, and read them back twice).
