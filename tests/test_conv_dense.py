@@ -268,6 +268,22 @@ def test_dense_gradients_alone(case, threads):
         _close(dbd, dbd_full)
 
 
+def test_per_example_direct_says_where_the_one_pass_kernel_runs(monkeypatch):
+    avx512 = _cpu.simd_level() == "avx512"
+    assert _cpu.conv_dense_per_example_direct(9, 10, "relu") == avx512
+    assert _cpu.conv_dense_per_example_direct(256, 16, "linear") == avx512
+    assert not _cpu.conv_dense_per_example_direct(257, 10, "relu")     # more taps than it takes
+    assert not _cpu.conv_dense_per_example_direct(9, 17, "relu")       # more units than registers
+    assert not _cpu.conv_dense_per_example_direct(9, 10, "tanh")
+    assert not _cpu.ref.conv_dense_per_example_direct(9, 10, "relu")
+    monkeypatch.setenv("KILNET_CONV_DENSE_PATH", "blocks")
+    assert not _cpu.conv_dense_per_example_direct(9, 10, "relu")
+    with pytest.raises(ValueError, match="taps"):
+        _cpu.conv_dense_per_example_direct(0, 10, "relu")
+    with pytest.raises(ValueError, match="unknown activation"):
+        _cpu.conv_dense_per_example_direct(9, 10, "softmax")
+
+
 def test_per_example_bad_arguments():
     x, wc, bc, wd, bd, dz, geo = _arrays(CASES[1])
     per, hsq = _per_example(_cpu, x, wc, bc, wd, dz, geo)
