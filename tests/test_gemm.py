@@ -185,6 +185,22 @@ def test_nn_shapes(rng, threads, nthreads, M, N, K, ta, tb):
     check(c, expected(a, b, c0, ta, tb, 1.0, 1.0, bias), K)
 
 
+# Operands of >= 64K floats run with the prefetch stream (gemm_prefetch.h): each block's
+# micro-kernels prefetch the next A block, the next K block's B panel or the next column panel.
+# These cross every transition (M > MC, K > KC, N > NC on both kernels) with ragged edges; the
+# prefetches must never change a result.
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("ta,tb", TRANS)
+@pytest.mark.parametrize("M,N,K", [(301, 4133, 389), (4099, 129, 131), (129, 515, 4097)])
+def test_prefetch_stream_shapes(rng, threads, nthreads, M, N, K, ta, tb):
+    threads(nthreads)
+    a, b = operands(rng, M, N, K, ta, tb)
+    c0, bias = rand(rng, M, N), rand(rng, N)
+    c = c0.copy()
+    _cpu.gemm(a, b, c, ta, tb, 1.0, 1.0, bias)
+    check(c, expected(a, b, c0, ta, tb, 1.0, 1.0, bias), K)
+
+
 # The narrow route (gemm_narrow_avx512.cpp: N <= 16, alpha 1, beta 0 or 1, no bias): the split-K
 # logits (M*N <= 1024, K >= 8192) and the weight gradient with few units (A transposed, K <=
 # 256); odd M for its 8/4/2/1-row groups, several K blocks of gemm_rect. The same bits at 1 and 2

@@ -13,6 +13,7 @@
 #endif
 #include "kilnet/gemm.h"
 #include "gemm_internal.h"
+#include "gemm_prefetch.h"
 #include "parallel.h"
 
 namespace kilnet::cpu {
@@ -271,6 +272,23 @@ void ukernel_generic(index_t kc, const float* a, index_t rs_a, index_t cs_a, con
   }
 }
 
+// The bytes of op(A)[i0:i0+mc, k0:k0+kc] and op(B)[k0:k0+kc, j0:j0+nc] as rows of memory.
+PrefetchRegion a_region(const Problem& p, index_t i0, index_t mc, index_t k0, index_t kc) {
+  const char* base = reinterpret_cast<const char*>(p.ta ? p.A + k0 * p.lda + i0 : p.A + i0 * p.lda + k0);
+  const index_t stride = p.lda * index_t(sizeof(float));
+  return p.ta ? PrefetchRegion{base, mc * index_t(sizeof(float)), stride, kc}
+              : PrefetchRegion{base, kc * index_t(sizeof(float)), stride, mc};
+}
+PrefetchRegion b_region(const Problem& p, index_t k0, index_t kc, index_t j0, index_t nc) {
+  const char* base = reinterpret_cast<const char*>(p.tb ? p.B + j0 * p.ldb + k0 : p.B + k0 * p.ldb + j0);
+  const index_t stride = p.ldb * index_t(sizeof(float));
+  return p.tb ? PrefetchRegion{base, kc * index_t(sizeof(float)), stride, nc}
+              : PrefetchRegion{base, nc * index_t(sizeof(float)), stride, kc};
+}
+constexpr PrefetchRegion kNoRegion{nullptr, 0, 0, 0};
+// Operands of fewer floats than this are taken to be in cache: no prefetch stream.
+constexpr index_t kPrefetchMinFloats = 64 * 1024;
+
 // The BLIS loops over C[m0:m1, n0:n1] on the calling thread. False if a buffer allocation failed.
 bool gemm_rect(const Problem& p, index_t m0, index_t m1, index_t n0, index_t n1) {
   const KernelSpec& ks = *p.ks;
@@ -284,6 +302,10 @@ bool gemm_rect(const Problem& p, index_t m0, index_t m1, index_t n0, index_t n1)
   float* Ap = abuf.get(size_t(mc_max * kc_max));
   float* Bp = bbuf.get(size_t(kc_max * nc_max));
   if (!Ap || !Bp) return false;
+  // While one block's micro-kernels run they prefetch what the next block reads: the next A
+  // block, or at the last one the next K block's B panel and first A block.
+  Prefetch pf{};
+  Prefetch* const pfp = (m1 - m0) * p.K + p.K * (n1 - n0) >= kPrefetchMinFloats ? &pf : nullptr;
 
   for (index_t jc = n0; jc < n1; jc += NC) {
     const index_t nc = std::min(NC, n1 - jc);
@@ -293,6 +315,19 @@ bool gemm_rect(const Problem& p, index_t m0, index_t m1, index_t n0, index_t n1)
       pack_b(p, pc, kc, jc, nc, Bp);
       for (index_t ic = m0; ic < m1; ic += MC) {
         const index_t mc = std::min(MC, m1 - ic);
+        if (pfp) {
+          if (ic + MC < m1) {
+            prefetch_start(pf, a_region(p, ic + MC, std::min(MC, m1 - ic - MC), pc, kc), kNoRegion);
+          } else if (pc + kc < p.K) {
+            const index_t k2 = std::min(kc_max, p.K - pc - kc);
+            prefetch_start(pf, b_region(p, pc + kc, k2, jc, nc), a_region(p, m0, std::min(MC, m1 - m0), pc + kc, k2));
+          } else if (jc + NC < n1) {
+            const index_t n2 = std::min(NC, n1 - jc - NC), k2 = std::min(kc_max, p.K);
+            prefetch_start(pf, b_region(p, 0, k2, jc + NC, n2), a_region(p, m0, std::min(MC, m1 - m0), 0, k2));
+          } else {
+            pf.p = nullptr;
+          }
+        }
         // Pack A only if many B slivers reuse it; else the micro-kernel reads op(A) in place.
         const bool pack = nc > kPackAMinSlivers * NR;
         if (pack) pack_a(p, ic, mc, pc, kc, Ap);
@@ -314,10 +349,10 @@ bool gemm_rect(const Problem& p, index_t m0, index_t m1, index_t n0, index_t n1)
           const index_t full = nc / NR, tail = nc % NR;
           if (full)
             uk(kc, a_at(ir), rs, cs, Bp, cb + ir * p.ldc, p.ldc, m, NR, ep_at(0),
-               Sweep{full, 0, NR * kc, NR, NR});
+               Sweep{full, 0, NR * kc, NR, NR, pfp});
           if (tail)
             uk(kc, a_at(ir), rs, cs, Bp + full * NR * kc, cb + ir * p.ldc + full * NR, p.ldc, m,
-               int(tail), ep_at(full * NR), Sweep{1, 0, 0, 0, 0});
+               int(tail), ep_at(full * NR), Sweep{1, 0, 0, 0, 0, pfp});
         };
         // One column of tiles: the B sliver at jr under every A sliver (full-height tiles in one
         // call, then the short last one).
@@ -327,10 +362,10 @@ bool gemm_rect(const Problem& p, index_t m0, index_t m1, index_t n0, index_t n1)
           const Epilogue ep = ep_at(jr);
           if (full)
             uk(kc, a_at(0), rs, cs, Bp + jr * kc, cb + jr, p.ldc, MR, n, ep,
-               Sweep{full, pack ? MR * kc : MR * rs_in, 0, MR * p.ldc, 0});
+               Sweep{full, pack ? MR * kc : MR * rs_in, 0, MR * p.ldc, 0, pfp});
           if (tail)
             uk(kc, a_at(full * MR), rs, cs, Bp + jr * kc, cb + full * MR * p.ldc + jr, p.ldc,
-               int(tail), n, ep, Sweep{1, 0, 0, 0, 0});
+               int(tail), n, ep, Sweep{1, 0, 0, 0, 0, pfp});
         };
         if (kc * nc <= ks.small_panel && nc / NR >= mc / MR) {
           // Thin K and a wide block: the whole B panel sits in L2, so sweep it under one A

@@ -7,6 +7,7 @@
 
 #if defined(KILNET_HAVE_AVX2_BUILD) && defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
+#include "gemm_prefetch.h"
 
 namespace kilnet::cpu::gemm_detail {
 
@@ -147,22 +148,32 @@ void ukernel_6x16_avx2(index_t kc, const float* a, index_t rs_a, index_t cs_a, c
     __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
     __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
 
-    // Rank-1 update per k: 2 aligned loads of B, 6 broadcasts of A, 12 FMAs.
+    // Rank-1 update per k: 2 aligned loads of B, 6 broadcasts of A, 12 FMAs; with a prefetch
+    // stream, one of its lines every 4 k (24 cycles of FMAs).
     const float* ak = a;
     const float* bk = b;
+#define KILNET_STEP                                                                                   \
+  {                                                                                                   \
+    const __m256 b0 = _mm256_load_ps(bk), b1 = _mm256_load_ps(bk + 8);                                \
+    __m256 ai;                                                                                        \
+    ai = _mm256_broadcast_ss(ak + o[0]); c00 = _mm256_fmadd_ps(ai, b0, c00); c01 = _mm256_fmadd_ps(ai, b1, c01); \
+    ai = _mm256_broadcast_ss(ak + o[1]); c10 = _mm256_fmadd_ps(ai, b0, c10); c11 = _mm256_fmadd_ps(ai, b1, c11); \
+    ai = _mm256_broadcast_ss(ak + o[2]); c20 = _mm256_fmadd_ps(ai, b0, c20); c21 = _mm256_fmadd_ps(ai, b1, c21); \
+    ai = _mm256_broadcast_ss(ak + o[3]); c30 = _mm256_fmadd_ps(ai, b0, c30); c31 = _mm256_fmadd_ps(ai, b1, c31); \
+    ai = _mm256_broadcast_ss(ak + o[4]); c40 = _mm256_fmadd_ps(ai, b0, c40); c41 = _mm256_fmadd_ps(ai, b1, c41); \
+    ai = _mm256_broadcast_ss(ak + o[5]); c50 = _mm256_fmadd_ps(ai, b0, c50); c51 = _mm256_fmadd_ps(ai, b1, c51); \
+    ak += cs_a;                                                                                       \
+    bk += NR;                                                                                         \
+  }
+    index_t k = 0;
+    if (sw.pf && sw.pf->p)
+      for (; k + 4 <= kc; k += 4) {
+        prefetch_one(sw.pf);
+        KILNET_STEP KILNET_STEP KILNET_STEP KILNET_STEP
+      }
 #pragma GCC unroll 4
-    for (index_t k = 0; k < kc; ++k) {
-      const __m256 b0 = _mm256_load_ps(bk), b1 = _mm256_load_ps(bk + 8);
-      __m256 ai;
-      ai = _mm256_broadcast_ss(ak + o[0]); c00 = _mm256_fmadd_ps(ai, b0, c00); c01 = _mm256_fmadd_ps(ai, b1, c01);
-      ai = _mm256_broadcast_ss(ak + o[1]); c10 = _mm256_fmadd_ps(ai, b0, c10); c11 = _mm256_fmadd_ps(ai, b1, c11);
-      ai = _mm256_broadcast_ss(ak + o[2]); c20 = _mm256_fmadd_ps(ai, b0, c20); c21 = _mm256_fmadd_ps(ai, b1, c21);
-      ai = _mm256_broadcast_ss(ak + o[3]); c30 = _mm256_fmadd_ps(ai, b0, c30); c31 = _mm256_fmadd_ps(ai, b1, c31);
-      ai = _mm256_broadcast_ss(ak + o[4]); c40 = _mm256_fmadd_ps(ai, b0, c40); c41 = _mm256_fmadd_ps(ai, b1, c41);
-      ai = _mm256_broadcast_ss(ak + o[5]); c50 = _mm256_fmadd_ps(ai, b0, c50); c51 = _mm256_fmadd_ps(ai, b1, c51);
-      ak += cs_a;
-      bk += NR;
-    }
+    for (; k < kc; ++k) KILNET_STEP
+#undef KILNET_STEP
 
     // Epilogue: C = alpha*acc + bias + beta*C on the m x n valid corner, one tile row at a time
     // (rows() hands the accumulators to a lambda by name so they stay in registers). The

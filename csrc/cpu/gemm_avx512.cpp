@@ -14,6 +14,7 @@
 
 #if defined(KILNET_HAVE_AVX512_BUILD) && defined(__AVX512F__)
 #include <immintrin.h>
+#include "gemm_prefetch.h"
 
 namespace kilnet::cpu::gemm_detail {
 
@@ -60,15 +61,25 @@ void tiles(index_t kc, const float* a0, index_t rs_a, index_t cs_a, const float*
            c71 = _mm512_setzero_ps(), c80 = _mm512_setzero_ps(), c81 = _mm512_setzero_ps(),
            c90 = _mm512_setzero_ps(), c91 = _mm512_setzero_ps(), c100 = _mm512_setzero_ps(),
            c101 = _mm512_setzero_ps(), c110 = _mm512_setzero_ps(), c111 = _mm512_setzero_ps();
-#pragma GCC unroll 4
-    for (index_t k = 0; k < kc; ++k) {
-      const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
-      // (no software prefetch of A: the hardware prefetcher follows the packed sliver)
-      KILNET_ROW(0) KILNET_ROW(1) KILNET_ROW(2) KILNET_ROW(3) KILNET_ROW(4) KILNET_ROW(5)
-      KILNET_ROW(6) KILNET_ROW(7) KILNET_ROW(8) KILNET_ROW(9) KILNET_ROW(10) KILNET_ROW(11)
-      a += step;
-      b += NR512;
+    // (no software prefetch of this sliver's A: the hardware prefetcher follows it; the
+    // prefetch stream, one line every 4 k, is the driver's next block)
+#define KILNET_STEP                                                                        \
+    {                                                                                      \
+      const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);                    \
+      KILNET_ROW(0) KILNET_ROW(1) KILNET_ROW(2) KILNET_ROW(3) KILNET_ROW(4) KILNET_ROW(5)  \
+      KILNET_ROW(6) KILNET_ROW(7) KILNET_ROW(8) KILNET_ROW(9) KILNET_ROW(10) KILNET_ROW(11)\
+      a += step;                                                                           \
+      b += NR512;                                                                          \
     }
+    index_t k = 0;
+    if (sw.pf && sw.pf->p)
+      for (; k + 4 <= kc; k += 4) {
+        prefetch_one(sw.pf);
+        KILNET_STEP KILNET_STEP KILNET_STEP KILNET_STEP
+      }
+#pragma GCC unroll 4
+    for (; k < kc; ++k) KILNET_STEP
+#undef KILNET_STEP
 
     // Epilogue on the valid m x n corner: C = alpha*acc + bias + beta*C. With alpha == 1 and
     // beta in {0, 1} (every call the layers make) it is adds only. Masked loads and stores

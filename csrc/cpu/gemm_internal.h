@@ -31,8 +31,29 @@ struct Epilogue {
 // tile t reads a + t*a_step and b + t*b_step, and writes c + t*c_step with bias + t*bias_step
 // (when bias is not null); all with the same m x n. Paying the setup once per run rather than
 // once per tile matters when K is small (a 6x16 tile with K = 9 is only 54 cycles of FMAs).
+struct Prefetch;
 struct Sweep {
   index_t count, a_step, b_step, c_step, bias_step;
+  Prefetch* pf;   // lines to prefetch while the FMAs run (gemm_prefetch.h), or null
+};
+
+// The memory the driver reads next (the next block's A, the next K block's B panel), up to two
+// rectangles of rows, prefetched one line per few k steps by the micro-kernel. Operands that
+// come from DRAM (a layer's activations, written long before the backward reads them) otherwise
+// stall the packing and the first sweep over each block: 77-89 GFLOP/s against 100-110 warm on
+// the char Transformer's shapes (Zen 4). gemm_prefetch.h walks it; gemm.cpp fills it.
+struct PrefetchRegion {
+  const char* start;   // first byte of the first row
+  index_t bytes;       // bytes per row
+  index_t stride;      // bytes from one row to the next
+  index_t rows;
+};
+struct Prefetch {
+  const char* p;       // the next line to prefetch (64-byte aligned); null: nothing left
+  const char* end;     // end of the current row
+  const char* row;     // start of the current row
+  index_t rows_left;   // rows after the current one
+  PrefetchRegion cur, queued;   // queued.rows == 0: none
 };
 
 // Micro-kernel contract (both implementations), for each tile of the sweep:
