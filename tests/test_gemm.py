@@ -201,6 +201,41 @@ def test_prefetch_stream_shapes(rng, threads, nthreads, M, N, K, ta, tb):
     check(c, expected(a, b, c0, ta, tb, 1.0, 1.0, bias), K)
 
 
+# colsum (the bias gradient of dW = x^T dz) is summed from the packing of op(b) on the main path
+# and by a plain pass on the split-K and narrow routes and for a transposed b: every route, 1
+# and 2 threads (the same bits: sums in k order), the reference module, colsum accumulating.
+@pytest.mark.parametrize("M,N,K,ta,tb", [(128, 512, 1000, True, False), (301, 33, 389, False, False),
+                                         (32, 10, 21632, False, False), (999, 7, 200, True, False),
+                                         (65, 127, 300, False, True), (7, 1, 3, True, False)])
+def test_colsum(rng, threads, M, N, K, ta, tb):
+    a, b = operands(rng, M, N, K, ta, tb)
+    want_c = expected(a, b, None, ta, tb, 1.0, 0.0, None)
+    ob = (b.T if tb else b).astype(np.float64)
+    init = rand(rng, N)
+    got = {}
+    for nthreads in (1, 2):
+        threads(nthreads)
+        c, cs = np.empty((M, N), np.float32), init.copy()
+        _cpu.gemm(a, b, c, ta, tb, colsum=cs)
+        check(c, want_c, K)
+        np.testing.assert_allclose(cs, init + ob.sum(axis=0), rtol=1e-5, atol=1e-5 + 2e-7 * K)
+        got[nthreads] = cs
+    np.testing.assert_array_equal(got[1], got[2])
+    c, cs = np.empty((M, N), np.float32), init.copy()
+    _cpu.ref.gemm(a, b, c, ta, tb, colsum=cs)
+    np.testing.assert_allclose(cs, init + ob.sum(axis=0), rtol=1e-6, atol=1e-6)
+
+
+def test_colsum_bad_input(rng):
+    a, b, c = rand(rng, 5, 4), rand(rng, 4, 3), np.empty((5, 3), np.float32)
+    with pytest.raises(ValueError, match="colsum"):
+        _cpu.gemm(a, b, c, colsum=np.zeros(4, np.float32))
+    with pytest.raises((TypeError, ValueError), match="colsum"):
+        _cpu.gemm(a, b, c, colsum=np.zeros(3, np.float64))
+    with pytest.raises(ValueError, match="colsum"):
+        _cpu.gemm(a, b, c, colsum=c[0])   # overlaps c
+
+
 # The narrow route (gemm_narrow_avx512.cpp: N <= 16, alpha 1, beta 0 or 1, no bias): the split-K
 # logits (M*N <= 1024, K >= 8192) and the weight gradient with few units (A transposed, K <=
 # 256); odd M for its 8/4/2/1-row groups, several K blocks of gemm_rect. The same bits at 1 and 2

@@ -102,6 +102,7 @@ struct Problem {
   index_t ldc;
   const float* bias;
   const KernelSpec* ks;   // the micro-kernel, its blocking and packers
+  float* colsum;          // += op(B)'s column sums from the packing (B not transposed), or null
 };
 
 inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
@@ -166,9 +167,39 @@ void pack_a(const Problem& p, index_t i0, index_t mc, index_t k0, index_t kc, fl
   }
 }
 
+// colsum[0:n] += the sums over k of a packed sliver's columns (kc rows of NRV values, just
+// written: in L1), in k order.
+template <int NRV>
+void sum_sliver(const float* src, index_t kc, int n, float* colsum) {
+  float acc[NRV] = {};
+  for (index_t k = 0; k < kc; ++k)
+    for (int c = 0; c < NRV; ++c) acc[c] += src[k * NRV + c];
+  for (int c = 0; c < n; ++c) colsum[c] += acc[c];
+}
+
 // op(B)[k0:k0+kc, j0:j0+nc] -> NR-column slivers: sliver s holds, for each k, the NR values
-// op(B)[k0+k, j0+s*NR+c] (c = 0..NR-1), zero past column nc.
-void pack_b(const Problem& p, index_t k0, index_t kc, index_t j0, index_t nc, float* dst) {
+// op(B)[k0+k, j0+s*NR+c] (c = 0..NR-1), zero past column nc. With `sum`, p.colsum[j0:j0+nc]
+// += the block's column sums.
+void pack_b_slivers(const Problem& p, index_t k0, index_t kc, index_t j0, index_t nc, float* dst);
+void pack_b(const Problem& p, index_t k0, index_t kc, index_t j0, index_t nc, float* dst, bool sum) {
+  pack_b_slivers(p, k0, kc, j0, nc, dst);
+  if (!sum) return;
+  const int nr = p.ks->nr;
+  for (index_t s = 0; s < nc; s += nr, dst += nr * kc) {
+    const int n = int(std::min<index_t>(nr, nc - s));
+    float* cs = p.colsum + j0 + s;
+    if (nr == 16) sum_sliver<16>(dst, kc, n, cs);
+    else if (nr == 32) sum_sliver<32>(dst, kc, n, cs);
+    else
+      for (int c = 0; c < n; ++c) {
+        float acc = 0.f;
+        for (index_t k = 0; k < kc; ++k) acc += dst[k * nr + c];
+        cs[c] += acc;
+      }
+  }
+}
+
+void pack_b_slivers(const Problem& p, index_t k0, index_t kc, index_t j0, index_t nc, float* dst) {
   const int nr = p.ks->nr;
   for (index_t s = 0; s < nc; s += nr, dst += nr * kc) {
     const index_t j = j0 + s;
@@ -312,7 +343,7 @@ bool gemm_rect(const Problem& p, index_t m0, index_t m1, index_t n0, index_t n1)
     for (index_t pc = 0; pc < p.K; pc += kc_max) {
       const index_t kc = std::min(kc_max, p.K - pc);
       const bool first = pc == 0;   // beta and bias belong to the first K block only
-      pack_b(p, pc, kc, jc, nc, Bp);
+      pack_b(p, pc, kc, jc, nc, Bp, p.colsum && m0 == 0);   // one row of threads sums
       for (index_t ic = m0; ic < m1; ic += MC) {
         const index_t mc = std::min(MC, m1 - ic);
         if (pfp) {
@@ -548,10 +579,29 @@ const char* gemm_kernel() {
   return use_avx2() ? "avx2 6x16" : "portable";
 }
 
+// colsum[j] += sum over k of op(B)(k, j), in k order (where the packing does not give them).
+void column_sums(bool tb, index_t N, index_t K, const float* B, index_t ldb, float* colsum) {
+  if (tb) {
+    for (index_t j = 0; j < N; ++j) {
+      float acc = 0.f;
+      for (index_t k = 0; k < K; ++k) acc += B[j * ldb + k];
+      colsum[j] += acc;
+    }
+    return;
+  }
+  std::vector<float> acc(size_t(N), 0.f);
+  for (index_t k = 0; k < K; ++k)
+    for (index_t j = 0; j < N; ++j) acc[size_t(j)] += B[k * ldb + j];
+  for (index_t j = 0; j < N; ++j) colsum[j] += acc[size_t(j)];
+}
+
 void gemm(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, const float* A,
           index_t lda, const float* B, index_t ldb, float beta, float* C, index_t ldc,
-          const float* bias) {
-  if (M <= 0 || N <= 0) return;
+          const float* bias, float* colsum) {
+  if (M <= 0 || N <= 0) {
+    if (colsum && N > 0 && K > 0) column_sums(tb, N, K, B, ldb, colsum);
+    return;
+  }
   if (K <= 0) {   // no product: C = beta*C + bias (beta == 0: C not read)
     for (index_t i = 0; i < M; ++i)
       for (index_t j = 0; j < N; ++j) {
@@ -561,15 +611,17 @@ void gemm(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, const 
     return;
   }
   const KernelSpec& ks = kernel_for(N);
-  const Problem p{ta, tb, M, N, K, alpha, beta, A, B, lda, ldb, C, ldc, bias, &ks};
+  Problem p{ta, tb, M, N, K, alpha, beta, A, B, lda, ldb, C, ldc, bias, &ks, nullptr};
   const index_t flops = 2 * M * N * K;
   if (M * N <= kSplitKMaxC && K >= kSplitKMinK) {
     gemm_split_k(p);
+    if (colsum) column_sums(tb, N, K, B, ldb, colsum);
     return;
   }
   // A Dense weight gradient with few units (op(A) = A^T, K the batch): B (K x N) stays in L1
   // while 8 rows of C at a time pass; rows split between threads in multiples of 8.
   if (ta && K <= 256 && narrow_fits(p)) {
+    if (colsum) column_sums(tb, N, K, B, ldb, colsum);
     const index_t groups = ceil_div(M, 8);
     const int nt = int(std::min<index_t>({index_t(omp_get_max_threads()),
                                           std::max<index_t>(1, flops / kMinFlopsPerThread), groups}));
@@ -580,6 +632,8 @@ void gemm(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, const 
     }
     return;
   }
+  if (colsum && tb) column_sums(tb, N, K, B, ldb, colsum);   // a transposed B is not summed when packed
+  else p.colsum = colsum;
   const index_t tiles = ceil_div(M, ks.mr) * ceil_div(N, ks.nr);
   const int nt = int(std::min<index_t>({index_t(omp_get_max_threads()),
                                         std::max<index_t>(1, flops / kMinFlopsPerThread), tiles}));

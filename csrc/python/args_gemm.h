@@ -9,12 +9,14 @@ namespace kilnet::bind {
 
 struct GemmArgs {
   index_t M = 0, N = 0, K = 0;   // op(a) is M x K, op(b) is K x N
-  Arr a, b, c, bias;
+  Arr a, b, c, bias, colsum;
   const float* bp = nullptr;     // bias, or nullptr for None
+  float* cp = nullptr;           // colsum, or nullptr for None
 };
 
 inline GemmArgs gemm_args(const Arrays& A, const py::object& a_, const py::object& b_, const py::object& c_,
-                          bool trans_a, bool trans_b, const py::object& bias_) {
+                          bool trans_a, bool trans_b, const py::object& bias_,
+                          const py::object& colsum_ = py::none()) {
   const char* fn = "gemm";
   GemmArgs g;
   g.a = A.in_f32(fn, "a", a_, 2); g.b = A.in_f32(fn, "b", b_, 2); g.c = A.out_f32(fn, "c", c_, 2);
@@ -31,6 +33,14 @@ inline GemmArgs gemm_args(const Arrays& A, const py::object& a_, const py::objec
     expect_shape(fn, "bias", g.bias, {g.N});
     no_alias(fn, "c", g.c, "bias", g.bias);
     g.bp = g.bias.f();
+  }
+  if (!colsum_.is_none()) {   // += op(b)'s column sums (a bias gradient)
+    g.colsum = A.out_f32(fn, "colsum", colsum_, 1);
+    expect_shape(fn, "colsum", g.colsum, {g.N});
+    no_alias(fn, "colsum", g.colsum, "c", g.c); no_alias(fn, "colsum", g.colsum, "a", g.a);
+    no_alias(fn, "colsum", g.colsum, "b", g.b);
+    if (g.bp) no_alias(fn, "colsum", g.colsum, "bias", g.bias);
+    g.cp = g.colsum.f();
   }
   return g;
 }

@@ -12,9 +12,12 @@ namespace kilnet::cpu {
 // BLIS-style: packed panels, a 12x32 AVX-512 or 6x16 AVX2/FMA micro-kernel when the CPU has it
 // (else a portable one; gemm_kernel() says which), OpenMP over C. The result does not depend on the thread count. Throws std::bad_alloc if
 // its per-thread packing buffers (< 7 MB each) cannot be allocated.
+// colsum (optional, N floats): += op(B)'s column sums, the bias gradient of dW = X^T·dY. With B
+// not transposed they are summed while B is packed (no second pass over dY), in k order, so the
+// same at any thread count.
 void gemm(bool trans_a, bool trans_b, index_t M, index_t N, index_t K, float alpha,
           const float* A, index_t lda, const float* B, index_t ldb, float beta,
-          float* C, index_t ldc, const float* bias);
+          float* C, index_t ldc, const float* bias, float* colsum = nullptr);
 // The micro-kernel gemm() uses for wide products (N > 16): "avx512 12x32", "avx2 6x16" (also on
 // AVX-512 CPUs that split 512-bit FMAs, where it measured faster, unless KILNET_GEMM=avx512
 // asks for the AVX-512 one) or "portable".

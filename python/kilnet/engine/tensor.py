@@ -424,7 +424,9 @@ def linear(x, w, b=None, out=None):
             dw = precision.grad_as(_gemm_bf16(x2, g2, trans_a=True, colsum=db), wv.dtype) if needs[1] else None
         else:
             dx = _mm_nt(xp, g2, wv).reshape(xv.shape) if needs[0] else None
-            dw = _mm_tn(xp, x2, g2) if needs[1] else None
+            if b is not None and needs[1] and needs[2] and g2.dtype == np.float32:   # db from dW's packing of g
+                db = xp.zeros((n,), np.float32)
+            dw = _mm_tn(xp, x2, g2, colsum=db) if needs[1] else None
         if b is None:
             return dx, dw
         if needs[2] and db is None:
@@ -521,11 +523,11 @@ def _mm_nt(xp, g, b):
     return c
 
 
-def _mm_tn(xp, a2, g2):
-    """a2.T @ g2 for float32 a2 (M, K) and g2 (M, N), one GEMM."""
+def _mm_tn(xp, a2, g2, colsum=None):
+    """a2.T @ g2 for float32 a2 (M, K) and g2 (M, N), one GEMM; colsum += g2's column sums."""
     from kilnet.backend import kernels_for
     c = xp.empty((a2.shape[1], g2.shape[1]), np.float32)
-    kernels_for(a2).gemm(xp.ascontiguousarray(a2), xp.ascontiguousarray(g2), c, trans_a=True)
+    kernels_for(a2).gemm(xp.ascontiguousarray(a2), xp.ascontiguousarray(g2), c, trans_a=True, colsum=colsum)
     return c
 
 

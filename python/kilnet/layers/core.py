@@ -62,14 +62,12 @@ class Dense(ActivatedLayer):
         return self.compute_dtype == "bfloat16" and self.device == "cpu" and self.units >= 32
 
     def _gemm(self, a, b, c, trans_a=False, trans_b=False, beta=0.0, bias=None, colsum=None):
-        """colsum (the bias gradient of dW = xᵀ dz): += the column sums of b, which the bfloat16
-        GEMM takes from its packing of dz; else one bias_backward pass."""
+        """colsum (the bias gradient of dW = xᵀ dz): += the column sums of b, which both GEMMs
+        take from their packing of dz (no second pass over it)."""
         if self._computes_low_natively():
             self._k.gemm_bf16(a, b, c, trans_a, trans_b, 1.0, beta, bias, colsum)
             return
-        self._k.gemm(a, b, c, trans_a=trans_a, trans_b=trans_b, beta=beta, bias=bias)
-        if colsum is not None:
-            self._k.bias_backward(b, colsum)
+        self._k.gemm(a, b, c, trans_a=trans_a, trans_b=trans_b, beta=beta, bias=bias, colsum=colsum)
 
     def _activation_takes_bf16(self) -> bool:
         if self.activation in _activations.KERNEL_ACTIVATIONS or self.activation in ("softmax", "sigmoid"):
