@@ -381,22 +381,26 @@ void for_row_blocks(index_t r0, index_t r1, F&& f) {
 }
 
 // One block of columns of the weight-gradient GEMM's left operand: n columns copied from src
-// (row r at src + r*ld; src nullptr: a column of ones, whose product with dz is the bias
-// gradient), accumulated into out (n x GH). n == 0: the block is skipped.
+// (row r at src + r*ld), accumulated into out (n x GH). n == 0: the block is skipped.
 struct GradPart {
   const float* src;
   index_t ld, n;
   float* out;
 };
 
-// out_p += part_p^T dz for every part, as one GEMM over the parts side by side ([rows, sum n]).
-// One GEMM packs dz once and has M = I + H + 1 rows, where separate ones had a small-M dW
-// (I = 28 rows ran at half the speed of dU), packed dz twice and summed db in a third pass.
-// gemm's result does not depend on the thread count, so neither do dW, dU and db.
-void weight_grads(index_t rows, index_t GH, const float* dz, std::initializer_list<GradPart> parts) {
+// out_p += part_p^T dz for every part, as one GEMM over the parts side by side ([rows, sum n]),
+// and db += colsum(dz) (db may be null) from that GEMM's packing of dz. One GEMM packs dz once
+// and has M = I + H rows, where separate ones had a small-M dW (I = 28 rows ran at half the
+// speed of dU) and packed dz twice. (A column of ones for db made M = 157: a 27th row sliver
+// of the 6-row kernel for one row.) gemm's result does not depend on the thread count, so
+// neither do dW, dU and db.
+void weight_grads(index_t rows, index_t GH, const float* dz, std::initializer_list<GradPart> parts, float* db) {
   index_t M = 0;
   for (const GradPart& p : parts) M += p.n;
-  if (M == 0) return;
+  if (M == 0) {
+    if (db) gemm(true, false, 0, GH, rows, 1.f, nullptr, 1, dz, GH, 0.f, nullptr, GH, nullptr, db);
+    return;
+  }
   thread_local std::vector<float> cat_buf, prod;
   cat_buf.resize(size_t(rows * M));
   prod.resize(size_t(M * GH));
@@ -405,12 +409,11 @@ void weight_grads(index_t rows, index_t GH, const float* dz, std::initializer_li
   for (index_t r = 0; r < rows; ++r) {
     float* d = cat + r * M;
     for (const GradPart& p : parts) {
-      if (p.src) std::memcpy(d, p.src + r * p.ld, size_t(p.n) * sizeof(float));
-      else std::fill(d, d + p.n, 1.f);
+      std::memcpy(d, p.src + r * p.ld, size_t(p.n) * sizeof(float));
       d += p.n;
     }
   }
-  gemm(true, false, M, GH, rows, 1.f, cat, M, dz, GH, 0.f, prod.data(), GH, nullptr);
+  gemm(true, false, M, GH, rows, 1.f, cat, M, dz, GH, 0.f, prod.data(), GH, nullptr, db);
   const float* src = prod.data();
   for (const GradPart& p : parts) {
 #pragma omp parallel for num_threads(threads_for(p.n * GH)) schedule(static)
@@ -602,10 +605,10 @@ void rnn_backward(const RnnShape& s, const float* dy, const float* W, const floa
 
   // dW += xs^T dz, dU += hs[0:T]^T dr, db += colsum(dz) (and colsum(dr) for the GRU's b_rec).
   if (!gru) {   // dr == dz: all three from one GEMM over [x_t | h_{t-1} | 1]
-    weight_grads(TB, GH, dz, {{xs, I, dW ? I : 0, dW}, {hs, H, dU ? H : 0, dU}, {nullptr, 0, db ? 1 : 0, db}});
+    weight_grads(TB, GH, dz, {{xs, I, dW ? I : 0, dW}, {hs, H, dU ? H : 0, dU}}, db);
   } else {
-    weight_grads(TB, GH, dz, {{xs, I, dW ? I : 0, dW}, {nullptr, 0, db ? 1 : 0, db}});
-    weight_grads(TB, GH, dr, {{hs, H, dU ? H : 0, dU}, {nullptr, 0, db ? 1 : 0, db ? db + GH : nullptr}});
+    weight_grads(TB, GH, dz, {{xs, I, dW ? I : 0, dW}}, db);
+    weight_grads(TB, GH, dr, {{hs, H, dU ? H : 0, dU}}, db ? db + GH : nullptr);
   }
   if (dx) {
     float* dxs = scratch + L.dxs;
