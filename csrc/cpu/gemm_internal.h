@@ -53,7 +53,9 @@ struct Prefetch {
   const char* end;     // end of the current row
   const char* row;     // start of the current row
   index_t rows_left;   // rows after the current one
-  PrefetchRegion cur, queued;   // queued.rows == 0: none
+  PrefetchRegion cur;
+  PrefetchRegion queued[3];   // walked in order (rows == 0: none)
+  int next;                   // the queued region after cur
 };
 
 // Micro-kernel contract (both implementations), for each tile of the sweep:

@@ -20,34 +20,38 @@ inline void prefetch_row(Prefetch& pf, const char* row) {
   pf.end = row + pf.cur.bytes;
 }
 
-// Starts walking region r, then q (either may have no rows).
-inline void prefetch_start(Prefetch& pf, const PrefetchRegion& r, const PrefetchRegion& q) {
-  pf.cur = r;
-  pf.queued = q;
-  if (pf.cur.rows <= 0 || pf.cur.bytes <= 0) {
-    pf.cur = q;
-    pf.queued.rows = 0;
+// Makes the next queued region with rows current; false if none is left.
+inline bool prefetch_next_region(Prefetch& pf) {
+  while (pf.next < 3) {
+    const PrefetchRegion& q = pf.queued[pf.next++];
+    if (q.rows > 0 && q.bytes > 0) {
+      pf.cur = q;
+      pf.rows_left = q.rows - 1;
+      prefetch_row(pf, q.start);
+      return true;
+    }
   }
-  if (pf.cur.rows <= 0 || pf.cur.bytes <= 0) {
-    pf.p = nullptr;
-    return;
-  }
-  pf.rows_left = pf.cur.rows - 1;
-  prefetch_row(pf, pf.cur.start);
+  pf.p = nullptr;
+  return false;
 }
 
-// The step past the end of a row: the next row, the queued region, or nothing left.
+// Starts walking regions r0, r1, r2 in turn (any may have no rows).
+inline void prefetch_start(Prefetch& pf, const PrefetchRegion& r0, const PrefetchRegion& r1 = {},
+                           const PrefetchRegion& r2 = {}) {
+  pf.queued[0] = r0;
+  pf.queued[1] = r1;
+  pf.queued[2] = r2;
+  pf.next = 0;
+  prefetch_next_region(pf);
+}
+
+// The step past the end of a row: the next row, the next queued region, or nothing left.
 inline void prefetch_next_row(Prefetch& pf) {
   if (pf.rows_left > 0) {
     --pf.rows_left;
     prefetch_row(pf, pf.row + pf.cur.stride);
-  } else if (pf.queued.rows > 0 && pf.queued.bytes > 0) {
-    pf.cur = pf.queued;
-    pf.queued.rows = 0;
-    pf.rows_left = pf.cur.rows - 1;
-    prefetch_row(pf, pf.cur.start);
   } else {
-    pf.p = nullptr;
+    prefetch_next_region(pf);
   }
 }
 
