@@ -65,6 +65,9 @@ void gemm_ref(bool ta, bool tb, index_t M, index_t N, index_t K, float alpha, co
 // is used by few micro-kernel calls, so the micro-kernel reads op(A) in place instead (BLIS
 // "sup" style): it takes A through a row and a column stride. beta and bias apply on the first
 // K block only; later K blocks accumulate onto C with beta = 1.
+// Memory: the micro-kernel prefetches, one line every 4 k steps, what the next block will read
+// (gemm_prefetch.h); in the BLIS order the first A block packs each B sliver just before its
+// sweep (from lines prefetched during the previous sweep) rather than the panel in one pass.
 // Threads: C is cut into a grid of rectangles on MR/NR sliver boundaries, one per thread, and
 // each thread runs the loops above on its own rectangle with its own packing buffers. No
 // barriers, no shared buffers; skinny shapes are cut along their long side, except a tiny C with
