@@ -58,6 +58,14 @@ SHAPES = [
     ("dense dX dY.W^T", 32, 21632, 10, False, True),
     ("conv fwd", 676, 32, 9, False, False),
     ("conv 196x64x288", 196, 64, 288, False, False),
+    # a training step's products (char Transformer, batch 32 x 128 tokens; LSTM 64x28, H 128):
+    # with --cold their operands come from memory, as activations do in a step
+    ("tf proj fwd", 4096, 128, 128, False, False),
+    ("tf proj dX", 4096, 128, 128, False, True),
+    ("tf proj dW", 128, 128, 4096, True, False),
+    ("tf mlp dW1", 128, 512, 4096, True, False),
+    ("tf mlp dW2", 512, 128, 4096, True, False),
+    ("lstm dW", 156, 512, 1792, True, False),
 ]
 LIBS = ["kilnet", "numpy", "torch"]
 
@@ -110,11 +118,14 @@ def make_call(lib, M, N, K, ta, tb, seed=0):
     return lambda: torch.matmul(oa, ob, out=tc)
 
 
-def time_calls(fn, seconds):
-    """Per-call times of fn over about `seconds` (after one warm-up call)."""
+def time_calls(fn, seconds, before=None):
+    """Per-call times of fn over about `seconds` (after one warm-up call); `before` (untimed)
+    runs ahead of every call."""
     fn()
     times, end = [], time.perf_counter() + seconds
     while True:
+        if before is not None:
+            before()
         t0 = time.perf_counter()
         fn()
         t1 = time.perf_counter()
@@ -145,7 +156,14 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds per case")
     ap.add_argument("--seconds", type=float, default=0.08, help="timing per library per round")
     ap.add_argument("--only", default="", help="run only the shapes whose name contains this")
+    ap.add_argument("--cold", action="store_true",
+                    help="before every timed call, one pass over 64 MB (untimed): the operands come from "
+                         "memory, as a layer's activations do in a training step")
     args = ap.parse_args(argv)
+    flush = None
+    if args.cold:
+        evict = np.ones(16 << 20, np.float32)   # 64 MB: past this machine's L3
+        flush = lambda: np.add(evict, 1.0, out=evict)   # noqa: E731
     libs = [l for l in LIBS if l != "torch" or torch is not None]
     print(f"machine: {machine()}")
     print(libraries_info())
@@ -157,7 +175,8 @@ def main(argv=None):
         peer_peak = peaks(args.threads, simd=best)
         print(peak_line(peer_peak, best) + " (numpy's and torch's %pk)")
     print(f"%pk = GFLOP/s / measured peak of that thread count; median of {args.rounds} interleaved rounds; "
-          f"ratio = other time / kilnet time\n")
+          f"ratio = other time / kilnet time" + ("; cold operands (64 MB pass before each call)" if args.cold else "")
+          + "\n")
     head = f"{'shape':18s} {'M x N x K':>17s} {'thr':>3s}"
     for lib in libs:
         head += f" {lib + ' ms':>10s} {'GF/s':>6s} {'%pk':>4s}"
@@ -176,7 +195,7 @@ def main(argv=None):
             for r in range(args.rounds):
                 for lib in fair_timing.rotate(libs, r):   # the order changes every round
                     fair_timing.wait_idle()   # the other library's spinning workers are asleep
-                    t = time_calls(calls[lib], args.seconds)
+                    t = time_calls(calls[lib], args.seconds, flush)
                     times[lib] += t
                     rounds[lib].append(statistics.median(t))
                     best[lib] = min(best[lib], rounds[lib][-1])
