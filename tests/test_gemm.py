@@ -178,6 +178,11 @@ NN_SHAPES = [(32, 10, 21632, False, False), (21632, 10, 32, True, False),
 @pytest.mark.parametrize("M,N,K,ta,tb", NN_SHAPES)
 def test_nn_shapes(rng, threads, nthreads, M, N, K, ta, tb):
     threads(nthreads)
+    check_accumulate_with_bias(rng, M, N, K, ta, tb)
+
+
+def check_accumulate_with_bias(rng, M, N, K, ta, tb):
+    """C += op(a) op(b) + bias against numpy in float64."""
     a, b = operands(rng, M, N, K, ta, tb)
     c0, bias = rand(rng, M, N), rand(rng, N)
     c = c0.copy()
@@ -194,11 +199,7 @@ def test_nn_shapes(rng, threads, nthreads, M, N, K, ta, tb):
 @pytest.mark.parametrize("M,N,K", [(301, 4133, 389), (4099, 129, 131), (129, 515, 4097)])
 def test_prefetch_stream_shapes(rng, threads, nthreads, M, N, K, ta, tb):
     threads(nthreads)
-    a, b = operands(rng, M, N, K, ta, tb)
-    c0, bias = rand(rng, M, N), rand(rng, N)
-    c = c0.copy()
-    _cpu.gemm(a, b, c, ta, tb, 1.0, 1.0, bias)
-    check(c, expected(a, b, c0, ta, tb, 1.0, 1.0, bias), K)
+    check_accumulate_with_bias(rng, M, N, K, ta, tb)
 
 
 # colsum (the bias gradient of dW = x^T dz) is summed from the packing of op(b) on the main path

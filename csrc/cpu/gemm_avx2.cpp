@@ -165,14 +165,7 @@ void ukernel_6x16_avx2(index_t kc, const float* a, index_t rs_a, index_t cs_a, c
     ak += cs_a;                                                                                       \
     bk += NR;                                                                                         \
   }
-    index_t k = 0;
-    if (sw.pf && sw.pf->p)
-      for (; k + 4 <= kc; k += 4) {
-        prefetch_one(sw.pf);
-        KILNET_STEP KILNET_STEP KILNET_STEP KILNET_STEP
-      }
-#pragma GCC unroll 4
-    for (; k < kc; ++k) KILNET_STEP
+    KILNET_GEMM_K_LOOP(kc, sw.pf, KILNET_STEP)
 #undef KILNET_STEP
 
     // Epilogue: C = alpha*acc + bias + beta*C on the m x n valid corner, one tile row at a time

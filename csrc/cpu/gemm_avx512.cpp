@@ -71,14 +71,7 @@ void tiles(index_t kc, const float* a0, index_t rs_a, index_t cs_a, const float*
       a += step;                                                                           \
       b += NR512;                                                                          \
     }
-    index_t k = 0;
-    if (sw.pf && sw.pf->p)
-      for (; k + 4 <= kc; k += 4) {
-        prefetch_one(sw.pf);
-        KILNET_STEP KILNET_STEP KILNET_STEP KILNET_STEP
-      }
-#pragma GCC unroll 4
-    for (; k < kc; ++k) KILNET_STEP
+    KILNET_GEMM_K_LOOP(kc, sw.pf, KILNET_STEP)
 #undef KILNET_STEP
 
     // Epilogue on the valid m x n corner: C = alpha*acc + bias + beta*C. With alpha == 1 and

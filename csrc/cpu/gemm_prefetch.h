@@ -65,3 +65,16 @@ inline void prefetch_one(Prefetch* pf) {
 
 }  // namespace
 }  // namespace kilnet::cpu::gemm_detail
+
+// A micro-kernel's k loop over kc steps: STEP (a statement doing one k) four at a time with one
+// line of the prefetch stream pf ahead of each four, unrolled by 4 without a stream.
+#define KILNET_GEMM_K_LOOP(kc, pf, STEP)                 \
+  {                                                      \
+    index_t k_ = 0;                                      \
+    if ((pf) && (pf)->p)                                 \
+      for (; k_ + 4 <= (kc); k_ += 4) {                  \
+        prefetch_one(pf);                                \
+        STEP STEP STEP STEP                              \
+      }                                                  \
+    _Pragma("GCC unroll 4") for (; k_ < (kc); ++k_) STEP \
+  }
