@@ -92,14 +92,17 @@ def test_canonical_cnn_matches_per_example_loop():
 def test_conv_dense_group_matches_per_example_loop(conv, direct, monkeypatch):
     """Conv2D -> Flatten -> Dense runs as the fused group under DP-SGD too (its per-example pass
     and the Dense's clipped sum from the fused kernels) where the one-pass per-example kernel
-    applies (AVX-512, ReLU/linear), else unfused; 21 examples: a group of 16 lanes and one of 8."""
+    applies (AVX-512, ReLU/linear), else unfused from the first forward on (the group does not
+    form: fusion.allowing(..., per_example=True)); 21 examples: a group of 16 lanes and one of 8."""
     from kilnet import _cpu
     from kilnet.layers import conv_dense
     if direct == "blocks-forced":   # no one-pass kernel: the step must notice and run unfused
         monkeypatch.setenv("KILNET_CONV_DENSE_PATH", "blocks")
-    seen = []
+    seen, groups = [], []
     real = conv_dense._Backward.per_example
     monkeypatch.setattr(conv_dense._Backward, "per_example", lambda self, dz: (seen.append(dz.shape), real(self, dz))[1])
+    real_call = conv_dense.call_group
+    monkeypatch.setattr(conv_dense, "call_group", lambda *a: (groups.append(1), real_call(*a))[1])
     x, y = _data((11, 10, 2), n=21, classes=5)
     m = keras.Sequential([layers.Input((11, 10, 2)), layers.Conv2D(**conv), layers.Flatten(),
                           layers.Dense(5, activation="softmax")])
@@ -109,7 +112,7 @@ def test_conv_dense_group_matches_per_example_loop(conv, direct, monkeypatch):
     fused = _cpu.conv_dense_per_example_direct(taps, 5, conv["activation"])
     assert fused == (direct == "kernel" and conv["activation"] in ("relu", "linear") and _cpu.simd_level() == "avx512")
     assert seen == ([(21, 5)] if fused else [])
-    assert m.optimizer._plans[id(m)].fuse == fused
+    assert bool(groups) == fused   # never a fused forward thrown away
 
 
 def test_lstm_falls_back_to_the_per_example_loop():

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from kilnet.engine.fusion import allowed
+from kilnet.engine.fusion import allowed, per_example
 from kilnet.engine.state import call_state
 from kilnet.engine.tape import current_walk, record
 from kilnet.engine.tensor import Tensor
@@ -49,7 +49,16 @@ def group_fits(conv, flatten, dense) -> bool:
         return False   # frozen weights: the unfused kernels skip their gradients
     if conv.activation not in Conv2D._FUSED or dense.activation not in _DENSE_ACTIVATIONS:
         return False
-    return dense.kernel.shape[0] == math.prod(conv._pq) * conv.filters
+    if dense.kernel.shape[0] != math.prod(conv._pq) * conv.filters:
+        return False
+    # DP-SGD's step (fusion.allowing(..., per_example=True)) fuses only where the per-example
+    # pass is one kernel (conv_dense_per_example_direct)
+    return not per_example() or _per_example_direct(conv, dense)
+
+
+def _per_example_direct(conv, dense) -> bool:
+    taps = conv.kernel.shape[0] * conv.kernel.shape[1] * conv.kernel.shape[2]
+    return bool(conv._k.conv_dense_per_example_direct(taps, dense.units, conv.activation))
 
 
 def input_fits(x) -> bool:
@@ -114,13 +123,6 @@ class _Backward:
         if walk is not None and walk.on_layer_done is not None:
             walk.on_layer_done(conv)   # distributed: the conv's gradients are final too (the walk
         return (None,)                 # reports the dense layer, this entry's, itself)
-
-    def per_example_direct(self):
-        """Whether per_example runs the one-pass kernel here (else the general kernels example by
-        example: slower than DP-SGD's unfused route, which should then be taken)."""
-        conv, dense = self.conv, self.dense
-        taps = conv.kernel.shape[0] * conv.kernel.shape[1] * conv.kernel.shape[2]
-        return bool(conv._k.conv_dense_per_example_direct(taps, dense.units, conv.activation))
 
     def per_example(self, dz):
         """(per, hsq) for the logits' gradient dz (N, U): per (N, conv weights [+ bias]) each

@@ -228,10 +228,7 @@ class DPOptimizer(optimizers_mod.Optimizer):
         if n == 0:
             return self._empty_step(model), None
         if plan.fast:
-            loss, preds = _fast_clipped_sum(model, st, x, ys, sws, self.l2_norm_clip, self, plan.fuse)
-            if loss is _UNFUSE:   # a fused group without its one-pass kernel here: this layout unfused
-                plan.fuse = False
-                loss, preds = _fast_clipped_sum(model, st, x, ys, sws, self.l2_norm_clip, self, False)
+            loss, preds = _fast_clipped_sum(model, st, x, ys, sws, self.l2_norm_clip, self)
         else:
             loss, preds = _loop_clipped_sum(model, x, ys, sws, self.l2_norm_clip, self)
         if loss is None:   # a shared layer this step: the per-example loop instead
@@ -343,7 +340,6 @@ class _Plan:
         from kilnet.layers.core import Dense
         self.key = key
         self.fast = True
-        self.fuse = True   # run fused groups (layers/conv_dense.py); off once one lacks its DP kernel
         layers = model._flat_layers()
         # a layer run inside another fused layer's kernels (TimeDistributed(Dense)) is not on the tape
         inner = {id(s) for l in layers if l._is_fused() for s in l._flat_layers() if s is not l}
@@ -421,14 +417,12 @@ def _linear_grad(layer, st, g):
     return _xp(g).ascontiguousarray(dz, dtype=np.float32), "linear", None
 
 
-_UNFUSE = object()
-
-
-def _fast_clipped_sum(model, st, x, ys, sws, clip, opt, fuse=True):
+def _fast_clipped_sum(model, st, x, ys, sws, clip, opt):
     """The clipped per-example gradient sum into model._grads, by the layers' own kernels.
-    Returns (loss, preds), (None, None) when a layer ran twice (the caller falls back), or
-    (_UNFUSE, None) when a fused group has no one-pass per-example kernel on this machine (the
-    caller runs the step again unfused: the general kernels example by example were slower)."""
+    Returns (loss, preds), or (None, None) when a layer ran twice (the caller falls back). Fused
+    groups form only where their per-example pass is one kernel (fusion.allowing's
+    per_example; elsewhere the layers run unfused, which was faster than the general per-example
+    kernels example by example)."""
     from kilnet.engine import fusion
     from kilnet.engine.state import using_pool
     from kilnet.engine.tape import Entry, walk_into_variables
@@ -439,7 +433,7 @@ def _fast_clipped_sum(model, st, x, ys, sws, clip, opt, fuse=True):
     tape._entries.clear()
     if type(x) is np.ndarray or hasattr(x, "__cuda_array_interface__"):
         x = Tensor(x)
-    with using_pool(st.pool), tape, fusion.allowing(fuse):
+    with using_pool(st.pool), tape, fusion.allowing(True, per_example=True):
         y_pred = model(x, training=True)
         total, parts, preds = model.compiled.step_loss(y_pred, ys, st.bufs, None, sws)
     model.compiled.last_parts = parts
@@ -450,9 +444,6 @@ def _fast_clipped_sum(model, st, x, ys, sws, clip, opt, fuse=True):
         layer = e.layer
         if layer is not None and layer._has_trainable_weights():
             group = conv_dense.group_of(e.backward)
-            if group is not None and not group.per_example_direct():
-                tape._entries.clear()
-                return _UNFUSE, None
             own = (layer,) if group is None else (group.conv, group.dense)
             if any(id(l) in seen for l in own):
                 tape._entries.clear()
