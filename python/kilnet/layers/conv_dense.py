@@ -77,16 +77,22 @@ def call_group(conv, dense, x):
     xv = x.value
     n = xv.shape[0]
     st = call_state(dense)
-    z = st.get(("buf", "conv_dense_z"))   # a pool buffer like a layer's own (engine/state.py)
-    if z is None or z.shape[0] < n or z.shape[1] != dense.units:
-        z = st[("buf", "conv_dense_z")] = np.empty((n, dense.units), np.float32)
-    z = z[:n]
+    z = _pooled(st, "conv_dense_z", (n, dense.units))
     geometry = (conv.strides, conv._pad, conv.dilation_rate, conv._pq, conv.activation)
     conv._k.conv_dense_forward(xv, conv.kernel, _bias(conv), dense.kernel, _bias(dense), z, *geometry)
     zt = Tensor(z)
-    record((x,), (zt,), _Backward(conv, dense, xv, geometry), dense)
+    record((x,), (zt,), _Backward(conv, dense, xv, geometry, st), dense)
     out = zt if dense.activation == "linear" else activated_output(dense, zt, st)
     return policy_output(dense, out)
+
+
+def _pooled(st, key, shape):
+    """A float32 array of `shape` kept in the call's state across steps, like a layer's own
+    pool buffers (engine/state.py); a view of it for a smaller leading dimension."""
+    buf = st.get(("buf", key))
+    if buf is None or buf.shape[0] < shape[0] or buf.shape[1:] != shape[1:]:
+        buf = st[("buf", key)] = np.empty(shape, np.float32)
+    return buf[:shape[0]]
 
 
 def group_of(backward):
@@ -98,10 +104,10 @@ def group_of(backward):
 class _Backward:
     """The fused group's tape entry: its backward writes both layers' weight gradients. DP-SGD
     (privacy/dpsgd.py) calls per_example and dense_grads instead."""
-    __slots__ = ("conv", "dense", "x", "geometry")
+    __slots__ = ("conv", "dense", "x", "geometry", "st")
 
-    def __init__(self, conv, dense, x, geometry):
-        self.conv, self.dense, self.x, self.geometry = conv, dense, x, geometry
+    def __init__(self, conv, dense, x, geometry, st):
+        self.conv, self.dense, self.x, self.geometry, self.st = conv, dense, x, geometry, st
 
     def __call__(self, g, needs):
         conv, dense, xv, geometry = self.conv, self.dense, self.x, self.geometry
@@ -127,11 +133,12 @@ class _Backward:
     def per_example(self, dz):
         """(per, hsq) for the logits' gradient dz (N, U): per (N, conv weights [+ bias]) each
         example's own convolution gradient, hsq (N,) the squared norm of its flattened conv
-        output (its Dense kernel gradient's squared norm is hsq * |dz_n|^2)."""
+        output (its Dense kernel gradient's squared norm is hsq * |dz_n|^2). Both are the call's
+        buffers, reused by the next step's call."""
         conv, dense = self.conv, self.dense
         n = self.x.shape[0]
-        per = np.empty((n, conv.kernel.size + (conv.filters if conv.use_bias else 0)), np.float32)
-        hsq = np.empty(n, np.float32)
+        per = _pooled(self.st, "conv_dense_per", (n, conv.kernel.size + (conv.filters if conv.use_bias else 0)))
+        hsq = _pooled(self.st, "conv_dense_hsq", (n,))
         conv._k.conv_dense_per_example(self.x, conv.kernel, _bias(conv), dense.kernel, dz, per, hsq,
                                        *self.geometry)
         return per, hsq
