@@ -98,6 +98,55 @@ void pack_rows(index_t T, index_t H, const float* src, index_t ld, float* dst) {
     for (index_t h = 0; h < H; ++h) dst[r * H + h] = src[r * ld + h];
 }
 
+// A tile crossing the causal diagonal (key j0 + r may see query i0 + c only when c >= r + d,
+// d = j0 - i0) runs its products in strips of kStrip rows that skip what causality makes zero:
+// at T = 128 two of a head's three tile pairs are such tiles, a third of whose products are zero.
+// Skipped terms are exact zeros (P = 0, dS = 0), so the results do not change.
+constexpr index_t kStrip = 12;   // two 6-row register tiles
+
+inline index_t clamp_to(index_t v, index_t hi) { return v < 0 ? 0 : v > hi ? hi : v; }
+
+// Key rows x query columns (S^T = K Q^T, dP^T = V dO^T), written: row strip [ra, ra + kStrip)
+// from column ra + d. The skipped entries of c are left (S: apply_masks writes -inf over them)
+// or zeroed (`zero`).
+template <class Kern>
+void causal_keys_by_queries(index_t nk, index_t N, index_t K, const float* a, index_t a_rs, const float* b,
+                            index_t b_ks, float* c, index_t c_rs, index_t d, bool zero) {
+  for (index_t ra = 0; ra < nk; ra += kStrip) {
+    const index_t m = mn(kStrip, nk - ra), c0 = clamp_to(ra + d, N);
+    if (zero)
+      for (index_t r = ra; r < ra + m; ++r)
+        for (index_t j = 0; j < c0; ++j) c[r * c_rs + j] = 0.f;
+    if (c0 < N) Kern::gemm(m, N - c0, K, a + ra * a_rs, a_rs, 1, b + c0, b_ks, c + ra * c_rs + c0, c_rs, false);
+  }
+}
+
+// Key rows, summed over queries (dV += P^T dO, dK += dS^T Q; a(r, q) = a[r*a_rs + q]): row strip
+// [ra, ra + kStrip) from query ra + d.
+template <class Kern>
+void causal_keys_over_queries(index_t nk, index_t N, index_t K, const float* a, index_t a_rs, const float* b,
+                              index_t b_ks, float* c, index_t c_rs, index_t d) {
+  for (index_t ra = 0; ra < nk; ra += kStrip) {
+    const index_t m = mn(kStrip, nk - ra), k0 = clamp_to(ra + d, K);
+    if (k0 < K) Kern::gemm(m, N, K - k0, a + ra * a_rs + k0, a_rs, 1, b + k0 * b_ks, b_ks, c + ra * c_rs, c_rs, true);
+  }
+}
+
+// Query rows, summed over keys (O (+)= P V, dQ (+)= dS K; a(q, r) = a[q + r*a_ks]): row strip
+// [ca, ca + kStrip) over keys before ca + kStrip - d.
+template <class Kern>
+void causal_queries_over_keys(index_t mq, index_t N, index_t K, const float* a, index_t a_ks, const float* b,
+                              index_t b_ks, float* c, index_t c_rs, index_t d, bool acc) {
+  for (index_t ca = 0; ca < mq; ca += kStrip) {
+    const index_t m = mn(kStrip, mq - ca), k1 = clamp_to(ca + m - d, K);
+    if (k1 > 0) {
+      Kern::gemm(m, N, k1, a + ca, 1, a_ks, b, b_ks, c + ca * c_rs, c_rs, acc);
+    } else if (!acc) {
+      for (index_t r = ca; r < ca + m; ++r)
+        for (index_t j = 0; j < N; ++j) c[r * c_rs + j] = 0.f;
+    }
+  }
+}
 
 template <class Kern>
 void forward_item(const AttnShape& s, const float* q, const float* k, const float* v, const AttnMask& msk,
@@ -122,7 +171,9 @@ void forward_item(const AttnShape& s, const float* q, const float* k, const floa
     const index_t kend = key_end(s, i0, mq);
     for (index_t j0 = 0; j0 < kend; j0 += BK) {
       const index_t nk = mn(BK, kend - j0);
-      Kern::gemm(nk, mqp, H, Kp + j0 * H, H, 1, qt, BQ, S, BQ, false);
+      const bool diag = s.causal && j0 + nk - 1 > i0;   // crosses the diagonal
+      if (diag) causal_keys_by_queries<Kern>(nk, mqp, H, Kp + j0 * H, H, qt, BQ, S, BQ, j0 - i0, false);
+      else Kern::gemm(nk, mqp, H, Kp + j0 * H, H, 1, qt, BQ, S, BQ, false);
       apply_masks(s, msk, b, n, i0, mq, j0, nk, S, BQ);
       Kern::softmax_step(nk, mqp, S, BQ, mrow, lrow, alpha);
       if (j0 > 0)
@@ -134,7 +185,8 @@ void forward_item(const AttnShape& s, const float* q, const float* k, const floa
           }
         }
       // the first key tile writes O (no clearing pass), the later ones accumulate
-      Kern::gemm(mq, H, nk, S, 1, BQ, Vp + j0 * H, H, O, H, j0 > 0);
+      if (diag) causal_queries_over_keys<Kern>(mq, H, nk, S, BQ, Vp + j0 * H, H, O, H, j0 - i0, j0 > 0);
+      else Kern::gemm(mq, H, nk, S, 1, BQ, Vp + j0 * H, H, O, H, j0 > 0);
     }
     float* ob = out + (b * s.Tq * s.N + n) * H + i0 * ldq;
     float* lb = lse + (b * s.N + n) * s.Tq + i0;
@@ -214,18 +266,28 @@ void backward_item(const AttnShape& s, const float* q, const float* k, const flo
       for (index_t j0 = 0; j0 < kend; j0 += BK) {
         const index_t nk = mn(BK, kend - j0);
         const float* kt = Kp + j0 * H;
+        const bool diag = s.causal && j0 + nk - 1 > i0;   // crosses the diagonal
+        const index_t d = j0 - i0;
         // P^T = exp(K Q^T * scale + bias - lse), masked entries 0
-        Kern::gemm(nk, mqp, H, kt, H, 1, qt, BQ, S, BQ, false);
+        if (diag) causal_keys_by_queries<Kern>(nk, mqp, H, kt, H, qt, BQ, S, BQ, d, false);
+        else Kern::gemm(nk, mqp, H, kt, H, 1, qt, BQ, S, BQ, false);
         apply_masks(s, msk, b, n, i0, mq, j0, nk, S, BQ);
         Kern::exp_cols(nk, mqp, S, BQ, lrow, nullptr);
         // dV += P^T dO
-        Kern::gemm(nk, H, mq, S, BQ, 1, dOp, H, dVa + j0 * H, H, true);
+        if (diag) causal_keys_over_queries<Kern>(nk, H, mq, S, BQ, dOp, H, dVa + j0 * H, H, d);
+        else Kern::gemm(nk, H, mq, S, BQ, 1, dOp, H, dVa + j0 * H, H, true);
         // dP^T = V dO^T;  dS^T = P^T * (dP^T - D)
-        Kern::gemm(nk, mqp, H, Vp + j0 * H, H, 1, dot, BQ, dP, BQ, false);
+        if (diag) causal_keys_by_queries<Kern>(nk, mqp, H, Vp + j0 * H, H, dot, BQ, dP, BQ, d, true);
+        else Kern::gemm(nk, mqp, H, Vp + j0 * H, H, 1, dot, BQ, dP, BQ, false);
         Kern::dsoftmax(nk, mqp, S, dP, BQ, Drow);
         // dK += dS^T Q (times scale at the end);  dQ = the sum over key tiles of dS K (likewise)
-        Kern::gemm(nk, H, mq, dP, BQ, 1, Qp, H, dKa + j0 * H, H, true);
-        Kern::gemm(mq, H, nk, dP, 1, BQ, kt, H, dQ, H, j0 > 0);
+        if (diag) {
+          causal_keys_over_queries<Kern>(nk, H, mq, dP, BQ, Qp, H, dKa + j0 * H, H, d);
+          causal_queries_over_keys<Kern>(mq, H, nk, dP, BQ, kt, H, dQ, H, d, j0 > 0);
+        } else {
+          Kern::gemm(nk, H, mq, dP, BQ, 1, Qp, H, dKa + j0 * H, H, true);
+          Kern::gemm(mq, H, nk, dP, 1, BQ, kt, H, dQ, H, j0 > 0);
+        }
       }
       if (kend == 0)
         for (index_t j = 0; j < mq * H; ++j) dQ[j] = 0.f;
