@@ -177,6 +177,20 @@ def test_bias_backward(gpu, rng, shape):
     np.testing.assert_array_equal(gpu.host(db2), gpu.host(db))
 
 
+@pytest.mark.parametrize("M,N,K,ta", [(128, 128, 4096, True), (33, 65, 127, False), (5, 3, 2000, True)])
+def test_colsum(gpu, rng, M, N, K, ta):
+    """gemm(colsum=) adds op(b)'s column sums (the bias gradient of x^T dz) as on the CPU;
+    a transposed b is refused on the GPU."""
+    a, b = operands(rng, M, N, K, ta, False)
+    cs0 = rand(rng, N)
+    c, cs = gpu.poisoned((M, N)), gpu.dev(cs0)
+    gpu.k.gemm(gpu.dev(a), gpu.dev(b), c, ta, False, colsum=cs)
+    check(gpu.host(c), expected(a, b, None, ta, False, 1.0, 0.0, None), K)
+    np.testing.assert_allclose(gpu.host(cs), cs0 + b.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-6 * K)
+    with pytest.raises(ValueError, match="colsum"):
+        gpu.k.gemm(gpu.dev(a), gpu.dev(b.T.copy()), c, ta, True, colsum=cs)
+
+
 # ---- argument errors ----------------------------------------------------------------------------
 
 def test_errors(gpu, rng):
