@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-__all__ = ["StatePool", "call_state", "using_pool"]
+__all__ = ["StatePool", "call_state", "state_buffer", "using_pool"]
 
 _local = threading.local()
 
@@ -44,6 +44,15 @@ class StatePool:
 def call_state(layer) -> dict:
     pool = getattr(_local, "pool", None)
     return {} if pool is None else pool.get(layer)
+
+
+def state_buffer(st, key, shape, dtype, xp):
+    """An array of `shape` kept in the call state `st` across steps (a view of it for a smaller
+    leading dimension: the last partial batch); a new one when the trailing shape changes."""
+    buf = st.get(("buf", key))
+    if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
+        buf = st[("buf", key)] = xp.empty(shape, dtype)
+    return buf if buf.shape[0] == shape[0] else buf[: shape[0]]
 
 
 class using_pool:

@@ -29,7 +29,7 @@ from kilnet import dtype_policies, initializers
 from kilnet.backend import cpu as _cpu
 from kilnet.backend import to_device, xp_of_device
 from kilnet.engine import node as node_mod
-from kilnet.engine.state import call_state
+from kilnet.engine.state import call_state, state_buffer
 from kilnet.engine.tape import current_walk, record
 from kilnet.engine import precision
 from kilnet.engine.tensor import Tensor, Variable, cast, compute_cast, round_through
@@ -415,12 +415,7 @@ class Layer:
         """An array of `shape` (float32 unless told) that this call position reuses across
         steps. A smaller leading dimension (the last partial batch) gets a view of the existing
         buffer."""
-        st = self._state()
-        buf = st.get(("buf", key))
-        if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
-            buf = self._xp.empty(shape, dtype)
-            st[("buf", key)] = buf
-        return buf if buf.shape[0] == shape[0] else buf[: shape[0]]
+        return state_buffer(self._state(), key, shape, dtype, self._xp)
 
     # ------------------------------------------------------------------ tracking
     def _sublayers(self) -> list:

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from kilnet.engine.fusion import allowed, per_example
-from kilnet.engine.state import call_state
+from kilnet.engine.state import call_state, state_buffer
 from kilnet.engine.tape import current_walk, record
 from kilnet.engine.tensor import Tensor
 from kilnet.layers.activation import activated_output
@@ -77,22 +77,13 @@ def call_group(conv, dense, x):
     xv = x.value
     n = xv.shape[0]
     st = call_state(dense)
-    z = _pooled(st, "conv_dense_z", (n, dense.units))
+    z = state_buffer(st, "conv_dense_z", (n, dense.units), np.float32, np)
     geometry = (conv.strides, conv._pad, conv.dilation_rate, conv._pq, conv.activation)
     conv._k.conv_dense_forward(xv, conv.kernel, _bias(conv), dense.kernel, _bias(dense), z, *geometry)
     zt = Tensor(z)
     record((x,), (zt,), _Backward(conv, dense, xv, geometry, st), dense)
     out = zt if dense.activation == "linear" else activated_output(dense, zt, st)
     return policy_output(dense, out)
-
-
-def _pooled(st, key, shape):
-    """A float32 array of `shape` kept in the call's state across steps, like a layer's own
-    pool buffers (engine/state.py); a view of it for a smaller leading dimension."""
-    buf = st.get(("buf", key))
-    if buf is None or buf.shape[0] < shape[0] or buf.shape[1:] != shape[1:]:
-        buf = st[("buf", key)] = np.empty(shape, np.float32)
-    return buf[:shape[0]]
 
 
 def group_of(backward):
@@ -137,8 +128,9 @@ class _Backward:
         buffers, reused by the next step's call."""
         conv, dense = self.conv, self.dense
         n = self.x.shape[0]
-        per = _pooled(self.st, "conv_dense_per", (n, conv.kernel.size + (conv.filters if conv.use_bias else 0)))
-        hsq = _pooled(self.st, "conv_dense_hsq", (n,))
+        per = state_buffer(self.st, "conv_dense_per", (n, conv.kernel.size + (conv.filters if conv.use_bias else 0)),
+                           np.float32, np)
+        hsq = state_buffer(self.st, "conv_dense_hsq", (n,), np.float32, np)
         conv._k.conv_dense_per_example(self.x, conv.kernel, _bias(conv), dense.kernel, dz, per, hsq,
                                        *self.geometry)
         return per, hsq
