@@ -90,6 +90,20 @@ def test_conv2d_property(x, w, stride, pad, dil, p, q):
     same_outcome(lambda: run(_cpu), lambda: run(_cpu.ref), [x, w])
 
 
+def test_conv2d_no_input_channels():
+    """A layer with no input channel (hypothesis found it: SIGFPE in the fast backward): as the
+    reference, dx and dw empty, db the output gradient's sums."""
+    x, w = np.ones((6, 4, 5, 0), np.float32), np.ones((2, 4, 0, 3), np.float32)
+    outs = []
+    for K in (_cpu, _cpu.ref):
+        dy = np.ones((6, 1, 4, 3), np.float32)
+        dx, dw, db = np.zeros(x.shape, np.float32), np.zeros(w.shape, np.float32), np.zeros(3, np.float32)
+        K.conv2d_backward(dy, x, w, dx, dw, db, (1, 1), (0, 0), (1, 1))
+        outs.append(db)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], np.full(3, 24.0, np.float32))
+
+
 @SETTINGS
 @given(x=arrays(2, max_side=12), act=st.sampled_from(["relu", "tanh", "sigmoid", "linear", "softmax", "gelu"]))
 def test_activation_property(x, act):

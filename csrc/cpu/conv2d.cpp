@@ -335,6 +335,8 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
     if (dx) std::fill(dx, dx + s.N * s.H * s.W * s.C, 0.f);
     return;
   }
+  if (s.R * s.S * s.C == 0)   // no taps (no input channel): dw is empty, dx zero, db the sums;
+    return conv2d_backward_ref(s, dy, x, w, dx, dw, db, act, y);   // the fast kernels divide by them
 #if defined(KILNET_HAVE_AVX512_BUILD)
   if (use_avx512() && !force_general()) return avx512::conv2d_backward(s, dy, x, w, dx, dw, db, act, y);
 #endif
